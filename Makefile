@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+# The embedded default: SQLite and an in-process broker, no servers.
+RUN_ENV := DEBUG=1 TANDEM_INPROCESS_WORKER=1
+# The suite: PostgreSQL (DATABASE_URL, or the local server) and real Redis.
+TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
+TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/0)
+TEST_BROKER_URL ?= $(or $(DRAMATIQ_BROKER_URL),redis://127.0.0.1:6379/1)
+TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	DRAMATIQ_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=test-only-secret DEBUG=0
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	mkdir -p var
+	$(RUN_ENV) $(PY) manage.py migrate --noinput
+	$(RUN_ENV) $(PY) manage.py demo
+	$(RUN_ENV) $(PY) manage.py runserver 127.0.0.1:$${PORT:-8000}
+
+test: install
+	$(TEST_ENV) $(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(TEST_ENV) $(PY) bench/ledger.py
+
+clean:
+	rm -rf $(VENV) var

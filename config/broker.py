@@ -1,0 +1,38 @@
+"""The dramatiq broker. django_dramatiq builds it from settings.DRAMATIQ_BROKER;
+with no DRAMATIQ_BROKER_URL that is an in-process StubBroker, and the web process
+runs worker threads over it so the embedded default needs no server."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+_worker = None
+_lock = threading.Lock()
+
+
+def start_inprocess_worker_if_configured() -> None:
+    from django.conf import settings
+
+    if settings.DRAMATIQ_BROKER_URL or settings.DRAMATIQ_INPROCESS_WORKERS == 0:
+        return
+    # Only the serving process runs workers: not migrations, shells or tests.
+    if "pytest" in sys.modules or os.environ.get("TANDEM_INPROCESS_WORKER") != "1":
+        return
+    start_inprocess_worker()
+
+
+def start_inprocess_worker():
+    global _worker
+    with _lock:
+        if _worker is None:
+            import dramatiq
+            from dramatiq import Worker
+
+            _worker = Worker(
+                dramatiq.get_broker(),
+                worker_threads=__import__("django.conf").conf.settings.DRAMATIQ_INPROCESS_WORKERS,
+            )
+            _worker.start()
+    return _worker

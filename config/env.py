@@ -1,0 +1,78 @@
+"""Reading settings from the environment, in one place.
+
+Every value is checked when the process starts; a bad one raises
+``ImproperlyConfigured`` naming the variable, so a typo never turns into a
+surprise at three in the morning.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no)")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_database(name: str, default: str) -> dict:
+    raw = os.environ.get(name) or default
+    try:
+        config = dj_database_url.parse(raw, conn_max_age=0)
+    except (ValueError, KeyError) as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a database URL: {exc}") from None
+    engine = config.get("ENGINE", "")
+    if engine not in {"django.db.backends.postgresql", "django.db.backends.sqlite3"}:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r}: only postgres:// and sqlite:// databases are supported"
+        )
+    return config
+
+
+def env_url(name: str, default: str, *, schemes: set[str]) -> str:
+    raw = os.environ.get(name, default)
+    if not raw:
+        return raw
+    scheme = urlparse(raw).scheme
+    if scheme not in schemes:
+        allowed = ", ".join(sorted(f"{s}://" for s in schemes))
+        raise ImproperlyConfigured(f"{name}={raw!r}: scheme must be one of {allowed}")
+    return raw

@@ -1,0 +1,65 @@
+"""``Authorization: Bearer tdm_...`` API keys, and session users for the portal.
+
+Both end with ``request.caller`` (a ``core.tenancy.Caller``) set; views read the
+organization from there and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from core import selectors, services
+from core.tenancy import Caller
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed(
+                "Authorization header must be 'Bearer <api key>'"
+            )
+        try:
+            raw_key = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("API key must be ASCII") from None
+        api_key = selectors.api_key_for_secret(raw_key=raw_key)
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("invalid or revoked API key")
+        services.api_key_touch(api_key=api_key)
+        request.caller = Caller(  # type: ignore[attr-defined]
+            organization=api_key.organization, role=api_key.role, api_key_id=api_key.pk
+        )
+        return (AnonymousUser(), api_key)
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    """Portal sessions. The organization is the one named by ``X-Organization``
+    (an id) or, when the user belongs to exactly one, that one."""
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user, _ = result
+        wanted = request.headers.get("X-Organization")
+        membership = selectors.membership_for_user(user=user, organization_id=wanted)
+        if membership is None:
+            raise exceptions.AuthenticationFailed(
+                "X-Organization must name one of your organizations"
+            )
+        request.caller = Caller(  # type: ignore[attr-defined]
+            organization=membership.organization, role=membership.role, user_id=user.pk
+        )
+        return result
