@@ -1,0 +1,88 @@
+"""The database keeps the journal honest, not only Python:
+
+- postings are append-only (UPDATE and DELETE refused);
+- every statement that adds postings must leave each entry it touches with at
+  least two postings, one currency, debits equal to credits, and each posting
+  in its account's currency (a statement-level trigger over the new rows, so a
+  batch of thousands of entries is checked in one pass);
+- balances may never hold negative counters (a CHECK in 0001).
+"""
+
+from django.db import migrations
+
+PG_FORWARD = """
+CREATE TRIGGER billing_posting_append_only
+    BEFORE UPDATE OR DELETE ON billing_posting
+    FOR EACH ROW EXECUTE FUNCTION tandem_refuse_change();
+
+CREATE OR REPLACE FUNCTION billing_postings_balanced() RETURNS trigger AS $$
+DECLARE
+    bad bigint;
+BEGIN
+    SELECT n.entry_position INTO bad
+      FROM new_postings n
+     GROUP BY n.entry_position
+    HAVING count(*) < 2
+        OR count(DISTINCT n.currency) > 1
+        OR sum(CASE WHEN n.side = 'D' THEN n.amount_micros ELSE -n.amount_micros END) <> 0
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % does not balance', bad
+            USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT n.entry_position INTO bad
+      FROM new_postings n JOIN billing_account a ON a.id = n.account_id
+     WHERE a.currency <> n.currency
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % posts to an account of another currency', bad
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER billing_postings_balanced
+    AFTER INSERT ON billing_posting
+    REFERENCING NEW TABLE AS new_postings
+    FOR EACH STATEMENT EXECUTE FUNCTION billing_postings_balanced();
+"""
+PG_BACKWARD = """
+DROP TRIGGER IF EXISTS billing_postings_balanced ON billing_posting;
+DROP FUNCTION IF EXISTS billing_postings_balanced();
+DROP TRIGGER IF EXISTS billing_posting_append_only ON billing_posting;
+"""
+SQLITE_FORWARD = [
+    """CREATE TRIGGER billing_posting_no_update BEFORE UPDATE ON billing_posting
+       BEGIN SELECT RAISE(ABORT, 'billing_posting is append-only: UPDATE refused'); END;""",
+    """CREATE TRIGGER billing_posting_no_delete BEFORE DELETE ON billing_posting
+       BEGIN SELECT RAISE(ABORT, 'billing_posting is append-only: DELETE refused'); END;""",
+]
+SQLITE_BACKWARD = [
+    "DROP TRIGGER IF EXISTS billing_posting_no_update;",
+    "DROP TRIGGER IF EXISTS billing_posting_no_delete;",
+]
+
+
+def forward(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(PG_FORWARD, params=None)
+    elif schema_editor.connection.vendor == "sqlite":
+        for statement in SQLITE_FORWARD:
+            schema_editor.execute(statement)
+
+
+def backward(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(PG_BACKWARD, params=None)
+    elif schema_editor.connection.vendor == "sqlite":
+        for statement in SQLITE_BACKWARD:
+            schema_editor.execute(statement)
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("billing", "0001_initial"),
+        ("core", "0002_event_store_append_only"),
+    ]
+    operations = [migrations.RunPython(forward, backward)]

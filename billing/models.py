@@ -1,0 +1,169 @@
+"""The ledger's tables.
+
+The journal itself lives in the event store: every journal entry and every hold
+change is one event (stream types ``ledger.entry`` and ``ledger.hold``). The
+tables here are projections of those events, written in the same transaction:
+
+- ``Posting``: the journal's lines, one per debit or credit, for reading by
+  account and period. Append-only (a trigger refuses UPDATE and DELETE) and, on
+  PostgreSQL, every statement that adds postings must leave each entry it
+  touches summing to zero per currency (a statement-level trigger).
+- ``Balance``: posted and pending debits and credits per account
+  (TigerBeetle's four counters). Rebuilt identically by replaying the events.
+- ``Hold``: two-phase transfers and their state.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import F, Q
+
+from core.models import Event, Organization
+
+
+class Account(models.Model):
+    class Kind(models.TextChoices):
+        # per buyer
+        CREDIT = "credit"  # prepaid balance: a liability to the buyer
+        RECEIVABLE = "receivable"  # what a postpaid buyer owes
+        # per provider
+        PAYABLE = "payable"  # what the platform owes the provider
+        # platform
+        REVENUE = "revenue"
+        FEES = "fees"
+        STRIPE_CLEARING = "stripe_clearing"
+        PROMO = "promo"  # free credits given away (an expense)
+        ROUNDING = "rounding"
+        TAX_PAYABLE = "tax_payable"
+        ADJUSTMENTS = "adjustments"  # the other side of manual corrections
+
+    class Side(models.TextChoices):
+        DEBIT = "D"
+        CREDIT = "C"
+
+    # The side on which each kind's balance normally grows.
+    NORMAL_SIDE = {
+        Kind.CREDIT: Side.CREDIT,
+        Kind.RECEIVABLE: Side.DEBIT,
+        Kind.PAYABLE: Side.CREDIT,
+        Kind.REVENUE: Side.CREDIT,
+        Kind.FEES: Side.CREDIT,
+        Kind.STRIPE_CLEARING: Side.DEBIT,
+        Kind.PROMO: Side.DEBIT,
+        Kind.ROUNDING: Side.CREDIT,
+        Kind.TAX_PAYABLE: Side.CREDIT,
+        Kind.ADJUSTMENTS: Side.DEBIT,
+    }
+    ORG_KINDS = {Kind.CREDIT, Kind.RECEIVABLE, Kind.PAYABLE}
+
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts"
+    )  # null: a platform account
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    currency = models.CharField(max_length=3)
+    normal_side = models.CharField(max_length=1, choices=Side.choices)
+    # How far the balance may fall below zero on its normal side; null: no limit.
+    # A buyer's prepaid credit has 0 unless finance gives the org a credit limit.
+    overdraft_limit_micros = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "kind", "currency"],
+                nulls_distinct=False,
+                name="account_unique_per_org_kind_currency",
+            ),
+            models.CheckConstraint(
+                condition=Q(overdraft_limit_micros__isnull=True)
+                | Q(overdraft_limit_micros__gte=0),
+                name="account_overdraft_limit_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(normal_side__in=["D", "C"]), name="account_normal_side_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.organization.name if self.organization_id else "platform"
+        return f"{owner}:{self.kind}:{self.currency}"
+
+
+class Balance(models.Model):
+    account = models.OneToOneField(Account, primary_key=True, on_delete=models.PROTECT)
+    debits_posted = models.BigIntegerField(default=0)
+    credits_posted = models.BigIntegerField(default=0)
+    debits_pending = models.BigIntegerField(default=0)
+    credits_pending = models.BigIntegerField(default=0)
+    position = models.BigIntegerField(default=0)  # the last event applied
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(debits_posted__gte=0)
+                & Q(credits_posted__gte=0)
+                & Q(debits_pending__gte=0)
+                & Q(credits_pending__gte=0),
+                name="balance_counters_non_negative",
+            ),
+        ]
+
+
+class Posting(models.Model):
+    entry = models.ForeignKey(
+        Event, on_delete=models.PROTECT, related_name="+", db_column="entry_position"
+    )
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings")
+    currency = models.CharField(max_length=3)
+    side = models.CharField(max_length=1, choices=Account.Side.choices)
+    amount_micros = models.BigIntegerField()
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_micros__gt=0), name="posting_amount_positive"),
+            models.CheckConstraint(condition=Q(side__in=["D", "C"]), name="posting_side_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["account", "recorded_at"], name="posting_account_time"),
+        ]
+
+
+class Hold(models.Model):
+    """A pending transfer: reserves ``amount`` from ``debit_account`` until it is
+    posted (fully or partly), voided, or expires. It resolves exactly once."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        POSTED = "posted"
+        VOIDED = "voided"
+        EXPIRED = "expired"
+
+    hold_id = models.CharField(max_length=200, unique=True)
+    debit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    credit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    currency = models.CharField(max_length=3)
+    amount_micros = models.BigIntegerField()
+    posted_micros = models.BigIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_micros__gt=0), name="hold_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(posted_micros__gte=0) & Q(posted_micros__lte=F("amount_micros")),
+                name="hold_posted_within_amount",
+            ),
+            models.CheckConstraint(
+                condition=Q(state__in=["pending", "posted", "voided", "expired"]),
+                name="hold_state_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["expires_at"], condition=Q(state="pending"), name="hold_pending_expiry"
+            )
+        ]

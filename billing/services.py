@@ -1,0 +1,830 @@
+"""Writes to the ledger.
+
+Everything funnels into ``ledger_execute``: a batch of commands (journal
+entries, hold create / post / void) applied in one transaction, TigerBeetle
+style, with one result per command. Inside it:
+
+1. the balance rows of every account involved are locked, in account order
+   (``SELECT … ORDER BY account_id FOR UPDATE``), so concurrent batches queue
+   instead of deadlocking, then the holds involved, in id order;
+2. transfer and hold ids already in the event store are looked up: the same id
+   with the same body is a replay (the first result, no effect), with a
+   different body it is refused;
+3. commands are applied in order to the in-memory balances with
+   ``billing.ledger.apply_event`` — the same function a replay uses — and a
+   command that would break an account's limit is rejected alone;
+4. the events, postings, holds and new balances are written (COPY on PostgreSQL).
+
+The whole block is retried from a fresh read on a serialization failure,
+a deadlock, or a unique-key race with a concurrent duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from billing import events as ev
+from billing.ledger import BalanceState, apply_event, replay
+from billing.models import Account, Balance, Hold, Posting
+from core.db import is_postgres, retry_transaction
+from core.errors import (
+    ApplicationError,
+    Conflict,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidInput,
+    NotFound,
+)
+from core.eventstore import EVENT_TABLE, EventRow, events_insert
+from core.middleware import request_id_var
+from core.models import Organization
+from core.money import CURRENCIES, MAX_AMOUNT_MICROS
+
+TRANSFER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/@+-]{0,199}$")
+MAX_HOLD_TIMEOUT = timedelta(days=366)
+MAX_LEGS = 64
+BALANCE_TABLE = Balance._meta.db_table
+ACCOUNT_TABLE = Account._meta.db_table
+POSTING_TABLE = Posting._meta.db_table
+HOLD_TABLE = Hold._meta.db_table
+
+
+# --- commands and results ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRequest:
+    """A journal entry: two or more legs ``(account_id, "D"|"C", amount_micros)``
+    whose debits equal their credits, all in ``currency``."""
+
+    transfer_id: str
+    currency: str
+    legs: tuple[ev.Leg, ...]
+    kind: str = "transfer"
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    hold_id: str
+    debit_account_id: int
+    credit_account_id: int
+    amount_micros: int
+    currency: str
+    expires_at: datetime
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPostRequest:
+    hold_id: str
+    amount_micros: int | None = None  # None: the whole held amount
+
+
+@dataclass(frozen=True, slots=True)
+class HoldVoidRequest:
+    hold_id: str
+    expired: bool = False  # set by the expiry sweep
+
+
+Command = EntryRequest | HoldRequest | HoldPostRequest | HoldVoidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerResult:
+    status: str  # "posted" | "replayed" | "rejected"
+    position: int | None = None
+    code: str = ""
+    message: str = ""
+    details: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "rejected"
+
+
+_ERRORS: dict[str, type[ApplicationError]] = {
+    "invalid": InvalidInput,
+    "account_not_found": NotFound,
+    "hold_not_found": NotFound,
+    "exceeds_limit": InsufficientFunds,
+    "id_reused": IdempotencyConflict,
+    "hold_resolved": Conflict,
+    "hold_expired": Conflict,
+}
+
+
+def raise_for(result: LedgerResult) -> LedgerResult:
+    """Turn a rejected result into its ApplicationError; pass others through."""
+    if result.ok:
+        return result
+    raise _ERRORS.get(result.code, ApplicationError)(result.message, details=result.details)
+
+
+def _rejected(code: str, message: str, **details) -> LedgerResult:
+    return LedgerResult(status="rejected", code=code, message=message, details=details)
+
+
+# --- static validation (no database) ----------------------------------------
+
+
+def _check_amount(value: object, name: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{name} must be an integer number of micro-units"
+    if value <= 0:
+        return f"{name} must be positive"
+    if value > MAX_AMOUNT_MICROS:
+        return f"{name} must be at most {MAX_AMOUNT_MICROS}"
+    return None
+
+
+def _check_id(value: object, name: str) -> str | None:
+    if not isinstance(value, str) or not TRANSFER_ID.match(value):
+        return (
+            f"{name} must be 1-200 characters of letters, digits and :._/@+- "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def _validate(command: Command, now: datetime) -> str | None:
+    if isinstance(command, EntryRequest):
+        if problem := _check_id(command.transfer_id, "transfer_id"):
+            return problem
+        if command.currency not in CURRENCIES:
+            return f"currency {command.currency!r} is not one of {', '.join(CURRENCIES)}"
+        if not 2 <= len(command.legs) <= MAX_LEGS:
+            return f"an entry needs 2 to {MAX_LEGS} legs"
+        debits = credits = 0
+        seen = set()
+        for index, leg in enumerate(command.legs):
+            if not isinstance(leg, tuple | list) or len(leg) != 3:
+                return f"legs[{index}] must be (account_id, side, amount_micros)"
+            account_id, side, amount = leg
+            if isinstance(account_id, bool) or not isinstance(account_id, int):
+                return f"legs[{index}].account must be an account id"
+            if account_id in seen:
+                return f"legs[{index}]: account {account_id} appears twice in one entry"
+            seen.add(account_id)
+            if side not in ("D", "C"):
+                return f"legs[{index}].side must be 'D' or 'C'"
+            if problem := _check_amount(amount, f"legs[{index}].amount_micros"):
+                return problem
+            if side == "D":
+                debits += amount
+            else:
+                credits += amount
+        if debits != credits:
+            return f"debits ({debits}) must equal credits ({credits})"
+        return None
+    if isinstance(command, HoldRequest):
+        if problem := _check_id(command.hold_id, "hold_id"):
+            return problem
+        if command.currency not in CURRENCIES:
+            return f"currency {command.currency!r} is not one of {', '.join(CURRENCIES)}"
+        if command.debit_account_id == command.credit_account_id:
+            return "a hold needs two different accounts"
+        if problem := _check_amount(command.amount_micros, "amount_micros"):
+            return problem
+        if command.expires_at.tzinfo is None:
+            return "expires_at must be timezone-aware"
+        if not now < command.expires_at <= now + MAX_HOLD_TIMEOUT:
+            return "expires_at must be in the future and at most 366 days away"
+        return None
+    if isinstance(command, HoldPostRequest):
+        if problem := _check_id(command.hold_id, "hold_id"):
+            return problem
+        if command.amount_micros is not None:
+            return _check_amount(command.amount_micros, "amount_micros")
+        return None
+    if isinstance(command, HoldVoidRequest):
+        return _check_id(command.hold_id, "hold_id")
+    return f"not a ledger command: {type(command).__name__}"
+
+
+# --- the batch --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _HoldRow:
+    pk: int | None
+    hold_id: str
+    debit_account: int
+    credit_account: int
+    currency: str
+    amount_micros: int
+    posted_micros: int
+    state: str
+    expires_at: datetime
+    created_at: datetime
+    resolved_at: datetime | None = None
+    changed: bool = False
+
+
+def ledger_execute(
+    commands: Sequence[Command], *, actor: str = "system", now: datetime | None = None
+) -> list[LedgerResult]:
+    """Apply a batch of ledger commands in one transaction; one result per command."""
+    now = now or timezone.now()
+    results: list[LedgerResult | None] = [None] * len(commands)
+    valid: list[tuple[int, Command]] = []
+    for index, command in enumerate(commands):
+        problem = _validate(command, now)
+        if problem:
+            results[index] = _rejected("invalid", problem)
+        else:
+            valid.append((index, command))
+    if valid:
+        metadata = {"actor": actor}
+        request_id = request_id_var.get()
+        if request_id != "-":
+            metadata["correlation_id"] = request_id
+        done = retry_transaction(_execute, retry_on=(IntegrityError,))(valid, metadata, now)
+        for index, result in done:
+            results[index] = result
+    return results  # type: ignore[return-value]
+
+
+def _in_list(values: Sequence) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _lock_balances(cursor, account_ids: Sequence[int]) -> dict[int, BalanceState]:
+    if not account_ids:
+        return {}
+    lock = " FOR UPDATE OF b" if is_postgres() else ""
+    cursor.execute(
+        "SELECT b.account_id, a.currency, a.normal_side, a.overdraft_limit_micros, "
+        "b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending, b.position "
+        f"FROM {BALANCE_TABLE} b JOIN {ACCOUNT_TABLE} a ON a.id = b.account_id "
+        f"WHERE b.account_id IN ({_in_list(account_ids)}) ORDER BY b.account_id{lock}",
+        list(account_ids),
+    )
+    return {row[0]: BalanceState(*row) for row in cursor.fetchall()}
+
+
+_HOLD_COLUMNS = (
+    "id, hold_id, debit_account_id, credit_account_id, currency, amount_micros, "
+    "posted_micros, state, expires_at, created_at, resolved_at"
+)
+
+
+def _read_holds(cursor, hold_ids: Sequence[str], *, lock: bool) -> dict[str, _HoldRow]:
+    if not hold_ids:
+        return {}
+    suffix = " ORDER BY id FOR UPDATE" if lock and is_postgres() else ""
+    cursor.execute(
+        f"SELECT {_HOLD_COLUMNS} FROM {HOLD_TABLE} WHERE hold_id IN ({_in_list(hold_ids)}){suffix}",
+        list(hold_ids),
+    )
+    rows = {}
+    for row in cursor.fetchall():
+        hold = _HoldRow(*row)
+        if not is_postgres():  # SQLite hands back text for these
+            hold.expires_at = _as_datetime(hold.expires_at)
+            hold.created_at = _as_datetime(hold.created_at)
+        rows[hold.hold_id] = hold
+    return rows
+
+
+def _as_datetime(value) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _existing_events(cursor, stream_ids: Sequence[str]) -> dict[tuple[str, int], tuple]:
+    if not stream_ids:
+        return {}
+    cursor.execute(
+        f"SELECT stream_id, version, type, payload, position FROM {EVENT_TABLE} "
+        f"WHERE stream_id IN ({_in_list(stream_ids)})",
+        list(stream_ids),
+    )
+    found = {}
+    for stream_id, version, event_type, payload, position in cursor.fetchall():
+        if isinstance(payload, str):  # SQLite
+            payload = json.loads(payload)
+        found[(stream_id, version)] = (event_type, payload, position)
+    return found
+
+
+def _execute(
+    commands: list[tuple[int, Command]], metadata: dict, now: datetime
+) -> list[tuple[int, LedgerResult]]:
+    with connection.cursor() as cursor:
+        # Which holds and accounts this batch touches.
+        hold_ids = sorted(
+            {c.hold_id for _, c in commands if isinstance(c, HoldPostRequest | HoldVoidRequest)}
+        )
+        holds = _read_holds(cursor, hold_ids, lock=False)
+        account_ids: set[int] = set()
+        for _, command in commands:
+            if isinstance(command, EntryRequest):
+                account_ids.update(leg[0] for leg in command.legs)
+            elif isinstance(command, HoldRequest):
+                account_ids.update((command.debit_account_id, command.credit_account_id))
+        for hold in holds.values():
+            account_ids.update((hold.debit_account, hold.credit_account))
+
+        balances = _lock_balances(cursor, sorted(account_ids))
+        holds = _read_holds(cursor, hold_ids, lock=True)  # now under lock: the truth
+        late = {a for h in holds.values() for a in (h.debit_account, h.credit_account)}
+        if late - balances.keys():  # a hold created since the first read
+            balances.update(_lock_balances(cursor, sorted(late - balances.keys())))
+        streams = [
+            ev.entry_stream_id(c.transfer_id) if isinstance(c, EntryRequest) else
+            ev.hold_stream_id(c.hold_id)  # type: ignore[union-attr]
+            for _, c in commands
+        ]
+        existing = _existing_events(cursor, sorted(set(streams)))
+
+        applier = _Applier(balances, holds, existing, now)
+        done = [(index, applier.run(command)) for index, command in commands]
+
+        if applier.rows:
+            positions = events_insert(
+                [
+                    EventRow(
+                        stream_type=st, stream_id=sid, version=v, type=t, payload=p,
+                        metadata=metadata,
+                    )
+                    for st, sid, v, t, p in applier.rows
+                ],
+                recorded_at=now,
+            )
+            _write_projections(cursor, applier, positions, now)
+            done = [
+                (index, _with_position(result, positions)) for index, result in done
+            ]
+    return done
+
+
+def _with_position(result: LedgerResult, positions: list[int]) -> LedgerResult:
+    # New events carry their row index as a negative placeholder until written.
+    if result.position is not None and result.position < 0:
+        return LedgerResult(status=result.status, position=positions[-result.position - 1])
+    return result
+
+
+class _Applier:
+    """Applies commands in order to in-memory balances and holds, collecting the
+    event rows to write. Holds no database handle: it only decides."""
+
+    def __init__(self, balances, holds, existing, now: datetime) -> None:
+        self.balances: dict[int, BalanceState] = balances
+        self.holds: dict[str, _HoldRow] = holds
+        self.existing: dict[tuple[str, int], tuple] = existing
+        self.now = now
+        self.rows: list[tuple[str, str, int, str, dict]] = []
+
+    def _record(self, stream_type: str, stream_id: str, version: int, event_type: str,
+                payload: dict) -> LedgerResult:
+        self.rows.append((stream_type, stream_id, version, event_type, payload))
+        placeholder = -len(self.rows)
+        self.existing[(stream_id, version)] = (event_type, payload, placeholder)
+        return LedgerResult(status="posted", position=placeholder)
+
+    def _accounts(self, ids: Sequence[int], currency: str) -> LedgerResult | None:
+        for account_id in ids:
+            state = self.balances.get(account_id)
+            if state is None:
+                return _rejected(
+                    "account_not_found", f"account {account_id} does not exist",
+                    account=account_id,
+                )
+            if state.currency != currency:
+                return _rejected(
+                    "invalid",
+                    f"account {account_id} is kept in {state.currency}, not {currency}",
+                    account=account_id,
+                )
+        return None
+
+    def _apply_checked(self, event_type: str, payload: dict, ids: Sequence[int]
+                       ) -> LedgerResult | None:
+        """Apply to the balances; undo and reject if any account breaks its limit."""
+        touched = [self.balances[i] for i in ids]
+        before = [(s.available, s.counters(), s.dirty) for s in touched]
+        apply_event(self.balances, event_type, payload, 0)
+        for state, (available, counters, dirty) in zip(touched, before, strict=True):
+            if state.breaks_limit(available):
+                for undo, (_, saved, was_dirty) in zip(touched, before, strict=True):
+                    (undo.debits_posted, undo.credits_posted, undo.debits_pending,
+                     undo.credits_pending, undo.position) = saved
+                    undo.dirty = was_dirty
+                return _rejected(
+                    "exceeds_limit",
+                    f"account {state.account_id} has {available} micro-units available; "
+                    f"this needs {available - state.available}",
+                    account=state.account_id,
+                    available_micros=available,
+                    missing_micros=-(state.available + (state.overdraft_limit_micros or 0)),
+                )
+        return None
+
+    def run(self, command: Command) -> LedgerResult:
+        if isinstance(command, EntryRequest):
+            return self._entry(command)
+        if isinstance(command, HoldRequest):
+            return self._hold_create(command)
+        if isinstance(command, HoldPostRequest):
+            return self._hold_resolve(command.hold_id, ev.HOLD_POSTED, command.amount_micros)
+        return self._hold_resolve(
+            command.hold_id, ev.HOLD_EXPIRED if command.expired else ev.HOLD_VOIDED, None
+        )
+
+    def _entry(self, c: EntryRequest) -> LedgerResult:
+        stream_id = ev.entry_stream_id(c.transfer_id)
+        legs = [[leg[0], leg[1], leg[2]] for leg in c.legs]
+        payload = ev.EntryPosted(
+            transfer_id=c.transfer_id, currency=c.currency, kind=c.kind,
+            description=c.description, legs=tuple(c.legs),
+        ).payload()
+        payload["legs"] = legs
+        first = self.existing.get((stream_id, 1))
+        if first is not None:
+            _, stored, position = first
+            same = (stored["currency"], stored["kind"], stored["legs"]) == (
+                c.currency, c.kind, legs)
+            if same:
+                return LedgerResult(status="replayed", position=position)
+            return _rejected(
+                "id_reused", f"transfer {c.transfer_id!r} exists with a different body",
+                transfer_id=c.transfer_id,
+            )
+        ids = [leg[0] for leg in legs]
+        if problem := self._accounts(ids, c.currency):
+            return problem
+        if problem := self._apply_checked(ev.ENTRY_POSTED, payload, ids):
+            return problem
+        return self._record(ev.ENTRY_STREAM, stream_id, 1, ev.ENTRY_POSTED, payload)
+
+    def _hold_create(self, c: HoldRequest) -> LedgerResult:
+        stream_id = ev.hold_stream_id(c.hold_id)
+        payload = ev.HoldCreated(
+            hold_id=c.hold_id, currency=c.currency, debit_account=c.debit_account_id,
+            credit_account=c.credit_account_id, amount_micros=c.amount_micros,
+            expires_at=c.expires_at.isoformat(), description=c.description,
+        ).payload()
+        first = self.existing.get((stream_id, 1))
+        if first is not None:
+            _, stored, position = first
+            keys = ("currency", "debit_account", "credit_account", "amount_micros")
+            if all(stored[k] == payload[k] for k in keys):
+                return LedgerResult(status="replayed", position=position)
+            return _rejected(
+                "id_reused", f"hold {c.hold_id!r} exists with a different body",
+                hold_id=c.hold_id,
+            )
+        ids = [c.debit_account_id, c.credit_account_id]
+        if problem := self._accounts(ids, c.currency):
+            return problem
+        if problem := self._apply_checked(ev.HOLD_CREATED, payload, ids):
+            return problem
+        self.holds[c.hold_id] = _HoldRow(
+            pk=None, hold_id=c.hold_id, debit_account=c.debit_account_id,
+            credit_account=c.credit_account_id, currency=c.currency,
+            amount_micros=c.amount_micros, posted_micros=0, state=Hold.State.PENDING,
+            expires_at=c.expires_at, created_at=self.now, changed=True,
+        )
+        return self._record(ev.HOLD_STREAM, stream_id, 1, ev.HOLD_CREATED, payload)
+
+    def _hold_resolve(self, hold_id: str, event_type: str, amount: int | None) -> LedgerResult:
+        stream_id = ev.hold_stream_id(hold_id)
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            return _rejected("hold_not_found", f"hold {hold_id!r} does not exist", hold_id=hold_id)
+        resolved = self.existing.get((stream_id, 2))
+        if resolved is not None or hold.state != Hold.State.PENDING:
+            if resolved is not None:
+                stored_type, stored, position = resolved
+                posted = sum(leg[2] for leg in stored["legs"] if leg[1] == "D")
+                wanted = hold.amount_micros if amount is None else amount
+                if stored_type == event_type and (
+                    event_type != ev.HOLD_POSTED or posted == wanted
+                ):
+                    return LedgerResult(status="replayed", position=position)
+            return _rejected(
+                "hold_resolved", f"hold {hold_id!r} is already {hold.state}",
+                hold_id=hold_id, state=hold.state,
+            )
+        if event_type == ev.HOLD_POSTED:
+            if hold.expires_at <= self.now:
+                return _rejected(
+                    "hold_expired", f"hold {hold_id!r} expired at {hold.expires_at.isoformat()}",
+                    hold_id=hold_id,
+                )
+            amount = hold.amount_micros if amount is None else amount
+            if amount > hold.amount_micros:
+                return _rejected(
+                    "invalid",
+                    f"amount_micros {amount} is more than the {hold.amount_micros} held",
+                    hold_id=hold_id,
+                )
+            legs = ((hold.debit_account, "D", amount), (hold.credit_account, "C", amount))
+        else:
+            amount = 0
+            legs = ()
+        payload = ev.HoldResolved(
+            type=event_type, hold_id=hold_id, currency=hold.currency,
+            debit_account=hold.debit_account, credit_account=hold.credit_account,
+            released_micros=hold.amount_micros, legs=legs,
+        ).payload()
+        # Posting at most the held amount never lowers availability: no limit check.
+        apply_event(self.balances, event_type, payload, 0)
+        hold.state = {
+            ev.HOLD_POSTED: Hold.State.POSTED,
+            ev.HOLD_VOIDED: Hold.State.VOIDED,
+            ev.HOLD_EXPIRED: Hold.State.EXPIRED,
+        }[event_type]
+        hold.posted_micros = amount
+        hold.resolved_at = self.now
+        hold.changed = True
+        return self._record(ev.HOLD_STREAM, stream_id, 2, event_type, payload)
+
+
+def _write_projections(cursor, applier: _Applier, positions: list[int], now: datetime) -> None:
+    postings = []
+    position_of_stream = {}
+    for (stream_type, stream_id, version, event_type, payload), position in zip(
+        applier.rows, positions, strict=True
+    ):
+        position_of_stream[(stream_id, version)] = position
+        for account_id, side, amount in payload.get("legs", ()):
+            postings.append((position, account_id, payload["currency"], side, amount, now))
+    # Balance.position: the newest event that touched the account.
+    for (stream_type, stream_id, version, event_type, payload), position in zip(
+        applier.rows, positions, strict=True
+    ):
+        ids = {leg[0] for leg in payload.get("legs", ())}
+        if "debit_account" in payload:
+            ids.update((payload["debit_account"], payload["credit_account"]))
+        for account_id in ids:
+            applier.balances[account_id].position = position
+
+    columns = "entry_position, account_id, currency, side, amount_micros, recorded_at"
+    if postings:
+        if is_postgres():
+            with cursor.cursor.copy(f"COPY {POSTING_TABLE} ({columns}) FROM STDIN") as copy:
+                for row in postings:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(
+                f"INSERT INTO {POSTING_TABLE} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)",
+                postings,
+            )
+
+    new_holds = [h for h in applier.holds.values() if h.changed and h.pk is None]
+    if new_holds:
+        cursor.executemany(
+            f"INSERT INTO {HOLD_TABLE} (hold_id, debit_account_id, credit_account_id, currency, "
+            "amount_micros, posted_micros, state, expires_at, created_at, resolved_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (h.hold_id, h.debit_account, h.credit_account, h.currency, h.amount_micros,
+                 h.posted_micros, h.state, h.expires_at, h.created_at, h.resolved_at)
+                for h in new_holds
+            ],
+        )
+    changed_holds = [h for h in applier.holds.values() if h.changed and h.pk is not None]
+    if changed_holds:
+        cursor.executemany(
+            f"UPDATE {HOLD_TABLE} SET state = %s, posted_micros = %s, resolved_at = %s "
+            "WHERE id = %s AND state = 'pending'",
+            [(h.state, h.posted_micros, h.resolved_at, h.pk) for h in changed_holds],
+        )
+
+    dirty = [s for s in applier.balances.values() if s.dirty]
+    if dirty:
+        cursor.executemany(
+            f"UPDATE {BALANCE_TABLE} SET debits_posted = %s, credits_posted = %s, "
+            "debits_pending = %s, credits_pending = %s, position = %s WHERE account_id = %s",
+            [(*s.counters(), s.account_id) for s in dirty],
+        )
+
+
+# --- accounts ---------------------------------------------------------------
+
+
+def _default_limit(kind: str) -> int | None:
+    # Buyers' prepaid credit and providers' payable may not go below zero;
+    # platform accounts carry whatever the books say.
+    return 0 if kind in (Account.Kind.CREDIT, Account.Kind.PAYABLE) else None
+
+
+def account_open(
+    *, organization: Organization | None, kind: str, currency: str
+) -> Account:
+    """The account of this kind and currency for an org (or the platform), opened
+    with a zero balance the first time it is asked for."""
+    if kind not in Account.Kind.values:
+        raise InvalidInput(f"unknown account kind {kind!r}", details={"field": "kind"})
+    if currency not in CURRENCIES:
+        raise InvalidInput(f"unknown currency {currency!r}", details={"field": "currency"})
+    if (organization is None) == (kind in Account.ORG_KINDS):
+        owner = "an organization" if kind in Account.ORG_KINDS else "the platform"
+        raise InvalidInput(f"a {kind} account belongs to {owner}")
+    found = Account.objects.filter(organization=organization, kind=kind, currency=currency).first()
+    if found is not None:
+        return found
+    try:
+        with transaction.atomic():
+            account = Account.objects.create(
+                organization=organization,
+                kind=kind,
+                currency=currency,
+                normal_side=Account.NORMAL_SIDE[Account.Kind(kind)],
+                overdraft_limit_micros=_default_limit(kind),
+            )
+            Balance.objects.create(account=account)
+            return account
+    except IntegrityError:
+        return Account.objects.get(organization=organization, kind=kind, currency=currency)
+
+
+def platform_account(*, kind: str, currency: str) -> Account:
+    return account_open(organization=None, kind=kind, currency=currency)
+
+
+@transaction.atomic
+def account_set_overdraft_limit(*, account: Account, limit_micros: int | None) -> Account:
+    """Finance sets how far an account may go below zero (a postpaid org's credit limit)."""
+    if limit_micros is not None and (problem := _check_amount(limit_micros or 1, "limit")):
+        raise InvalidInput(problem, details={"field": "limit_micros"})
+    Account.objects.filter(pk=account.pk).update(overdraft_limit_micros=limit_micros)
+    account.refresh_from_db()
+    return account
+
+
+# --- single-command conveniences --------------------------------------------
+
+
+def entry_post(*, entry: EntryRequest, actor: str = "system") -> LedgerResult:
+    return raise_for(ledger_execute([entry], actor=actor)[0])
+
+
+def transfer_create(
+    *,
+    transfer_id: str,
+    debit_account_id: int,
+    credit_account_id: int,
+    amount_micros: int,
+    currency: str,
+    kind: str = "transfer",
+    description: str = "",
+    actor: str = "system",
+) -> LedgerResult:
+    entry = EntryRequest(
+        transfer_id=transfer_id,
+        currency=currency,
+        legs=((debit_account_id, "D", amount_micros), (credit_account_id, "C", amount_micros)),
+        kind=kind,
+        description=description,
+    )
+    return entry_post(entry=entry, actor=actor)
+
+
+def hold_create(
+    *,
+    hold_id: str,
+    debit_account_id: int,
+    credit_account_id: int,
+    amount_micros: int,
+    currency: str,
+    timeout: timedelta,
+    description: str = "",
+    actor: str = "system",
+) -> LedgerResult:
+    now = timezone.now()
+    request = HoldRequest(
+        hold_id=hold_id,
+        debit_account_id=debit_account_id,
+        credit_account_id=credit_account_id,
+        amount_micros=amount_micros,
+        currency=currency,
+        expires_at=now + timeout,
+        description=description,
+    )
+    return raise_for(ledger_execute([request], actor=actor, now=now)[0])
+
+
+def hold_post(
+    *, hold_id: str, amount_micros: int | None = None, actor: str = "system"
+) -> LedgerResult:
+    return raise_for(ledger_execute([HoldPostRequest(hold_id, amount_micros)], actor=actor)[0])
+
+
+def hold_void(*, hold_id: str, actor: str = "system") -> LedgerResult:
+    return raise_for(ledger_execute([HoldVoidRequest(hold_id)], actor=actor)[0])
+
+
+def holds_expire(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Release every pending hold whose time ran out; return how many were released."""
+    now = now or timezone.now()
+    due = list(
+        Hold.objects.filter(state=Hold.State.PENDING, expires_at__lte=now)
+        .order_by("expires_at")
+        .values_list("hold_id", flat=True)[:limit]
+    )
+    if not due:
+        return 0
+    results = ledger_execute(
+        [HoldVoidRequest(hold_id, expired=True) for hold_id in due], actor="expiry", now=now
+    )
+    return sum(1 for r in results if r.status == "posted")
+
+
+# --- money in and out of the books by people ---------------------------------
+
+
+def credits_grant(
+    *,
+    organization: Organization,
+    amount_micros: int,
+    currency: str,
+    reason: str,
+    transfer_id: str | None = None,
+    actor: str = "system",
+) -> LedgerResult:
+    """Free credits for a buyer: debit the platform's promo account, credit the buyer."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("a grant needs a reason", details={"field": "reason"})
+    if not organization.is_buyer:
+        raise InvalidInput(f"{organization.name} is not a buyer organization")
+    promo = platform_account(kind=Account.Kind.PROMO, currency=currency)
+    credit = account_open(organization=organization, kind=Account.Kind.CREDIT, currency=currency)
+    return transfer_create(
+        transfer_id=transfer_id or f"grant:{organization.pk}:{timezone.now().timestamp():.6f}",
+        debit_account_id=promo.pk,
+        credit_account_id=credit.pk,
+        amount_micros=amount_micros,
+        currency=currency,
+        kind="grant",
+        description=reason[:500],
+        actor=actor,
+    )
+
+
+def adjustment_post(
+    *,
+    transfer_id: str,
+    currency: str,
+    legs: Sequence[ev.Leg],
+    reason: str,
+    actor: str,
+) -> LedgerResult:
+    """A manual journal entry by finance staff, with the reason on the record."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("an adjustment needs a reason", details={"field": "reason"})
+    entry = EntryRequest(
+        transfer_id=transfer_id,
+        currency=currency,
+        legs=tuple(tuple(leg) for leg in legs),  # type: ignore[misc]
+        kind="adjustment",
+        description=reason[:500],
+    )
+    return entry_post(entry=entry, actor=actor)
+
+
+# --- projections ------------------------------------------------------------
+
+
+@transaction.atomic
+def balances_rebuild() -> int:
+    """Recompute every balance from the ledger's events (position 0 onwards) and
+    write the result; return how many rows differed from the live projection."""
+    replayed = replay()
+    changed = 0
+    live = Balance.objects.select_for_update().order_by("account_id")
+    for balance in live:
+        state = replayed.get(balance.account_id)
+        counters = state.counters() if state else (0, 0, 0, 0, 0)
+        current = (
+            balance.debits_posted,
+            balance.credits_posted,
+            balance.debits_pending,
+            balance.credits_pending,
+            balance.position,
+        )
+        if counters != current:
+            changed += 1
+            Balance.objects.filter(pk=balance.pk).update(
+                debits_posted=counters[0],
+                credits_posted=counters[1],
+                debits_pending=counters[2],
+                credits_pending=counters[3],
+                position=counters[4],
+            )
+    return changed
+

@@ -1,0 +1,65 @@
+"""Database helpers shared by every app: vendor checks and retrying a whole
+transaction when the database says it lost a race."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django.db import OperationalError, connection, transaction
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# SQLSTATEs meaning "run the transaction again": serialization failure, deadlock.
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(exc, "sqlstate", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return True
+    # SQLite answers "database is locked" when its busy timeout runs out.
+    return connection.vendor == "sqlite" and "locked" in str(exc)
+
+
+def retry_transaction(
+    func: Callable[P, R] | None = None, *, attempts: int = 8, retry_on: tuple[type, ...] = ()
+) -> Callable[P, R]:
+    """Run ``func`` in ``transaction.atomic()``; on a serialization failure or a
+    deadlock (or one of ``retry_on``) roll back and run the whole block again
+    from a fresh read, with jittered backoff."""
+
+    def decorate(inner: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(inner)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if transaction.get_connection().in_atomic_block:
+                # Part of a bigger transaction: the outermost caller owns the retry.
+                with transaction.atomic():
+                    return inner(*args, **kwargs)
+            for attempt in range(attempts):
+                try:
+                    with transaction.atomic():
+                        return inner(*args, **kwargs)
+                except OperationalError as exc:
+                    if not _is_retryable(exc) or attempt == attempts - 1:
+                        raise
+                except retry_on:
+                    if attempt == attempts - 1:
+                        raise
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
+            raise AssertionError("unreachable")
+
+        return wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate  # type: ignore[return-value]

@@ -1,0 +1,327 @@
+"""The event store: one append-only table of facts (``core.models.Event``).
+
+- ``(stream_id, version)`` is unique: an append names the version it expects and
+  a conflict raises ``ConcurrencyConflict``; the caller retries from a fresh read.
+- ``position`` is global and assigned in commit order. On PostgreSQL an append
+  takes ``LOCK TABLE core_event IN EXCLUSIVE MODE`` right before it inserts (as
+  the ``eventsourcing`` library does), so positions are handed out one committing
+  transaction at a time and a follower reading by position never skips a row
+  that commits later. Readers are not blocked. The lock is held only from the
+  insert to the commit, so append events as the last step of a transaction.
+  SQLite has one writer at a time, which gives the same order for free.
+- An append may carry an idempotency key, unique per tenant: replaying it
+  returns the events the first append recorded and writes nothing.
+- UPDATE and DELETE on the table are refused by triggers (migration 0002).
+- Old payload shapes are upcast on read (``register_upcaster``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from core.db import is_postgres
+from core.errors import ConcurrencyConflict, IdempotencyConflict
+from core.models import Event
+
+EVENT_TABLE = Event._meta.db_table
+_COLUMNS = (
+    "tenant_id",
+    "stream_type",
+    "stream_id",
+    "version",
+    "type",
+    "schema_version",
+    "payload",
+    "metadata",
+    "idempotency_key",
+    "recorded_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    type: str
+    payload: dict[str, Any]
+    schema_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    position: int
+    tenant_id: int | None
+    stream_type: str
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One row to insert, with its version already decided (used by batch writers)."""
+
+    stream_type: str
+    stream_id: str
+    version: int
+    type: str
+    payload: dict[str, Any]
+    schema_version: int = 1
+    tenant_id: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+# --- upcasting --------------------------------------------------------------
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register_upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function turning ``event_type``'s payload at ``from_version`` into
+    ``from_version + 1``. Reads apply the chain up to the newest shape."""
+
+    def decorate(func: Upcaster) -> Upcaster:
+        _UPCASTERS[(event_type, from_version)] = func
+        return func
+
+    return decorate
+
+
+def _upcast(event_type: str, schema_version: int, payload: dict[str, Any]) -> tuple[int, dict]:
+    while (step := _UPCASTERS.get((event_type, schema_version))) is not None:
+        payload = step(payload)
+        schema_version += 1
+    return schema_version, payload
+
+
+def _recorded(event: Event) -> RecordedEvent:
+    schema_version, payload = _upcast(event.type, event.schema_version, event.payload)
+    return RecordedEvent(
+        position=event.position,
+        tenant_id=event.tenant_id,
+        stream_type=event.stream_type,
+        stream_id=event.stream_id,
+        version=event.version,
+        type=event.type,
+        schema_version=schema_version,
+        payload=payload,
+        metadata=event.metadata,
+        recorded_at=event.recorded_at,
+    )
+
+
+# --- writing ----------------------------------------------------------------
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def events_insert(rows: Sequence[EventRow], *, recorded_at: datetime | None = None) -> list[int]:
+    """Insert rows whose versions the caller has decided; return their positions in order.
+
+    Must run inside a transaction. Takes the commit-order lock (see the module
+    docstring). A duplicate ``(stream_id, version)`` raises ``IntegrityError``,
+    which aborts the transaction: the caller's retry loop starts again.
+    """
+    if not rows:
+        return []
+    assert transaction.get_connection().in_atomic_block, "events_insert needs a transaction"
+    now = recorded_at or timezone.now()
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(f"LOCK TABLE {EVENT_TABLE} IN EXCLUSIVE MODE")
+            if len(rows) == 1:
+                cursor.execute(
+                    f"INSERT INTO {EVENT_TABLE} ({', '.join(_COLUMNS)}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING position",
+                    _values(rows[0], now),
+                )
+                return [cursor.fetchone()[0]]
+            # Positions are taken from the sequence under the lock, so they are
+            # still in commit order; COPY then writes the rows in one pass.
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'position')) "
+                "FROM generate_series(1, %s)",
+                [EVENT_TABLE, len(rows)],
+            )
+            positions = [row[0] for row in cursor.fetchall()]
+            copy_sql = f"COPY {EVENT_TABLE} (position, {', '.join(_COLUMNS)}) FROM STDIN"
+            with cursor.cursor.copy(copy_sql) as copy:
+                for position, row in zip(positions, rows, strict=True):
+                    copy.write_row((position, *_values(row, now)))
+            return positions
+        positions = []
+        for row in rows:
+            cursor.execute(
+                f"INSERT INTO {EVENT_TABLE} ({', '.join(_COLUMNS)}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING position",
+                _values(row, now),
+            )
+            positions.append(cursor.fetchone()[0])
+        return positions
+
+
+def _values(row: EventRow, now: datetime) -> tuple:
+    return (
+        row.tenant_id,
+        row.stream_type,
+        row.stream_id,
+        row.version,
+        row.type,
+        row.schema_version,
+        _dumps(row.payload),
+        _dumps(row.metadata),
+        row.idempotency_key,
+        now,
+    )
+
+
+def stream_version(stream_id: str) -> int:
+    """The version of the newest event in a stream (0 when it has none)."""
+    last = (
+        Event.objects.filter(stream_id=stream_id).order_by("-version").values_list("version")[:1]
+    )
+    found = list(last)
+    return found[0][0] if found else 0
+
+
+def event_append(
+    *,
+    stream_type: str,
+    stream_id: str,
+    expected_version: int,
+    events: Sequence[NewEvent],
+    tenant_id: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> list[RecordedEvent]:
+    """Append ``events`` to a stream whose newest version must be ``expected_version``.
+
+    Raises ``ConcurrencyConflict`` when another append got there first. With an
+    ``idempotency_key`` seen before for this tenant, returns the events that first
+    append recorded (and raises ``IdempotencyConflict`` if they differ).
+    """
+    if not events:
+        raise ValueError("an append needs at least one event")
+    meta = dict(metadata or {})
+    meta["events_in_append"] = len(events)
+    with transaction.atomic():
+        if idempotency_key is not None:
+            first = _replayed(tenant_id, idempotency_key, stream_id, events)
+            if first is not None:
+                return first
+        current = stream_version(stream_id)
+        if current != expected_version:
+            raise ConcurrencyConflict(
+                f"stream {stream_id} is at version {current}, not {expected_version}",
+                details={"stream_id": stream_id, "current_version": current},
+            )
+        rows = [
+            EventRow(
+                stream_type=stream_type,
+                stream_id=stream_id,
+                version=expected_version + index + 1,
+                type=event.type,
+                payload=event.payload,
+                schema_version=event.schema_version,
+                tenant_id=tenant_id,
+                metadata=meta,
+                idempotency_key=idempotency_key if index == 0 else None,
+            )
+            for index, event in enumerate(events)
+        ]
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                positions = events_insert(rows, recorded_at=now)
+        except IntegrityError:
+            if idempotency_key is not None:
+                first = _replayed(tenant_id, idempotency_key, stream_id, events)
+                if first is not None:
+                    return first
+            raise ConcurrencyConflict(
+                f"stream {stream_id} moved past version {expected_version}",
+                details={"stream_id": stream_id},
+            ) from None
+    return [
+        RecordedEvent(
+            position=position,
+            tenant_id=tenant_id,
+            stream_type=stream_type,
+            stream_id=stream_id,
+            version=row.version,
+            type=row.type,
+            schema_version=row.schema_version,
+            payload=row.payload,
+            metadata=meta,
+            recorded_at=now,
+        )
+        for position, row in zip(positions, rows, strict=True)
+    ]
+
+
+def _replayed(
+    tenant_id: int | None, key: str, stream_id: str, events: Sequence[NewEvent]
+) -> list[RecordedEvent] | None:
+    first = Event.objects.filter(tenant_id=tenant_id, idempotency_key=key).first()
+    if first is None:
+        return None
+    count = int(first.metadata.get("events_in_append", 1))
+    stored = list(
+        Event.objects.filter(
+            stream_id=first.stream_id, version__gte=first.version, version__lt=first.version + count
+        ).order_by("version")
+    )
+    same = first.stream_id == stream_id and [(e.type, e.payload) for e in stored] == [
+        (e.type, json.loads(_dumps(e.payload))) for e in events
+    ]
+    if not same:
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was used for a different append",
+            details={"idempotency_key": key},
+        )
+    return [_recorded(event) for event in stored]
+
+
+# --- reading ----------------------------------------------------------------
+
+
+def stream_read(stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
+    query = Event.objects.filter(stream_id=stream_id, version__gt=after_version)
+    return [_recorded(event) for event in query.order_by("version")]
+
+
+def events_since(
+    position: int, *, limit: int = 500, stream_types: Iterable[str] | None = None
+) -> list[RecordedEvent]:
+    """Events after ``position`` in position (= commit) order."""
+    query = Event.objects.filter(position__gt=position)
+    if stream_types is not None:
+        query = query.filter(stream_type__in=list(stream_types))
+    return [_recorded(event) for event in query.order_by("position")[:limit]]
+
+
+def events_iter(
+    *, stream_types: Iterable[str] | None = None, chunk: int = 5000
+) -> Iterable[RecordedEvent]:
+    """Every event from position 0, in order, in chunks (for replays)."""
+    position = 0
+    types = list(stream_types) if stream_types is not None else None
+    while True:
+        batch = events_since(position, limit=chunk, stream_types=types)
+        if not batch:
+            return
+        yield from batch
+        position = batch[-1].position

@@ -1,0 +1,77 @@
+"""Followers read the event store in position order and act on each event.
+
+A follower keeps a tracking row (``FollowerPosition``) and writes it in the same
+transaction as its effects, so each event takes effect exactly once even though
+delivery (polling, a broker nudge, a crash and restart) is at-least-once. The
+tracking row is locked while a batch runs, so two copies of the same follower
+running at once take turns instead of doing the work twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from django.db import transaction
+
+from core.eventstore import RecordedEvent, events_since
+from core.models import FollowerPosition
+
+logger = logging.getLogger(__name__)
+
+
+class Follower:
+    """Subclass, set ``name`` (stable: it keys the tracking row) and
+    ``stream_types`` (None for all), implement ``handle``."""
+
+    name: str = ""
+    stream_types: tuple[str, ...] | None = None
+
+    def handle(self, event: RecordedEvent) -> None:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Follower] = {}
+
+
+def register(follower: Follower) -> Follower:
+    if not follower.name:
+        raise ValueError("a follower needs a name")
+    _REGISTRY[follower.name] = follower
+    return follower
+
+
+def registered() -> list[Follower]:
+    return list(_REGISTRY.values())
+
+
+def follower_position(name: str) -> int:
+    row = FollowerPosition.objects.filter(consumer=name).values_list("position", flat=True)
+    return next(iter(row), 0)
+
+
+def follower_run_once(follower: Follower, *, batch_size: int = 500) -> int:
+    """Process up to ``batch_size`` new events in one transaction; return how many."""
+    FollowerPosition.objects.get_or_create(consumer=follower.name)
+    with transaction.atomic():
+        tracking = FollowerPosition.objects.select_for_update().get(consumer=follower.name)
+        events = events_since(
+            tracking.position, limit=batch_size, stream_types=follower.stream_types
+        )
+        for event in events:
+            follower.handle(event)
+        if events:
+            tracking.position = events[-1].position
+            tracking.save(update_fields=["position", "updated_at"])
+    return len(events)
+
+
+def followers_run_until_idle(
+    followers: Iterable[Follower] | None = None, *, batch_size: int = 500
+) -> int:
+    """Run each follower until it has nothing left; return the events processed."""
+    total = 0
+    for follower in list(followers) if followers is not None else registered():
+        while processed := follower_run_once(follower, batch_size=batch_size):
+            total += processed
+    return total

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from core import followers
+
+
+class Command(BaseCommand):
+    help = "Follow the event store: run every registered follower (or the named ones)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("names", nargs="*", help="followers to run (default: all)")
+        parser.add_argument("--once", action="store_true", help="run until idle, then exit")
+        parser.add_argument("--interval", type=float, default=0.5, help="poll seconds")
+        parser.add_argument("--batch-size", type=int, default=500)
+
+    def handle(self, *args, names, once, interval, batch_size, **options):
+        known = {f.name: f for f in followers.registered()}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise CommandError(
+                f"unknown follower(s): {', '.join(unknown)}; known: {', '.join(known) or 'none'}"
+            )
+        chosen = [known[name] for name in names] if names else list(known.values())
+        while True:
+            processed = followers.followers_run_until_idle(chosen, batch_size=batch_size)
+            if processed:
+                self.stdout.write(f"processed {processed} events")
+            if once:
+                return
+            time.sleep(interval)
