@@ -417,6 +417,8 @@ class _Applier:
         apply_event(self.balances, event_type, payload, 0)
         for state, (available, counters, dirty) in zip(touched, before, strict=True):
             if state.breaks_limit(available):
+                after = state.available
+                missing = -(after + (state.overdraft_limit_micros or 0))
                 for undo, (_, saved, was_dirty) in zip(touched, before, strict=True):
                     (undo.debits_posted, undo.credits_posted, undo.debits_pending,
                      undo.credits_pending, undo.position) = saved
@@ -424,10 +426,10 @@ class _Applier:
                 return _rejected(
                     "exceeds_limit",
                     f"account {state.account_id} has {available} micro-units available; "
-                    f"this needs {available - state.available}",
+                    f"this needs {available - after} ({missing} missing)",
                     account=state.account_id,
                     available_micros=available,
-                    missing_micros=-(state.available + (state.overdraft_limit_micros or 0)),
+                    missing_micros=missing,
                 )
         return None
 
