@@ -110,8 +110,15 @@ class Balance(models.Model):
 
 
 class Posting(models.Model):
+    # The journal entry is the core event with this position. The reference is
+    # checked by the statement-level trigger (one anti-join per statement) rather
+    # than a per-row foreign-key trigger, which would cost more than the insert.
     entry = models.ForeignKey(
-        Event, on_delete=models.PROTECT, related_name="+", db_column="entry_position"
+        Event,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_column="entry_position",
+        db_constraint=False,
     )
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings")
     currency = models.CharField(max_length=3)

@@ -42,7 +42,14 @@ from core.errors import (
     InvalidInput,
     NotFound,
 )
-from core.eventstore import EVENT_TABLE, EventRow, events_insert
+from core.eventstore import (
+    APPEND_LOCK_SQL,
+    EVENT_TABLE,
+    EVENTS_INSERT_CTE,
+    EventRow,
+    events_insert,
+    events_insert_cte_params,
+)
 from core.middleware import request_id_var
 from core.models import Organization
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS
@@ -320,6 +327,7 @@ def _existing_events(cursor, stream_ids: Sequence[str]) -> dict[tuple[str, int],
 def _execute(
     commands: list[tuple[int, Command]], metadata: dict, now: datetime
 ) -> list[tuple[int, LedgerResult]]:
+    pg = is_postgres()
     with connection.cursor() as cursor:
         # Which holds and accounts this batch touches.
         hold_ids = sorted(
@@ -334,38 +342,196 @@ def _execute(
                 account_ids.update((command.debit_account_id, command.credit_account_id))
         for hold in holds.values():
             account_ids.update((hold.debit_account, hold.credit_account))
+        stream_ids = sorted({
+            ev.entry_stream_id(c.transfer_id) if isinstance(c, EntryRequest)
+            else ev.hold_stream_id(c.hold_id)  # type: ignore[union-attr]
+            for _, c in commands
+        })
 
-        balances = _lock_balances(cursor, sorted(account_ids))
-        holds = _read_holds(cursor, hold_ids, lock=True)  # now under lock: the truth
+        if pg:
+            balances, holds, existing = _read_locked_pg(sorted(account_ids), hold_ids, stream_ids)
+        else:
+            balances = _lock_balances(cursor, sorted(account_ids))
+            holds = _read_holds(cursor, hold_ids, lock=True)
+            existing = _existing_events(cursor, stream_ids)
         late = {a for h in holds.values() for a in (h.debit_account, h.credit_account)}
         if late - balances.keys():  # a hold created since the first read
             balances.update(_lock_balances(cursor, sorted(late - balances.keys())))
-        streams = [
-            ev.entry_stream_id(c.transfer_id) if isinstance(c, EntryRequest) else
-            ev.hold_stream_id(c.hold_id)  # type: ignore[union-attr]
-            for _, c in commands
-        ]
-        existing = _existing_events(cursor, sorted(set(streams)))
 
         applier = _Applier(balances, holds, existing, now)
         done = [(index, applier.run(command)) for index, command in commands]
-
-        if applier.rows:
+        if not applier.rows:
+            return done
+        if pg:
+            positions = _write_pg(applier, metadata, now)
+        else:
             positions = events_insert(
                 [
-                    EventRow(
-                        stream_type=st, stream_id=sid, version=v, type=t, payload=p,
-                        metadata=metadata,
-                    )
+                    EventRow(stream_type=st, stream_id=sid, version=v, type=t, payload=p,
+                             metadata=metadata)
                     for st, sid, v, t, p in applier.rows
                 ],
                 recorded_at=now,
             )
-            _write_projections(cursor, applier, positions, now)
-            done = [
-                (index, _with_position(result, positions)) for index, result in done
-            ]
-    return done
+            _write_generic(cursor, applier, positions, now)
+    return [(index, _with_position(result, positions)) for index, result in done]
+
+
+def _cursor():
+    """A server-side-binding psycopg cursor on Django's connection: parameters
+    (large arrays included) travel separately from the SQL, in binary where
+    psycopg can, instead of being quoted into the text as Django's cursors do."""
+    import psycopg
+
+    return psycopg.Cursor(connection.connection)
+
+
+def _read_locked_pg(
+    account_ids: list[int], hold_ids: list[str], stream_ids: list[str]
+) -> tuple[dict[int, BalanceState], dict[str, _HoldRow], dict[tuple[str, int], tuple]]:
+    """Lock balances (account order), then holds (id order), then read the ids
+    already used — three statements, one round trip (psycopg pipeline)."""
+    raw = connection.connection
+    with connection.wrap_database_errors, raw.pipeline():
+        balances_cursor, holds_cursor, events_cursor = _cursor(), _cursor(), _cursor()
+        balances_cursor.execute(
+            "SELECT b.account_id, a.currency, a.normal_side, a.overdraft_limit_micros, "
+            "b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending, b.position "
+            f"FROM {BALANCE_TABLE} b JOIN {ACCOUNT_TABLE} a ON a.id = b.account_id "
+            "WHERE b.account_id = ANY(%s) ORDER BY b.account_id FOR UPDATE OF b",
+            [account_ids],
+        )
+        if hold_ids:
+            holds_cursor.execute(
+                f"SELECT {_HOLD_COLUMNS} FROM {HOLD_TABLE} WHERE hold_id = ANY(%s) "
+                "ORDER BY id FOR UPDATE",
+                [hold_ids],
+            )
+        events_cursor.execute(
+            f"SELECT stream_id, version, type, payload, position FROM {EVENT_TABLE} "
+            "WHERE stream_id = ANY(%s)",
+            [stream_ids],
+        )
+        balances = {row[0]: BalanceState(*row) for row in balances_cursor.fetchall()}
+        holds = {}
+        if hold_ids:
+            for row in holds_cursor.fetchall():
+                hold = _HoldRow(*row)
+                holds[hold.hold_id] = hold
+        # Django's connection hands jsonb back as text; decode it here.
+        existing = {
+            (stream_id, version): (
+                event_type, json.loads(payload) if isinstance(payload, str) else payload, position
+            )
+            for stream_id, version, event_type, payload, position in events_cursor.fetchall()
+        }
+    return balances, holds, existing
+
+
+def _last_event_per_account(applier: _Applier) -> dict[int, int]:
+    """Index (into applier.rows) of the newest event touching each account."""
+    last: dict[int, int] = {}
+    for index, (_, _, _, _, payload) in enumerate(applier.rows):
+        for leg in payload.get("legs", ()):
+            last[leg[0]] = index
+        if "debit_account" in payload:
+            last[payload["debit_account"]] = index
+            last[payload["credit_account"]] = index
+    return last
+
+
+_PG_WRITE = f"""
+WITH ev AS ({EVENTS_INSERT_CTE}),
+po AS (
+    INSERT INTO {POSTING_TABLE}
+           (entry_position, account_id, currency, side, amount_micros, recorded_at)
+    SELECT ev.position, p.account_id, p.currency, p.side, p.amount_micros, %(ev_recorded_at)s
+      FROM unnest(%(p_stream_id)b::text[], %(p_version)b::int[], %(p_account)b::bigint[],
+                  %(p_currency)b::text[], %(p_side)b::text[], %(p_amount)b::bigint[])
+           AS p(stream_id, version, account_id, currency, side, amount_micros)
+      JOIN ev ON ev.stream_id = p.stream_id AND ev.version = p.version
+),
+ba AS (
+    UPDATE {BALANCE_TABLE} b
+       SET debits_posted = u.debits_posted, credits_posted = u.credits_posted,
+           debits_pending = u.debits_pending, credits_pending = u.credits_pending,
+           position = ev.position
+      FROM unnest(%(b_account)b::bigint[], %(b_dp)b::bigint[], %(b_cp)b::bigint[],
+                  %(b_dpe)b::bigint[], %(b_cpe)b::bigint[], %(b_stream_id)b::text[],
+                  %(b_version)b::int[])
+           AS u(account_id, debits_posted, credits_posted, debits_pending, credits_pending,
+                stream_id, version)
+      JOIN ev ON ev.stream_id = u.stream_id AND ev.version = u.version
+     WHERE b.account_id = u.account_id
+)
+SELECT position FROM ev ORDER BY position
+"""
+
+
+def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
+    """Events, postings and balances in one statement, after the append lock —
+    the lock is held for one round trip and the commit, nothing more."""
+    rows = applier.rows
+    params = events_insert_cte_params(
+        [EventRow(stream_type=st, stream_id=sid, version=v, type=t, payload=p)
+         for st, sid, v, t, p in rows],
+        recorded_at=now,
+        metadata=metadata,
+    )
+    p_stream_id, p_version, p_account, p_currency, p_side, p_amount = [], [], [], [], [], []
+    for _, stream_id, version, _, payload in rows:
+        for account_id, side, amount in payload.get("legs", ()):
+            p_stream_id.append(stream_id)
+            p_version.append(version)
+            p_account.append(account_id)
+            p_currency.append(payload["currency"])
+            p_side.append(side)
+            p_amount.append(amount)
+    last = _last_event_per_account(applier)
+    dirty = [s for s in applier.balances.values() if s.dirty]
+    params.update(
+        p_stream_id=p_stream_id, p_version=p_version, p_account=p_account,
+        p_currency=p_currency, p_side=p_side, p_amount=p_amount,
+        b_account=[s.account_id for s in dirty],
+        b_dp=[s.debits_posted for s in dirty],
+        b_cp=[s.credits_posted for s in dirty],
+        b_dpe=[s.debits_pending for s in dirty],
+        b_cpe=[s.credits_pending for s in dirty],
+        b_stream_id=[rows[last[s.account_id]][1] for s in dirty],
+        b_version=[rows[last[s.account_id]][2] for s in dirty],
+    )
+    raw = connection.connection
+    with connection.wrap_database_errors, raw.pipeline():
+        cursor = _cursor()
+        cursor.execute(APPEND_LOCK_SQL)
+        _write_holds(cursor, applier)
+        cursor.execute(_PG_WRITE, params)
+        positions = [row[0] for row in cursor.fetchall()]
+    for state in dirty:
+        state.position = positions[last[state.account_id]]
+    return positions
+
+
+def _write_holds(cursor, applier: _Applier) -> None:
+    new_holds = [h for h in applier.holds.values() if h.changed and h.pk is None]
+    if new_holds:
+        cursor.executemany(
+            f"INSERT INTO {HOLD_TABLE} (hold_id, debit_account_id, credit_account_id, currency, "
+            "amount_micros, posted_micros, state, expires_at, created_at, resolved_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (h.hold_id, h.debit_account, h.credit_account, h.currency, h.amount_micros,
+                 h.posted_micros, h.state, h.expires_at, h.created_at, h.resolved_at)
+                for h in new_holds
+            ],
+        )
+    changed_holds = [h for h in applier.holds.values() if h.changed and h.pk is not None]
+    if changed_holds:
+        cursor.executemany(
+            f"UPDATE {HOLD_TABLE} SET state = %s, posted_micros = %s, resolved_at = %s "
+            "WHERE id = %s AND state = 'pending'",
+            [(h.state, h.posted_micros, h.resolved_at, h.pk) for h in changed_holds],
+        )
 
 
 def _with_position(result: LedgerResult, positions: list[int]) -> LedgerResult:
@@ -554,64 +720,29 @@ class _Applier:
         return self._record(ev.HOLD_STREAM, stream_id, 2, event_type, payload)
 
 
-def _write_projections(cursor, applier: _Applier, positions: list[int], now: datetime) -> None:
-    postings = []
-    position_of_stream = {}
-    for (stream_type, stream_id, version, event_type, payload), position in zip(
-        applier.rows, positions, strict=True
-    ):
-        position_of_stream[(stream_id, version)] = position
-        for account_id, side, amount in payload.get("legs", ()):
-            postings.append((position, account_id, payload["currency"], side, amount, now))
-    # Balance.position: the newest event that touched the account.
-    for (stream_type, stream_id, version, event_type, payload), position in zip(
-        applier.rows, positions, strict=True
-    ):
-        ids = {leg[0] for leg in payload.get("legs", ())}
-        if "debit_account" in payload:
-            ids.update((payload["debit_account"], payload["credit_account"]))
-        for account_id in ids:
-            applier.balances[account_id].position = position
-
-    columns = "entry_position, account_id, currency, side, amount_micros, recorded_at"
+def _write_generic(cursor, applier: _Applier, positions: list[int], now: datetime) -> None:
+    """The same writes as ``_write_pg``, statement by statement (SQLite)."""
+    postings = [
+        (position, account_id, payload["currency"], side, amount, now)
+        for (_, _, _, _, payload), position in zip(applier.rows, positions, strict=True)
+        for account_id, side, amount in payload.get("legs", ())
+    ]
     if postings:
-        if is_postgres():
-            with cursor.cursor.copy(f"COPY {POSTING_TABLE} ({columns}) FROM STDIN") as copy:
-                for row in postings:
-                    copy.write_row(row)
-        else:
-            cursor.executemany(
-                f"INSERT INTO {POSTING_TABLE} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)",
-                postings,
-            )
-
-    new_holds = [h for h in applier.holds.values() if h.changed and h.pk is None]
-    if new_holds:
         cursor.executemany(
-            f"INSERT INTO {HOLD_TABLE} (hold_id, debit_account_id, credit_account_id, currency, "
-            "amount_micros, posted_micros, state, expires_at, created_at, resolved_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (h.hold_id, h.debit_account, h.credit_account, h.currency, h.amount_micros,
-                 h.posted_micros, h.state, h.expires_at, h.created_at, h.resolved_at)
-                for h in new_holds
-            ],
+            f"INSERT INTO {POSTING_TABLE} (entry_position, account_id, currency, side, "
+            "amount_micros, recorded_at) VALUES (%s, %s, %s, %s, %s, %s)",
+            postings,
         )
-    changed_holds = [h for h in applier.holds.values() if h.changed and h.pk is not None]
-    if changed_holds:
-        cursor.executemany(
-            f"UPDATE {HOLD_TABLE} SET state = %s, posted_micros = %s, resolved_at = %s "
-            "WHERE id = %s AND state = 'pending'",
-            [(h.state, h.posted_micros, h.resolved_at, h.pk) for h in changed_holds],
-        )
-
+    _write_holds(cursor, applier)
+    last = _last_event_per_account(applier)
     dirty = [s for s in applier.balances.values() if s.dirty]
-    if dirty:
-        cursor.executemany(
-            f"UPDATE {BALANCE_TABLE} SET debits_posted = %s, credits_posted = %s, "
-            "debits_pending = %s, credits_pending = %s, position = %s WHERE account_id = %s",
-            [(*s.counters(), s.account_id) for s in dirty],
-        )
+    for state in dirty:
+        state.position = positions[last[state.account_id]]
+    cursor.executemany(
+        f"UPDATE {BALANCE_TABLE} SET debits_posted = %s, credits_posted = %s, "
+        "debits_pending = %s, credits_pending = %s, position = %s WHERE account_id = %s",
+        [(*s.counters(), s.account_id) for s in dirty],
+    )
 
 
 # --- accounts ---------------------------------------------------------------

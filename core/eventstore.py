@@ -325,3 +325,43 @@ def events_iter(
             return
         yield from batch
         position = batch[-1].position
+
+
+# --- composing an append into a bigger statement (PostgreSQL) ---------------
+#
+# A projection that must be written in the same transaction as its events (the
+# ledger's postings and balances) can fold the append into one statement: the
+# events' INSERT becomes a CTE whose RETURNING rows the projection joins on.
+# The caller must have run ``APPEND_LOCK_SQL`` first in the same transaction.
+
+APPEND_LOCK_SQL = f"LOCK TABLE {EVENT_TABLE} IN EXCLUSIVE MODE"
+
+EVENTS_INSERT_CTE = f"""
+INSERT INTO {EVENT_TABLE} ({", ".join(_COLUMNS)})
+SELECT %(ev_tenant)s, t.stream_type, t.stream_id, t.version, t.type, t.schema_version,
+       t.payload::jsonb, %(ev_metadata)s::jsonb, NULL, %(ev_recorded_at)s
+  FROM unnest(%(ev_stream_type)b::text[], %(ev_stream_id)b::text[], %(ev_version)b::int[],
+              %(ev_type)b::text[], %(ev_schema_version)b::smallint[], %(ev_payload)b::text[])
+       WITH ORDINALITY AS t(stream_type, stream_id, version, type, schema_version, payload, ord)
+ ORDER BY t.ord
+RETURNING position, stream_id, version
+"""
+
+
+def events_insert_cte_params(
+    rows: Sequence[EventRow], *, recorded_at: datetime, metadata: dict[str, Any],
+    tenant_id: int | None = None,
+) -> dict[str, Any]:
+    """Parameters for ``EVENTS_INSERT_CTE``. Positions come out in the order of
+    ``rows`` (the sequence is drawn under the append lock, in ``ord`` order)."""
+    return {
+        "ev_tenant": tenant_id,
+        "ev_metadata": _dumps(metadata),
+        "ev_recorded_at": recorded_at,
+        "ev_stream_type": [r.stream_type for r in rows],
+        "ev_stream_id": [r.stream_id for r in rows],
+        "ev_version": [r.version for r in rows],
+        "ev_type": [r.type for r in rows],
+        "ev_schema_version": [r.schema_version for r in rows],
+        "ev_payload": [_dumps(r.payload) for r in rows],
+    }

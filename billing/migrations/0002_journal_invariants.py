@@ -31,6 +31,14 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     SELECT n.entry_position INTO bad
+      FROM new_postings n
+     WHERE NOT EXISTS (SELECT 1 FROM core_event e WHERE e.position = n.entry_position)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % is not an event', bad
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    SELECT n.entry_position INTO bad
       FROM new_postings n JOIN billing_account a ON a.id = n.account_id
      WHERE a.currency <> n.currency
      LIMIT 1;

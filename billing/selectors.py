@@ -1,0 +1,253 @@
+"""Reads of the ledger: accounts with their balances, the journal's lines, the trial
+balance.
+
+Who may see what is decided here, from the caller, so no view can forget it: a
+tenant sees its own accounts and the postings on them; finance staff of the operator
+(``Caller.is_platform_finance``) see every account, the platform's included, and the
+whole journal. Another tenant's account is answered as absent (404), never as
+forbidden, so ids do not leak what exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db.models import Case, CharField, F, Q, QuerySet, Value, When
+from django.db.models.fields.json import KT
+from django.db.models.functions import Coalesce
+
+from billing import events as ev
+from billing.models import Account, Balance, Posting
+from core.errors import NotFound
+from core.models import Event, Organization
+from core.tenancy import Caller
+
+# --- accounts ---------------------------------------------------------------
+
+# The same arithmetic as billing.ledger.BalanceState.posted / .available, in SQL so
+# that a page of accounts is one query. tests/billing/test_apis.py holds the two
+# side by side.
+_POSTED = Case(
+    When(
+        normal_side=Account.Side.CREDIT,
+        then=F("balance__credits_posted") - F("balance__debits_posted"),
+    ),
+    default=F("balance__debits_posted") - F("balance__credits_posted"),
+)
+# What pending holds have reserved against the account (the side that lowers it).
+_PENDING = Case(
+    When(normal_side=Account.Side.CREDIT, then=F("balance__debits_pending")),
+    default=F("balance__credits_pending"),
+)
+
+
+def _with_balances(queryset: QuerySet[Account]) -> QuerySet[Account]:
+    """Accounts annotated with ``posted_micros``, ``pending_micros`` and
+    ``available_micros`` (posted minus pending), owner loaded alongside."""
+    return (
+        queryset.select_related("organization", "balance")
+        .annotate(posted_micros=_POSTED, pending_micros=_PENDING)
+        .annotate(available_micros=F("posted_micros") - F("pending_micros"))
+    )
+
+
+def _visible_accounts(caller: Caller) -> QuerySet[Account]:
+    if caller.is_platform_finance:
+        return Account.objects.all()
+    return Account.objects.filter(organization=caller.organization)
+
+
+def accounts_for_caller(*, caller: Caller) -> QuerySet[Account]:
+    """The caller organization's accounts with balances; for platform finance, the
+    platform's own accounts (revenue, promo, …) as well."""
+    scope = Q(organization=caller.organization)
+    if caller.is_platform_finance:
+        scope |= Q(organization__isnull=True)
+    return _with_balances(Account.objects.filter(scope))
+
+
+def account_get(*, caller: Caller, account_id: int) -> Account:
+    """One account the caller may see, with balances; anything else is a 404."""
+    account = _with_balances(_visible_accounts(caller)).filter(pk=account_id).first()
+    if account is None:
+        raise NotFound(
+            f"no account {account_id} in your organization", details={"account": account_id}
+        )
+    return account
+
+
+def account_for_org(*, organization: Organization, kind: str, currency: str) -> Account | None:
+    """An organization's account of one kind and currency, with balances, if opened."""
+    return (
+        _with_balances(Account.objects.filter(organization=organization))
+        .filter(kind=kind, currency=currency)
+        .first()
+    )
+
+
+def account_currencies(*, account_ids: Sequence[int]) -> dict[int, str]:
+    """``{account id: currency}`` for those of ``account_ids`` that exist."""
+    return dict(Account.objects.filter(pk__in=account_ids).values_list("pk", "currency"))
+
+
+# --- the journal ------------------------------------------------------------
+
+
+def journal_lines(
+    *,
+    caller: Caller,
+    account_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> QuerySet[Posting]:
+    """The journal's lines the caller may see, in the half-open period
+    ``[since, until)`` of their ``recorded_at``, optionally for one account.
+
+    Each posting comes annotated with its entry's ``transfer_id``, ``kind`` and
+    ``description`` from the event payload (one join, no per-row query). Lines
+    posted by a hold carry the hold's id and the kind ``hold``.
+    """
+    if account_id is not None:
+        account_get(caller=caller, account_id=account_id)  # a 404 unless visible
+        postings = Posting.objects.filter(account_id=account_id)
+    elif caller.is_platform_finance:
+        postings = Posting.objects.all()
+    else:
+        postings = Posting.objects.filter(account__organization=caller.organization)
+    if since is not None:
+        postings = postings.filter(recorded_at__gte=since)
+    if until is not None:
+        postings = postings.filter(recorded_at__lt=until)
+    return postings.annotate(
+        transfer_id=Coalesce(KT("entry__payload__transfer_id"), KT("entry__payload__hold_id")),
+        kind=Coalesce(KT("entry__payload__kind"), Value("hold"), output_field=CharField()),
+        description=Coalesce(
+            KT("entry__payload__description"), Value(""), output_field=CharField()
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JournalLeg:
+    account_id: int
+    side: str  # "D" | "C"
+    amount_micros: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    position: int
+    transfer_id: str
+    kind: str
+    currency: str
+    description: str
+    recorded_at: datetime
+    legs: list[JournalLeg] = field(default_factory=list)
+
+
+def journal_entry_get(*, position: int) -> JournalEntry:
+    """One journal entry (an ``EntryPosted`` event) with its legs, from the event."""
+    event = Event.objects.filter(
+        position=position, stream_type=ev.ENTRY_STREAM, type=ev.ENTRY_POSTED
+    ).first()
+    if event is None:
+        raise NotFound(f"no journal entry at position {position}")
+    payload = event.payload
+    currency = payload["currency"]
+    return JournalEntry(
+        position=event.position,
+        transfer_id=payload["transfer_id"],
+        kind=payload["kind"],
+        currency=currency,
+        description=payload.get("description", ""),
+        recorded_at=event.recorded_at,
+        legs=[
+            JournalLeg(account_id=account_id, side=side, amount_micros=amount, currency=currency)
+            for account_id, side, amount in payload["legs"]
+        ],
+    )
+
+
+# --- the trial balance ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalanceRow:
+    account_id: int
+    organization_id: int | None
+    owner: str  # the organization's name, or "platform"
+    kind: str
+    currency: str
+    normal_side: str
+    debits_micros: int
+    credits_micros: int
+    balance_micros: int  # on the account's normal side
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalanceTotal:
+    currency: str
+    debits_micros: int
+    credits_micros: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.debits_micros == self.credits_micros
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalance:
+    position: int  # the newest ledger event reflected
+    rows: list[TrialBalanceRow]
+    totals: list[TrialBalanceTotal]
+
+
+def trial_balance(*, currency: str | None = None) -> TrialBalance:
+    """Posted debits and credits of every account (pending holds are not in the
+    books yet), with totals per currency, which must agree.
+
+    Read from the balance projection, one row per account in one query. The totals
+    are summed from those same rows rather than by a second query: under READ
+    COMMITTED a second statement could see entries the first did not, and the
+    report would then disagree with itself.
+    """
+    balances = Balance.objects.select_related("account__organization").order_by(
+        "account__currency", "account__organization__name", "account__kind", "account_id"
+    )
+    if currency is not None:
+        balances = balances.filter(account__currency=currency)
+    rows: list[TrialBalanceRow] = []
+    sums: dict[str, list[int]] = {}
+    position = 0
+    for balance in balances:
+        account = balance.account
+        debits, credits = balance.debits_posted, balance.credits_posted
+        rows.append(
+            TrialBalanceRow(
+                account_id=account.pk,
+                organization_id=account.organization_id,
+                owner=account.organization.name if account.organization else "platform",
+                kind=account.kind,
+                currency=account.currency,
+                normal_side=account.normal_side,
+                debits_micros=debits,
+                credits_micros=credits,
+                balance_micros=(
+                    credits - debits
+                    if account.normal_side == Account.Side.CREDIT
+                    else debits - credits
+                ),
+            )
+        )
+        total = sums.setdefault(account.currency, [0, 0])
+        total[0] += debits
+        total[1] += credits
+        position = max(position, balance.position)
+    totals = [
+        TrialBalanceTotal(currency=code, debits_micros=d, credits_micros=c)
+        for code, (d, c) in sorted(sums.items())
+    ]
+    return TrialBalance(position=position, rows=rows, totals=totals)
