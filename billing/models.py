@@ -71,8 +71,13 @@ class Account(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["organization", "kind", "currency"],
-                nulls_distinct=False,
+                condition=Q(organization__isnull=False),
                 name="account_unique_per_org_kind_currency",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "currency"],
+                condition=Q(organization__isnull=True),
+                name="account_unique_platform_kind_currency",
             ),
             models.CheckConstraint(
                 condition=Q(overdraft_limit_micros__isnull=True)

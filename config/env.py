@@ -8,13 +8,26 @@ surprise at three in the morning.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def redact_url(raw: str) -> str:
+    """``raw`` with any password replaced, fit for an error message or a log line."""
+    try:
+        parts = urlsplit(raw)
+        if parts.password is None:
+            return raw
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return urlunsplit(parts._replace(netloc=user + netloc))
+    except ValueError:
+        return "<unparseable URL>"
 
 
 def env_str(name: str, default: str) -> str:
@@ -55,14 +68,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 def env_database(name: str, default: str) -> dict:
     raw = os.environ.get(name) or default
+    shown = redact_url(raw)
     try:
         config = dj_database_url.parse(raw, conn_max_age=0)
-    except (ValueError, KeyError) as exc:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a database URL: {exc}") from None
+    except (ValueError, KeyError):
+        raise ImproperlyConfigured(f"{name}={shown!r} is not a database URL") from None
     engine = config.get("ENGINE", "")
     if engine not in {"django.db.backends.postgresql", "django.db.backends.sqlite3"}:
         raise ImproperlyConfigured(
-            f"{name}={raw!r}: only postgres:// and sqlite:// databases are supported"
+            f"{name}={shown!r}: only postgres:// and sqlite:// databases are supported"
         )
     return config
 
@@ -71,8 +85,11 @@ def env_url(name: str, default: str, *, schemes: set[str]) -> str:
     raw = os.environ.get(name, default)
     if not raw:
         return raw
-    scheme = urlparse(raw).scheme
+    try:
+        scheme = urlsplit(raw).scheme
+    except ValueError:
+        scheme = ""
     if scheme not in schemes:
         allowed = ", ".join(sorted(f"{s}://" for s in schemes))
-        raise ImproperlyConfigured(f"{name}={raw!r}: scheme must be one of {allowed}")
+        raise ImproperlyConfigured(f"{name}={redact_url(raw)!r}: scheme must be one of {allowed}")
     return raw

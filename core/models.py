@@ -113,11 +113,16 @@ class Event(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["stream_id", "version"], name="event_stream_version"),
+            # Unique per tenant; platform events (no tenant) share one namespace.
             models.UniqueConstraint(
                 fields=["tenant", "idempotency_key"],
-                condition=Q(idempotency_key__isnull=False),
-                nulls_distinct=False,
+                condition=Q(idempotency_key__isnull=False, tenant__isnull=False),
                 name="event_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False, tenant__isnull=True),
+                name="event_platform_idempotency_key",
             ),
             models.CheckConstraint(condition=Q(version__gte=1), name="event_version_positive"),
         ]

@@ -1,0 +1,43 @@
+"""The embedded default: SQLite and an in-process broker, no server at all.
+(The rest of the suite runs on PostgreSQL; this file is about SQLite itself.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def manage(*args: str, var_dir: Path) -> subprocess.CompletedProcess:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "DRAMATIQ_BROKER_URL", "REDIS_URL", "SECRET_KEY"}
+    }
+    env.update(DEBUG="1", TANDEM_VAR_DIR=str(var_dir))
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )
+
+
+def test_demo_loads_on_sqlite_twice_and_balances_replay(tmp_path):
+    # given a fresh SQLite database
+    assert manage("migrate", "--noinput", var_dir=tmp_path).returncode == 0
+    assert (tmp_path / "tandem.sqlite3").exists()
+    # when the demo loads twice (make run does it on every start)
+    first = manage("demo", var_dir=tmp_path)
+    second = manage("demo", var_dir=tmp_path)
+    # then both runs succeed, print fresh keys, and the books replay exactly
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    keys = [line.split()[-1] for line in first.stdout.splitlines() if "tdm_" in line]
+    assert len(keys) == 3 and all(key.startswith("tdm_") for key in keys)
+    rebuilt = manage("rebuild_balances", var_dir=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "0 rows differed" in rebuilt.stdout, rebuilt.stdout
+    check = manage("check", "--fail-level", "WARNING", var_dir=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
