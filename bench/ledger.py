@@ -23,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("SECRET_KEY", "bench")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
-from django.db import connection, connections, transaction  # noqa: E402
-from django.test.utils import setup_test_environment  # noqa: E402
-from django.utils import timezone  # noqa: E402
+from django.db import connection, connections, transaction
+from django.test.utils import setup_test_environment
+from django.utils import timezone
 
 HOT_ACCOUNTS = 10
 
@@ -86,7 +86,7 @@ def bench_single(accounts: list[int], total: int, threads: int) -> float:
         try:
             for entry in transfers(accounts, per_thread, f"single{threads}-{index}", 100 + index):
                 assert ledger_execute([entry])[0].status == "posted"
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             failures.append(exc)
         finally:
             connections.close_all()

@@ -113,6 +113,9 @@ class Balance(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"balance of account {self.account_id} @ {self.position}"
+
 
 class Posting(models.Model):
     # The journal entry is the core event with this position. The reference is
@@ -133,12 +136,17 @@ class Posting(models.Model):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=Q(amount_micros__gt=0), name="posting_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(amount_micros__gt=0), name="posting_amount_positive"
+            ),
             models.CheckConstraint(condition=Q(side__in=["D", "C"]), name="posting_side_valid"),
         ]
         indexes = [
             models.Index(fields=["account", "recorded_at"], name="posting_account_time"),
         ]
+
+    def __str__(self) -> str:
+        return f"#{self.entry_id} {self.side} {self.amount_micros} {self.currency}"
 
 
 class Hold(models.Model):
@@ -179,3 +187,6 @@ class Hold(models.Model):
                 fields=["expires_at"], condition=Q(state="pending"), name="hold_pending_expiry"
             )
         ]
+
+    def __str__(self) -> str:
+        return f"hold {self.hold_id} ({self.state})"

@@ -55,7 +55,7 @@ def retry_transaction(
                 except retry_on:
                     if attempt == attempts - 1:
                         raise
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))
             raise AssertionError("unreachable")
 
         return wrapper

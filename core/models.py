@@ -64,6 +64,9 @@ class Membership(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.organization_id}:{self.role}"
+
 
 class ApiKey(models.Model):
     """An API key: ``tdm_<prefix>_<secret>``. Only the SHA-256 of the whole key is stored;
@@ -87,6 +90,9 @@ class ApiKey(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
+
 
 class Event(models.Model):
     """One fact, appended once, never changed (UPDATE and DELETE are refused by triggers).
@@ -107,7 +113,8 @@ class Event(models.Model):
     schema_version = models.PositiveSmallIntegerField(default=1)
     payload = models.JSONField()
     metadata = models.JSONField(default=dict)
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # NULL, not "": the partial unique constraints below skip events without a key.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     recorded_at = models.DateTimeField()
 
     class Meta:
@@ -128,6 +135,9 @@ class Event(models.Model):
         ]
         indexes = [models.Index(fields=["stream_type", "position"], name="event_type_pos")]
 
+    def __str__(self) -> str:
+        return f"#{self.position} {self.stream_id}@{self.version} {self.type}"
+
 
 class FollowerPosition(models.Model):
     """How far a follower has read. Written in the same transaction as its effects."""
@@ -135,6 +145,9 @@ class FollowerPosition(models.Model):
     consumer = models.CharField(max_length=100, unique=True)
     position = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.consumer}@{self.position}"
 
 
 class IdempotentRequest(models.Model):
@@ -154,3 +167,6 @@ class IdempotentRequest(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["organization", "key"], name="idempotent_request_key"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} [{self.key}]"

@@ -7,7 +7,7 @@ only rounding is half-even, done once, where an amount is rated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
 # The currencies Tandem keeps ledgers in, with the digits of their minor unit.
@@ -27,7 +27,7 @@ def check_currency(currency: str) -> str:
 
 
 def rate_amount(quantity: int, rate_micros: int, unit: int) -> int:
-    """``quantity × rate / unit`` rounded half-even to a micro-unit (integers only)."""
+    """``quantity * rate / unit`` rounded half-even to a micro-unit (integers only)."""
     if unit <= 0:
         raise MoneyError("unit must be positive")
     quotient, remainder = divmod(quantity * rate_micros, unit)

@@ -210,22 +210,22 @@ def test_replay_from_position_zero_equals_the_live_projection(make_buyer, revenu
 ])
 def test_events_and_postings_cannot_be_changed_at_the_database(make_buyer, statement):
     make_buyer("fixed", 1_000_000)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), \
+            connection.cursor() as cursor:
+        cursor.execute(statement)
 
 
 def test_an_unbalanced_posting_statement_is_refused_by_the_database(make_buyer, revenue):
     buyer = make_buyer("raw", 1_000_000)
     entry = Event.objects.first()
-    with pytest.raises(DatabaseError, match="does not balance"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO billing_posting (entry_position, account_id, currency, side, "
-                "amount_micros, recorded_at) VALUES (%s, %s, 'USD', 'D', 5, now()), "
-                "(%s, %s, 'USD', 'C', 4, now())",
-                [entry.pk, buyer.pk, entry.pk, revenue.pk],
-            )
+    with pytest.raises(DatabaseError, match="does not balance"), transaction.atomic(), \
+            connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO billing_posting (entry_position, account_id, currency, side, "
+            "amount_micros, recorded_at) VALUES (%s, %s, 'USD', 'D', 5, now()), "
+            "(%s, %s, 'USD', 'C', 4, now())",
+            [entry.pk, buyer.pk, entry.pk, revenue.pk],
+        )
 
 
 def test_postings_sum_to_zero(make_buyer, revenue):
