@@ -20,7 +20,6 @@ from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
-from rest_framework.views import set_rollback
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +131,8 @@ def _validation_message(fields: dict[str, list[str]]) -> str:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     headers: dict[str, str] = {}
     if isinstance(exc, ApplicationError):
+        from rest_framework.views import set_rollback  # here: views imports our auth
+
         set_rollback()
         return Response(
             error_body(exc.code, exc.message, exc.details),
