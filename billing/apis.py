@@ -25,8 +25,10 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import serializers, status
+from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from billing import selectors, services
@@ -240,7 +242,29 @@ class TrialBalanceSerializer(serializers.Serializer):
 # --- input serializers ------------------------------------------------------
 
 
+class _ListSerializer(serializers.ListSerializer):
+    """Errors name their place the way the API does elsewhere: ``legs`` for the list
+    as a whole (not DRF's ``legs.non_field_errors``) and ``legs[1].side`` for an item
+    (DRF 3.18 keys item errors by index, which core.errors would spell ``legs.1``)."""
+
+    def run_validation(self, data: Any = empty) -> Any:
+        try:
+            return super().run_validation(data)
+        except serializers.ValidationError as exc:
+            detail: Any = exc.detail
+            whole = api_settings.NON_FIELD_ERRORS_KEY
+            if isinstance(detail, dict) and set(detail) == {whole}:
+                raise serializers.ValidationError(detail[whole]) from None
+            if isinstance(detail, dict) and all(isinstance(k, int) for k in detail):
+                items = [detail.get(index, {}) for index in range(max(detail) + 1)]
+                raise serializers.ValidationError(items) from None
+            raise
+
+
 class AdjustmentLegInputSerializer(serializers.Serializer):
+    class Meta:
+        list_serializer_class = _ListSerializer
+
     account = serializers.IntegerField(min_value=1, max_value=_MAX_DB_ID)
     side = SideField()
     amount = DecimalTextField(help_text="positive, at most 6 decimals")
@@ -250,7 +274,9 @@ class AdjustmentInputSerializer(serializers.Serializer):
     currency = serializers.ChoiceField(choices=sorted(CURRENCIES))
     # CharField refuses NUL characters and blank text on its own.
     reason = serializers.CharField(max_length=MAX_REASON_LENGTH)
-    legs = AdjustmentLegInputSerializer(many=True, min_length=2, max_length=services.MAX_LEGS)
+    legs = AdjustmentLegInputSerializer(  # type: ignore[call-arg]  # the stubs lag DRF 3.18
+        many=True, min_length=2, max_length=services.MAX_LEGS
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         currency = attrs["currency"]
@@ -515,6 +541,7 @@ class AdjustmentCreateApi(APIView):
     def post(self, request: Request) -> Response:
         caller = get_caller(request)
         key = idempotency_key(request, required=True)
+        assert key is not None  # required=True: a missing key was a 400 already
         given = AdjustmentInputSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         data = given.validated_data
@@ -525,6 +552,7 @@ class AdjustmentCreateApi(APIView):
             reason=data["reason"],
             actor=_actor(caller),
         )
+        assert result.position is not None  # raise_for: an accepted entry has one
         entry = selectors.journal_entry_get(position=result.position)
         # The ledger compares amounts and accounts on a replay, not the reason.
         if result.status == "replayed" and entry.description != data["reason"]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db.models import Case, CharField, F, Q, QuerySet, Value, When
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 
 from billing import events as ev
@@ -121,12 +121,16 @@ def journal_lines(
     if until is not None:
         postings = postings.filter(recorded_at__lt=until)
     return postings.annotate(
-        transfer_id=Coalesce(KT("entry__payload__transfer_id"), KT("entry__payload__hold_id")),
-        kind=Coalesce(KT("entry__payload__kind"), Value("hold"), output_field=CharField()),
-        description=Coalesce(
-            KT("entry__payload__description"), Value(""), output_field=CharField()
-        ),
+        transfer_id=Coalesce(_entry_key("transfer_id"), _entry_key("hold_id")),
+        kind=Coalesce(_entry_key("kind"), Value("hold"), output_field=CharField()),
+        description=Coalesce(_entry_key("description"), Value(""), output_field=CharField()),
     )
+
+
+def _entry_key(key: str) -> KeyTextTransform:
+    # KT("entry__payload__key") would read "payload" as a JSON key of the foreign
+    # key's own column; spelling the path to the JSON field out makes it a join.
+    return KeyTextTransform(key, "entry__payload")
 
 
 @dataclass(frozen=True, slots=True)

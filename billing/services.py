@@ -581,7 +581,7 @@ class _Applier:
         touched = [self.balances[i] for i in ids]
         before = [(s.available, s.counters(), s.dirty) for s in touched]
         apply_event(self.balances, event_type, payload, 0)
-        for state, (available, counters, dirty) in zip(touched, before, strict=True):
+        for state, (available, _counters, _dirty) in zip(touched, before, strict=True):
             if state.breaks_limit(available):
                 after = state.available
                 missing = -(after + (state.overdraft_limit_micros or 0))

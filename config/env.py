@@ -8,6 +8,7 @@ surprise at three in the morning.
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
@@ -66,7 +67,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def env_database(name: str, default: str) -> dict:
+def env_database(name: str, default: str) -> dict[str, Any]:
     raw = os.environ.get(name) or default
     shown = redact_url(raw)
     try:
@@ -78,7 +79,7 @@ def env_database(name: str, default: str) -> dict:
         raise ImproperlyConfigured(
             f"{name}={shown!r}: only postgres:// and sqlite:// databases are supported"
         )
-    return config
+    return dict(config)
 
 
 def env_url(name: str, default: str, *, schemes: set[str]) -> str:

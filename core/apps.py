@@ -6,5 +6,6 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         from config import broker
+        from core import schema  # noqa: F401  (registers the OpenAPI extensions)
 
         broker.start_inprocess_worker_if_configured()

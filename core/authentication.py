@@ -24,9 +24,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header or header[0].lower() != self.keyword.lower().encode():
             return None
         if len(header) != 2:
-            raise exceptions.AuthenticationFailed(
-                "Authorization header must be 'Bearer <api key>'"
-            )
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'")
         try:
             raw_key = header[1].decode("ascii")
         except UnicodeDecodeError:

@@ -6,6 +6,7 @@ import hmac
 
 from django.db.models import QuerySet
 
+from core.errors import NotFound
 from core.models import ApiKey, Membership, Organization
 from core.services import API_KEY_PREFIX, hash_api_key
 
@@ -37,3 +38,11 @@ def membership_for_user(*, user, organization_id: str | None) -> Membership | No
 
 def api_keys_for_org(*, organization: Organization) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(organization=organization)
+
+
+def api_key_get(*, organization: Organization, api_key_id: int) -> ApiKey:
+    """One of ``organization``'s keys; another organization's is as good as absent."""
+    api_key = ApiKey.objects.filter(organization=organization, pk=api_key_id).first()
+    if api_key is None:
+        raise NotFound(f"no API key {api_key_id} in your organization")
+    return api_key

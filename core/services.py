@@ -1,17 +1,19 @@
-"""Writes of the shared kernel's tenancy part: organizations, memberships, API keys."""
+"""Writes of the shared kernel's tenancy part: organizations, memberships, API keys,
+and the claims behind ``Idempotency-Key`` (see core.idempotency)."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core.errors import Conflict, InvalidInput
-from core.models import ApiKey, Membership, Organization
+from core.errors import Conflict, IdempotencyConflict, InvalidInput
+from core.models import ApiKey, IdempotentRequest, Membership, Organization
 
 API_KEY_PREFIX = "tdm"
 # last_used_at is written at most this often per key, so auth is not a write per request.
@@ -61,19 +63,30 @@ def api_key_create(
 ) -> CreatedApiKey:
     if role not in Membership.Role.values:
         raise InvalidInput(f"role must be one of {', '.join(Membership.Role.values)}")
-    prefix = secrets.token_hex(6)
-    raw_key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-    api_key = ApiKey.objects.create(
-        organization=organization,
-        name=name[:100] or "default",
-        role=role,
-        prefix=prefix,
-        hashed_key=hash_api_key(raw_key),
-    )
-    return CreatedApiKey(api_key=api_key, raw_key=raw_key)
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise InvalidInput("name must be 1 to 100 characters", details={"field": "name"})
+    # 48 random bits of prefix: a collision is unlikely, not impossible, so try again.
+    for _ in range(3):
+        prefix = secrets.token_hex(6)
+        raw_key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+        try:
+            with transaction.atomic():
+                api_key = ApiKey.objects.create(
+                    organization=organization,
+                    name=name,
+                    role=role,
+                    prefix=prefix,
+                    hashed_key=hash_api_key(raw_key),
+                )
+        except IntegrityError:
+            continue
+        return CreatedApiKey(api_key=api_key, raw_key=raw_key)
+    raise Conflict("could not allocate a unique API key prefix; try again")
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke a key; revoking a revoked key keeps the first revocation time."""
     ApiKey.objects.filter(pk=api_key.pk, revoked_at=None).update(revoked_at=timezone.now())
     api_key.refresh_from_db()
     return api_key
@@ -86,3 +99,99 @@ def api_key_touch(*, api_key: ApiKey) -> None:
         return
     ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
     api_key.last_used_at = now
+
+
+# --- Idempotency-Key claims -------------------------------------------------
+
+# An unfinished claim older than this belongs to a request whose process died (a
+# gunicorn worker killed on timeout, a deploy): a retry may take it over. Taking over
+# is safe even when the first request is only slow, because completing a claim is
+# fenced on ``created_at`` (see idempotent_request_complete).
+IDEMPOTENCY_CLAIM_TIMEOUT = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """The outcome of claiming a key: either ours to run (``replay`` is None), or the
+    stored first response to send back again."""
+
+    request: IdempotentRequest
+    replay: tuple[int, Any] | None = None  # (status code, JSON body)
+
+
+def idempotent_request_claim(
+    *,
+    organization: Organization,
+    key: str,
+    method: str,
+    path: str,
+    request_hash: str,
+    now: datetime | None = None,
+) -> IdempotencyClaim:
+    """Claim ``key`` for one run of a request, in its own short transaction.
+
+    The unique (organization, key) constraint decides between concurrent duplicates:
+    exactly one insert wins; the others see its row and get the stored response, a
+    409 while it is unfinished, or a 422 when their request differs from the first.
+    """
+    for _ in range(3):
+        now = now or timezone.now()
+        try:
+            with transaction.atomic():
+                claimed = IdempotentRequest.objects.create(
+                    organization=organization,
+                    key=key,
+                    method=method,
+                    path=path[:500],
+                    request_hash=request_hash,
+                )
+            return IdempotencyClaim(request=claimed)
+        except IntegrityError:
+            pass
+        existing = IdempotentRequest.objects.filter(organization=organization, key=key).first()
+        if existing is None:
+            continue  # released between our insert and our read: try again
+        if existing.request_hash != request_hash:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different request "
+                f"({existing.method} {existing.path}); use a new key for a new request",
+                details={"header": "Idempotency-Key"},
+            )
+        if existing.completed_at is not None and existing.status_code is not None:
+            return IdempotencyClaim(
+                request=existing, replay=(existing.status_code, existing.response_body)
+            )
+        if existing.created_at < now - IDEMPOTENCY_CLAIM_TIMEOUT:
+            taken = IdempotentRequest.objects.filter(
+                pk=existing.pk, completed_at=None, created_at=existing.created_at
+            ).update(created_at=now)
+            if taken:
+                existing.created_at = now
+                return IdempotencyClaim(request=existing)
+        raise Conflict(
+            "a request with this Idempotency-Key is still in progress",
+            details={"header": "Idempotency-Key"},
+        )
+    raise Conflict(
+        "a request with this Idempotency-Key is still in progress",
+        details={"header": "Idempotency-Key"},
+    )
+
+
+def idempotent_request_complete(
+    *, claim: IdempotentRequest, status_code: int, response_body: Any
+) -> bool:
+    """Store the final response. False when the claim was taken over meanwhile (this
+    run was presumed dead): the caller must then not let its effects stand."""
+    updated = IdempotentRequest.objects.filter(
+        pk=claim.pk, completed_at=None, created_at=claim.created_at
+    ).update(status_code=status_code, response_body=response_body, completed_at=timezone.now())
+    return updated == 1
+
+
+def idempotent_request_release(*, claim: IdempotentRequest) -> None:
+    """Give the key back after a failed run, so that a retry can run."""
+    with transaction.atomic():
+        IdempotentRequest.objects.filter(
+            pk=claim.pk, completed_at=None, created_at=claim.created_at
+        ).delete()

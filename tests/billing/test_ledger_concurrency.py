@@ -33,7 +33,7 @@ def run_threads(count: int, target) -> list[BaseException]:
         try:
             barrier.wait()
             target(index)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()

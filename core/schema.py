@@ -1,0 +1,64 @@
+"""OpenAPI pieces shared by every app: the error shape and the authentication schemes.
+
+Imported from CoreConfig.ready() so drf-spectacular knows the extensions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="stable, machine-readable: e.g. insufficient_funds")
+    message = serializers.CharField(help_text="what was wrong and where")
+    details = serializers.DictField(help_text="e.g. {'fields': {'name': ['...']}}")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+_DESCRIPTIONS = {
+    400: "bad input: details say what and where",
+    401: "no API key, or an invalid or revoked one",
+    403: "your role does not allow this",
+    404: "no such object in your organization",
+    409: "conflicts with the current state (or the same Idempotency-Key is still running)",
+    413: "request body too large",
+    422: "Idempotency-Key reused with a different request",
+    429: "rate limited: see Retry-After",
+}
+
+
+def error_responses(*codes: int) -> dict[int, Any]:
+    """``extend_schema(responses={200: X, **error_responses(401, 403)})``."""
+    return {
+        code: OpenApiResponse(response=ErrorSerializer, description=_DESCRIPTIONS[code])
+        for code in codes
+    }
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "core.authentication.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Authorization: Bearer tdm_<prefix>_<secret>",
+        }
+
+
+class PortalSessionScheme(OpenApiAuthenticationExtension):
+    target_class = "core.authentication.SessionAuthentication"
+    name = "portalSession"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        from django.conf import settings
+
+        return {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME}
