@@ -458,24 +458,11 @@ class AccountCreditLimitApi(APIView):
             data=request.data, context={"currency": account.currency}
         )
         given.is_valid(raise_exception=True)
-        # Belongs in the service once it takes a reason (see the report of this change):
-        # only a buyer's prepaid balance has a credit limit.
-        if account.kind != Account.Kind.CREDIT or account.organization is None:
-            raise InvalidInput(
-                f"account {account.pk} is a {account.kind} account; credit limits apply "
-                "to a buyer's credit account",
-                details={"account": account.pk},
-            )
-        limit = given.validated_data["amount"]
-        services.account_set_overdraft_limit(account=account, limit_micros=limit)
-        logger.info(
-            "credit limit set",
-            extra={
-                "account": account.pk,
-                "limit_micros": limit,
-                "reason": given.validated_data["reason"],
-                "actor": _actor(caller),
-            },
+        services.account_set_overdraft_limit(
+            account=account,
+            limit_micros=given.validated_data["amount"],
+            reason=given.validated_data["reason"],
+            actor=_actor(caller),
         )
         account = selectors.account_get(caller=caller, account_id=account.pk)
         return Response(AccountSerializer(account).data)

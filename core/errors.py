@@ -108,7 +108,10 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = key if not prefix else f"{prefix}.{key}"
+            if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+                name = f"{prefix}[{key}]"  # DRF keys list items by index
+            else:
+                name = key if not prefix else f"{prefix}.{key}"
             if key == "non_field_errors" and not prefix:
                 name = "non_field_errors"
             out.update(_flatten(value, name))
