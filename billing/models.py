@@ -118,9 +118,9 @@ class Balance(models.Model):
 
 
 class Posting(models.Model):
-    # The journal entry is the core event with this position. The reference is
-    # checked by the statement-level trigger (one anti-join per statement) rather
-    # than a per-row foreign-key trigger, which would cost more than the insert.
+    # The journal entry is the core event with this position. Both references are
+    # checked by the statement-level trigger (one join over the new rows) rather
+    # than by per-row foreign-key triggers, which cost more than the insert.
     entry = models.ForeignKey(
         Event,
         on_delete=models.PROTECT,
@@ -128,7 +128,9 @@ class Posting(models.Model):
         db_column="entry_position",
         db_constraint=False,
     )
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings")
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="postings", db_constraint=False
+    )
     currency = models.CharField(max_length=3)
     side = models.CharField(max_length=1, choices=Account.Side.choices)
     amount_micros = models.BigIntegerField()

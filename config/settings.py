@@ -83,6 +83,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+else:
+    # Django's own cursors bind parameters client-side and never prepare; the
+    # ledger's hot path uses server-side-bound cursors that prepare its few
+    # statements once per connection (planning them costs more than running them).
+    DATABASES["default"]["OPTIONS"] = {"prepare_threshold": 5}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache and rate limits (Redis when REDIS_URL is set) --------------------

@@ -19,34 +19,39 @@ CREATE OR REPLACE FUNCTION billing_postings_balanced() RETURNS trigger AS $$
 DECLARE
     bad bigint;
 BEGIN
+    -- One pass over the new rows on the happy path; the slow diagnosis below
+    -- runs only when something is wrong.
     SELECT n.entry_position INTO bad
       FROM new_postings n
+      LEFT JOIN billing_account a ON a.id = n.account_id
+      LEFT JOIN core_event e ON e.position = n.entry_position
      GROUP BY n.entry_position
     HAVING count(*) < 2
         OR count(DISTINCT n.currency) > 1
         OR sum(CASE WHEN n.side = 'D' THEN n.amount_micros ELSE -n.amount_micros END) <> 0
+        OR bool_or(a.id IS NULL OR a.currency <> n.currency)
+        OR bool_or(e.position IS NULL)
      LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'journal entry % does not balance', bad
-            USING ERRCODE = 'check_violation';
+    IF NOT FOUND THEN
+        RETURN NULL;
     END IF;
-    SELECT n.entry_position INTO bad
-      FROM new_postings n
-     WHERE NOT EXISTS (SELECT 1 FROM core_event e WHERE e.position = n.entry_position)
-     LIMIT 1;
-    IF FOUND THEN
+    IF EXISTS (SELECT 1 FROM new_postings n WHERE n.entry_position = bad
+                  AND NOT EXISTS (SELECT 1 FROM billing_account a WHERE a.id = n.account_id))
+    THEN
+        RAISE EXCEPTION 'journal entry % names an account that does not exist', bad
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM core_event e WHERE e.position = bad) THEN
         RAISE EXCEPTION 'journal entry % is not an event', bad
             USING ERRCODE = 'foreign_key_violation';
     END IF;
-    SELECT n.entry_position INTO bad
-      FROM new_postings n JOIN billing_account a ON a.id = n.account_id
-     WHERE a.currency <> n.currency
-     LIMIT 1;
-    IF FOUND THEN
+    IF EXISTS (SELECT 1 FROM new_postings n JOIN billing_account a ON a.id = n.account_id
+                WHERE n.entry_position = bad AND a.currency <> n.currency) THEN
         RAISE EXCEPTION 'journal entry % posts to an account of another currency', bad
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NULL;
+    RAISE EXCEPTION 'journal entry % does not balance', bad
+        USING ERRCODE = 'check_violation';
 END;
 $$ LANGUAGE plpgsql;
 

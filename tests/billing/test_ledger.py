@@ -238,3 +238,22 @@ def test_postings_sum_to_zero(make_buyer, revenue):
             " FROM billing_posting"
         )
         assert cursor.fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(("account_offset", "entry_offset", "message"), [
+    (10_000, 0, "account that does not exist"),
+    (0, 10_000, "is not an event"),
+])
+def test_postings_must_name_real_accounts_and_entries(make_buyer, revenue, account_offset,
+                                                      entry_offset, message):
+    buyer = make_buyer("refs", 1_000_000)
+    entry = Event.objects.first()
+    with pytest.raises(DatabaseError, match=message), transaction.atomic(), \
+            connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO billing_posting (entry_position, account_id, currency, side, "
+            "amount_micros, recorded_at) VALUES (%s, %s, 'USD', 'D', 5, now()), "
+            "(%s, %s, 'USD', 'C', 5, now())",
+            [entry.pk + entry_offset, buyer.pk + account_offset,
+             entry.pk + entry_offset, revenue.pk],
+        )
