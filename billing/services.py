@@ -366,7 +366,7 @@ def _execute(
         if not applier.rows:
             return done
         if pg:
-            positions = _write_pg(applier, metadata, now)
+            positions = _write_pg(applier, metadata, now, commit=_owns_transaction())
         else:
             positions = events_insert(
                 [
@@ -477,9 +477,21 @@ SELECT position FROM ev ORDER BY position
 """
 
 
-def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
-    """Events, postings and balances in one statement, after the append lock —
-    the lock is held for one round trip and the commit, nothing more."""
+def _owns_transaction() -> bool:
+    """True when the ledger's own retry block is the whole transaction (not a
+    part of a caller's bigger one), so nothing can follow its write."""
+    return len(connection.atomic_blocks) == 1 and not connection.savepoint_ids
+
+
+def _write_pg(applier: _Applier, metadata: dict, now: datetime, *, commit: bool) -> list[int]:
+    """Events, postings and balances in one statement, after the append lock.
+
+    The append lock serializes every writer from its LOCK to its COMMIT, so that
+    window is kept to one round trip: with ``commit`` (the ledger owns the
+    transaction) the COMMIT rides in the same pipeline, and the commit Django
+    sends on leaving ``atomic()`` finds the connection idle and costs nothing.
+    If anything failed after that COMMIT, the retry would find the ids already
+    written and answer ``replayed``: the early commit cannot double an effect."""
     rows = applier.rows
     params = events_insert_cte_params(
         [EventRow(stream_type=st, stream_id=sid, version=v, type=t, payload=p)
@@ -515,6 +527,8 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
         cursor.execute(APPEND_LOCK_SQL)
         _write_holds(cursor, applier)
         cursor.execute(_PG_WRITE, params, prepare=True)
+        if commit:
+            _cursor().execute("COMMIT")
         positions = [row[0] for row in cursor.fetchall()]
     for state in dirty:
         state.position = positions[last[state.account_id]]
