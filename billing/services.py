@@ -43,7 +43,6 @@ from core.errors import (
     NotFound,
 )
 from core.eventstore import (
-    APPEND_LOCK_SQL,
     EVENT_TABLE,
     EVENTS_INSERT_CTE,
     EventRow,
@@ -256,7 +255,9 @@ def ledger_execute(
         request_id = request_id_var.get()
         if request_id != "-":
             metadata["correlation_id"] = request_id
-        done = retry_transaction(_execute, retry_on=(IntegrityError,))(valid, metadata, now)
+        done = retry_transaction(_execute, retry_on=(IntegrityError, _StaleSnapshot))(
+            valid, metadata, now
+        )
         for index, result in done:
             results[index] = result
     return results  # type: ignore[return-value]
@@ -366,7 +367,7 @@ def _execute(
         if not applier.rows:
             return done
         if pg:
-            positions = _write_pg(applier, metadata, now, commit=_owns_transaction())
+            positions = _write_pg(applier, metadata, now)
         else:
             positions = events_insert(
                 [
@@ -392,49 +393,76 @@ def _cursor():
     return psycopg.Cursor(connection.connection)
 
 
+class _StaleSnapshot(Exception):
+    """The one-statement read saw a lock released by a writer that committed after
+    the statement's snapshot was taken: run the transaction again."""
+
+
+_PG_READ = f"""
+WITH locked AS (
+    SELECT b.account_id, a.currency, a.normal_side, a.overdraft_limit_micros,
+           b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending, b.position
+      FROM {BALANCE_TABLE} b JOIN {ACCOUNT_TABLE} a ON a.id = b.account_id
+     WHERE b.account_id = ANY(%(accounts)s)
+     ORDER BY b.account_id
+       FOR UPDATE OF b
+), held AS (
+    SELECT {_HOLD_COLUMNS} FROM {HOLD_TABLE}
+     WHERE hold_id = ANY(%(holds)s)
+     ORDER BY id
+       FOR UPDATE
+)
+SELECT (SELECT coalesce(json_agg(json_build_array(
+                   account_id, currency, normal_side, overdraft_limit_micros, debits_posted,
+                   credits_posted, debits_pending, credits_pending, position)), '[]')
+          FROM locked),
+       (SELECT coalesce(json_agg(json_build_array(
+                   id, hold_id, debit_account_id, credit_account_id, currency, amount_micros,
+                   posted_micros, state, expires_at, created_at, resolved_at)), '[]')
+          FROM held),
+       (SELECT coalesce(json_agg(json_build_array(stream_id, version, type, payload, position)),
+                        '[]')
+          FROM {EVENT_TABLE} WHERE stream_id = ANY(%(streams)s))
+"""
+
+
 def _read_locked_pg(
     account_ids: list[int], hold_ids: list[str], stream_ids: list[str]
 ) -> tuple[dict[int, BalanceState], dict[str, _HoldRow], dict[tuple[str, int], tuple]]:
-    """Lock balances (account order), then holds (id order), then read the ids
-    already used — three statements, one round trip (psycopg pipeline)."""
-    raw = connection.connection
-    with connection.wrap_database_errors, raw.pipeline():
-        balances_cursor, holds_cursor, events_cursor = _cursor(), _cursor(), _cursor()
-        balances_cursor.execute(
-            "SELECT b.account_id, a.currency, a.normal_side, a.overdraft_limit_micros, "
-            "b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending, b.position "
-            f"FROM {BALANCE_TABLE} b JOIN {ACCOUNT_TABLE} a ON a.id = b.account_id "
-            "WHERE b.account_id = ANY(%s) ORDER BY b.account_id FOR UPDATE OF b",
-            [account_ids],
+    """Lock balances (account order) and holds (id order) and read the ids already
+    used, in one statement: one round trip.
+
+    The locked rows come back as their newest versions, but the ids are read in
+    the statement's snapshot, which may predate a writer this statement waited
+    for. The applier notices what that can hide (a hold resolved by an event it
+    cannot see) and a duplicate id hidden that way hits the unique key on write;
+    both retry the transaction, which then sees everything.
+    """
+    with connection.wrap_database_errors:
+        cursor = _cursor()
+        cursor.execute(
+            _PG_READ,
+            {"accounts": account_ids, "holds": hold_ids, "streams": stream_ids},
             prepare=True,
         )
-        if hold_ids:
-            holds_cursor.execute(
-                f"SELECT {_HOLD_COLUMNS} FROM {HOLD_TABLE} WHERE hold_id = ANY(%s) "
-                "ORDER BY id FOR UPDATE",
-                [hold_ids],
-                prepare=True,
-            )
-        events_cursor.execute(
-            f"SELECT stream_id, version, type, payload, position FROM {EVENT_TABLE} "
-            "WHERE stream_id = ANY(%s)",
-            [stream_ids],
-            prepare=True,
-        )
-        balances = {row[0]: BalanceState(*row) for row in balances_cursor.fetchall()}
-        holds = {}
-        if hold_ids:
-            for row in holds_cursor.fetchall():
-                hold = _HoldRow(*row)
-                holds[hold.hold_id] = hold
-        # Django's connection hands jsonb back as text; decode it here.
-        existing = {
-            (stream_id, version): (
-                event_type, json.loads(payload) if isinstance(payload, str) else payload, position
-            )
-            for stream_id, version, event_type, payload, position in events_cursor.fetchall()
-        }
+        locked, held, used = (_json(value) for value in cursor.fetchone())
+    balances = {row[0]: BalanceState(*row) for row in locked}
+    holds = {}
+    for row in held:
+        hold = _HoldRow(*row)
+        hold.expires_at = _as_datetime(hold.expires_at)
+        hold.created_at = _as_datetime(hold.created_at)
+        holds[hold.hold_id] = hold
+    existing = {
+        (stream_id, version): (event_type, payload, position)
+        for stream_id, version, event_type, payload, position in used
+    }
     return balances, holds, existing
+
+
+def _json(value):
+    # Django's connection hands json back as text.
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _last_event_per_account(applier: _Applier) -> dict[int, int]:
@@ -477,21 +505,10 @@ SELECT position FROM ev ORDER BY position
 """
 
 
-def _owns_transaction() -> bool:
-    """True when the ledger's own retry block is the whole transaction (not a
-    part of a caller's bigger one), so nothing can follow its write."""
-    return len(connection.atomic_blocks) == 1 and not connection.savepoint_ids
-
-
-def _write_pg(applier: _Applier, metadata: dict, now: datetime, *, commit: bool) -> list[int]:
-    """Events, postings and balances in one statement, after the append lock.
-
-    The append lock serializes every writer from its LOCK to its COMMIT, so that
-    window is kept to one round trip: with ``commit`` (the ledger owns the
-    transaction) the COMMIT rides in the same pipeline, and the commit Django
-    sends on leaving ``atomic()`` finds the connection idle and costs nothing.
-    If anything failed after that COMMIT, the retry would find the ids already
-    written and answer ``replayed``: the early commit cannot double an effect."""
+def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
+    """Holds, then events, postings and balances in one statement that takes the
+    event store's append lock itself: from that lock to the commit (which
+    serializes every appender) there is one round trip and the COMMIT."""
     rows = applier.rows
     params = events_insert_cte_params(
         [EventRow(stream_type=st, stream_id=sid, version=v, type=t, payload=p)
@@ -521,14 +538,10 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime, *, commit: bool)
         b_stream_id=[rows[last[s.account_id]][1] for s in dirty],
         b_version=[rows[last[s.account_id]][2] for s in dirty],
     )
-    raw = connection.connection
-    with connection.wrap_database_errors, raw.pipeline():
+    with connection.wrap_database_errors:
         cursor = _cursor()
-        cursor.execute(APPEND_LOCK_SQL)
         _write_holds(cursor, applier)
         cursor.execute(_PG_WRITE, params, prepare=True)
-        if commit:
-            _cursor().execute("COMMIT")
         positions = [row[0] for row in cursor.fetchall()]
     for state in dirty:
         state.position = positions[last[state.account_id]]
@@ -695,6 +708,8 @@ class _Applier:
         if hold is None:
             return _rejected("hold_not_found", f"hold {hold_id!r} does not exist", hold_id=hold_id)
         resolved = self.existing.get((stream_id, 2))
+        if resolved is None and hold.state != Hold.State.PENDING:
+            raise _StaleSnapshot(hold_id)
         if resolved is not None or hold.state != Hold.State.PENDING:
             if resolved is not None:
                 stored_type, stored, position = resolved

@@ -332,9 +332,11 @@ def events_iter(
 # A projection that must be written in the same transaction as its events (the
 # ledger's postings and balances) can fold the append into one statement: the
 # events' INSERT becomes a CTE whose RETURNING rows the projection joins on.
-# The caller must have run ``APPEND_LOCK_SQL`` first in the same transaction.
-
-APPEND_LOCK_SQL = f"LOCK TABLE {EVENT_TABLE} IN EXCLUSIVE MODE"
+# The append lock is taken inside the statement: the WHERE clause holds an
+# uncorrelated sub-select calling ``core_event_append_lock()`` (migration 0003),
+# which PostgreSQL runs once, as an InitPlan, before the first row leaves the
+# scan — and so before the sort that feeds the insert, before any position is
+# drawn from the sequence.
 
 EVENTS_INSERT_CTE = f"""
 INSERT INTO {EVENT_TABLE} ({", ".join(_COLUMNS)})
@@ -343,6 +345,7 @@ SELECT %(ev_tenant)s, t.stream_type, t.stream_id, t.version, t.type, t.schema_ve
   FROM unnest(%(ev_stream_type)b::text[], %(ev_stream_id)b::text[], %(ev_version)b::int[],
               %(ev_type)b::text[], %(ev_schema_version)b::smallint[], %(ev_payload)b::text[])
        WITH ORDINALITY AS t(stream_type, stream_id, version, type, schema_version, payload, ord)
+ WHERE (SELECT core_event_append_lock())
  ORDER BY t.ord
 RETURNING position, stream_id, version
 """
