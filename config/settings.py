@@ -132,6 +132,10 @@ DRAMATIQ_BROKER["MIDDLEWARE"] = [
 ]
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 
+# --- supply -----------------------------------------------------------------
+# A node with no heartbeat for this long is unhealthy (its leases fail over).
+NODE_HEARTBEAT_TIMEOUT_SECONDS = env_int("NODE_HEARTBEAT_TIMEOUT_SECONDS", 60, minimum=5)
+
 # --- Stripe -----------------------------------------------------------------
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
 STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")

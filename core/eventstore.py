@@ -2,11 +2,12 @@
 
 - ``(stream_id, version)`` is unique: an append names the version it expects and
   a conflict raises ``ConcurrencyConflict``; the caller retries from a fresh read.
-- ``position`` is global and assigned in commit order. On PostgreSQL an append
-  takes ``LOCK TABLE core_event IN EXCLUSIVE MODE`` right before it inserts (as
-  the ``eventsourcing`` library does), so positions are handed out one committing
+- ``position`` is global and assigned in commit order. On PostgreSQL every
+  INSERT into the table first takes the event store's append lock (an advisory
+  lock held to commit, taken by a statement-level trigger before any position
+  is drawn: migration 0003), so positions are handed out one committing
   transaction at a time and a follower reading by position never skips a row
-  that commits later. Readers are not blocked. The lock is held only from the
+  that commits later. Readers are never blocked. The lock is held from the
   insert to the commit, so append events as the last step of a transaction.
   SQLite has one writer at a time, which gives the same order for free.
 - An append may carry an idempotency key, unique per tenant: replaying it
@@ -131,7 +132,7 @@ def _dumps(value: Any) -> str:
 def events_insert(rows: Sequence[EventRow], *, recorded_at: datetime | None = None) -> list[int]:
     """Insert rows whose versions the caller has decided; return their positions in order.
 
-    Must run inside a transaction. Takes the commit-order lock (see the module
+    Must run inside a transaction. Takes the append lock (see the module
     docstring). A duplicate ``(stream_id, version)`` raises ``IntegrityError``,
     which aborts the transaction: the caller's retry loop starts again.
     """
@@ -141,27 +142,17 @@ def events_insert(rows: Sequence[EventRow], *, recorded_at: datetime | None = No
     now = recorded_at or timezone.now()
     with connection.cursor() as cursor:
         if is_postgres():
-            cursor.execute(f"LOCK TABLE {EVENT_TABLE} IN EXCLUSIVE MODE")
-            if len(rows) == 1:
-                cursor.execute(
-                    f"INSERT INTO {EVENT_TABLE} ({', '.join(_COLUMNS)}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING position",
-                    _values(rows[0], now),
+            # One statement for any number of rows; the append lock is taken by
+            # the table's trigger before the first position is drawn.
+            import psycopg
+
+            raw_cursor = psycopg.Cursor(connection.connection)
+            with connection.wrap_database_errors:
+                raw_cursor.execute(
+                    EVENTS_INSERT_CTE,
+                    events_insert_cte_params(rows, recorded_at=now, metadata=None),
                 )
-                return [cursor.fetchone()[0]]
-            # Positions are taken from the sequence under the lock, so they are
-            # still in commit order; COPY then writes the rows in one pass.
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'position')) "
-                "FROM generate_series(1, %s)",
-                [EVENT_TABLE, len(rows)],
-            )
-            positions = [row[0] for row in cursor.fetchall()]
-            copy_sql = f"COPY {EVENT_TABLE} (position, {', '.join(_COLUMNS)}) FROM STDIN"
-            with cursor.cursor.copy(copy_sql) as copy:
-                for position, row in zip(positions, rows, strict=True):
-                    copy.write_row((position, *_values(row, now)))
-            return positions
+                return sorted(row[0] for row in raw_cursor.fetchall())
         positions = []
         for row in rows:
             cursor.execute(
@@ -332,39 +323,37 @@ def events_iter(
 # A projection that must be written in the same transaction as its events (the
 # ledger's postings and balances) can fold the append into one statement: the
 # events' INSERT becomes a CTE whose RETURNING rows the projection joins on.
-# The append lock is taken inside the statement: the WHERE clause holds an
-# uncorrelated sub-select calling ``core_event_append_lock()`` (migration 0003),
-# which PostgreSQL runs once, as an InitPlan, before the first row leaves the
-# scan — and so before the sort that feeds the insert, before any position is
-# drawn from the sequence.
+# The table's trigger takes the append lock as the statement starts.
 
 EVENTS_INSERT_CTE = f"""
 INSERT INTO {EVENT_TABLE} ({", ".join(_COLUMNS)})
-SELECT %(ev_tenant)s, t.stream_type, t.stream_id, t.version, t.type, t.schema_version,
-       t.payload::jsonb, %(ev_metadata)s::jsonb, NULL, %(ev_recorded_at)s
-  FROM unnest(%(ev_stream_type)b::text[], %(ev_stream_id)b::text[], %(ev_version)b::int[],
-              %(ev_type)b::text[], %(ev_schema_version)b::smallint[], %(ev_payload)b::text[])
-       WITH ORDINALITY AS t(stream_type, stream_id, version, type, schema_version, payload, ord)
- WHERE (SELECT core_event_append_lock())
+SELECT t.tenant_id, t.stream_type, t.stream_id, t.version, t.type, t.schema_version,
+       t.payload::jsonb, t.metadata::jsonb, t.idempotency_key, %(ev_recorded_at)s
+  FROM unnest(%(ev_tenant)b::bigint[], %(ev_stream_type)b::text[], %(ev_stream_id)b::text[],
+              %(ev_version)b::int[], %(ev_type)b::text[], %(ev_schema_version)b::smallint[],
+              %(ev_payload)b::text[], %(ev_metadata)b::text[], %(ev_idempotency_key)b::text[])
+       WITH ORDINALITY AS t(tenant_id, stream_type, stream_id, version, type, schema_version,
+                            payload, metadata, idempotency_key, ord)
  ORDER BY t.ord
 RETURNING position, stream_id, version
 """
 
 
 def events_insert_cte_params(
-    rows: Sequence[EventRow], *, recorded_at: datetime, metadata: dict[str, Any],
-    tenant_id: int | None = None,
+    rows: Sequence[EventRow], *, recorded_at: datetime, metadata: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Parameters for ``EVENTS_INSERT_CTE``. Positions come out in the order of
-    ``rows`` (the sequence is drawn under the append lock, in ``ord`` order)."""
+    """Parameters for ``EVENTS_INSERT_CTE``; positions come out in the order of
+    ``rows``. ``metadata``, when given, replaces every row's own."""
+    shared = _dumps(metadata) if metadata is not None else None
     return {
-        "ev_tenant": tenant_id,
-        "ev_metadata": _dumps(metadata),
         "ev_recorded_at": recorded_at,
+        "ev_tenant": [r.tenant_id for r in rows],
         "ev_stream_type": [r.stream_type for r in rows],
         "ev_stream_id": [r.stream_id for r in rows],
         "ev_version": [r.version for r in rows],
         "ev_type": [r.type for r in rows],
         "ev_schema_version": [r.schema_version for r in rows],
         "ev_payload": [_dumps(r.payload) for r in rows],
+        "ev_metadata": [shared or _dumps(r.metadata) for r in rows],
+        "ev_idempotency_key": [r.idempotency_key for r in rows],
     }

@@ -18,6 +18,7 @@ from billing import services as billing
 from billing.models import Account
 from core import services as core
 from core.models import Organization
+from providers import demo as supply
 
 OPERATOR = "Tandem Operations"
 PROVIDER = "Northlake Research Computing"
@@ -38,6 +39,9 @@ class Command(BaseCommand):
             operator = _org(OPERATOR, "both", is_operator=True)
             provider = _org(PROVIDER, "provider")
             buyer = _org(BUYER, "buyer")
+
+        # A site, a node of 8x H100 registered from an inventory file, two offers.
+        supply.load(provider=provider)
 
         # $25.00 of free credits for the new buyer, from the promo account.
         billing.credits_grant(

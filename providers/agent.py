@@ -1,0 +1,208 @@
+"""The node agent, usable as a library (``Agent``) and as ``manage.py run_agent``.
+
+It registers the node with its inventory (from NVML, or from an inventory file for
+nodes NVML cannot probe), then sends a heartbeat with per-GPU telemetry every
+``heartbeat_interval_seconds`` (the server says how often). Standard library only:
+the agent runs on GPU nodes that have Python but not necessarily our web stack.
+
+Inventory file (``--inventory inventory.json``)::
+
+    {
+      "hostname": "gpu-node-01",            # optional: default is this machine's
+      "site": "Main hall",                  # optional: one of your sites, by name
+      "driver_version": "550.54.15",
+      "cuda_version": "12.4",
+      "gpus": [
+        {"index": 0, "uuid": "GPU-...", "name": "NVIDIA H100 80GB HBM3",
+         "memory_total_mib": 81559, "interconnect": "nvlink", "nvlink_links": 18,
+         "pcie_generation": 5, "pcie_width": 16, "mig_mode": false}
+      ]
+    }
+
+With a file, heartbeats carry no telemetry (nothing probes the GPUs): they say the
+node is alive, which is what health and uptime need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from providers.nvml import Nvml
+
+logger = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+
+
+class AgentError(RuntimeError):
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InventoryFileError(AgentError):
+    pass
+
+
+@dataclass
+class Client:
+    """JSON over HTTP with a Bearer key."""
+
+    server: str
+    key: str
+    timeout: float = 10.0
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(  # noqa: S310  (the operator gives the URL)
+            self.server.rstrip("/") + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {self.key}",
+                "Content-Type": "application/json",
+                "User-Agent": f"tandem-agent/{AGENT_VERSION}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())["error"]
+                message = f"{error['code']}: {error['message']}"
+            except Exception:
+                message = str(exc)
+            raise AgentError(f"{path}: HTTP {exc.code} {message}", status=exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise AgentError(f"{path}: cannot reach {self.server}: {exc}") from None
+
+
+def load_inventory_file(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InventoryFileError(f"cannot read inventory file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InventoryFileError(f"{path} line {exc.lineno}: not JSON: {exc.msg}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
+        raise InventoryFileError(f'{path}: needs an object with a "gpus" list')
+    for position, gpu in enumerate(data["gpus"]):
+        missing = {"index", "uuid", "name", "memory_total_mib"} - set(gpu)
+        if missing:
+            raise InventoryFileError(f"{path}: gpus[{position}] lacks {', '.join(sorted(missing))}")
+    return data
+
+
+class Agent:
+    """``Agent(server=..., key=...).run()``; ``nvml`` is pynvml or a fake of it."""
+
+    def __init__(
+        self,
+        *,
+        server: str,
+        key: str,
+        site: str | None = None,
+        hostname: str | None = None,
+        inventory_path: str | Path | None = None,
+        nvml: Any = None,
+        interval_seconds: float | None = None,
+    ) -> None:
+        self.client = Client(server=server, key=key)
+        self.file = load_inventory_file(inventory_path) if inventory_path else None
+        self.site = site or (self.file or {}).get("site")
+        self.hostname = hostname or (self.file or {}).get("hostname") or socket.gethostname()
+        self.nvml: Nvml | None = None if self.file else Nvml(nvml)
+        self.interval_override = interval_seconds
+        self.interval_seconds: float = interval_seconds or 15
+        self.node_id: int | None = None
+        self.heartbeats_sent = 0
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Open NVML (raises nvml.NvmlUnavailable without a driver) and register."""
+        if self.nvml is not None:
+            self.nvml.start()
+        self.register()
+
+    def stop(self) -> None:
+        if self.nvml is not None:
+            self.nvml.stop()
+
+    def inventory(self) -> dict[str, Any]:
+        if self.file is not None:
+            return {
+                "driver_version": self.file.get("driver_version", ""),
+                "cuda_version": self.file.get("cuda_version", ""),
+                "gpus": self.file["gpus"],
+            }
+        assert self.nvml is not None
+        return self.nvml.inventory().as_dict()
+
+    def register(self) -> int:
+        body = {
+            "hostname": self.hostname,
+            "site": self.site,
+            "agent_version": AGENT_VERSION,
+            "inventory_source": "file" if self.file else "nvml",
+            **self.inventory(),
+        }
+        answer = self.client.post("/api/v1/agent/nodes/register", body)
+        self.node_id = int(answer["node_id"])
+        if self.interval_override is None:
+            self.interval_seconds = float(answer["heartbeat_interval_seconds"])
+        logger.info(
+            "registered node %s as %s with %d GPUs",
+            self.hostname,
+            self.node_id,
+            len(answer["gpus"]),
+        )
+        return self.node_id
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        if self.nvml is None:
+            return [{"uuid": gpu["uuid"]} for gpu in (self.file or {}).get("gpus", [])]
+        return [sample.as_dict() for sample in self.nvml.telemetry()]
+
+    def heartbeat(self) -> dict[str, Any]:
+        if self.node_id is None:
+            self.register()
+        try:
+            answer = self.client.post(
+                f"/api/v1/agent/nodes/{self.node_id}/heartbeat", {"gpus": self.telemetry()}
+            )
+        except AgentError as exc:
+            if exc.status == 404:  # the node was removed: register afresh
+                self.node_id = None
+            raise
+        self.heartbeats_sent += 1
+        if answer.get("unknown_gpu_uuids"):
+            self.register()  # the GPUs changed under us: report the new inventory
+        return answer
+
+    def run(
+        self, *, max_heartbeats: int | None = None, stop: threading.Event | None = None
+    ) -> None:
+        """Heartbeat until ``stop`` is set or ``max_heartbeats`` were sent. Network
+        errors are logged and retried at the next beat: a node must survive a server
+        restart."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                answer = self.heartbeat()
+                logger.info("heartbeat %d: %s", self.heartbeats_sent, answer.get("health"))
+            except AgentError as exc:
+                if exc.status in (401, 403):
+                    raise  # a revoked key will not get better by retrying
+                logger.warning("heartbeat failed: %s", exc)
+            if max_heartbeats is not None and self.heartbeats_sent >= max_heartbeats:
+                return
+            stop.wait(self.interval_seconds)

@@ -1,0 +1,252 @@
+"""Reads of the supply side: querysets scoped to one organization, and small
+dataclasses (reliability with its inputs, listed GPU-hours per day)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+from django.db.models import Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from core.errors import NotFound
+from core.models import Organization
+from providers import catalog
+from providers.models import (
+    AgentKey,
+    Gpu,
+    GpuMinuteRollup,
+    Node,
+    NodeHeartbeatMinute,
+    NodeLeaseOutcome,
+    Offer,
+    OfferActivePeriod,
+    Site,
+)
+from providers.services import RELIABILITY_WINDOW
+
+
+def sites_for_org(*, organization: Organization) -> QuerySet[Site]:
+    return Site.objects.filter(organization=organization)
+
+
+def site_get(*, organization: Organization, site_id: int) -> Site:
+    site = Site.objects.filter(organization=organization, pk=site_id).first()
+    if site is None:
+        raise NotFound(f"site {site_id} not found")
+    return site
+
+
+def agent_keys_for_org(*, organization: Organization) -> QuerySet[AgentKey]:
+    return AgentKey.objects.filter(organization=organization).select_related("api_key")
+
+
+def nodes_for_org(*, organization: Organization) -> QuerySet[Node]:
+    gpus = Gpu.objects.filter(present=True).select_related("sample").order_by("index")
+    return (
+        Node.objects.filter(organization=organization)
+        .select_related("site")
+        .prefetch_related(Prefetch("gpus", queryset=gpus, to_attr="present_gpus"))
+    )
+
+
+def node_get(*, organization: Organization, node_id: int) -> Node:
+    node = nodes_for_org(organization=organization).filter(pk=node_id).first()
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    return node
+
+
+def node_telemetry(*, node: Node, since: datetime, until: datetime) -> QuerySet[GpuMinuteRollup]:
+    return (
+        GpuMinuteRollup.objects.filter(gpu__node=node, minute__gte=since, minute__lt=until)
+        .select_related("gpu")
+        .order_by("minute", "gpu__index")
+    )
+
+
+def offers_for_org(*, organization: Organization, status: str | None = None) -> QuerySet[Offer]:
+    offers = Offer.objects.filter(organization=organization)
+    return offers.filter(status=status) if status else offers
+
+
+def offer_get(*, organization: Organization, offer_id: int) -> Offer:
+    offer = Offer.objects.filter(organization=organization, pk=offer_id).first()
+    if offer is None:
+        raise NotFound(f"offer {offer_id} not found")
+    return offer
+
+
+def offers_listed(
+    *,
+    gpu_model_at_least: str | None = None,
+    region: str | None = None,
+    min_reliability: float | None = None,
+    at: datetime | None = None,
+) -> QuerySet[Offer]:
+    """Offers open to new leases now, on nodes that are up: what buyers and the matcher
+    search. ``gpu_model_at_least``: that model or better (catalog order)."""
+    at = at or timezone.now()
+    offers = Offer.objects.filter(
+        status=Offer.Status.ACTIVE,
+        window_start__lte=at,
+        node__health__in=[Node.Health.HEALTHY, Node.Health.DEGRADED],
+    ).filter(Q(window_end__isnull=True) | Q(window_end__gt=at))
+    if gpu_model_at_least:
+        slugs = [model.slug for model in catalog.models_at_least(gpu_model_at_least)]
+        offers = offers.filter(gpu_model__in=slugs)
+    if region:
+        offers = offers.filter(region=region)
+    if min_reliability is not None:
+        offers = offers.filter(node__reliability_score__gte=min_reliability)
+    return offers.select_related("node")
+
+
+# --- reliability ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """score = uptime_share x lease_share (lease_share counts as 1 with no leases).
+
+    uptime_share: minutes with at least one heartbeat / minutes in the window. The
+    window is the last 30 days, or since the node registered when that is later,
+    ending at the start of the current minute. lease_share: leases that ended
+    normally (completed, cancelled by the buyer, preempted as the offer allows) /
+    leases that ended, over the same window.
+    """
+
+    window_start: datetime
+    window_end: datetime
+    minutes_expected: int
+    minutes_up: int
+    uptime_share: float | None
+    leases_ended: int
+    leases_ended_normally: int
+    lease_share: float | None
+    score: float | None
+    formula: str = "uptime_share * (lease_share if leases_ended else 1)"
+
+
+def _reliability(
+    *,
+    minutes_expected: int,
+    minutes_up: int,
+    leases_ended: int,
+    leases_normal: int,
+    window_start: datetime,
+    window_end: datetime,
+) -> Reliability:
+    uptime = minutes_up / minutes_expected if minutes_expected else None
+    lease_share = leases_normal / leases_ended if leases_ended else None
+    score = None if uptime is None else uptime * (lease_share if lease_share is not None else 1)
+    return Reliability(
+        window_start=window_start,
+        window_end=window_end,
+        minutes_expected=minutes_expected,
+        minutes_up=minutes_up,
+        uptime_share=None if uptime is None else round(uptime, 6),
+        leases_ended=leases_ended,
+        leases_ended_normally=leases_normal,
+        lease_share=None if lease_share is None else round(lease_share, 6),
+        score=None if score is None else round(score, 6),
+    )
+
+
+def _window(*, registered_at: datetime, now: datetime | None) -> tuple[datetime, datetime]:
+    end = (now or timezone.now()).replace(second=0, microsecond=0)
+    start = max(end - RELIABILITY_WINDOW, registered_at.replace(second=0, microsecond=0))
+    return start, max(start, end)
+
+
+def _lease_counts(
+    nodes: QuerySet[Node] | list[Node], start: datetime, end: datetime
+) -> tuple[int, int]:
+    outcomes = NodeLeaseOutcome.objects.filter(
+        node__in=nodes, ended_at__gte=start, ended_at__lt=end
+    )
+    return outcomes.count(), outcomes.filter(outcome__in=NodeLeaseOutcome.NORMAL).count()
+
+
+def node_reliability(*, node: Node, now: datetime | None = None) -> Reliability:
+    start, end = _window(registered_at=node.registered_at, now=now)
+    minutes_up = NodeHeartbeatMinute.objects.filter(
+        node=node, minute__gte=start, minute__lt=end
+    ).count()
+    ended, normal = _lease_counts([node], start, end)
+    return _reliability(
+        minutes_expected=int((end - start).total_seconds() // 60),
+        minutes_up=minutes_up,
+        leases_ended=ended,
+        leases_normal=normal,
+        window_start=start,
+        window_end=end,
+    )
+
+
+def provider_reliability(*, organization: Organization, now: datetime | None = None) -> Reliability:
+    """Over all the provider's nodes: minutes and leases summed, then divided."""
+    end = (now or timezone.now()).replace(second=0, microsecond=0)
+    expected = up = ended = normal = 0
+    earliest = end
+    for node in Node.objects.filter(organization=organization):
+        part = node_reliability(node=node, now=now)
+        expected += part.minutes_expected
+        up += part.minutes_up
+        ended += part.leases_ended
+        normal += part.leases_ended_normally
+        earliest = min(earliest, part.window_start)
+    return _reliability(
+        minutes_expected=expected,
+        minutes_up=up,
+        leases_ended=ended,
+        leases_normal=normal,
+        window_start=earliest,
+        window_end=end,
+    )
+
+
+# --- utilization ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    day: date
+    gpu_seconds_listed: int
+    # Leased GPU-seconds come from the marketplace's leases, later.
+
+    @property
+    def gpu_hours_listed(self) -> float:
+        return round(self.gpu_seconds_listed / 3600, 3)
+
+
+def listed_gpu_seconds_by_day(
+    *, organization: Organization, days: int, now: datetime | None = None
+) -> list[DayUsage]:
+    """GPU-seconds listed per UTC day for the last ``days`` days (today included): for
+    each stretch an offer was active, its GPU count times the part of the stretch that
+    falls inside both the day and the offer's availability window."""
+    now = now or timezone.now()
+    first = now.date() - timedelta(days=days - 1)
+    first_start = datetime.combine(first, time.min, tzinfo=now.tzinfo)
+    periods = (
+        OfferActivePeriod.objects.filter(offer__organization=organization)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=first_start))
+        .select_related("offer")
+    )
+    totals = {first + timedelta(days=n): 0 for n in range(days)}
+    for period in periods:
+        offer = period.offer
+        start = max(period.started_at, offer.window_start, first_start)
+        end = min(x for x in (period.ended_at, offer.window_end, now) if x is not None)
+        cursor = start
+        while cursor < end:
+            day_end = datetime.combine(
+                cursor.date() + timedelta(days=1), time.min, tzinfo=cursor.tzinfo
+            )
+            piece_end = min(day_end, end)
+            if cursor.date() in totals:
+                seconds = int((piece_end - cursor).total_seconds())
+                totals[cursor.date()] += seconds * offer.gpu_count
+            cursor = piece_end
+    return [DayUsage(day=day, gpu_seconds_listed=value) for day, value in totals.items()]

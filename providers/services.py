@@ -1,0 +1,802 @@
+"""Every write of the supply side. Keyword-only, typed, one transaction each.
+
+Events are appended as the last step of each transaction (the event store takes its
+commit-order lock at the insert and holds it to the commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from core import services as core_services
+from core.db import is_postgres
+from core.errors import Conflict, InvalidInput, NotFound
+from core.eventstore import event_append, stream_version
+from core.models import Organization
+from providers import catalog, events
+from providers.models import (
+    AgentKey,
+    Gpu,
+    GpuMinuteRollup,
+    GpuSample,
+    Node,
+    NodeHeartbeatMinute,
+    NodeLeaseOutcome,
+    Offer,
+    OfferActivePeriod,
+    Site,
+)
+from providers.nvml import APPLICATION_XIDS
+
+# How long an XID fault keeps a node degraded after it was reported: XIDs are
+# one-off events, and a node must not flap back to healthy on the next heartbeat.
+XID_DEGRADED_HOLD = timedelta(minutes=10)
+# Heartbeat minutes and lease outcomes are the reliability score's inputs: kept for
+# its window (30 days) plus a margin. Per-GPU minute rollups are for the portal's
+# charts: a week. So a node holds at most 35 x 1,440 heartbeat-minute rows, and a
+# GPU one sample row and at most 7 x 1,440 rollup rows, however often it reports.
+TELEMETRY_RETENTION = timedelta(days=35)
+GPU_ROLLUP_RETENTION = timedelta(days=7)
+RELIABILITY_WINDOW = timedelta(days=30)
+
+
+def heartbeat_timeout() -> timedelta:
+    # TODO(lead): NODE_HEARTBEAT_TIMEOUT_SECONDS belongs in config/settings.py (env_int).
+    return timedelta(seconds=int(getattr(settings, "NODE_HEARTBEAT_TIMEOUT_SECONDS", 60)))
+
+
+def heartbeat_interval_seconds() -> int:
+    """What the server tells agents: a quarter of the timeout (at least 1 s, at most
+    15 s), so three heartbeats in a row can be lost before a node turns unhealthy and
+    every minute of uptime holds at least one heartbeat."""
+    return max(1, min(15, int(heartbeat_timeout().total_seconds()) // 4))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _field_error(field: str, message: str, **extra: Any) -> InvalidInput:
+    return InvalidInput(f"{field}: {message}", details={"fields": {field: [message]}, **extra})
+
+
+def _append(*, stream_type: str, stream_id: str, tenant_id: int, event: events._Event) -> None:
+    # Callers hold the row lock of the aggregate, so the version read here is stable.
+    event_append(
+        stream_type=stream_type,
+        stream_id=stream_id,
+        expected_version=stream_version(stream_id),
+        events=[event.to_new_event()],
+        tenant_id=tenant_id,
+    )
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _db_time(moment: datetime | None) -> Any:
+    """A datetime as the ORM would bind it (SQLite: naive UTC text), for raw SQL, so
+    raw and ORM writes of one column compare equal."""
+    return connection.ops.adapt_datetimefield_value(moment)
+
+
+def _from_db_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    # SQLite hands back naive UTC (as text, or parsed by its column converter).
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# --- sites and agent keys ---------------------------------------------------
+
+
+@transaction.atomic
+def site_create(*, organization: Organization, name: str, region: str, country: str) -> Site:
+    if Site.objects.filter(organization=organization, name=name).exists():
+        raise _field_error("name", f"your organization already has a site named {name!r}")
+    return Site.objects.create(
+        organization=organization, name=name, region=region, country=country.upper()
+    )
+
+
+@dataclass(frozen=True)
+class CreatedAgentKey:
+    agent_key: AgentKey
+    raw_key: str
+
+
+@transaction.atomic
+def agent_key_create(*, organization: Organization, name: str) -> CreatedAgentKey:
+    """An API key for node agents: role ``member`` (it may register nodes and send
+    heartbeats, not manage keys or offers' owners)."""
+    created = core_services.api_key_create(
+        organization=organization, name=f"agent: {name}"[:100], role="member"
+    )
+    agent_key = AgentKey.objects.create(
+        organization=organization, api_key=created.api_key, name=name
+    )
+    return CreatedAgentKey(agent_key=agent_key, raw_key=created.raw_key)
+
+
+# --- nodes: registration and inventory --------------------------------------
+
+
+def _gpu_summary(gpu: Gpu) -> dict[str, Any]:
+    return {
+        "uuid": gpu.uuid,
+        "index": gpu.index,
+        "name": gpu.name,
+        "model": gpu.model or None,
+        "memory_total_mib": gpu.memory_total_mib,
+        "interconnect": gpu.interconnect,
+        "mig_mode": gpu.mig_mode,
+    }
+
+
+@transaction.atomic
+def node_register(
+    *,
+    organization: Organization,
+    hostname: str,
+    inventory: dict[str, Any],
+    site_name: str | None = None,
+    api_key_id: int | None = None,
+    agent_version: str = "",
+    inventory_source: str = "nvml",
+) -> Node:
+    """Register a node, or refresh the inventory of one already registered under the
+    same hostname in this organization. ``inventory`` is the agent's report (see
+    nvml.NodeInventory.as_dict, already validated by the API's serializer)."""
+    now = timezone.now()
+    site = None
+    if site_name:
+        site = Site.objects.filter(organization=organization, name=site_name).first()
+        if site is None:
+            raise _field_error(
+                "site", f"your organization has no site named {site_name!r}; create it first"
+            )
+    reported = inventory["gpus"]
+    uuids = [gpu["uuid"] for gpu in reported]
+    taken = (
+        Gpu.objects.filter(uuid__in=uuids)
+        .exclude(node__organization=organization)
+        .values_list("uuid", flat=True)
+    )
+    if taken:
+        raise Conflict(
+            f"GPU {sorted(taken)[0]} is registered to another organization's node",
+            details={"fields": {"gpus": ["GPU UUIDs already registered elsewhere"]}},
+        )
+
+    node = (
+        Node.objects.select_for_update()
+        .filter(organization=organization, hostname=hostname)
+        .first()
+    )
+    is_new = node is None
+    if node is None:
+        node = Node(organization=organization, hostname=hostname, registered_at=now)
+    previous_site_id = node.site_id
+    if site is not None:
+        node.site = site
+    node.api_key_id = api_key_id
+    node.driver_version = inventory.get("driver_version", "")
+    node.cuda_version = inventory.get("cuda_version", "")
+    node.agent_version = agent_version
+    node.inventory_source = inventory_source
+    node.heartbeat_interval_seconds = heartbeat_interval_seconds()
+    node.save()
+
+    existing = {gpu.uuid: gpu for gpu in Gpu.objects.select_for_update().filter(uuid__in=uuids)}
+    before = {gpu.uuid: _gpu_summary(gpu) for gpu in node.gpus.filter(present=True)}
+    for item in reported:
+        found = catalog.model_for_nvml_name(item["name"], item["memory_total_mib"])
+        gpu = existing.get(item["uuid"]) or Gpu(uuid=item["uuid"])
+        gpu.node = node
+        gpu.index = item["index"]
+        gpu.name = item["name"]
+        gpu.model = found.slug if found else ""
+        gpu.memory_total_mib = item["memory_total_mib"]
+        gpu.interconnect = item.get("interconnect") or (found.interconnect if found else "pcie")
+        gpu.nvlink_links = item.get("nvlink_links") or 0
+        gpu.pcie_generation = item.get("pcie_generation")
+        gpu.pcie_width = item.get("pcie_width")
+        gpu.mig_mode = item.get("mig_mode")
+        gpu.present = True
+        gpu.save()
+    removed = sorted(set(before) - set(uuids))
+    Gpu.objects.filter(node=node, uuid__in=removed).update(present=False)
+    after = {gpu.uuid: _gpu_summary(gpu) for gpu in node.gpus.filter(present=True)}
+
+    region = node.site.region if node.site is not None else None
+    if is_new:
+        event: events._Event = events.NodeRegistered(
+            node_id=node.pk,
+            organization_id=organization.pk,
+            hostname=hostname,
+            site_id=node.site_id,
+            region=region,
+            driver_version=node.driver_version,
+            cuda_version=node.cuda_version,
+            inventory_source=inventory_source,
+            gpus=list(after.values()),
+            at=now.isoformat(),
+        )
+    elif after != before or previous_site_id != node.site_id:
+        event = events.NodeInventoryChanged(
+            node_id=node.pk,
+            organization_id=organization.pk,
+            site_id=node.site_id,
+            region=region,
+            gpus=list(after.values()),
+            removed_gpu_uuids=removed,
+            at=now.isoformat(),
+        )
+    else:
+        return node  # the same inventory again (an agent restart): nothing happened
+    _append(stream_type="node", stream_id=f"node-{node.pk}", tenant_id=organization.pk, event=event)
+    return node
+
+
+# --- heartbeats, telemetry and health ---------------------------------------
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    node: Node
+    unknown_gpu_uuids: list[str]  # not in the inventory: the agent should re-register
+
+
+def _health_from_telemetry(
+    *, node: Node, samples: Sequence[dict[str, Any]], now: datetime
+) -> tuple[str, str]:
+    faults = []
+    for sample in samples:
+        if (sample.get("ecc_uncorrected") or 0) > 0:
+            faults.append(
+                f"GPU {sample['uuid']}: {sample['ecc_uncorrected']} uncorrectable "
+                "(double-bit) ECC errors"
+            )
+        hardware = [x for x in sample.get("xid_events") or [] if x not in APPLICATION_XIDS]
+        if hardware:
+            faults.append(f"GPU {sample['uuid']}: XID {', '.join(map(str, hardware))}")
+    if faults:
+        return Node.Health.DEGRADED, "; ".join(faults)[:500]
+    if node.last_xid_at is not None and now - node.last_xid_at < XID_DEGRADED_HOLD:
+        return Node.Health.DEGRADED, (
+            f"XID fault at {node.last_xid_at.isoformat()} "
+            f"(degraded for {int(XID_DEGRADED_HOLD.total_seconds() // 60)} minutes after one)"
+        )
+    return Node.Health.HEALTHY, ""
+
+
+def _health_change(*, node: Node, previous: str, health: str, reason: str, at: datetime) -> None:
+    _append(
+        stream_type="node",
+        stream_id=f"node-{node.pk}",
+        tenant_id=node.organization_id,
+        event=events.NodeHealthChanged(
+            node_id=node.pk,
+            organization_id=node.organization_id,
+            previous=previous,
+            health=health,
+            reason=reason,
+            last_heartbeat_at=_iso(node.last_heartbeat_at),
+            at=at.isoformat(),
+        ),
+    )
+
+
+_ROLLUP_TABLE = GpuMinuteRollup._meta.db_table
+_MINUTE_TABLE = NodeHeartbeatMinute._meta.db_table
+
+
+def _rollup_upsert(*, rows: list[tuple[Any, ...]]) -> None:
+    """Fold samples into their GPU's minute: one statement for all of a node's GPUs.
+    Rows are sorted by GPU id, so concurrent upserts lock in one order."""
+    greatest = "GREATEST" if is_postgres() else "MAX"
+    t = _ROLLUP_TABLE
+
+    def fold_max(column: str) -> str:
+        return (
+            f"{column} = {greatest}(COALESCE({t}.{column}, EXCLUDED.{column}), "
+            f"COALESCE(EXCLUDED.{column}, {t}.{column}))"
+        )
+
+    placeholders = ", ".join(["(%s, %s, 1, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+    sql = (
+        f"INSERT INTO {t} (gpu_id, minute, samples, utilization_samples, utilization_sum, "
+        "utilization_max, memory_used_max_mib, temperature_max_c, power_samples, "
+        f"power_sum_mw, xid_count) VALUES {placeholders} "
+        f"ON CONFLICT (gpu_id, minute) DO UPDATE SET samples = {t}.samples + 1, "
+        f"utilization_samples = {t}.utilization_samples + EXCLUDED.utilization_samples, "
+        f"utilization_sum = {t}.utilization_sum + EXCLUDED.utilization_sum, "
+        f"{fold_max('utilization_max')}, {fold_max('memory_used_max_mib')}, "
+        f"{fold_max('temperature_max_c')}, "
+        f"power_samples = {t}.power_samples + EXCLUDED.power_samples, "
+        f"power_sum_mw = {t}.power_sum_mw + EXCLUDED.power_sum_mw, "
+        f"xid_count = {t}.xid_count + EXCLUDED.xid_count"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for row in sorted(rows) for value in row])
+
+
+_SAMPLE_TABLE = GpuSample._meta.db_table
+_NODE_TABLE = Node._meta.db_table
+_GPU_TABLE = Gpu._meta.db_table
+_SAMPLE_COLUMNS = (
+    "utilization_pct",
+    "memory_used_mib",
+    "temperature_c",
+    "power_mw",
+    "ecc_corrected",
+    "ecc_uncorrected",
+)
+
+
+def _samples_upsert(*, rows: list[tuple[Any, ...]]) -> None:
+    columns = ("gpu_id", "sampled_at", *_SAMPLE_COLUMNS, "xid_events")
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+    updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in columns[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_SAMPLE_TABLE} ({', '.join(columns)}) VALUES {placeholders} "
+            f"ON CONFLICT (gpu_id) DO UPDATE SET {updates}",
+            [value for row in sorted(rows) for value in row],
+        )
+
+
+@transaction.atomic
+def node_heartbeat_record(
+    *,
+    organization: Organization,
+    node_id: int,
+    samples: Sequence[dict[str, Any]],
+    now: datetime | None = None,
+) -> HeartbeatResult:
+    """Record a heartbeat: the latest sample per GPU is overwritten, the minute's
+    rollups are folded in, the node's health follows its telemetry. Appends an event
+    only when health changes.
+
+    This is the hot path (every node, every few seconds), so it is written in plain
+    SQL: one read that locks the node and lists its GPUs, then four upserts and
+    updates. A heartbeat is telemetry, not money: on PostgreSQL it commits without
+    waiting for the WAL flush (``synchronous_commit off``), so a crash may lose the
+    last few hundred milliseconds of heartbeats and nothing else; health changes,
+    which append events, commit durably as usual (see below).
+    """
+    now = now or timezone.now()
+    minute = _minute(now)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT n.health, n.last_xid_at, g.uuid, g.id FROM {_NODE_TABLE} n "
+            f"LEFT JOIN {_GPU_TABLE} g ON g.node_id = n.id AND g.present "
+            "WHERE n.id = %s AND n.organization_id = %s FOR UPDATE OF n"
+            if is_postgres()
+            else f"SELECT n.health, n.last_xid_at, g.uuid, g.id FROM {_NODE_TABLE} n "
+            f"LEFT JOIN {_GPU_TABLE} g ON g.node_id = n.id AND g.present "
+            "WHERE n.id = %s AND n.organization_id = %s",
+            [node_id, organization.pk],
+        )
+        found = cursor.fetchall()
+    if not found:
+        raise NotFound(f"node {node_id} not found")
+    previous = found[0][0]
+    last_xid_at = _from_db_time(found[0][1])
+    gpu_ids = {uuid: pk for _, _, uuid, pk in found if uuid is not None}
+    known = [sample for sample in samples if sample["uuid"] in gpu_ids]
+    unknown = sorted(sample["uuid"] for sample in samples if sample["uuid"] not in gpu_ids)
+
+    if any(x not in APPLICATION_XIDS for s in known for x in s.get("xid_events") or []):
+        last_xid_at = now
+    probe = Node(pk=node_id, organization_id=organization.pk, last_xid_at=last_xid_at)
+    health, reason = _health_from_telemetry(node=probe, samples=known, now=now)
+    changed = health != previous
+    # The writes depend on nothing they return: on PostgreSQL they go in one round
+    # trip (a psycopg pipeline), and errors surface at its end.
+    pipeline = connection.connection.pipeline() if is_postgres() else contextlib.nullcontext()
+    with connection.wrap_database_errors, pipeline:
+        with connection.cursor() as cursor:
+            if is_postgres() and not changed:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        if known:
+            _samples_upsert(
+                rows=[
+                    (
+                        gpu_ids[sample["uuid"]],
+                        _db_time(now),
+                        *(sample.get(column) for column in _SAMPLE_COLUMNS),
+                        json.dumps(list(sample.get("xid_events") or [])),
+                    )
+                    for sample in known
+                ]
+            )
+            _rollup_upsert(
+                rows=[
+                    (
+                        gpu_ids[sample["uuid"]],
+                        _db_time(minute),
+                        int(sample.get("utilization_pct") is not None),
+                        sample.get("utilization_pct") or 0,
+                        sample.get("utilization_pct"),
+                        sample.get("memory_used_mib"),
+                        sample.get("temperature_c"),
+                        int(sample.get("power_mw") is not None),
+                        sample.get("power_mw") or 0,
+                        len(sample.get("xid_events") or []),
+                    )
+                    for sample in known
+                ]
+            )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {_MINUTE_TABLE} (node_id, minute, heartbeats) VALUES (%s, %s, 1) "
+                f"ON CONFLICT (node_id, minute) DO UPDATE SET "
+                f"heartbeats = {_MINUTE_TABLE}.heartbeats + 1",
+                [node_id, _db_time(minute)],
+            )
+            cursor.execute(
+                f"UPDATE {_NODE_TABLE} SET last_heartbeat_at = %s, last_xid_at = %s, "
+                "health_reason = %s, health = %s, health_changed_at = "
+                "CASE WHEN health = %s THEN health_changed_at ELSE %s END WHERE id = %s",
+                [
+                    _db_time(now),
+                    _db_time(last_xid_at),
+                    reason,
+                    health,
+                    health,
+                    _db_time(now),
+                    node_id,
+                ],
+            )
+    node = (
+        Node.objects.get(pk=node_id)
+        if changed
+        else Node(
+            pk=node_id,
+            organization_id=organization.pk,
+            health=health,
+            health_reason=reason,
+            last_heartbeat_at=now,
+            last_xid_at=last_xid_at,
+            heartbeat_interval_seconds=heartbeat_interval_seconds(),
+        )
+    )
+    if changed:
+        _health_change(node=node, previous=previous, health=health, reason=reason, at=now)
+    return HeartbeatResult(node=node, unknown_gpu_uuids=unknown)
+
+
+def node_health_sweep(*, now: datetime | None = None) -> list[int]:
+    """Mark nodes whose heartbeats stopped for longer than the timeout unhealthy, one
+    event per node that changes. Returns their ids. Safe to run from many processes:
+    each change is claimed with a conditional update."""
+    now = now or timezone.now()
+    cutoff = now - heartbeat_timeout()
+    live = [Node.Health.HEALTHY, Node.Health.DEGRADED, Node.Health.UNKNOWN]
+    stale = Node.objects.filter(health__in=live).filter(
+        Q(last_heartbeat_at__lt=cutoff)
+        | Q(last_heartbeat_at__isnull=True, registered_at__lt=cutoff)
+    )
+    changed = []
+    for node in stale.order_by("pk"):
+        with transaction.atomic():
+            claimed = Node.objects.filter(
+                pk=node.pk, health=node.health, last_heartbeat_at=node.last_heartbeat_at
+            ).update(
+                health=Node.Health.UNHEALTHY,
+                health_changed_at=now,
+                health_reason=(reason := _silence_reason(node=node, now=now)),
+            )
+            if not claimed:
+                continue  # a heartbeat or another sweeper got there first
+            _health_change(
+                node=node,
+                previous=node.health,
+                health=Node.Health.UNHEALTHY,
+                reason=reason,
+                at=now,
+            )
+        changed.append(node.pk)
+    return changed
+
+
+def _silence_reason(*, node: Node, now: datetime) -> str:
+    timeout = int(heartbeat_timeout().total_seconds())
+    if node.last_heartbeat_at is None:
+        return f"no heartbeat since registration, more than {timeout} s ago"
+    silent = int((now - node.last_heartbeat_at).total_seconds())
+    return f"no heartbeat for {silent} s (timeout {timeout} s)"
+
+
+@transaction.atomic
+def telemetry_prune(*, now: datetime | None = None) -> int:
+    """Delete telemetry older than its retention (see TELEMETRY_RETENTION)."""
+    now = now or timezone.now()
+    cutoff = now - TELEMETRY_RETENTION
+    deleted = GpuMinuteRollup.objects.filter(minute__lt=now - GPU_ROLLUP_RETENTION).delete()[0]
+    deleted += NodeHeartbeatMinute.objects.filter(minute__lt=cutoff).delete()[0]
+    deleted += NodeLeaseOutcome.objects.filter(ended_at__lt=cutoff).delete()[0]
+    return deleted
+
+
+# --- reliability ------------------------------------------------------------
+
+
+@transaction.atomic
+def node_lease_outcome_record(
+    *, node: Node, lease_id: str, outcome: str, ended_at: datetime
+) -> NodeLeaseOutcome:
+    """How a lease on ``node`` ended; for the marketplace to call as leases end.
+    Idempotent on ``lease_id``: the first outcome recorded stands."""
+    if outcome not in NodeLeaseOutcome.Outcome.values:
+        raise _field_error("outcome", f"must be one of {', '.join(NodeLeaseOutcome.Outcome)}")
+    if timezone.is_naive(ended_at):
+        raise _field_error("ended_at", "must be timezone-aware")
+    found, _ = NodeLeaseOutcome.objects.get_or_create(
+        lease_id=lease_id, defaults={"node": node, "outcome": outcome, "ended_at": ended_at}
+    )
+    return found
+
+
+def node_reliability_refresh(*, node: Node, now: datetime | None = None) -> float | None:
+    """Store the node's current score on it, for the matcher and buyer filters."""
+    from providers.selectors import node_reliability
+
+    score = node_reliability(node=node, now=now).score
+    Node.objects.filter(pk=node.pk).update(reliability_score=score)
+    return score
+
+
+# --- offers -----------------------------------------------------------------
+
+
+def _overlaps(
+    a_start: datetime, a_end: datetime | None, b_start: datetime, b_end: datetime | None
+) -> bool:
+    """Half-open [start, end) windows; None is open-ended."""
+    return (b_end is None or a_start < b_end) and (a_end is None or b_start < a_end)
+
+
+def _offer_event(offer: Offer, event: events._Event) -> None:
+    _append(
+        stream_type="offer",
+        stream_id=f"offer-{offer.pk}",
+        tenant_id=offer.organization_id,
+        event=event,
+    )
+
+
+@transaction.atomic
+def offer_create(
+    *,
+    organization: Organization,
+    node_id: int,
+    gpu_model: str,
+    gpu_count: int,
+    price_per_gpu_hour_micros: int,
+    kind: str,
+    window_start: datetime | None = None,
+    window_end: datetime | None = None,
+    min_lease_seconds: int = 3600,
+    max_lease_seconds: int | None = None,
+    preemption_grace_seconds: int | None = None,
+) -> Offer:
+    """List capacity on one node. Validation errors are 400s naming the field."""
+    now = timezone.now()
+    window_start = window_start or now
+    node = Node.objects.select_for_update().filter(organization=organization, pk=node_id).first()
+    if node is None:
+        raise NotFound(f"node {node_id} not found", details={"fields": {"node_id": ["not found"]}})
+    model = catalog.model_get(gpu_model)
+    if model is None:
+        raise _field_error("gpu_model", f"unknown GPU model {gpu_model!r}; see /gpu-models")
+    on_node = node.gpus.filter(present=True, model=gpu_model).count()
+    if on_node == 0:
+        raise _field_error("gpu_model", f"node {node.hostname} has no {model.name} GPUs")
+    if gpu_count < 1:
+        raise _field_error("gpu_count", "must be at least 1")
+    if gpu_count > on_node:
+        raise _field_error(
+            "gpu_count", f"node {node.hostname} has {on_node} {model.name} GPUs, not {gpu_count}"
+        )
+    if price_per_gpu_hour_micros <= 0:
+        raise _field_error("price_per_gpu_hour_micros", "must be a positive number of micro-units")
+    if window_end is not None and window_end <= window_start:
+        raise _field_error("window_end", "must be after window_start")
+    if window_end is not None and window_end <= now:
+        raise _field_error("window_end", "is in the past")
+    if min_lease_seconds < 60:
+        raise _field_error("min_lease_seconds", "must be at least 60")
+    if max_lease_seconds is not None and max_lease_seconds < min_lease_seconds:
+        raise _field_error("max_lease_seconds", "must be at least min_lease_seconds")
+    if window_end is not None and (window_end - window_start).total_seconds() < min_lease_seconds:
+        raise _field_error("min_lease_seconds", "is longer than the availability window")
+    if kind == Offer.Kind.INTERRUPTIBLE and preemption_grace_seconds is None:
+        raise _field_error(
+            "preemption_grace_seconds", "is required for interruptible offers (seconds of notice)"
+        )
+    if kind == Offer.Kind.ON_DEMAND and preemption_grace_seconds is not None:
+        raise _field_error("preemption_grace_seconds", "applies only to interruptible offers")
+    if node.site is None:
+        raise _field_error(
+            "node_id", f"node {node.hostname} has no site, so no region: register it with --site"
+        )
+    # The node row is locked above, so two offers for the same node cannot both pass.
+    overlapping = [
+        other
+        for other in Offer.objects.filter(node=node, gpu_model=gpu_model).exclude(
+            status=Offer.Status.WITHDRAWN
+        )
+        if _overlaps(window_start, window_end, other.window_start, other.window_end)
+    ]
+    listed = sum(other.gpu_count for other in overlapping)
+    if listed + gpu_count > on_node:
+        raise _field_error(
+            "window_start",
+            f"overlaps offers {', '.join(str(o.pk) for o in overlapping)} for the same GPUs: "
+            f"together they would list {listed + gpu_count} of the node's {on_node} "
+            f"{model.name} GPUs",
+            conflicting_offer_ids=[o.pk for o in overlapping],
+        )
+
+    offer = Offer.objects.create(
+        organization=organization,
+        node=node,
+        gpu_model=gpu_model,
+        gpu_count=gpu_count,
+        price_per_gpu_hour_micros=price_per_gpu_hour_micros,
+        currency=settings.TANDEM_CURRENCY,
+        window_start=window_start,
+        window_end=window_end,
+        min_lease_seconds=min_lease_seconds,
+        max_lease_seconds=max_lease_seconds,
+        kind=kind,
+        preemption_grace_seconds=preemption_grace_seconds,
+        region=node.site.region,
+        created_at=now,
+    )
+    OfferActivePeriod.objects.create(offer=offer, started_at=now)
+    _offer_event(
+        offer,
+        events.OfferListed(
+            offer_id=offer.pk,
+            organization_id=organization.pk,
+            node_id=node.pk,
+            gpu_model=gpu_model,
+            gpu_count=gpu_count,
+            price_per_gpu_hour_micros=price_per_gpu_hour_micros,
+            currency=offer.currency,
+            window_start=window_start.isoformat(),
+            window_end=_iso(window_end),
+            min_lease_seconds=min_lease_seconds,
+            max_lease_seconds=max_lease_seconds,
+            kind=kind,
+            preemption_grace_seconds=preemption_grace_seconds,
+            region=offer.region,
+            at=now.isoformat(),
+        ),
+    )
+    return offer
+
+
+def _offer_locked(*, offer: Offer) -> Offer:
+    return Offer.objects.select_for_update().get(pk=offer.pk)
+
+
+def _withdrawn_conflict(offer: Offer, action: str) -> Conflict:
+    return Conflict(
+        f"offer {offer.pk} is withdrawn: it cannot be {action}", details={"status": offer.status}
+    )
+
+
+@transaction.atomic
+def offer_pause(*, offer: Offer) -> Offer:
+    """Stop new leases on the offer; running leases go on. Pausing twice is a no-op."""
+    offer = _offer_locked(offer=offer)
+    if offer.status == Offer.Status.WITHDRAWN:
+        raise _withdrawn_conflict(offer, "paused")
+    if offer.status == Offer.Status.PAUSED:
+        return offer
+    now = timezone.now()
+    offer.status = Offer.Status.PAUSED
+    offer.save(update_fields=["status"])
+    OfferActivePeriod.objects.filter(offer=offer, ended_at=None).update(ended_at=now)
+    _offer_event(
+        offer,
+        events.OfferPaused(
+            offer_id=offer.pk, organization_id=offer.organization_id, at=now.isoformat()
+        ),
+    )
+    return offer
+
+
+@transaction.atomic
+def offer_resume(*, offer: Offer) -> Offer:
+    offer = _offer_locked(offer=offer)
+    if offer.status == Offer.Status.WITHDRAWN:
+        raise _withdrawn_conflict(offer, "resumed")
+    if offer.status == Offer.Status.ACTIVE:
+        return offer
+    now = timezone.now()
+    offer.status = Offer.Status.ACTIVE
+    offer.save(update_fields=["status"])
+    OfferActivePeriod.objects.create(offer=offer, started_at=now)
+    _offer_event(
+        offer,
+        events.OfferResumed(
+            offer_id=offer.pk, organization_id=offer.organization_id, at=now.isoformat()
+        ),
+    )
+    return offer
+
+
+@transaction.atomic
+def offer_reprice(*, offer: Offer, price_per_gpu_hour_micros: int) -> Offer:
+    """A new price for new leases; running leases keep theirs."""
+    if price_per_gpu_hour_micros <= 0:
+        raise _field_error("price_per_gpu_hour_micros", "must be a positive number of micro-units")
+    offer = _offer_locked(offer=offer)
+    if offer.status == Offer.Status.WITHDRAWN:
+        raise _withdrawn_conflict(offer, "repriced")
+    previous = offer.price_per_gpu_hour_micros
+    if previous == price_per_gpu_hour_micros:
+        return offer
+    now = timezone.now()
+    offer.price_per_gpu_hour_micros = price_per_gpu_hour_micros
+    offer.save(update_fields=["price_per_gpu_hour_micros"])
+    _offer_event(
+        offer,
+        events.OfferRepriced(
+            offer_id=offer.pk,
+            organization_id=offer.organization_id,
+            previous_price_per_gpu_hour_micros=previous,
+            price_per_gpu_hour_micros=price_per_gpu_hour_micros,
+            currency=offer.currency,
+            applies_to="new_leases",
+            at=now.isoformat(),
+        ),
+    )
+    return offer
+
+
+@transaction.atomic
+def offer_withdraw(*, offer: Offer, force: bool = False) -> Offer:
+    """Take the offer off the market. Running leases run to the end of their window;
+    with ``force`` they end now and the event carries that moment (``forced_end_at``),
+    past which buyers are not billed. Forcing an offer already withdrawn without force
+    is allowed (one more event); anything else repeated is a no-op."""
+    offer = _offer_locked(offer=offer)
+    if offer.status == Offer.Status.WITHDRAWN and (offer.forced_end_at or not force):
+        return offer
+    now = timezone.now()
+    if offer.status != Offer.Status.WITHDRAWN:
+        offer.withdrawn_at = now
+    offer.status = Offer.Status.WITHDRAWN
+    if force:
+        offer.forced_end_at = now
+    offer.save(update_fields=["status", "withdrawn_at", "forced_end_at"])
+    OfferActivePeriod.objects.filter(offer=offer, ended_at=None).update(ended_at=now)
+    _offer_event(
+        offer,
+        events.OfferWithdrawn(
+            offer_id=offer.pk,
+            organization_id=offer.organization_id,
+            forced=force,
+            forced_end_at=_iso(offer.forced_end_at) if force else None,
+            at=now.isoformat(),
+        ),
+    )
+    return offer
