@@ -483,9 +483,9 @@ po AS (
     INSERT INTO {POSTING_TABLE}
            (entry_position, account_id, currency, side, amount_micros, recorded_at)
     SELECT ev.position, p.account_id, p.currency, p.side, p.amount_micros, %(ev_recorded_at)s
-      FROM unnest(%(p_stream_id)b::text[], %(p_version)b::int[], %(p_account)b::bigint[],
-                  %(p_currency)b::text[], %(p_side)b::text[], %(p_amount)b::bigint[])
-           AS p(stream_id, version, account_id, currency, side, amount_micros)
+      FROM json_to_recordset(%(postings)s::json)
+           AS p(stream_id text, version int, account_id bigint, currency text, side text,
+                amount_micros bigint)
       JOIN ev ON ev.stream_id = p.stream_id AND ev.version = p.version
 ),
 ba AS (
@@ -493,11 +493,9 @@ ba AS (
        SET debits_posted = u.debits_posted, credits_posted = u.credits_posted,
            debits_pending = u.debits_pending, credits_pending = u.credits_pending,
            position = ev.position
-      FROM unnest(%(b_account)b::bigint[], %(b_dp)b::bigint[], %(b_cp)b::bigint[],
-                  %(b_dpe)b::bigint[], %(b_cpe)b::bigint[], %(b_stream_id)b::text[],
-                  %(b_version)b::int[])
-           AS u(account_id, debits_posted, credits_posted, debits_pending, credits_pending,
-                stream_id, version)
+      FROM json_to_recordset(%(balances)s::json)
+           AS u(account_id bigint, debits_posted bigint, credits_posted bigint,
+                debits_pending bigint, credits_pending bigint, stream_id text, version int)
       JOIN ev ON ev.stream_id = u.stream_id AND ev.version = u.version
      WHERE b.account_id = u.account_id
 )
@@ -516,28 +514,21 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
         recorded_at=now,
         metadata=metadata,
     )
-    p_stream_id, p_version, p_account, p_currency, p_side, p_amount = [], [], [], [], [], []
-    for _, stream_id, version, _, payload in rows:
-        for account_id, side, amount in payload.get("legs", ()):
-            p_stream_id.append(stream_id)
-            p_version.append(version)
-            p_account.append(account_id)
-            p_currency.append(payload["currency"])
-            p_side.append(side)
-            p_amount.append(amount)
     last = _last_event_per_account(applier)
     dirty = [s for s in applier.balances.values() if s.dirty]
-    params.update(
-        p_stream_id=p_stream_id, p_version=p_version, p_account=p_account,
-        p_currency=p_currency, p_side=p_side, p_amount=p_amount,
-        b_account=[s.account_id for s in dirty],
-        b_dp=[s.debits_posted for s in dirty],
-        b_cp=[s.credits_posted for s in dirty],
-        b_dpe=[s.debits_pending for s in dirty],
-        b_cpe=[s.credits_pending for s in dirty],
-        b_stream_id=[rows[last[s.account_id]][1] for s in dirty],
-        b_version=[rows[last[s.account_id]][2] for s in dirty],
-    )
+    params["postings"] = json.dumps([
+        {"stream_id": stream_id, "version": version, "account_id": leg[0],
+         "currency": payload["currency"], "side": leg[1], "amount_micros": leg[2]}
+        for _, stream_id, version, _, payload in rows
+        for leg in payload.get("legs", ())
+    ])
+    params["balances"] = json.dumps([
+        {"account_id": s.account_id, "debits_posted": s.debits_posted,
+         "credits_posted": s.credits_posted, "debits_pending": s.debits_pending,
+         "credits_pending": s.credits_pending,
+         "stream_id": rows[last[s.account_id]][1], "version": rows[last[s.account_id]][2]}
+        for s in dirty
+    ])
     with connection.wrap_database_errors:
         cursor = _cursor()
         _write_holds(cursor, applier)

@@ -329,9 +329,10 @@ EVENTS_INSERT_CTE = f"""
 INSERT INTO {EVENT_TABLE} ({", ".join(_COLUMNS)})
 SELECT t.tenant_id, t.stream_type, t.stream_id, t.version, t.type, t.schema_version,
        t.payload::jsonb, t.metadata::jsonb, t.idempotency_key, %(ev_recorded_at)s
-  FROM unnest(%(ev_tenant)b::bigint[], %(ev_stream_type)b::text[], %(ev_stream_id)b::text[],
-              %(ev_version)b::int[], %(ev_type)b::text[], %(ev_schema_version)b::smallint[],
-              %(ev_payload)b::text[], %(ev_metadata)b::text[], %(ev_idempotency_key)b::text[])
+  FROM ROWS FROM (json_to_recordset(%(ev_rows)s::json)
+                  AS (tenant_id bigint, stream_type text, stream_id text, version int,
+                      type text, schema_version smallint, payload json, metadata json,
+                      idempotency_key text))
        WITH ORDINALITY AS t(tenant_id, stream_type, stream_id, version, type, schema_version,
                             payload, metadata, idempotency_key, ord)
  ORDER BY t.ord
@@ -343,17 +344,22 @@ def events_insert_cte_params(
     rows: Sequence[EventRow], *, recorded_at: datetime, metadata: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Parameters for ``EVENTS_INSERT_CTE``; positions come out in the order of
-    ``rows``. ``metadata``, when given, replaces every row's own."""
-    shared = _dumps(metadata) if metadata is not None else None
+    ``rows``. ``metadata``, when given, replaces every row's own. The rows travel
+    as one JSON document: one parameter to encode, however many rows."""
     return {
         "ev_recorded_at": recorded_at,
-        "ev_tenant": [r.tenant_id for r in rows],
-        "ev_stream_type": [r.stream_type for r in rows],
-        "ev_stream_id": [r.stream_id for r in rows],
-        "ev_version": [r.version for r in rows],
-        "ev_type": [r.type for r in rows],
-        "ev_schema_version": [r.schema_version for r in rows],
-        "ev_payload": [_dumps(r.payload) for r in rows],
-        "ev_metadata": [shared or _dumps(r.metadata) for r in rows],
-        "ev_idempotency_key": [r.idempotency_key for r in rows],
+        "ev_rows": _dumps([
+            {
+                "tenant_id": r.tenant_id,
+                "stream_type": r.stream_type,
+                "stream_id": r.stream_id,
+                "version": r.version,
+                "type": r.type,
+                "schema_version": r.schema_version,
+                "payload": r.payload,
+                "metadata": r.metadata if metadata is None else metadata,
+                "idempotency_key": r.idempotency_key,
+            }
+            for r in rows
+        ]),
     }
