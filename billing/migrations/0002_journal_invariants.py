@@ -10,6 +10,8 @@
 
 from django.db import migrations
 
+from core.migration_ops import vendor_sql
+
 PG_FORWARD = """
 CREATE TRIGGER billing_posting_append_only
     BEFORE UPDATE OR DELETE ON billing_posting
@@ -77,25 +79,16 @@ SQLITE_BACKWARD = [
 ]
 
 
-def forward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD, params=None)
-    elif schema_editor.connection.vendor == "sqlite":
-        for statement in SQLITE_FORWARD:
-            schema_editor.execute(statement)
-
-
-def backward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(PG_BACKWARD, params=None)
-    elif schema_editor.connection.vendor == "sqlite":
-        for statement in SQLITE_BACKWARD:
-            schema_editor.execute(statement)
-
-
 class Migration(migrations.Migration):
     dependencies = [
         ("billing", "0001_initial"),
         ("core", "0002_event_store_append_only"),
     ]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [
+        vendor_sql(
+            postgresql=PG_FORWARD,
+            postgresql_reverse=PG_BACKWARD,
+            sqlite=SQLITE_FORWARD,
+            sqlite_reverse=SQLITE_BACKWARD,
+        )
+    ]

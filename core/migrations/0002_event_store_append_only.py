@@ -6,6 +6,8 @@ grants the application role no TRUNCATE privilege.
 
 from django.db import migrations
 
+from core.migration_ops import vendor_sql
+
 PG_FORWARD = """
 CREATE OR REPLACE FUNCTION tandem_refuse_change() RETURNS trigger AS $$
 BEGIN
@@ -32,22 +34,13 @@ SQLITE_BACKWARD = [
 ]
 
 
-def forward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD, params=None)
-    elif schema_editor.connection.vendor == "sqlite":
-        for statement in SQLITE_FORWARD:
-            schema_editor.execute(statement)
-
-
-def backward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(PG_BACKWARD, params=None)
-    elif schema_editor.connection.vendor == "sqlite":
-        for statement in SQLITE_BACKWARD:
-            schema_editor.execute(statement)
-
-
 class Migration(migrations.Migration):
     dependencies = [("core", "0001_initial")]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [
+        vendor_sql(
+            postgresql=PG_FORWARD,
+            postgresql_reverse=PG_BACKWARD,
+            sqlite=SQLITE_FORWARD,
+            sqlite_reverse=SQLITE_BACKWARD,
+        )
+    ]

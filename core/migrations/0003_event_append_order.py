@@ -17,6 +17,8 @@ conflicts with nothing but itself; readers are never blocked. PostgreSQL only
 
 from django.db import migrations
 
+from core.migration_ops import vendor_sql
+
 FORWARD = """
 CREATE OR REPLACE FUNCTION core_event_append_lock() RETURNS trigger AS $$
 BEGIN
@@ -35,16 +37,6 @@ DROP FUNCTION IF EXISTS core_event_append_lock();
 """
 
 
-def forward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FORWARD, params=None)
-
-
-def backward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(BACKWARD, params=None)
-
-
 class Migration(migrations.Migration):
     dependencies = [("core", "0002_event_store_append_only")]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [vendor_sql(postgresql=FORWARD, postgresql_reverse=BACKWARD)]
