@@ -44,7 +44,10 @@ def make_accounts() -> list[int]:
         org = Organization.objects.create(name=f"bench-buyer-{n}", kind="buyer")
         account = services.account_open(organization=org, kind=Account.Kind.CREDIT, currency="USD")
         services.credits_grant(
-            organization=org, amount_micros=10**14, currency="USD", reason="bench float",
+            organization=org,
+            amount_micros=10**14,
+            currency="USD",
+            reason="bench float",
             transfer_id=f"bench-seed-{n}",
         )
         ids.append(account.pk)
@@ -163,9 +166,7 @@ def main() -> None:
                 "currency varchar(3) NOT NULL, side varchar(1) NOT NULL, "
                 "amount_micros bigint NOT NULL, recorded_at timestamptz NOT NULL)"
             )
-            cursor.execute(
-                "CREATE INDEX ON bench_raw_posting (account_id, recorded_at)"
-            )
+            cursor.execute("CREATE INDEX ON bench_raw_posting (account_id, recorded_at)")
         batched = bench_batched(accounts, batched_total, batch)
         single_1 = bench_single(accounts, single_total, 1)
         single_4 = bench_single(accounts, single_total, 4)
@@ -175,8 +176,16 @@ def main() -> None:
         from billing.ledger import replay
         from billing.models import Balance
 
-        live = {b.account_id: (b.debits_posted, b.credits_posted, b.debits_pending,
-                               b.credits_pending, b.position) for b in Balance.objects.all()}
+        live = {
+            b.account_id: (
+                b.debits_posted,
+                b.credits_posted,
+                b.debits_pending,
+                b.credits_pending,
+                b.position,
+            )
+            for b in Balance.objects.all()
+        }
         replayed = {a: s.counters() for a, s in replay().items()}
         assert live == replayed, "projection differs from replay"
     finally:

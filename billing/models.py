@@ -80,8 +80,7 @@ class Account(models.Model):
                 name="account_unique_platform_kind_currency",
             ),
             models.CheckConstraint(
-                condition=Q(overdraft_limit_micros__isnull=True)
-                | Q(overdraft_limit_micros__gte=0),
+                condition=Q(overdraft_limit_micros__isnull=True) | Q(overdraft_limit_micros__gte=0),
                 name="account_overdraft_limit_non_negative",
             ),
             models.CheckConstraint(

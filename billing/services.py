@@ -346,11 +346,14 @@ def _execute(
                 account_ids.update((command.debit_account_id, command.credit_account_id))
         for hold in holds.values():
             account_ids.update((hold.debit_account, hold.credit_account))
-        stream_ids = sorted({
-            ev.entry_stream_id(c.transfer_id) if isinstance(c, EntryRequest)
-            else ev.hold_stream_id(c.hold_id)  # type: ignore[union-attr]
-            for _, c in commands
-        })
+        stream_ids = sorted(
+            {
+                ev.entry_stream_id(c.transfer_id)
+                if isinstance(c, EntryRequest)
+                else ev.hold_stream_id(c.hold_id)  # type: ignore[union-attr]
+                for _, c in commands
+            }
+        )
 
         if pg:
             balances, holds, existing = _read_locked_pg(sorted(account_ids), hold_ids, stream_ids)
@@ -371,8 +374,14 @@ def _execute(
         else:
             positions = events_insert(
                 [
-                    EventRow(stream_type=st, stream_id=sid, version=v, type=t, payload=p,
-                             metadata=metadata)
+                    EventRow(
+                        stream_type=st,
+                        stream_id=sid,
+                        version=v,
+                        type=t,
+                        payload=p,
+                        metadata=metadata,
+                    )
                     for st, sid, v, t, p in applier.rows
                 ],
                 recorded_at=now,
@@ -509,26 +518,43 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
     serializes every appender) there is one round trip and the COMMIT."""
     rows = applier.rows
     params = events_insert_cte_params(
-        [EventRow(stream_type=st, stream_id=sid, version=v, type=t, payload=p)
-         for st, sid, v, t, p in rows],
+        [
+            EventRow(stream_type=st, stream_id=sid, version=v, type=t, payload=p)
+            for st, sid, v, t, p in rows
+        ],
         recorded_at=now,
         metadata=metadata,
     )
     last = _last_event_per_account(applier)
     dirty = [s for s in applier.balances.values() if s.dirty]
-    params["postings"] = json.dumps([
-        {"stream_id": stream_id, "version": version, "account_id": leg[0],
-         "currency": payload["currency"], "side": leg[1], "amount_micros": leg[2]}
-        for _, stream_id, version, _, payload in rows
-        for leg in payload.get("legs", ())
-    ])
-    params["balances"] = json.dumps([
-        {"account_id": s.account_id, "debits_posted": s.debits_posted,
-         "credits_posted": s.credits_posted, "debits_pending": s.debits_pending,
-         "credits_pending": s.credits_pending,
-         "stream_id": rows[last[s.account_id]][1], "version": rows[last[s.account_id]][2]}
-        for s in dirty
-    ])
+    params["postings"] = json.dumps(
+        [
+            {
+                "stream_id": stream_id,
+                "version": version,
+                "account_id": leg[0],
+                "currency": payload["currency"],
+                "side": leg[1],
+                "amount_micros": leg[2],
+            }
+            for _, stream_id, version, _, payload in rows
+            for leg in payload.get("legs", ())
+        ]
+    )
+    params["balances"] = json.dumps(
+        [
+            {
+                "account_id": s.account_id,
+                "debits_posted": s.debits_posted,
+                "credits_posted": s.credits_posted,
+                "debits_pending": s.debits_pending,
+                "credits_pending": s.credits_pending,
+                "stream_id": rows[last[s.account_id]][1],
+                "version": rows[last[s.account_id]][2],
+            }
+            for s in dirty
+        ]
+    )
     with connection.wrap_database_errors:
         cursor = _cursor()
         _write_holds(cursor, applier)
@@ -547,8 +573,18 @@ def _write_holds(cursor, applier: _Applier) -> None:
             "amount_micros, posted_micros, state, expires_at, created_at, resolved_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
-                (h.hold_id, h.debit_account, h.credit_account, h.currency, h.amount_micros,
-                 h.posted_micros, h.state, h.expires_at, h.created_at, h.resolved_at)
+                (
+                    h.hold_id,
+                    h.debit_account,
+                    h.credit_account,
+                    h.currency,
+                    h.amount_micros,
+                    h.posted_micros,
+                    h.state,
+                    h.expires_at,
+                    h.created_at,
+                    h.resolved_at,
+                )
                 for h in new_holds
             ],
         )
@@ -579,8 +615,9 @@ class _Applier:
         self.now = now
         self.rows: list[tuple[str, str, int, str, dict]] = []
 
-    def _record(self, stream_type: str, stream_id: str, version: int, event_type: str,
-                payload: dict) -> LedgerResult:
+    def _record(
+        self, stream_type: str, stream_id: str, version: int, event_type: str, payload: dict
+    ) -> LedgerResult:
         self.rows.append((stream_type, stream_id, version, event_type, payload))
         placeholder = -len(self.rows)
         self.existing[(stream_id, version)] = (event_type, payload, placeholder)
@@ -591,7 +628,8 @@ class _Applier:
             state = self.balances.get(account_id)
             if state is None:
                 return _rejected(
-                    "account_not_found", f"account {account_id} does not exist",
+                    "account_not_found",
+                    f"account {account_id} does not exist",
                     account=account_id,
                 )
             if state.currency != currency:
@@ -602,8 +640,9 @@ class _Applier:
                 )
         return None
 
-    def _apply_checked(self, event_type: str, payload: dict, ids: Sequence[int]
-                       ) -> LedgerResult | None:
+    def _apply_checked(
+        self, event_type: str, payload: dict, ids: Sequence[int]
+    ) -> LedgerResult | None:
         """Apply to the balances; undo and reject if any account breaks its limit."""
         touched = [self.balances[i] for i in ids]
         before = [(s.available, s.counters(), s.dirty) for s in touched]
@@ -613,8 +652,13 @@ class _Applier:
                 after = state.available
                 missing = -(after + (state.overdraft_limit_micros or 0))
                 for undo, (_, saved, was_dirty) in zip(touched, before, strict=True):
-                    (undo.debits_posted, undo.credits_posted, undo.debits_pending,
-                     undo.credits_pending, undo.position) = saved
+                    (
+                        undo.debits_posted,
+                        undo.credits_posted,
+                        undo.debits_pending,
+                        undo.credits_pending,
+                        undo.position,
+                    ) = saved
                     undo.dirty = was_dirty
                 return _rejected(
                     "exceeds_limit",
@@ -641,19 +685,27 @@ class _Applier:
         stream_id = ev.entry_stream_id(c.transfer_id)
         legs = [[leg[0], leg[1], leg[2]] for leg in c.legs]
         payload = ev.EntryPosted(
-            transfer_id=c.transfer_id, currency=c.currency, kind=c.kind,
-            description=c.description, legs=tuple(c.legs),
+            transfer_id=c.transfer_id,
+            currency=c.currency,
+            kind=c.kind,
+            description=c.description,
+            legs=tuple(c.legs),
         ).payload()
         payload["legs"] = legs
         first = self.existing.get((stream_id, 1))
         if first is not None:
             _, stored, position = first
-            same = (stored["currency"], stored["kind"], stored["legs"],
-                    stored["description"]) == (c.currency, c.kind, legs, c.description)
+            same = (stored["currency"], stored["kind"], stored["legs"], stored["description"]) == (
+                c.currency,
+                c.kind,
+                legs,
+                c.description,
+            )
             if same:
                 return LedgerResult(status="replayed", position=position)
             return _rejected(
-                "id_reused", f"transfer {c.transfer_id!r} exists with a different body",
+                "id_reused",
+                f"transfer {c.transfer_id!r} exists with a different body",
                 transfer_id=c.transfer_id,
             )
         ids = [leg[0] for leg in legs]
@@ -666,9 +718,13 @@ class _Applier:
     def _hold_create(self, c: HoldRequest) -> LedgerResult:
         stream_id = ev.hold_stream_id(c.hold_id)
         payload = ev.HoldCreated(
-            hold_id=c.hold_id, currency=c.currency, debit_account=c.debit_account_id,
-            credit_account=c.credit_account_id, amount_micros=c.amount_micros,
-            expires_at=c.expires_at.isoformat(), description=c.description,
+            hold_id=c.hold_id,
+            currency=c.currency,
+            debit_account=c.debit_account_id,
+            credit_account=c.credit_account_id,
+            amount_micros=c.amount_micros,
+            expires_at=c.expires_at.isoformat(),
+            description=c.description,
         ).payload()
         first = self.existing.get((stream_id, 1))
         if first is not None:
@@ -677,7 +733,8 @@ class _Applier:
             if all(stored[k] == payload[k] for k in keys):
                 return LedgerResult(status="replayed", position=position)
             return _rejected(
-                "id_reused", f"hold {c.hold_id!r} exists with a different body",
+                "id_reused",
+                f"hold {c.hold_id!r} exists with a different body",
                 hold_id=c.hold_id,
             )
         ids = [c.debit_account_id, c.credit_account_id]
@@ -686,10 +743,17 @@ class _Applier:
         if problem := self._apply_checked(ev.HOLD_CREATED, payload, ids):
             return problem
         self.holds[c.hold_id] = _HoldRow(
-            pk=None, hold_id=c.hold_id, debit_account=c.debit_account_id,
-            credit_account=c.credit_account_id, currency=c.currency,
-            amount_micros=c.amount_micros, posted_micros=0, state=Hold.State.PENDING,
-            expires_at=c.expires_at, created_at=self.now, changed=True,
+            pk=None,
+            hold_id=c.hold_id,
+            debit_account=c.debit_account_id,
+            credit_account=c.credit_account_id,
+            currency=c.currency,
+            amount_micros=c.amount_micros,
+            posted_micros=0,
+            state=Hold.State.PENDING,
+            expires_at=c.expires_at,
+            created_at=self.now,
+            changed=True,
         )
         return self._record(ev.HOLD_STREAM, stream_id, 1, ev.HOLD_CREATED, payload)
 
@@ -706,18 +770,19 @@ class _Applier:
                 stored_type, stored, position = resolved
                 posted = sum(leg[2] for leg in stored["legs"] if leg[1] == "D")
                 wanted = hold.amount_micros if amount is None else amount
-                if stored_type == event_type and (
-                    event_type != ev.HOLD_POSTED or posted == wanted
-                ):
+                if stored_type == event_type and (event_type != ev.HOLD_POSTED or posted == wanted):
                     return LedgerResult(status="replayed", position=position)
             return _rejected(
-                "hold_resolved", f"hold {hold_id!r} is already {hold.state}",
-                hold_id=hold_id, state=hold.state,
+                "hold_resolved",
+                f"hold {hold_id!r} is already {hold.state}",
+                hold_id=hold_id,
+                state=hold.state,
             )
         if event_type == ev.HOLD_POSTED:
             if hold.expires_at <= self.now:
                 return _rejected(
-                    "hold_expired", f"hold {hold_id!r} expired at {hold.expires_at.isoformat()}",
+                    "hold_expired",
+                    f"hold {hold_id!r} expired at {hold.expires_at.isoformat()}",
                     hold_id=hold_id,
                 )
             amount = hold.amount_micros if amount is None else amount
@@ -732,9 +797,13 @@ class _Applier:
             amount = 0
             legs = ()
         payload = ev.HoldResolved(
-            type=event_type, hold_id=hold_id, currency=hold.currency,
-            debit_account=hold.debit_account, credit_account=hold.credit_account,
-            released_micros=hold.amount_micros, legs=legs,
+            type=event_type,
+            hold_id=hold_id,
+            currency=hold.currency,
+            debit_account=hold.debit_account,
+            credit_account=hold.credit_account,
+            released_micros=hold.amount_micros,
+            legs=legs,
         ).payload()
         # Posting at most the held amount never lowers availability: no limit check.
         apply_event(self.balances, event_type, payload, 0)
@@ -783,9 +852,7 @@ def _default_limit(kind: str) -> int | None:
     return 0 if kind in (Account.Kind.CREDIT, Account.Kind.PAYABLE) else None
 
 
-def account_open(
-    *, organization: Organization | None, kind: str, currency: str
-) -> Account:
+def account_open(*, organization: Organization | None, kind: str, currency: str) -> Account:
     """The account of this kind and currency for an org (or the platform), opened
     with a zero balance the first time it is asked for."""
     if kind not in Account.Kind.values:
@@ -834,7 +901,8 @@ def account_set_overdraft_limit(
             details={"account": account.pk},
         )
     if limit_micros is not None and (
-        isinstance(limit_micros, bool) or not isinstance(limit_micros, int)
+        isinstance(limit_micros, bool)
+        or not isinstance(limit_micros, int)
         or not 0 <= limit_micros <= MAX_AMOUNT_MICROS
     ):
         raise InvalidInput(
@@ -848,12 +916,17 @@ def account_set_overdraft_limit(
         stream_type=ACCOUNT_STREAM,
         stream_id=stream_id,
         expected_version=stream_version(stream_id),
-        events=[NewEvent(CREDIT_LIMIT_SET, {
-            "account": account.pk,
-            "previous_micros": account.overdraft_limit_micros,
-            "limit_micros": limit_micros,
-            "reason": reason.strip()[:500],
-        })],
+        events=[
+            NewEvent(
+                CREDIT_LIMIT_SET,
+                {
+                    "account": account.pk,
+                    "previous_micros": account.overdraft_limit_micros,
+                    "limit_micros": limit_micros,
+                    "reason": reason.strip()[:500],
+                },
+            )
+        ],
         tenant_id=account.organization_id,
         metadata={"actor": actor},
     )
@@ -1024,4 +1097,3 @@ def balances_rebuild() -> int:
                 position=counters[4],
             )
     return changed
-

@@ -181,9 +181,7 @@ def _values(row: EventRow, now: datetime) -> tuple:
 
 def stream_version(stream_id: str) -> int:
     """The version of the newest event in a stream (0 when it has none)."""
-    last = (
-        Event.objects.filter(stream_id=stream_id).order_by("-version").values_list("version")[:1]
-    )
+    last = Event.objects.filter(stream_id=stream_id).order_by("-version").values_list("version")[:1]
     found = list(last)
     return found[0][0] if found else 0
 
@@ -348,18 +346,20 @@ def events_insert_cte_params(
     as one JSON document: one parameter to encode, however many rows."""
     return {
         "ev_recorded_at": recorded_at,
-        "ev_rows": _dumps([
-            {
-                "tenant_id": r.tenant_id,
-                "stream_type": r.stream_type,
-                "stream_id": r.stream_id,
-                "version": r.version,
-                "type": r.type,
-                "schema_version": r.schema_version,
-                "payload": r.payload,
-                "metadata": r.metadata if metadata is None else metadata,
-                "idempotency_key": r.idempotency_key,
-            }
-            for r in rows
-        ]),
+        "ev_rows": _dumps(
+            [
+                {
+                    "tenant_id": r.tenant_id,
+                    "stream_type": r.stream_type,
+                    "stream_id": r.stream_id,
+                    "version": r.version,
+                    "type": r.type,
+                    "schema_version": r.schema_version,
+                    "payload": r.payload,
+                    "metadata": r.metadata if metadata is None else metadata,
+                    "idempotency_key": r.idempotency_key,
+                }
+                for r in rows
+            ]
+        ),
     }

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,93 +14,217 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='FollowerPosition',
+            name="FollowerPosition",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('consumer', models.CharField(max_length=100, unique=True)),
-                ('position', models.BigIntegerField(default=0)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("consumer", models.CharField(max_length=100, unique=True)),
+                ("position", models.BigIntegerField(default=0)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Organization',
+            name="Organization",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('kind', models.CharField(choices=[('buyer', 'Buyer'), ('provider', 'Provider'), ('both', 'Both')], max_length=16)),
-                ('is_operator', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("buyer", "Buyer"), ("provider", "Provider"), ("both", "Both")],
+                        max_length=16,
+                    ),
+                ),
+                ("is_operator", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('kind__in', ['buyer', 'provider', 'both'])), name='org_kind_valid'), models.UniqueConstraint(condition=models.Q(('is_operator', True)), fields=('is_operator',), name='org_single_operator')],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("kind__in", ["buyer", "provider", "both"])),
+                        name="org_kind_valid",
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(("is_operator", True)),
+                        fields=("is_operator",),
+                        name="org_single_operator",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Membership',
+            name="Membership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('role', models.CharField(choices=[('admin', 'Admin'), ('member', 'Member'), ('finance', 'Finance')], default='member', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='core.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[("admin", "Admin"), ("member", "Member"), ("finance", "Finance")],
+                        default="member",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="core.organization"
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('user', 'organization'), name='membership_unique'), models.CheckConstraint(condition=models.Q(('role__in', ['admin', 'member', 'finance'])), name='membership_role_valid')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("user", "organization"), name="membership_unique"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("role__in", ["admin", "member", "finance"])),
+                        name="membership_role_valid",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='IdempotentRequest',
+            name="IdempotentRequest",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=200)),
-                ('method', models.CharField(max_length=10)),
-                ('path', models.CharField(max_length=500)),
-                ('request_hash', models.CharField(max_length=64)),
-                ('status_code', models.PositiveSmallIntegerField(null=True)),
-                ('response_body', models.JSONField(null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('completed_at', models.DateTimeField(null=True)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='core.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=200)),
+                ("method", models.CharField(max_length=10)),
+                ("path", models.CharField(max_length=500)),
+                ("request_hash", models.CharField(max_length=64)),
+                ("status_code", models.PositiveSmallIntegerField(null=True)),
+                ("response_body", models.JSONField(null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("completed_at", models.DateTimeField(null=True)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="core.organization"
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('organization', 'key'), name='idempotent_request_key')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("organization", "key"), name="idempotent_request_key"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('position', models.BigAutoField(primary_key=True, serialize=False)),
-                ('stream_type', models.CharField(max_length=64)),
-                ('stream_id', models.CharField(max_length=200)),
-                ('version', models.PositiveIntegerField()),
-                ('type', models.CharField(max_length=100)),
-                ('schema_version', models.PositiveSmallIntegerField(default=1)),
-                ('payload', models.JSONField()),
-                ('metadata', models.JSONField(default=dict)),
-                ('idempotency_key', models.CharField(blank=True, max_length=200, null=True)),
-                ('recorded_at', models.DateTimeField()),
-                ('tenant', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.PROTECT, to='core.organization')),
+                ("position", models.BigAutoField(primary_key=True, serialize=False)),
+                ("stream_type", models.CharField(max_length=64)),
+                ("stream_id", models.CharField(max_length=200)),
+                ("version", models.PositiveIntegerField()),
+                ("type", models.CharField(max_length=100)),
+                ("schema_version", models.PositiveSmallIntegerField(default=1)),
+                ("payload", models.JSONField()),
+                ("metadata", models.JSONField(default=dict)),
+                ("idempotency_key", models.CharField(blank=True, max_length=200, null=True)),
+                ("recorded_at", models.DateTimeField()),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="core.organization",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['stream_type', 'position'], name='event_type_pos')],
-                'constraints': [models.UniqueConstraint(fields=('stream_id', 'version'), name='event_stream_version'), models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False), ('tenant__isnull', False)), fields=('tenant', 'idempotency_key'), name='event_idempotency_key'), models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False), ('tenant__isnull', True)), fields=('idempotency_key',), name='event_platform_idempotency_key'), models.CheckConstraint(condition=models.Q(('version__gte', 1)), name='event_version_positive')],
+                "indexes": [
+                    models.Index(fields=["stream_type", "position"], name="event_type_pos")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("stream_id", "version"), name="event_stream_version"
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(
+                            ("idempotency_key__isnull", False), ("tenant__isnull", False)
+                        ),
+                        fields=("tenant", "idempotency_key"),
+                        name="event_idempotency_key",
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(
+                            ("idempotency_key__isnull", False), ("tenant__isnull", True)
+                        ),
+                        fields=("idempotency_key",),
+                        name="event_platform_idempotency_key",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("version__gte", 1)), name="event_version_positive"
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(default='default', max_length=100)),
-                ('role', models.CharField(choices=[('admin', 'Admin'), ('member', 'Member'), ('finance', 'Finance')], default='admin', max_length=16)),
-                ('prefix', models.CharField(max_length=16, unique=True)),
-                ('hashed_key', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='core.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(default="default", max_length=100)),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[("admin", "Admin"), ("member", "Member"), ("finance", "Finance")],
+                        default="admin",
+                        max_length=16,
+                    ),
+                ),
+                ("prefix", models.CharField(max_length=16, unique=True)),
+                ("hashed_key", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="core.organization"
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('role__in', ['admin', 'member', 'finance'])), name='apikey_role_valid')],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("role__in", ["admin", "member", "finance"])),
+                        name="apikey_role_valid",
+                    )
+                ],
             },
         ),
     ]

@@ -5,219 +5,442 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('core', '0002_event_store_append_only'),
+        ("core", "0002_event_store_append_only"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Gpu',
+            name="Gpu",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('index', models.PositiveSmallIntegerField()),
-                ('uuid', models.CharField(max_length=96, unique=True)),
-                ('name', models.CharField(help_text='as NVML reports it', max_length=128)),
-                ('model', models.CharField(blank=True, default='', help_text='catalog slug', max_length=64)),
-                ('memory_total_mib', models.PositiveIntegerField()),
-                ('interconnect', models.CharField(max_length=16)),
-                ('nvlink_links', models.PositiveSmallIntegerField(default=0)),
-                ('pcie_generation', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('pcie_width', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('mig_mode', models.BooleanField(blank=True, null=True)),
-                ('present', models.BooleanField(default=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("index", models.PositiveSmallIntegerField()),
+                ("uuid", models.CharField(max_length=96, unique=True)),
+                ("name", models.CharField(help_text="as NVML reports it", max_length=128)),
+                (
+                    "model",
+                    models.CharField(
+                        blank=True, default="", help_text="catalog slug", max_length=64
+                    ),
+                ),
+                ("memory_total_mib", models.PositiveIntegerField()),
+                ("interconnect", models.CharField(max_length=16)),
+                ("nvlink_links", models.PositiveSmallIntegerField(default=0)),
+                ("pcie_generation", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("pcie_width", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("mig_mode", models.BooleanField(blank=True, null=True)),
+                ("present", models.BooleanField(default=True)),
             ],
             options={
-                'ordering': ['node_id', 'index'],
+                "ordering": ["node_id", "index"],
             },
         ),
         migrations.CreateModel(
-            name='AgentKey',
+            name="AgentKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('api_key', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='agent_key', to='core.apikey')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='core.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "api_key",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="agent_key",
+                        to="core.apikey",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="core.organization"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='GpuSample',
+            name="GpuSample",
             fields=[
-                ('gpu', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='sample', serialize=False, to='providers.gpu')),
-                ('sampled_at', models.DateTimeField()),
-                ('utilization_pct', models.PositiveSmallIntegerField(null=True)),
-                ('memory_used_mib', models.PositiveIntegerField(null=True)),
-                ('temperature_c', models.SmallIntegerField(null=True)),
-                ('power_mw', models.PositiveIntegerField(null=True)),
-                ('ecc_corrected', models.BigIntegerField(null=True)),
-                ('ecc_uncorrected', models.BigIntegerField(null=True)),
-                ('xid_events', models.JSONField(default=list)),
+                (
+                    "gpu",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="sample",
+                        serialize=False,
+                        to="providers.gpu",
+                    ),
+                ),
+                ("sampled_at", models.DateTimeField()),
+                ("utilization_pct", models.PositiveSmallIntegerField(null=True)),
+                ("memory_used_mib", models.PositiveIntegerField(null=True)),
+                ("temperature_c", models.SmallIntegerField(null=True)),
+                ("power_mw", models.PositiveIntegerField(null=True)),
+                ("ecc_corrected", models.BigIntegerField(null=True)),
+                ("ecc_uncorrected", models.BigIntegerField(null=True)),
+                ("xid_events", models.JSONField(default=list)),
             ],
         ),
         migrations.CreateModel(
-            name='Node',
+            name="Node",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('hostname', models.CharField(max_length=255)),
-                ('driver_version', models.CharField(blank=True, default='', max_length=64)),
-                ('cuda_version', models.CharField(blank=True, default='', max_length=32)),
-                ('agent_version', models.CharField(blank=True, default='', max_length=32)),
-                ('inventory_source', models.CharField(default='nvml', max_length=16)),
-                ('heartbeat_interval_seconds', models.PositiveIntegerField(default=15)),
-                ('health', models.CharField(choices=[('unknown', 'Unknown'), ('healthy', 'Healthy'), ('degraded', 'Degraded'), ('unhealthy', 'Unhealthy')], default='unknown', max_length=16)),
-                ('health_reason', models.CharField(blank=True, default='', max_length=500)),
-                ('health_changed_at', models.DateTimeField(blank=True, null=True)),
-                ('last_heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('last_xid_at', models.DateTimeField(blank=True, null=True)),
-                ('registered_at', models.DateTimeField()),
-                ('reliability_score', models.FloatField(blank=True, null=True)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='core.apikey')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='core.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("hostname", models.CharField(max_length=255)),
+                ("driver_version", models.CharField(blank=True, default="", max_length=64)),
+                ("cuda_version", models.CharField(blank=True, default="", max_length=32)),
+                ("agent_version", models.CharField(blank=True, default="", max_length=32)),
+                ("inventory_source", models.CharField(default="nvml", max_length=16)),
+                ("heartbeat_interval_seconds", models.PositiveIntegerField(default=15)),
+                (
+                    "health",
+                    models.CharField(
+                        choices=[
+                            ("unknown", "Unknown"),
+                            ("healthy", "Healthy"),
+                            ("degraded", "Degraded"),
+                            ("unhealthy", "Unhealthy"),
+                        ],
+                        default="unknown",
+                        max_length=16,
+                    ),
+                ),
+                ("health_reason", models.CharField(blank=True, default="", max_length=500)),
+                ("health_changed_at", models.DateTimeField(blank=True, null=True)),
+                ("last_heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("last_xid_at", models.DateTimeField(blank=True, null=True)),
+                ("registered_at", models.DateTimeField()),
+                ("reliability_score", models.FloatField(blank=True, null=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="core.apikey",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="core.organization"
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='gpu',
-            name='node',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='gpus', to='providers.node'),
+            model_name="gpu",
+            name="node",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="gpus",
+                to="providers.node",
+            ),
         ),
         migrations.CreateModel(
-            name='Offer',
+            name="Offer",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('gpu_model', models.CharField(max_length=64)),
-                ('gpu_count', models.PositiveSmallIntegerField()),
-                ('price_per_gpu_hour_micros', models.BigIntegerField()),
-                ('currency', models.CharField(max_length=3)),
-                ('window_start', models.DateTimeField()),
-                ('window_end', models.DateTimeField(blank=True, null=True)),
-                ('min_lease_seconds', models.PositiveIntegerField()),
-                ('max_lease_seconds', models.PositiveIntegerField(blank=True, null=True)),
-                ('kind', models.CharField(choices=[('on_demand', 'On Demand'), ('interruptible', 'Interruptible')], max_length=16)),
-                ('preemption_grace_seconds', models.PositiveIntegerField(blank=True, null=True)),
-                ('region', models.CharField(max_length=64)),
-                ('status', models.CharField(choices=[('active', 'Active'), ('paused', 'Paused'), ('withdrawn', 'Withdrawn')], default='active', max_length=16)),
-                ('created_at', models.DateTimeField()),
-                ('withdrawn_at', models.DateTimeField(blank=True, null=True)),
-                ('forced_end_at', models.DateTimeField(blank=True, null=True)),
-                ('node', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='offers', to='providers.node')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='core.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("gpu_model", models.CharField(max_length=64)),
+                ("gpu_count", models.PositiveSmallIntegerField()),
+                ("price_per_gpu_hour_micros", models.BigIntegerField()),
+                ("currency", models.CharField(max_length=3)),
+                ("window_start", models.DateTimeField()),
+                ("window_end", models.DateTimeField(blank=True, null=True)),
+                ("min_lease_seconds", models.PositiveIntegerField()),
+                ("max_lease_seconds", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("on_demand", "On Demand"), ("interruptible", "Interruptible")],
+                        max_length=16,
+                    ),
+                ),
+                ("preemption_grace_seconds", models.PositiveIntegerField(blank=True, null=True)),
+                ("region", models.CharField(max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("active", "Active"),
+                            ("paused", "Paused"),
+                            ("withdrawn", "Withdrawn"),
+                        ],
+                        default="active",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField()),
+                ("withdrawn_at", models.DateTimeField(blank=True, null=True)),
+                ("forced_end_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "node",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="offers",
+                        to="providers.node",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="core.organization"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='OfferActivePeriod',
+            name="OfferActivePeriod",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('started_at', models.DateTimeField()),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('offer', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='active_periods', to='providers.offer')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("started_at", models.DateTimeField()),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "offer",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="active_periods",
+                        to="providers.offer",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Site',
+            name="Site",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('region', models.CharField(help_text='e.g. us-east, eu-central', max_length=64)),
-                ('country', models.CharField(help_text='ISO 3166-1 alpha-2, upper case', max_length=2)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='core.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("region", models.CharField(help_text="e.g. us-east, eu-central", max_length=64)),
+                (
+                    "country",
+                    models.CharField(help_text="ISO 3166-1 alpha-2, upper case", max_length=2),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="core.organization"
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='node',
-            name='site',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='providers.site'),
+            model_name="node",
+            name="site",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                to="providers.site",
+            ),
         ),
         migrations.CreateModel(
-            name='GpuMinuteRollup',
+            name="GpuMinuteRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('minute', models.DateTimeField()),
-                ('samples', models.PositiveIntegerField(default=0)),
-                ('utilization_samples', models.PositiveIntegerField(default=0)),
-                ('utilization_sum', models.BigIntegerField(default=0)),
-                ('utilization_max', models.PositiveSmallIntegerField(null=True)),
-                ('memory_used_max_mib', models.PositiveIntegerField(null=True)),
-                ('temperature_max_c', models.SmallIntegerField(null=True)),
-                ('power_samples', models.PositiveIntegerField(default=0)),
-                ('power_sum_mw', models.BigIntegerField(default=0)),
-                ('xid_count', models.PositiveIntegerField(default=0)),
-                ('gpu', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='providers.gpu')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("minute", models.DateTimeField()),
+                ("samples", models.PositiveIntegerField(default=0)),
+                ("utilization_samples", models.PositiveIntegerField(default=0)),
+                ("utilization_sum", models.BigIntegerField(default=0)),
+                ("utilization_max", models.PositiveSmallIntegerField(null=True)),
+                ("memory_used_max_mib", models.PositiveIntegerField(null=True)),
+                ("temperature_max_c", models.SmallIntegerField(null=True)),
+                ("power_samples", models.PositiveIntegerField(default=0)),
+                ("power_sum_mw", models.BigIntegerField(default=0)),
+                ("xid_count", models.PositiveIntegerField(default=0)),
+                (
+                    "gpu",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="providers.gpu"
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('gpu', 'minute'), name='gpu_rollup_minute')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("gpu", "minute"), name="gpu_rollup_minute")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='NodeHeartbeatMinute',
+            name="NodeHeartbeatMinute",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('minute', models.DateTimeField()),
-                ('heartbeats', models.PositiveIntegerField(default=0)),
-                ('node', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='providers.node')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("minute", models.DateTimeField()),
+                ("heartbeats", models.PositiveIntegerField(default=0)),
+                (
+                    "node",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="providers.node"
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('node', 'minute'), name='node_heartbeat_minute')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("node", "minute"), name="node_heartbeat_minute")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='NodeLeaseOutcome',
+            name="NodeLeaseOutcome",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('lease_id', models.CharField(max_length=100, unique=True)),
-                ('outcome', models.CharField(choices=[('completed', 'Completed'), ('cancelled_by_buyer', 'Cancelled By Buyer'), ('preempted', 'Preempted'), ('node_failed', 'Node Failed'), ('provider_ended', 'Provider Ended')], max_length=32)),
-                ('ended_at', models.DateTimeField()),
-                ('node', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='providers.node')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("lease_id", models.CharField(max_length=100, unique=True)),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("completed", "Completed"),
+                            ("cancelled_by_buyer", "Cancelled By Buyer"),
+                            ("preempted", "Preempted"),
+                            ("node_failed", "Node Failed"),
+                            ("provider_ended", "Provider Ended"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("ended_at", models.DateTimeField()),
+                (
+                    "node",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="providers.node"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['node', 'ended_at'], name='lease_outcome_node_end')],
+                "indexes": [
+                    models.Index(fields=["node", "ended_at"], name="lease_outcome_node_end")
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='offer',
-            constraint=models.CheckConstraint(condition=models.Q(('gpu_count__gte', 1)), name='offer_gpu_count_positive'),
+            model_name="offer",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("gpu_count__gte", 1)), name="offer_gpu_count_positive"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='offer',
-            constraint=models.CheckConstraint(condition=models.Q(('price_per_gpu_hour_micros__gt', 0)), name='offer_price_positive'),
+            model_name="offer",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("price_per_gpu_hour_micros__gt", 0)),
+                name="offer_price_positive",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='offer',
-            constraint=models.CheckConstraint(condition=models.Q(('window_end__isnull', True), ('window_end__gt', models.F('window_start')), _connector='OR'), name='offer_window_ordered'),
+            model_name="offer",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("window_end__isnull", True),
+                    ("window_end__gt", models.F("window_start")),
+                    _connector="OR",
+                ),
+                name="offer_window_ordered",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='offer',
-            constraint=models.CheckConstraint(condition=models.Q(('max_lease_seconds__isnull', True), ('max_lease_seconds__gte', models.F('min_lease_seconds')), _connector='OR'), name='offer_lease_bounds_ordered'),
+            model_name="offer",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("max_lease_seconds__isnull", True),
+                    ("max_lease_seconds__gte", models.F("min_lease_seconds")),
+                    _connector="OR",
+                ),
+                name="offer_lease_bounds_ordered",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='offer',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('kind', 'on_demand'), ('preemption_grace_seconds__isnull', True)), models.Q(('kind', 'interruptible'), ('preemption_grace_seconds__isnull', False)), _connector='OR'), name='offer_grace_iff_interruptible'),
+            model_name="offer",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("kind", "on_demand"), ("preemption_grace_seconds__isnull", True)),
+                    models.Q(
+                        ("kind", "interruptible"), ("preemption_grace_seconds__isnull", False)
+                    ),
+                    _connector="OR",
+                ),
+                name="offer_grace_iff_interruptible",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='offer',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['active', 'paused', 'withdrawn'])), name='offer_status_valid'),
+            model_name="offer",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["active", "paused", "withdrawn"])),
+                name="offer_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='offeractiveperiod',
-            constraint=models.UniqueConstraint(condition=models.Q(('ended_at__isnull', True)), fields=('offer',), name='offer_one_open_period'),
+            model_name="offeractiveperiod",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("ended_at__isnull", True)),
+                fields=("offer",),
+                name="offer_one_open_period",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='site',
-            constraint=models.UniqueConstraint(fields=('organization', 'name'), name='site_name_per_org'),
+            model_name="site",
+            constraint=models.UniqueConstraint(
+                fields=("organization", "name"), name="site_name_per_org"
+            ),
         ),
         migrations.AddIndex(
-            model_name='node',
-            index=models.Index(fields=['health', 'last_heartbeat_at'], name='node_health_seen'),
+            model_name="node",
+            index=models.Index(fields=["health", "last_heartbeat_at"], name="node_health_seen"),
         ),
         migrations.AddConstraint(
-            model_name='node',
-            constraint=models.UniqueConstraint(fields=('organization', 'hostname'), name='node_host_per_org'),
+            model_name="node",
+            constraint=models.UniqueConstraint(
+                fields=("organization", "hostname"), name="node_host_per_org"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='node',
-            constraint=models.CheckConstraint(condition=models.Q(('health__in', ['unknown', 'healthy', 'degraded', 'unhealthy'])), name='node_health_valid'),
+            model_name="node",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("health__in", ["unknown", "healthy", "degraded", "unhealthy"])),
+                name="node_health_valid",
+            ),
         ),
     ]

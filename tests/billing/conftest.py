@@ -14,8 +14,11 @@ def make_buyer():
         account = services.account_open(organization=org, kind=Account.Kind.CREDIT, currency="USD")
         if credits_micros:
             services.credits_grant(
-                organization=org, amount_micros=credits_micros, currency="USD",
-                reason="test credits", transfer_id=f"seed:{name}",
+                organization=org,
+                amount_micros=credits_micros,
+                currency="USD",
+                reason="test credits",
+                transfer_id=f"seed:{name}",
             )
         return account
 

@@ -35,8 +35,13 @@ def available(account: Account) -> int:
 
 def live_counters() -> dict[int, tuple]:
     return {
-        b.account_id: (b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending,
-                       b.position)
+        b.account_id: (
+            b.debits_posted,
+            b.credits_posted,
+            b.debits_pending,
+            b.credits_pending,
+            b.position,
+        )
         for b in Balance.objects.all()
         if (b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending) != (0,) * 4
     }
@@ -52,15 +57,20 @@ def test_grant_is_a_balanced_entry_from_promo(make_buyer):
     assert entry.payload["description"] == "test credits"
     postings = Posting.objects.filter(entry=entry)
     assert sorted((p.side, p.amount_micros) for p in postings) == [
-        ("C", 25_000_000), ("D", 25_000_000)]
+        ("C", 25_000_000),
+        ("D", 25_000_000),
+    ]
 
 
 def test_transfer_is_refused_when_it_would_overdraw_prepaid_credit(make_buyer, revenue):
     buyer = make_buyer("thin", 1_000_000)
     with pytest.raises(InsufficientFunds) as caught:
         services.transfer_create(
-            transfer_id="t-over", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-            amount_micros=1_000_001, currency="USD",
+            transfer_id="t-over",
+            debit_account_id=buyer.pk,
+            credit_account_id=revenue.pk,
+            amount_micros=1_000_001,
+            currency="USD",
         )
     assert caught.value.details["missing_micros"] == 1
     assert available(buyer) == 1_000_000
@@ -71,21 +81,28 @@ def test_credit_limit_lets_a_postpaid_org_go_below_zero(make_buyer, revenue):
     buyer = make_buyer("postpaid")
     services.account_set_overdraft_limit(account=buyer, limit_micros=5_000_000)
     services.transfer_create(
-        transfer_id="t-pp", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-        amount_micros=5_000_000, currency="USD",
+        transfer_id="t-pp",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=5_000_000,
+        currency="USD",
     )
     assert available(buyer) == -5_000_000
     with pytest.raises(InsufficientFunds):
         services.transfer_create(
-            transfer_id="t-pp2", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-            amount_micros=1, currency="USD",
+            transfer_id="t-pp2",
+            debit_account_id=buyer.pk,
+            credit_account_id=revenue.pk,
+            amount_micros=1,
+            currency="USD",
         )
 
 
 def test_same_transfer_id_replays_and_a_different_body_is_refused(make_buyer, revenue):
     buyer = make_buyer("idem", 10_000_000)
-    args = dict(transfer_id="t-1", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-                currency="USD")
+    args = dict(
+        transfer_id="t-1", debit_account_id=buyer.pk, credit_account_id=revenue.pk, currency="USD"
+    )
     first = services.transfer_create(amount_micros=2_000_000, **args)
     again = services.transfer_create(amount_micros=2_000_000, **args)
     assert first.status == "posted" and again.status == "replayed"
@@ -98,14 +115,21 @@ def test_same_transfer_id_replays_and_a_different_body_is_refused(make_buyer, re
 def test_hold_reserves_then_posts_part_and_releases_the_rest(make_buyer, revenue):
     buyer = make_buyer("holder", 10_000_000)
     services.hold_create(
-        hold_id="h-1", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-        amount_micros=6_000_000, currency="USD", timeout=timedelta(hours=1),
+        hold_id="h-1",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=6_000_000,
+        currency="USD",
+        timeout=timedelta(hours=1),
     )
     assert available(buyer) == 4_000_000
     with pytest.raises(InsufficientFunds):
         services.transfer_create(
-            transfer_id="t-during-hold", debit_account_id=buyer.pk,
-            credit_account_id=revenue.pk, amount_micros=4_000_001, currency="USD",
+            transfer_id="t-during-hold",
+            debit_account_id=buyer.pk,
+            credit_account_id=revenue.pk,
+            amount_micros=4_000_001,
+            currency="USD",
         )
     services.hold_post(hold_id="h-1", amount_micros=2_500_000)
     assert available(buyer) == 7_500_000
@@ -117,8 +141,12 @@ def test_hold_reserves_then_posts_part_and_releases_the_rest(make_buyer, revenue
 def test_a_hold_resolves_exactly_once(make_buyer, revenue):
     buyer = make_buyer("once", 10_000_000)
     services.hold_create(
-        hold_id="h-once", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-        amount_micros=1_000_000, currency="USD", timeout=timedelta(hours=1),
+        hold_id="h-once",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=1_000_000,
+        currency="USD",
+        timeout=timedelta(hours=1),
     )
     services.hold_void(hold_id="h-once")
     assert services.hold_void(hold_id="h-once").status == "replayed"
@@ -131,8 +159,12 @@ def test_a_hold_resolves_exactly_once(make_buyer, revenue):
 def test_posting_more_than_held_is_refused(make_buyer, revenue):
     buyer = make_buyer("more", 10_000_000)
     services.hold_create(
-        hold_id="h-more", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-        amount_micros=1_000_000, currency="USD", timeout=timedelta(hours=1),
+        hold_id="h-more",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=1_000_000,
+        currency="USD",
+        timeout=timedelta(hours=1),
     )
     with pytest.raises(InvalidInput):
         services.hold_post(hold_id="h-more", amount_micros=1_000_001)
@@ -143,8 +175,12 @@ def test_posting_more_than_held_is_refused(make_buyer, revenue):
 def test_expired_holds_are_released_by_the_sweep_and_cannot_be_posted(make_buyer, revenue):
     buyer = make_buyer("expiry", 10_000_000)
     services.hold_create(
-        hold_id="h-exp", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-        amount_micros=3_000_000, currency="USD", timeout=timedelta(seconds=30),
+        hold_id="h-exp",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=3_000_000,
+        currency="USD",
+        timeout=timedelta(seconds=30),
     )
     later = timezone.now() + timedelta(minutes=1)
     [result] = ledger_execute([HoldPostRequest("h-exp")], now=later)
@@ -160,18 +196,30 @@ def test_expired_holds_are_released_by_the_sweep_and_cannot_be_posted(make_buyer
 def test_batch_rejects_bad_commands_alone(make_buyer, revenue):
     buyer = make_buyer("batch", 3_000_000)
     other = make_buyer("other-ccy")
-    results = ledger_execute([
-        EntryRequest("b-1", "USD", ((buyer.pk, "D", 2_000_000), (revenue.pk, "C", 2_000_000))),
-        EntryRequest("b-2", "USD", ((buyer.pk, "D", 2_000_000), (revenue.pk, "C", 2_000_000))),
-        EntryRequest("b-3", "USD", ((buyer.pk, "D", 1), (revenue.pk, "C", 2))),
-        EntryRequest("b-4", "USD", ((buyer.pk, "D", 1), (999_999, "C", 1))),
-        EntryRequest("b-5", "XXX", ((buyer.pk, "D", 1), (other.pk, "C", 1))),
-        EntryRequest("b-1", "USD", ((buyer.pk, "D", 2_000_000), (revenue.pk, "C", 2_000_000))),
-    ])
+    results = ledger_execute(
+        [
+            EntryRequest("b-1", "USD", ((buyer.pk, "D", 2_000_000), (revenue.pk, "C", 2_000_000))),
+            EntryRequest("b-2", "USD", ((buyer.pk, "D", 2_000_000), (revenue.pk, "C", 2_000_000))),
+            EntryRequest("b-3", "USD", ((buyer.pk, "D", 1), (revenue.pk, "C", 2))),
+            EntryRequest("b-4", "USD", ((buyer.pk, "D", 1), (999_999, "C", 1))),
+            EntryRequest("b-5", "XXX", ((buyer.pk, "D", 1), (other.pk, "C", 1))),
+            EntryRequest("b-1", "USD", ((buyer.pk, "D", 2_000_000), (revenue.pk, "C", 2_000_000))),
+        ]
+    )
     assert [r.status for r in results] == [
-        "posted", "rejected", "rejected", "rejected", "rejected", "replayed"]
+        "posted",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "replayed",
+    ]
     assert [r.code for r in results][1:5] == [
-        "exceeds_limit", "invalid", "account_not_found", "invalid"]
+        "exceeds_limit",
+        "invalid",
+        "account_not_found",
+        "invalid",
+    ]
     assert results[5].position == results[0].position
     assert available(buyer) == 1_000_000
 
@@ -179,21 +227,35 @@ def test_batch_rejects_bad_commands_alone(make_buyer, revenue):
 def test_multi_leg_entry_splits_one_debit_into_several_credits(make_buyer, revenue):
     buyer = make_buyer("split", 10_000_000)
     fees = services.platform_account(kind=Account.Kind.FEES, currency="USD")
-    services.entry_post(entry=EntryRequest(
-        "split-1", "USD",
-        ((buyer.pk, "D", 1_000_000), (revenue.pk, "C", 900_000), (fees.pk, "C", 100_000)),
-        kind="usage",
-    ))
+    services.entry_post(
+        entry=EntryRequest(
+            "split-1",
+            "USD",
+            ((buyer.pk, "D", 1_000_000), (revenue.pk, "C", 900_000), (fees.pk, "C", 100_000)),
+            kind="usage",
+        )
+    )
     assert balance(fees).credits_posted == 100_000
     assert available(buyer) == 9_000_000
 
 
 def test_replay_from_position_zero_equals_the_live_projection(make_buyer, revenue):
     buyer = make_buyer("replay", 10_000_000)
-    services.transfer_create(transfer_id="r-1", debit_account_id=buyer.pk,
-                             credit_account_id=revenue.pk, amount_micros=1, currency="USD")
-    services.hold_create(hold_id="r-h", debit_account_id=buyer.pk, credit_account_id=revenue.pk,
-                         amount_micros=5, currency="USD", timeout=timedelta(hours=1))
+    services.transfer_create(
+        transfer_id="r-1",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=1,
+        currency="USD",
+    )
+    services.hold_create(
+        hold_id="r-h",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=5,
+        currency="USD",
+        timeout=timedelta(hours=1),
+    )
     replayed = {a: s.counters() for a, s in replay().items()}
     assert replayed == live_counters()
     # Damage the projection, rebuild, and get the same numbers back.
@@ -202,24 +264,33 @@ def test_replay_from_position_zero_equals_the_live_projection(make_buyer, revenu
     assert live_counters() == replayed
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE core_event SET type = 'Forged'",
-    "DELETE FROM core_event",
-    "UPDATE billing_posting SET amount_micros = amount_micros + 1",
-    "DELETE FROM billing_posting",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE core_event SET type = 'Forged'",
+        "DELETE FROM core_event",
+        "UPDATE billing_posting SET amount_micros = amount_micros + 1",
+        "DELETE FROM billing_posting",
+    ],
+)
 def test_events_and_postings_cannot_be_changed_at_the_database(make_buyer, statement):
     make_buyer("fixed", 1_000_000)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), \
-            connection.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(statement)
 
 
 def test_an_unbalanced_posting_statement_is_refused_by_the_database(make_buyer, revenue):
     buyer = make_buyer("raw", 1_000_000)
     entry = Event.objects.first()
-    with pytest.raises(DatabaseError, match="does not balance"), transaction.atomic(), \
-            connection.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="does not balance"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(
             "INSERT INTO billing_posting (entry_position, account_id, currency, side, "
             "amount_micros, recorded_at) VALUES (%s, %s, 'USD', 'D', 5, now()), "
@@ -230,8 +301,13 @@ def test_an_unbalanced_posting_statement_is_refused_by_the_database(make_buyer, 
 
 def test_postings_sum_to_zero(make_buyer, revenue):
     buyer = make_buyer("sum", 7_000_000)
-    services.transfer_create(transfer_id="s-1", debit_account_id=buyer.pk,
-                             credit_account_id=revenue.pk, amount_micros=3, currency="USD")
+    services.transfer_create(
+        transfer_id="s-1",
+        debit_account_id=buyer.pk,
+        credit_account_id=revenue.pk,
+        amount_micros=3,
+        currency="USD",
+    )
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT coalesce(sum(CASE side WHEN 'D' THEN amount_micros ELSE -amount_micros END), 0)"
@@ -240,20 +316,31 @@ def test_postings_sum_to_zero(make_buyer, revenue):
         assert cursor.fetchone()[0] == 0
 
 
-@pytest.mark.parametrize(("account_offset", "entry_offset", "message"), [
-    (10_000, 0, "account that does not exist"),
-    (0, 10_000, "is not an event"),
-])
-def test_postings_must_name_real_accounts_and_entries(make_buyer, revenue, account_offset,
-                                                      entry_offset, message):
+@pytest.mark.parametrize(
+    ("account_offset", "entry_offset", "message"),
+    [
+        (10_000, 0, "account that does not exist"),
+        (0, 10_000, "is not an event"),
+    ],
+)
+def test_postings_must_name_real_accounts_and_entries(
+    make_buyer, revenue, account_offset, entry_offset, message
+):
     buyer = make_buyer("refs", 1_000_000)
     entry = Event.objects.first()
-    with pytest.raises(DatabaseError, match=message), transaction.atomic(), \
-            connection.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match=message),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(
             "INSERT INTO billing_posting (entry_position, account_id, currency, side, "
             "amount_micros, recorded_at) VALUES (%s, %s, 'USD', 'D', 5, now()), "
             "(%s, %s, 'USD', 'C', 5, now())",
-            [entry.pk + entry_offset, buyer.pk + account_offset,
-             entry.pk + entry_offset, revenue.pk],
+            [
+                entry.pk + entry_offset,
+                buyer.pk + account_offset,
+                entry.pk + entry_offset,
+                revenue.pk,
+            ],
         )

@@ -51,8 +51,13 @@ def open_hot_accounts() -> list[int]:
     for n in range(HOT_ACCOUNTS):
         org = Organization.objects.create(name=f"hot-{n}", kind="buyer")
         account = services.account_open(organization=org, kind=Account.Kind.CREDIT, currency="USD")
-        services.credits_grant(organization=org, amount_micros=START_BALANCE, currency="USD",
-                               reason="float", transfer_id=f"float-{n}")
+        services.credits_grant(
+            organization=org,
+            amount_micros=START_BALANCE,
+            currency="USD",
+            reason="float",
+            transfer_id=f"float-{n}",
+        )
         ids.append(account.pk)
     return ids
 
@@ -95,17 +100,24 @@ def test_bank_invariant_holds_under_32_concurrent_writers_and_readers():
             amount = rng.randint(1, 200_000)
             roll = rng.random()
             if roll < 0.7:
-                commands = [EntryRequest(f"w{index}-{n}", "USD",
-                                         ((debit, "D", amount), (credit, "C", amount)))]
+                commands = [
+                    EntryRequest(
+                        f"w{index}-{n}", "USD", ((debit, "D", amount), (credit, "C", amount))
+                    )
+                ]
             else:
                 hold_id = f"w{index}-h{n}"
                 timeout = services.timezone.now() + timedelta(minutes=10)
-                finish = (HoldPostRequest(hold_id, rng.randint(1, amount)) if roll < 0.85
-                          else HoldVoidRequest(hold_id))
+                finish = (
+                    HoldPostRequest(hold_id, rng.randint(1, amount))
+                    if roll < 0.85
+                    else HoldVoidRequest(hold_id)
+                )
                 commands = [HoldRequest(hold_id, debit, credit, amount, "USD", timeout)]
                 [created] = services.ledger_execute(commands)
-                seen[created.code or created.status] = seen.get(created.code or created.status,
-                                                                0) + 1
+                seen[created.code or created.status] = (
+                    seen.get(created.code or created.status, 0) + 1
+                )
                 if not created.ok:
                     continue
                 commands = [finish]
@@ -144,8 +156,16 @@ def test_bank_invariant_holds_under_32_concurrent_writers_and_readers():
             "ELSE -amount_micros END) <> 0) unbalanced"
         )
         assert cursor.fetchone()[0] == 0
-    live = {b.account_id: (b.debits_posted, b.credits_posted, b.debits_pending,
-                           b.credits_pending, b.position) for b in Balance.objects.all()}
+    live = {
+        b.account_id: (
+            b.debits_posted,
+            b.credits_posted,
+            b.debits_pending,
+            b.credits_pending,
+            b.position,
+        )
+        for b in Balance.objects.all()
+    }
     assert {a: s.counters() for a, s in replay().items()} == live
     assert all(b.debits_pending == 0 for b in Balance.objects.filter(account_id__in=accounts))
 
@@ -154,15 +174,23 @@ def test_64_concurrent_appends_at_one_version_have_exactly_one_winner():
     from core.errors import ConcurrencyConflict
     from core.eventstore import NewEvent, event_append, stream_read, stream_version
 
-    event_append(stream_type="test", stream_id="race-1", expected_version=0,
-                 events=[NewEvent("Opened", {"n": 0})])
+    event_append(
+        stream_type="test",
+        stream_id="race-1",
+        expected_version=0,
+        events=[NewEvent("Opened", {"n": 0})],
+    )
     wins: list[int] = []
     conflicts: list[int] = []
 
     def append_once(index: int) -> None:
         try:
-            event_append(stream_type="test", stream_id="race-1", expected_version=1,
-                         events=[NewEvent("Appended", {"by": index})])
+            event_append(
+                stream_type="test",
+                stream_id="race-1",
+                expected_version=1,
+                events=[NewEvent("Appended", {"by": index})],
+            )
             wins.append(index)
         except ConcurrencyConflict:
             conflicts.append(index)
@@ -173,9 +201,12 @@ def test_64_concurrent_appends_at_one_version_have_exactly_one_winner():
     def append_with_retry(index: int) -> None:
         while True:
             try:
-                event_append(stream_type="test", stream_id="race-2",
-                             expected_version=stream_version("race-2"),
-                             events=[NewEvent("Appended", {"by": index})])
+                event_append(
+                    stream_type="test",
+                    stream_id="race-2",
+                    expected_version=stream_version("race-2"),
+                    events=[NewEvent("Appended", {"by": index})],
+                )
                 return
             except ConcurrencyConflict:
                 continue
@@ -193,9 +224,15 @@ def test_the_same_transfer_sent_50_times_at_once_takes_effect_once():
     results = []
 
     def send(index: int) -> None:
-        results.append(services.transfer_create(
-            transfer_id="dup-1", debit_account_id=a, credit_account_id=b,
-            amount_micros=250_000, currency="USD"))
+        results.append(
+            services.transfer_create(
+                transfer_id="dup-1",
+                debit_account_id=a,
+                credit_account_id=b,
+                amount_micros=250_000,
+                currency="USD",
+            )
+        )
 
     assert run_threads(50, send) == []
     assert sorted(r.status for r in results).count("posted") == 1
@@ -205,19 +242,31 @@ def test_the_same_transfer_sent_50_times_at_once_takes_effect_once():
     assert Balance.objects.get(account_id=a).debits_posted == 250_000
 
     with pytest.raises(IdempotencyConflict):
-        services.transfer_create(transfer_id="dup-1", debit_account_id=a, credit_account_id=b,
-                                 amount_micros=250_001, currency="USD")
+        services.transfer_create(
+            transfer_id="dup-1",
+            debit_account_id=a,
+            credit_account_id=b,
+            amount_micros=250_001,
+            currency="USD",
+        )
 
 
 def test_a_hold_posted_and_voided_at_once_resolves_exactly_once():
     [a, b] = open_hot_accounts()[:2]
-    services.hold_create(hold_id="race-hold", debit_account_id=a, credit_account_id=b,
-                         amount_micros=400_000, currency="USD", timeout=timedelta(minutes=5))
+    services.hold_create(
+        hold_id="race-hold",
+        debit_account_id=a,
+        credit_account_id=b,
+        amount_micros=400_000,
+        currency="USD",
+        timeout=timedelta(minutes=5),
+    )
     outcomes = []
 
     def resolve(index: int) -> None:
-        command = HoldPostRequest("race-hold", 100_000) if index % 2 else HoldVoidRequest(
-            "race-hold")
+        command = (
+            HoldPostRequest("race-hold", 100_000) if index % 2 else HoldVoidRequest("race-hold")
+        )
         outcomes.append(services.ledger_execute([command])[0])
 
     assert run_threads(20, resolve) == []

@@ -56,13 +56,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _open(self, grant: int, limit: int) -> int:
         org = Organization.objects.create(name=self._id("org"), kind="buyer")
-        account = services.account_open(organization=org, kind=Account.Kind.CREDIT,
-                                        currency="USD")
+        account = services.account_open(organization=org, kind=Account.Kind.CREDIT, currency="USD")
         if limit:
             services.account_set_overdraft_limit(account=account, limit_micros=limit)
         if grant:
-            services.credits_grant(organization=org, amount_micros=grant, currency="USD",
-                                   reason="seed", transfer_id=self._id("grant"))
+            services.credits_grant(
+                organization=org,
+                amount_micros=grant,
+                currency="USD",
+                reason="seed",
+                transfer_id=self._id("grant"),
+            )
         self.model[account.pk] = grant
         self.limits[account.pk] = limit
         return account.pk
@@ -72,8 +76,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(debit=accounts, credit=accounts, amount=st.integers(1, 5_000))
     def transfer(self, debit, credit, amount):
-        [result] = services.ledger_execute([EntryRequest(
-            self._id("t"), "USD", ((debit, "D", amount), (credit, "C", amount)))])
+        [result] = services.ledger_execute(
+            [EntryRequest(self._id("t"), "USD", ((debit, "D", amount), (credit, "C", amount)))]
+        )
         if debit == credit:
             assert result.code == "invalid"
         elif self._fits(debit, amount):
@@ -86,8 +91,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(target=holds, debit=accounts, credit=accounts, amount=st.integers(1, 5_000))
     def hold(self, debit, credit, amount):
         hold_id = self._id("h")
-        [result] = services.ledger_execute([HoldRequest(
-            hold_id, debit, credit, amount, "USD", self.now + timedelta(hours=1))], now=self.now)
+        [result] = services.ledger_execute(
+            [HoldRequest(hold_id, debit, credit, amount, "USD", self.now + timedelta(hours=1))],
+            now=self.now,
+        )
         if debit != credit and self._fits(debit, amount):
             assert result.status == "posted", result
             self.model[debit] -= amount
@@ -140,7 +147,8 @@ class LedgerMachine(RuleBasedStateMachine):
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT coalesce(sum(CASE side WHEN 'D' THEN amount_micros "
-                "ELSE -amount_micros END), 0) FROM billing_posting")
+                "ELSE -amount_micros END), 0) FROM billing_posting"
+            )
             assert cursor.fetchone()[0] == 0
 
     @invariant()
@@ -149,8 +157,13 @@ class LedgerMachine(RuleBasedStateMachine):
         for b in Balance.objects.filter(account_id__in=list(self.model)):
             state = replayed.get(b.account_id)
             counters = state.counters() if state else (0, 0, 0, 0, 0)
-            assert counters == (b.debits_posted, b.credits_posted, b.debits_pending,
-                                b.credits_pending, b.position)
+            assert counters == (
+                b.debits_posted,
+                b.credits_posted,
+                b.debits_pending,
+                b.credits_pending,
+                b.position,
+            )
 
 
 @pytest.mark.django_db
@@ -158,7 +171,9 @@ def test_ledger_state_machine():
     run_state_machine_as_test(
         LedgerMachine,
         settings=settings(
-            max_examples=25, stateful_step_count=25, deadline=None,
+            max_examples=25,
+            stateful_step_count=25,
+            deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )

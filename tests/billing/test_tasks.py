@@ -22,13 +22,21 @@ def test_expiry_actor_releases_holds_whose_time_ran_out():
     # given a hold that expired a minute ago
     org = Organization.objects.create(name="sweep-buyer", kind="buyer")
     credit = services.account_open(organization=org, kind=Account.Kind.CREDIT, currency="USD")
-    services.credits_grant(organization=org, amount_micros=5_000_000, currency="USD",
-                           reason="seed", transfer_id="sweep-seed")
+    services.credits_grant(
+        organization=org,
+        amount_micros=5_000_000,
+        currency="USD",
+        reason="seed",
+        transfer_id="sweep-seed",
+    )
     revenue = services.platform_account(kind=Account.Kind.REVENUE, currency="USD")
     past = timezone.now() - timedelta(minutes=2)
     [created] = services.ledger_execute(
-        [HoldRequest("sweep-1", credit.pk, revenue.pk, 4_000_000, "USD",
-                     past + timedelta(minutes=1))],
+        [
+            HoldRequest(
+                "sweep-1", credit.pk, revenue.pk, 4_000_000, "USD", past + timedelta(minutes=1)
+            )
+        ],
         now=past,
     )
     assert created.status == "posted"

@@ -19,8 +19,13 @@ def manage(*args: str, var_dir: Path) -> subprocess.CompletedProcess:
     }
     env.update(DEBUG="1", TANDEM_VAR_DIR=str(var_dir))
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=300, check=False,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 

@@ -45,47 +45,74 @@ class Command(BaseCommand):
 
         # $25.00 of free credits for the new buyer, from the promo account.
         billing.credits_grant(
-            organization=buyer, amount_micros=25_000_000, currency=CURRENCY,
-            reason="welcome credits", transfer_id="demo:welcome-credits",
+            organization=buyer,
+            amount_micros=25_000_000,
+            currency=CURRENCY,
+            reason="welcome credits",
+            transfer_id="demo:welcome-credits",
         )
-        credit = billing.account_open(organization=buyer, kind=Account.Kind.CREDIT,
-                                      currency=CURRENCY)
-        payable = billing.account_open(organization=provider, kind=Account.Kind.PAYABLE,
-                                       currency=CURRENCY)
+        credit = billing.account_open(
+            organization=buyer, kind=Account.Kind.CREDIT, currency=CURRENCY
+        )
+        payable = billing.account_open(
+            organization=provider, kind=Account.Kind.PAYABLE, currency=CURRENCY
+        )
         fees = billing.platform_account(kind=Account.Kind.FEES, currency=CURRENCY)
         revenue = billing.platform_account(kind=Account.Kind.REVENUE, currency=CURRENCY)
 
         # A GPU lease: reserve its maximum cost, then settle what was used —
         # $3.60 to the provider, a 10% platform fee — and release the rest.
-        billing.ledger_execute([
-            billing.HoldRequest(
-                hold_id="demo:lease-1", debit_account_id=credit.pk,
-                credit_account_id=payable.pk, amount_micros=8_000_000, currency=CURRENCY,
-                expires_at=billing.timezone.now() + timedelta(days=30),
-                description="lease reservation: 1x H100 for up to 2 hours",
-            )
-        ], actor="demo")
+        billing.ledger_execute(
+            [
+                billing.HoldRequest(
+                    hold_id="demo:lease-1",
+                    debit_account_id=credit.pk,
+                    credit_account_id=payable.pk,
+                    amount_micros=8_000_000,
+                    currency=CURRENCY,
+                    expires_at=billing.timezone.now() + timedelta(days=30),
+                    description="lease reservation: 1x H100 for up to 2 hours",
+                )
+            ],
+            actor="demo",
+        )
         billing.hold_post(hold_id="demo:lease-1", amount_micros=3_600_000, actor="demo")
         billing.transfer_create(
-            transfer_id="demo:lease-1:fee", debit_account_id=credit.pk,
-            credit_account_id=fees.pk, amount_micros=360_000, currency=CURRENCY,
-            kind="fee", description="platform fee on lease-1", actor="demo",
+            transfer_id="demo:lease-1:fee",
+            debit_account_id=credit.pk,
+            credit_account_id=fees.pk,
+            amount_micros=360_000,
+            currency=CURRENCY,
+            kind="fee",
+            description="platform fee on lease-1",
+            actor="demo",
         )
         # Tokens from a fine-tune job, rated into revenue.
         billing.transfer_create(
-            transfer_id="demo:finetune-1", debit_account_id=credit.pk,
-            credit_account_id=revenue.pk, amount_micros=5_000_000, currency=CURRENCY,
-            kind="usage", description="fine-tune job ft-demo: 1.2M training tokens", actor="demo",
+            transfer_id="demo:finetune-1",
+            debit_account_id=credit.pk,
+            credit_account_id=revenue.pk,
+            amount_micros=5_000_000,
+            currency=CURRENCY,
+            kind="usage",
+            description="fine-tune job ft-demo: 1.2M training tokens",
+            actor="demo",
         )
         # A second reservation still pending: it shows in "available".
-        billing.ledger_execute([
-            billing.HoldRequest(
-                hold_id="demo:lease-2", debit_account_id=credit.pk,
-                credit_account_id=payable.pk, amount_micros=2_000_000, currency=CURRENCY,
-                expires_at=billing.timezone.now() + timedelta(days=30),
-                description="lease reservation: 1x L40S for up to 1 hour",
-            )
-        ], actor="demo")
+        billing.ledger_execute(
+            [
+                billing.HoldRequest(
+                    hold_id="demo:lease-2",
+                    debit_account_id=credit.pk,
+                    credit_account_id=payable.pk,
+                    amount_micros=2_000_000,
+                    currency=CURRENCY,
+                    expires_at=billing.timezone.now() + timedelta(days=30),
+                    description="lease reservation: 1x L40S for up to 1 hour",
+                )
+            ],
+            actor="demo",
+        )
 
         keys = [
             (buyer, "admin", "buyer admin"),
