@@ -127,8 +127,13 @@ class Posting(models.Model):
         db_column="entry_position",
         db_constraint=False,
     )
+    # Indexed by (account, recorded_at) below; a lone account index would be redundant.
     account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="postings", db_constraint=False
+        Account,
+        on_delete=models.PROTECT,
+        related_name="postings",
+        db_constraint=False,
+        db_index=False,
     )
     currency = models.CharField(max_length=3)
     side = models.CharField(max_length=1, choices=Account.Side.choices)
