@@ -89,7 +89,7 @@ class Account(models.Model):
         ]
 
     def __str__(self) -> str:
-        owner = self.organization.name if self.organization_id else "platform"
+        owner = self.organization.name if self.organization is not None else "platform"
         return f"{owner}:{self.kind}:{self.currency}"
 
 

@@ -708,7 +708,7 @@ class _Applier:
                 f"transfer {c.transfer_id!r} exists with a different body",
                 transfer_id=c.transfer_id,
             )
-        ids = [leg[0] for leg in legs]
+        ids = [int(leg[0]) for leg in c.legs]
         if problem := self._accounts(ids, c.currency):
             return problem
         if problem := self._apply_checked(ev.ENTRY_POSTED, payload, ids):
@@ -792,7 +792,10 @@ class _Applier:
                     f"amount_micros {amount} is more than the {hold.amount_micros} held",
                     hold_id=hold_id,
                 )
-            legs = ((hold.debit_account, "D", amount), (hold.credit_account, "C", amount))
+            legs: tuple[ev.Leg, ...] = (
+                (hold.debit_account, "D", amount),
+                (hold.credit_account, "C", amount),
+            )
         else:
             amount = 0
             legs = ()

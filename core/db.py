@@ -32,7 +32,10 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 def retry_transaction(
-    func: Callable[P, R] | None = None, *, attempts: int = 8, retry_on: tuple[type, ...] = ()
+    func: Callable[P, R] | None = None,
+    *,
+    attempts: int = 8,
+    retry_on: tuple[type[BaseException], ...] = (),
 ) -> Callable[P, R]:
     """Run ``func`` in ``transaction.atomic()``; on a serialization failure or a
     deadlock (or one of ``retry_on``) roll back and run the whole block again

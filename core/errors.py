@@ -58,7 +58,7 @@ class Forbidden(ApplicationError):
 
 
 class Conflict(ApplicationError):
-    status_code = status.HTTP_409_CONFLICT
+    status_code: int = status.HTTP_409_CONFLICT
     code = "conflict"
 
 
