@@ -3,3 +3,7 @@ from django.apps import AppConfig
 
 class BillingConfig(AppConfig):
     name = "billing"
+
+    def ready(self) -> None:
+        # Registers the rating follower, so `manage.py run_follower` runs it.
+        from billing import rating  # noqa: F401

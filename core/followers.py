@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from django.db import transaction
-
+from core.db import retry_transaction
 from core.eventstore import RecordedEvent, events_since
 from core.models import FollowerPosition
 
@@ -26,6 +25,9 @@ class Follower:
 
     name: str = ""
     stream_types: tuple[str, ...] | None = None
+    # Events per transaction. A follower whose events are big (one usage event
+    # names a thousand rows) keeps it small, so its transaction stays short.
+    batch_size: int = 500
 
     def handle(self, event: RecordedEvent) -> None:
         raise NotImplementedError
@@ -50,24 +52,28 @@ def follower_position(name: str) -> int:
     return next(iter(row), 0)
 
 
-def follower_run_once(follower: Follower, *, batch_size: int = 500) -> int:
-    """Process up to ``batch_size`` new events in one transaction; return how many."""
+def follower_run_once(follower: Follower, *, batch_size: int | None = None) -> int:
+    """Process up to ``batch_size`` (default: the follower's) new events in one
+    transaction; return how many. A deadlock or serialization failure rolls the
+    batch back and runs it again: the tracking row moves only with the effects."""
     FollowerPosition.objects.get_or_create(consumer=follower.name)
-    with transaction.atomic():
-        tracking = FollowerPosition.objects.select_for_update().get(consumer=follower.name)
-        events = events_since(
-            tracking.position, limit=batch_size, stream_types=follower.stream_types
-        )
-        for event in events:
-            follower.handle(event)
-        if events:
-            tracking.position = events[-1].position
-            tracking.save(update_fields=["position", "updated_at"])
+    return _run_batch(follower, batch_size or follower.batch_size)
+
+
+@retry_transaction
+def _run_batch(follower: Follower, batch_size: int) -> int:
+    tracking = FollowerPosition.objects.select_for_update().get(consumer=follower.name)
+    events = events_since(tracking.position, limit=batch_size, stream_types=follower.stream_types)
+    for event in events:
+        follower.handle(event)
+    if events:
+        tracking.position = events[-1].position
+        tracking.save(update_fields=["position", "updated_at"])
     return len(events)
 
 
 def followers_run_until_idle(
-    followers: Iterable[Follower] | None = None, *, batch_size: int = 500
+    followers: Iterable[Follower] | None = None, *, batch_size: int | None = None
 ) -> int:
     """Run each follower until it has nothing left; return the events processed."""
     total = 0

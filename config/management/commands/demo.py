@@ -18,6 +18,7 @@ from billing import services as billing
 from billing.models import Account
 from core import services as core
 from core.models import Organization
+from metering import demo as usage
 from providers import demo as supply
 
 OPERATOR = "Tandem Operations"
@@ -113,6 +114,9 @@ class Command(BaseCommand):
             ],
             actor="demo",
         )
+
+        # Usage from the runtime and a lease (tokens, GPU-seconds), rated into the ledger.
+        usage.load(buyer=buyer, provider=provider)
 
         keys = [
             (buyer, "admin", "buyer admin"),

@@ -14,7 +14,12 @@ class Command(BaseCommand):
         parser.add_argument("names", nargs="*", help="followers to run (default: all)")
         parser.add_argument("--once", action="store_true", help="run until idle, then exit")
         parser.add_argument("--interval", type=float, default=0.5, help="poll seconds")
-        parser.add_argument("--batch-size", type=int, default=500)
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="events per transaction (default: each follower's own)",
+        )
 
     def handle(self, *args, names, once, interval, batch_size, **options):
         known = {f.name: f for f in followers.registered()}

@@ -1,0 +1,328 @@
+"""Usage ingestion over HTTP on PostgreSQL: sustained events/s accepted and stored by a
+real server (gunicorn on loopback) taking batches of 1,000 events, beside raw COPY
+of the same rows into the same table in the same run; and event-to-balance latency,
+from the HTTP 200 of a small probe batch to the buyer's balance reflecting it (the
+rating follower, ``manage.py run_follower billing.rating``, runs throughout).
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/test python bench/ingest.py [--quick]
+
+Runs in a throwaway database (test_<name>), created and dropped here.
+Ends with one line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ.setdefault("SECRET_KEY", "bench")
+
+import django
+
+django.setup()
+
+import msgspec
+from django.db import connection, connections
+from django.test.utils import setup_test_environment
+
+BATCH = 1000
+BUYERS = 8
+MODELS = ("llama-3.1-8b", "qwen2.5-72b", "llama-3.1-405b")
+TOKEN_TYPES = ("tokens.training", "tokens.evaluation", "tokens.prompt", "tokens.completion")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    host = s["HOST"] or "127.0.0.1"
+    return f"postgres://{s['USER']}{password}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def make_cast():
+    from billing import services as billing
+    from core import services as core
+
+    operator = core.org_create(name="bench operator", kind="both", is_operator=True)
+    provider = core.org_create(name="bench provider", kind="provider")
+    buyers = [core.org_create(name=f"bench buyer {n}", kind="buyer") for n in range(BUYERS)]
+    probe = core.org_create(name="bench probe buyer", kind="buyer")
+    for buyer in [*buyers, probe]:
+        billing.credits_grant(organization=buyer, amount_micros=10**14, currency="USD",
+                              reason="bench float", transfer_id=f"bench-float-{buyer.pk}")
+    key = core.api_key_create(organization=operator, name="bench", role="admin").raw_key
+    return key, provider, buyers, probe
+
+
+def event(n: int, tag: str, buyer: int, provider: int, rng: random.Random, now: str) -> dict:
+    if n % 10 == 0:
+        return {"id": f"{tag}{n}", "source": f"agent/{n % 16}", "type": "gpu.seconds",
+                "subject": {"org": buyer, "lease": f"lease-{n % 50}"}, "time": now,
+                "quantity": rng.randint(1, 60),
+                "dimensions": {"gpu_model": "H100", "provider": provider, "region": "eu-west",
+                               "lease_price_micros_per_hour": 2_500_000}}
+    usage_type = TOKEN_TYPES[n % 4]
+    dims = {"model": MODELS[n % 3], "region": "eu-west"}
+    if usage_type in ("tokens.training", "tokens.evaluation"):
+        dims["training_type"] = "lora-sft"
+        subject = {"org": buyer, "job": f"ft-{n % 97}"}
+    else:
+        subject = {"org": buyer, "deployment": f"dep-{n % 31}"}
+    return {"id": f"{tag}{n}", "source": f"runtime/{n % 16}", "type": usage_type,
+            "subject": subject, "time": now, "quantity": rng.randint(1, 100_000),
+            "dimensions": dims}
+
+
+def make_bodies(batches: int, tag: str, buyers, provider) -> list[bytes]:
+    rng = random.Random(tag)
+    now = datetime.now(UTC).isoformat()
+    encode = msgspec.json.encode
+    bodies = []
+    for b in range(batches):
+        events = [
+            event(b * BATCH + i, tag, buyers[(b + i) % len(buyers)].pk, provider.pk, rng, now)
+            for i in range(BATCH)
+        ]
+        bodies.append(encode({"events": events}))
+    return bodies
+
+
+class Client:
+    def __init__(self, port: int, key: str) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def send(self, body: bytes) -> dict:
+        for attempt in range(3):
+            try:
+                self.connection.request("POST", "/api/v1/usage/batch", body, self.headers)
+                response = self.connection.getresponse()
+                data = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
+                return json.loads(data)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.connection.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def wait_for_server(port: int, key: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("the server did not start")
+
+
+def run_load(port: int, key: str, bodies: list[bytes], clients: int) -> tuple[float, int]:
+    queue = list(reversed(bodies))
+    lock = threading.Lock()
+    accepted = 0
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        nonlocal accepted
+        client = Client(port, key)
+        try:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    body = queue.pop()
+                answer = client.send(body)
+                with lock:
+                    accepted += answer["accepted"]
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise failures[0]
+    return elapsed, accepted
+
+
+def probe_latency(port: int, key: str, probe, provider, stop: threading.Event) -> list[float]:
+    """Small batches for a buyer of its own: HTTP 200 -> its balance shows the amount."""
+    from billing import services as billing
+    from billing.models import Account, Balance
+    from billing.rating import rate_usage
+
+    account = billing.account_open(organization=probe, kind=Account.Kind.CREDIT, currency="USD")
+    client = Client(port, key)
+    rng = random.Random(99)
+    latencies: list[float] = []
+    expected = Balance.objects.get(account=account).debits_posted
+    n = 0
+    try:
+        while not stop.is_set():
+            now = datetime.now(UTC).isoformat()
+            events = [event(n + i, "probe", probe.pk, provider.pk, rng, now) for i in range(10)]
+            n += 10
+            expected += sum(
+                rate_usage(usage_type=e["type"], quantity=e["quantity"],
+                           dimensions=e["dimensions"], at=datetime.now(UTC)).amount_micros
+                for e in events)
+            client.send(msgspec.json.encode({"events": events}))
+            sent = time.perf_counter()
+            while Balance.objects.get(account=account).debits_posted < expected:
+                if time.perf_counter() - sent > 30:
+                    raise RuntimeError("the probe's usage was not rated within 30 s")
+                time.sleep(0.002)
+            latencies.append(time.perf_counter() - sent)
+            stop.wait(0.05)
+    finally:
+        connections.close_all()
+    return latencies
+
+
+def raw_copy(rows: int, buyers, provider) -> float:
+    """COPY the same shape of rows, 1,000 per transaction, into the usage table."""
+    from metering.models import UsageEvent
+
+    table = UsageEvent._meta.db_table
+    columns = ("producer_org_id, source, event_id, type, buyer_id, subject_kind, subject_id, "
+               "occurred_at, recorded_at, period, quantity, dimensions, note")
+    rng = random.Random("raw")
+    now = datetime.now(UTC)
+    period = now.date().replace(day=1)
+    prepared = []
+    for n in range(rows):
+        e = event(n, "raw", buyers[n % len(buyers)].pk, provider.pk, rng, now.isoformat())
+        kind, subject = next((k, v) for k, v in e["subject"].items() if k != "org")
+        prepared.append((1, e["source"], e["id"], e["type"], e["subject"]["org"], kind, subject,
+                         now, now, period, e["quantity"],
+                         msgspec.json.encode(e["dimensions"]).decode(), ""))
+    connection.ensure_connection()
+    raw = connection.connection
+    start = time.perf_counter()
+    for offset in range(0, rows, BATCH):
+        with (
+            raw.transaction(),
+            raw.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+        ):
+            for row in prepared[offset : offset + BATCH]:
+                copy.write_row(row)
+    return rows / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
+    args = parser.parse_args()
+    batches = 30 if args.quick else 400
+    if connection.vendor != "postgresql":
+        sys.exit("bench/ingest.py measures PostgreSQL: set DATABASE_URL=postgres://...")
+
+    setup_test_environment()
+    db_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    processes: list[subprocess.Popen] = []
+    try:
+        key, provider, buyers, probe = make_cast()
+        bodies = make_bodies(batches, "b", buyers, provider)
+        warmup = make_bodies(6, "w", buyers, provider)
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "WARNING",
+               "API_RATE_LIMIT_PER_MINUTE": "100000000", "DEBUG": "0"}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind",
+             f"127.0.0.1:{port}", "--workers", str(args.workers), "--log-level", "warning"],
+            cwd=ROOT, env=env))
+        processes.append(subprocess.Popen(
+            [sys.executable, "manage.py", "run_follower", "billing.rating", "--interval",
+             "0.01", "--batch-size", "1"], cwd=ROOT, env=env))
+        wait_for_server(port, key, time.monotonic() + 60)
+        run_load(port, key, warmup, args.clients)
+
+        stop = threading.Event()
+        latencies: list[float] = []
+        prober = threading.Thread(
+            target=lambda: latencies.extend(probe_latency(port, key, probe, provider, stop)))
+        prober.start()
+        try:
+            elapsed, accepted = run_load(port, key, bodies, args.clients)
+        finally:
+            stop.set()
+            prober.join()
+        from core.followers import follower_position
+        from core.models import Event
+        from metering.models import UsageEvent
+
+        stored = UsageEvent.objects.filter(event_id__startswith="b").count()
+        drain_start = time.perf_counter()
+        last = Event.objects.filter(stream_type="metering.usage").order_by("-position").first()
+        while follower_position("billing.rating") < last.position:
+            time.sleep(0.01)
+        drain = time.perf_counter() - drain_start
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=30)
+        copy_rate = raw_copy(accepted, buyers, provider)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        connections.close_all()
+        connection.creation.destroy_test_db(db_name, verbosity=0)
+
+    latencies.sort()
+    rate = accepted / elapsed
+    result = {
+        "events_per_s": round(rate),
+        "stored_per_s": round(stored / elapsed),
+        "events": accepted,
+        "raw_copy_per_s": round(copy_rate),
+        "ratio": round(rate / copy_rate, 3),
+        "latency_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+        "latency_p99_ms": round(latencies[min(len(latencies) - 1,
+                                              int(len(latencies) * 0.99))] * 1000, 1)
+        if latencies else None,
+        "latency_samples": len(latencies),
+        "rating_drain_after_load_s": round(drain, 2),
+        "batch_size": BATCH,
+        "clients": args.clients,
+        "gunicorn_workers": args.workers,
+        "cpus": os.cpu_count(),
+        "started": (datetime.now(UTC) - timedelta(seconds=elapsed)).isoformat(timespec="seconds"),
+    }
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The usage event schema, validated with msgspec (no DRF serializer per event).
+
+One event, CloudEvents-like::
+
+    {"id": "evt-000123",                       # unique per source: the idempotency key
+     "source": "runtime/node-7",               # which runtime, agent or lease
+     "type": "tokens.training",                # see USAGE_TYPES
+     "subject": {"org": 42, "job": "ft-9f2c"}, # the buyer org and ONE of job/deployment/lease
+     "time": "2026-11-24T10:00:00Z",           # when it was used; a time zone is required
+     "quantity": 125000,                       # an integer count of the type's unit
+     "dimensions": {"model": "llama-3.1-8b", "training_type": "lora-sft"}}
+
+A batch is ``{"events": [...]}``. The batch is decoded once into raw slices, then
+each slice on its own, so one bad event is rejected alone and its neighbours go on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from core.errors import ApplicationError, InvalidInput
+
+MAX_EVENTS_PER_BATCH = 1000
+MAX_BATCH_BYTES = 1024 * 1024
+MAX_EVENT_BYTES = 2048
+MAX_QUANTITY = 10**12
+MAX_DIMENSIONS = 16
+TRAINING_TYPES = ("lora-sft", "lora-dpo", "full-sft", "full-dpo")
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+TypeName = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")]
+DimKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+DimValue = Annotated[str, msgspec.Meta(max_length=200)] | Annotated[
+    int, msgspec.Meta(ge=-(2**53), le=2**53)
+]
+
+
+class SubjectIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    org: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    job: Id | None = None
+    deployment: Id | None = None
+    lease: Id | None = None
+
+
+class UsageEventIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    id: Id
+    source: Id
+    type: TypeName
+    subject: SubjectIn
+    time: Annotated[datetime, msgspec.Meta(tz=True)]
+    quantity: Annotated[int, msgspec.Meta(ge=0, le=MAX_QUANTITY)]
+    dimensions: Annotated[dict[DimKey, DimValue], msgspec.Meta(max_length=MAX_DIMENSIONS)] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageType:
+    """What an event type counts, which subject it belongs to and which dimensions
+    rating needs. Adding a type is adding a row here (and a rate in billing.pricing)."""
+
+    unit: str
+    subject_kinds: frozenset[str]
+    required: tuple[str, ...] = ()
+
+
+USAGE_TYPES: dict[str, UsageType] = {
+    "tokens.training": UsageType("token", frozenset({"job"}), ("model", "training_type")),
+    "tokens.evaluation": UsageType("token", frozenset({"job"}), ("model", "training_type")),
+    "tokens.prompt": UsageType("token", frozenset({"job", "deployment"}), ("model",)),
+    "tokens.completion": UsageType("token", frozenset({"job", "deployment"}), ("model",)),
+    "gpu.seconds": UsageType(
+        "gpu_second", frozenset({"lease"}), ("gpu_model", "provider", "lease_price_micros_per_hour")
+    ),
+}
+
+
+class BatchTooLarge(ApplicationError):
+    status_code = 413
+    code = "request_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    code: str  # invalid | oversized | future | forbidden | unknown_subject
+    reason: str
+    id: str | None = None
+
+
+_batch_decoder = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
+_event_decoder = msgspec.json.Decoder(UsageEventIn)
+_loose_decoder = msgspec.json.Decoder()
+_MESSAGE_PATH = re.compile(r"`\$\.?")
+
+
+def subject_of(event: UsageEventIn) -> tuple[str, str] | None:
+    given = [
+        (kind, value)
+        for kind, value in (
+            ("job", event.subject.job),
+            ("deployment", event.subject.deployment),
+            ("lease", event.subject.lease),
+        )
+        if value is not None
+    ]
+    return given[0] if len(given) == 1 else None
+
+
+def _check(event: UsageEventIn) -> str | None:
+    """The rules a type puts on an event, beyond its shape."""
+    usage_type = USAGE_TYPES.get(event.type)
+    if usage_type is None:
+        return f"type {event.type!r} is not one of {', '.join(sorted(USAGE_TYPES))}"
+    subject = subject_of(event)
+    if subject is None:
+        return "subject must name exactly one of job, deployment or lease"
+    if subject[0] not in usage_type.subject_kinds:
+        return (
+            f"a {event.type} event belongs to a "
+            f"{' or '.join(sorted(usage_type.subject_kinds))}, not a {subject[0]}"
+        )
+    missing = [name for name in usage_type.required if name not in event.dimensions]
+    if missing:
+        return f"dimensions.{missing[0]} is required for {event.type}"
+    dims = event.dimensions
+    if "training_type" in usage_type.required and dims["training_type"] not in TRAINING_TYPES:
+        return f"dimensions.training_type must be one of {', '.join(TRAINING_TYPES)}"
+    if event.type == "gpu.seconds":
+        provider = dims["provider"]
+        if not isinstance(provider, int) or provider < 1:
+            return "dimensions.provider must be the provider organization's id"
+        price = dims["lease_price_micros_per_hour"]
+        if not isinstance(price, int) or not 0 <= price <= MAX_QUANTITY:
+            return "dimensions.lease_price_micros_per_hour must be an integer from 0 to 10^12"
+    return None
+
+
+def _loose_id(raw: bytes) -> str | None:
+    try:
+        value = _loose_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    found = value.get("id") if isinstance(value, dict) else None
+    return found if isinstance(found, str) and len(found) <= 200 else None
+
+
+def event_decode(raw: bytes) -> UsageEventIn | Rejection:
+    """One event from its JSON bytes, or why not."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection(
+            "oversized", f"event is {len(raw)} bytes; at most {MAX_EVENT_BYTES}", _loose_id(raw)
+        )
+    try:
+        event = _event_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return Rejection("invalid", _MESSAGE_PATH.sub("`", str(exc)), _loose_id(raw))
+    except msgspec.DecodeError as exc:
+        return Rejection("invalid", f"malformed JSON: {exc}")
+    problem = _check(event)
+    if problem is not None:
+        return Rejection("invalid", problem, event.id)
+    return event
+
+
+def event_validate(event: UsageEventIn) -> UsageEventIn | Rejection:
+    """The same checks for an event built in Python (internal producers)."""
+    try:
+        event = msgspec.convert(msgspec.to_builtins(event), UsageEventIn)
+    except msgspec.ValidationError as exc:
+        return Rejection("invalid", str(exc), event.id)
+    problem = _check(event)
+    return Rejection("invalid", problem, event.id) if problem else event
+
+
+def batch_decode(body: bytes) -> list[UsageEventIn | Rejection]:
+    """Every event of a ``{"events": [...]}`` body, each decoded or rejected alone.
+    A body that is not such an object at all is an ``InvalidInput`` for the request."""
+    if len(body) > MAX_BATCH_BYTES:
+        raise BatchTooLarge(
+            f"a batch is at most {MAX_BATCH_BYTES} bytes; this one is {len(body)}",
+            details={"limit_bytes": MAX_BATCH_BYTES},
+        )
+    try:
+        batch = _batch_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidInput(
+            f'the body must be {{"events": [...]}}: {exc}', details={"field": "events"}
+        ) from None
+    raws = batch.get("events")
+    if raws is None or set(batch) != {"events"}:
+        raise InvalidInput('the body must be {"events": [...]} and nothing else',
+                           details={"field": "events"})
+    if not 1 <= len(raws) <= MAX_EVENTS_PER_BATCH:
+        raise InvalidInput(
+            f"a batch holds 1 to {MAX_EVENTS_PER_BATCH} events; this one has {len(raws)}",
+            details={"field": "events", "limit": MAX_EVENTS_PER_BATCH},
+        )
+    return [event_decode(raw) for raw in raws]

@@ -1,0 +1,149 @@
+"""POST /api/v1/usage/batch: per-event answers, tenancy, limits."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from metering.models import UsageEvent
+from metering.schema import MAX_EVENT_BYTES
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/usage/batch"
+
+
+def send(client, events):
+    return client.post(URL, data=json.dumps({"events": events}), content_type="application/json")
+
+
+def test_a_mixed_batch_is_answered_event_by_event_and_only_good_events_are_stored(
+    cast, usage_event
+):
+    # given an operator key (a trusted integration) and an event it sent before
+    client = cast.client(cast.operator)
+    earlier = usage_event(cast.buyer_a, id="seen-before")
+    assert send(client, [earlier]).json()["accepted"] == 1
+    valid = usage_event(cast.buyer_a, quantity=7)
+    future = usage_event(cast.buyer_a, time=(datetime.now(UTC) + timedelta(minutes=6)).isoformat())
+    almost_future = usage_event(
+        cast.buyer_a, time=(datetime.now(UTC) + timedelta(minutes=4)).isoformat()
+    )
+    no_quantity = usage_event(cast.buyer_a)
+    del no_quantity["quantity"]
+    string_quantity = usage_event(cast.buyer_a, quantity="12")
+    naive_time = usage_event(cast.buyer_a, time="2026-11-01T00:00:00")
+    wrong_subject = usage_event(cast.buyer_a, subject={"org": cast.buyer_a.pk, "lease": "l-1"})
+    no_model = usage_event(cast.buyer_a, dimensions={"training_type": "lora-sft"})
+    oversized = usage_event(cast.buyer_a, dimensions={
+        "model": "m", "training_type": "lora-sft", "blob": "x" * 190,
+        **{f"k{n}": "y" * 150 for n in range(13)},
+    })
+    unknown_type = usage_event(cast.buyer_a, type="tokens.magic")
+    not_an_object = "hello"
+    provider_as_subject = usage_event(cast.provider_a)
+    batch = [valid, dict(valid), earlier, future, almost_future, no_quantity, string_quantity,
+             naive_time, wrong_subject, no_model, oversized, unknown_type, not_an_object,
+             provider_as_subject]
+    # when the batch is sent
+    response = send(client, batch)
+    # then each event has its own answer, in order
+    assert response.status_code == 200
+    body = response.json()
+    answers = [(r["status"], r.get("code")) for r in body["results"]]
+    assert answers == [
+        ("accepted", None),
+        ("duplicate", None),
+        ("duplicate", None),
+        ("rejected", "future"),
+        ("accepted", None),
+        ("rejected", "invalid"),
+        ("rejected", "invalid"),
+        ("rejected", "invalid"),
+        ("rejected", "invalid"),
+        ("rejected", "invalid"),
+        ("rejected", "oversized"),
+        ("rejected", "invalid"),
+        ("rejected", "invalid"),
+        ("rejected", "unknown_subject"),
+    ]
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (2, 2, 10)
+    results = body["results"]
+    assert [r["index"] for r in results] == list(range(len(batch)))
+    assert results[3]["id"] == future["id"]
+    assert "quantity" in results[5]["reason"]
+    assert "$.quantity" in results[6]["reason"] or "quantity" in results[6]["reason"]
+    assert "time zone" in results[7]["reason"] or "timezone" in results[7]["reason"]
+    assert "dimensions.model is required" in results[9]["reason"]
+    assert str(MAX_EVENT_BYTES) in results[10]["reason"]
+    # and the good ones, and only they, are stored
+    stored = set(UsageEvent.objects.values_list("event_id", "quantity"))
+    assert stored == {("seen-before", 1000), (valid["id"], 7), (almost_future["id"], 1000)}
+
+
+def test_a_buyer_cannot_send_usage_for_another_buyer(cast, usage_event):
+    client = cast.client(cast.buyer_a)
+    own = usage_event(cast.buyer_a)
+    theirs = usage_event(cast.buyer_b)
+    lease = usage_event(cast.buyer_a, type="gpu.seconds", subject={"org": cast.buyer_a.pk,
+                                                                   "lease": "l-1"},
+                        dimensions={"gpu_model": "H100", "provider": cast.provider_a.pk,
+                                    "lease_price_micros_per_hour": 2_000_000})
+    body = send(client, [own, theirs, lease]).json()
+    assert [(r["status"], r.get("code")) for r in body["results"]] == [
+        ("accepted", None), ("rejected", "forbidden"), ("rejected", "forbidden")]
+    assert list(UsageEvent.objects.values_list("buyer_id", flat=True)) == [cast.buyer_a.pk]
+
+
+def test_a_provider_reports_only_its_own_gpu_seconds(cast, usage_event):
+    client = cast.client(cast.provider_a)
+
+    def gpu(provider):
+        return usage_event(cast.buyer_a, type="gpu.seconds", quantity=3600,
+                           subject={"org": cast.buyer_a.pk, "lease": "l-9"},
+                           dimensions={"gpu_model": "H100", "provider": provider.pk,
+                                       "lease_price_micros_per_hour": 2_000_000})
+
+    body = send(client, [gpu(cast.provider_a), gpu(cast.provider_b)]).json()
+    assert [(r["status"], r.get("code")) for r in body["results"]] == [
+        ("accepted", None), ("rejected", "forbidden")]
+
+
+def test_two_tenants_ids_never_collide(cast, usage_event):
+    same = usage_event(cast.buyer_a, id="evt-1", source="agent")
+    assert send(cast.client(cast.buyer_a), [same]).json()["accepted"] == 1
+    other = usage_event(cast.buyer_b, id="evt-1", source="agent")
+    assert send(cast.client(cast.buyer_b), [other]).json()["accepted"] == 1
+    assert UsageEvent.objects.count() == 2
+
+
+def test_whole_batch_problems_are_one_error(cast, usage_event):
+    client = cast.client(cast.operator)
+    too_many = [usage_event(cast.buyer_a) for _ in range(1001)]
+    response = send(client, too_many)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid"
+    assert "1000" in response.json()["error"]["message"]
+    response = client.post(URL, data=b"{not json", content_type="application/json")
+    assert response.status_code == 400
+    response = client.post(URL, data=b'{"events": [], "x": 1}', content_type="application/json")
+    assert response.status_code == 400
+    big = usage_event(cast.buyer_a, dimensions={f"d{n}": "x" * 200 for n in range(6)})
+    body = json.dumps({"events": [big] * 1000})
+    assert 1024 * 1024 < len(body) < 2 * 1024 * 1024  # ours, not Django's, body limit
+    response = client.post(URL, data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert UsageEvent.objects.count() == 0
+
+
+def test_anonymous_and_finance_keys_may_not_send(cast, usage_event):
+    response = send(cast.anonymous, [usage_event(cast.buyer_a)])
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    response = send(cast.client(cast.buyer_a, role="finance"), [usage_event(cast.buyer_a)])
+    assert response.status_code == 403
+    for path in ("events/", "meter", "delivered"):
+        assert cast.anonymous.get(f"/api/v1/usage/{path}").status_code == 401
