@@ -449,10 +449,12 @@ def _read_locked_pg(
     """
     with connection.wrap_database_errors:
         cursor = _cursor()
+        # Not prepared: a generic plan cannot know how many ids the arrays hold and
+        # falls back to scanning the event table, which grows without bound.
         cursor.execute(
             _PG_READ,
             {"accounts": account_ids, "holds": hold_ids, "streams": stream_ids},
-            prepare=True,
+            prepare=False,
         )
         locked, held, used = (_json(value) for value in cursor.fetchone())
     balances = {row[0]: BalanceState(*row) for row in locked}
