@@ -40,6 +40,7 @@ lint: install
 
 bench: install
 	$(TEST_ENV) $(PY) bench/ledger.py
+	$(TEST_ENV) $(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) var
