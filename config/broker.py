@@ -24,15 +24,16 @@ def start_inprocess_worker_if_configured() -> None:
 
 
 def start_inprocess_worker():
+    """Worker threads over the in-process broker, started once per process."""
     global _worker
     with _lock:
         if _worker is None:
             import dramatiq
+            from django.conf import settings
             from dramatiq import Worker
 
             _worker = Worker(
-                dramatiq.get_broker(),
-                worker_threads=__import__("django.conf").conf.settings.DRAMATIQ_INPROCESS_WORKERS,
+                dramatiq.get_broker(), worker_threads=settings.DRAMATIQ_INPROCESS_WORKERS
             )
             _worker.start()
     return _worker
