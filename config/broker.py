@@ -20,6 +20,9 @@ def start_inprocess_worker_if_configured() -> None:
     # Only the serving process runs workers: not migrations, shells or tests.
     if "pytest" in sys.modules or os.environ.get("TANDEM_INPROCESS_WORKER") != "1":
         return
+    # runserver's autoreloader imports the project twice; only the child serves.
+    if "runserver" in sys.argv and os.environ.get("RUN_MAIN") != "true":
+        return
     start_inprocess_worker()
 
 
