@@ -38,10 +38,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from django.conf import settings
 
+from billing.events import CREDIT_EXHAUSTED, CREDIT_STREAM, CreditExhausted
 from billing.models import Account, Balance
 from billing.pricing import BPS, Rate, billing_terms_for, rate_for
 from billing.services import EntryRequest, LedgerResult, account_open, ledger_execute
@@ -54,38 +54,12 @@ from metering.selectors import UsageForRating, usage_for_rating
 
 logger = logging.getLogger(__name__)
 
-CREDIT_STREAM = "billing.credit"
-CREDIT_EXHAUSTED = "CreditExhausted"
 ACTOR = "rating"
 
 
 class RatingError(RuntimeError):
     """A usage batch could not be posted: the follower stops here, loudly, rather
     than skip it (it retries the same batch when restarted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CreditExhausted:
-    """A prepaid buyer's credit can cover no more usage. ``action`` is the buyer's
-    setting: ``pause`` or ``stop`` its running work."""
-
-    schema_version = 1
-    organization: int
-    account: int
-    currency: str
-    credits_posted_micros: int
-    available_micros: int
-    action: str
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "organization": self.organization,
-            "account": self.account,
-            "currency": self.currency,
-            "credits_posted_micros": self.credits_posted_micros,
-            "available_micros": self.available_micros,
-            "action": self.action,
-        }
 
 
 # --- the rating function ----------------------------------------------------
@@ -143,8 +117,13 @@ def groups_for(lines: list[UsageForRating], price: PriceLookup = rate_for) -> li
     """Rated lines summed per (buyer, provider); in the order of their first row."""
     groups: dict[tuple[int, int | None], _Group] = {}
     for line in lines:
-        rated = rate_usage(usage_type=line.type, quantity=line.quantity,
-                           dimensions=line.dimensions, at=line.occurred_at, price=price)
+        rated = rate_usage(
+            usage_type=line.type,
+            quantity=line.quantity,
+            dimensions=line.dimensions,
+            at=line.occurred_at,
+            price=price,
+        )
         key = (line.buyer_id, rated.provider_id)
         group = groups.get(key)
         if group is None:
@@ -205,8 +184,7 @@ def rate_batch(event: RecordedEvent) -> int:
     lines = usage_for_rating(ranges=event.payload["usage_ranges"])
     if len(lines) != event.payload["count"]:
         raise RatingError(
-            f"{event.stream_id} names {event.payload['count']} usage rows; "
-            f"{len(lines)} were found"
+            f"{event.stream_id} names {event.payload['count']} usage rows; {len(lines)} were found"
         )
     groups = [g for g in groups_for(lines) if g.amount > 0]
     if not groups:
@@ -264,9 +242,7 @@ def _check(entry: EntryRequest, result: LedgerResult) -> int:
 
 
 def _tell_exhausted(buyers: set[int], accounts: _Accounts, terms: dict) -> None:
-    credit_ids = {
-        accounts.get(buyer, Account.Kind.CREDIT): buyer for buyer in sorted(buyers)
-    }
+    credit_ids = {accounts.get(buyer, Account.Kind.CREDIT): buyer for buyer in sorted(buyers)}
     balances = Balance.objects.filter(account_id__in=credit_ids).select_related("account")
     for balance in balances:
         account = balance.account

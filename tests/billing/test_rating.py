@@ -9,9 +9,10 @@ import msgspec
 import pytest
 
 from billing import services
+from billing.events import CREDIT_EXHAUSTED
 from billing.models import Account, Balance
 from billing.pricing import billing_terms_set, model_tier, rate_for
-from billing.rating import CREDIT_EXHAUSTED, rate_usage, usage_rating, usage_transfer_id
+from billing.rating import rate_usage, usage_rating, usage_transfer_id
 from core.followers import follower_position, followers_run_until_idle
 from core.models import Event, FollowerPosition
 from metering.schema import SubjectIn, UsageEventIn
