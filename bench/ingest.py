@@ -68,19 +68,33 @@ def make_cast():
     buyers = [core.org_create(name=f"bench buyer {n}", kind="buyer") for n in range(BUYERS)]
     probe = core.org_create(name="bench probe buyer", kind="buyer")
     for buyer in [*buyers, probe]:
-        billing.credits_grant(organization=buyer, amount_micros=10**14, currency="USD",
-                              reason="bench float", transfer_id=f"bench-float-{buyer.pk}")
+        billing.credits_grant(
+            organization=buyer,
+            amount_micros=10**14,
+            currency="USD",
+            reason="bench float",
+            transfer_id=f"bench-float-{buyer.pk}",
+        )
     key = core.api_key_create(organization=operator, name="bench", role="admin").raw_key
     return key, provider, buyers, probe
 
 
 def event(n: int, tag: str, buyer: int, provider: int, rng: random.Random, now: str) -> dict:
     if n % 10 == 0:
-        return {"id": f"{tag}{n}", "source": f"agent/{n % 16}", "type": "gpu.seconds",
-                "subject": {"org": buyer, "lease": f"lease-{n % 50}"}, "time": now,
-                "quantity": rng.randint(1, 60),
-                "dimensions": {"gpu_model": "H100", "provider": provider, "region": "eu-west",
-                               "lease_price_micros_per_hour": 2_500_000}}
+        return {
+            "id": f"{tag}{n}",
+            "source": f"agent/{n % 16}",
+            "type": "gpu.seconds",
+            "subject": {"org": buyer, "lease": f"lease-{n % 50}"},
+            "time": now,
+            "quantity": rng.randint(1, 60),
+            "dimensions": {
+                "gpu_model": "H100",
+                "provider": provider,
+                "region": "eu-west",
+                "lease_price_micros_per_hour": 2_500_000,
+            },
+        }
     usage_type = TOKEN_TYPES[n % 4]
     dims = {"model": MODELS[n % 3], "region": "eu-west"}
     if usage_type in ("tokens.training", "tokens.evaluation"):
@@ -88,9 +102,15 @@ def event(n: int, tag: str, buyer: int, provider: int, rng: random.Random, now: 
         subject = {"org": buyer, "job": f"ft-{n % 97}"}
     else:
         subject = {"org": buyer, "deployment": f"dep-{n % 31}"}
-    return {"id": f"{tag}{n}", "source": f"runtime/{n % 16}", "type": usage_type,
-            "subject": subject, "time": now, "quantity": rng.randint(1, 100_000),
-            "dimensions": dims}
+    return {
+        "id": f"{tag}{n}",
+        "source": f"runtime/{n % 16}",
+        "type": usage_type,
+        "subject": subject,
+        "time": now,
+        "quantity": rng.randint(1, 100_000),
+        "dimensions": dims,
+    }
 
 
 def make_bodies(batches: int, tag: str, buyers, provider) -> list[bytes]:
@@ -191,9 +211,14 @@ def probe_latency(port: int, key: str, probe, provider, stop: threading.Event) -
             events = [event(n + i, "probe", probe.pk, provider.pk, rng, now) for i in range(10)]
             n += 10
             expected += sum(
-                rate_usage(usage_type=e["type"], quantity=e["quantity"],
-                           dimensions=e["dimensions"], at=datetime.now(UTC)).amount_micros
-                for e in events)
+                rate_usage(
+                    usage_type=e["type"],
+                    quantity=e["quantity"],
+                    dimensions=e["dimensions"],
+                    at=datetime.now(UTC),
+                ).amount_micros
+                for e in events
+            )
             client.send(msgspec.json.encode({"events": events}))
             sent = time.perf_counter()
             # Wait until rated; past 60 s record 60 s (a lower bound) rather than
@@ -214,8 +239,10 @@ def raw_copy(rows: int, buyers, provider) -> float:
     from metering.models import UsageEvent
 
     table = UsageEvent._meta.db_table
-    columns = ("producer_org_id, source, event_id, type, buyer_id, subject_kind, subject_id, "
-               "occurred_at, recorded_at, period, quantity, dimensions, note")
+    columns = (
+        "producer_org_id, source, event_id, type, buyer_id, subject_kind, subject_id, "
+        "occurred_at, recorded_at, period, quantity, dimensions, note"
+    )
     rng = random.Random("raw")
     now = datetime.now(UTC)
     period = now.date().replace(day=1)
@@ -223,9 +250,23 @@ def raw_copy(rows: int, buyers, provider) -> float:
     for n in range(rows):
         e = event(n, "raw", buyers[n % len(buyers)].pk, provider.pk, rng, now.isoformat())
         kind, subject = next((k, v) for k, v in e["subject"].items() if k != "org")
-        prepared.append((1, e["source"], e["id"], e["type"], e["subject"]["org"], kind, subject,
-                         now, now, period, e["quantity"],
-                         msgspec.json.encode(e["dimensions"]).decode(), ""))
+        prepared.append(
+            (
+                1,
+                e["source"],
+                e["id"],
+                e["type"],
+                e["subject"]["org"],
+                kind,
+                subject,
+                now,
+                now,
+                period,
+                e["quantity"],
+                msgspec.json.encode(e["dimensions"]).decode(),
+                "",
+            )
+        )
     connection.ensure_connection()
     raw = connection.connection
     start = time.perf_counter()
@@ -258,22 +299,55 @@ def main() -> None:
         bodies = make_bodies(batches, "b", buyers, provider)
         warmup = make_bodies(6, "w", buyers, provider)
         port = free_port()
-        env = {**os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "WARNING",
-               "API_RATE_LIMIT_PER_MINUTE": "100000000", "DEBUG": "0"}
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind",
-             f"127.0.0.1:{port}", "--workers", str(args.workers), "--log-level", "warning"],
-            cwd=ROOT, env=env))
-        processes.append(subprocess.Popen(
-            [sys.executable, "manage.py", "run_follower", "billing.rating", "--interval",
-             "0.01", "--batch-size", "1"], cwd=ROOT, env=env))
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "LOG_LEVEL": "WARNING",
+            "API_RATE_LIMIT_PER_MINUTE": "100000000",
+            "DEBUG": "0",
+        }
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "config.wsgi:application",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    str(args.workers),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
+                env=env,
+            )
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "manage.py",
+                    "run_follower",
+                    "billing.rating",
+                    "--interval",
+                    "0.01",
+                    "--batch-size",
+                    "1",
+                ],
+                cwd=ROOT,
+                env=env,
+            )
+        )
         wait_for_server(port, key, time.monotonic() + 60)
         run_load(port, key, warmup, args.clients)
 
         stop = threading.Event()
         latencies: list[float] = []
         prober = threading.Thread(
-            target=lambda: latencies.extend(probe_latency(port, key, probe, provider, stop)))
+            target=lambda: latencies.extend(probe_latency(port, key, probe, provider, stop))
+        )
         prober.start()
         try:
             elapsed, accepted = run_load(port, key, bodies, args.clients)
@@ -312,9 +386,11 @@ def main() -> None:
         "raw_copy_per_s": round(copy_rate),
         "ratio": round(rate / copy_rate, 3),
         "latency_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
-        "latency_p99_ms": round(latencies[min(len(latencies) - 1,
-                                              int(len(latencies) * 0.99))] * 1000, 1)
-        if latencies else None,
+        "latency_p99_ms": round(
+            latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1
+        )
+        if latencies
+        else None,
         "latency_samples": len(latencies),
         "rating_drain_after_load_s": round(drain, 2),
         "batch_size": BATCH,

@@ -94,11 +94,13 @@ def rate_for(usage_type: str, dimensions: Mapping[str, object], at: datetime) ->
     tier = model_tier(str(dimensions.get("model", "")))
     if usage_type in ("tokens.training", "tokens.evaluation"):
         training_type = str(dimensions.get("training_type", "lora-sft"))
-        return Rate(_TRAINING[(tier, training_type)], TOKENS_UNIT, currency,
-                    label=f"{tier} {training_type}")
+        return Rate(
+            _TRAINING[(tier, training_type)], TOKENS_UNIT, currency, label=f"{tier} {training_type}"
+        )
     if (tier, usage_type) in _INFERENCE:
-        return Rate(_INFERENCE[(tier, usage_type)], TOKENS_UNIT, currency,
-                    label=f"{tier} inference")
+        return Rate(
+            _INFERENCE[(tier, usage_type)], TOKENS_UNIT, currency, label=f"{tier} inference"
+        )
     raise KeyError(f"no price for usage type {usage_type!r}")
 
 
@@ -142,15 +144,18 @@ def billing_terms_set(
 ) -> BillingTerms:
     """Record an org's billing terms (finance staff, or a contract import)."""
     if on_credit_exhausted not in ON_EXHAUSTED:
-        raise InvalidInput(f"on_credit_exhausted must be one of {', '.join(ON_EXHAUSTED)}",
-                           details={"field": "on_credit_exhausted"})
+        raise InvalidInput(
+            f"on_credit_exhausted must be one of {', '.join(ON_EXHAUSTED)}",
+            details={"field": "on_credit_exhausted"},
+        )
     stream_id = _terms_stream(organization.pk)
     event_append(
         stream_type=TERMS_STREAM,
         stream_id=stream_id,
         expected_version=stream_version(stream_id),
-        events=[NewEvent(TERMS_SET, {"postpaid": postpaid,
-                                     "on_credit_exhausted": on_credit_exhausted})],
+        events=[
+            NewEvent(TERMS_SET, {"postpaid": postpaid, "on_credit_exhausted": on_credit_exhausted})
+        ],
         tenant_id=organization.pk,
         metadata={"actor": actor},
     )

@@ -81,8 +81,7 @@ class UsageOutcomeSerializer(serializers.Serializer):
     id = serializers.CharField(allow_null=True)
     status = serializers.ChoiceField(choices=["accepted", "duplicate", "rejected"])
     code = serializers.CharField(
-        required=False, help_text="rejected: invalid, oversized, future, forbidden, "
-        "unknown_subject"
+        required=False, help_text="rejected: invalid, oversized, future, forbidden, unknown_subject"
     )
     reason = serializers.CharField(required=False)
     note = serializers.CharField(required=False, help_text="e.g. counted in a later period")
@@ -102,8 +101,18 @@ class UsageEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = UsageEvent
-        fields = ["id", "source", "type", "subject", "time", "quantity", "dimensions",
-                  "period", "recorded_at", "note"]
+        fields = [
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "quantity",
+            "dimensions",
+            "period",
+            "recorded_at",
+            "note",
+        ]
 
     @extend_schema_field(SubjectSerializer)
     def get_subject(self, obj: UsageEvent) -> dict[str, object]:
@@ -151,16 +160,18 @@ def _datetime(request: Request, name: str, default: datetime) -> datetime:
 def _choice(request: Request, name: str, choices: tuple[str, ...], default: str) -> str:
     value = request.query_params.get(name, default)
     if value not in choices:
-        raise InvalidInput(f"{name} must be one of {', '.join(choices)}",
-                           details={"parameter": name})
+        raise InvalidInput(
+            f"{name} must be one of {', '.join(choices)}", details={"parameter": name}
+        )
     return value
 
 
 def _usage_type(request: Request) -> str | None:
     value = request.query_params.get("type")
     if value is not None and value not in USAGE_TYPES:
-        raise InvalidInput(f"type must be one of {', '.join(sorted(USAGE_TYPES))}",
-                           details={"parameter": "type"})
+        raise InvalidInput(
+            f"type must be one of {', '.join(sorted(USAGE_TYPES))}", details={"parameter": "type"}
+        )
     return value
 
 
@@ -171,7 +182,9 @@ def _group_by(request: Request) -> list[str]:
         if not name.isidentifier() or len(name) > 64 or not name.islower():
             raise InvalidInput(
                 f"group_by: {name!r} is not a column ({', '.join(selectors.GROUP_COLUMNS)}) "
-                "or a dimension name", details={"parameter": "group_by"})
+                "or a dimension name",
+                details={"parameter": "group_by"},
+            )
     if len(names) > 4:
         raise InvalidInput("group_by takes at most 4 names", details={"parameter": "group_by"})
     return names
@@ -182,8 +195,10 @@ def _period(request: Request) -> tuple[datetime, datetime]:
     until = _datetime(request, "until", now)
     since = _datetime(request, "since", until - timedelta(days=30))
     if since >= until:
-        raise InvalidInput("until must be later than since (the period is [since, until))",
-                           details={"parameter": "until"})
+        raise InvalidInput(
+            "until must be later than since (the period is [since, until))",
+            details={"parameter": "until"},
+        )
     if until - since > MAX_METER_SPAN:
         raise InvalidInput("a meter spans at most 400 days", details={"parameter": "since"})
     return since, until
@@ -192,15 +207,24 @@ def _period(request: Request) -> tuple[datetime, datetime]:
 _METER_PARAMETERS = [
     OpenApiParameter("since", OpenApiTypes.DATETIME, description="inclusive; default until-30d"),
     OpenApiParameter("until", OpenApiTypes.DATETIME, description="exclusive; default now"),
-    OpenApiParameter("window", OpenApiTypes.STR, enum=list(selectors.WINDOWS),
-                     description="default day"),
-    OpenApiParameter("aggregation", OpenApiTypes.STR, enum=list(selectors.AGGREGATIONS),
-                     description="default sum"),
-    OpenApiParameter("unique_of", OpenApiTypes.STR,
-                     description="unique_count: what to count (default subject)"),
-    OpenApiParameter("group_by", OpenApiTypes.STR,
-                     description="comma-separated: type, subject, subject_kind, buyer, period, "
-                     "or a dimension (model, gpu_model, region, training_type …)"),
+    OpenApiParameter(
+        "window", OpenApiTypes.STR, enum=list(selectors.WINDOWS), description="default day"
+    ),
+    OpenApiParameter(
+        "aggregation",
+        OpenApiTypes.STR,
+        enum=list(selectors.AGGREGATIONS),
+        description="default sum",
+    ),
+    OpenApiParameter(
+        "unique_of", OpenApiTypes.STR, description="unique_count: what to count (default subject)"
+    ),
+    OpenApiParameter(
+        "group_by",
+        OpenApiTypes.STR,
+        description="comma-separated: type, subject, subject_kind, buyer, period, "
+        "or a dimension (model, gpu_model, region, training_type …)",
+    ),
 ]
 
 
@@ -211,17 +235,26 @@ def _meter_response(request: Request, usage, usage_type: str | None) -> Response
     group_by = _group_by(request)
     unique_of = request.query_params.get("unique_of", "subject")
     if not unique_of.isidentifier() or not unique_of.islower():
-        raise InvalidInput("unique_of must be a column or a dimension name",
-                           details={"parameter": "unique_of"})
+        raise InvalidInput(
+            "unique_of must be a column or a dimension name", details={"parameter": "unique_of"}
+        )
     usage = usage.filter(occurred_at__gte=since, occurred_at__lt=until)
     if usage_type is not None:
         usage = usage.filter(type=usage_type)
-    rows = selectors.meter(usage=usage, aggregation=aggregation, window=window,
-                           group_by=group_by, unique_of=unique_of)
+    rows = selectors.meter(
+        usage=usage, aggregation=aggregation, window=window, group_by=group_by, unique_of=unique_of
+    )
     truncated = len(rows) > selectors.MAX_METER_ROWS
-    report = {"type": usage_type, "aggregation": aggregation, "window": window,
-              "since": since, "until": until, "group_by": group_by,
-              "rows": rows[: selectors.MAX_METER_ROWS], "truncated": truncated}
+    report = {
+        "type": usage_type,
+        "aggregation": aggregation,
+        "window": window,
+        "since": since,
+        "until": until,
+        "group_by": group_by,
+        "rows": rows[: selectors.MAX_METER_ROWS],
+        "truncated": truncated,
+    }
     return Response(MeterSerializer(report).data)
 
 
@@ -246,15 +279,12 @@ class UsageBatchApi(APIView):
     def post(self, request: Request) -> HttpResponse:
         caller = get_caller(request)
         events = batch_decode(request.body)
-        outcomes = services.usage_ingest(
-            sender=services.Sender.for_caller(caller), events=events
-        )
+        outcomes = services.usage_ingest(sender=services.Sender.for_caller(caller), events=events)
         counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
         results = []
         for index, outcome in enumerate(outcomes):
             counts[outcome.status] += 1
-            item: dict[str, object] = {"index": index, "id": outcome.id,
-                                       "status": outcome.status}
+            item: dict[str, object] = {"index": index, "id": outcome.id, "status": outcome.status}
             if outcome.code:
                 item["code"] = outcome.code
                 item["reason"] = outcome.reason
@@ -282,10 +312,12 @@ class UsageEventListApi(APIView):
         far = datetime(1970, 1, 1, tzinfo=UTC)
         since = _datetime(request, "since", far)
         until = _datetime(request, "until", timezone.now() + timedelta(days=1))
-        usage = selectors.usage_list(caller=caller, usage_type=_usage_type(request),
-                                     since=since, until=until)
-        return paginated_response(queryset=usage, serializer_class=UsageEventSerializer,
-                                  request=request, view=self)
+        usage = selectors.usage_list(
+            caller=caller, usage_type=_usage_type(request), since=since, until=until
+        )
+        return paginated_response(
+            queryset=usage, serializer_class=UsageEventSerializer, request=request, view=self
+        )
 
 
 class UsageMeterApi(APIView):
@@ -296,14 +328,17 @@ class UsageMeterApi(APIView):
         "window, grouped by columns or dimensions. Example: "
         "?type=tokens.training&window=day&group_by=model,subject",
         tags=["usage"],
-        parameters=[OpenApiParameter("type", OpenApiTypes.STR, enum=sorted(USAGE_TYPES)),
-                    *_METER_PARAMETERS],
+        parameters=[
+            OpenApiParameter("type", OpenApiTypes.STR, enum=sorted(USAGE_TYPES)),
+            *_METER_PARAMETERS,
+        ],
         responses={200: MeterSerializer, **error_responses(400, 401, 429)},
     )
     def get(self, request: Request) -> Response:
         caller = get_caller(request)
-        return _meter_response(request, selectors.usage_visible_to(caller=caller),
-                               _usage_type(request))
+        return _meter_response(
+            request, selectors.usage_visible_to(caller=caller), _usage_type(request)
+        )
 
 
 class GpuSecondsDeliveredApi(APIView):

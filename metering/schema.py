@@ -35,9 +35,10 @@ TRAINING_TYPES = ("lora-sft", "lora-dpo", "full-sft", "full-dpo")
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
 TypeName = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")]
 DimKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
-DimValue = Annotated[str, msgspec.Meta(max_length=200)] | Annotated[
-    int, msgspec.Meta(ge=-(2**53), le=2**53)
-]
+DimValue = (
+    Annotated[str, msgspec.Meta(max_length=200)]
+    | Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
+)
 
 
 class SubjectIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -191,8 +192,9 @@ def batch_decode(body: bytes) -> list[UsageEventIn | Rejection]:
         ) from None
     raws = batch.get("events")
     if raws is None or set(batch) != {"events"}:
-        raise InvalidInput('the body must be {"events": [...]} and nothing else',
-                           details={"field": "events"})
+        raise InvalidInput(
+            'the body must be {"events": [...]} and nothing else', details={"field": "events"}
+        )
     if not 1 <= len(raws) <= MAX_EVENTS_PER_BATCH:
         raise InvalidInput(
             f"a batch holds 1 to {MAX_EVENTS_PER_BATCH} events; this one has {len(raws)}",

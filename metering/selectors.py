@@ -109,8 +109,13 @@ def usage_list(
 AGGREGATIONS = ("sum", "count", "max", "unique_count")
 WINDOWS = ("hour", "day", "month")
 # What usage may be grouped by: columns, or any dimension by name.
-GROUP_COLUMNS = {"type": "type", "subject": "subject_id", "subject_kind": "subject_kind",
-                 "buyer": "buyer_id", "period": "period"}
+GROUP_COLUMNS = {
+    "type": "type",
+    "subject": "subject_id",
+    "subject_kind": "subject_kind",
+    "buyer": "buyer_id",
+    "period": "period",
+}
 MAX_METER_ROWS = 5000
 
 

@@ -53,9 +53,7 @@ from metering.schema import Rejection, UsageEventIn, event_validate, subject_of
 MAX_FUTURE = timedelta(minutes=5)
 USAGE_TABLE = UsageEvent._meta.db_table
 _BUYER_KINDS: tuple[str | None, ...] = (Organization.Kind.BUYER, Organization.Kind.BOTH)
-_PROVIDER_KINDS: tuple[str | None, ...] = (
-    Organization.Kind.PROVIDER, Organization.Kind.BOTH
-)
+_PROVIDER_KINDS: tuple[str | None, ...] = (Organization.Kind.PROVIDER, Organization.Kind.BOTH)
 _encode = msgspec.json.encode
 
 
@@ -151,7 +149,9 @@ def usage_ingest(
             continue
         if event.time > horizon:
             outcomes[index] = Outcome(
-                "rejected", event.id, "future",
+                "rejected",
+                event.id,
+                "future",
                 f"time {event.time.isoformat()} is more than 5 minutes ahead of the server",
             )
             continue
@@ -163,24 +163,32 @@ def usage_ingest(
         org_ids.add(event.subject.org)
         if event.type == "gpu.seconds":
             org_ids.add(event.dimensions["provider"])  # type: ignore[arg-type]
-    kinds = dict(
-        Organization.objects.filter(pk__in=org_ids).values_list("pk", "kind")
-    ) if org_ids else {}
+    kinds = (
+        dict(Organization.objects.filter(pk__in=org_ids).values_list("pk", "kind"))
+        if org_ids
+        else {}
+    )
     rows: list[tuple[int, UsageEventIn, str, str]] = []
     seen: dict[tuple[str, str], int] = {}
     for index, event in candidates:
         if kinds.get(event.subject.org) not in _BUYER_KINDS:
             outcomes[index] = Outcome(
-                "rejected", event.id, "unknown_subject",
+                "rejected",
+                event.id,
+                "unknown_subject",
                 f"subject.org {event.subject.org} is not a buyer organization",
             )
             continue
         provider = event.dimensions.get("provider")
-        if isinstance(provider, int) and event.type == "gpu.seconds" and (
-            kinds.get(provider) not in _PROVIDER_KINDS
+        if (
+            isinstance(provider, int)
+            and event.type == "gpu.seconds"
+            and (kinds.get(provider) not in _PROVIDER_KINDS)
         ):
             outcomes[index] = Outcome(
-                "rejected", event.id, "unknown_subject",
+                "rejected",
+                event.id,
+                "unknown_subject",
                 f"dimensions.provider {event.dimensions['provider']} is not a provider "
                 "organization",
             )
@@ -204,9 +212,7 @@ def usage_ingest(
     return outcomes  # type: ignore[return-value]
 
 
-def usage_record(
-    *, events: Sequence[UsageEventIn], now: datetime | None = None
-) -> list[Outcome]:
+def usage_record(*, events: Sequence[UsageEventIn], now: datetime | None = None) -> list[Outcome]:
     """Internal producers (the runtime, marketplace leases): record usage as the
     platform. The same rules and de-duplication as the HTTP batch."""
     return usage_ingest(
@@ -226,8 +232,9 @@ def _store(
             cursor.execute(f"LOCK TABLE {USAGE_TABLE} IN ROW EXCLUSIVE MODE")
         earliest = min(month_of(event.time) for _, event, _, _ in rows)
         closed: set[tuple[int, date]] = set(
-            ClosedPeriod.objects.filter(organization_id__in=buyers, period__gte=earliest)
-            .values_list("organization_id", "period")
+            ClosedPeriod.objects.filter(
+                organization_id__in=buyers, period__gte=earliest
+            ).values_list("organization_id", "period")
         )
         periods: list[date] = []
         notes: list[str] = []
@@ -296,18 +303,32 @@ def _insert_pg(
 ) -> list[tuple[int, str, str, str]]:
     import psycopg
 
-    packed = _encode([
-        {"s": e.source, "i": e.id, "t": e.type, "b": e.subject.org, "k": kind, "j": subject,
-         "o": e.time, "p": period, "q": e.quantity, "d": e.dimensions, "n": note}
-        for (_, e, kind, subject), period, note in zip(rows, periods, notes, strict=True)
-    ]).decode()
+    packed = _encode(
+        [
+            {
+                "s": e.source,
+                "i": e.id,
+                "t": e.type,
+                "b": e.subject.org,
+                "k": kind,
+                "j": subject,
+                "o": e.time,
+                "p": period,
+                "q": e.quantity,
+                "d": e.dimensions,
+                "n": note,
+            }
+            for (_, e, kind, subject), period, note in zip(rows, periods, notes, strict=True)
+        ]
+    ).decode()
     note_of = {(e.source, e.id): note for (_, e, _, _), note in zip(rows, notes, strict=True)}
     with connection.wrap_database_errors:
         cursor = psycopg.Cursor(connection.connection)
-        cursor.execute(_PG_INSERT, {"producer": producer, "now": now, "rows": packed},
-                       prepare=True)
-        return [(row_id, source, event_id, note_of[(source, event_id)])
-                for row_id, source, event_id in cursor.fetchall()]
+        cursor.execute(_PG_INSERT, {"producer": producer, "now": now, "rows": packed}, prepare=True)
+        return [
+            (row_id, source, event_id, note_of[(source, event_id)])
+            for row_id, source, event_id in cursor.fetchall()
+        ]
 
 
 def _insert_generic(
@@ -327,10 +348,21 @@ def _insert_generic(
             "subject_kind, subject_id, occurred_at, recorded_at, period, quantity, dimensions, "
             "note) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (producer_org_id, source, event_id) DO NOTHING RETURNING id",
-            [producer, e.source, e.id, e.type, e.subject.org, kind, subject,
-             ops.adapt_datetimefield_value(e.time), ops.adapt_datetimefield_value(now),
-             ops.adapt_datefield_value(period), e.quantity,
-             _encode(e.dimensions).decode(), note],
+            [
+                producer,
+                e.source,
+                e.id,
+                e.type,
+                e.subject.org,
+                kind,
+                subject,
+                ops.adapt_datetimefield_value(e.time),
+                ops.adapt_datetimefield_value(now),
+                ops.adapt_datefield_value(period),
+                e.quantity,
+                _encode(e.dimensions).decode(),
+                note,
+            ],
         )
         found = cursor.fetchone()
         if found is not None:
@@ -347,8 +379,9 @@ def usage_period_close(*, organization: Organization, period: date) -> ClosedPer
     Waits for ingests in flight (``SHARE`` lock on the usage table) so none of them
     lands in the month after it is closed. Closing twice returns the first closing."""
     if period.day != 1:
-        raise InvalidInput("a period is named by the first day of its month",
-                           details={"field": "period"})
+        raise InvalidInput(
+            "a period is named by the first day of its month", details={"field": "period"}
+        )
     if is_postgres():
         with connection.cursor() as cursor:
             cursor.execute(f"LOCK TABLE {USAGE_TABLE} IN SHARE MODE")

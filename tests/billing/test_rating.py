@@ -23,22 +23,37 @@ NOW = datetime(2026, 11, 2, tzinfo=UTC)
 _ids = count(1)
 
 
-def tokens(org, quantity, *, usage_type="tokens.training", model="llama-3.1-8b",
-           training_type="lora-sft") -> UsageEventIn:
+def tokens(
+    org, quantity, *, usage_type="tokens.training", model="llama-3.1-8b", training_type="lora-sft"
+) -> UsageEventIn:
     dims = {"model": model}
     if usage_type in ("tokens.training", "tokens.evaluation"):
         dims["training_type"] = training_type
-    return UsageEventIn(id=f"u{next(_ids)}", source="runtime", type=usage_type,
-                        subject=SubjectIn(org=org.pk, job="ft-1"), time=datetime.now(UTC),
-                        quantity=quantity, dimensions=dims)
+    return UsageEventIn(
+        id=f"u{next(_ids)}",
+        source="runtime",
+        type=usage_type,
+        subject=SubjectIn(org=org.pk, job="ft-1"),
+        time=datetime.now(UTC),
+        quantity=quantity,
+        dimensions=dims,
+    )
 
 
 def gpu(org, provider, seconds, price=2_000_000) -> UsageEventIn:
-    return UsageEventIn(id=f"g{next(_ids)}", source="agent", type="gpu.seconds",
-                        subject=SubjectIn(org=org.pk, lease="lease-1"),
-                        time=datetime.now(UTC), quantity=seconds,
-                        dimensions={"gpu_model": "H100", "provider": provider.pk,
-                                    "lease_price_micros_per_hour": price})
+    return UsageEventIn(
+        id=f"g{next(_ids)}",
+        source="agent",
+        type="gpu.seconds",
+        subject=SubjectIn(org=org.pk, lease="lease-1"),
+        time=datetime.now(UTC),
+        quantity=seconds,
+        dimensions={
+            "gpu_model": "H100",
+            "provider": provider.pk,
+            "lease_price_micros_per_hour": price,
+        },
+    )
 
 
 def record(*events):
@@ -65,42 +80,65 @@ def rate():
 
 
 def grant(org, micros, tid):
-    services.credits_grant(organization=org, amount_micros=micros, currency="USD",
-                           reason="test", transfer_id=tid)
+    services.credits_grant(
+        organization=org, amount_micros=micros, currency="USD", reason="test", transfer_id=tid
+    )
 
 
 def test_rating_rounds_half_even_once_per_event():
     # $0.48 per 1M tokens: 1 token is 0.48 µ -> 0; 3 tokens 1.44 -> 1; 5 tokens 2.4 -> 2
     small = {"model": "llama-3.1-8b", "training_type": "lora-sft"}
-    assert [rate_usage(usage_type="tokens.training", quantity=q, dimensions=small,
-                       at=NOW).amount_micros for q in (1, 3, 5, 1_000_000)] == [0, 1, 2, 480_000]
+    assert [
+        rate_usage(usage_type="tokens.training", quantity=q, dimensions=small, at=NOW).amount_micros
+        for q in (1, 3, 5, 1_000_000)
+    ] == [0, 1, 2, 480_000]
     # 2.5 µ rounds to 2 (even), 3.5 µ to 4
     half = {"model": "x-8b", "training_type": "lora-sft"}
 
     def price(usage_type, dims, at):
         return rate_for(usage_type, dims, at).__class__(1, 2, "USD")
 
-    assert rate_usage(usage_type="tokens.training", quantity=5, dimensions=half, at=NOW,
-                      price=price).amount_micros == 2
-    assert rate_usage(usage_type="tokens.training", quantity=7, dimensions=half, at=NOW,
-                      price=price).amount_micros == 4
+    assert (
+        rate_usage(
+            usage_type="tokens.training", quantity=5, dimensions=half, at=NOW, price=price
+        ).amount_micros
+        == 2
+    )
+    assert (
+        rate_usage(
+            usage_type="tokens.training", quantity=7, dimensions=half, at=NOW, price=price
+        ).amount_micros
+        == 4
+    )
     # a lease: 90 s at $2.00/h = 50,000 µ to the provider, + 10% fee
-    lease = rate_usage(usage_type="gpu.seconds", quantity=90, at=NOW, dimensions={
-        "provider": 7, "lease_price_micros_per_hour": 2_000_000, "gpu_model": "H100"})
+    lease = rate_usage(
+        usage_type="gpu.seconds",
+        quantity=90,
+        at=NOW,
+        dimensions={"provider": 7, "lease_price_micros_per_hour": 2_000_000, "gpu_model": "H100"},
+    )
     assert (lease.amount_micros, lease.provider_micros, lease.fee_micros, lease.provider_id) == (
-        55_000, 50_000, 5_000, 7)
+        55_000,
+        50_000,
+        5_000,
+        7,
+    )
 
 
 def test_model_tiers_follow_the_model_size():
-    assert [model_tier(m) for m in ("llama-3.1-8b", "qwen2.5-72b-instruct", "llama-3.1-405b",
-                                    "mystery", "gpt2-350m")] == [
-        "small", "medium", "large", "medium", "small"]
+    assert [
+        model_tier(m)
+        for m in ("llama-3.1-8b", "qwen2.5-72b-instruct", "llama-3.1-405b", "mystery", "gpt2-350m")
+    ] == ["small", "medium", "large", "medium", "small"]
 
 
 def test_tokens_debit_prepaid_credit_and_credit_revenue(cast):
     grant(cast.buyer_a, 10_000_000, "g1")
-    record(tokens(cast.buyer_a, 1_000_000), tokens(cast.buyer_a, 2_000_000, model="x-70b"),
-           tokens(cast.buyer_a, 500_000, usage_type="tokens.completion"))
+    record(
+        tokens(cast.buyer_a, 1_000_000),
+        tokens(cast.buyer_a, 2_000_000, model="x-70b"),
+        tokens(cast.buyer_a, 500_000, usage_type="tokens.completion"),
+    )
     assert rate() == 1
     expected = 480_000 + 3_000_000 + 100_000
     assert balance(cast.buyer_a, Account.Kind.CREDIT) == 10_000_000 - expected
@@ -110,8 +148,11 @@ def test_tokens_debit_prepaid_credit_and_credit_revenue(cast):
 
 def test_gpu_seconds_pay_the_provider_and_the_platform_fee(cast):
     grant(cast.buyer_a, 10_000_000, "g1")
-    record(gpu(cast.buyer_a, cast.provider_a, 3600), gpu(cast.buyer_a, cast.provider_b, 1800),
-           tokens(cast.buyer_a, 1_000_000))
+    record(
+        gpu(cast.buyer_a, cast.provider_a, 3600),
+        gpu(cast.buyer_a, cast.provider_b, 1800),
+        tokens(cast.buyer_a, 1_000_000),
+    )
     rate()
     assert balance(cast.provider_a, Account.Kind.PAYABLE) == 2_000_000
     assert balance(cast.provider_b, Account.Kind.PAYABLE) == 1_000_000
@@ -121,8 +162,9 @@ def test_gpu_seconds_pay_the_provider_and_the_platform_fee(cast):
 
 
 def test_postpaid_buyers_owe_on_their_receivable(cast):
-    billing_terms_set(organization=cast.buyer_b, postpaid=True, on_credit_exhausted="stop",
-                      actor="test")
+    billing_terms_set(
+        organization=cast.buyer_b, postpaid=True, on_credit_exhausted="stop", actor="test"
+    )
     record(tokens(cast.buyer_b, 1_000_000))
     rate()
     assert balance(cast.buyer_b, Account.Kind.RECEIVABLE) == 480_000
@@ -167,11 +209,16 @@ def test_rewinding_the_follower_posts_nothing_twice(cast):
     # then every entry is a replay: same balances, no new entries
     assert (balance(cast.buyer_a, Account.Kind.CREDIT), platform(Account.Kind.REVENUE)) == before
     assert Event.objects.filter(stream_type="ledger.entry").count() == entries
-    first = min(Event.objects.filter(stream_type="metering.usage").values_list(
-        "payload__usage_ranges__0__0", flat=True))
+    first = min(
+        Event.objects.filter(stream_type="metering.usage").values_list(
+            "payload__usage_ranges__0__0", flat=True
+        )
+    )
     assert Event.objects.filter(stream_id=f"entry:{usage_transfer_id(first)}").exists()
-    assert follower_position(usage_rating.name) == Event.objects.filter(
-        stream_type="metering.usage").order_by("-position").first().position
+    assert (
+        follower_position(usage_rating.name)
+        == Event.objects.filter(stream_type="metering.usage").order_by("-position").first().position
+    )
 
 
 def test_late_usage_for_a_closed_period_counts_in_the_next_open_one(cast):
@@ -198,8 +245,11 @@ def test_late_usage_for_a_closed_period_counts_in_the_next_open_one(cast):
 
 def test_the_ledger_sums_to_zero_after_rating(cast):
     grant(cast.buyer_a, 2_000_000, "g1")
-    record(*(tokens(cast.buyer_a, 333_333) for _ in range(10)),
-           gpu(cast.buyer_a, cast.provider_a, 7), gpu(cast.buyer_b, cast.provider_b, 3601))
+    record(
+        *(tokens(cast.buyer_a, 333_333) for _ in range(10)),
+        gpu(cast.buyer_a, cast.provider_a, 7),
+        gpu(cast.buyer_b, cast.provider_b, 3601),
+    )
     rate()
     sums = {}
     for b in Balance.objects.all():

@@ -48,15 +48,28 @@ def write_events(path: Path, buyers, provider) -> list[dict]:
     events = []
     for n in range(EVENTS):
         buyer = buyers[n % len(buyers)]
-        event = {"id": f"k{n}", "source": "spool", "time": start + timedelta(milliseconds=n),
-                 "quantity": rng.randint(1, 400_000)}
+        event = {
+            "id": f"k{n}",
+            "source": "spool",
+            "time": start + timedelta(milliseconds=n),
+            "quantity": rng.randint(1, 400_000),
+        }
         if n % 5 == 0:
-            event.update(type="gpu.seconds", subject={"org": buyer.pk, "lease": "l-1"},
-                         dimensions={"gpu_model": "A100", "provider": provider.pk,
-                                     "lease_price_micros_per_hour": 1_234_567})
+            event.update(
+                type="gpu.seconds",
+                subject={"org": buyer.pk, "lease": "l-1"},
+                dimensions={
+                    "gpu_model": "A100",
+                    "provider": provider.pk,
+                    "lease_price_micros_per_hour": 1_234_567,
+                },
+            )
         else:
-            event.update(type="tokens.prompt", subject={"org": buyer.pk, "deployment": "d-1"},
-                         dimensions={"model": "llama-3.1-8b"})
+            event.update(
+                type="tokens.prompt",
+                subject={"org": buyer.pk, "deployment": "d-1"},
+                dimensions={"model": "llama-3.1-8b"},
+            )
         events.append(event)
     path.write_bytes(b"\n".join(msgspec.json.encode(e) for e in events))
     return events
@@ -65,25 +78,53 @@ def write_events(path: Path, buyers, provider) -> list[dict]:
 def test_kill_9_of_follower_and_ingest_50_times_loses_and_doubles_nothing(cast, tmp_path):
     # given two well-funded buyers and one whose credit runs out on the way
     rich, poor = cast.buyer_a, cast.buyer_b
-    services.credits_grant(organization=rich, amount_micros=10**12, currency="USD",
-                           reason="float", transfer_id="float-rich")
-    services.credits_grant(organization=poor, amount_micros=5_000_000, currency="USD",
-                           reason="float", transfer_id="float-poor")
+    services.credits_grant(
+        organization=rich,
+        amount_micros=10**12,
+        currency="USD",
+        reason="float",
+        transfer_id="float-rich",
+    )
+    services.credits_grant(
+        organization=poor,
+        amount_micros=5_000_000,
+        currency="USD",
+        reason="float",
+        transfer_id="float-poor",
+    )
     events = write_events(tmp_path / "events.jsonl", [rich, poor], cast.provider_a)
     env = {**os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "WARNING"}
     commands = {
-        "ingest": [sys.executable, "manage.py", "usage_import", str(tmp_path / "events.jsonl"),
-                   "--batch-size", "100", "--pause", "0.03",
-                   "--checkpoint", str(tmp_path / "checkpoint")],
-        "follower": [sys.executable, "manage.py", "run_follower", usage_rating.name,
-                     "--interval", "0.02", "--batch-size", "3"],
+        "ingest": [
+            sys.executable,
+            "manage.py",
+            "usage_import",
+            str(tmp_path / "events.jsonl"),
+            "--batch-size",
+            "100",
+            "--pause",
+            "0.03",
+            "--checkpoint",
+            str(tmp_path / "checkpoint"),
+        ],
+        "follower": [
+            sys.executable,
+            "manage.py",
+            "run_follower",
+            usage_rating.name,
+            "--interval",
+            "0.02",
+            "--batch-size",
+            "3",
+        ],
     }
 
     logs = {name: (tmp_path / f"{name}.log").open("ab") for name in commands}
 
     def start(name: str) -> subprocess.Popen:
-        return subprocess.Popen(commands[name], cwd=ROOT, env=env, stdout=logs[name],
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            commands[name], cwd=ROOT, env=env, stdout=logs[name], stderr=subprocess.STDOUT
+        )
 
     running = {name: start(name) for name in commands}
     rng = random.Random(9)
@@ -96,8 +137,9 @@ def test_kill_9_of_follower_and_ingest_50_times_loses_and_doubles_nothing(cast, 
             if running["follower"].poll() is not None:
                 break  # it died on its own: the log says why
             # in turns while the ingest has events left, then the follower alone
-            victim = "ingest" if kills % 2 == 0 and running["ingest"].poll() is None else (
-                "follower")
+            victim = (
+                "ingest" if kills % 2 == 0 and running["ingest"].poll() is None else ("follower")
+            )
             running[victim].send_signal(signal.SIGKILL)
             running[victim].wait()
             kills += 1
@@ -123,7 +165,8 @@ def test_kill_9_of_follower_and_ingest_50_times_loses_and_doubles_nothing(cast, 
     # every event stored once
     assert UsageEvent.objects.count() == EVENTS
     assert UsageEvent.objects.aggregate(q=Sum("quantity"))["q"] == sum(
-        e["quantity"] for e in events)
+        e["quantity"] for e in events
+    )
     # every batch rated, exactly once: one entry per rated group, no other usage entry
     batches = Event.objects.filter(stream_type=USAGE_STREAM).order_by("position")
     assert follower_position(usage_rating.name) == batches.last().position
@@ -131,26 +174,36 @@ def test_kill_9_of_follower_and_ingest_50_times_loses_and_doubles_nothing(cast, 
     for batch in batches:
         lines = usage_for_rating(ranges=batch.payload["usage_ranges"])
         assert len(lines) == batch.payload["count"]
-        expected_ids |= {usage_transfer_id(g.first_usage_id) for g in groups_for(lines)
-                         if g.amount > 0}
-    posted_ids = set(Event.objects.filter(stream_type="ledger.entry",
-                                          payload__kind="usage")
-                     .values_list("payload__transfer_id", flat=True))
+        expected_ids |= {
+            usage_transfer_id(g.first_usage_id) for g in groups_for(lines) if g.amount > 0
+        }
+    posted_ids = set(
+        Event.objects.filter(stream_type="ledger.entry", payload__kind="usage").values_list(
+            "payload__transfer_id", flat=True
+        )
+    )
     assert posted_ids == expected_ids
     # each buyer paid exactly the sum of its events' rated amounts, across credit and
     # receivable; credit never went below zero
     for buyer in (rich, poor):
         expected = sum(
-            rate_usage(usage_type=e["type"], quantity=e["quantity"], dimensions=e["dimensions"],
-                       at=e["time"]).amount_micros
-            for e in events if e["subject"]["org"] == buyer.pk)
+            rate_usage(
+                usage_type=e["type"],
+                quantity=e["quantity"],
+                dimensions=e["dimensions"],
+                at=e["time"],
+            ).amount_micros
+            for e in events
+            if e["subject"]["org"] == buyer.pk
+        )
         paid = 0
         for kind in (Account.Kind.CREDIT, Account.Kind.RECEIVABLE):
             account = services.account_open(organization=buyer, kind=kind, currency="USD")
             paid += Balance.objects.get(account=account).debits_posted
         assert paid == expected
-    poor_credit = Balance.objects.get(account=services.account_open(
-        organization=poor, kind=Account.Kind.CREDIT, currency="USD"))
+    poor_credit = Balance.objects.get(
+        account=services.account_open(organization=poor, kind=Account.Kind.CREDIT, currency="USD")
+    )
     assert poor_credit.credits_posted - poor_credit.debits_posted == 0
     assert Event.objects.filter(type="CreditExhausted", tenant_id=poor.pk).count() == 1
     # the ledger sums to zero, entry by entry and in total
@@ -158,7 +211,8 @@ def test_kill_9_of_follower_and_ingest_50_times_loses_and_doubles_nothing(cast, 
         cursor.execute(
             "SELECT count(*) FROM (SELECT entry_position FROM billing_posting GROUP BY "
             "entry_position HAVING sum(CASE side WHEN 'D' THEN amount_micros "
-            "ELSE -amount_micros END) <> 0) unbalanced")
+            "ELSE -amount_micros END) <> 0) unbalanced"
+        )
         assert cursor.fetchone()[0] == 0
     totals = Balance.objects.aggregate(d=Sum("debits_posted"), c=Sum("credits_posted"))
     assert totals["d"] == totals["c"]

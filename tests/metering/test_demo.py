@@ -11,18 +11,28 @@ pytestmark = pytest.mark.django_db
 
 
 def test_the_demo_usage_loads_twice_and_is_rated_once(cast):
-    services.credits_grant(organization=cast.buyer_a, amount_micros=25_000_000, currency="USD",
-                           reason="demo", transfer_id="demo-credits")
-    credit = services.account_open(organization=cast.buyer_a, kind=Account.Kind.CREDIT,
-                                   currency="USD")
+    services.credits_grant(
+        organization=cast.buyer_a,
+        amount_micros=25_000_000,
+        currency="USD",
+        reason="demo",
+        transfer_id="demo-credits",
+    )
+    credit = services.account_open(
+        organization=cast.buyer_a, kind=Account.Kind.CREDIT, currency="USD"
+    )
     load(buyer=cast.buyer_a, provider=cast.provider_a)
     first = Balance.objects.get(account=credit).debits_posted
     load(buyer=cast.buyer_a, provider=cast.provider_a)
     assert UsageEvent.objects.count() == 6
     # 2.55M training/eval tokens at $0.48/M, 420k prompt at $0.10/M, 96k completion at
     # $0.20/M, 30 GPU-minutes at $2.50/h plus 10%
-    assert first == Balance.objects.get(account=credit).debits_posted == (
-        1_224_000 + 42_000 + 19_200 + 1_375_000)
-    payable = services.account_open(organization=cast.provider_a, kind=Account.Kind.PAYABLE,
-                                    currency="USD")
+    assert (
+        first
+        == Balance.objects.get(account=credit).debits_posted
+        == (1_224_000 + 42_000 + 19_200 + 1_375_000)
+    )
+    payable = services.account_open(
+        organization=cast.provider_a, kind=Account.Kind.PAYABLE, currency="USD"
+    )
     assert Balance.objects.get(account=payable).credits_posted == 1_250_000

@@ -37,16 +37,34 @@ def test_a_mixed_batch_is_answered_event_by_event_and_only_good_events_are_store
     naive_time = usage_event(cast.buyer_a, time="2026-11-01T00:00:00")
     wrong_subject = usage_event(cast.buyer_a, subject={"org": cast.buyer_a.pk, "lease": "l-1"})
     no_model = usage_event(cast.buyer_a, dimensions={"training_type": "lora-sft"})
-    oversized = usage_event(cast.buyer_a, dimensions={
-        "model": "m", "training_type": "lora-sft", "blob": "x" * 190,
-        **{f"k{n}": "y" * 150 for n in range(13)},
-    })
+    oversized = usage_event(
+        cast.buyer_a,
+        dimensions={
+            "model": "m",
+            "training_type": "lora-sft",
+            "blob": "x" * 190,
+            **{f"k{n}": "y" * 150 for n in range(13)},
+        },
+    )
     unknown_type = usage_event(cast.buyer_a, type="tokens.magic")
     not_an_object = "hello"
     provider_as_subject = usage_event(cast.provider_a)
-    batch = [valid, dict(valid), earlier, future, almost_future, no_quantity, string_quantity,
-             naive_time, wrong_subject, no_model, oversized, unknown_type, not_an_object,
-             provider_as_subject]
+    batch = [
+        valid,
+        dict(valid),
+        earlier,
+        future,
+        almost_future,
+        no_quantity,
+        string_quantity,
+        naive_time,
+        wrong_subject,
+        no_model,
+        oversized,
+        unknown_type,
+        not_an_object,
+        provider_as_subject,
+    ]
     # when the batch is sent
     response = send(client, batch)
     # then each event has its own answer, in order
@@ -87,13 +105,22 @@ def test_a_buyer_cannot_send_usage_for_another_buyer(cast, usage_event):
     client = cast.client(cast.buyer_a)
     own = usage_event(cast.buyer_a)
     theirs = usage_event(cast.buyer_b)
-    lease = usage_event(cast.buyer_a, type="gpu.seconds", subject={"org": cast.buyer_a.pk,
-                                                                   "lease": "l-1"},
-                        dimensions={"gpu_model": "H100", "provider": cast.provider_a.pk,
-                                    "lease_price_micros_per_hour": 2_000_000})
+    lease = usage_event(
+        cast.buyer_a,
+        type="gpu.seconds",
+        subject={"org": cast.buyer_a.pk, "lease": "l-1"},
+        dimensions={
+            "gpu_model": "H100",
+            "provider": cast.provider_a.pk,
+            "lease_price_micros_per_hour": 2_000_000,
+        },
+    )
     body = send(client, [own, theirs, lease]).json()
     assert [(r["status"], r.get("code")) for r in body["results"]] == [
-        ("accepted", None), ("rejected", "forbidden"), ("rejected", "forbidden")]
+        ("accepted", None),
+        ("rejected", "forbidden"),
+        ("rejected", "forbidden"),
+    ]
     assert list(UsageEvent.objects.values_list("buyer_id", flat=True)) == [cast.buyer_a.pk]
 
 
@@ -101,14 +128,23 @@ def test_a_provider_reports_only_its_own_gpu_seconds(cast, usage_event):
     client = cast.client(cast.provider_a)
 
     def gpu(provider):
-        return usage_event(cast.buyer_a, type="gpu.seconds", quantity=3600,
-                           subject={"org": cast.buyer_a.pk, "lease": "l-9"},
-                           dimensions={"gpu_model": "H100", "provider": provider.pk,
-                                       "lease_price_micros_per_hour": 2_000_000})
+        return usage_event(
+            cast.buyer_a,
+            type="gpu.seconds",
+            quantity=3600,
+            subject={"org": cast.buyer_a.pk, "lease": "l-9"},
+            dimensions={
+                "gpu_model": "H100",
+                "provider": provider.pk,
+                "lease_price_micros_per_hour": 2_000_000,
+            },
+        )
 
     body = send(client, [gpu(cast.provider_a), gpu(cast.provider_b)]).json()
     assert [(r["status"], r.get("code")) for r in body["results"]] == [
-        ("accepted", None), ("rejected", "forbidden")]
+        ("accepted", None),
+        ("rejected", "forbidden"),
+    ]
 
 
 def test_two_tenants_ids_never_collide(cast, usage_event):

@@ -39,13 +39,23 @@ def make_events(buyers, provider) -> list[dict]:
             "quantity": rng.randint(1, 50_000),
         }
         if n % 10 == 0:
-            event.update(type="gpu.seconds", subject={"org": buyer.pk, "lease": "l-1"},
-                         dimensions={"gpu_model": "H100", "provider": provider.pk,
-                                     "lease_price_micros_per_hour": 2_345_678})
+            event.update(
+                type="gpu.seconds",
+                subject={"org": buyer.pk, "lease": "l-1"},
+                dimensions={
+                    "gpu_model": "H100",
+                    "provider": provider.pk,
+                    "lease_price_micros_per_hour": 2_345_678,
+                },
+            )
         else:
-            event.update(type="tokens.training",
-                         dimensions={"model": rng.choice(["llama-3.1-8b", "qwen-72b"]),
-                                     "training_type": "lora-sft"})
+            event.update(
+                type="tokens.training",
+                dimensions={
+                    "model": rng.choice(["llama-3.1-8b", "qwen-72b"]),
+                    "training_type": "lora-sft",
+                },
+            )
         events.append(event)
     return events
 
@@ -54,12 +64,17 @@ def test_the_same_events_sent_three_times_concurrently_are_counted_once(cast):
     # given 10,000 events for two buyers, each sent three times, shuffled
     buyers = [cast.buyer_a, cast.buyer_b]
     for buyer in buyers:
-        services.credits_grant(organization=buyer, amount_micros=10**12, currency="USD",
-                               reason="float", transfer_id=f"float-{buyer.pk}")
+        services.credits_grant(
+            organization=buyer,
+            amount_micros=10**12,
+            currency="USD",
+            reason="float",
+            transfer_id=f"float-{buyer.pk}",
+        )
     events = make_events(buyers, cast.provider_a)
     sends = events * 3
     random.Random(3).shuffle(sends)
-    batches = [sends[i:i + BATCH] for i in range(0, len(sends), BATCH)]
+    batches = [sends[i : i + BATCH] for i in range(0, len(sends), BATCH)]
     keys = [cast.client(cast.operator).raw_key for _ in range(THREADS)]
     answers: list[dict] = []
     errors: list[BaseException] = []
@@ -73,8 +88,11 @@ def test_the_same_events_sent_three_times_concurrently_are_counted_once(cast):
         try:
             barrier.wait()
             for batch in batches[index::THREADS]:
-                response = client.post("/api/v1/usage/batch", data=json.dumps(
-                    {"events": batch}), content_type="application/json")
+                response = client.post(
+                    "/api/v1/usage/batch",
+                    data=json.dumps({"events": batch}),
+                    content_type="application/json",
+                )
                 assert response.status_code == 200, response.content
                 answers.append(response.json())
         except BaseException as exc:
@@ -96,7 +114,8 @@ def test_the_same_events_sent_three_times_concurrently_are_counted_once(cast):
     assert sum(a["rejected"] for a in answers) == 0
     assert UsageEvent.objects.count() == EVENTS
     assert UsageEvent.objects.aggregate(total=Sum("quantity"))["total"] == sum(
-        e["quantity"] for e in events)
+        e["quantity"] for e in events
+    )
     accepted_ids = [r["id"] for a in answers for r in a["results"] if r["status"] == "accepted"]
     assert sorted(accepted_ids) == sorted(e["id"] for e in events)
 
@@ -104,11 +123,16 @@ def test_the_same_events_sent_three_times_concurrently_are_counted_once(cast):
     followers_run_until_idle([usage_rating])
     for buyer in buyers:
         expected = sum(
-            rate_usage(usage_type=e["type"], quantity=e["quantity"],
-                       dimensions=e["dimensions"], at=datetime.now(UTC)).amount_micros
-            for e in events if e["subject"]["org"] == buyer.pk)
-        credit = services.account_open(organization=buyer, kind=Account.Kind.CREDIT,
-                                       currency="USD")
+            rate_usage(
+                usage_type=e["type"],
+                quantity=e["quantity"],
+                dimensions=e["dimensions"],
+                at=datetime.now(UTC),
+            ).amount_micros
+            for e in events
+            if e["subject"]["org"] == buyer.pk
+        )
+        credit = services.account_open(organization=buyer, kind=Account.Kind.CREDIT, currency="USD")
         assert Balance.objects.get(account=credit).debits_posted == expected
     totals = Balance.objects.aggregate(d=Sum("debits_posted"), c=Sum("credits_posted"))
     assert totals["d"] == totals["c"]

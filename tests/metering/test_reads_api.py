@@ -26,8 +26,9 @@ def record(org, **fields):
     base.update(fields)
     import msgspec
 
-    outcome = usage_record(events=[msgspec.convert(base, UsageEventIn, from_attributes=False,
-                                                   strict=False)])
+    outcome = usage_record(
+        events=[msgspec.convert(base, UsageEventIn, from_attributes=False, strict=False)]
+    )
     assert outcome[0].status == "accepted", outcome
 
 
@@ -41,7 +42,9 @@ def test_a_buyer_reads_its_own_usage_and_never_another_buyers(cast):
     assert all(e["subject"]["org"] == cast.buyer_a.pk for e in events)
     meter = a.get("/api/v1/usage/meter?type=tokens.training&group_by=subject,model").json()
     assert {(r["group"]["subject"], r["group"]["model"], r["value"]) for r in meter["rows"]} == {
-        ("ft-1", "llama-3.1-8b", 100), ("ft-2", "llama-3.1-8b", 23)}
+        ("ft-1", "llama-3.1-8b", 100),
+        ("ft-2", "llama-3.1-8b", 23),
+    }
     assert meter["truncated"] is False
     b = cast.client(cast.buyer_b)
     meter = b.get("/api/v1/usage/meter?aggregation=count").json()
@@ -52,16 +55,28 @@ def test_a_buyer_reads_its_own_usage_and_never_another_buyers(cast):
 
 def test_a_provider_sees_the_gpu_seconds_it_delivered(cast):
     def gpu(buyer, provider, seconds):
-        record(buyer, id=f"g-{buyer.pk}-{provider.pk}", type="gpu.seconds", quantity=seconds,
-               subject={"org": buyer.pk, "lease": "l-1"},
-               dimensions={"gpu_model": "H100", "provider": provider.pk, "region": "eu",
-                           "lease_price_micros_per_hour": 2_000_000})
+        record(
+            buyer,
+            id=f"g-{buyer.pk}-{provider.pk}",
+            type="gpu.seconds",
+            quantity=seconds,
+            subject={"org": buyer.pk, "lease": "l-1"},
+            dimensions={
+                "gpu_model": "H100",
+                "provider": provider.pk,
+                "region": "eu",
+                "lease_price_micros_per_hour": 2_000_000,
+            },
+        )
 
     gpu(cast.buyer_a, cast.provider_a, 60)
     gpu(cast.buyer_b, cast.provider_a, 30)
     gpu(cast.buyer_a, cast.provider_b, 999)
-    body = cast.client(cast.provider_a).get(
-        "/api/v1/usage/delivered?window=month&group_by=gpu_model").json()
+    body = (
+        cast.client(cast.provider_a)
+        .get("/api/v1/usage/delivered?window=month&group_by=gpu_model")
+        .json()
+    )
     assert [(r["group"]["gpu_model"], r["value"]) for r in body["rows"]] == [("H100", 90)]
     # the provider sees no buyer's raw events
     assert cast.client(cast.provider_a).get("/api/v1/usage/events/").json()["results"] == []
@@ -69,8 +84,14 @@ def test_a_provider_sees_the_gpu_seconds_it_delivered(cast):
 
 def test_bad_meter_parameters_are_400s(cast):
     client = cast.client(cast.buyer_a)
-    for query in ("window=week", "aggregation=avg", "since=yesterday", "type=nope",
-                  "group_by=Model", "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"):
+    for query in (
+        "window=week",
+        "aggregation=avg",
+        "since=yesterday",
+        "type=nope",
+        "group_by=Model",
+        "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+    ):
         response = client.get(f"/api/v1/usage/meter?{query}")
         assert response.status_code == 400, query
         assert response.json()["error"]["details"]["parameter"]

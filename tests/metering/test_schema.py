@@ -10,27 +10,51 @@ from metering.schema import Rejection, UsageEventIn, batch_decode, event_decode
 
 
 def raw(**changes) -> bytes:
-    event = {"id": "e1", "source": "s", "type": "tokens.prompt",
-             "subject": {"org": 1, "deployment": "d"}, "time": "2026-11-01T00:00:00Z",
-             "quantity": 5, "dimensions": {"model": "m"}}
+    event = {
+        "id": "e1",
+        "source": "s",
+        "type": "tokens.prompt",
+        "subject": {"org": 1, "deployment": "d"},
+        "time": "2026-11-01T00:00:00Z",
+        "quantity": 5,
+        "dimensions": {"model": "m"},
+    }
     event.update(changes)
     return msgspec.json.encode(event)
 
 
-@pytest.mark.parametrize(("changes", "words"), [
-    ({"quantity": -1}, ">= 0"),
-    ({"quantity": 1.5}, "int"),
-    ({"id": ""}, "length"),
-    ({"extra": 1}, "unknown field"),
-    ({"subject": {"org": 1}}, "exactly one of job, deployment or lease"),
-    ({"subject": {"org": 1, "job": "j", "lease": "l"}}, "exactly one"),
-    ({"type": "gpu.seconds", "subject": {"org": 1, "lease": "l"},
-      "dimensions": {"gpu_model": "H100", "provider": "x", "lease_price_micros_per_hour": 1}},
-     "provider organization's id"),
-    ({"type": "tokens.training", "subject": {"org": 1, "job": "j"},
-      "dimensions": {"model": "m", "training_type": "rlhf"}}, "training_type must be one of"),
-    ({"dimensions": {"Model": "m"}}, "at `key` in `dimensions`"),
-])
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"quantity": -1}, ">= 0"),
+        ({"quantity": 1.5}, "int"),
+        ({"id": ""}, "length"),
+        ({"extra": 1}, "unknown field"),
+        ({"subject": {"org": 1}}, "exactly one of job, deployment or lease"),
+        ({"subject": {"org": 1, "job": "j", "lease": "l"}}, "exactly one"),
+        (
+            {
+                "type": "gpu.seconds",
+                "subject": {"org": 1, "lease": "l"},
+                "dimensions": {
+                    "gpu_model": "H100",
+                    "provider": "x",
+                    "lease_price_micros_per_hour": 1,
+                },
+            },
+            "provider organization's id",
+        ),
+        (
+            {
+                "type": "tokens.training",
+                "subject": {"org": 1, "job": "j"},
+                "dimensions": {"model": "m", "training_type": "rlhf"},
+            },
+            "training_type must be one of",
+        ),
+        ({"dimensions": {"Model": "m"}}, "at `key` in `dimensions`"),
+    ],
+)
 def test_bad_events_are_rejected_with_where_and_what(changes, words):
     outcome = event_decode(raw(**changes))
     assert isinstance(outcome, Rejection)

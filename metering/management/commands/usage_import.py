@@ -24,11 +24,16 @@ class Command(BaseCommand):
         parser.add_argument("path", type=Path)
         parser.add_argument("--batch-size", type=int, default=500)
         parser.add_argument("--checkpoint", type=Path, default=None)
-        parser.add_argument("--pause", type=float, default=0.0,
-                            help="seconds between batches, to pace a backfill beside live traffic")
+        parser.add_argument(
+            "--pause",
+            type=float,
+            default=0.0,
+            help="seconds between batches, to pace a backfill beside live traffic",
+        )
 
-    def handle(self, *args, path: Path, batch_size: int, checkpoint: Path | None, pause: float,
-               **options):
+    def handle(
+        self, *args, path: Path, batch_size: int, checkpoint: Path | None, pause: float, **options
+    ):
         if not 1 <= batch_size <= 1000:
             raise CommandError("--batch-size must be from 1 to 1000")
         lines = path.read_bytes().splitlines()
