@@ -40,7 +40,7 @@ def test_a_follower_reading_by_position_never_skips_a_late_commit():
                     # higher one and a follower would step past it.
                     if rng.random() < 0.3:
                         time.sleep(rng.uniform(0, 0.005))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()
