@@ -33,7 +33,7 @@ from django.utils import timezone
 from billing import events as ev
 from billing.ledger import BalanceState, apply_event, replay
 from billing.models import Account, Balance, Hold, Posting
-from core.db import is_postgres, retry_transaction
+from core.db import RetryTransaction, is_postgres, retry_transaction
 from core.errors import (
     ApplicationError,
     Conflict,
@@ -255,9 +255,7 @@ def ledger_execute(
         request_id = request_id_var.get()
         if request_id != "-":
             metadata["correlation_id"] = request_id
-        done = retry_transaction(_execute, retry_on=(IntegrityError, _StaleSnapshot))(
-            valid, metadata, now
-        )
+        done = retry_transaction(_execute)(valid, metadata, now)
         for index, result in done:
             results[index] = result
     return results  # type: ignore[return-value]
@@ -369,25 +367,34 @@ def _execute(
         done = [(index, applier.run(command)) for index, command in commands]
         if not applier.rows:
             return done
-        if pg:
-            positions = _write_pg(applier, metadata, now)
-        else:
-            positions = events_insert(
-                [
-                    EventRow(
-                        stream_type=st,
-                        stream_id=sid,
-                        version=v,
-                        type=t,
-                        payload=p,
-                        metadata=metadata,
-                    )
-                    for st, sid, v, t, p in applier.rows
-                ],
-                recorded_at=now,
-            )
-            _write_generic(cursor, applier, positions, now)
+        try:
+            positions = _write(cursor, applier, metadata, now, pg=pg)
+        except IntegrityError as exc:
+            # A concurrent duplicate id committed after this read's snapshot: the
+            # retry reads it and answers "replayed" (or refuses a different body).
+            raise RetryTransaction("a transfer or hold id was written concurrently") from exc
     return [(index, _with_position(result, positions)) for index, result in done]
+
+
+def _write(cursor, applier: _Applier, metadata: dict, now: datetime, *, pg: bool) -> list[int]:
+    if pg:
+        return _write_pg(applier, metadata, now)
+    positions = events_insert(
+        [
+            EventRow(
+                stream_type=st,
+                stream_id=sid,
+                version=v,
+                type=t,
+                payload=p,
+                metadata=metadata,
+            )
+            for st, sid, v, t, p in applier.rows
+        ],
+        recorded_at=now,
+    )
+    _write_generic(cursor, applier, positions, now)
+    return positions
 
 
 def _cursor():
@@ -402,7 +409,7 @@ def _cursor():
     return psycopg.Cursor(connection.connection)
 
 
-class _StaleSnapshot(Exception):
+class _StaleSnapshot(RetryTransaction):
     """The one-statement read saw a lock released by a writer that committed after
     the statement's snapshot was taken: run the transaction again."""
 

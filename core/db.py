@@ -31,15 +31,23 @@ def _is_retryable(exc: BaseException) -> bool:
     return connection.vendor == "sqlite" and "locked" in str(exc)
 
 
+class RetryTransaction(Exception):
+    """Raised inside a transaction to say "roll back and run it again from a fresh
+    read". Every ``retry_transaction`` retries it, however deeply it was raised,
+    so a write nested in a caller's transaction is retried by that caller."""
+
+
 def retry_transaction(
     func: Callable[P, R] | None = None,
     *,
     attempts: int = 8,
     retry_on: tuple[type[BaseException], ...] = (),
 ) -> Callable[P, R]:
-    """Run ``func`` in ``transaction.atomic()``; on a serialization failure or a
-    deadlock (or one of ``retry_on``) roll back and run the whole block again
-    from a fresh read, with jittered backoff."""
+    """Run ``func`` in ``transaction.atomic()``; on a serialization failure, a
+    deadlock, ``RetryTransaction`` (or one of ``retry_on``) roll back and run the
+    whole block again from a fresh read, with jittered backoff."""
+
+    retryable: tuple[type[BaseException], ...] = (RetryTransaction, *retry_on)
 
     def decorate(inner: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(inner)
@@ -55,7 +63,7 @@ def retry_transaction(
                 except OperationalError as exc:
                     if not _is_retryable(exc) or attempt == attempts - 1:
                         raise
-                except retry_on:
+                except retryable:
                     if attempt == attempts - 1:
                         raise
                 time.sleep(random.uniform(0, 0.002 * 2**attempt))
