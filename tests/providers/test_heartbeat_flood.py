@@ -221,8 +221,11 @@ def test_a_flood_of_heartbeats_is_accepted_and_storage_stays_bounded(cast):
     minutes = NodeHeartbeatMinute.objects.values("minute").distinct().count()
     assert minutes <= 2 + int(elapsed // 60)
     assert figures["gpu_samples"] == NODES * GPUS
-    assert figures["minute_rollups"] == NODES * GPUS * minutes
-    assert figures["heartbeat_minutes"] == NODES * minutes
+    # A node heard in a minute has one row for that minute, and each of its GPUs one
+    # rollup. (Not every node need be heard in every minute when the flood straddles
+    # a minute boundary: the client drops heartbeats that fall behind.)
+    assert NODES <= figures["heartbeat_minutes"] <= NODES * minutes
+    assert figures["minute_rollups"] == GPUS * figures["heartbeat_minutes"]
     # one health event per node (unknown -> healthy), not one per heartbeat
     assert Event.objects.filter(type="NodeHealthChanged").count() == NODES
     assert set(Node.objects.values_list("health", flat=True)) == {"healthy"}
