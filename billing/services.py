@@ -33,7 +33,7 @@ from django.utils import timezone
 from billing import events as ev
 from billing.ledger import BalanceState, apply_event, replay
 from billing.models import Account, Balance, Hold, Posting
-from core.db import RetryTransaction, is_postgres, retry_transaction
+from core.db import RetryTransaction, is_postgres, retry_transaction, server_cursor
 from core.errors import (
     ApplicationError,
     Conflict,
@@ -318,12 +318,10 @@ def _existing_events(cursor, stream_ids: Sequence[str]) -> dict[tuple[str, int],
         f"WHERE stream_id IN ({_in_list(stream_ids)})",
         list(stream_ids),
     )
-    found = {}
-    for stream_id, version, event_type, payload, position in cursor.fetchall():
-        if isinstance(payload, str):  # SQLite
-            payload = json.loads(payload)
-        found[(stream_id, version)] = (event_type, payload, position)
-    return found
+    return {
+        (stream_id, version): (event_type, _json(payload), position)
+        for stream_id, version, event_type, payload, position in cursor.fetchall()
+    }
 
 
 def _execute(
@@ -397,18 +395,6 @@ def _write(cursor, applier: _Applier, metadata: dict, now: datetime, *, pg: bool
     return positions
 
 
-def _cursor():
-    """A server-side-binding psycopg cursor on Django's connection: parameters
-    (large arrays included) travel separately from the SQL, in binary where
-    psycopg can, instead of being quoted into the text as Django's cursors do.
-    The hot statements are prepared once per connection (``prepare=True``):
-    planning the write statement costs more than running it. (PgBouncer in
-    transaction mode handles prepared statements from version 1.21.)"""
-    import psycopg
-
-    return psycopg.Cursor(connection.connection)
-
-
 class _StaleSnapshot(RetryTransaction):
     """The one-statement read saw a lock released by a writer that committed after
     the statement's snapshot was taken: run the transaction again."""
@@ -455,7 +441,7 @@ def _read_locked_pg(
     both retry the transaction, which then sees everything.
     """
     with connection.wrap_database_errors:
-        cursor = _cursor()
+        cursor = server_cursor()
         # Not prepared: a generic plan cannot know how many ids the arrays hold and
         # falls back to scanning the event table, which grows without bound.
         cursor.execute(
@@ -479,7 +465,7 @@ def _read_locked_pg(
 
 
 def _json(value):
-    # Django's connection hands json back as text.
+    # Django's connections hand json back as text (SQLite, and jsonb on PostgreSQL).
     return json.loads(value) if isinstance(value, str) else value
 
 
@@ -565,7 +551,7 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
         ]
     )
     with connection.wrap_database_errors:
-        cursor = _cursor()
+        cursor = server_cursor()
         _write_holds(cursor, applier)
         cursor.execute(_PG_WRITE, params, prepare=True)
         positions = [row[0] for row in cursor.fetchall()]

@@ -22,6 +22,21 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+def server_cursor():
+    """A server-side-binding psycopg cursor on Django's (PostgreSQL) connection.
+
+    Django's own cursors quote parameters into the SQL text. Here they travel
+    apart from it (a large JSON document of rows included) and a statement can be
+    prepared once per connection with ``prepare=True``, for statements whose
+    planning costs more than running them. (PgBouncer in transaction mode handles
+    prepared statements from version 1.21.) Wrap its use in
+    ``connection.wrap_database_errors`` to get Django's exception classes."""
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
 def _is_retryable(exc: BaseException) -> bool:
     cause = exc.__cause__
     sqlstate = getattr(cause, "sqlstate", None) or getattr(exc, "sqlstate", None)

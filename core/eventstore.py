@@ -27,7 +27,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from core.db import is_postgres
+from core.db import is_postgres, server_cursor
 from core.errors import ConcurrencyConflict, IdempotencyConflict
 from core.models import Event
 
@@ -144,9 +144,7 @@ def events_insert(rows: Sequence[EventRow], *, recorded_at: datetime | None = No
         if is_postgres():
             # One statement for any number of rows; the append lock is taken by
             # the table's trigger before the first position is drawn.
-            import psycopg
-
-            raw_cursor = psycopg.Cursor(connection.connection)
+            raw_cursor = server_cursor()
             with connection.wrap_database_errors:
                 raw_cursor.execute(
                     EVENTS_INSERT_CTE,

@@ -41,7 +41,7 @@ import msgspec
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core.db import is_postgres, retry_transaction
+from core.db import is_postgres, retry_transaction, server_cursor
 from core.errors import InvalidInput
 from core.eventstore import EventRow, events_insert
 from core.models import Organization
@@ -301,8 +301,6 @@ def _insert_pg(
     notes: list[str],
     now: datetime,
 ) -> list[tuple[int, str, str, str]]:
-    import psycopg
-
     packed = _encode(
         [
             {
@@ -323,7 +321,7 @@ def _insert_pg(
     ).decode()
     note_of = {(e.source, e.id): note for (_, e, _, _), note in zip(rows, notes, strict=True)}
     with connection.wrap_database_errors:
-        cursor = psycopg.Cursor(connection.connection)
+        cursor = server_cursor()
         cursor.execute(_PG_INSERT, {"producer": producer, "now": now, "rows": packed}, prepare=True)
         return [
             (row_id, source, event_id, note_of[(source, event_id)])

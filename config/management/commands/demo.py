@@ -63,18 +63,14 @@ class Command(BaseCommand):
 
         # A GPU lease: reserve its maximum cost, then settle what was used —
         # $3.60 to the provider, a 10% platform fee — and release the rest.
-        billing.ledger_execute(
-            [
-                billing.HoldRequest(
-                    hold_id="demo:lease-1",
-                    debit_account_id=credit.pk,
-                    credit_account_id=payable.pk,
-                    amount_micros=8_000_000,
-                    currency=CURRENCY,
-                    expires_at=billing.timezone.now() + timedelta(days=30),
-                    description="lease reservation: 1x H100 for up to 2 hours",
-                )
-            ],
+        billing.hold_create(
+            hold_id="demo:lease-1",
+            debit_account_id=credit.pk,
+            credit_account_id=payable.pk,
+            amount_micros=8_000_000,
+            currency=CURRENCY,
+            timeout=timedelta(days=30),
+            description="lease reservation: 1x H100 for up to 2 hours",
             actor="demo",
         )
         billing.hold_post(hold_id="demo:lease-1", amount_micros=3_600_000, actor="demo")
@@ -100,18 +96,14 @@ class Command(BaseCommand):
             actor="demo",
         )
         # A second reservation still pending: it shows in "available".
-        billing.ledger_execute(
-            [
-                billing.HoldRequest(
-                    hold_id="demo:lease-2",
-                    debit_account_id=credit.pk,
-                    credit_account_id=payable.pk,
-                    amount_micros=2_000_000,
-                    currency=CURRENCY,
-                    expires_at=billing.timezone.now() + timedelta(days=30),
-                    description="lease reservation: 1x L40S for up to 1 hour",
-                )
-            ],
+        billing.hold_create(
+            hold_id="demo:lease-2",
+            debit_account_id=credit.pk,
+            credit_account_id=payable.pk,
+            amount_micros=2_000_000,
+            currency=CURRENCY,
+            timeout=timedelta(days=30),
+            description="lease reservation: 1x L40S for up to 1 hour",
             actor="demo",
         )
 
