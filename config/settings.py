@@ -88,6 +88,10 @@ else:
     # ledger's hot path uses server-side-bound cursors that prepare its few
     # statements once per connection (planning them costs more than running them).
     DATABASES["default"]["OPTIONS"] = {"prepare_threshold": 5}
+    # Persistent connections: opening one costs more than a whole heartbeat or usage
+    # batch. Checked before reuse, so a restarted server costs one failed request none.
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 300, minimum=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache and rate limits (Redis when REDIS_URL is set) --------------------

@@ -15,11 +15,20 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 logger = logging.getLogger(__name__)
+
+
+def _redis_client(key: str) -> Any:
+    """The raw redis client behind Django's cache, or None for another backend."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return None
+    return backend._cache.get_client(key, write=True)
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -52,8 +61,18 @@ class ApiKeyRateThrottle(BaseThrottle):
         return False
 
     def _count(self, key: str) -> int:
-        # Outlives its window, so the key never expires between add() and incr().
+        # Outlives its window, so the key never expires between the increment and the
+        # next request of the same window.
         timeout = self.window_seconds * 2
+        client = _redis_client(key)
+        if client is not None:
+            # One round trip: INCR creates the counter at 1; EXPIRE NX sets its life
+            # only when it has none, so later requests never extend it.
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(cache.make_and_validate_key(key))
+            pipe.expire(cache.make_and_validate_key(key), timeout, nx=True)
+            count, _ = pipe.execute()
+            return int(count)
         cache.add(key, 0, timeout=timeout)
         try:
             return cache.incr(key)
