@@ -89,7 +89,7 @@ else:
     # statements once per connection (planning them costs more than running them).
     DATABASES["default"]["OPTIONS"] = {"prepare_threshold": 5}
     # Persistent connections: opening one costs more than a whole heartbeat or usage
-    # batch. Checked before reuse, so a restarted server costs one failed request none.
+    # batch. Each is checked before reuse, so a restarted database fails no request.
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 300, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -51,8 +51,7 @@ RELIABILITY_WINDOW = timedelta(days=30)
 
 
 def heartbeat_timeout() -> timedelta:
-    # TODO(lead): NODE_HEARTBEAT_TIMEOUT_SECONDS belongs in config/settings.py (env_int).
-    return timedelta(seconds=int(getattr(settings, "NODE_HEARTBEAT_TIMEOUT_SECONDS", 60)))
+    return timedelta(seconds=settings.NODE_HEARTBEAT_TIMEOUT_SECONDS)
 
 
 def heartbeat_interval_seconds() -> int:
