@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "core",
     "providers",
     "marketplace",
+    "marketplace.workloads",
     "runtime",
     "metering",
     "billing",
@@ -139,6 +140,14 @@ DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 # --- supply -----------------------------------------------------------------
 # A node with no heartbeat for this long is unhealthy (its leases fail over).
 NODE_HEARTBEAT_TIMEOUT_SECONDS = env_int("NODE_HEARTBEAT_TIMEOUT_SECONDS", 60, minimum=5)
+
+# --- workloads (files, fine-tunes, inference: the /v1/ API) ------------------
+WORKLOADS_STORAGE_DIR = Path(env_str("WORKLOADS_STORAGE_DIR", str(VAR_DIR / "files")))
+WORKLOADS_MAX_FILE_BYTES = env_int("WORKLOADS_MAX_FILE_BYTES", 1024**3, minimum=1024)
+# A deployment with no request for this long is stopped (engine unloaded, lease ended).
+INFERENCE_IDLE_SECONDS = env_int("INFERENCE_IDLE_SECONDS", 900, minimum=10)
+# How long a first request waits for a cold deployment's lease and engine.
+INFERENCE_START_TIMEOUT_SECONDS = env_int("INFERENCE_START_TIMEOUT_SECONDS", 120, minimum=1)
 
 # --- Stripe -----------------------------------------------------------------
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")

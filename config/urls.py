@@ -16,4 +16,6 @@ urlpatterns = [
     path("api/v1/usage/", include("metering.urls")),
     path("api/v1/provider/", include("providers.urls")),
     path("api/v1/agent/", include("providers.agent_urls")),
+    # OpenAI- and Together-compatible surface: their clients call /v1/... directly.
+    path("v1/", include("marketplace.workloads.urls")),
 ]

@@ -48,3 +48,87 @@ def registered(name: str) -> bool:
 # --- Port protocols -------------------------------------------------------------
 # Each consumer declares the Protocol it calls below, in its own section, with the
 # name it is registered under.
+
+
+# --- workloads: what marketplace.workloads (the /v1/ API) needs from the runtime ---
+# Registered by the runtime. The training itself goes through dramatiq actors by
+# name; these are the answers the API needs within a request.
+
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Protocol  # noqa: E402
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetCheck:
+    """The verdict on one uploaded dataset. ``error`` names the line and field
+    (``line 3: "messages" must alternate user/assistant``) when ``valid`` is false."""
+
+    valid: bool
+    format: str = ""  # text | messages | prompt_completion | preference | parquet
+    examples: int = 0
+    error: str = ""
+
+
+class DatasetsPort(Protocol):
+    """Port ``"datasets"``: the runtime's dataset checks (runtime/datasets.py)."""
+
+    def check(self, *, path: str, purpose: str) -> DatasetCheck: ...
+
+    def count_tokens(self, *, path: str, model: str) -> int:
+        """Tokens of the whole file with ``model``'s tokenizer (what a job is billed on)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    name: str
+    parameter_count: int
+    context_length: int
+    supports_full_training: bool = True
+    # GPU memory one replica needs to serve it, in GiB (drives the order's GPUs).
+    serving_memory_gib: int = 1
+
+
+class ModelRegistryPort(Protocol):
+    """Port ``"models"``: the runtime's model registry (runtime/registry.py)."""
+
+    def base_models(self) -> list[ModelCard]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One completion: ``prompt`` (text completion) or ``messages`` (chat)."""
+
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """A piece of a streamed completion; the last one has ``finish_reason`` and the
+    exact token counts."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class InferencePort(Protocol):
+    """Port ``"inference"``: long-lived engines, one per deployment, loaded once
+    (base model plus an optional adapter) and kept until unloaded."""
+
+    def load(self, *, deployment_id: str, base_model: str, adapter_path: str | None) -> None: ...
+
+    def generate(
+        self, *, deployment_id: str, request: GenerationRequest
+    ) -> Iterator[GenerationChunk]: ...
+
+    def unload(self, *, deployment_id: str) -> None: ...

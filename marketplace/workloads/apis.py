@@ -1,0 +1,692 @@
+"""The OpenAI- and Together-compatible API under ``/v1/``.
+
+One view per operation: parse the request in the client's vocabulary, call one
+selector or service, answer in the client's shape. Authentication is the usual
+``Authorization: Bearer <Tandem API key>`` (what both official clients send);
+errors come in OpenAI's shape (marketplace.workloads.errors), which Together's
+client reads too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.core import signing
+from django.http import HttpResponseRedirect, StreamingHttpResponse
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.idempotency import idempotent
+from core.parsers import JSONParser
+from core.ports import GenerationRequest
+from core.tenancy import get_caller
+from marketplace.workloads import ports as external
+from marketplace.workloads import selectors, services, shapes
+from marketplace.workloads.errors import invalid, not_found, openai_exception_handler
+from marketplace.workloads.storage import file_storage
+
+UPLOAD_SALT = "workloads.file-upload"
+UPLOAD_URL_MAX_AGE = 3600
+CHUNK = 1024 * 1024
+
+
+class V1Api(APIView):
+    """Base of every /v1/ view: the OpenAI error shape."""
+
+    def get_exception_handler(self):  # type: ignore[no-untyped-def]
+        return openai_exception_handler
+
+
+def _list(items: list[dict[str, Any]], *, has_more: bool = False) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": items,
+        "has_more": has_more,
+        "first_id": items[0]["id"] if items and "id" in items[0] else None,
+        "last_id": items[-1]["id"] if items and "id" in items[-1] else None,
+    }
+
+
+def _request_chunks(request: Request) -> Iterator[bytes]:
+    raw = request._request  # the Django request: its body is read as a stream
+    while chunk := raw.read(CHUNK):
+        yield chunk
+
+
+# --- files -----------------------------------------------------------------------
+
+
+class FileListApi(V1Api):
+    @extend_schema(summary="List files (OpenAI and Together)", responses=None)
+    def get(self, request: Request) -> Response:
+        files = selectors.file_list(
+            organization=get_caller(request).organization,
+            purpose=request.query_params.get("purpose") or None,
+        )
+        page = selectors.page_after(
+            files,
+            after=request.query_params.get("after"),
+            limit_raw=request.query_params.get("limit") or "100",
+        )
+        return Response(_list([shapes.file_object(f) for f in page.items], has_more=page.has_more))
+
+
+class FileCreateApi(V1Api):
+    """OpenAI: multipart ``purpose`` and ``file``, answered with the file. Together:
+    ``purpose, file_name, file_type, checksum``, answered with a 302 to a signed
+    upload URL and the new id in ``X-Together-File-Id``."""
+
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    @extend_schema(summary="Upload a file", request=None, responses=None)
+    def post(self, request: Request) -> Any:
+        organization = get_caller(request).organization
+        purpose = str(request.data.get("purpose") or "")
+        upload = request.FILES.get("file")
+        if upload is not None:
+            file = services.file_upload(
+                organization=organization,
+                purpose=purpose,
+                filename=upload.name or "upload.jsonl",
+                chunks=upload.chunks(CHUNK),
+            )
+            return Response(shapes.file_object(file))
+        services.file_purpose_check(purpose)
+        if not request.data.get("file_name"):
+            raise invalid("file is required (multipart form field 'file')", param="file")
+        file = services.file_reserve(
+            organization=organization,
+            purpose=purpose,
+            filename=str(request.data.get("file_name")),
+            file_type=str(request.data.get("file_type") or ""),
+            checksum=str(request.data.get("checksum") or ""),
+        )
+        token = signing.dumps({"file": file.public_id, "org": organization.pk}, salt=UPLOAD_SALT)
+        url = request.build_absolute_uri(
+            reverse("workloads:file-upload-content", kwargs={"file_id": file.public_id})
+            + f"?token={token}"
+        )
+        response = HttpResponseRedirect(url)
+        response["X-Together-File-Id"] = file.public_id
+        return response
+
+
+class FileUploadContentApi(V1Api):
+    """The signed URL Together's client PUTs the bytes to. The signature (made when
+    the upload was announced, valid for an hour) is the authority: the client's
+    raw PUT carries no API key, exactly as to a presigned bucket URL."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes: list[Any] = []
+    parser_classes: list[Any] = []
+
+    @extend_schema(summary="Upload a file's bytes (signed URL)", request=None, responses=None)
+    def put(self, request: Request, file_id: str) -> Response:
+        try:
+            claims = signing.loads(
+                request.query_params.get("token", ""), salt=UPLOAD_SALT, max_age=UPLOAD_URL_MAX_AGE
+            )
+        except signing.BadSignature:
+            raise not_found("upload", file_id) from None
+        if claims.get("file") != file_id:
+            raise not_found("upload", file_id)
+        from marketplace.workloads.models import File
+
+        file = File.objects.filter(public_id=file_id, organization_id=claims["org"]).first()
+        if file is None:
+            raise not_found("upload", file_id)
+        file = services.file_receive(file=file, chunks=_request_chunks(request))
+        return Response({"id": file.public_id, "bytes": file.bytes})
+
+
+class FilePreprocessApi(V1Api):
+    @extend_schema(summary="Check an uploaded dataset (Together)", request=None, responses=None)
+    def post(self, request: Request, file_id: str) -> Response:
+        file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
+        file = services.file_preprocess(file=file)
+        return Response(shapes.file_object(file))
+
+
+class FileDetailApi(V1Api):
+    @extend_schema(summary="Retrieve a file", responses=None)
+    def get(self, request: Request, file_id: str) -> Response:
+        file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
+        return Response(shapes.file_object(file))
+
+
+class FileDeleteApi(V1Api):
+    @extend_schema(summary="Delete a file", responses=None)
+    def delete(self, request: Request, file_id: str) -> Response:
+        file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
+        services.file_delete(file=file)
+        return Response({"id": file.public_id, "object": "file", "deleted": True})
+
+
+class FileContentApi(V1Api):
+    @extend_schema(summary="Download a file's content", responses=None)
+    def get(self, request: Request, file_id: str) -> StreamingHttpResponse:
+        file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
+        response = StreamingHttpResponse(
+            file_storage().open_chunks(file.storage_key), content_type="application/octet-stream"
+        )
+        response["Content-Length"] = str(file.bytes)
+        response["Content-Disposition"] = f'attachment; filename="{file.filename}"'
+        return response
+
+
+# --- fine-tune jobs: OpenAI -----------------------------------------------------------
+
+
+class OpenAIJobListApi(V1Api):
+    @extend_schema(summary="List fine-tuning jobs (OpenAI)", responses=None)
+    def get(self, request: Request) -> Response:
+        metadata = {
+            key[len("metadata[") : -1]: value
+            for key, value in request.query_params.items()
+            if key.startswith("metadata[") and key.endswith("]")
+        }
+        jobs = selectors.job_list(organization=get_caller(request).organization, metadata=metadata)
+        page = selectors.page_after(
+            jobs,
+            after=request.query_params.get("after"),
+            limit_raw=request.query_params.get("limit"),
+        )
+        return Response(
+            _list([shapes.openai_job(job) for job in page.items], has_more=page.has_more)
+        )
+
+
+class OpenAIJobCreateApi(V1Api):
+    @extend_schema(summary="Create a fine-tuning job (OpenAI)", request=None, responses=None)
+    @idempotent(required=False)
+    def post(self, request: Request) -> Response:
+        job = services.finetune_job_create(
+            organization=get_caller(request).organization,
+            request=shapes.openai_job_request(request.data),
+        )
+        return Response(shapes.openai_job(job))
+
+
+class OpenAIJobDetailApi(V1Api):
+    @extend_schema(summary="Retrieve a fine-tuning job (OpenAI)", responses=None)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        return Response(shapes.openai_job(job))
+
+
+class OpenAIJobCancelApi(V1Api):
+    @extend_schema(summary="Cancel a fine-tuning job (OpenAI)", request=None, responses=None)
+    def post(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        job = services.finetune_job_cancel(job=job)
+        return Response(shapes.openai_job(job))
+
+
+class OpenAIJobEventsApi(V1Api):
+    @extend_schema(summary="List a fine-tuning job's events (OpenAI)", responses=None)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        page = selectors.page_after(
+            selectors.job_events(job=job),
+            after=request.query_params.get("after"),
+            limit_raw=request.query_params.get("limit"),
+        )
+        return Response(_list([shapes.openai_event(e) for e in page.items], has_more=page.has_more))
+
+
+class OpenAIJobCheckpointsApi(V1Api):
+    @extend_schema(summary="List a fine-tuning job's checkpoints (OpenAI)", responses=None)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        page = selectors.page_after(
+            selectors.job_checkpoints(job=job),
+            after=request.query_params.get("after"),
+            limit_raw=request.query_params.get("limit") or "10",
+        )
+        return Response(
+            _list([shapes.openai_checkpoint(c, job) for c in page.items], has_more=page.has_more)
+        )
+
+
+# --- fine-tune jobs: Together ----------------------------------------------------------
+
+
+class TogetherJobListApi(V1Api):
+    @extend_schema(summary="List fine-tunes (Together)", responses=None)
+    def get(self, request: Request) -> Response:
+        jobs = selectors.job_list(organization=get_caller(request).organization)
+        return Response({"data": [shapes.together_job(job) for job in jobs[:1000]]})
+
+
+class TogetherJobCreateApi(V1Api):
+    @extend_schema(summary="Create a fine-tune (Together)", request=None, responses=None)
+    @idempotent(required=False)
+    def post(self, request: Request) -> Response:
+        job = services.finetune_job_create(
+            organization=get_caller(request).organization,
+            request=shapes.together_job_request(request.data),
+        )
+        return Response(shapes.together_job(job, with_events=True))
+
+
+class TogetherJobDetailApi(V1Api):
+    @extend_schema(summary="Retrieve a fine-tune (Together)", responses=None)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        return Response(shapes.together_job(job, with_events=True))
+
+
+class TogetherJobCancelApi(V1Api):
+    @extend_schema(summary="Cancel a fine-tune (Together)", request=None, responses=None)
+    def post(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        job = services.finetune_job_cancel(job=job)
+        return Response(shapes.together_job(job))
+
+
+class TogetherJobEventsApi(V1Api):
+    @extend_schema(summary="List a fine-tune's events (Together)", responses=None)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        events = job.events.order_by("pk")
+        return Response({"data": [shapes.together_event(e) for e in events]})
+
+
+class TogetherJobCheckpointsApi(V1Api):
+    @extend_schema(summary="List a fine-tune's checkpoints (Together)", responses=None)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
+        checkpoints = selectors.job_checkpoints(job=job)
+        return Response({"data": [shapes.together_checkpoint(c, job) for c in checkpoints]})
+
+
+def _tar_stream(root: Path, arcname: str) -> Iterator[bytes]:
+    """A gzipped tar of ``root`` produced piece by piece, never whole in memory."""
+
+    class _Sink(io.RawIOBase):
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.parts.append(bytes(data))
+            return len(data)
+
+    sink = _Sink()
+    with tarfile.open(fileobj=sink, mode="w|gz") as archive:  # type: ignore[call-overload]
+        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in paths:
+            name = f"{arcname}/{path.name if root.is_file() else path.relative_to(root)}"
+            archive.add(str(path), arcname=name, recursive=False)
+            yield b"".join(sink.parts)
+            sink.parts.clear()
+    yield b"".join(sink.parts)
+
+
+class TogetherDownloadApi(V1Api):
+    """``GET /v1/finetune/download?ft_id=&checkpoint=adapter|merged&checkpoint_step=``:
+    the adapter or merged weights of a checkpoint (the final one by default) as a
+    .tar.gz."""
+
+    @extend_schema(summary="Download fine-tuned weights (Together)", responses=None)
+    def get(self, request: Request) -> StreamingHttpResponse:
+        organization = get_caller(request).organization
+        job_id = request.query_params.get("ft_id") or ""
+        if not job_id:
+            raise invalid("ft_id is required", param="ft_id")
+        job = selectors.job_get(organization=organization, job_id=job_id)
+        kind = request.query_params.get("checkpoint") or "merged"
+        if kind not in ("merged", "adapter", "model_output_path", "default"):
+            raise invalid("checkpoint must be merged or adapter", param="checkpoint")
+        raw_step = request.query_params.get("checkpoint_step") or "0"
+        if not raw_step.isdigit():
+            raise invalid("checkpoint_step must be a whole number", param="checkpoint_step")
+        step = int(raw_step)
+        checkpoints = selectors.job_checkpoints(job=job)
+        checkpoint = (
+            checkpoints.filter(step=step).first()
+            if step
+            else (checkpoints.filter(is_final=True).first() if job.status == "succeeded" else None)
+        )
+        if checkpoint is None:
+            raise not_found(
+                "checkpoint",
+                f"{job_id}:{step}" if step else f"{job_id} (final)",
+                param="checkpoint_step",
+            )
+        path = (
+            checkpoint.adapter_path
+            if kind == "adapter"
+            else (checkpoint.merged_path or checkpoint.adapter_path)
+        )
+        if not path or not Path(path).exists():
+            raise not_found(
+                "checkpoint", f"{job_id}:{checkpoint.step} ({kind})", param="checkpoint"
+            )
+        flavour = "adapter" if path == checkpoint.adapter_path else "merged"
+        name = f"{job.public_id}-step{checkpoint.step}-{flavour}"
+        response = StreamingHttpResponse(
+            _tar_stream(Path(path), name), content_type="application/gzip"
+        )
+        response["Content-Disposition"] = f'attachment; filename="{name}.tar.gz"'
+        return response
+
+
+class TogetherEstimatePriceApi(V1Api):
+    @extend_schema(summary="Estimate a fine-tune's price (Together)", request=None, responses=None)
+    def post(self, request: Request) -> Response:
+        body = request.data if isinstance(request.data, dict) else {}
+        job_request = shapes.together_job_request(
+            {"n_epochs": 1, "n_evals": 0, **body, "batch_size": "max"}
+        )
+        quote = services.finetune_quote(
+            organization=get_caller(request).organization, request=job_request
+        )
+        return Response(
+            {
+                "estimation_available": True,
+                "allowed_to_proceed": quote.allowed,
+                "estimated_total_price": quote.total_micros / 1_000_000,
+                "estimated_total_price_micros": quote.total_micros,
+                "currency": quote.currency,
+                "estimated_train_token_count": quote.training_tokens
+                * quote.hyperparameters["n_epochs"],
+                "estimated_eval_token_count": quote.validation_tokens
+                * quote.hyperparameters["n_evals"],
+                "user_limit": quote.available_micros / 1_000_000,
+            }
+        )
+
+
+class TogetherModelLimitsApi(V1Api):
+    @extend_schema(summary="Fine-tuning limits of a model (Together)", responses=None)
+    def get(self, request: Request) -> Response:
+        name = request.query_params.get("model_name") or ""
+        if not name:
+            raise invalid("model_name is required", param="model_name")
+        card = external.base_model(name)
+        if card is None:
+            raise not_found("model", name, param="model_name")
+        limits = services.LIMITS
+        batch = {"min_batch_size": 1, "max_batch_size": limits["max_batch_size"]}
+        return Response(
+            {
+                "model_name": card.name,
+                "default_gradient_accumulation_steps": 1,
+                "max_num_epochs": limits["max_epochs"],
+                "max_num_checkpoints": limits["max_checkpoints"],
+                "max_num_evals": limits["max_evals"],
+                "min_learning_rate": limits["min_learning_rate"],
+                "max_learning_rate": limits["max_learning_rate"],
+                "max_seq_length_sft": card.context_length,
+                "max_seq_length_dpo": card.context_length,
+                "min_max_seq_length": 16,
+                "merge_output_lora": True,
+                "supports_full_training": card.supports_full_training,
+                "supports_reasoning": False,
+                "supports_tools": False,
+                "supports_vision": False,
+                "lora_training": {
+                    **batch,
+                    "max_batch_size_dpo": limits["max_batch_size"],
+                    "default_rank": 8,
+                    "max_rank": limits["max_lora_rank"],
+                    "target_modules": ["all-linear"],
+                },
+                "full_training": {**batch, "max_batch_size_dpo": limits["max_batch_size"]}
+                if card.supports_full_training
+                else None,
+            }
+        )
+
+
+# --- inference -----------------------------------------------------------------------------
+
+
+def _generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
+    def number(name: str, default: float, low: float, high: float) -> float:
+        value = body.get(name)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise invalid(f"{name} must be a number from {low} to {high}", param=name)
+        return float(value)
+
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = 256
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= 32768
+    ):
+        raise invalid("max_tokens must be a whole number from 1 to 32768", param="max_tokens")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise invalid("stop must be a string or up to 4 strings", param="stop")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise invalid("seed must be an integer", param="seed")
+    if body.get("n", 1) != 1:
+        raise invalid("n must be 1", param="n")
+    common = {
+        "max_tokens": max_tokens,
+        "temperature": number("temperature", 1.0, 0.0, 2.0),
+        "top_p": number("top_p", 1.0, 0.0, 1.0),
+        "stop": stops,
+        "seed": seed,
+    }
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise invalid("messages must be a non-empty list", param="messages")
+        clean = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in (
+                "system",
+                "developer",
+                "user",
+                "assistant",
+            ):
+                raise invalid(
+                    "each message needs a role of system, user or assistant",
+                    param=f"messages[{index}].role",
+                )
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(
+                    part.get("text", "") for part in content if isinstance(part, dict)
+                )
+            if not isinstance(content, str):
+                raise invalid("content must be a string", param=f"messages[{index}].content")
+            role = "system" if message["role"] == "developer" else message["role"]
+            clean.append({"role": role, "content": content})
+        return GenerationRequest(messages=clean, **common)  # type: ignore[arg-type]
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise invalid("prompt must be a string", param="prompt")
+    return GenerationRequest(prompt=prompt, **common)  # type: ignore[arg-type]
+
+
+def _sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class _CompletionApi(V1Api):
+    chat: bool = True
+
+    def post(self, request: Request) -> Any:
+        organization = get_caller(request).organization
+        body = request.data if isinstance(request.data, dict) else {}
+        model_name = body.get("model")
+        if not isinstance(model_name, str) or not model_name:
+            raise invalid("model is required", param="model", code="missing_model")
+        generation = _generation_request(body, chat=self.chat)
+        stream = body.get("stream") is True
+        options = body.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        served = services.model_resolve(organization=organization, name=model_name)
+        request_id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        chunks = services.inference_stream(
+            organization=organization, served=served, request=generation, request_id=request_id
+        )
+        if stream:
+            response = StreamingHttpResponse(
+                self._stream(chunks, request_id, created, served.name, include_usage),
+                content_type="text/event-stream",
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            return response
+        text, finish, usage = [], "stop", (0, 0)
+        for chunk in chunks:
+            text.append(chunk.text)
+            if chunk.finish_reason is not None:
+                finish = chunk.finish_reason
+                usage = (chunk.prompt_tokens or 0, chunk.completion_tokens or 0)
+        content = "".join(text)
+        choice: dict[str, Any]
+        if self.chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        else:
+            choice = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
+        return Response(
+            {
+                "id": request_id,
+                "object": "chat.completion" if self.chat else "text_completion",
+                "created": created,
+                "model": served.name,
+                "choices": [choice],
+                "usage": _usage(*usage),
+                "system_fingerprint": None,
+            }
+        )
+
+    def _stream(
+        self, chunks: Iterator[Any], request_id: str, created: int, model: str, include_usage: bool
+    ) -> Iterator[bytes]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        base = {"id": request_id, "object": kind, "created": created, "model": model}
+        usage = (0, 0)
+        if self.chat:
+            first = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "finish_reason": None,
+            }
+            yield _sse({**base, "choices": [first]})
+        for chunk in chunks:
+            finish = chunk.finish_reason
+            if finish is not None:
+                usage = (chunk.prompt_tokens or 0, chunk.completion_tokens or 0)
+            if self.chat:
+                delta = {"content": chunk.text} if chunk.text else {}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": chunk.text, "finish_reason": finish, "logprobs": None}
+            if chunk.text or finish is not None:
+                yield _sse(
+                    {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
+                )
+        if include_usage:
+            # OpenAI's last chunk: no choices, the request's exact usage.
+            yield _sse({**base, "choices": [], "usage": _usage(*usage)})
+        yield b"data: [DONE]\n\n"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+class ChatCompletionApi(_CompletionApi):
+    chat = True
+
+    @extend_schema(summary="Chat completion (OpenAI/Together)", request=None, responses=None)
+    def post(self, request: Request) -> Any:
+        return super().post(request)
+
+
+class CompletionApi(_CompletionApi):
+    chat = False
+
+    @extend_schema(summary="Text completion (OpenAI/Together)", request=None, responses=None)
+    def post(self, request: Request) -> Any:
+        return super().post(request)
+
+
+class ModelListApi(V1Api):
+    """Base models on the market and the caller's own fine-tuned models."""
+
+    @extend_schema(summary="List models", responses=None)
+    def get(self, request: Request) -> Response:
+        organization = get_caller(request).organization
+        data = [
+            {
+                "id": card.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tandem",
+                "type": "chat",
+                "context_length": card.context_length,
+            }
+            for card in external.base_models()
+        ]
+        for job in selectors.fine_tuned_models(organization=organization):
+            data.append(
+                {
+                    "id": job.fine_tuned_model,
+                    "object": "model",
+                    "created": shapes.ts(job.finished_at) or 0,
+                    "owned_by": f"org-{organization.pk}",
+                    "type": "chat",
+                    "root": job.model,
+                    "parent": job.model,
+                }
+            )
+        return Response({"object": "list", "data": data})
+
+
+class ModelDetailApi(V1Api):
+    @extend_schema(summary="Retrieve a model", responses=None)
+    def get(self, request: Request, model: str) -> Response:
+        served = services.model_resolve(organization=get_caller(request).organization, name=model)
+        return Response(
+            {
+                "id": served.name,
+                "object": "model",
+                "created": shapes.ts(served.created_at) or 0,
+                "owned_by": f"org-{served.organization.pk}" if served.organization else "tandem",
+            }
+        )

@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class WorkloadsConfig(AppConfig):
+    name = "marketplace.workloads"
+    label = "workloads"
+    verbose_name = "Workloads (files, fine-tunes, inference)"
+
+    def ready(self) -> None:
+        # Registers the follower that turns lease and training events into job state.
+        from marketplace.workloads import followers  # noqa: F401

@@ -1,0 +1,249 @@
+"""Tables of buyer workloads: uploaded files, fine-tune jobs (with their events and
+checkpoints) and inference deployments.
+
+Every row belongs to one organization and is found by its public id (``file-…``,
+``ft-…``); a lookup always names the organization too, so another tenant's id is
+simply not found. One job table serves both API shapes (OpenAI's and Together's):
+the shapes differ in field and status names, not in what a job is.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+from django.db.models import Q
+
+from core.models import Organization
+
+
+def new_public_id(prefix: str) -> str:
+    # 96 random bits: unguessable, so an id leaks nothing about volume or order.
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class File(models.Model):
+    """An uploaded dataset (or any file a buyer stores for a workload).
+
+    ``status`` is the validation state: ``uploaded`` until the bytes are checked,
+    then ``processed`` or ``error`` (with ``error_message`` naming the line and
+    field). A Together upload first creates the row with ``awaiting_bytes`` (the
+    client PUTs the bytes to a signed URL, then asks for preprocessing).
+    """
+
+    class Status(models.TextChoices):
+        AWAITING_BYTES = "awaiting_bytes"
+        UPLOADED = "uploaded"
+        PROCESSED = "processed"
+        ERROR = "error"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT)
+    purpose = models.CharField(max_length=32)
+    filename = models.CharField(max_length=255)
+    file_type = models.CharField(max_length=16, default="jsonl")
+    bytes = models.BigIntegerField(default=0)
+    # SHA-256 of the content, hex; Together's client sends it before the bytes.
+    checksum = models.CharField(max_length=64, blank=True, default="")
+    storage_key = models.CharField(max_length=255, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADED)
+    error_message = models.TextField(blank=True, default="")
+    dataset_format = models.CharField(max_length=32, blank=True, default="")
+    examples = models.PositiveIntegerField(null=True, blank=True)
+    # Tokens per base model, filled the first time a job or an estimate needs them:
+    # {"tandem/tiny-llama": 1234}. The tokenizer is the model's, so counts differ.
+    token_counts = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["awaiting_bytes", "uploaded", "processed", "error"]),
+                name="workload_file_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(bytes__gte=0), name="workload_file_bytes_positive"),
+        ]
+        indexes = [models.Index(fields=["organization", "-id"], name="workload_file_org")]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.filename})"
+
+
+class FineTuneJob(models.Model):
+    """A fine-tune of a base model on a buyer's file, run by the runtime on a lease."""
+
+    class Status(models.TextChoices):
+        VALIDATING_FILES = "validating_files"
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT)
+    model = models.CharField(max_length=200)
+    training_file = models.ForeignKey(File, on_delete=models.PROTECT, related_name="+")
+    validation_file = models.ForeignKey(
+        File, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    method = models.CharField(max_length=16, default="sft")  # sft | dpo
+    training_type = models.CharField(max_length=8, default="lora")  # lora | full
+    # Everything the trainer needs, resolved (no "auto" left): n_epochs, batch_size,
+    # learning_rate, lr_scheduler, warmup_ratio, weight_decay, max_grad_norm,
+    # n_checkpoints, n_evals, lora_r, lora_alpha, lora_dropout, lora_trainable_modules,
+    # train_on_inputs. ``requested`` keeps what the caller sent, "auto" included.
+    hyperparameters = models.JSONField(default=dict)
+    requested = models.JSONField(default=dict)
+    suffix = models.CharField(max_length=64, blank=True, default="")
+    seed = models.BigIntegerField()
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    fine_tuned_model = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    currency = models.CharField(max_length=3)
+    estimate_micros = models.BigIntegerField(default=0)
+    training_tokens = models.BigIntegerField(default=0)
+    validation_tokens = models.BigIntegerField(default=0)
+    trained_tokens = models.BigIntegerField(null=True, blank=True)
+    steps_completed = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(null=True, blank=True)
+    # The marketplace order and lease running it (ids in the order book).
+    order_ref = models.CharField(max_length=64, blank=True, default="")
+    lease_ref = models.CharField(max_length=64, blank=True, default="")
+    gpu_count = models.PositiveSmallIntegerField(default=1)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "validating_files",
+                        "queued",
+                        "running",
+                        "succeeded",
+                        "failed",
+                        "cancelled",
+                    ]
+                ),
+                name="workload_job_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(method__in=["sft", "dpo"]), name="workload_job_method_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(training_type__in=["lora", "full"]), name="workload_job_type_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(estimate_micros__gte=0), name="workload_job_estimate_positive"
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "-id"], name="workload_job_org")]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.model} {self.status}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class FineTuneEvent(models.Model):
+    """One line of a job's progress, as the API lists it. Projected from the event
+    store (``source_position`` makes the projection idempotent) or written by the
+    job's own transitions."""
+
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="events")
+    public_id = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField()
+    level = models.CharField(max_length=8, default="info")  # info | warn | error
+    # Together's event type names (job_start, checkpoint_save, ...); OpenAI shows
+    # "message" or "metrics".
+    type = models.CharField(max_length=40)
+    message = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+    source_position = models.BigIntegerField(null=True, blank=True, unique=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "-id"], name="workload_job_event")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}: {self.message}"
+
+
+class FineTuneCheckpoint(models.Model):
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="checkpoints")
+    public_id = models.CharField(max_length=40, unique=True)
+    step = models.PositiveIntegerField()
+    is_final = models.BooleanField(default=False)
+    # Storage locations of the artifacts, as the runtime reported them.
+    adapter_path = models.CharField(max_length=500, blank=True, default="")
+    merged_path = models.CharField(max_length=500, blank=True, default="")
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "step"], name="workload_checkpoint_step"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}@{self.step}"
+
+
+class Deployment(models.Model):
+    """A long-lived inference engine for one model, on a marketplace lease.
+
+    Base models are served by platform deployments (``organization`` null) shared by
+    every buyer; a fine-tuned model by a deployment of its owner. Requests route to
+    the ready deployment of their model; one idle past ``idle_timeout_seconds`` is
+    stopped (its engine unloaded, its lease ended).
+    """
+
+    class Status(models.TextChoices):
+        STARTING = "starting"
+        READY = "ready"
+        STOPPED = "stopped"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.PROTECT)
+    model = models.CharField(max_length=255)
+    base_model = models.CharField(max_length=200)
+    adapter_path = models.CharField(max_length=500, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING)
+    order_ref = models.CharField(max_length=64, blank=True, default="")
+    lease_ref = models.CharField(max_length=64, blank=True, default="")
+    idle_timeout_seconds = models.PositiveIntegerField()
+    requests_served = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    last_request_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["starting", "ready", "stopped"]),
+                name="workload_deployment_status_valid",
+            ),
+            # At most one live deployment per model: concurrent first requests for a
+            # cold model start one engine, not several.
+            models.UniqueConstraint(
+                fields=["model"],
+                condition=~Q(status="stopped"),
+                name="workload_deployment_one_live_per_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.model} {self.status}"

@@ -1,0 +1,99 @@
+"""Reads of buyer workloads, always scoped to one organization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Model, QuerySet
+
+from core.models import Organization
+from marketplace.workloads.errors import invalid, not_found
+from marketplace.workloads.models import File, FineTuneCheckpoint, FineTuneEvent, FineTuneJob
+
+MAX_PAGE = 100
+
+
+def file_get(*, organization: Organization, file_id: str, param: str | None = None) -> File:
+    file = File.objects.filter(
+        organization=organization, public_id=file_id, deleted_at=None
+    ).first()
+    if file is None:
+        raise not_found("file", file_id, param=param)
+    return file
+
+
+def file_list(*, organization: Organization, purpose: str | None = None) -> QuerySet[File]:
+    files = File.objects.filter(organization=organization, deleted_at=None).exclude(
+        status=File.Status.AWAITING_BYTES
+    )
+    if purpose:
+        files = files.filter(purpose=purpose)
+    return files.order_by("-pk")
+
+
+def job_get(*, organization: Organization, job_id: str) -> FineTuneJob:
+    job = (
+        FineTuneJob.objects.select_related("training_file", "validation_file")
+        .filter(organization=organization, public_id=job_id)
+        .first()
+    )
+    if job is None:
+        raise not_found("fine-tune job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+def job_list(
+    *, organization: Organization, metadata: dict[str, str] | None = None
+) -> QuerySet[FineTuneJob]:
+    jobs = FineTuneJob.objects.select_related("training_file", "validation_file").filter(
+        organization=organization
+    )
+    for key, value in (metadata or {}).items():
+        jobs = jobs.filter(**{f"metadata__{key}": value})
+    return jobs.order_by("-pk")
+
+
+def job_events(*, job: FineTuneJob) -> QuerySet[FineTuneEvent]:
+    return job.events.order_by("-pk")
+
+
+def job_checkpoints(*, job: FineTuneJob) -> QuerySet[FineTuneCheckpoint]:
+    return job.checkpoints.order_by("-step")
+
+
+def fine_tuned_models(*, organization: Organization) -> QuerySet[FineTuneJob]:
+    return FineTuneJob.objects.filter(
+        organization=organization, status=FineTuneJob.Status.SUCCEEDED
+    ).order_by("-pk")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Any]
+    has_more: bool
+
+
+def page_after(queryset: QuerySet[Any], *, after: str | None, limit_raw: str | None) -> Page:
+    """OpenAI-style pages over a newest-first queryset: ``after`` is the public id
+    of the last item of the previous page, ``limit`` 1 to 100 (default 20)."""
+    if limit_raw in (None, ""):
+        limit = 20
+    else:
+        try:
+            limit = int(limit_raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_PAGE:
+            raise invalid(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
+    if after:
+        anchor: Model | None = queryset.filter(public_id=after).first()
+        if anchor is None:
+            raise invalid(f"after names no item of this list: {after}", param="after")
+        ordering = queryset.query.order_by
+        descending = not ordering or ordering[0].startswith("-")
+        field = (ordering[0].lstrip("-") if ordering else "pk") or "pk"
+        value = getattr(anchor, "pk" if field == "pk" else field)
+        queryset = queryset.filter(**{f"{field}__lt" if descending else f"{field}__gt": value})
+    items = list(queryset[: limit + 1])
+    return Page(items=items[:limit], has_more=len(items) > limit)

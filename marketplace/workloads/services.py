@@ -1,0 +1,1135 @@
+"""Writes of buyer workloads: files, fine-tune jobs, inference deployments.
+
+Slow work (storing bytes, checking a dataset, counting tokens, loading a model)
+never runs inside a database transaction: the row says what is intended first, the
+slow step runs, and the outcome is recorded in a short transaction of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.text import slugify
+
+from core.errors import ApplicationError
+from core.eventstore import event_append, stream_version
+from core.models import Organization
+from core.ports import GenerationChunk, GenerationRequest, ModelCard
+from marketplace.workloads import events as ev
+from marketplace.workloads import ports as external
+from marketplace.workloads.errors import conflict, insufficient_credit, invalid, not_found
+from marketplace.workloads.models import (
+    Deployment,
+    File,
+    FineTuneCheckpoint,
+    FineTuneEvent,
+    FineTuneJob,
+    new_public_id,
+)
+from marketplace.workloads.storage import StorageFull, file_storage
+
+logger = logging.getLogger(__name__)
+
+FILE_PURPOSES = frozenset(
+    {"fine-tune", "fine-tune-results", "batch", "batch-api", "eval", "calibration", "user_data"}
+)
+FILE_TYPES = frozenset({"jsonl", "parquet", "csv"})
+# Purposes whose content the runtime checks as a training dataset.
+DATASET_PURPOSES = frozenset({"fine-tune", "eval"})
+# Files up to this size are checked within the upload request; larger ones by a worker.
+INLINE_CHECK_BYTES = 16 * 1024 * 1024
+CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
+SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+# A GPU's memory as the order book sells it; the runtime's figures are per model.
+GPU_MEMORY_GIB = 80
+
+
+def _append(stream_id: str, stream_type: str, event: Any, tenant_id: int | None) -> None:
+    # Appended last in the transaction: the store's append lock is held to commit.
+    event_append(
+        stream_type=stream_type,
+        stream_id=stream_id,
+        expected_version=stream_version(stream_id),
+        events=[event.to_new_event()],
+        tenant_id=tenant_id,
+    )
+
+
+# --- files --------------------------------------------------------------------
+
+
+def file_purpose_check(purpose: str) -> str:
+    if purpose not in FILE_PURPOSES:
+        raise invalid(
+            f"purpose must be one of {', '.join(sorted(FILE_PURPOSES))}, not {purpose!r}",
+            param="purpose",
+        )
+    return purpose
+
+
+def _file_type_of(filename: str, declared: str | None, *, param: str) -> str:
+    from_name = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    kind = (declared or from_name).lower()
+    if kind not in FILE_TYPES or (declared and from_name != kind):
+        raise invalid(
+            f"the file must be .jsonl, .parquet or .csv, and named for its type ({filename!r})",
+            param=param,
+        )
+    return kind
+
+
+def _check_filename(filename: str, *, param: str) -> str:
+    name = filename.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    if not name or len(name) > 255:
+        raise invalid("a file name of 1 to 255 characters is required", param=param)
+    return name
+
+
+def file_upload(
+    *, organization: Organization, purpose: str, filename: str, chunks: Iterable[bytes]
+) -> File:
+    """OpenAI's upload: the bytes arrive with the request. The dataset is checked
+    before this returns when it is small (up to INLINE_CHECK_BYTES), by a worker
+    otherwise; ``status`` says which."""
+    file_purpose_check(purpose)
+    name = _check_filename(filename, param="file")
+    file_type = _file_type_of(name, None, param="file")
+    public_id = new_public_id("file")
+    key = f"{organization.pk}/{public_id}"
+    try:
+        stored = file_storage().save(key, chunks, max_bytes=settings.WORKLOADS_MAX_FILE_BYTES)
+    except StorageFull as error:
+        raise invalid(str(error), param="file", code="file_too_large") from None
+    with transaction.atomic():
+        file = File.objects.create(
+            public_id=public_id,
+            organization=organization,
+            purpose=purpose,
+            filename=name,
+            file_type=file_type,
+            bytes=stored.bytes,
+            checksum=stored.sha256,
+            storage_key=key,
+            status=File.Status.UPLOADED,
+        )
+    return _check_now_or_later(file)
+
+
+def file_reserve(
+    *, organization: Organization, purpose: str, filename: str, file_type: str, checksum: str
+) -> File:
+    """Together's first step: a row awaiting its bytes, which the client PUTs to a
+    signed URL. The same content already uploaded by this organization is a 409
+    naming the existing file (the client then uses that one)."""
+    file_purpose_check(purpose)
+    name = _check_filename(filename, param="file_name")
+    kind = _file_type_of(name, file_type or None, param="file_name")
+    checksum = (checksum or "").strip().lower()
+    if not CHECKSUM.match(checksum):
+        raise invalid("checksum must be the file's SHA-256 in hex", param="checksum")
+    existing = (
+        File.objects.filter(
+            organization=organization,
+            checksum=checksum,
+            purpose=purpose,
+            deleted_at=None,
+            status=File.Status.PROCESSED,
+        )
+        .order_by("pk")
+        .first()
+    )
+    if existing is not None:
+        raise conflict(
+            f"this content was uploaded before as {existing.public_id}",
+            code="file_exists",
+            file_id=existing.public_id,
+        )
+    public_id = new_public_id("file")
+    return File.objects.create(
+        public_id=public_id,
+        organization=organization,
+        purpose=purpose,
+        filename=name,
+        file_type=kind,
+        checksum=checksum,
+        storage_key=f"{organization.pk}/{public_id}",
+        status=File.Status.AWAITING_BYTES,
+    )
+
+
+def file_receive(*, file: File, chunks: Iterable[bytes]) -> File:
+    """Together's second step: the bytes, checked against the checksum announced."""
+    if file.status != File.Status.AWAITING_BYTES:
+        raise conflict(f"{file.public_id} already has its content", code="file_already_uploaded")
+    storage = file_storage()
+    try:
+        stored = storage.save(file.storage_key, chunks, max_bytes=settings.WORKLOADS_MAX_FILE_BYTES)
+    except StorageFull as error:
+        raise invalid(str(error), param="file", code="file_too_large") from None
+    if stored.sha256 != file.checksum:
+        storage.delete(file.storage_key)
+        raise invalid(
+            f"the content's SHA-256 is {stored.sha256}, not the checksum {file.checksum} "
+            "announced for it; upload again",
+            param="checksum",
+            code="checksum_mismatch",
+        )
+    updated = File.objects.filter(pk=file.pk, status=File.Status.AWAITING_BYTES).update(
+        bytes=stored.bytes, status=File.Status.UPLOADED
+    )
+    if not updated:  # a concurrent PUT of the same bytes got there first
+        raise conflict(f"{file.public_id} already has its content", code="file_already_uploaded")
+    file.refresh_from_db()
+    return file
+
+
+def file_preprocess(*, file: File) -> File:
+    """Together's third step: check the dataset now. An invalid file is a 400 with
+    the line-numbered reason (the file keeps ``status=error`` and the reason)."""
+    if file.status == File.Status.AWAITING_BYTES:
+        raise conflict(
+            f"{file.public_id} has no content yet: PUT it to the upload URL first",
+            code="file_not_uploaded",
+        )
+    if file.status == File.Status.UPLOADED:
+        file = file_check(file=file)
+    if file.status == File.Status.ERROR:
+        raise invalid(
+            f"{file.filename} is not a valid dataset: {file.error_message}",
+            param="file",
+            code="invalid_file_format",
+        )
+    return file
+
+
+def _check_now_or_later(file: File) -> File:
+    if file.purpose not in DATASET_PURPOSES:
+        File.objects.filter(pk=file.pk).update(status=File.Status.PROCESSED)
+        file.status = File.Status.PROCESSED
+        return file
+    if file.bytes <= INLINE_CHECK_BYTES:
+        return file_check(file=file)
+    from marketplace.workloads.tasks import file_check_task
+
+    transaction.on_commit(lambda: file_check_task.send(file.public_id))
+    return file
+
+
+def file_check(*, file: File) -> File:
+    """Run the runtime's dataset checks on the stored bytes and record the verdict."""
+    path = str(file_storage().local_path(file.storage_key))
+    if file.file_type == "csv":
+        verdict_valid, fmt, examples = False, "", 0
+        message = "CSV is accepted for evaluation only; fine-tune datasets are JSONL or Parquet"
+    else:
+        verdict = external.dataset_check(path=path, purpose=file.purpose)
+        verdict_valid, fmt, examples, message = (
+            verdict.valid,
+            verdict.format,
+            verdict.examples,
+            verdict.error,
+        )
+    status = File.Status.PROCESSED if verdict_valid else File.Status.ERROR
+    File.objects.filter(pk=file.pk, status=File.Status.UPLOADED).update(
+        status=status,
+        error_message="" if verdict_valid else message,
+        dataset_format=fmt,
+        examples=examples,
+    )
+    file.refresh_from_db()
+    return file
+
+
+def file_delete(*, file: File) -> None:
+    in_use = FineTuneJob.objects.filter(
+        organization=file.organization_id,
+        status__in=[
+            FineTuneJob.Status.VALIDATING_FILES,
+            FineTuneJob.Status.QUEUED,
+            FineTuneJob.Status.RUNNING,
+        ],
+    ).filter(training_file=file) | FineTuneJob.objects.filter(
+        validation_file=file,
+        status__in=[FineTuneJob.Status.QUEUED, FineTuneJob.Status.RUNNING],
+    )
+    job = in_use.first()
+    if job is not None:
+        raise conflict(
+            f"{file.public_id} is used by fine-tune job {job.public_id}, which has not finished",
+            code="file_in_use",
+            param="file_id",
+        )
+    with transaction.atomic():
+        File.objects.filter(pk=file.pk).update(deleted_at=timezone.now())
+    file_storage().delete(file.storage_key)
+
+
+def file_tokens(*, file: File, model: str) -> int:
+    """Tokens in ``file`` with ``model``'s tokenizer, counted once per model."""
+    cached = file.token_counts.get(model)
+    if cached is not None:
+        return int(cached)
+    count = external.dataset_tokens(
+        path=str(file_storage().local_path(file.storage_key)), model=model
+    )
+    with transaction.atomic():
+        locked = File.objects.select_for_update().get(pk=file.pk)
+        locked.token_counts = {**locked.token_counts, model: count}
+        locked.save(update_fields=["token_counts"])
+    file.token_counts = locked.token_counts
+    return count
+
+
+# --- fine-tune jobs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A fine-tune job as either API shape asked for it, in one vocabulary."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    method: str = "sft"
+    training_type: str = "lora"
+    # Values may be "auto" (OpenAI) or absent; resolved by job_hyperparameters().
+    n_epochs: int | str | None = None
+    batch_size: int | str | None = None
+    learning_rate: float | None = None
+    learning_rate_multiplier: float | str | None = None
+    lr_scheduler: str = "cosine"
+    min_lr_ratio: float = 0.0
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    n_checkpoints: int = 1
+    n_evals: int = 0
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_trainable_modules: str = "all-linear"
+    train_on_inputs: bool | str = "auto"
+    dpo_beta: float | None = None
+    suffix: str = ""
+    seed: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    requested: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What a job would cost, and whether the buyer's credit covers it."""
+
+    model: ModelCard
+    training_file: File
+    validation_file: File | None
+    hyperparameters: dict[str, Any]
+    training_tokens: int
+    validation_tokens: int
+    total_micros: int
+    currency: str
+    available_micros: int
+
+    @property
+    def allowed(self) -> bool:
+        return self.available_micros >= self.total_micros
+
+
+def _base_model(name: str) -> ModelCard:
+    if not name:
+        raise invalid("model is required", param="model", code="missing_model")
+    card = external.base_model(name)
+    if card is None:
+        raise not_found("model", name, param="model")
+    return card
+
+
+def _dataset(organization: Organization, file_id: str | None, *, param: str) -> File | None:
+    if not file_id:
+        return None
+    file = File.objects.filter(
+        organization=organization, public_id=file_id, deleted_at=None
+    ).first()
+    if file is None:
+        raise not_found("file", file_id, param=param)
+    if file.status == File.Status.UPLOADED:
+        file = file_check(file=file)  # a worker has not got to it yet: check it now
+    if file.status == File.Status.AWAITING_BYTES:
+        raise invalid(f"{file_id} has no content yet", param=param, code="file_not_uploaded")
+    if file.status == File.Status.ERROR:
+        raise invalid(
+            f"{file_id} ({file.filename}) is not a valid dataset: {file.error_message}",
+            param=param,
+            code=f"invalid_{param}",
+        )
+    if file.purpose != "fine-tune":
+        raise invalid(
+            f"{file_id} was uploaded with purpose {file.purpose!r}, not 'fine-tune'", param=param
+        )
+    return file
+
+
+def _positive_int(value: Any, *, param: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise invalid(f"{param} must be a whole number from {low} to {high}", param=param)
+    return value
+
+
+def _number(value: Any, *, param: str, low: float, high: float, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise invalid(f"{param} must be a number", param=param)
+    if value > high or value < low or (open_low and value == low):
+        bound = f"greater than {low}" if open_low else f"at least {low}"
+        raise invalid(f"{param} must be {bound} and at most {high}", param=param)
+    return float(value)
+
+
+LIMITS = {
+    "max_epochs": 20,
+    "max_batch_size": 64,
+    "max_checkpoints": 20,
+    "max_evals": 100,
+    "max_lora_rank": 64,
+    "min_learning_rate": 1e-7,
+    "max_learning_rate": 1.0,
+}
+BASE_LEARNING_RATE = {"lora": 1e-4, "full": 1e-5}
+
+
+def job_hyperparameters(request: JobRequest, *, examples: int, card: ModelCard) -> dict[str, Any]:
+    """Every value the trainer needs, with "auto" resolved the way OpenAI documents
+    it: epochs and batch size from the dataset's size, the learning rate as a
+    multiple of the training type's base rate."""
+    if request.method not in ("sft", "dpo"):
+        raise invalid("method must be supervised (sft) or dpo", param="method")
+    if request.training_type not in ("lora", "full"):
+        raise invalid("training_type must be Lora or Full", param="training_type")
+    if request.training_type == "full" and not card.supports_full_training:
+        raise invalid(f"{card.name} can only be fine-tuned with LoRA", param="training_type")
+    if request.n_epochs in (None, "auto"):
+        # Small datasets need more passes; OpenAI's auto lands on 3 for most.
+        n_epochs = 3 if examples < 1000 else 1
+    else:
+        n_epochs = _positive_int(
+            request.n_epochs, param="n_epochs", low=1, high=LIMITS["max_epochs"]
+        )
+    if request.batch_size in (None, "auto", "max"):
+        batch_size = max(1, min(8, examples // 8 or 1))
+    else:
+        batch_size = _positive_int(
+            request.batch_size, param="batch_size", low=1, high=LIMITS["max_batch_size"]
+        )
+    base_rate = BASE_LEARNING_RATE[request.training_type]
+    if request.learning_rate is not None:
+        learning_rate = _number(
+            request.learning_rate,
+            param="learning_rate",
+            low=LIMITS["min_learning_rate"],
+            high=LIMITS["max_learning_rate"],
+        )
+    elif request.learning_rate_multiplier not in (None, "auto"):
+        multiplier = _number(
+            request.learning_rate_multiplier,
+            param="learning_rate_multiplier",
+            low=0.0,
+            high=10.0,
+            open_low=True,
+        )
+        learning_rate = base_rate * multiplier
+    else:
+        learning_rate = base_rate
+    if request.lr_scheduler not in ("linear", "cosine"):
+        raise invalid("lr_scheduler must be linear or cosine", param="lr_scheduler")
+    params: dict[str, Any] = {
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "lr_scheduler": request.lr_scheduler,
+        "min_lr_ratio": _number(request.min_lr_ratio, param="min_lr_ratio", low=0.0, high=1.0),
+        "warmup_ratio": _number(request.warmup_ratio, param="warmup_ratio", low=0.0, high=1.0),
+        "weight_decay": _number(request.weight_decay, param="weight_decay", low=0.0, high=1.0),
+        "max_grad_norm": _number(request.max_grad_norm, param="max_grad_norm", low=0.0, high=1e3),
+        "n_checkpoints": _positive_int(
+            request.n_checkpoints, param="n_checkpoints", low=1, high=LIMITS["max_checkpoints"]
+        ),
+        "n_evals": _positive_int(request.n_evals, param="n_evals", low=0, high=LIMITS["max_evals"]),
+        "train_on_inputs": request.train_on_inputs,
+    }
+    if request.train_on_inputs not in (True, False, "auto"):
+        raise invalid("train_on_inputs must be true, false or auto", param="train_on_inputs")
+    if request.training_type == "lora":
+        rank = request.lora_r if request.lora_r is not None else 8
+        params["lora_r"] = _positive_int(rank, param="lora_r", low=1, high=LIMITS["max_lora_rank"])
+        alpha = request.lora_alpha if request.lora_alpha is not None else 2 * params["lora_r"]
+        params["lora_alpha"] = _number(
+            alpha, param="lora_alpha", low=0.0, high=1024.0, open_low=True
+        )
+        params["lora_dropout"] = _number(
+            request.lora_dropout, param="lora_dropout", low=0.0, high=0.99
+        )
+        modules = (request.lora_trainable_modules or "all-linear").strip()
+        if not re.fullmatch(r"[A-Za-z0-9_.,-]+", modules):
+            raise invalid(
+                "lora_trainable_modules must be all-linear or comma-separated module names",
+                param="lora_trainable_modules",
+            )
+        params["lora_trainable_modules"] = modules
+    if request.method == "dpo":
+        beta = request.dpo_beta if request.dpo_beta is not None else 0.1
+        params["dpo_beta"] = _number(beta, param="dpo_beta", low=0.0, high=100.0, open_low=True)
+    return params
+
+
+def finetune_quote(*, organization: Organization, request: JobRequest) -> Quote:
+    """Price a job the way creating it would: the same token counts, the same price
+    book function, the same credit check."""
+    card = _base_model(request.model)
+    training = _dataset(organization, request.training_file, param="training_file")
+    assert training is not None  # required: _dataset raises on an unknown id
+    validation = _dataset(organization, request.validation_file, param="validation_file")
+    hyperparameters = job_hyperparameters(request, examples=training.examples or 0, card=card)
+    if hyperparameters["n_evals"] and validation is None:
+        raise invalid("n_evals needs a validation_file", param="n_evals")
+    training_tokens = file_tokens(file=training, model=card.name)
+    validation_tokens = file_tokens(file=validation, model=card.name) if validation else 0
+    currency = settings.TANDEM_CURRENCY
+    estimate = external.finetune_estimate(
+        organization_id=organization.pk,
+        model=card.name,
+        parameter_count=card.parameter_count,
+        training_type=request.training_type,
+        method=request.method,
+        training_tokens=training_tokens,
+        validation_tokens=validation_tokens,
+        n_epochs=hyperparameters["n_epochs"],
+        n_evals=hyperparameters["n_evals"],
+        currency=currency,
+    )
+    available = external.credit_available(organization_id=organization.pk, currency=currency)
+    return Quote(
+        model=card,
+        training_file=training,
+        validation_file=validation,
+        hyperparameters=hyperparameters,
+        training_tokens=training_tokens,
+        validation_tokens=validation_tokens,
+        total_micros=estimate.total_micros,
+        currency=currency,
+        available_micros=available,
+    )
+
+
+def gpus_for(card: ModelCard, training_type: str) -> int:
+    """GPUs a fine-tune of ``card`` needs. Full training holds weights, gradients and
+    Adam's two moments in fp32 (16 bytes a parameter); LoRA holds bf16 weights
+    (2 bytes) and a small adapter. A fifth more covers activations."""
+    bytes_per_parameter = 16 if training_type == "full" else 2
+    need_gib = card.parameter_count * bytes_per_parameter * 1.2 / 2**30
+    return max(1, math.ceil(need_gib / GPU_MEMORY_GIB))
+
+
+def _output_name(organization: Organization, card: ModelCard, suffix: str, job_id: str) -> str:
+    org = slugify(organization.name)[:40] or f"org-{organization.pk}"
+    tail = job_id.split("-", 1)[1][:8]
+    return f"ft:{card.name}:{org}:{suffix + ':' if suffix else ''}{tail}"
+
+
+def finetune_job_create(*, organization: Organization, request: JobRequest) -> FineTuneJob:
+    """Estimate, check credit (402 naming the missing amount), record the job and
+    place a standing marketplace order for the GPUs it needs. The runtime starts
+    when the order's lease starts (see followers)."""
+    if request.suffix and not SUFFIX.match(request.suffix):
+        raise invalid("suffix must be 1 to 40 letters, digits, '-', '_' or '.'", param="suffix")
+    if request.seed is not None:
+        _positive_int(request.seed, param="seed", low=0, high=2**31 - 1)
+    quote = finetune_quote(organization=organization, request=request)
+    if not quote.allowed:
+        raise insufficient_credit(
+            needed_micros=quote.total_micros,
+            available_micros=quote.available_micros,
+            currency=quote.currency,
+        )
+    job_id = new_public_id("ft")
+    gpus = gpus_for(quote.model, request.training_type)
+    with transaction.atomic():
+        job = FineTuneJob.objects.create(
+            public_id=job_id,
+            organization=organization,
+            model=quote.model.name,
+            training_file=quote.training_file,
+            validation_file=quote.validation_file,
+            method=request.method,
+            training_type=request.training_type,
+            hyperparameters=quote.hyperparameters,
+            requested=request.requested,
+            suffix=request.suffix,
+            seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+            metadata=request.metadata,
+            status=FineTuneJob.Status.QUEUED,
+            fine_tuned_model=_output_name(organization, quote.model, request.suffix, job_id),
+            currency=quote.currency,
+            estimate_micros=quote.total_micros,
+            training_tokens=quote.training_tokens,
+            validation_tokens=quote.validation_tokens,
+            gpu_count=gpus,
+        )
+        _job_event(job, "job_pending", f"Created fine-tuning job: {job_id}")
+        _job_event(
+            job,
+            "job_pending",
+            f"Validated training file: {quote.training_file.public_id} "
+            f"({quote.training_file.examples} examples, {quote.training_tokens} tokens)",
+        )
+        order_ref = _order_place_for_job(job)
+        job.order_ref = order_ref
+        job.save(update_fields=["order_ref"])
+        _job_event(job, "job_pending", f"Queued: waiting for {gpus} GPU(s) on the market")
+        _append(
+            ev.job_stream_id(job_id),
+            ev.JOB_STREAM,
+            ev.FineTuneJobCreated(
+                job_id=job_id,
+                organization_id=organization.pk,
+                model=job.model,
+                training_file=quote.training_file.public_id,
+                validation_file=quote.validation_file.public_id if quote.validation_file else None,
+                method=job.method,
+                training_type=job.training_type,
+                hyperparameters=job.hyperparameters,
+                estimate_micros=job.estimate_micros,
+                currency=job.currency,
+                order_ref=order_ref,
+            ),
+            organization.pk,
+        )
+    return job
+
+
+def _order_place_for_job(job: FineTuneJob) -> str:
+    from marketplace import services as market
+
+    order = market.order_place(
+        organization=job.organization,
+        workload_kind="fine_tune",
+        workload_id=job.public_id,
+        gpu_count=job.gpu_count,
+    )
+    return str(order.pk)
+
+
+def _job_event(
+    job: FineTuneJob,
+    kind: str,
+    message: str,
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+    source_position: int | None = None,
+) -> FineTuneEvent | None:
+    try:
+        with transaction.atomic():
+            return FineTuneEvent.objects.create(
+                job=job,
+                public_id=new_public_id("ftevent"),
+                created_at=at or timezone.now(),
+                level=level,
+                type=kind,
+                message=message,
+                data=data or {},
+                source_position=source_position,
+            )
+    except IntegrityError:
+        if source_position is None:
+            raise
+        return None  # this runtime event was projected already
+
+
+def finetune_job_cancel(*, job: FineTuneJob) -> FineTuneJob:
+    """Cancel in any state. Waiting for GPUs: the order is cancelled and nothing is
+    billed. Running: the runtime stops at the end of the current step, keeps its
+    last checkpoint, and only completed steps were metered. Finished: a 409."""
+    with transaction.atomic():
+        job = FineTuneJob.objects.select_for_update().get(pk=job.pk)
+        if job.is_terminal:
+            raise conflict(
+                f"fine-tune job {job.public_id} has already {job.status}",
+                code="job_not_cancellable",
+            )
+        before = job.status
+        now = timezone.now()
+        if job.cancel_requested_at is None:
+            job.cancel_requested_at = now
+        if before in (FineTuneJob.Status.VALIDATING_FILES, FineTuneJob.Status.QUEUED):
+            if job.order_ref:
+                from marketplace import services as market
+
+                market.order_cancel(order_id=int(job.order_ref))
+            job.status = FineTuneJob.Status.CANCELLED
+            job.finished_at = now
+            _job_event(
+                job,
+                "job_stopped",
+                "Fine-tuning job cancelled before it started; nothing was billed",
+            )
+        else:
+            _job_event(job, "cancel_requested", "Cancel requested: stopping after the current step")
+        job.save(update_fields=["status", "cancel_requested_at", "finished_at", "updated_at"])
+        _append(
+            ev.job_stream_id(job.public_id),
+            ev.JOB_STREAM,
+            ev.FineTuneJobCancelRequested(job_id=job.public_id, status_before=before),
+            job.organization_id,
+        )
+        if job.status == FineTuneJob.Status.CANCELLED:
+            _finished_event(job)
+    if before == FineTuneJob.Status.RUNNING:
+        transaction.on_commit(lambda: external.training_cancel_send(job_id=job.public_id))
+    return job
+
+
+def _finished_event(job: FineTuneJob) -> None:
+    _append(
+        ev.job_stream_id(job.public_id),
+        ev.JOB_STREAM,
+        ev.FineTuneJobFinished(
+            job_id=job.public_id,
+            organization_id=job.organization_id,
+            status=job.status,
+            steps_completed=job.steps_completed,
+            trained_tokens=job.trained_tokens or 0,
+            fine_tuned_model=job.fine_tuned_model if job.status == "succeeded" else None,
+            error=job.error,
+        ),
+        job.organization_id,
+    )
+
+
+def work_spec(job: FineTuneJob) -> dict[str, Any]:
+    """The runtime's work spec (runtime/spec.py ``WorkSpec``) as JSON: where the data
+    is, what to train, where the artifacts go, and the lease it runs on."""
+    storage = file_storage()
+    hp = job.hyperparameters
+    modules = hp.get("lora_trainable_modules", "all-linear")
+    hyperparameters: dict[str, Any] = {
+        "epochs": hp["n_epochs"],
+        "batch_size": hp["batch_size"],
+        "learning_rate": hp["learning_rate"],
+        "lr_scheduler": hp["lr_scheduler"],
+        # The trainer wants warmup strictly below the whole run.
+        "warmup_ratio": min(hp["warmup_ratio"], 0.99),
+        "weight_decay": hp["weight_decay"],
+        "max_grad_norm": hp["max_grad_norm"],
+        "n_checkpoints": hp["n_checkpoints"],
+        "n_evals": hp["n_evals"],
+        "seed": job.seed,
+        "lora": job.training_type == "lora",
+        # "auto": masked inputs for chat and prompt/completion data, as Together does.
+        "train_on_inputs": hp.get("train_on_inputs") is True,
+    }
+    if job.training_type == "lora":
+        hyperparameters.update(
+            lora_r=hp["lora_r"],
+            lora_alpha=max(1, round(hp["lora_alpha"])),
+            lora_dropout=hp["lora_dropout"],
+            # Together's client asks for merged weights by default on download.
+            merge_weights=True,
+        )
+        if modules != "all-linear":
+            hyperparameters["lora_target_modules"] = modules.split(",")
+    return {
+        "job_id": job.public_id,
+        "organization_id": job.organization_id,
+        "base_model": job.model,
+        "training_file": str(storage.local_path(job.training_file.storage_key)),
+        "validation_file": (
+            str(storage.local_path(job.validation_file.storage_key))
+            if job.validation_file
+            else None
+        ),
+        "output_dir": f"jobs/{job.public_id}",
+        "hyperparameters": hyperparameters,
+        "lease": _lease_info(job.lease_ref),
+    }
+
+
+def _lease_info(lease_ref: str) -> dict[str, Any] | None:
+    if not lease_ref:
+        return None
+    from marketplace.models import Lease
+
+    lease = Lease.objects.filter(pk=int(lease_ref)).first()
+    if lease is None:
+        return None
+    return {
+        "id": f"lease-{lease.pk}",
+        "provider_organization_id": lease.provider_id,
+        "gpu_model": lease.gpu_model,
+        "price_micros_per_hour": lease.price_per_gpu_hour_micros,
+    }
+
+
+def finetune_job_start(*, job_id: str, lease_ref: str) -> bool:
+    """The job's lease started: mark it running and hand the work to the runtime.
+    Idempotent: a second delivery of the same lease start does nothing."""
+    with transaction.atomic():
+        job = FineTuneJob.objects.select_for_update().filter(public_id=job_id).first()
+        if job is None or job.status != FineTuneJob.Status.QUEUED:
+            return False
+        job.status = FineTuneJob.Status.RUNNING
+        job.lease_ref = lease_ref
+        job.started_at = timezone.now()
+        job.save(update_fields=["status", "lease_ref", "started_at", "updated_at"])
+        _job_event(job, "job_start", f"Fine-tuning job started on lease {lease_ref}")
+        _append(
+            ev.job_stream_id(job.public_id),
+            ev.JOB_STREAM,
+            ev.FineTuneJobStarted(job_id=job.public_id, lease_ref=lease_ref),
+            job.organization_id,
+        )
+        spec = work_spec(job)
+        transaction.on_commit(lambda: external.training_send(spec=spec))
+    return True
+
+
+def finetune_job_progress(
+    *,
+    job_id: str,
+    kind: str,
+    message: str,
+    at: datetime,
+    source_position: int,
+    step: int | None = None,
+    total_steps: int | None = None,
+    data: dict[str, Any] | None = None,
+    level: str = "info",
+) -> None:
+    """One progress line from the runtime (step, loss, eval loss, tokens/s, ETA)."""
+    job = FineTuneJob.objects.filter(public_id=job_id).first()
+    if job is None:
+        return
+    created = _job_event(
+        job, kind, message, level=level, data=data, at=at, source_position=source_position
+    )
+    if created is None:
+        return
+    changes: dict[str, Any] = {"updated_at": timezone.now()}
+    if step is not None:
+        changes["steps_completed"] = step
+    if total_steps is not None:
+        changes["total_steps"] = total_steps
+    FineTuneJob.objects.filter(pk=job.pk).update(**changes)
+
+
+def finetune_checkpoint_record(
+    *,
+    job_id: str,
+    step: int,
+    at: datetime,
+    source_position: int,
+    adapter_path: str = "",
+    merged_path: str = "",
+    is_final: bool = False,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    job = FineTuneJob.objects.filter(public_id=job_id).first()
+    if job is None:
+        return
+    with transaction.atomic():
+        _, created = FineTuneCheckpoint.objects.get_or_create(
+            job=job,
+            step=step,
+            defaults={
+                "public_id": new_public_id("ftckpt"),
+                "adapter_path": adapter_path,
+                "merged_path": merged_path,
+                "is_final": is_final,
+                "metrics": metrics or {},
+                "created_at": at,
+            },
+        )
+        if not created and is_final:
+            FineTuneCheckpoint.objects.filter(job=job, step=step).update(is_final=True)
+    _job_event(
+        job,
+        "checkpoint_save",
+        f"Checkpoint saved at step {step}" + (" (final)" if is_final else ""),
+        data={"step": step, "checkpoint_path": adapter_path, **(metrics or {})},
+        at=at,
+        source_position=source_position,
+    )
+
+
+def finetune_job_finish(
+    *,
+    job_id: str,
+    status: str,
+    at: datetime,
+    source_position: int,
+    steps_completed: int | None = None,
+    trained_tokens: int | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """The runtime says the job ended: succeeded, failed, or cancelled (it stopped
+    after a cancel request). The lease is handed back."""
+    if status not in (
+        FineTuneJob.Status.SUCCEEDED,
+        FineTuneJob.Status.FAILED,
+        FineTuneJob.Status.CANCELLED,
+    ):
+        raise ValueError(f"not a terminal status: {status}")
+    with transaction.atomic():
+        job = FineTuneJob.objects.select_for_update().filter(public_id=job_id).first()
+        if job is None or job.is_terminal:
+            return
+        if status == FineTuneJob.Status.SUCCEEDED and job.cancel_requested_at is not None:
+            status = (
+                FineTuneJob.Status.CANCELLED
+            )  # it finished the last step as it was told to stop
+        job.status = status
+        job.finished_at = at
+        if steps_completed is not None:
+            job.steps_completed = steps_completed
+        if trained_tokens is not None:
+            job.trained_tokens = trained_tokens
+        job.error = error if status == FineTuneJob.Status.FAILED else None
+        job.save()
+        messages = {
+            "succeeded": ("job_complete", f"Fine-tuning job succeeded: {job.fine_tuned_model}"),
+            "failed": ("job_error", f"Fine-tuning job failed: {(error or {}).get('message', '')}"),
+            "cancelled": (
+                "job_stopped",
+                f"Fine-tuning job cancelled after step {job.steps_completed}",
+            ),
+        }
+        kind, message = messages[status]
+        _job_event(
+            job,
+            kind,
+            message,
+            level="error" if status == "failed" else "info",
+            at=at,
+            source_position=source_position,
+        )
+        _finished_event(job)
+        lease_ref = job.lease_ref
+    if lease_ref:
+        from marketplace import services as market
+
+        market.lease_end(lease_id=int(lease_ref), reason=f"fine-tune job {status}")
+
+
+# --- inference -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model a request may name: a base model, or the caller's fine-tuned one."""
+
+    name: str
+    base_model: str
+    organization: Organization | None
+    adapter_path: str
+    created_at: datetime | None
+
+
+def model_resolve(*, organization: Organization, name: str) -> ServedModel:
+    """The model ``name`` as ``organization`` may use it. Another organization's
+    fine-tuned model is not found, exactly like one that does not exist."""
+    if not name:
+        raise invalid("model is required", param="model", code="missing_model")
+    card = external.base_model(name)
+    if card is not None:
+        return ServedModel(card.name, card.name, None, "", None)
+    job = FineTuneJob.objects.filter(
+        organization=organization, fine_tuned_model=name, status=FineTuneJob.Status.SUCCEEDED
+    ).first()
+    if job is None:
+        raise not_found("model", name, param="model")
+    final = (
+        job.checkpoints.filter(is_final=True).first() or job.checkpoints.order_by("-step").first()
+    )
+    return ServedModel(
+        name, job.model, organization, final.adapter_path if final else "", job.finished_at
+    )
+
+
+def deployment_acquire(*, served: ServedModel) -> Deployment:
+    """The live deployment of ``served``; the first request for a cold model starts
+    one (loads the engine once). Concurrent first requests meet on the unique
+    live-deployment constraint and share one."""
+    deployment = Deployment.objects.filter(model=served.name).exclude(status="stopped").first()
+    if deployment is None:
+        try:
+            with transaction.atomic():
+                deployment = Deployment.objects.create(
+                    public_id=new_public_id("dep"),
+                    organization=served.organization,
+                    model=served.name,
+                    base_model=served.base_model,
+                    adapter_path=served.adapter_path,
+                    idle_timeout_seconds=settings.INFERENCE_IDLE_SECONDS,
+                )
+        except IntegrityError:
+            deployment = Deployment.objects.exclude(status="stopped").get(model=served.name)
+    if deployment.status != Deployment.Status.READY:
+        deployment_start(deployment=deployment)
+        deployment.refresh_from_db()
+    return deployment
+
+
+def deployment_start(*, deployment: Deployment) -> None:
+    """Load the engine (base model plus adapter) once. The load is outside any
+    transaction; the engine's own registry makes a second load of the same
+    deployment a no-op, so racing first requests cost one load."""
+    external.engine_load(
+        deployment_id=deployment.public_id,
+        base_model=deployment.base_model,
+        adapter_path=deployment.adapter_path or None,
+    )
+    with transaction.atomic():
+        updated = Deployment.objects.filter(
+            pk=deployment.pk, status=Deployment.Status.STARTING
+        ).update(status=Deployment.Status.READY, ready_at=timezone.now())
+        if updated:
+            _append(
+                ev.deployment_stream_id(deployment.public_id),
+                ev.DEPLOYMENT_STREAM,
+                ev.DeploymentStarted(
+                    deployment_id=deployment.public_id,
+                    model=deployment.model,
+                    organization_id=deployment.organization_id,
+                ),
+                deployment.organization_id,
+            )
+
+
+@dataclass
+class Completion:
+    """A finished or streaming completion's text and exact usage."""
+
+    text: str = ""
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def inference_stream(
+    *, organization: Organization, served: ServedModel, request: GenerationRequest, request_id: str
+) -> Iterator[GenerationChunk]:
+    """Chunks from the model's deployment; usage is recorded when the last chunk is
+    produced (server-side counts, streamed or not) — and, when the client goes away
+    mid-stream, for the tokens generated until then."""
+    deployment = deployment_acquire(served=served)
+    prompt_tokens = completion_tokens = 0
+    finished = False
+    try:
+        for chunk in external.engine_generate(deployment_id=deployment.public_id, request=request):
+            if chunk.prompt_tokens is not None:
+                prompt_tokens = chunk.prompt_tokens
+            if chunk.completion_tokens is not None:
+                completion_tokens = chunk.completion_tokens
+            if chunk.finish_reason is not None:
+                finished = True
+            yield chunk
+    finally:
+        inference_usage_record(
+            organization=organization,
+            deployment=deployment,
+            request_id=request_id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            complete=finished,
+        )
+
+
+def inference_usage_record(
+    *,
+    organization: Organization,
+    deployment: Deployment,
+    request_id: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    complete: bool,
+) -> None:
+    """Count the request on its deployment (for idle tracking and the operator's
+    view). The tokens themselves are metered by the engine, which reports each
+    request's usage events under the request id (so a retry is not billed twice)."""
+    Deployment.objects.filter(pk=deployment.pk).update(
+        requests_served=F("requests_served") + 1,
+        prompt_tokens=F("prompt_tokens") + prompt_tokens,
+        completion_tokens=F("completion_tokens") + completion_tokens,
+        last_request_at=timezone.now(),
+    )
+    if not complete:
+        logger.info(
+            "inference request ended before its last chunk",
+            extra={"request_id": request_id, "deployment": deployment.public_id},
+        )
+
+
+def deployments_stop_idle(*, now: datetime | None = None) -> int:
+    """Stop deployments that served nothing for their idle timeout; return how many."""
+    now = now or timezone.now()
+    stopped = 0
+    for deployment in Deployment.objects.filter(status=Deployment.Status.READY).order_by("pk"):
+        last = deployment.last_request_at or deployment.ready_at or deployment.created_at
+        if last + timedelta(seconds=deployment.idle_timeout_seconds) > now:
+            continue
+        if deployment_stop(deployment=deployment, reason="idle", idle_since=last):
+            stopped += 1
+    return stopped
+
+
+def deployment_stop(
+    *, deployment: Deployment, reason: str, idle_since: datetime | None = None
+) -> bool:
+    with transaction.atomic():
+        query = Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.READY)
+        if idle_since is not None:
+            # Claim only if no request came in since we looked (conditional update).
+            query = query.filter(last_request_at=deployment.last_request_at)
+        if not query.update(status=Deployment.Status.STOPPED, stopped_at=timezone.now()):
+            return False
+        _append(
+            ev.deployment_stream_id(deployment.public_id),
+            ev.DEPLOYMENT_STREAM,
+            ev.DeploymentStopped(
+                deployment_id=deployment.public_id,
+                reason=reason,
+                requests_served=deployment.requests_served,
+            ),
+            deployment.organization_id,
+        )
+    try:
+        external.engine_unload(deployment_id=deployment.public_id)
+    except Exception:  # the engine may be gone with its process already
+        logger.warning(
+            "engine unload failed", exc_info=True, extra={"deployment": deployment.public_id}
+        )
+    if deployment.lease_ref:
+        from marketplace import services as market
+
+        market.lease_end(lease_id=int(deployment.lease_ref), reason=f"deployment {reason}")
+    return True
+
+
+def checksum_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModelUnavailable(ApplicationError):
+    status_code = 503
+    code = "model_unavailable"

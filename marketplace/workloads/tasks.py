@@ -1,0 +1,23 @@
+"""Workload actors: take ids, load, call a service."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from marketplace.workloads import services
+from marketplace.workloads.models import File
+
+
+@dramatiq.actor(queue_name="workloads", max_retries=3)
+def file_check_task(file_id: str) -> None:
+    """Check a dataset too large to check within its upload request."""
+    file = File.objects.filter(public_id=file_id, status=File.Status.UPLOADED).first()
+    if file is not None:
+        services.file_check(file=file)
+
+
+@dramatiq.actor(queue_name="workloads", max_retries=0)
+def deployments_stop_idle_task() -> None:
+    """Stop inference deployments idle past their timeout (run every minute by the
+    follower process, or by cron)."""
+    services.deployments_stop_idle()

@@ -1,0 +1,89 @@
+"""``/v1/``: the OpenAI- and Together-compatible surface (included from config.urls)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from core.routing import by_method
+from marketplace.workloads import apis
+
+app_name = "workloads"
+
+urlpatterns = [
+    # files (both clients)
+    path("files", by_method(get=apis.FileListApi, post=apis.FileCreateApi), name="files"),
+    path(
+        "files/<str:file_id>",
+        by_method(get=apis.FileDetailApi, delete=apis.FileDeleteApi),
+        name="file-detail",
+    ),
+    path("files/<str:file_id>/content", apis.FileContentApi.as_view(), name="file-content"),
+    path(
+        "files/<str:file_id>/upload",
+        apis.FileUploadContentApi.as_view(),
+        name="file-upload-content",
+    ),
+    path(
+        "files/<str:file_id>/preprocess", apis.FilePreprocessApi.as_view(), name="file-preprocess"
+    ),
+    # fine-tuning jobs, OpenAI's shape
+    path(
+        "fine_tuning/jobs",
+        by_method(get=apis.OpenAIJobListApi, post=apis.OpenAIJobCreateApi),
+        name="openai-jobs",
+    ),
+    path("fine_tuning/jobs/<str:job_id>", apis.OpenAIJobDetailApi.as_view(), name="openai-job"),
+    path(
+        "fine_tuning/jobs/<str:job_id>/cancel",
+        apis.OpenAIJobCancelApi.as_view(),
+        name="openai-job-cancel",
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>/events",
+        apis.OpenAIJobEventsApi.as_view(),
+        name="openai-job-events",
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>/checkpoints",
+        apis.OpenAIJobCheckpointsApi.as_view(),
+        name="openai-job-checkpoints",
+    ),
+    # fine-tunes, Together's shape (the fixed paths before the <id> ones)
+    path(
+        "fine-tunes",
+        by_method(get=apis.TogetherJobListApi, post=apis.TogetherJobCreateApi),
+        name="together-jobs",
+    ),
+    path(
+        "fine-tunes/estimate-price",
+        apis.TogetherEstimatePriceApi.as_view(),
+        name="together-estimate-price",
+    ),
+    path(
+        "fine-tunes/models/limits",
+        apis.TogetherModelLimitsApi.as_view(),
+        name="together-model-limits",
+    ),
+    path("fine-tunes/<str:job_id>", apis.TogetherJobDetailApi.as_view(), name="together-job"),
+    path(
+        "fine-tunes/<str:job_id>/cancel",
+        apis.TogetherJobCancelApi.as_view(),
+        name="together-job-cancel",
+    ),
+    path(
+        "fine-tunes/<str:job_id>/events",
+        apis.TogetherJobEventsApi.as_view(),
+        name="together-job-events",
+    ),
+    path(
+        "fine-tunes/<str:job_id>/checkpoints",
+        apis.TogetherJobCheckpointsApi.as_view(),
+        name="together-job-checkpoints",
+    ),
+    path("finetune/download", apis.TogetherDownloadApi.as_view(), name="together-download"),
+    # inference
+    path("chat/completions", apis.ChatCompletionApi.as_view(), name="chat-completions"),
+    path("completions", apis.CompletionApi.as_view(), name="completions"),
+    path("models", apis.ModelListApi.as_view(), name="models"),
+    path("models/<path:model>", apis.ModelDetailApi.as_view(), name="model-detail"),
+]
