@@ -36,6 +36,9 @@ class Account(models.Model):
         ROUNDING = "rounding"
         TAX_PAYABLE = "tax_payable"
         ADJUSTMENTS = "adjustments"  # the other side of manual corrections
+        # what the platform pays providers for GPU time behind managed work (fine-tunes,
+        # inference), which buyers pay for per token instead (an expense)
+        COST_OF_REVENUE = "cost_of_revenue"
 
     class Side(models.TextChoices):
         DEBIT = "D"
@@ -53,6 +56,7 @@ class Account(models.Model):
         Kind.ROUNDING: Side.CREDIT,
         Kind.TAX_PAYABLE: Side.CREDIT,
         Kind.ADJUSTMENTS: Side.DEBIT,
+        Kind.COST_OF_REVENUE: Side.DEBIT,
     }
     ORG_KINDS = {Kind.CREDIT, Kind.RECEIVABLE, Kind.PAYABLE}
 

@@ -41,6 +41,7 @@ from datetime import datetime
 
 from django.conf import settings
 
+from billing.credit import leases_settled_by_hold
 from billing.events import CREDIT_EXHAUSTED, CREDIT_STREAM, CreditExhausted
 from billing.models import Account, Balance
 from billing.pricing import BPS, Rate, billing_terms_for, rate_for
@@ -50,6 +51,7 @@ from core.followers import Follower, register
 from core.models import Event, Organization
 from core.money import rate_amount
 from metering import events as metering_events
+from metering.models import UsageEvent
 from metering.selectors import UsageForRating, usage_for_rating
 
 logger = logging.getLogger(__name__)
@@ -186,6 +188,7 @@ def rate_batch(event: RecordedEvent) -> int:
         raise RatingError(
             f"{event.stream_id} names {event.payload['count']} usage rows; {len(lines)} were found"
         )
+    lines = _without_lease_settled(lines)
     groups = [g for g in groups_for(lines) if g.amount > 0]
     if not groups:
         return 0
@@ -208,6 +211,24 @@ def rate_batch(event: RecordedEvent) -> int:
     if prepaid:
         _tell_exhausted(prepaid, accounts, terms)
     return posted
+
+
+def _without_lease_settled(lines: list[UsageForRating]) -> list[UsageForRating]:
+    """GPU-seconds of a marketplace lease are billed when the lease's hold is settled
+    (billing.credit): rating them too would bill them twice. A lease is known by its
+    usage subject having a lease hold; the usage rows stay, for meters and reports."""
+    gpu_ids = [line.id for line in lines if line.type == "gpu.seconds"]
+    if not gpu_ids:
+        return lines
+    subjects = dict(
+        UsageEvent.objects.filter(pk__in=gpu_ids, subject_kind="lease").values_list(
+            "pk", "subject_id"
+        )
+    )
+    settled = leases_settled_by_hold(set(subjects.values()))
+    if not settled:
+        return lines
+    return [line for line in lines if subjects.get(line.id) not in settled]
 
 
 def _post_split(group: _Group, accounts: _Accounts, batch: str) -> LedgerResult:

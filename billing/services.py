@@ -95,6 +95,10 @@ class HoldRequest:
 class HoldPostRequest:
     hold_id: str
     amount_micros: int | None = None  # None: the whole held amount
+    # Where the posted amount goes, as ``(account_id, amount_micros)`` credit legs
+    # summing to it; None: all to the hold's credit account. Lets one journal entry
+    # pay a provider and the platform fee out of a buyer's hold.
+    credit_legs: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,26 @@ def _check_id(value: object, name: str) -> str | None:
     return None
 
 
+def _check_credit_legs(command: HoldPostRequest) -> str | None:
+    legs = command.credit_legs or ()
+    if not 1 <= len(legs) < MAX_LEGS:
+        return f"credit_legs must have 1 to {MAX_LEGS - 1} legs"
+    seen = set()
+    for index, leg in enumerate(legs):
+        if not isinstance(leg, tuple | list) or len(leg) != 2:
+            return f"credit_legs[{index}] must be (account_id, amount_micros)"
+        account_id, amount = leg
+        if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id in seen:
+            return f"credit_legs[{index}].account must be an account id, once"
+        seen.add(account_id)
+        if problem := _check_amount(amount, f"credit_legs[{index}].amount_micros"):
+            return problem
+    total = sum(leg[1] for leg in legs)
+    if command.amount_micros is not None and total != command.amount_micros:
+        return f"credit_legs sum to {total}, not amount_micros {command.amount_micros}"
+    return None
+
+
 def _validate(command: Command, now: datetime) -> str | None:
     if isinstance(command, EntryRequest):
         if problem := _check_id(command.transfer_id, "transfer_id"):
@@ -210,8 +234,12 @@ def _validate(command: Command, now: datetime) -> str | None:
     if isinstance(command, HoldPostRequest):
         if problem := _check_id(command.hold_id, "hold_id"):
             return problem
-        if command.amount_micros is not None:
-            return _check_amount(command.amount_micros, "amount_micros")
+        if command.amount_micros is not None and (
+            problem := _check_amount(command.amount_micros, "amount_micros")
+        ):
+            return problem
+        if command.credit_legs is not None:
+            return _check_credit_legs(command)
         return None
     if isinstance(command, HoldVoidRequest):
         return _check_id(command.hold_id, "hold_id")
@@ -340,6 +368,8 @@ def _execute(
                 account_ids.update(leg[0] for leg in command.legs)
             elif isinstance(command, HoldRequest):
                 account_ids.update((command.debit_account_id, command.credit_account_id))
+            elif isinstance(command, HoldPostRequest) and command.credit_legs:
+                account_ids.update(leg[0] for leg in command.credit_legs)
         for hold in holds.values():
             account_ids.update((hold.debit_account, hold.credit_account))
         stream_ids = sorted(
@@ -671,7 +701,9 @@ class _Applier:
         if isinstance(command, HoldRequest):
             return self._hold_create(command)
         if isinstance(command, HoldPostRequest):
-            return self._hold_resolve(command.hold_id, ev.HOLD_POSTED, command.amount_micros)
+            return self._hold_resolve(
+                command.hold_id, ev.HOLD_POSTED, command.amount_micros, command.credit_legs
+            )
         return self._hold_resolve(
             command.hold_id, ev.HOLD_EXPIRED if command.expired else ev.HOLD_VOIDED, None
         )
@@ -752,7 +784,13 @@ class _Applier:
         )
         return self._record(ev.HOLD_STREAM, stream_id, 1, ev.HOLD_CREATED, payload)
 
-    def _hold_resolve(self, hold_id: str, event_type: str, amount: int | None) -> LedgerResult:
+    def _hold_resolve(
+        self,
+        hold_id: str,
+        event_type: str,
+        amount: int | None,
+        credit_legs: tuple[tuple[int, int], ...] | None = None,
+    ) -> LedgerResult:
         stream_id = ev.hold_stream_id(hold_id)
         hold = self.holds.get(hold_id)
         if hold is None:
@@ -765,6 +803,11 @@ class _Applier:
                 stored_type, stored, position = resolved
                 posted = sum(leg[2] for leg in stored["legs"] if leg[1] == "D")
                 wanted = hold.amount_micros if amount is None else amount
+                if credit_legs is not None:
+                    wanted = sum(leg[1] for leg in credit_legs)
+                    credited = sorted((leg[0], leg[2]) for leg in stored["legs"] if leg[1] == "C")
+                    if credited != sorted(tuple(leg) for leg in credit_legs):
+                        wanted = -1  # the same hold posted to other accounts: not a replay
                 if stored_type == event_type and (event_type != ev.HOLD_POSTED or posted == wanted):
                     return LedgerResult(status="replayed", position=position)
             return _rejected(
@@ -780,6 +823,8 @@ class _Applier:
                     f"hold {hold_id!r} expired at {hold.expires_at.isoformat()}",
                     hold_id=hold_id,
                 )
+            if credit_legs is not None:
+                amount = sum(leg[1] for leg in credit_legs)
             amount = hold.amount_micros if amount is None else amount
             if amount > hold.amount_micros:
                 return _rejected(
@@ -787,9 +832,18 @@ class _Applier:
                     f"amount_micros {amount} is more than the {hold.amount_micros} held",
                     hold_id=hold_id,
                 )
+            credited = credit_legs or ((hold.credit_account, amount),)
+            if hold.debit_account in {leg[0] for leg in credited}:
+                return _rejected(
+                    "invalid",
+                    "credit_legs may not credit the hold's debit account",
+                    hold_id=hold_id,
+                )
+            if problem := self._accounts([leg[0] for leg in credited], hold.currency):
+                return problem
             legs: tuple[ev.Leg, ...] = (
                 (hold.debit_account, "D", amount),
-                (hold.credit_account, "C", amount),
+                *((account_id, "C", part) for account_id, part in credited),
             )
         else:
             amount = 0
@@ -986,9 +1040,17 @@ def hold_create(
 
 
 def hold_post(
-    *, hold_id: str, amount_micros: int | None = None, actor: str = "system"
+    *,
+    hold_id: str,
+    amount_micros: int | None = None,
+    credit_legs: tuple[tuple[int, int], ...] | None = None,
+    actor: str = "system",
 ) -> LedgerResult:
-    return raise_for(ledger_execute([HoldPostRequest(hold_id, amount_micros)], actor=actor)[0])
+    """Settle a hold: post ``amount_micros`` (all of it by default) and release the
+    rest. ``credit_legs`` splits what is posted over several accounts in the same
+    journal entry (a provider's payable and the platform fee)."""
+    request = HoldPostRequest(hold_id, amount_micros, credit_legs)
+    return raise_for(ledger_execute([request], actor=actor)[0])
 
 
 def hold_void(*, hold_id: str, actor: str = "system") -> LedgerResult:

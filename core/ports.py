@@ -20,7 +20,9 @@ its provider registered raises ``LookupError`` naming it, so a missing app in
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 _registry: dict[str, Any] = {}
 
@@ -132,3 +134,82 @@ class InferencePort(Protocol):
     ) -> Iterator[GenerationChunk]: ...
 
     def unload(self, *, deployment_id: str) -> None: ...
+
+
+# --- credit: the buyer's ledger, for the marketplace (and managed workloads) ----
+# Registered as "credit" by billing (billing/credit.py). Amounts are integer
+# micro-units of ``currency``. Every call joins the caller's database transaction,
+# so a hold and the order or lease row it backs commit together or not at all.
+# Hold ids are the caller's: the same id with the same body is a replay (no effect).
+# A GPU lease's holds are named ``<usage subject>:w<window>`` (marketplace leases:
+# ``lease-<id>:w1``): rating skips ``gpu.seconds`` usage of a lease that has one,
+# because settling the hold is that lease's bill.
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTimeCost:
+    """What ``gpu_seconds`` at a price per GPU-hour cost: the provider's share is
+    ``gpu_seconds * price / 3600`` rounded half-even once; the buyer pays it plus the
+    platform fee (managed work: the platform pays the provider, no fee)."""
+
+    gpu_seconds: int
+    provider_micros: int
+    fee_micros: int
+
+    @property
+    def buyer_micros(self) -> int:
+        return self.provider_micros + self.fee_micros
+
+
+class CreditPort(Protocol):
+    def available(self, *, organization_id: int, currency: str) -> int:
+        """Posted minus pending on the org's prepaid credit, plus any credit limit."""
+        ...
+
+    def gpu_time_cost(
+        self, *, gpu_seconds: int, price_micros_per_gpu_hour: int, currency: str, managed: bool
+    ) -> GpuTimeCost: ...
+
+    def reserve(
+        self,
+        *,
+        hold_id: str,
+        organization_id: int,
+        amount_micros: int,
+        currency: str,
+        expires_at: datetime,
+        description: str,
+    ) -> None:
+        """Reserve the org's credit (a pending hold that is only ever released, e.g.
+        an order waiting in the book). Raises core.errors.InsufficientFunds with
+        ``details.missing_micros`` when available credit does not cover it."""
+        ...
+
+    def release(self, *, hold_id: str) -> bool:
+        """Release a reservation or hold; False if it was already resolved (expired)."""
+        ...
+
+    def lease_hold_place(
+        self,
+        *,
+        hold_id: str,
+        buyer_organization_id: int | None,
+        provider_organization_id: int,
+        amount_micros: int,
+        currency: str,
+        expires_at: datetime,
+        description: str,
+    ) -> None:
+        """The two-phase hold behind one billing window of a GPU lease. With a buyer:
+        reserves the buyer's credit (InsufficientFunds as ``reserve``). With
+        ``buyer_organization_id=None`` (managed work, billed per token): reserves the
+        platform's cost of revenue, which has no limit."""
+        ...
+
+    def lease_hold_settle(
+        self, *, hold_id: str, provider_organization_id: int, cost: GpuTimeCost
+    ) -> None:
+        """Post ``cost`` from the hold in one journal entry — the provider's payable
+        and the platform fee as its credit legs — and release the rest. A hold
+        resolves once: settling it again with the same cost is a no-op."""
+        ...
