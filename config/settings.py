@@ -149,6 +149,18 @@ INFERENCE_IDLE_SECONDS = env_int("INFERENCE_IDLE_SECONDS", 900, minimum=10)
 # How long a first request waits for a cold deployment's lease and engine.
 INFERENCE_START_TIMEOUT_SECONDS = env_int("INFERENCE_START_TIMEOUT_SECONDS", 120, minimum=1)
 
+# --- runtime (training and inference) ----------------------------------------
+# Model weights on this node (HF layout, one directory per model name), artifacts
+# (checkpoints, finished adapters), and how long a training run's worker may stay
+# silent before another delivery takes the run over and resumes it.
+RUNTIME_MODEL_DIR = Path(env_str("TANDEM_MODEL_DIR", str(VAR_DIR / "models")))
+RUNTIME_ARTIFACT_DIR = Path(env_str("TANDEM_ARTIFACT_DIR", str(VAR_DIR / "artifacts")))
+RUNTIME_CLAIM_TIMEOUT_SECONDS = env_int("RUNTIME_CLAIM_TIMEOUT_SECONDS", 300, minimum=10)
+if RUNTIME_MODEL_DIR.exists() and not RUNTIME_MODEL_DIR.is_dir():
+    raise ImproperlyConfigured(f"TANDEM_MODEL_DIR={RUNTIME_MODEL_DIR} is not a directory")
+if RUNTIME_ARTIFACT_DIR.exists() and not RUNTIME_ARTIFACT_DIR.is_dir():
+    raise ImproperlyConfigured(f"TANDEM_ARTIFACT_DIR={RUNTIME_ARTIFACT_DIR} is not a directory")
+
 # --- Stripe -----------------------------------------------------------------
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
 STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")

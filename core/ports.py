@@ -213,3 +213,41 @@ class CreditPort(Protocol):
         and the platform fee as its credit legs — and release the rest. A hold
         resolves once: settling it again with the same cost is a no-op."""
         ...
+
+
+# --- usage (consumer: runtime; provider: metering) -------------------------------
+# The runtime reports what it used (training and evaluation tokens per step, prompt
+# and completion tokens per request, GPU-seconds per lease) in-process through this
+# port; a remote node sends the same records to POST /api/v1/usage/batch instead.
+# Ids must stay the same when work is retried (``f"{job}:{step}:train"``): metering
+# de-duplicates on them, so a resumed job is never billed twice for one step.
+
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import datetime  # noqa: E402, F811
+from typing import Protocol  # noqa: E402
+
+USAGE = "usage"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One usage event, in metering's schema (metering/schema.py) but made only of
+    plain values, so a producer need not import metering."""
+
+    id: str
+    source: str
+    type: str  # tokens.{training,evaluation,prompt,completion} or gpu.seconds
+    organization_id: int
+    subject_kind: str  # job | deployment | lease
+    subject_id: str
+    time: datetime
+    quantity: int
+    dimensions: dict[str, str | int] = field(default_factory=dict)
+
+
+class UsagePort(Protocol):
+    def record(self, records: Sequence[UsageRecord]) -> list[str]:
+        """Store ``records``; one status per record, in order: ``accepted``,
+        ``duplicate`` (seen before: not counted again) or ``rejected: <reason>``."""
+        ...
