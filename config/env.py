@@ -67,6 +67,37 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_amount(name: str, default: str) -> int:
+    """A non-negative amount of money as decimal text (``"20.00"``), in micro-units."""
+    from decimal import Decimal, InvalidOperation
+
+    raw = os.environ.get(name, default).strip()
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a decimal amount (e.g. 20.00)") from None
+    micros = value * 1_000_000
+    if not value.is_finite() or value < 0 or micros != micros.to_integral_value():
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} must be a non-negative amount with at most 6 decimals"
+        )
+    return int(micros)
+
+
+def env_int_list(name: str, default: list[int]) -> list[int]:
+    """Comma-separated positive integers, ascending (``1,3,5``)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        values = [int(item) for item in raw.split(",") if item.strip()]
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a list of integers (1,3,5)") from None
+    if not values or any(v <= 0 for v in values) or values != sorted(values):
+        raise ImproperlyConfigured(f"{name}={raw!r} must be positive integers in ascending order")
+    return values
+
+
 def env_database(name: str, default: str) -> dict[str, Any]:
     raw = os.environ.get(name) or default
     shown = redact_url(raw)

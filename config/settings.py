@@ -11,7 +11,16 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_database, env_int, env_list, env_str, env_url
+from config.env import (
+    env_amount,
+    env_bool,
+    env_database,
+    env_int,
+    env_int_list,
+    env_list,
+    env_str,
+    env_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("TANDEM_VAR_DIR", str(BASE_DIR / "var")))
@@ -42,6 +51,7 @@ INSTALLED_APPS = [
     "runtime",
     "metering",
     "billing",
+    "billing.payments",
 ]
 
 MIDDLEWARE = [
@@ -170,6 +180,21 @@ if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
     raise ImproperlyConfigured("STRIPE_SECRET_KEY must start with sk_ or rk_")
 if STRIPE_WEBHOOK_SECRET and not STRIPE_WEBHOOK_SECRET.startswith("whsec_"):
     raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRET must start with whsec_")
+# Bounds of one top-up, the smallest payout worth a transfer, the largest daily cap
+# a buyer may set on auto-recharge (decimal text in TANDEM_CURRENCY).
+TOPUP_MINIMUM_MICROS = env_amount("TOPUP_MINIMUM", "5.00")
+TOPUP_MAXIMUM_MICROS = env_amount("TOPUP_MAXIMUM", "10000.00")
+if TOPUP_MAXIMUM_MICROS < TOPUP_MINIMUM_MICROS:
+    raise ImproperlyConfigured("TOPUP_MAXIMUM must be at least TOPUP_MINIMUM")
+PAYOUT_MINIMUM_MICROS = env_amount("PAYOUT_MINIMUM", "20.00")
+# Express accounts are created in this country unless the provider names another.
+STRIPE_CONNECT_DEFAULT_COUNTRY = env_str("STRIPE_CONNECT_DEFAULT_COUNTRY", "US")
+if len(STRIPE_CONNECT_DEFAULT_COUNTRY) != 2 or not STRIPE_CONNECT_DEFAULT_COUNTRY.isalpha():
+    raise ImproperlyConfigured("STRIPE_CONNECT_DEFAULT_COUNTRY must be an ISO 3166 code (US)")
+STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0)
+# Dunning for postpaid invoices: days after finalization to retry a failed charge,
+# then the invoice is uncollectible.
+DUNNING_RETRY_DAYS = env_int_list("DUNNING_RETRY_DAYS", [1, 3, 5, 7])
 
 # --- money ------------------------------------------------------------------
 TANDEM_CURRENCY = env_str("TANDEM_CURRENCY", "USD")

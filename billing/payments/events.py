@@ -1,0 +1,113 @@
+"""Payments' event types, appended to the core event store (stream type
+``payments``) in the same transaction as the state they announce. Notifications
+(receipts, payout statements, dunning emails) follow these, never the tables."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PAYMENTS_STREAM = "payments"
+
+TOP_UP_CREDITED = "TopUpCredited"
+REFUND_ISSUED = "RefundIssued"
+DISPUTE_CHANGED = "DisputeChanged"
+PAYOUT_PAID = "PayoutPaid"
+PAYOUT_FAILED = "PayoutFailed"
+AUTO_RECHARGE_TRIGGERED = "AutoRechargeTriggered"
+AUTO_RECHARGE_SKIPPED = "AutoRechargeSkipped"
+
+
+def top_up_stream(top_up_id: int) -> str:
+    return f"top-up:{top_up_id}"
+
+
+def payout_stream(payout_id: int) -> str:
+    return f"payout:{payout_id}"
+
+
+def dispute_stream(dispute_id: str) -> str:
+    return f"dispute:{dispute_id}"
+
+
+def recharge_stream(organization_id: int) -> str:
+    return f"auto-recharge:{organization_id}"
+
+
+class _Payload:
+    def payload(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True, slots=True)
+class TopUpCredited(_Payload):
+    schema_version = 1
+    organization: int
+    top_up: int
+    amount_micros: int
+    currency: str
+    payment_intent: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundIssued(_Payload):
+    schema_version = 1
+    organization: int
+    top_up: int
+    refund: int
+    amount_micros: int
+    currency: str
+    credit_micros: int
+    receivable_micros: int
+    stripe_refund: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeChanged(_Payload):
+    schema_version = 1
+    organization: int | None
+    dispute: str
+    status: str
+    amount_micros: int
+    currency: str
+    credit_micros: int
+    receivable_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutPaid(_Payload):
+    schema_version = 1
+    organization: int
+    payout: int
+    amount_micros: int
+    currency: str
+    transfer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutFailed(_Payload):
+    schema_version = 1
+    organization: int
+    payout: int
+    amount_micros: int
+    currency: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRechargeTriggered(_Payload):
+    schema_version = 1
+    organization: int
+    top_up: int
+    amount_micros: int
+    available_micros: int
+    threshold_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRechargeSkipped(_Payload):
+    schema_version = 1
+    organization: int
+    reason: str
+    available_micros: int
+    threshold_micros: int

@@ -1,0 +1,46 @@
+"""Auto-recharge: a follower of the ledger's events.
+
+It reads every journal entry and hold change (streams ``ledger.entry`` and
+``ledger.hold``) and, for each that touches the prepaid credit account of a buyer
+with auto-recharge on, checks that buyer's available credit against its threshold
+(``services.auto_recharge_check``). The check and the follower's position commit
+together, so each ledger event is looked at once; the ``armed`` flag makes it fire
+once per crossing, however many events the crossing spans. The charge is sent to
+Stripe by an actor after the commit, never inside it.
+
+One indexed query per ledger event finds whether it touches such an account.
+"""
+
+from __future__ import annotations
+
+from billing import events as ledger_events
+from billing.ledger import accounts_in
+from billing.models import Account
+from billing.payments import services
+from core.eventstore import RecordedEvent
+from core.followers import Follower, register
+
+
+class AutoRechargeFollower(Follower):
+    name = "payments.auto_recharge"
+    stream_types = (ledger_events.ENTRY_STREAM, ledger_events.HOLD_STREAM)
+    batch_size = 200
+
+    def handle(self, event: RecordedEvent) -> None:
+        touched = accounts_in(event)
+        if not touched:
+            return
+        buyers = (
+            Account.objects.filter(
+                pk__in=touched,
+                kind=Account.Kind.CREDIT,
+                organization__auto_recharge__enabled=True,
+            )
+            .values_list("organization_id", flat=True)
+            .order_by("organization_id")
+        )
+        for organization_id in buyers:
+            services.auto_recharge_check(organization_id=organization_id, now=event.recorded_at)
+
+
+auto_recharge_follower = register(AutoRechargeFollower())
