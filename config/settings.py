@@ -156,6 +156,11 @@ WORKLOADS_STORAGE_DIR = Path(env_str("WORKLOADS_STORAGE_DIR", str(VAR_DIR / "fil
 WORKLOADS_MAX_FILE_BYTES = env_int("WORKLOADS_MAX_FILE_BYTES", 1024**3, minimum=1024)
 # A deployment with no request for this long is stopped (engine unloaded, lease ended).
 INFERENCE_IDLE_SECONDS = env_int("INFERENCE_IDLE_SECONDS", 900, minimum=10)
+# The most a managed job's order pays a provider per GPU-hour (the platform's cost:
+# buyers pay per token), in micro-units of TANDEM_CURRENCY.
+WORKLOADS_GPU_HOUR_LIMIT_MICROS = env_int(
+    "WORKLOADS_GPU_HOUR_LIMIT_MICROS", 10_000_000, minimum=1
+)
 # How long a first request waits for a cold deployment's lease and engine.
 INFERENCE_START_TIMEOUT_SECONDS = env_int("INFERENCE_START_TIMEOUT_SECONDS", 120, minimum=1)
 

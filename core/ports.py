@@ -58,8 +58,6 @@ def registered(name: str) -> bool:
 
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import field  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Protocol  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,113 +18,141 @@ from marketplace.workloads import services
 
 logger = logging.getLogger(__name__)
 
-# The order book's lease events (marketplace/events.py) and the runtime's training
-# events (runtime/events.py), by type.
+# The order book's lease events (marketplace/events.py, streams ``lease``) and the
+# runtime's training events (runtime/events.py, streams ``training:<job id>``).
+LEASE_STREAM = "lease"
+TRAINING_STREAM = "training"
 LEASE_STARTED = "LeaseStarted"
 LEASE_INTERRUPTED = frozenset({"LeasePreempted", "LeaseFailed"})
-TRAINING_PROGRESS = frozenset({"TrainingStarted", "TrainingStepCompleted", "TrainingEvaluated"})
-TRAINING_CHECKPOINT = "TrainingCheckpointSaved"
-TRAINING_FINISHED = {
-    "TrainingSucceeded": "succeeded",
-    "TrainingFailed": "failed",
-    "TrainingCancelled": "cancelled",
-}
 
 
-def _workload(payload: dict[str, Any]) -> tuple[str, str] | None:
-    workload = payload.get("workload") or {}
-    kind = workload.get("kind") or payload.get("workload_kind")
-    ident = workload.get("id") or payload.get("workload_id")
-    if kind and ident:
-        return str(kind), str(ident)
+def _job_id(event: RecordedEvent) -> str:
+    return event.stream_id.split(":", 1)[1] if ":" in event.stream_id else ""
+
+
+def _progress(event: RecordedEvent) -> tuple[str, str, dict[str, Any]] | None:
+    p = event.payload
+    if event.type == "TrainingStarted":
+        resumed = p.get("resumed_from_step") or 0
+        start = f"resumed from step {resumed}" if resumed else "started"
+        message = (
+            f"Training {start}: {p.get('total_steps')} steps, {p.get('examples')} examples, "
+            f"{p.get('tokens_per_epoch')} tokens per epoch on {p.get('world_size')} x "
+            f"{p.get('device')}"
+        )
+        return "training_start", message, {"total_steps": p.get("total_steps")}
+    if event.type == "TrainingProgressed":
+        message = (
+            f"Step {p['step']}/{p['total_steps']}: training loss={float(p['loss']):.4f}, "
+            f"{float(p.get('tokens_per_second') or 0):.0f} tokens/s, "
+            f"ETA {int(p.get('eta_seconds') or 0)}s"
+        )
+        data = {
+            k: p[k]
+            for k in (
+                "step",
+                "total_steps",
+                "epoch",
+                "loss",
+                "learning_rate",
+                "tokens_per_second",
+                "eta_seconds",
+            )
+            if k in p
+        }
+        return "training_step", message, data
+    if event.type == "TrainingEvaluated":
+        message = f"Step {p['step']}: validation loss={float(p['eval_loss']):.4f}"
+        return "eval", message, {"step": p["step"], "eval_loss": p["eval_loss"]}
+    if event.type == "TrainingFailed" and p.get("will_retry"):
+        return "job_restarted", f"Attempt {p.get('attempt')} failed, retrying: {p.get('error')}", {}
     return None
-
-
-def _progress_message(event_type: str, payload: dict[str, Any]) -> tuple[str, str]:
-    if event_type == "TrainingStarted":
-        return "training_start", f"Training started: {payload.get('total_steps', '?')} steps"
-    if event_type == "TrainingEvaluated":
-        return "epoch_complete", f"Step {payload.get('step')}: eval loss {payload.get('eval_loss')}"
-    parts = [f"Step {payload.get('step')}/{payload.get('total_steps', '?')}"]
-    if payload.get("loss") is not None:
-        parts.append(f"training loss={float(payload['loss']):.4f}")
-    if payload.get("tokens_per_second") is not None:
-        parts.append(f"{float(payload['tokens_per_second']):.0f} tokens/s")
-    if payload.get("eta_seconds") is not None:
-        parts.append(f"ETA {int(payload['eta_seconds'])}s")
-    return "training_step", ", ".join(parts)
 
 
 class WorkloadsFollower(Follower):
     name = "workloads.jobs"
-    stream_types = None  # lease and training streams; filtered by type below
+    stream_types = (LEASE_STREAM, TRAINING_STREAM)
     batch_size = 200
 
     def handle(self, event: RecordedEvent) -> None:
         payload = event.payload
-        if event.type == LEASE_STARTED:
-            workload = _workload(payload)
-            if workload and workload[0] == "fine_tune":
-                services.finetune_job_start(
-                    job_id=workload[1], lease_ref=str(payload.get("lease_id", ""))
+        if event.stream_type == LEASE_STREAM:
+            if payload.get("workload_kind") != "fine_tune":
+                return
+            job_id = str(payload.get("workload_id") or "")
+            lease_ref = str(payload.get("lease_id", ""))
+            if event.type == LEASE_STARTED:
+                services.finetune_job_start(job_id=job_id, lease_ref=lease_ref)
+            elif event.type in LEASE_INTERRUPTED:
+                services.finetune_job_interrupt(
+                    job_id=job_id,
+                    lease_ref=lease_ref,
+                    reason=str(payload.get("reason") or event.type),
+                    at=event.recorded_at,
+                    source_position=event.position,
                 )
             return
-        job_id = payload.get("job_id")
+        job_id = _job_id(event)
         if not job_id:
             return
-        if event.type in TRAINING_PROGRESS:
-            kind, message = _progress_message(event.type, payload)
+        progress = _progress(event)
+        if progress is not None:
+            kind, message, data = progress
             services.finetune_job_progress(
                 job_id=job_id,
                 kind=kind,
                 message=message,
                 at=event.recorded_at,
                 source_position=event.position,
-                step=payload.get("step"),
+                step=payload.get("step") if event.type == "TrainingProgressed" else None,
                 total_steps=payload.get("total_steps"),
-                data={
-                    k: payload[k]
-                    for k in (
-                        "step",
-                        "total_steps",
-                        "loss",
-                        "eval_loss",
-                        "tokens_per_second",
-                        "eta_seconds",
-                        "token_count",
-                        "learning_rate",
-                    )
-                    if k in payload
-                },
+                data=data,
+                level="warning" if kind == "job_restarted" else "info",
             )
-        elif event.type == TRAINING_CHECKPOINT:
+        elif event.type == "CheckpointSaved":
             services.finetune_checkpoint_record(
                 job_id=job_id,
                 step=int(payload["step"]),
                 at=event.recorded_at,
                 source_position=event.position,
-                adapter_path=payload.get("adapter_path") or payload.get("path") or "",
-                merged_path=payload.get("merged_path") or "",
+                adapter_path=str(payload.get("location") or ""),
                 is_final=bool(payload.get("final")),
-                metrics={k: payload[k] for k in ("loss", "eval_loss") if k in payload},
             )
-        elif event.type in TRAINING_FINISHED:
+        elif event.type == "TrainingSucceeded":
+            services.finetune_checkpoint_merged(
+                job_id=job_id,
+                merged_path=str(payload.get("merged_location") or ""),
+                adapter_path=str(payload.get("model_location") or ""),
+                step=int(payload.get("steps") or 0),
+                loss=payload.get("final_loss"),
+                at=event.recorded_at,
+            )
             services.finetune_job_finish(
                 job_id=job_id,
-                status=TRAINING_FINISHED[event.type],
+                status="succeeded",
                 at=event.recorded_at,
                 source_position=event.position,
-                steps_completed=payload.get("steps_completed", payload.get("step")),
-                trained_tokens=payload.get("trained_tokens"),
-                error=(
-                    {
-                        "code": payload.get("code", "training_failed"),
-                        "message": payload.get("error", ""),
-                        "param": None,
-                    }
-                    if event.type == "TrainingFailed"
-                    else None
-                ),
+                steps_completed=payload.get("steps"),
+            )
+        elif event.type == "TrainingCancelled":
+            services.finetune_job_finish(
+                job_id=job_id,
+                status="cancelled",
+                at=event.recorded_at,
+                source_position=event.position,
+                steps_completed=payload.get("step"),
+            )
+        elif event.type == "TrainingFailed" and not payload.get("will_retry"):
+            services.finetune_job_finish(
+                job_id=job_id,
+                status="failed",
+                at=event.recorded_at,
+                source_position=event.position,
+                error={
+                    "code": "training_failed",
+                    "message": str(payload.get("error") or "training failed"),
+                    "param": None,
+                },
             )
 
 

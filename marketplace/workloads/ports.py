@@ -54,13 +54,14 @@ def engine_unload(*, deployment_id: str) -> None:
     ports.get("inference").unload(deployment_id=deployment_id)
 
 
-# The runtime's actors, by name (runtime/tasks.py): the work spec travels as JSON.
-TRAIN_ACTOR = "finetune_run"
-CANCEL_ACTOR = "finetune_cancel"
+# The runtime's actors, by name (runtime/tasks.py).
+TRAIN_ACTOR = "training_run"
+CANCEL_ACTOR = "training_cancel"
 
 
-def training_send(*, spec: dict[str, Any]) -> None:
-    dramatiq.get_broker().get_actor(TRAIN_ACTOR).send(spec)
+def training_send(*, job_id: str, organization_id: int, spec: dict[str, Any]) -> None:
+    """Start (or, redelivered, resume) the job's training on a runtime worker."""
+    dramatiq.get_broker().get_actor(TRAIN_ACTOR).send(job_id, organization_id, spec)
 
 
 def training_cancel_send(*, job_id: str) -> None:
@@ -82,35 +83,36 @@ def finetune_estimate(
     *,
     organization_id: int,
     model: str,
-    parameter_count: int,
     training_type: str,
     method: str,
     training_tokens: int,
     validation_tokens: int,
     n_epochs: int,
     n_evals: int,
-    currency: str,
 ) -> Estimate:
     """The price book's figure: ``(training tokens x epochs + validation tokens x
     evaluations) x rate``, with its per-job minimum."""
-    result = ports.get("pricebook").finetune_estimate(
+    quote = ports.get("pricebook").fine_tune_estimate(
         organization_id=organization_id,
         model=model,
-        parameter_count=parameter_count,
-        training_type=training_type,
-        method=method,
+        training_type=f"{training_type}-{method}",  # the price book's lora-sft, full-dpo...
         training_tokens=training_tokens,
+        epochs=n_epochs,
         validation_tokens=validation_tokens,
-        n_epochs=n_epochs,
-        n_evals=n_evals,
-        currency=currency,
+        evaluations=n_evals,
     )
     return Estimate(
-        total_micros=int(result.amount_micros),
-        currency=currency,
+        total_micros=int(quote.amount_micros),
+        currency=str(quote.currency),
         training_tokens=training_tokens * n_epochs,
         evaluation_tokens=validation_tokens * n_evals,
     )
+
+
+def finetune_bill_close(*, organization_id: int, job_id: str) -> int:
+    """A succeeded job's final bill: the price book tops its rated usage up to the
+    per-job minimum. Returns what was added."""
+    return int(ports.get("pricebook").fine_tune_job_closed(organization_id=organization_id, job=job_id))
 
 
 def credit_available(*, organization_id: int, currency: str) -> int:

@@ -504,19 +504,17 @@ def finetune_quote(*, organization: Organization, request: JobRequest) -> Quote:
         raise invalid("n_evals needs a validation_file", param="n_evals")
     training_tokens = file_tokens(file=training, model=card.name)
     validation_tokens = file_tokens(file=validation, model=card.name) if validation else 0
-    currency = settings.TANDEM_CURRENCY
     estimate = external.finetune_estimate(
         organization_id=organization.pk,
         model=card.name,
-        parameter_count=card.parameter_count,
         training_type=request.training_type,
         method=request.method,
         training_tokens=training_tokens,
         validation_tokens=validation_tokens,
         n_epochs=hyperparameters["n_epochs"],
         n_evals=hyperparameters["n_evals"],
-        currency=currency,
     )
+    currency = estimate.currency
     available = external.credit_available(organization_id=organization.pk, currency=currency)
     return Quote(
         model=card,
@@ -620,13 +618,37 @@ def finetune_job_create(*, organization: Organization, request: JobRequest) -> F
 def _order_place_for_job(job: FineTuneJob) -> str:
     from marketplace import services as market
 
+    # Standing and open-ended: the job ends its lease when it finishes, and a
+    # preempted or failed lease puts the order back in the book to resume elsewhere.
     order = market.order_place(
         organization=job.organization,
+        spec=market.OrderSpec(
+            gpus_per_node=job.gpu_count,
+            limit_price_per_gpu_hour_micros=settings.WORKLOADS_GPU_HOUR_LIMIT_MICROS,
+            min_gpu_memory_gib=0,
+        ),
         workload_kind="fine_tune",
         workload_id=job.public_id,
-        gpu_count=job.gpu_count,
     )
     return str(order.pk)
+
+
+def _order_cancel(order_ref: str) -> None:
+    from marketplace import services as market
+    from marketplace.models import Order
+
+    order = Order.objects.filter(pk=int(order_ref)).first()
+    if order is not None and order.state in Order.LIVE_STATES:
+        market.order_cancel(order=order)
+
+
+def _lease_end(lease_ref: str, reason: str) -> None:
+    from marketplace import services as market
+    from marketplace.models import Lease
+
+    lease = Lease.objects.filter(pk=int(lease_ref)).first()
+    if lease is not None and lease.state in Lease.LIVE_STATES:
+        market.lease_end(lease=lease, reason=reason)
 
 
 def _job_event(
@@ -674,9 +696,7 @@ def finetune_job_cancel(*, job: FineTuneJob) -> FineTuneJob:
             job.cancel_requested_at = now
         if before in (FineTuneJob.Status.VALIDATING_FILES, FineTuneJob.Status.QUEUED):
             if job.order_ref:
-                from marketplace import services as market
-
-                market.order_cancel(order_id=int(job.order_ref))
+                _order_cancel(job.order_ref)
             job.status = FineTuneJob.Status.CANCELLED
             job.finished_at = now
             _job_event(
@@ -800,7 +820,12 @@ def finetune_job_start(*, job_id: str, lease_ref: str) -> bool:
             job.organization_id,
         )
         spec = work_spec(job)
-        transaction.on_commit(lambda: external.training_send(spec=spec))
+        organization_id = job.organization_id
+        transaction.on_commit(
+            lambda: external.training_send(
+                job_id=job_id, organization_id=organization_id, spec=spec
+            )
+        )
     return True
 
 
@@ -872,12 +897,78 @@ def finetune_checkpoint_record(
     )
 
 
+def finetune_job_interrupt(
+    *, job_id: str, lease_ref: str, reason: str, at: datetime, source_position: int
+) -> None:
+    """The job's lease was preempted or its node failed: the order is back in the
+    book, and the next lease resumes the run from its last checkpoint."""
+    with transaction.atomic():
+        job = FineTuneJob.objects.select_for_update().filter(public_id=job_id).first()
+        if job is None or job.status != FineTuneJob.Status.RUNNING or job.lease_ref != lease_ref:
+            return
+        job.status = FineTuneJob.Status.QUEUED
+        job.save(update_fields=["status", "updated_at"])
+        _job_event(
+            job,
+            "job_restarted",
+            f"Lease {lease_ref} ended early ({reason}): waiting for GPUs to resume "
+            "from the last checkpoint",
+            level="warning",
+            at=at,
+            source_position=source_position,
+        )
+    # A cancelled job whose lease went away has nothing left to stop.
+    if job.cancel_requested_at is not None:
+        finetune_job_finish(
+            job_id=job_id, status="cancelled", at=at, source_position=None
+        )
+
+
+def finetune_checkpoint_merged(
+    *,
+    job_id: str,
+    merged_path: str,
+    adapter_path: str,
+    step: int,
+    loss: float | None,
+    at: datetime,
+) -> None:
+    """The final model's locations (adapter and merged weights) on the final
+    checkpoint, created if the runtime's last CheckpointSaved named another step."""
+    job = FineTuneJob.objects.filter(public_id=job_id).first()
+    if job is None:
+        return
+    metrics = {"loss": loss} if loss is not None else {}
+    with transaction.atomic():
+        checkpoint, created = FineTuneCheckpoint.objects.get_or_create(
+            job=job,
+            step=step,
+            defaults={
+                "public_id": new_public_id("ftckpt"),
+                "adapter_path": adapter_path,
+                "merged_path": merged_path,
+                "is_final": True,
+                "metrics": metrics,
+                "created_at": at,
+            },
+        )
+        if not created:
+            checkpoint.is_final = True
+            checkpoint.merged_path = merged_path or checkpoint.merged_path
+            checkpoint.adapter_path = adapter_path or checkpoint.adapter_path
+            checkpoint.metrics = {**checkpoint.metrics, **metrics}
+            checkpoint.save()
+        FineTuneCheckpoint.objects.filter(job=job, is_final=True).exclude(pk=checkpoint.pk).update(
+            is_final=False
+        )
+
+
 def finetune_job_finish(
     *,
     job_id: str,
     status: str,
     at: datetime,
-    source_position: int,
+    source_position: int | None,
     steps_completed: int | None = None,
     trained_tokens: int | None = None,
     error: dict[str, Any] | None = None,
@@ -902,8 +993,17 @@ def finetune_job_finish(
         job.finished_at = at
         if steps_completed is not None:
             job.steps_completed = steps_completed
-        if trained_tokens is not None:
-            job.trained_tokens = trained_tokens
+        if trained_tokens is None:
+            # Every epoch reads the whole file (the count the estimate used); a run
+            # stopped early read its completed steps' share of it.
+            planned = job.training_tokens * int(job.hyperparameters.get("n_epochs", 1))
+            total = job.total_steps or job.steps_completed or 1
+            trained_tokens = (
+                planned
+                if status == FineTuneJob.Status.SUCCEEDED
+                else planned * min(job.steps_completed, total) // total
+            )
+        job.trained_tokens = trained_tokens
         job.error = error if status == FineTuneJob.Status.FAILED else None
         job.save()
         messages = {
@@ -924,11 +1024,12 @@ def finetune_job_finish(
             source_position=source_position,
         )
         _finished_event(job)
+        if status == FineTuneJob.Status.SUCCEEDED:
+            # Only a finished job owes the minimum; a cancelled one pays its steps.
+            external.finetune_bill_close(organization_id=job.organization_id, job_id=job.public_id)
         lease_ref = job.lease_ref
     if lease_ref:
-        from marketplace import services as market
-
-        market.lease_end(lease_id=int(lease_ref), reason=f"fine-tune job {status}")
+        _lease_end(lease_ref, f"fine-tune job {status}")
 
 
 # --- inference -------------------------------------------------------------------
@@ -1120,9 +1221,7 @@ def deployment_stop(
             "engine unload failed", exc_info=True, extra={"deployment": deployment.public_id}
         )
     if deployment.lease_ref:
-        from marketplace import services as market
-
-        market.lease_end(lease_id=int(deployment.lease_ref), reason=f"deployment {reason}")
+        _lease_end(deployment.lease_ref, f"deployment {reason}")
     return True
 
 

@@ -62,6 +62,12 @@ def _runtime_ports() -> None:
     from runtime.workload_ports import register
 
     register()
+    # The price book registers itself in billing's AppConfig once that lands; until
+    # then the real implementation is put in place here.
+    if not ports.registered("pricebook"):
+        from billing.pricebook import PriceBookPort
+
+        ports.register("pricebook", PriceBookPort())
 
 
 @pytest.fixture
