@@ -151,6 +151,16 @@ DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 # A node with no heartbeat for this long is unhealthy (its leases fail over).
 NODE_HEARTBEAT_TIMEOUT_SECONDS = env_int("NODE_HEARTBEAT_TIMEOUT_SECONDS", 60, minimum=5)
 
+# Marketplace: open-ended leases are held and settled a billing window at a time;
+# a standing order without a deadline waits in the book at most this long.
+MARKETPLACE_BILLING_WINDOW_SECONDS = env_int("MARKETPLACE_BILLING_WINDOW_SECONDS", 3600, minimum=60)
+MARKETPLACE_ORDER_MAX_WAIT_SECONDS = env_int(
+    "MARKETPLACE_ORDER_MAX_WAIT_SECONDS", 7 * 86_400, minimum=60
+)
+MARKETPLACE_MATCHING_INTERVAL_SECONDS = env_int(
+    "MARKETPLACE_MATCHING_INTERVAL_SECONDS", 1, minimum=1
+)
+
 # --- workloads (files, fine-tunes, inference: the /v1/ API) ------------------
 WORKLOADS_STORAGE_DIR = Path(env_str("WORKLOADS_STORAGE_DIR", str(VAR_DIR / "files")))
 WORKLOADS_MAX_FILE_BYTES = env_int("WORKLOADS_MAX_FILE_BYTES", 1024**3, minimum=1024)

@@ -8,7 +8,9 @@ Rules
 -----
 
 - **Price-time priority.** Orders are served one at a time, highest limit price per
-  GPU-hour first, then the earliest placed (``seq``), then the lowest id.
+  GPU-hour first, then the earliest placed (``seq``), then the lowest id — except
+  that an order which preempted leases is served first (``pledged``): the GPUs it
+  freed are its own.
 - **Limits.** An order only matches an offer whose price is at or below its limit.
 - **Pay-as-ask.** The lease price is the offer's own price. Why not a uniform
   clearing price (every trade in a round at the price of the marginal offer)? The
@@ -126,6 +128,10 @@ class OrderState:
     duration_seconds: int | None = None  # None: open-ended
     start: float = 0.0  # when its lease would start (epoch seconds)
     deadline: float | None = None  # its lease must end by then
+    # It preempted leases and is waiting for (or just got) their GPUs: served first,
+    # or a higher bid would take what the preemption freed and the next round would
+    # preempt again.
+    pledged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +211,8 @@ class _Index:
         del bucket[bisect_left(bucket, offer.rank)]
 
 
-def _order_key(order: OrderState) -> tuple[int, int, int]:
-    return (-order.limit_price, order.seq, order.order_id)
+def _order_key(order: OrderState) -> tuple[bool, int, int, int]:
+    return (not order.pledged, -order.limit_price, order.seq, order.order_id)
 
 
 def _signature(order: OrderState) -> tuple:

@@ -104,8 +104,13 @@ def market_snapshot(
         )
         for lease in Lease.objects.filter(state__in=Lease.LIVE_STATES).order_by("pk")
     ]
+    pledged = set(
+        Lease.objects.filter(
+            preempted_for__state=Order.State.OPEN, preempted_for__isnull=False
+        ).values_list("preempted_for_id", flat=True)
+    )
     orders = [
-        _order_state(order, now)
+        _order_state(order, now, order.pk in pledged)
         for order in Order.objects.filter(
             state=Order.State.OPEN, earliest_start__lte=now, currency=currency
         ).order_by("pk")
@@ -116,7 +121,7 @@ def market_snapshot(
     return snapshot, offers
 
 
-def _order_state(order: Order, now: datetime) -> engine.OrderState:
+def _order_state(order: Order, now: datetime, pledged: bool = False) -> engine.OrderState:
     return engine.OrderState(
         order_id=order.pk,
         seq=order.pk,
@@ -134,6 +139,7 @@ def _order_state(order: Order, now: datetime) -> engine.OrderState:
         duration_seconds=order.remaining_seconds or order.duration_seconds,
         start=now.timestamp(),
         deadline=_epoch(order.deadline),
+        pledged=pledged,
     )
 
 
