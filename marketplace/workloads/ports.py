@@ -19,7 +19,7 @@ from typing import Any
 import dramatiq
 
 from core import ports
-from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard
+from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard, UsageRecord
 
 # --- runtime ----------------------------------------------------------------
 
@@ -112,7 +112,13 @@ def finetune_estimate(
 def finetune_bill_close(*, organization_id: int, job_id: str) -> int:
     """A succeeded job's final bill: the price book tops its rated usage up to the
     per-job minimum. Returns what was added."""
-    return int(ports.get("pricebook").fine_tune_job_closed(organization_id=organization_id, job=job_id))
+    book = ports.get("pricebook")
+    return int(book.fine_tune_job_closed(organization_id=organization_id, job=job_id))
+
+
+def usage_record(records: list[UsageRecord]) -> list[str]:
+    """Metering's ingestion (port ``usage``): one status per record."""
+    return list(ports.get(ports.USAGE).record(records))
 
 
 def credit_available(*, organization_id: int, currency: str) -> int:

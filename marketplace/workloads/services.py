@@ -26,7 +26,7 @@ from django.utils.text import slugify
 from core.errors import ApplicationError
 from core.eventstore import event_append, stream_version
 from core.models import Organization
-from core.ports import GenerationChunk, GenerationRequest, ModelCard
+from core.ports import GenerationChunk, GenerationRequest, ModelCard, UsageRecord
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import conflict, insufficient_credit, invalid, not_found
@@ -919,9 +919,7 @@ def finetune_job_interrupt(
         )
     # A cancelled job whose lease went away has nothing left to stop.
     if job.cancel_requested_at is not None:
-        finetune_job_finish(
-            job_id=job_id, status="cancelled", at=at, source_position=None
-        )
+        finetune_job_finish(job_id=job_id, status="cancelled", at=at, source_position=None)
 
 
 def finetune_checkpoint_merged(
@@ -1165,14 +1163,38 @@ def inference_usage_record(
     completion_tokens: int,
     complete: bool,
 ) -> None:
-    """Count the request on its deployment (for idle tracking and the operator's
-    view). The tokens themselves are metered by the engine, which reports each
-    request's usage events under the request id (so a retry is not billed twice)."""
+    """Meter the request's exact token counts (the engine's, from its last chunk;
+    for a stream the client left, the tokens generated until then) and count it on
+    its deployment. The usage ids are the request's, so a retry of the recording is
+    not billed twice."""
+    now = timezone.now()
+    # Priced by the base model's tier: a fine-tuned model serves at its base's rate.
+    dimensions: dict[str, str | int] = {"model": deployment.base_model}
+    records = [
+        UsageRecord(
+            id=f"{request_id}:{kind}",
+            source="api/inference",
+            type=f"tokens.{kind}",
+            organization_id=organization.pk,
+            subject_kind="deployment",
+            subject_id=deployment.public_id,
+            time=now,
+            quantity=quantity,
+            dimensions=dimensions,
+        )
+        for kind, quantity in (("prompt", prompt_tokens), ("completion", completion_tokens))
+        if quantity > 0
+    ]
+    if records:
+        statuses = external.usage_record(records)
+        for record, status in zip(records, statuses, strict=True):
+            if status.startswith("rejected"):
+                logger.error("inference usage %s was refused: %s", record.id, status)
     Deployment.objects.filter(pk=deployment.pk).update(
         requests_served=F("requests_served") + 1,
         prompt_tokens=F("prompt_tokens") + prompt_tokens,
         completion_tokens=F("completion_tokens") + completion_tokens,
-        last_request_at=timezone.now(),
+        last_request_at=now,
     )
     if not complete:
         logger.info(

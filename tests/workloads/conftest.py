@@ -56,14 +56,9 @@ def _storage(tmp_path: Path, settings) -> Iterator[Path]:  # type: ignore[no-unt
 
 
 @pytest.fixture(autouse=True)
-def _runtime_ports() -> None:
-    """The runtime's dataset checks and model registry (the runtime registers them
-    at start-up; registering again is a no-op)."""
-    from runtime.workload_ports import register
-
-    register()
-    # The price book registers itself in billing's AppConfig once that lands; until
-    # then the real implementation is put in place here.
+def _price_book() -> None:
+    """The price book registers itself in billing's AppConfig once that lands; until
+    then the real implementation is put in place here."""
     if not ports.registered("pricebook"):
         from billing.pricebook import PriceBookPort
 
