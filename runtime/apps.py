@@ -3,3 +3,12 @@ from django.apps import AppConfig
 
 class RuntimeConfig(AppConfig):
     name = "runtime"
+
+    def ready(self) -> None:
+        # The control plane imports this app; nothing here may import torch.
+        from core import ports
+        from runtime.ports import RuntimeDatasets, RuntimeInference, RuntimeModels
+
+        ports.register("datasets", RuntimeDatasets())
+        ports.register("models", RuntimeModels())
+        ports.register("inference", RuntimeInference())

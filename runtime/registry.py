@@ -34,7 +34,7 @@ from core.errors import InvalidInput
 
 TINY_MODEL = "tandem/tiny-llama"
 # Bumped when the built-in model's recipe changes, so an old cached copy is rebuilt.
-TINY_MODEL_REVISION = "1"
+TINY_MODEL_REVISION = "2"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -260,8 +260,6 @@ def _write_tiny_model(target: Path) -> None:
                 "eos_token": "</s>",
                 "pad_token": "<pad>",
                 "model_max_length": TINY_CONFIG["max_position_embeddings"],
-                "add_bos_token": False,
-                "add_eos_token": False,
                 "chat_template": CHAT_TEMPLATE,
                 "clean_up_tokenization_spaces": False,
             },

@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -406,3 +407,32 @@ def training_run_fail(*, job_id: str, error: str) -> None:
     )
     if updated:
         _append(run, ev.TrainingFailed(attempt=run.attempt, error=error, will_retry=False))
+
+
+def inference_usage_sink(
+    *, organization_id: int, deployment_id: str, model: str
+) -> Callable[[str, int, int], None]:
+    """A usage sink for an engine serving one buyer's deployment: each request's
+    prompt and completion tokens as two usage events named after the request."""
+    usage = ports.get(ports.USAGE)
+
+    def record(request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        now = timezone.now()
+        usage.record(
+            [
+                UsageRecord(
+                    id=f"{deployment_id}:{request_id}:{kind}",
+                    source=f"{USAGE_SOURCE}/inference",
+                    type=f"tokens.{kind}",
+                    organization_id=organization_id,
+                    subject_kind="deployment",
+                    subject_id=deployment_id,
+                    time=now,
+                    quantity=quantity,
+                    dimensions={"model": model},
+                )
+                for kind, quantity in (("prompt", prompt_tokens), ("completion", completion_tokens))
+            ]
+        )
+
+    return record
