@@ -169,6 +169,11 @@ class StripeEvent(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     outcome = models.CharField(max_length=500, blank=True, default="")
+    # Delivered before the payment it is about was applied: it waits for that
+    # top-up to be credited, and is sent again when it is.
+    waiting_for = models.ForeignKey(
+        "TopUp", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         indexes = [

@@ -70,6 +70,16 @@ REFUND_HOLD_TIMEOUT = timedelta(days=7)
 PAYOUT_HOLD_TIMEOUT = timedelta(days=365)
 
 
+class ProcessLater(Exception):
+    """An event about a top-up whose payment is not applied yet (delivered out of
+    order): it stays unprocessed, waiting for that top-up, and runs again once the
+    payment's own event has credited it."""
+
+    def __init__(self, message: str, *, top_up_id: int) -> None:
+        super().__init__(message)
+        self.top_up_id = top_up_id
+
+
 # --- helpers ------------------------------------------------------------------
 
 
@@ -343,6 +353,22 @@ def checkout_session_create(*, top_up: TopUp, success_url: str, cancel_url: str)
     return top_up
 
 
+def _wake_waiting(top_up_id: int) -> None:
+    """Send again, after this commit, the events that waited for this top-up."""
+    from billing.payments import tasks
+    from billing.payments.models import StripeEvent
+
+    waiting = list(
+        StripeEvent.objects.filter(waiting_for_id=top_up_id, processed_at__isnull=True)
+        .order_by("pk")
+        .values_list("event_id", flat=True)
+    )
+    for event_id in waiting:
+        transaction.on_commit(
+            lambda event_id=event_id: tasks.stripe_event_process_task.send(event_id)  # type: ignore[misc]
+        )
+
+
 def _find_top_up(metadata: Any, payment_intent_id: str = "", charge_id: str = "") -> TopUp | None:
     query = TopUp.objects.select_for_update()
     raw = (metadata or {}).get("tandem_top_up")
@@ -388,6 +414,7 @@ def _top_up_credit(
     top_up.payment_intent_id = top_up.payment_intent_id or intent_id or None
     top_up.charge_id = charge_id or top_up.charge_id
     top_up.save()
+    _wake_waiting(top_up.pk)
     if result.status == "posted":
         _announce(
             pev.top_up_stream(top_up.pk),
@@ -675,6 +702,10 @@ def refund_apply_from_stripe(*, stripe_refund: dict[str, Any], charge: dict | No
     )
     if top_up is None:
         return f"refund {refund_id} is not for a Tandem top-up"
+    if top_up.status != TopUp.Status.SUCCEEDED:
+        raise ProcessLater(
+            f"refund {refund_id}: top-up {top_up.pk} is not credited yet", top_up_id=top_up.pk
+        )
     amount = from_minor(int(stripe_refund.get("amount") or 0), top_up.currency)
     from_credit, owed = _claw_back(
         transfer_id=f"refund:{refund_id}",
@@ -722,6 +753,11 @@ def dispute_apply(*, dispute: dict[str, Any]) -> str:
             payment_intent_id=object_id(dispute.get("payment_intent")),
             charge_id=object_id(dispute.get("charge")),
         )
+        if top_up is not None and top_up.status != TopUp.Status.SUCCEEDED:
+            raise ProcessLater(
+                f"dispute {dispute_id}: top-up {top_up.pk} is not credited yet",
+                top_up_id=top_up.pk,
+            )
         row = Dispute.objects.create(
             dispute_id=dispute_id,
             top_up=top_up,

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import stripe
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from billing.payments import services
-from billing.payments.models import StripeEvent
+from billing.payments.models import StripeEvent, TopUp
 from billing.payments.stripe_client import as_dict, object_id, stripe_client, stripe_configured
 from core.db import retry_transaction
 from core.errors import InvalidInput
@@ -50,7 +51,12 @@ def _verify(payload: bytes, signature: str | None, secret: str) -> None:
         raise InvalidSignature("no webhook secret is configured")
     try:
         stripe.WebhookSignature.verify_header(payload, signature, secret, TOLERANCE_SECONDS)
-    except (stripe.SignatureVerificationError, ValueError, IndexError, TypeError):
+        # The library bounds only the past. A timestamp from the future is no
+        # delivery Stripe made, and one captured would replay for as long: refuse it.
+        signed_at = int(dict(p.split("=", 1) for p in signature.split(",") if "=" in p)["t"])
+        if signed_at > time.time() + TOLERANCE_SECONDS:
+            raise ValueError("timestamp in the future")
+    except (stripe.SignatureVerificationError, ValueError, IndexError, TypeError, KeyError):
         # A bad header, a wrong signature, a body that is not UTF-8, too old a
         # timestamp: the same answer for all, so nothing is learnt by probing.
         raise InvalidSignature(
@@ -197,6 +203,11 @@ def stripe_event_process(*, event_id: str) -> str:
         if row.type == "account.updated" and fetched is None:
             fetched = (row.payload["data"]["object"], row.stripe_created)
         return _apply(row.pk, fetched)
+    except services.ProcessLater as exc:
+        StripeEvent.objects.filter(pk=row.pk).update(
+            attempts=F("attempts") + 1, last_error=str(exc)[:2000], waiting_for_id=exc.top_up_id
+        )
+        raise
     except Exception as exc:
         StripeEvent.objects.filter(pk=row.pk).update(
             attempts=F("attempts") + 1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
@@ -216,6 +227,7 @@ def _apply(row_id: int, fetched: Any) -> str:
     row.attempts += 1
     row.outcome = outcome[:500]
     row.last_error = ""
+    row.waiting_for = None
     row.save()
     return outcome
 
@@ -224,8 +236,10 @@ def stripe_events_process_pending(*, limit: int = 1000) -> tuple[int, int]:
     """Process stored events not yet processed, oldest delivery first; returns
     ``(processed, failed)``. A failing event is counted and left for the next sweep;
     it never blocks the others."""
+    # Waiting events only once what they wait for has happened.
+    ready = Q(waiting_for__isnull=True) | Q(waiting_for__status=TopUp.Status.SUCCEEDED)
     pending = list(
-        StripeEvent.objects.filter(processed_at__isnull=True)
+        StripeEvent.objects.filter(ready, processed_at__isnull=True)
         .order_by("received_at", "pk")
         .values_list("event_id", flat=True)[:limit]
     )
@@ -234,6 +248,9 @@ def stripe_events_process_pending(*, limit: int = 1000) -> tuple[int, int]:
         try:
             stripe_event_process(event_id=event_id)
             done += 1
+        except services.ProcessLater as exc:
+            logger.info("stripe event %s waits: %s", event_id, exc)
+            failed += 1
         except Exception:
             logger.exception("stripe event %s failed", event_id)
             failed += 1
