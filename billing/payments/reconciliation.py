@@ -37,7 +37,13 @@ from billing.payments.models import (
     TopUp,
 )
 from billing.payments.services import day_bounds
-from billing.payments.stripe_client import from_minor, ledger_currency, object_id, stripe_client
+from billing.payments.stripe_client import (
+    as_dict,
+    from_minor,
+    ledger_currency,
+    object_id,
+    stripe_client,
+)
 from billing.services import platform_account
 
 
@@ -107,7 +113,7 @@ def _stripe_side(day: date, currency: str) -> tuple[dict[str, int], dict[str, li
             break
         if created >= last or ledger_currency(txn.currency) != currency:
             continue
-        source = object_id(txn.get("source")) or f"stripe:{txn.id}"
+        source = object_id(as_dict(txn).get("source")) or f"stripe:{txn.id}"
         amounts[source] += from_minor(int(txn.amount), currency)
         txns[source].append(txn.id)
     return amounts, txns

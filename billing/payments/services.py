@@ -998,14 +998,15 @@ def connected_account_create(
         if is_transient(exc):
             raise unavailable(exc) from exc
         raise InvalidInput(_stripe_message(exc)) from exc
+    fields = as_dict(account)
     row, _ = ConnectedAccount.objects.get_or_create(
         organization=organization,
         defaults={
             "account_id": account.id,
             "country": country,
-            "details_submitted": bool(account.get("details_submitted")),
-            "charges_enabled": bool(account.get("charges_enabled")),
-            "payouts_enabled": bool(account.get("payouts_enabled")),
+            "details_submitted": bool(fields.get("details_submitted")),
+            "charges_enabled": bool(fields.get("charges_enabled")),
+            "payouts_enabled": bool(fields.get("payouts_enabled")),
         },
     )
     return row
