@@ -137,7 +137,7 @@ def test_cancel_stops_a_running_job_at_the_next_step_and_keeps_the_last_checkpoi
 
 def test_a_killed_workers_job_resumes_on_another_and_is_billed_once_per_step(cast, settings):
     # given a run taken by a worker process
-    spec = spec_dict("ft-killed", organization_id=cast.buyer_a.pk, epochs=6, n_checkpoints=6)
+    spec = spec_dict("ft-killed", organization_id=cast.buyer_a.pk, epochs=3, n_checkpoints=3)
     services.training_run_submit(spec=spec)
     env = {
         **os.environ,
