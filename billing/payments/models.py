@@ -204,6 +204,14 @@ class AutoRecharge(models.Model):
     daily_cap_micros = models.BigIntegerField()
     armed = models.BooleanField(default=True)
     crossings = models.PositiveIntegerField(default=0)  # how many times it has fired
+    # The credit account's balance as of ledger event ``seen_position``, kept by the
+    # follower from the events themselves: each event is judged by the balance it
+    # left, not by today's (which later events have already moved).
+    seen_position = models.BigIntegerField(default=0)
+    debits_posted = models.BigIntegerField(default=0)
+    credits_posted = models.BigIntegerField(default=0)
+    debits_pending = models.BigIntegerField(default=0)
+    credits_pending = models.BigIntegerField(default=0)
     last_triggered_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

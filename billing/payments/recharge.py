@@ -3,7 +3,10 @@
 It reads every journal entry and hold change (streams ``ledger.entry`` and
 ``ledger.hold``) and, for each that touches the prepaid credit account of a buyer
 with auto-recharge on, checks that buyer's available credit against its threshold
-(``services.auto_recharge_check``). The check and the follower's position commit
+(``services.auto_recharge_check``) as that event left it: the follower keeps the
+account's four counters itself, moved by each event with the ledger's own
+``apply_event``, so a crossing is seen even when later events have already moved
+the live balance back. The check and the follower's position commit
 together, so each ledger event is looked at once; the ``armed`` flag makes it fire
 once per crossing, however many events the crossing spans. The charge is sent to
 Stripe by an actor after the commit, never inside it.
@@ -30,17 +33,24 @@ class AutoRechargeFollower(Follower):
         touched = accounts_in(event)
         if not touched:
             return
-        buyers = (
+        watched = (
             Account.objects.filter(
                 pk__in=touched,
                 kind=Account.Kind.CREDIT,
                 organization__auto_recharge__enabled=True,
             )
-            .values_list("organization_id", flat=True)
+            .values_list("organization_id", "pk")
             .order_by("organization_id")
         )
-        for organization_id in buyers:
-            services.auto_recharge_check(organization_id=organization_id, now=event.recorded_at)
+        for organization_id, account_id in watched:
+            services.auto_recharge_check(
+                organization_id=organization_id,
+                account_id=account_id,
+                event_type=event.type,
+                payload=event.payload,
+                position=event.position,
+                now=event.recorded_at,
+            )
 
 
 auto_recharge_follower = register(AutoRechargeFollower())

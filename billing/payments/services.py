@@ -20,6 +20,7 @@ holds for the platform, which the daily reconciliation checks.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -32,6 +33,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing import services as ledger
+from billing.ledger import BalanceState, apply_event
 from billing.models import Account, Balance
 from billing.payments import events as pev
 from billing.payments.models import (
@@ -844,6 +846,8 @@ def auto_recharge_set(
         raise InvalidInput(
             "daily_cap must be at least the recharge amount", details={"field": "daily_cap"}
         )
+    credit = _account(organization, Account.Kind.CREDIT, currency)
+    balance = Balance.objects.select_for_update().get(account=credit)  # no write slips by
     row, _ = AutoRecharge.objects.select_for_update().update_or_create(
         organization=organization,
         defaults={
@@ -853,6 +857,11 @@ def auto_recharge_set(
             "amount_micros": amount_micros,
             "daily_cap_micros": daily_cap_micros,
             "armed": True,  # a new setting starts a new episode
+            "seen_position": balance.position,
+            "debits_posted": balance.debits_posted,
+            "credits_posted": balance.credits_posted,
+            "debits_pending": balance.debits_pending,
+            "credits_pending": balance.credits_pending,
         },
     )
     return row
@@ -872,27 +881,47 @@ def _charged_today(organization_id: int, now: datetime) -> int:
     )
 
 
-def auto_recharge_check(*, organization_id: int, now: datetime | None = None) -> TopUp | None:
-    """Fire the buyer's auto-recharge if available credit is below its threshold
-    and it has not fired since credit was last at or above it. Runs in the
-    follower's transaction; the charge itself is sent to Stripe after commit."""
-    now = now or timezone.now()
+def auto_recharge_check(
+    *,
+    organization_id: int,
+    account_id: int,
+    event_type: str,
+    payload: dict[str, Any],
+    position: int,
+    now: datetime,
+) -> TopUp | None:
+    """Apply one ledger event to the buyer's tracked credit balance and fire the
+    auto-recharge if that left available credit below the threshold and it has not
+    fired since credit was last at or above it. Runs in the follower's transaction;
+    the charge itself is sent to Stripe after the commit."""
     setting = (
         AutoRecharge.objects.select_for_update()
         .select_related("organization")
         .filter(organization_id=organization_id, enabled=True)
         .first()
     )
-    if setting is None:
-        return None
-    credit = _account(setting.organization, Account.Kind.CREDIT, setting.currency)
-    available = credit_available(account=credit)
+    if setting is None or position <= setting.seen_position:
+        return None  # before the setting was made: its snapshot includes this event
+    state = BalanceState(
+        account_id=account_id,
+        normal_side="C",
+        debits_posted=setting.debits_posted,
+        credits_posted=setting.credits_posted,
+        debits_pending=setting.debits_pending,
+        credits_pending=setting.credits_pending,
+    )
+    states = defaultdict(lambda: BalanceState(account_id=0), {account_id: state})
+    apply_event(states, event_type, payload, position)
+    setting.seen_position = position
+    setting.debits_posted, setting.credits_posted = state.debits_posted, state.credits_posted
+    setting.debits_pending, setting.credits_pending = state.debits_pending, state.credits_pending
+    available = state.available
     if available >= setting.threshold_micros:
-        if not setting.armed:
-            setting.armed = True
-            setting.save(update_fields=["armed", "updated_at"])
+        setting.armed = True
+        setting.save()
         return None
     if not setting.armed:
+        setting.save()
         return None  # fired already for this crossing
     setting.armed = False
     setting.crossings += 1
