@@ -1041,6 +1041,21 @@ def connected_account_create(
     return row
 
 
+def connected_account_record(
+    *, organization: Organization, account_id: str, country: str
+) -> ConnectedAccount:
+    """Link a provider to a Connect account made outside Tandem (in Stripe's
+    dashboard, or the demo's local one); its status follows ``account.updated``."""
+    if not organization.is_provider:
+        raise InvalidInput(f"{organization.name} is not a provider organization")
+    if not account_id.startswith("acct_"):
+        raise InvalidInput("account_id must be a Stripe account id (acct_…)")
+    row, _ = ConnectedAccount.objects.get_or_create(
+        organization=organization, defaults={"account_id": account_id, "country": country.upper()}
+    )
+    return row
+
+
 def account_link_create(
     *, connected_account: ConnectedAccount, refresh_url: str, return_url: str
 ) -> str:
