@@ -7,6 +7,11 @@ class BillingConfig(AppConfig):
     def ready(self) -> None:
         # Registers the rating follower, so `manage.py run_follower` runs it.
         from billing import rating  # noqa: F401
+        # The accrual and welcome-credit followers, and the price book's port.
+        from billing import accrual, pricebook  # noqa: F401
+        from core import ports as _ports
+
+        _ports.register("pricebook", pricebook.PriceBookPort())
         from billing.credit import BillingCredit
         from core import ports
 

@@ -832,18 +832,18 @@ class _Applier:
                     f"amount_micros {amount} is more than the {hold.amount_micros} held",
                     hold_id=hold_id,
                 )
-            credited = credit_legs or ((hold.credit_account, amount),)
-            if hold.debit_account in {leg[0] for leg in credited}:
+            parts = credit_legs or ((hold.credit_account, amount),)
+            if hold.debit_account in {leg[0] for leg in parts}:
                 return _rejected(
                     "invalid",
                     "credit_legs may not credit the hold's debit account",
                     hold_id=hold_id,
                 )
-            if problem := self._accounts([leg[0] for leg in credited], hold.currency):
+            if problem := self._accounts([leg[0] for leg in parts], hold.currency):
                 return problem
             legs: tuple[ev.Leg, ...] = (
                 (hold.debit_account, "D", amount),
-                *((account_id, "C", part) for account_id, part in credited),
+                *((account_id, "C", part) for account_id, part in parts),
             )
         else:
             amount = 0

@@ -212,6 +212,14 @@ STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0)
 DUNNING_RETRY_DAYS = env_int_list("DUNNING_RETRY_DAYS", [1, 3, 5, 7])
 
 # --- money ------------------------------------------------------------------
+# Invoices: the issuer's prefix on invoice and credit-note numbers, the days after a
+# month ends during which its drafts still take late usage, and the payment terms.
+INVOICE_ISSUER = env_str("INVOICE_ISSUER", "TDM")
+if not INVOICE_ISSUER.isascii() or not INVOICE_ISSUER.isalnum() or len(INVOICE_ISSUER) > 16:
+    raise ImproperlyConfigured(f"INVOICE_ISSUER={INVOICE_ISSUER!r}: 1-16 letters or digits")
+INVOICE_GRACE_DAYS = env_int("INVOICE_GRACE_DAYS", 3, minimum=0)
+INVOICE_DUE_DAYS = env_int("INVOICE_DUE_DAYS", 14, minimum=0)
+EXPORT_DIR = Path(env_str("EXPORT_DIR", str(VAR_DIR / "exports")))
 TANDEM_CURRENCY = env_str("TANDEM_CURRENCY", "USD")
 if TANDEM_CURRENCY not in {"USD", "EUR", "GBP"}:
     raise ImproperlyConfigured(f"TANDEM_CURRENCY={TANDEM_CURRENCY!r}: use USD, EUR or GBP")

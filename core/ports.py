@@ -52,6 +52,85 @@ def registered(name: str) -> bool:
 # name it is registered under.
 
 
+# --- credit: the buyer's ledger, for the marketplace (and managed workloads) ----
+# Registered as "credit" by billing (billing/credit.py). Amounts are integer
+# micro-units of ``currency``. Every call joins the caller's database transaction,
+# so a hold and the order or lease row it backs commit together or not at all.
+# Hold ids are the caller's: the same id with the same body is a replay (no effect).
+# A GPU lease's holds are named ``<usage subject>:w<window>`` (marketplace leases:
+# ``lease-<id>:w1``): rating skips ``gpu.seconds`` usage of a lease that has one,
+# because settling the hold is that lease's bill.
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTimeCost:
+    """What ``gpu_seconds`` at a price per GPU-hour cost: the provider's share is
+    ``gpu_seconds * price / 3600`` rounded half-even once; the buyer pays it plus the
+    platform fee (managed work: the platform pays the provider, no fee)."""
+
+    gpu_seconds: int
+    provider_micros: int
+    fee_micros: int
+
+    @property
+    def buyer_micros(self) -> int:
+        return self.provider_micros + self.fee_micros
+
+
+class CreditPort(Protocol):
+    def available(self, *, organization_id: int, currency: str) -> int:
+        """Posted minus pending on the org's prepaid credit, plus any credit limit."""
+        ...
+
+    def gpu_time_cost(
+        self, *, gpu_seconds: int, price_micros_per_gpu_hour: int, currency: str, managed: bool
+    ) -> GpuTimeCost: ...
+
+    def reserve(
+        self,
+        *,
+        hold_id: str,
+        organization_id: int,
+        amount_micros: int,
+        currency: str,
+        expires_at: datetime,
+        description: str,
+    ) -> None:
+        """Reserve the org's credit (a pending hold that is only ever released, e.g.
+        an order waiting in the book). Raises core.errors.InsufficientFunds with
+        ``details.missing_micros`` when available credit does not cover it."""
+        ...
+
+    def release(self, *, hold_id: str) -> bool:
+        """Release a reservation or hold; False if it was already resolved (expired)."""
+        ...
+
+    def lease_hold_place(
+        self,
+        *,
+        hold_id: str,
+        buyer_organization_id: int | None,
+        provider_organization_id: int,
+        amount_micros: int,
+        currency: str,
+        expires_at: datetime,
+        description: str,
+    ) -> None:
+        """The two-phase hold behind one billing window of a GPU lease. With a buyer:
+        reserves the buyer's credit (InsufficientFunds as ``reserve``). With
+        ``buyer_organization_id=None`` (managed work, billed per token): reserves the
+        platform's cost of revenue, which has no limit."""
+        ...
+
+    def lease_hold_settle(
+        self, *, hold_id: str, provider_organization_id: int, cost: GpuTimeCost
+    ) -> None:
+        """Post ``cost`` from the hold in one journal entry — the provider's payable
+        and the platform fee as its credit legs — and release the rest. A hold
+        resolves once: settling it again with the same cost is a no-op."""
+        ...
+
+
 # --- workloads: what marketplace.workloads (the /v1/ API) needs from the runtime ---
 # Registered by the runtime. The training itself goes through dramatiq actors by
 # name; these are the answers the API needs within a request.
@@ -134,85 +213,6 @@ class InferencePort(Protocol):
     def unload(self, *, deployment_id: str) -> None: ...
 
 
-# --- credit: the buyer's ledger, for the marketplace (and managed workloads) ----
-# Registered as "credit" by billing (billing/credit.py). Amounts are integer
-# micro-units of ``currency``. Every call joins the caller's database transaction,
-# so a hold and the order or lease row it backs commit together or not at all.
-# Hold ids are the caller's: the same id with the same body is a replay (no effect).
-# A GPU lease's holds are named ``<usage subject>:w<window>`` (marketplace leases:
-# ``lease-<id>:w1``): rating skips ``gpu.seconds`` usage of a lease that has one,
-# because settling the hold is that lease's bill.
-
-
-@dataclass(frozen=True, slots=True)
-class GpuTimeCost:
-    """What ``gpu_seconds`` at a price per GPU-hour cost: the provider's share is
-    ``gpu_seconds * price / 3600`` rounded half-even once; the buyer pays it plus the
-    platform fee (managed work: the platform pays the provider, no fee)."""
-
-    gpu_seconds: int
-    provider_micros: int
-    fee_micros: int
-
-    @property
-    def buyer_micros(self) -> int:
-        return self.provider_micros + self.fee_micros
-
-
-class CreditPort(Protocol):
-    def available(self, *, organization_id: int, currency: str) -> int:
-        """Posted minus pending on the org's prepaid credit, plus any credit limit."""
-        ...
-
-    def gpu_time_cost(
-        self, *, gpu_seconds: int, price_micros_per_gpu_hour: int, currency: str, managed: bool
-    ) -> GpuTimeCost: ...
-
-    def reserve(
-        self,
-        *,
-        hold_id: str,
-        organization_id: int,
-        amount_micros: int,
-        currency: str,
-        expires_at: datetime,
-        description: str,
-    ) -> None:
-        """Reserve the org's credit (a pending hold that is only ever released, e.g.
-        an order waiting in the book). Raises core.errors.InsufficientFunds with
-        ``details.missing_micros`` when available credit does not cover it."""
-        ...
-
-    def release(self, *, hold_id: str) -> bool:
-        """Release a reservation or hold; False if it was already resolved (expired)."""
-        ...
-
-    def lease_hold_place(
-        self,
-        *,
-        hold_id: str,
-        buyer_organization_id: int | None,
-        provider_organization_id: int,
-        amount_micros: int,
-        currency: str,
-        expires_at: datetime,
-        description: str,
-    ) -> None:
-        """The two-phase hold behind one billing window of a GPU lease. With a buyer:
-        reserves the buyer's credit (InsufficientFunds as ``reserve``). With
-        ``buyer_organization_id=None`` (managed work, billed per token): reserves the
-        platform's cost of revenue, which has no limit."""
-        ...
-
-    def lease_hold_settle(
-        self, *, hold_id: str, provider_organization_id: int, cost: GpuTimeCost
-    ) -> None:
-        """Post ``cost`` from the hold in one journal entry — the provider's payable
-        and the platform fee as its credit legs — and release the rest. A hold
-        resolves once: settling it again with the same cost is a no-op."""
-        ...
-
-
 # --- usage (consumer: runtime; provider: metering) -------------------------------
 # The runtime reports what it used (training and evaluation tokens per step, prompt
 # and completion tokens per request, GPU-seconds per lease) in-process through this
@@ -248,4 +248,46 @@ class UsagePort(Protocol):
     def record(self, records: Sequence[UsageRecord]) -> list[str]:
         """Store ``records``; one status per record, in order: ``accepted``,
         ``duplicate`` (seen before: not counted again) or ``rejected: <reason>``."""
+        ...
+
+
+# --- pricebook: fine-tune prices, for the fine-tune job API (marketplace.workloads) ---
+# Registered as "pricebook" by billing (billing/pricebook.py, PriceBookPort). The estimate
+# is the function the job's final bill uses: (training tokens × epochs + validation
+# tokens × evaluations) × the rate in force, at least the per-job minimum.
+
+
+class FineTuneQuoteShape(Protocol):
+    billable_tokens: int
+    rate_micros: int  # per 1M tokens
+    usage_micros: int
+    minimum_micros: int
+    amount_micros: int
+    currency: str
+    available_micros: int | None
+
+    @property
+    def minimum_applied(self) -> bool: ...
+
+    @property
+    def covered(self) -> bool | None: ...
+
+
+class PriceBookPort(Protocol):
+    def fine_tune_estimate(
+        self,
+        *,
+        organization_id: int,
+        model: str,
+        training_type: str,
+        training_tokens: int,
+        epochs: int,
+        validation_tokens: int = 0,
+        evaluations: int = 0,
+    ) -> FineTuneQuoteShape:
+        """Raises core.errors.InvalidInput naming the field for a bad argument."""
+        ...
+
+    def fine_tune_job_closed(self, *, organization_id: int, job: str) -> int:
+        """Call when a job ends: tops its bill up to the minimum; returns what was added."""
         ...

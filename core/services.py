@@ -13,9 +13,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import Conflict, IdempotencyConflict, InvalidInput
+from core.eventstore import NewEvent, event_append
 from core.models import ApiKey, IdempotentRequest, Membership, Organization
 
 API_KEY_PREFIX = "tdm"
+ORGANIZATION_STREAM = "core.organization"
+ORGANIZATION_CREATED = "OrganizationCreated"
 # last_used_at is written at most this often per key, so auth is not a write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -35,11 +38,29 @@ def org_create(*, name: str, kind: str, is_operator: bool = False) -> Organizati
         )
     try:
         with transaction.atomic():
-            return Organization.objects.create(name=name, kind=kind, is_operator=is_operator)
+            organization = Organization.objects.create(
+                name=name, kind=kind, is_operator=is_operator
+            )
     except IntegrityError:
         if Organization.objects.filter(name=name).exists():
             raise Conflict(f"an organization named {name!r} exists already") from None
         raise Conflict("there is an operator organization already") from None
+    # A fact other apps follow (billing grants a new buyer its welcome credits) without
+    # core knowing them; appended last, as the event store asks.
+    event_append(
+        stream_type=ORGANIZATION_STREAM,
+        stream_id=f"organization:{organization.pk}",
+        expected_version=0,
+        events=[
+            NewEvent(
+                ORGANIZATION_CREATED,
+                {"organization": organization.pk, "kind": kind, "is_operator": is_operator},
+            )
+        ],
+        tenant_id=organization.pk,
+        metadata={"actor": "system"},
+    )
+    return organization
 
 
 @transaction.atomic

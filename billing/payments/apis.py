@@ -35,7 +35,7 @@ from core.errors import InvalidInput, NotFound
 from core.idempotency import idempotency_key, idempotent
 from core.money import CURRENCIES, Money, MoneyError
 from core.pagination import page_serializer, paginated_response
-from core.permissions import IsOrgFinance, IsPlatformFinance
+from core.permissions import IsOrgFinance, IsOrgMember, IsPlatformFinance
 from core.schema import ErrorSerializer
 from core.schema import error_responses as core_error_responses
 from core.tenancy import Caller, get_caller
@@ -260,7 +260,9 @@ def _payout_lines(payout: Payout) -> list[dict[str, Any]]:
 class TopUpListCreateApi(APIView):
     def get_permissions(self) -> list[BasePermission]:
         # Reading: any member. Spending the org's money: admin or finance.
-        return [IsOrgFinance()] if self.request.method == "POST" else super().get_permissions()
+        if self.request.method == "POST":
+            return [IsOrgFinance()]
+        return [IsOrgMember()]
 
     @extend_schema(
         operation_id="top_ups_list",
@@ -442,7 +444,9 @@ class PaymentMethodSaveApi(APIView):
 
 class AutoRechargeApi(APIView):
     def get_permissions(self) -> list[BasePermission]:
-        return [IsOrgFinance()] if self.request.method == "PUT" else super().get_permissions()
+        if self.request.method == "PUT":
+            return [IsOrgFinance()]
+        return [IsOrgMember()]
 
     @staticmethod
     def _body(row: Any) -> dict[str, Any]:

@@ -131,7 +131,8 @@ def _dispute(obj: dict[str, Any], event_type: str, fetched: Any) -> str:
 
 
 def _account(obj: dict[str, Any], event_type: str, fetched: Any) -> str:
-    account, as_of = fetched if fetched is not None else (obj, None)
+    # stripe_event_process always supplies (account, as of when)
+    account, as_of = fetched
     return services.connected_account_sync(account=account, as_of=as_of)
 
 

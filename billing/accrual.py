@@ -1,0 +1,254 @@
+"""Accrual: rated usage summed per journal entry and invoice line, as usage arrives.
+
+The ``billing.accrual`` follower follows metering's ``UsageRecorded`` events, as
+rating does, and for each batch:
+
+1. loads the batch's rows with the dimensions invoices and statements group by
+   (job, model, training type, GPU model, region, node);
+2. rates each row with ``billing.rating.rate_usage`` — the function rating used,
+   with the price in force when the row's usage happened, so the amounts are the
+   ledger's to the micro-unit;
+3. finds the journal entry rating posted for each (buyer, provider) group of the
+   batch (``usage:<first row id>``) and checks that the group's amounts add up to
+   what the entry charged the buyer; rows rating left out (GPU-seconds of a lease
+   billed by settling its hold) accrue with no entry, for statements and reports;
+4. writes one ``UsageAccrual`` row per (entry, line key) — a few per batch.
+
+It runs after rating: a batch rating has not reached yet is rated first, in the same
+transaction (both followers are exactly-once, so whichever commits first wins).
+
+Closing a period then reads these rows (thousands per month per busy buyer) rather
+than the usage events (millions): see billing.invoicing and bench/close.py.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection
+
+from billing import events as ev
+from billing.models import Account, UsageAccrual
+from billing.rating import rate_usage, usage_rating, usage_transfer_id
+from core.eventstore import RecordedEvent
+from core.followers import Follower, follower_position, follower_run_once, register
+from core.models import Event
+from metering import events as metering_events
+from metering.models import UsageEvent
+
+USAGE_TABLE = UsageEvent._meta.db_table
+_DIMS = (
+    "model",
+    "training_type",
+    "provider",
+    "lease_price_micros_per_hour",
+    "gpu_model",
+    "region",
+    "node",
+)
+PRODUCT_OF = {
+    "tokens.training": "fine_tune",
+    "tokens.evaluation": "fine_tune",
+    "tokens.prompt": "inference",
+    "tokens.completion": "inference",
+    "gpu.seconds": "gpu_lease",
+}
+
+
+class AccrualMismatch(RuntimeError):
+    """The batch's rated amounts disagree with the journal entry rating posted: the
+    follower stops here, loudly, rather than invoice a number the ledger does not hold."""
+
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    buyer_id: int
+    type: str
+    quantity: int
+    occurred_at: object
+    period: object
+    subject: str
+    dims: dict[str, object]
+
+
+def _rows(ranges: list[list[int]]) -> list[_Row]:
+    where = " OR ".join(["id BETWEEN %s AND %s"] * len(ranges))
+    params = [bound for run in ranges for bound in (run[0], run[1])]
+    extracted = ", ".join(f"dimensions ->> '{name}'" for name in _DIMS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, buyer_id, type, quantity, occurred_at, period, subject_id, {extracted} "
+            f"FROM {USAGE_TABLE} WHERE {where} ORDER BY id",
+            params,
+        )
+        found = cursor.fetchall()
+    rows = []
+    for row_id, buyer, usage_type, quantity, occurred_at, period, subject, *dims in found:
+        if isinstance(occurred_at, str):  # SQLite
+            from billing.services import _as_datetime
+
+            occurred_at = _as_datetime(occurred_at)
+        if isinstance(period, str):
+            from datetime import date
+
+            period = date.fromisoformat(period)
+        values = {n: v for n, v in zip(_DIMS, dims, strict=True) if v is not None}
+        if "provider" in values:
+            values["provider"] = int(values["provider"])  # type: ignore[call-overload]
+        if "lease_price_micros_per_hour" in values:
+            values["lease_price_micros_per_hour"] = int(values["lease_price_micros_per_hour"])  # type: ignore[call-overload]
+        rows.append(_Row(row_id, buyer, usage_type, quantity, occurred_at, period, subject, values))
+    return rows
+
+
+def _lease_settled(rows: list[_Row]) -> set[str]:
+    """Lease subjects billed by settling their holds (rating leaves them out)."""
+    subjects = {r.subject for r in rows if r.type == "gpu.seconds"}
+    if not subjects:
+        return set()
+    try:
+        from billing.credit import leases_settled_by_hold
+    except ImportError:  # pragma: no cover - lease holds not installed
+        return set()
+    return leases_settled_by_hold(subjects)
+
+
+def _entry_debits(transfer_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    """transfer id → (entry position, buyer debit total, of which from prepaid credit)."""
+    if not transfer_ids:
+        return {}
+    events = Event.objects.filter(
+        stream_id__in=[ev.entry_stream_id(t) for t in transfer_ids], version=1
+    ).values_list("position", "payload")
+    found: dict[str, tuple[int, int, int]] = {}
+    accounts: set[int] = set()
+    payloads = list(events)
+    for _, payload in payloads:
+        accounts.update(leg[0] for leg in payload["legs"] if leg[1] == "D")
+    kinds = dict(Account.objects.filter(pk__in=accounts).values_list("pk", "kind"))
+    for position, payload in payloads:
+        debit = credit = 0
+        for account_id, side, amount in payload["legs"]:
+            if side != "D":
+                continue
+            if kinds.get(account_id) in (Account.Kind.CREDIT, Account.Kind.RECEIVABLE):
+                debit += amount
+                if kinds[account_id] == Account.Kind.CREDIT:
+                    credit += amount
+        found[payload["transfer_id"]] = (position, debit, credit)
+    return found
+
+
+def accrue_batch(event: RecordedEvent) -> int:
+    """Accrue one UsageRecorded batch; return the accrual rows written."""
+    while follower_position(usage_rating.name) < event.position:
+        if not follower_run_once(usage_rating):
+            break
+    rows = _rows(event.payload["usage_ranges"])
+    if not rows:
+        return 0
+    settled = _lease_settled(rows)
+    currency = settings.TANDEM_CURRENCY
+    # The groups rating made: (buyer, provider) in the order of their first row.
+    group_first: dict[tuple[int, int | None], int] = {}
+    group_amount: dict[tuple[int, int | None], int] = defaultdict(int)
+    rated_rows = []
+    for row in rows:
+        rated = rate_usage(
+            usage_type=row.type, quantity=row.quantity, dimensions=row.dims, at=row.occurred_at
+        )
+        billed_by_rating = not (row.type == "gpu.seconds" and row.subject in settled)
+        group = (row.buyer_id, rated.provider_id)
+        if billed_by_rating:
+            group_first.setdefault(group, row.id)
+            group_amount[group] += rated.amount_micros
+        rated_rows.append((row, rated, group if billed_by_rating else None))
+    transfer_of = {
+        group: usage_transfer_id(first)
+        for group, first in group_first.items()
+        if group_amount[group] > 0
+    }
+    entries = _entry_debits(sorted(transfer_of.values()))
+    for group, transfer_id in transfer_of.items():
+        found = entries.get(transfer_id)
+        if found is None:
+            raise AccrualMismatch(f"{event.stream_id}: rating posted no entry {transfer_id}")
+        if found[1] != group_amount[group]:
+            raise AccrualMismatch(
+                f"{event.stream_id}: entry {transfer_id} charged {found[1]}, "
+                f"the rows rate to {group_amount[group]}"
+            )
+    sums: dict[tuple, UsageAccrual] = {}
+    for row, rated, group in rated_rows:
+        transfer_id = transfer_of.get(group, "") if group is not None else ""
+        dims = row.dims
+        provider = dims.get("provider") if row.type == "gpu.seconds" else None
+        from billing.pricing import rate_for
+
+        rate = rate_for(row.type, dims, row.occurred_at)  # type: ignore[arg-type]
+        key = (
+            row.buyer_id,
+            row.period,
+            transfer_id,
+            row.type,
+            row.subject if row.type.startswith("tokens.training") or row.type == "tokens.evaluation" or row.type == "gpu.seconds" else "",
+            str(dims.get("model", "")),
+            str(dims.get("training_type", "")) if PRODUCT_OF.get(row.type) == "fine_tune" else "",
+            str(dims.get("gpu_model", "")),
+            str(dims.get("region", "")),
+            str(dims.get("node", "")),
+            provider,
+            rate.rate_micros,
+            rate.unit,
+            rate.fee_bps,
+        )
+        accrual = sums.get(key)
+        if accrual is None:
+            accrual = sums[key] = UsageAccrual(
+                buyer_id=row.buyer_id,
+                period=row.period,
+                currency=currency,
+                transfer_id=transfer_id,
+                product=PRODUCT_OF.get(row.type, "other"),
+                usage_type=row.type,
+                subject=key[4],
+                model=key[5][:200],
+                training_type=key[6][:32],
+                gpu_model=key[7][:100],
+                region=key[8][:64],
+                node=key[9][:200],
+                provider_id=provider,
+                rate_micros=rate.rate_micros,
+                rate_unit=rate.unit,
+                fee_bps=rate.fee_bps,
+                events=0,
+                quantity=0,
+                amount_micros=0,
+                provider_micros=0,
+                fee_micros=0,
+                first_usage_id=row.id,
+                batch_position=event.position,
+            )
+        accrual.events += 1
+        accrual.quantity += row.quantity
+        accrual.amount_micros += rated.amount_micros
+        accrual.provider_micros += rated.provider_micros
+        accrual.fee_micros += rated.fee_micros
+    UsageAccrual.objects.bulk_create(list(sums.values()))
+    return len(sums)
+
+
+class UsageAccruals(Follower):
+    name = "billing.accrual"
+    stream_types = (metering_events.USAGE_STREAM,)
+    batch_size = 1  # one usage event names up to a thousand rows
+
+    def handle(self, event: RecordedEvent) -> None:
+        if event.type == metering_events.USAGE_RECORDED:
+            accrue_batch(event)
+
+
+usage_accruals = register(UsageAccruals())

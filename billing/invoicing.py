@@ -1,0 +1,1353 @@
+"""Buyer invoices: drafts, finalization, the lifecycle after it, credit notes, and
+closing a month for every organization.
+
+What an invoice bills is what the ledger charged the buyer, never a second opinion:
+
+- usage rated by billing.rating, read from the accrual projection (billing.accrual):
+  one line per fine-tune job and price, per inference model and token kind, per GPU
+  model and lease price; each line keeps the journal entries it carries
+  (``InvoiceLineEntry``: entry position, transfer id, amount);
+- other charges the journal holds against the buyer's credit or receivable that
+  credit revenue, fees or a provider's payable (a lease hold settled, a fine-tune
+  minimum, a finance correction), one line per GPU model or description.
+
+Amounts: each line is the exact sum of its journal amounts (micro-units), rounded
+half-even to the currency's minor unit; the difference goes to the platform's
+``rounding`` account when the invoice is finalized, with the tax (the org's rate,
+to ``tax_payable``) and the prepaid credit applied to what usage left owed — one
+journal entry, ``invoice:<key>``. So the ledger agrees with every invoice to the cent.
+
+Lifecycle: ``draft`` (recomputed on every refresh, until the period's grace ends)
+→ ``open`` (finalized: immutable, numbered ``<issuer>-000042`` from a gap-free
+sequence: the number is taken by locking the sequence row in the finalizing
+transaction, so a failed finalization gives it back) → ``paid`` / ``void`` /
+``uncollectible``, with ``past_due`` set by dunning. Corrections after
+finalization are credit notes. Every step is an event on the stream
+``invoice:<key>``; ``invoices_rebuild`` replays them, recomputes each finalized
+invoice from the accruals and the journal as of its finalization, and checks the
+result against the hash its InvoiceFinalized event recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from billing import events as ev
+from billing.models import (
+    Account,
+    Balance,
+    BillingProfile,
+    CreditNote,
+    DocumentSequence,
+    Invoice,
+    InvoiceLine,
+    InvoiceLineEntry,
+    UsageAccrual,
+)
+from billing.pricebook import fine_tune_quote
+from billing.pricing import BPS, SECONDS_PER_HOUR, TOKENS_UNIT
+from billing.services import (
+    EntryRequest,
+    account_open,
+    ledger_execute,
+    platform_account,
+    raise_for,
+)
+from core.db import retry_transaction
+from core.errors import Conflict, InvalidInput, NotFound
+from core.eventstore import NewEvent, event_append, stream_version
+from core.models import Event, FollowerPosition, Organization
+from core.money import CURRENCIES, MICROS, Money, rate_amount
+
+logger = logging.getLogger(__name__)
+
+INVOICE_STREAM = "billing.invoice"
+INVOICE_FINALIZED = "InvoiceFinalized"
+INVOICE_PAID = "InvoicePaid"
+INVOICE_PAST_DUE = "InvoicePastDue"
+INVOICE_UNCOLLECTIBLE = "InvoiceMarkedUncollectible"
+INVOICE_VOIDED = "InvoiceVoided"
+CREDIT_NOTE_ISSUED = "CreditNoteIssued"
+PRODUCT_ORDER = {"fine_tune": 0, "inference": 1, "gpu_lease": 2, "other": 3}
+CHARGE_KINDS = {Account.Kind.REVENUE, Account.Kind.FEES, Account.Kind.PAYABLE}
+BUYER_KINDS = (Account.Kind.CREDIT, Account.Kind.RECEIVABLE)
+
+
+# --- periods and keys -------------------------------------------------------------
+
+
+def month_bounds(period: date) -> tuple[datetime, datetime]:
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    end = datetime(period.year + period.month // 12, period.month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def parse_period(text: str) -> date:
+    try:
+        year, month = (int(part) for part in text.split("-"))
+        return date(year, month, 1)
+    except ValueError:
+        raise InvalidInput(
+            f"period must be a month as YYYY-MM, not {text!r}", details={"field": "period"}
+        ) from None
+
+
+def monthly_key(organization_id: int, period: date, currency: str) -> str:
+    return f"monthly:{organization_id}:{period:%Y-%m}:{currency}"
+
+
+def job_key(organization_id: int, job: str, currency: str) -> str:
+    return f"job:{organization_id}:{job}:{currency}"
+
+
+def issuer() -> str:
+    return getattr(settings, "INVOICE_ISSUER", "TDM")
+
+
+def grace() -> timedelta:
+    return timedelta(days=getattr(settings, "INVOICE_GRACE_DAYS", 3))
+
+
+def due_after() -> timedelta:
+    return timedelta(days=getattr(settings, "INVOICE_DUE_DAYS", 14))
+
+
+def cents(amount_micros: int, currency: str) -> int:
+    return Money(amount_micros, currency).round_to_minor().amount_micros
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- computing an invoice ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Line:
+    product: str
+    description: str
+    unit: str
+    price_unit: int
+    unit_price_micros: int
+    job: str = ""
+    model: str = ""
+    gpu_model: str = ""
+    region: str = ""
+    quantity: int = 0
+    exact_micros: int = 0
+    entries: dict[str, int] = field(default_factory=dict)  # transfer id -> amount
+
+    def sort_key(self) -> tuple:
+        return (
+            PRODUCT_ORDER[self.product],
+            self.job,
+            self.model,
+            self.gpu_model,
+            self.description,
+            self.unit_price_micros,
+        )
+
+
+@dataclass(slots=True)
+class Computed:
+    lines: list[_Line]
+    exact_micros: int
+    prepaid_micros: int  # of the exact amount, what prepaid credit paid when it was charged
+    positions: dict[str, int]  # transfer id -> entry position
+    as_of_position: int
+
+
+def _accruals(
+    organization: Organization, currency: str, as_of: int, *, period: date | None, job: str | None
+):
+    query = UsageAccrual.objects.filter(
+        buyer_id=organization.pk, currency=currency, batch_position__lte=as_of
+    ).exclude(transfer_id="")
+    if job is not None:
+        return query.filter(product="fine_tune", subject=job)
+    query = query.filter(period=period)
+    invoiced_jobs = _jobs_invoiced_alone(organization, currency)
+    if invoiced_jobs:
+        query = query.exclude(product="fine_tune", subject__in=invoiced_jobs)
+    return query
+
+
+def _jobs_invoiced_alone(organization: Organization, currency: str) -> list[str]:
+    return list(
+        Invoice.objects.filter(
+            organization=organization, currency=currency, kind=Invoice.Kind.JOB
+        )
+        .exclude(status=Invoice.Status.DRAFT)
+        .values_list("job", flat=True)
+    )
+
+
+def _usage_lines(accruals: Iterable[UsageAccrual], currency: str) -> dict[tuple, _Line]:
+    lines: dict[tuple, _Line] = {}
+    for a in accruals:
+        if a.product == "fine_tune":
+            key: tuple = ("fine_tune", a.subject, a.model, a.training_type, a.rate_micros)
+            make = lambda a=a: _Line(  # noqa: E731
+                "fine_tune",
+                f"Fine-tune {a.subject} · {a.model} · {a.training_type} "
+                f"(training and evaluation tokens)",
+                "tokens",
+                TOKENS_UNIT,
+                a.rate_micros,
+                job=a.subject,
+                model=a.model,
+            )
+        elif a.product == "inference":
+            kind = a.usage_type.split(".", 1)[1]
+            key = ("inference", a.model, kind, a.rate_micros)
+            make = lambda a=a, kind=kind: _Line(  # noqa: E731
+                "inference", f"Inference · {a.model} · {kind} tokens", "tokens", TOKENS_UNIT,
+                a.rate_micros, model=a.model,
+            )
+        else:
+            buyer_rate = a.rate_micros + rate_amount(a.rate_micros, a.fee_bps, BPS)
+            key = ("gpu_lease", a.gpu_model, a.rate_micros, a.fee_bps)
+            make = lambda a=a, buyer_rate=buyer_rate: _Line(  # noqa: E731
+                "gpu_lease",
+                f"GPU lease · {a.gpu_model or 'GPU'} at "
+                f"{Money(a.rate_micros, currency).format()}/GPU-hour "
+                f"+ {a.fee_bps / 100:g}% platform fee",
+                "gpu_seconds",
+                SECONDS_PER_HOUR,
+                buyer_rate,
+                gpu_model=a.gpu_model,
+            )
+        line = lines.get(key)
+        if line is None:
+            line = lines[key] = make()
+        line.quantity += a.quantity
+        line.exact_micros += a.amount_micros
+        line.entries[a.transfer_id] = line.entries.get(a.transfer_id, 0) + a.amount_micros
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class _Charge:
+    position: int
+    transfer_id: str
+    kind: str
+    description: str
+    amount_micros: int  # debited to the buyer
+    from_credit_micros: int
+    hold_id: str
+
+
+def buyer_accounts(organization_id: int, currency: str) -> dict[int, str]:
+    return dict(
+        Account.objects.filter(
+            organization_id=organization_id, currency=currency, kind__in=BUYER_KINDS
+        ).values_list("pk", "kind")
+    )
+
+
+def _ledger_charges(
+    organization: Organization, currency: str, start: datetime, end: datetime, as_of: int
+) -> list[_Charge]:
+    """Journal entries in ``[start, end)`` that charged the buyer for something sold
+    (a credit leg to revenue, fees or a payable), other than rated usage."""
+    mine = buyer_accounts(organization.pk, currency)
+    if not mine:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT p.entry_position FROM billing_posting p "
+            f"WHERE p.account_id IN ({', '.join(['%s'] * len(mine))}) AND p.side = 'D' "
+            "AND p.recorded_at >= %s AND p.recorded_at < %s AND p.entry_position <= %s",
+            [*mine, start, end, as_of],
+        )
+        positions = [row[0] for row in cursor.fetchall()]
+    if not positions:
+        return []
+    events = list(
+        Event.objects.filter(position__in=positions)
+        .order_by("position")
+        .values_list("position", "type", "payload")
+    )
+    others = {leg[0] for _, _, p in events for leg in p.get("legs", ()) if leg[0] not in mine}
+    kinds = dict(Account.objects.filter(pk__in=others).values_list("pk", "kind"))
+    charges = []
+    for position, event_type, payload in events:
+        transfer_id = payload.get("transfer_id") or f"hold:{payload.get('hold_id', '')}"
+        if transfer_id.startswith("usage:"):
+            continue  # rated usage: the accrual lines carry it
+        legs = payload.get("legs", ())
+        if not any(side == "C" and kinds.get(a) in CHARGE_KINDS for a, side, _ in legs):
+            continue
+        amount = sum(x for a, side, x in legs if side == "D" and a in mine)
+        from_credit = sum(
+            x for a, side, x in legs if side == "D" and mine.get(a) == Account.Kind.CREDIT
+        )
+        # A charge reversed within the same entry (credit back to the buyer) nets out.
+        amount -= sum(x for a, side, x in legs if side == "C" and a in mine)
+        if amount <= 0:
+            continue
+        hold_id = payload.get("hold_id", "") if event_type == ev.HOLD_POSTED else ""
+        charges.append(
+            _Charge(
+                position,
+                transfer_id,
+                payload.get("kind", "hold") if event_type == ev.ENTRY_POSTED else "lease",
+                payload.get("description", ""),
+                amount,
+                min(from_credit, amount),
+                hold_id,
+            )
+        )
+    return charges
+
+
+def _lease_gpu_models(organization: Organization, subjects: set[str]) -> dict[str, tuple[str, int]]:
+    """lease subject -> (GPU model, GPU-seconds metered) from the usage rating left out."""
+    found: dict[str, tuple[str, int]] = {}
+    if not subjects:
+        return found
+    rows = (
+        UsageAccrual.objects.filter(
+            buyer_id=organization.pk, product="gpu_lease", transfer_id="", subject__in=subjects
+        )
+        .values_list("subject", "gpu_model", "quantity")
+        .order_by("subject", "id")
+    )
+    for subject, gpu_model, quantity in rows:
+        model, seconds = found.get(subject, (gpu_model, 0))
+        found[subject] = (model, seconds + quantity)
+    return found
+
+
+def _charge_lines(
+    organization: Organization, charges: list[_Charge], currency: str
+) -> dict[tuple, _Line]:
+    lines: dict[tuple, _Line] = {}
+    lease_subjects = {c.hold_id.rsplit(":w", 1)[0] for c in charges if c.hold_id}
+    gpu = _lease_gpu_models(organization, lease_subjects)
+    seconds_counted: set[str] = set()
+    for charge in charges:
+        subject = charge.hold_id.rsplit(":w", 1)[0] if charge.hold_id else ""
+        if subject and subject in gpu:
+            gpu_model, seconds = gpu[subject]
+            key: tuple = ("gpu_lease", gpu_model, "settled")
+            line = lines.get(key) or _Line(
+                "gpu_lease",
+                f"GPU lease · {gpu_model or 'GPU'} (settled lease time, platform fee included)",
+                "gpu_seconds",
+                SECONDS_PER_HOUR,
+                0,
+                gpu_model=gpu_model,
+            )
+            if subject not in seconds_counted:
+                line.quantity += seconds
+                seconds_counted.add(subject)
+        elif charge.transfer_id.startswith("ftmin:"):
+            job = charge.transfer_id.split(":", 2)[2]
+            key = ("fine_tune", job, "minimum")
+            line = lines.get(key) or _Line(
+                "fine_tune", f"Fine-tune {job} · minimum charge per job", "item", 1, 0, job=job
+            )
+            line.quantity = 1
+        elif charge.hold_id:
+            key = ("gpu_lease", "", "settled")
+            line = lines.get(key) or _Line(
+                "gpu_lease", "GPU lease (settled lease time, platform fee included)",
+                "item", 1, 0,
+            )
+            line.quantity += 1
+        else:
+            description = (charge.description or charge.kind or "charge")[:250]
+            key = ("other", description)
+            line = lines.get(key) or _Line("other", description, "item", 1, 0)
+            line.quantity += 1
+        lines[key] = line
+        line.exact_micros += charge.amount_micros
+        line.entries[charge.transfer_id] = line.entries.get(charge.transfer_id, 0) + charge.amount_micros
+    for line in lines.values():
+        if line.unit == "gpu_seconds" and line.quantity:
+            line.unit_price_micros = rate_amount(line.exact_micros, SECONDS_PER_HOUR, line.quantity)
+        elif line.unit == "item" and line.quantity:
+            line.unit_price_micros = rate_amount(line.exact_micros, 1, line.quantity)
+    return lines
+
+
+def _entry_facts(transfer_ids: Iterable[str]) -> dict[str, tuple[int, int, int, dict]]:
+    """transfer id -> (position, buyer debit, of which from credit, legs by account)."""
+    wanted = sorted(set(transfer_ids))
+    stream_ids = [
+        ev.hold_stream_id(t[5:]) if t.startswith("hold:") else ev.entry_stream_id(t) for t in wanted
+    ]
+    rows = Event.objects.filter(stream_id__in=stream_ids, type__in=(ev.ENTRY_POSTED, ev.HOLD_POSTED))
+    facts = {}
+    for event in rows:
+        transfer_id = event.payload.get("transfer_id") or f"hold:{event.payload['hold_id']}"
+        facts[transfer_id] = (event.position, 0, 0, event.payload["legs"])
+    return facts  # type: ignore[return-value]
+
+
+def invoice_compute(
+    *,
+    organization: Organization,
+    currency: str,
+    period: date | None = None,
+    job: str | None = None,
+    as_of_position: int | None = None,
+) -> Computed:
+    """What a monthly (``period``) or job (``job``) invoice of this org holds, from the
+    journal as of ``as_of_position`` (default: everything committed)."""
+    as_of = as_of_position
+    if as_of is None:
+        as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
+    lines = _usage_lines(
+        _accruals(organization, currency, as_of, period=period, job=job).order_by("id"), currency
+    )
+    if period is not None:
+        start, end = month_bounds(period)
+        charges = _ledger_charges(organization, currency, start, end, as_of)
+        jobs_alone = set(_jobs_invoiced_alone(organization, currency))
+        charges = [
+            c
+            for c in charges
+            if not (c.transfer_id.startswith("ftmin:") and c.transfer_id.split(":", 2)[2] in jobs_alone)
+        ]
+    else:
+        charges = [
+            c
+            for c in _ledger_charges(
+                organization, currency, datetime(2000, 1, 1, tzinfo=UTC), timezone.now() + timedelta(days=1), as_of
+            )
+            if c.transfer_id == minimum_transfer_id(organization.pk, job or "")
+        ]
+    lines.update(_charge_lines(organization, charges, currency))
+    ordered = sorted((line for line in lines.values() if line.exact_micros), key=_Line.sort_key)
+    # Prepaid credit that paid for these charges when they were posted: each entry's
+    # share from the credit account, pro rata where an entry spans two invoices.
+    facts = _entry_facts(t for line in ordered for t in line.entries)
+    mine = buyer_accounts(organization.pk, currency)
+    share: dict[str, int] = defaultdict(int)
+    for line in ordered:
+        for transfer_id, amount in line.entries.items():
+            share[transfer_id] += amount
+    prepaid = 0
+    positions = {}
+    for transfer_id, amount in share.items():
+        position, _, _, legs = facts[transfer_id]
+        positions[transfer_id] = position
+        debit = sum(x for a, s, x in legs if s == "D" and a in mine)
+        credit = sum(x for a, s, x in legs if s == "D" and mine.get(a) == Account.Kind.CREDIT)
+        credit = min(credit, debit)
+        prepaid += credit if amount >= debit else credit * amount // max(debit, 1)
+    exact = sum(line.exact_micros for line in ordered)
+    return Computed(ordered, exact, prepaid, positions, as_of)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    exact: int
+    subtotal: int
+    rounding: int
+    tax_rate_bps: int
+    tax: int
+    total: int
+
+
+def totals_of(computed: Computed, currency: str, tax_rate_bps: int) -> Totals:
+    subtotal = sum(cents(line.exact_micros, currency) for line in computed.lines)
+    tax = cents(rate_amount(subtotal, tax_rate_bps, BPS), currency)
+    return Totals(
+        computed.exact_micros, subtotal, subtotal - computed.exact_micros, tax_rate_bps, tax,
+        subtotal + tax,
+    )
+
+
+def _profile(organization: Organization) -> dict[str, Any]:
+    profile = BillingProfile.objects.filter(organization=organization).first()
+    return {
+        "name": organization.name,
+        "legal_name": (profile.legal_name if profile else "") or organization.name,
+        "address": profile.address if profile else "",
+        "tax_id": profile.tax_id if profile else "",
+        "tax_rate_bps": profile.tax_rate_bps if profile else 0,
+        "tax_label": (profile.tax_label if profile else "") or "Tax",
+    }
+
+
+def _document(
+    *,
+    invoice: Invoice,
+    computed: Computed,
+    totals: Totals,
+    buyer: dict[str, Any],
+    number: str | None,
+    finalized_at: str | None,
+    due_at: str | None,
+    prepaid_applied: int,
+) -> dict[str, Any]:
+    currency = invoice.currency
+
+    def money(micros: int) -> dict[str, Any]:
+        return {"micros": micros, "text": Money(micros, currency).format()}
+
+    return {
+        "schema": "tandem.invoice/1",
+        "key": invoice.key,
+        "kind": invoice.kind,
+        "number": number,
+        "issuer": invoice.issuer,
+        "currency": currency,
+        "status": "draft" if number is None else "final",
+        "period": {
+            "start": invoice.period_start.isoformat(),
+            "end": invoice.period_end.isoformat(),
+        },
+        "job": invoice.job,
+        "buyer": {"organization": invoice.organization_id, **buyer},
+        "finalized_at": finalized_at,
+        "due_at": due_at,
+        "as_of_position": computed.as_of_position,
+        "lines": [
+            {
+                "ordinal": index,
+                "product": line.product,
+                "description": line.description,
+                "job": line.job,
+                "model": line.model,
+                "gpu_model": line.gpu_model,
+                "quantity": line.quantity,
+                "unit": line.unit,
+                "unit_price": money(line.unit_price_micros),
+                "price_unit": line.price_unit,
+                "exact": money(line.exact_micros),
+                "amount": money(cents(line.exact_micros, currency)),
+                "entries": [
+                    {
+                        "transfer_id": transfer_id,
+                        "position": computed.positions[transfer_id],
+                        "amount_micros": amount,
+                    }
+                    for transfer_id, amount in sorted(line.entries.items())
+                ],
+            }
+            for index, line in enumerate(computed.lines, start=1)
+        ],
+        "totals": {
+            "exact": money(totals.exact),
+            "subtotal": money(totals.subtotal),
+            "rounding": money(totals.rounding),
+            "tax_rate_bps": totals.tax_rate_bps,
+            "tax": money(totals.tax),
+            "total": money(totals.total),
+            "prepaid_applied": money(prepaid_applied),
+            "amount_due": money(totals.total - prepaid_applied),
+        },
+    }
+
+
+def _write_lines(invoice: Invoice, computed: Computed) -> None:
+    InvoiceLine.objects.filter(invoice=invoice).delete()
+    made = InvoiceLine.objects.bulk_create(
+        [
+            InvoiceLine(
+                invoice=invoice,
+                ordinal=index,
+                product=line.product,
+                description=line.description[:300],
+                job=line.job[:200],
+                model=line.model[:200],
+                gpu_model=line.gpu_model[:100],
+                region=line.region[:64],
+                quantity=line.quantity,
+                unit=line.unit,
+                unit_price_micros=line.unit_price_micros,
+                price_unit=line.price_unit,
+                exact_micros=line.exact_micros,
+                amount_micros=cents(line.exact_micros, invoice.currency),
+            )
+            for index, line in enumerate(computed.lines, start=1)
+        ]
+    )
+    InvoiceLineEntry.objects.bulk_create(
+        [
+            InvoiceLineEntry(
+                line=row,
+                entry_position=computed.positions[transfer_id],
+                transfer_id=transfer_id,
+                amount_micros=amount,
+            )
+            for row, line in zip(made, computed.lines, strict=True)
+            for transfer_id, amount in sorted(line.entries.items())
+        ]
+    )
+
+
+# --- drafts -------------------------------------------------------------------------
+
+
+@retry_transaction
+def invoice_draft_refresh(
+    *,
+    organization: Organization,
+    period: date,
+    currency: str | None = None,
+    now: datetime | None = None,
+) -> Invoice | None:
+    """Create or recompute the org's draft for a month; a finalized invoice is
+    returned as it is. None when the month charged the org nothing."""
+    currency = currency or settings.TANDEM_CURRENCY
+    now = now or timezone.now()
+    key = monthly_key(organization.pk, period, currency)
+    invoice = Invoice.objects.select_for_update().filter(key=key).first()
+    if invoice is not None and invoice.status != Invoice.Status.DRAFT:
+        return invoice
+    computed = invoice_compute(organization=organization, currency=currency, period=period)
+    if not computed.lines:
+        if invoice is not None:
+            invoice.delete()
+        return None
+    start, end = month_bounds(period)
+    if invoice is None:
+        invoice = Invoice(
+            key=key,
+            organization=organization,
+            kind=Invoice.Kind.MONTHLY,
+            currency=currency,
+            period_start=start,
+            period_end=end,
+            issuer=issuer(),
+            generated_at=now,
+            grace_ends_at=end + grace(),
+        )
+    _apply_draft(invoice, computed, now)
+    return invoice
+
+
+def _apply_draft(invoice: Invoice, computed: Computed, now: datetime) -> None:
+    buyer = _profile(invoice.organization)
+    totals = totals_of(computed, invoice.currency, buyer["tax_rate_bps"])
+    invoice.subtotal_exact_micros = totals.exact
+    invoice.subtotal_micros = totals.subtotal
+    invoice.rounding_micros = totals.rounding
+    invoice.tax_rate_bps = totals.tax_rate_bps
+    invoice.tax_micros = totals.tax
+    invoice.total_micros = totals.total
+    invoice.prepaid_applied_micros = computed.prepaid_micros
+    invoice.amount_due_micros = totals.total - computed.prepaid_micros
+    invoice.generated_at = now
+    invoice.document = _document(
+        invoice=invoice,
+        computed=computed,
+        totals=totals,
+        buyer=buyer,
+        number=None,
+        finalized_at=None,
+        due_at=None,
+        prepaid_applied=computed.prepaid_micros,
+    )
+    invoice.document_sha256 = hashlib.sha256(canonical(invoice.document)).hexdigest()
+    invoice.save()
+    _write_lines(invoice, computed)
+
+
+# --- finalization -------------------------------------------------------------------
+
+
+def _next_number(series: str) -> str:
+    name = issuer()
+    DocumentSequence.objects.get_or_create(issuer=name, series=series)
+    sequence = DocumentSequence.objects.select_for_update().get(issuer=name, series=series)
+    sequence.last_number += 1
+    sequence.save(update_fields=["last_number"])
+    prefix = name if series == "INV" else f"{name}-{series}"
+    return f"{prefix}-{sequence.last_number:06d}"
+
+
+def _append(invoice: Invoice, event_type: str, payload: dict[str, Any], actor: str) -> int:
+    stream_id = f"invoice:{invoice.key}"
+    recorded = event_append(
+        stream_type=INVOICE_STREAM,
+        stream_id=stream_id,
+        expected_version=stream_version(stream_id),
+        events=[NewEvent(event_type, {"key": invoice.key, **payload})],
+        tenant_id=invoice.organization_id,
+        metadata={"actor": actor},
+    )
+    return recorded[0].position
+
+
+def _post(transfer_id: str, currency: str, signed: dict[int, int], kind: str, description: str, actor: str) -> int | None:
+    """Post an entry from signed amounts per account (debit positive); None if all zero."""
+    legs = tuple(
+        (account, "D" if amount > 0 else "C", abs(amount))
+        for account, amount in sorted(signed.items())
+        if amount
+    )
+    if not legs:
+        return None
+    result = raise_for(
+        ledger_execute(
+            [EntryRequest(transfer_id=transfer_id, currency=currency, legs=legs, kind=kind, description=description)],
+            actor=actor,
+        )[0]
+    )
+    return result.position
+
+
+def _catch_up() -> None:
+    """Rate and accrue every usage batch committed so far."""
+    from billing.accrual import usage_accruals
+    from billing.rating import usage_rating
+    from core.followers import followers_run_until_idle
+
+    followers_run_until_idle([usage_rating, usage_accruals])
+
+
+def invoice_finalize(
+    *,
+    invoice: Invoice,
+    actor: str = "system",
+    now: datetime | None = None,
+    close_usage: bool = True,
+) -> Invoice:
+    """Freeze a draft: close the org's usage month (later usage counts in the next
+    one), rate and accrue what arrived before, then in one transaction recompute it a
+    last time, take the next number, post rounding, tax and prepaid credit, and record
+    the event. ``close_usage=False``: the caller closed the month and caught up."""
+    if close_usage and invoice.kind == Invoice.Kind.MONTHLY:
+        from metering.services import usage_period_close
+
+        usage_period_close(organization=invoice.organization, period=invoice.period_start.date())
+        _catch_up()
+    return _finalize(invoice=invoice, actor=actor, now=now or timezone.now())
+
+
+@retry_transaction
+def _finalize(*, invoice: Invoice, actor: str, now: datetime) -> Invoice:
+    locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if locked.status != Invoice.Status.DRAFT:
+        return locked
+    organization = locked.organization
+    period = locked.period_start.date()
+    computed = invoice_compute(
+        organization=organization,
+        currency=locked.currency,
+        period=period if locked.kind == Invoice.Kind.MONTHLY else None,
+        job=locked.job if locked.kind == Invoice.Kind.JOB else None,
+    )
+    if not computed.lines:
+        raise Conflict(f"invoice {locked.key} has nothing to bill", details={"invoice": locked.key})
+    buyer = _profile(organization)
+    totals = totals_of(computed, locked.currency, buyer["tax_rate_bps"])
+    number = _next_number("INV")
+    currency = locked.currency
+    receivable = account_open(organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency)
+    credit = account_open(organization=organization, kind=Account.Kind.CREDIT, currency=currency)
+    # Apply what prepaid credit is left to what the charges left owed.
+    owed = totals.total - computed.prepaid_micros
+    balance = Balance.objects.select_for_update().get(account=credit)
+    available = balance.credits_posted - balance.debits_posted - balance.debits_pending
+    apply = max(0, min(owed, available))
+    signed: dict[int, int] = defaultdict(int)
+    signed[receivable.pk] += totals.rounding + totals.tax - apply
+    signed[platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk] -= totals.rounding
+    signed[platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk] -= totals.tax
+    signed[credit.pk] += apply
+    _post(
+        f"invoice:{locked.key}",
+        currency,
+        signed,
+        "invoice",
+        f"invoice {number}: rounding to cents, tax, prepaid credit applied",
+        actor,
+    )
+    prepaid = computed.prepaid_micros + apply
+    finalized_at = now.isoformat()
+    due_at = (now + due_after()).isoformat()
+    document = _document(
+        invoice=locked,
+        computed=computed,
+        totals=totals,
+        buyer=buyer,
+        number=number,
+        finalized_at=finalized_at,
+        due_at=due_at,
+        prepaid_applied=prepaid,
+    )
+    digest = hashlib.sha256(canonical(document)).hexdigest()
+    locked.number = number
+    locked.status = Invoice.Status.PAID if totals.total - prepaid <= 0 else Invoice.Status.OPEN
+    locked.finalized_at = now
+    locked.due_at = now + due_after()
+    if locked.status == Invoice.Status.PAID:
+        locked.closed_at = now
+        locked.payment_reference = "prepaid credit"
+    _apply_final(locked, computed, totals, prepaid, document, digest)
+    _append(
+        locked,
+        INVOICE_FINALIZED,
+        {
+            "number": number,
+            "organization": organization.pk,
+            "kind": locked.kind,
+            "currency": currency,
+            "period_start": locked.period_start.isoformat(),
+            "period_end": locked.period_end.isoformat(),
+            "job": locked.job,
+            "issuer": locked.issuer,
+            "finalized_at": finalized_at,
+            "due_at": due_at,
+            "as_of_position": computed.as_of_position,
+            "buyer": buyer,
+            "prepaid_applied_micros": prepaid,
+            "credit_applied_at_finalize_micros": apply,
+            "total_micros": totals.total,
+            "document_sha256": digest,
+        },
+        actor,
+    )
+    return locked
+
+
+def _apply_final(
+    invoice: Invoice, computed: Computed, totals: Totals, prepaid: int, document: dict, digest: str
+) -> None:
+    invoice.subtotal_exact_micros = totals.exact
+    invoice.subtotal_micros = totals.subtotal
+    invoice.rounding_micros = totals.rounding
+    invoice.tax_rate_bps = totals.tax_rate_bps
+    invoice.tax_micros = totals.tax
+    invoice.total_micros = totals.total
+    invoice.prepaid_applied_micros = prepaid
+    invoice.amount_due_micros = totals.total - prepaid
+    invoice.document = document
+    invoice.document_sha256 = digest
+    invoice.save()
+    _write_lines(invoice, computed)
+
+
+def outstanding(invoice: Invoice) -> int:
+    """What the buyer still owes on a finalized invoice."""
+    return max(
+        0,
+        invoice.amount_due_micros
+        - invoice.amount_paid_micros
+        - invoice.written_off_micros
+        - _credited_to_receivable(invoice),
+    )
+
+
+def _credited_to_receivable(invoice: Invoice) -> int:
+    return sum(invoice.credit_notes.values_list("to_receivable_micros", flat=True))
+
+
+def _final(invoice: Invoice, allowed: tuple[str, ...], action: str) -> Invoice:
+    locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if locked.status not in allowed:
+        raise Conflict(
+            f"invoice {locked.number or locked.key} is {locked.status}; it cannot be {action}",
+            details={"invoice": locked.number or locked.key, "status": locked.status},
+        )
+    return locked
+
+
+@retry_transaction
+def invoice_mark_paid(
+    *,
+    invoice: Invoice,
+    payment_reference: str,
+    actor: str = "payments",
+    now: datetime | None = None,
+) -> Invoice:
+    """The buyer paid what the invoice left owed: the receivable is settled against
+    Stripe clearing (``invoice:<key>:paid``) and the invoice is closed. Paying a
+    paid invoice with the same reference again changes nothing."""
+    now = now or timezone.now()
+    reference = (payment_reference or "").strip()[:255]
+    if not reference:
+        raise InvalidInput("a payment needs its reference", details={"field": "payment_reference"})
+    current = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if current.status == Invoice.Status.PAID and current.payment_reference == reference:
+        return current
+    locked = _final(current, (Invoice.Status.OPEN, Invoice.Status.PAST_DUE), "paid")
+    amount = outstanding(locked)
+    receivable = account_open(organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency)
+    clearing = platform_account(kind=Account.Kind.STRIPE_CLEARING, currency=locked.currency)
+    _post(
+        f"invoice:{locked.key}:paid",
+        locked.currency,
+        {clearing.pk: amount, receivable.pk: -amount},
+        "payment",
+        f"payment {reference} of invoice {locked.number}",
+        actor,
+    )
+    locked.status = Invoice.Status.PAID
+    locked.amount_paid_micros += amount
+    locked.payment_reference = reference
+    locked.closed_at = now
+    locked.save()
+    _append(locked, INVOICE_PAID, {"payment_reference": reference, "amount_micros": amount, "at": now.isoformat()}, actor)
+    return locked
+
+
+@retry_transaction
+def invoice_mark_past_due(*, invoice: Invoice, actor: str = "payments", now: datetime | None = None) -> Invoice:
+    now = now or timezone.now()
+    current = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if current.status == Invoice.Status.PAST_DUE:
+        return current
+    locked = _final(current, (Invoice.Status.OPEN,), "marked past due")
+    locked.status = Invoice.Status.PAST_DUE
+    locked.save(update_fields=["status"])
+    _append(locked, INVOICE_PAST_DUE, {"at": now.isoformat()}, actor)
+    return locked
+
+
+@retry_transaction
+def invoice_mark_uncollectible(
+    *, invoice: Invoice, reason: str = "", actor: str = "payments", now: datetime | None = None
+) -> Invoice:
+    """Give up on what is owed: written off to the adjustments account (bad debt)."""
+    now = now or timezone.now()
+    current = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if current.status == Invoice.Status.UNCOLLECTIBLE:
+        return current
+    locked = _final(current, (Invoice.Status.OPEN, Invoice.Status.PAST_DUE), "marked uncollectible")
+    amount = outstanding(locked)
+    receivable = account_open(organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency)
+    adjustments = platform_account(kind=Account.Kind.ADJUSTMENTS, currency=locked.currency)
+    _post(
+        f"invoice:{locked.key}:written-off",
+        locked.currency,
+        {adjustments.pk: amount, receivable.pk: -amount},
+        "write_off",
+        f"invoice {locked.number} uncollectible: {reason.strip()[:200] or 'written off'}",
+        actor,
+    )
+    locked.status = Invoice.Status.UNCOLLECTIBLE
+    locked.written_off_micros += amount
+    locked.closed_at = now
+    locked.save()
+    _append(locked, INVOICE_UNCOLLECTIBLE, {"amount_micros": amount, "reason": reason.strip()[:500], "at": now.isoformat()}, actor)
+    return locked
+
+
+@retry_transaction
+def invoice_void(*, invoice: Invoice, reason: str, actor: str = "system", now: datetime | None = None) -> Invoice:
+    """Cancel an unpaid finalized invoice entirely: its number stays used; tax and
+    rounding are reversed, what it charged comes off revenue, what prepaid credit
+    paid goes back to the credit and what was owed comes off the receivable."""
+    now = now or timezone.now()
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("voiding needs a reason", details={"field": "reason"})
+    current = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if current.status == Invoice.Status.VOID:
+        return current
+    locked = _final(current, (Invoice.Status.OPEN, Invoice.Status.PAST_DUE), "voided")
+    if locked.amount_paid_micros or locked.credit_notes.exists():
+        raise Conflict("an invoice with payments or credit notes is corrected by a credit note")
+    org, currency = locked.organization, locked.currency
+    signed: dict[int, int] = defaultdict(int)
+    signed[platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk] += locked.tax_micros
+    signed[platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk] += locked.rounding_micros
+    signed[platform_account(kind=Account.Kind.REVENUE, currency=currency).pk] += locked.subtotal_exact_micros
+    signed[account_open(organization=org, kind=Account.Kind.CREDIT, currency=currency).pk] -= locked.prepaid_applied_micros
+    signed[account_open(organization=org, kind=Account.Kind.RECEIVABLE, currency=currency).pk] -= locked.amount_due_micros
+    _post(f"invoice:{locked.key}:void", currency, signed, "void", f"invoice {locked.number} void: {reason[:200]}", actor)
+    locked.status = Invoice.Status.VOID
+    locked.closed_at = now
+    locked.save()
+    _append(locked, INVOICE_VOIDED, {"reason": reason[:500], "at": now.isoformat()}, actor)
+    return locked
+
+
+@retry_transaction
+def credit_note_issue(
+    *,
+    invoice: Invoice,
+    amount_micros: int,
+    reason: str,
+    key: str,
+    actor: str = "system",
+    now: datetime | None = None,
+) -> CreditNote:
+    """Correct a finalized invoice by ``amount_micros`` before tax (a whole number of
+    cents). The tax on it is given back too. What the buyer still owes on the invoice
+    is reduced first; the rest becomes prepaid credit. ``key`` makes it idempotent."""
+    now = now or timezone.now()
+    found = CreditNote.objects.filter(key=key).first()
+    if found is not None:
+        if found.invoice_id != invoice.pk or found.amount_micros != amount_micros:
+            raise Conflict(f"credit note {key!r} exists with another body", details={"field": "key"})
+        return found
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("a credit note needs a reason", details={"field": "reason"})
+    locked = _final(
+        Invoice.objects.get(pk=invoice.pk),
+        (Invoice.Status.OPEN, Invoice.Status.PAST_DUE, Invoice.Status.PAID, Invoice.Status.UNCOLLECTIBLE),
+        "credited",
+    )
+    currency = locked.currency
+    step = MICROS // 10 ** CURRENCIES[currency]
+    if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or amount_micros <= 0 or amount_micros % step:
+        raise InvalidInput("amount must be a positive whole number of cents", details={"field": "amount"})
+    credited = sum(locked.credit_notes.values_list("amount_micros", flat=True))
+    if credited + amount_micros > locked.subtotal_micros:
+        raise InvalidInput(
+            f"credit notes may total at most the invoice subtotal "
+            f"{Money(locked.subtotal_micros, currency).format()}; "
+            f"{Money(credited, currency).format()} is credited already",
+            details={"field": "amount"},
+        )
+    tax = cents(rate_amount(amount_micros, locked.tax_rate_bps, BPS), currency)
+    total = amount_micros + tax
+    to_receivable = 0
+    if locked.status in (Invoice.Status.OPEN, Invoice.Status.PAST_DUE):
+        to_receivable = min(total, outstanding(locked))
+    to_credit = total - to_receivable
+    number = _next_number("CN")
+    org = locked.organization
+    signed: dict[int, int] = defaultdict(int)
+    signed[platform_account(kind=Account.Kind.REVENUE, currency=currency).pk] += amount_micros
+    signed[platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk] += tax
+    signed[account_open(organization=org, kind=Account.Kind.RECEIVABLE, currency=currency).pk] -= to_receivable
+    signed[account_open(organization=org, kind=Account.Kind.CREDIT, currency=currency).pk] -= to_credit
+    position = _post(f"cn:{number}", currency, signed, "credit_note", f"credit note {number} on {locked.number}: {reason[:200]}", actor)
+    note = CreditNote.objects.create(
+        invoice=locked,
+        key=key[:240],
+        issuer=locked.issuer,
+        number=number,
+        currency=currency,
+        amount_micros=amount_micros,
+        tax_micros=tax,
+        total_micros=total,
+        to_receivable_micros=to_receivable,
+        to_credit_micros=to_credit,
+        reason=reason[:500],
+        entry_position=position or 0,
+        issued_at=now,
+        issued_by=actor[:200],
+    )
+    locked.credited_micros += total
+    locked.save(update_fields=["credited_micros"])
+    _append(
+        locked,
+        CREDIT_NOTE_ISSUED,
+        {
+            "credit_note": number,
+            "note_key": note.key,
+            "amount_micros": amount_micros,
+            "tax_micros": tax,
+            "to_receivable_micros": to_receivable,
+            "to_credit_micros": to_credit,
+            "reason": note.reason,
+            "at": now.isoformat(),
+        },
+        actor,
+    )
+    return note
+
+
+# --- fine-tune jobs -----------------------------------------------------------------
+
+
+def minimum_transfer_id(organization_id: int, job: str) -> str:
+    return f"ftmin:{organization_id}:{job}"
+
+
+@retry_transaction
+def fine_tune_job_close(*, organization: Organization, job: str, actor: str = "system") -> int:
+    """A fine-tune job ended: its bill is ``fine_tune_quote`` of what rating charged,
+    so a job that used less than the minimum is topped up to it (``ftmin:…``)."""
+    _catch_up()
+    currency = settings.TANDEM_CURRENCY
+    accruals = list(
+        UsageAccrual.objects.filter(buyer_id=organization.pk, product="fine_tune", subject=job).exclude(transfer_id="")
+    )
+    if not accruals:
+        raise NotFound(f"no fine-tune usage of job {job!r}", details={"job": job})
+    first = min(accruals, key=lambda a: a.first_usage_id)
+    rated = sum(a.amount_micros for a in accruals)
+    quote = fine_tune_quote(
+        model=first.model,
+        training_type=first.training_type or "lora-sft",
+        training_tokens=sum(a.quantity for a in accruals),
+        rated_micros=rated,
+    )
+    top_up = quote.amount_micros - rated
+    if top_up <= 0:
+        return 0
+    from billing.pricing import billing_terms_for
+
+    postpaid = billing_terms_for(organization_ids=[organization.pk])[organization.pk].postpaid
+    kind = Account.Kind.RECEIVABLE if postpaid else Account.Kind.CREDIT
+    buyer = account_open(organization=organization, kind=kind, currency=currency)
+    revenue = platform_account(kind=Account.Kind.REVENUE, currency=currency)
+    entry = EntryRequest(
+        transfer_id=minimum_transfer_id(organization.pk, job),
+        currency=currency,
+        legs=((buyer.pk, "D", top_up), (revenue.pk, "C", top_up)),
+        kind="minimum",
+        description=f"fine-tune {job}: minimum charge per job",
+    )
+    result = ledger_execute([entry], actor=actor)[0]
+    if result.code == "exceeds_limit":  # prepaid credit short: the rest is owed
+        receivable = account_open(organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency)
+        available = max(0, top_up - int(result.details.get("missing_micros", top_up)))
+        legs = [(receivable.pk, "D", top_up - available), (revenue.pk, "C", top_up)]
+        if available:
+            legs.insert(0, (buyer.pk, "D", available))
+        result = ledger_execute([EntryRequest(entry.transfer_id, currency, tuple(legs), "minimum", entry.description)], actor=actor)[0]  # type: ignore[arg-type]
+    raise_for(result)
+    return top_up
+
+
+def invoice_job_issue(*, organization: Organization, job: str, actor: str = "system") -> Invoice:
+    """On demand, the invoice of one closed fine-tune job, finalized at once."""
+    currency = settings.TANDEM_CURRENCY
+    key = job_key(organization.pk, job, currency)
+    existing = Invoice.objects.filter(key=key).first()
+    if existing is not None and existing.status != Invoice.Status.DRAFT:
+        return existing
+    billed = InvoiceLine.objects.filter(
+        invoice__organization=organization, invoice__kind=Invoice.Kind.MONTHLY, job=job
+    ).exclude(invoice__status=Invoice.Status.DRAFT)
+    if billed.exists():
+        raise Conflict(
+            f"job {job!r} is billed on invoice {billed.first().invoice.number} already",  # type: ignore[union-attr]
+            details={"job": job},
+        )
+    fine_tune_job_close(organization=organization, job=job, actor=actor)
+    now = timezone.now()
+    invoice = existing or Invoice.objects.create(
+        key=key,
+        organization=organization,
+        kind=Invoice.Kind.JOB,
+        currency=currency,
+        period_start=now,
+        period_end=now,
+        job=job,
+        issuer=issuer(),
+        generated_at=now,
+        grace_ends_at=now,
+    )
+    computed = invoice_compute(organization=organization, currency=currency, job=job)
+    _apply_draft(invoice, computed, now)
+    return invoice_finalize(invoice=invoice, actor=actor, now=now, close_usage=False)
+
+
+# --- closing a month ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    period: date
+    organizations: int
+    drafts: int
+    finalized: int
+    already_final: int
+    statements: int
+    seconds: float
+
+
+def buyers_with_charges(period: date, currency: str) -> list[int]:
+    start, end = month_bounds(period)
+    from_usage = set(
+        UsageAccrual.objects.filter(period=period, currency=currency)
+        .exclude(transfer_id="")
+        .values_list("buyer_id", flat=True)
+        .distinct()
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT a.organization_id FROM billing_posting p "
+            "JOIN billing_account a ON a.id = p.account_id "
+            "WHERE a.kind IN ('credit', 'receivable') AND a.currency = %s AND p.side = 'D' "
+            "AND p.recorded_at >= %s AND p.recorded_at < %s",
+            [currency, start, end],
+        )
+        from_ledger = {row[0] for row in cursor.fetchall()}
+    return sorted(from_usage | from_ledger)
+
+
+def period_close(
+    *,
+    period: date,
+    finalize: bool | None = None,
+    now: datetime | None = None,
+    actor: str = "close_period",
+    organization_ids: list[int] | None = None,
+) -> CloseResult:
+    """Close a month for every organization that was charged in it: drafts refreshed,
+    then (once the grace period has ended, or when ``finalize`` says so) finalized,
+    and the providers' statements written. Each org is its own transaction: a run
+    that stops half way is finished by running it again, and a finalized invoice is
+    left as it is, so running it twice changes nothing."""
+    import time
+
+    started = time.monotonic()
+    now = now or timezone.now()
+    currency = settings.TANDEM_CURRENCY
+    start, end = month_bounds(period)
+    if end > now and finalize:
+        raise InvalidInput(f"{period:%Y-%m} has not ended yet", details={"field": "period"})
+    if finalize is None:
+        finalize = now >= end + grace()
+    _catch_up()
+    org_ids = organization_ids if organization_ids is not None else buyers_with_charges(period, currency)
+    orgs = {o.pk: o for o in Organization.objects.filter(pk__in=org_ids)}
+    if finalize:
+        # Close every buyer's usage month first, then rate and accrue what came in
+        # before: nothing can join the month after this, so the drafts are final.
+        from metering.services import usage_period_close
+
+        for org_id in org_ids:
+            usage_period_close(organization=orgs[org_id], period=period)
+        _catch_up()
+    drafts = finalized = already = 0
+    for org_id in org_ids:
+        organization = orgs[org_id]
+        invoice = invoice_draft_refresh(organization=organization, period=period, currency=currency, now=now)
+        if invoice is None:
+            continue
+        if invoice.status != Invoice.Status.DRAFT:
+            already += 1
+            continue
+        if finalize:
+            invoice_finalize(invoice=invoice, actor=actor, now=now, close_usage=False)
+            finalized += 1
+        else:
+            drafts += 1
+    from billing.statements import statements_close
+
+    statements = statements_close(period=period, now=now) if finalize else 0
+    return CloseResult(period, len(org_ids), drafts, finalized, already, statements, time.monotonic() - started)
+
+
+# --- replay -------------------------------------------------------------------------
+
+
+def invoices_rebuild() -> int:
+    """Rebuild the accruals and every invoice from the event store alone: the accrual
+    follower replays the usage batches from position 0, then each invoice's events
+    are applied in order, a finalized invoice recomputed as of its finalization and
+    checked against the hash its event recorded. Returns the invoices rebuilt."""
+    from billing.accrual import usage_accruals
+    from core.followers import followers_run_until_idle
+
+    with transaction.atomic():
+        InvoiceLineEntry.objects.all().delete()
+        InvoiceLine.objects.all().delete()
+        CreditNote.objects.all().delete()
+        Invoice.objects.all().delete()
+        UsageAccrual.objects.all().delete()
+        FollowerPosition.objects.filter(consumer=usage_accruals.name).update(position=0)
+    followers_run_until_idle([usage_accruals])
+    rebuilt = 0
+    with transaction.atomic():
+        events = Event.objects.filter(stream_type=INVOICE_STREAM).order_by("position")
+        for event in events.iterator():
+            _replay_one(event)
+            rebuilt += event.type == INVOICE_FINALIZED
+    return rebuilt
+
+
+def _replay_one(event: Event) -> None:
+    payload = event.payload
+    if event.type == INVOICE_FINALIZED:
+        organization = Organization.objects.get(pk=payload["organization"])
+        invoice = Invoice(
+            key=payload["key"],
+            organization=organization,
+            kind=payload["kind"],
+            currency=payload["currency"],
+            period_start=datetime.fromisoformat(payload["period_start"]),
+            period_end=datetime.fromisoformat(payload["period_end"]),
+            job=payload["job"],
+            issuer=payload["issuer"],
+            number=payload["number"],
+            generated_at=datetime.fromisoformat(payload["finalized_at"]),
+            grace_ends_at=datetime.fromisoformat(payload["period_end"]) + grace(),
+            finalized_at=datetime.fromisoformat(payload["finalized_at"]),
+            due_at=datetime.fromisoformat(payload["due_at"]),
+        )
+        computed = invoice_compute(
+            organization=organization,
+            currency=invoice.currency,
+            period=invoice.period_start.date() if invoice.kind == Invoice.Kind.MONTHLY else None,
+            job=invoice.job if invoice.kind == Invoice.Kind.JOB else None,
+            as_of_position=payload["as_of_position"],
+        )
+        buyer = payload["buyer"]
+        totals = totals_of(computed, invoice.currency, buyer["tax_rate_bps"])
+        prepaid = payload["prepaid_applied_micros"]
+        document = _document(
+            invoice=invoice,
+            computed=computed,
+            totals=totals,
+            buyer=buyer,
+            number=invoice.number,
+            finalized_at=payload["finalized_at"],
+            due_at=payload["due_at"],
+            prepaid_applied=prepaid,
+        )
+        digest = hashlib.sha256(canonical(document)).hexdigest()
+        if digest != payload["document_sha256"]:
+            raise RuntimeError(f"replayed invoice {invoice.number} differs from the one finalized")
+        invoice.status = Invoice.Status.PAID if totals.total - prepaid <= 0 else Invoice.Status.OPEN
+        if invoice.status == Invoice.Status.PAID:
+            invoice.closed_at = invoice.finalized_at
+            invoice.payment_reference = "prepaid credit"
+        _apply_final(invoice, computed, totals, prepaid, document, digest)
+        return
+    invoice = Invoice.objects.get(key=payload["key"])
+    at = datetime.fromisoformat(payload["at"]) if "at" in payload else event.recorded_at
+    if event.type == INVOICE_PAID:
+        invoice.status = Invoice.Status.PAID
+        invoice.amount_paid_micros += payload["amount_micros"]
+        invoice.payment_reference = payload["payment_reference"]
+        invoice.closed_at = at
+    elif event.type == INVOICE_PAST_DUE:
+        invoice.status = Invoice.Status.PAST_DUE
+    elif event.type == INVOICE_UNCOLLECTIBLE:
+        invoice.status = Invoice.Status.UNCOLLECTIBLE
+        invoice.written_off_micros += payload["amount_micros"]
+        invoice.closed_at = at
+    elif event.type == INVOICE_VOIDED:
+        invoice.status = Invoice.Status.VOID
+        invoice.closed_at = at
+    elif event.type == CREDIT_NOTE_ISSUED:
+        entry = Event.objects.get(stream_id=ev.entry_stream_id(f"cn:{payload['credit_note']}"))
+        CreditNote.objects.create(
+            invoice=invoice,
+            key=payload["note_key"],
+            issuer=invoice.issuer,
+            number=payload["credit_note"],
+            currency=invoice.currency,
+            amount_micros=payload["amount_micros"],
+            tax_micros=payload["tax_micros"],
+            total_micros=payload["amount_micros"] + payload["tax_micros"],
+            to_receivable_micros=payload["to_receivable_micros"],
+            to_credit_micros=payload["to_credit_micros"],
+            reason=payload["reason"],
+            entry_position=entry.position,
+            issued_at=at,
+            issued_by=event.metadata.get("actor", ""),
+        )
+        invoice.credited_micros += payload["amount_micros"] + payload["tax_micros"]
+    invoice.save()

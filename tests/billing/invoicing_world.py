@@ -1,0 +1,106 @@
+"""A small generated month for the invoicing, statement and export tests: usage of
+several buyers (fine-tunes, inference, raw GPU leases on two providers) ingested
+through metering, rated and accrued by the real followers, with top-ups, a refund
+and a voided hold on the side."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, date, datetime, timedelta
+from itertools import count
+
+from billing import services
+from billing.accrual import usage_accruals
+from billing.models import Account, Balance
+from billing.pricing import price_book_forget
+from billing.rating import usage_rating
+from core.followers import followers_run_until_idle
+from metering.schema import SubjectIn, UsageEventIn
+from metering.services import usage_record
+
+PERIOD = date(2026, 10, 1)
+START = datetime(2026, 10, 1, tzinfo=UTC)
+CLOSE_AT = datetime(2026, 11, 10, tzinfo=UTC)  # after the grace period
+_ids = count(1)
+
+
+def event(org, usage_type, quantity, at, **dims) -> UsageEventIn:
+    n = next(_ids)
+    if usage_type == "gpu.seconds":
+        subject = SubjectIn(org=org.pk, lease=dims.pop("lease", "lease-x"))
+    elif usage_type in ("tokens.training", "tokens.evaluation"):
+        subject = SubjectIn(org=org.pk, job=dims.pop("job", "ft-1"))
+    else:
+        subject = SubjectIn(org=org.pk, deployment="dep-1")
+    return UsageEventIn(
+        id=f"w{n}", source="test", type=usage_type, subject=subject, time=at,
+        quantity=quantity, dimensions=dims,
+    )
+
+
+def record(events: list[UsageEventIn]) -> None:
+    for start in range(0, len(events), 1000):
+        outcomes = usage_record(events=events[start : start + 1000])
+        assert all(o.status == "accepted" for o in outcomes), outcomes[:3]
+
+
+def settle() -> None:
+    followers_run_until_idle([usage_rating, usage_accruals])
+
+
+def grant(org, amount: int, transfer_id: str) -> None:
+    services.credits_grant(
+        organization=org, amount_micros=amount, currency="USD", reason="top-up",
+        transfer_id=transfer_id,
+    )
+
+
+def balance(org, kind: str) -> int:
+    account = Account.objects.filter(organization=org, kind=kind, currency="USD").first()
+    if account is None:
+        return 0
+    b = Balance.objects.get(account=account)
+    return b.credits_posted - b.debits_posted if account.normal_side == "C" else b.debits_posted - b.credits_posted
+
+
+def platform(kind: str) -> int:
+    account = services.platform_account(kind=kind, currency="USD")
+    b = Balance.objects.get(account=account)
+    return b.credits_posted - b.debits_posted if account.normal_side == "C" else b.debits_posted - b.credits_posted
+
+
+def generate_month(cast, *, events_per_buyer: int = 400, seed: int = 7) -> list[UsageEventIn]:
+    """Thousands of usage events over October 2026 for buyer_a, buyer_b and the
+    operator (as a buyer), on provider_a and provider_b; prepaid and postpaid."""
+    price_book_forget()
+    rng = random.Random(seed)
+    grant(cast.buyer_a, 40_000_000, "world:topup-a")
+    grant(cast.buyer_b, 1_000_000, "world:topup-b")  # runs out: the rest is owed
+    events = []
+    models = ["llama-3.1-8b", "qwen2.5-32b", "llama-3.1-70b", "llama-3.1-405b"]
+    for org in (cast.buyer_a, cast.buyer_b):
+        for i in range(events_per_buyer):
+            at = START + timedelta(seconds=rng.randrange(0, 30 * 86400))
+            roll = rng.random()
+            if roll < 0.35:
+                job = f"ft-{org.pk}-{rng.randrange(3)}"
+                events.append(
+                    event(org, rng.choice(["tokens.training", "tokens.evaluation"]),
+                          rng.randrange(1, 400_000), at, job=job, model=models[rng.randrange(2)],
+                          training_type=rng.choice(["lora-sft", "full-dpo"]))
+                )
+            elif roll < 0.75:
+                events.append(
+                    event(org, rng.choice(["tokens.prompt", "tokens.completion"]),
+                          rng.randrange(1, 200_000), at, model=rng.choice(models))
+                )
+            else:
+                provider = rng.choice([cast.provider_a, cast.provider_b])
+                events.append(
+                    event(org, "gpu.seconds", rng.randrange(1, 3600), at,
+                          lease=f"lease-{org.pk}-{i % 5}", gpu_model=rng.choice(["H100", "A100"]),
+                          provider=provider.pk, node=f"node-{provider.pk}-{i % 2}",
+                          region="eu-west", lease_price_micros_per_hour=rng.choice([2_490_000, 1_100_001]))
+                )
+    events.sort(key=lambda e: e.time)
+    return events
