@@ -60,8 +60,23 @@ class IsProviderMember(BasePermission):
 # --- serializers ----------------------------------------------------------------
 
 
+# Plain text, not enums: drf-spectacular would name every "kind" and "state" choice set
+# alike across apps and warn; the values are in each field's help text.
+def _text(values: list[str]) -> serializers.CharField:
+    return serializers.CharField(read_only=True, help_text=" | ".join(values))
+
+
+def _choice_in(values: list[str], default: str) -> serializers.RegexField:
+    pattern = "^(" + "|".join(values) + ")$"
+    return serializers.RegexField(pattern, default=default, help_text=" | ".join(values))
+
+
 class OrderSerializer(serializers.ModelSerializer):
     limit_price_per_gpu_hour = serializers.SerializerMethodField()
+    state = _text(Order.State.values)
+    kind = _text(Order.Kind.values)
+    time_in_force = _text(Order.TimeInForce.values)
+    workload_kind = _text(Order.Workload.values)
 
     class Meta:
         model = Order
@@ -102,6 +117,8 @@ class OrderSerializer(serializers.ModelSerializer):
 
 class LeaseSerializer(serializers.ModelSerializer):
     gpu_uuids = serializers.SerializerMethodField()
+    state = _text(Lease.State.values)
+    kind = _text(Order.Kind.values)
 
     class Meta:
         model = Lease
@@ -156,12 +173,12 @@ class OrderPlaceInputSerializer(serializers.Serializer):
     limit_price_per_gpu_hour = serializers.DecimalField(
         max_digits=18, decimal_places=6, help_text="decimal text in the currency, e.g. '2.50'"
     )
-    kind = serializers.ChoiceField(choices=Order.Kind.choices, default=Order.Kind.ON_DEMAND)
-    time_in_force = serializers.ChoiceField(
-        choices=Order.TimeInForce.choices, default=Order.TimeInForce.STANDING
-    )
+    kind = _choice_in(Order.Kind.values, Order.Kind.ON_DEMAND)
+    time_in_force = _choice_in(Order.TimeInForce.values, Order.TimeInForce.STANDING)
     min_gpu_memory_gib = serializers.IntegerField(min_value=0, max_value=10_000, default=0)
-    interconnect = serializers.ChoiceField(choices=["", "nvlink", "pcie"], default="")
+    interconnect = serializers.RegexField(
+        r"^(nvlink|pcie|)$", default="", allow_blank=True, help_text="nvlink | pcie | empty: any"
+    )
     regions = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, default=list, max_length=32
     )

@@ -252,11 +252,11 @@ class _Round:
         self.on_node: dict[tuple[int, str], list[_Offer]] = {}
         self.index = _Index()
         for state in sorted(snapshot.offers, key=lambda o: o.offer_id):
-            node = nodes.get(state.node_id)
-            if node is None:
+            owner = nodes.get(state.node_id)
+            if owner is None:
                 continue  # node not eligible (unhealthy, unknown)
-            offer = _Offer(state, node, max(0, state.gpu_count - on_offer.get(state.offer_id, 0)))
-            offer.rank = (state.price, -(node.reliability or 0.0), state.offer_id)
+            offer = _Offer(state, owner, max(0, state.gpu_count - on_offer.get(state.offer_id, 0)))
+            offer.rank = (state.price, -(owner.reliability or 0.0), state.offer_id)
             offer.free = self._free_for(offer)
             self.offers[state.offer_id] = offer
             self.on_node.setdefault((state.node_id, state.gpu_model), []).append(offer)

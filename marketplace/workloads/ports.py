@@ -54,18 +54,27 @@ def engine_unload(*, deployment_id: str) -> None:
     ports.get("inference").unload(deployment_id=deployment_id)
 
 
-# The runtime's actors, by name (runtime/tasks.py).
-TRAIN_ACTOR = "training_run"
-CANCEL_ACTOR = "training_cancel"
+# The runtime's actors, by name and queue (runtime/tasks.py). Sent as messages by
+# name: the web process need not import the runtime for its actors to exist there.
+TRAIN_ACTOR, TRAIN_QUEUE = "training_run", "training"
+CANCEL_ACTOR, CANCEL_QUEUE = "training_cancel", "training_control"
+
+
+def _send(queue: str, actor: str, *args: Any) -> None:
+    broker = dramatiq.get_broker()
+    broker.declare_queue(queue)  # idempotent; an in-process broker needs it before a send
+    broker.enqueue(
+        dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
+    )
 
 
 def training_send(*, job_id: str, organization_id: int, spec: dict[str, Any]) -> None:
     """Start (or, redelivered, resume) the job's training on a runtime worker."""
-    dramatiq.get_broker().get_actor(TRAIN_ACTOR).send(job_id, organization_id, spec)
+    _send(TRAIN_QUEUE, TRAIN_ACTOR, job_id, organization_id, spec)
 
 
 def training_cancel_send(*, job_id: str) -> None:
-    dramatiq.get_broker().get_actor(CANCEL_ACTOR).send(job_id)
+    _send(CANCEL_QUEUE, CANCEL_ACTOR, job_id)
 
 
 # --- billing ----------------------------------------------------------------

@@ -620,12 +620,22 @@ def _order_place_for_job(job: FineTuneJob) -> str:
 
     # Standing and open-ended: the job ends its lease when it finishes, and a
     # preempted or failed lease puts the order back in the book to resume elsewhere.
+    from providers import catalog
+
+    card = external.base_model(job.model)
+    need_gib = (
+        card.parameter_count * (16 if job.training_type == "full" else 2) * 1.2 / 2**30
+        if card
+        else GPU_MEMORY_GIB
+    )
     order = market.order_place(
         organization=job.organization,
         spec=market.OrderSpec(
             gpus_per_node=job.gpu_count,
             limit_price_per_gpu_hour_micros=settings.WORKLOADS_GPU_HOUR_LIMIT_MICROS,
-            min_gpu_memory_gib=0,
+            # Any GPU in the catalog with the memory each GPU's share needs.
+            gpu_models=[m.slug for m in catalog.CATALOG],
+            min_gpu_memory_gib=max(1, math.ceil(need_gib / job.gpu_count)),
         ),
         workload_kind="fine_tune",
         workload_id=job.public_id,
