@@ -19,7 +19,8 @@ from core import services
 from core.models import Organization
 
 def org(name, kind):
-    return Organization.objects.filter(name=name).first() or services.org_create(name=name, kind=kind)
+    found = Organization.objects.filter(name=name).first()
+    return found or services.org_create(name=name, kind=kind)
 
 buyer, provider = org("Demo Buyer", "buyer"), org("Demo Provider", "provider")
 made = [demo.load(buyer=buyer, provider=provider) for _ in range(2)]

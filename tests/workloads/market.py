@@ -47,6 +47,8 @@ def _platform_step() -> None:
 @contextmanager
 def platform_running(period: float = 0.1) -> Iterator[None]:
     """Matching, followers and a worker until the block ends."""
+    import runtime.tasks  # noqa: F401  (the worker runs the runtime's actors)
+
     broker = dramatiq.get_broker()
     broker.flush_all()
     worker = Worker(broker, worker_timeout=100, worker_threads=2)

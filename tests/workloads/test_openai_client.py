@@ -88,3 +88,19 @@ def test_fine_tune_and_chat_journey(cast, live_server, write, chat_bytes):
         assert chunks[-1].choices == [] and chunks[-1].usage is not None
         assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
         assert text == reply.choices[0].message.content
+
+        # the tokens are on the buyer's usage and, once rated, off its balance
+        from core import ports
+        from metering.models import UsageEvent
+
+        served = UsageEvent.objects.filter(buyer=cast.buyer_a, subject_kind="deployment")
+        completion = sum(u.quantity for u in served.filter(type="tokens.completion"))
+        assert completion == 2 * reply.usage.completion_tokens
+        trained = UsageEvent.objects.filter(buyer=cast.buyer_a, type="tokens.training")
+        assert trained.filter(subject_id=job.id).exists()
+        wait_for(
+            lambda: (
+                ports.get("credit").available(organization_id=cast.buyer_a.pk, currency="USD")
+                < 25_000_000
+            )
+        )
