@@ -26,12 +26,14 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        last_refresh = 0.0
+        # The first pass always refreshes: the monotonic clock starts at boot, so a
+        # young machine's clock can read less than the refresh interval.
+        last_refresh: float | None = None
         while True:
             changed = services.node_health_sweep()
             if changed:
                 self.stdout.write(f"unhealthy now: nodes {changed}")
-            if time.monotonic() - last_refresh >= RELIABILITY_EVERY_SECONDS:
+            if last_refresh is None or time.monotonic() - last_refresh >= RELIABILITY_EVERY_SECONDS:
                 for node in Node.objects.order_by("pk"):
                     services.node_reliability_refresh(node=node)
                 services.telemetry_prune()
