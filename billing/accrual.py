@@ -32,6 +32,7 @@ from django.db import connection
 from billing import events as ev
 from billing.models import Account, UsageAccrual
 from billing.rating import rate_usage, usage_rating, usage_transfer_id
+from core.db import as_utc
 from core.eventstore import RecordedEvent
 from core.followers import Follower, follower_position, follower_run_once, register
 from core.models import Event
@@ -87,10 +88,7 @@ def _rows(ranges: list[list[int]]) -> list[_Row]:
         found = cursor.fetchall()
     rows = []
     for row_id, buyer, usage_type, quantity, occurred_at, period, subject, *dims in found:
-        if isinstance(occurred_at, str):  # SQLite
-            from billing.services import _as_datetime
-
-            occurred_at = _as_datetime(occurred_at)
+        occurred_at = as_utc(occurred_at)
         if isinstance(period, str):
             from datetime import date
 
@@ -194,7 +192,11 @@ def accrue_batch(event: RecordedEvent) -> int:
             row.period,
             transfer_id,
             row.type,
-            row.subject if row.type.startswith("tokens.training") or row.type == "tokens.evaluation" or row.type == "gpu.seconds" else "",
+            row.subject
+            if row.type.startswith("tokens.training")
+            or row.type == "tokens.evaluation"
+            or row.type == "gpu.seconds"
+            else "",
             str(dims.get("model", "")),
             str(dims.get("training_type", "")) if PRODUCT_OF.get(row.type) == "fine_tune" else "",
             str(dims.get("gpu_model", "")),

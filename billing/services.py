@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -33,7 +33,7 @@ from django.utils import timezone
 from billing import events as ev
 from billing.ledger import BalanceState, apply_event, replay
 from billing.models import Account, Balance, Hold, Posting
-from core.db import RetryTransaction, is_postgres, retry_transaction, server_cursor
+from core.db import RetryTransaction, as_utc, is_postgres, retry_transaction, server_cursor
 from core.errors import (
     ApplicationError,
     Conflict,
@@ -325,17 +325,10 @@ def _read_holds(cursor, hold_ids: Sequence[str], *, lock: bool) -> dict[str, _Ho
     for row in cursor.fetchall():
         hold = _HoldRow(*row)
         if not is_postgres():  # SQLite hands back text for these
-            hold.expires_at = _as_datetime(hold.expires_at)
-            hold.created_at = _as_datetime(hold.created_at)
+            hold.expires_at = as_utc(hold.expires_at)
+            hold.created_at = as_utc(hold.created_at)
         rows[hold.hold_id] = hold
     return rows
-
-
-def _as_datetime(value) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _existing_events(cursor, stream_ids: Sequence[str]) -> dict[tuple[str, int], tuple]:
@@ -484,8 +477,8 @@ def _read_locked_pg(
     holds = {}
     for row in held:
         hold = _HoldRow(*row)
-        hold.expires_at = _as_datetime(hold.expires_at)
-        hold.created_at = _as_datetime(hold.created_at)
+        hold.expires_at = as_utc(hold.expires_at)
+        hold.created_at = as_utc(hold.created_at)
         holds[hold.hold_id] = hold
     existing = {
         (stream_id, version): (event_type, payload, position)

@@ -33,7 +33,12 @@ def start_inprocess_worker():
         if _worker is None:
             import dramatiq
             from django.conf import settings
+            from django.utils.module_loading import autodiscover_modules
             from dramatiq import Worker
+
+            # Every app's actors (``tasks`` modules, as rundramatiq finds them), so
+            # work sent by name (a fine-tune's training) has an actor here too.
+            autodiscover_modules(*settings.DRAMATIQ_AUTODISCOVER_MODULES)
 
             _worker = Worker(
                 dramatiq.get_broker(), worker_threads=settings.DRAMATIQ_INPROCESS_WORKERS

@@ -7,6 +7,7 @@ import functools
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from django.db import OperationalError, connection, transaction
@@ -89,3 +90,12 @@ def retry_transaction(
     if func is not None:
         return decorate(func)
     return decorate  # type: ignore[return-value]
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """A timestamp read through a raw cursor, as an aware UTC datetime: raw cursors
+    skip Django's converters, so SQLite hands back naive values (UTC, as Django stored
+    them) or text, where PostgreSQL gives aware datetimes."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

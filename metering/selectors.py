@@ -15,6 +15,7 @@ from datetime import datetime
 from django.db import connection
 from django.db.models import Q, QuerySet
 
+from core.db import as_utc
 from core.tenancy import Caller
 from metering.models import UsageEvent
 
@@ -60,7 +61,7 @@ def usage_for_rating(*, ranges: Sequence[Sequence[int]]) -> list[UsageForRating]
                 buyer_id=buyer_id,
                 type=usage_type,
                 quantity=quantity,
-                occurred_at=occurred_at,
+                occurred_at=as_utc(occurred_at),
                 dimensions={
                     name: value
                     for name, value in zip(_RATED_DIMENSIONS, dims, strict=True)

@@ -1,30 +1,38 @@
-"""Load the demo that `make run` serves: an operator, a provider, a buyer with
-credits, money moving through the ledger, and API keys to try it with.
+"""Load the demo that `make run` serves: an operator, a provider with GPUs and offers,
+a buyer with credits, and every part of the platform run once through its real path:
+a top-up through the webhook path, a GPU lease that ran and was settled, one running
+now, a fine-tune of the built-in tiny model trained for real and invoiced, usage
+rated into the ledger, the month's draft invoice, and API keys to try it with.
 
-Safe to run again: organizations and ledger entries are created once (their
-transfer ids are fixed, so the ledger replays them); new API keys are printed
-each run because a key is only ever shown once.
+Safe to run again: organizations, ledger entries, orders and the job are created
+once (their ids are fixed or looked up, so the ledger replays them); new API keys are
+printed each run because a key is only ever shown once.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
+from django.utils.module_loading import autodiscover_modules
 
-from billing import services as billing
-from billing.models import Account
+from billing import invoicing
+from billing.payments import demo as payments
+from billing.pricebook import welcome_credit_grant
 from core import services as core
+from core.followers import followers_run_until_idle
 from core.models import Organization
+from marketplace import demo as market
+from marketplace.workloads import demo as workloads
 from metering import demo as usage
 from providers import demo as supply
 
 OPERATOR = "Tandem Operations"
 PROVIDER = "Northlake Research Computing"
 BUYER = "Acme AI"
-CURRENCY = "USD"
 
 
 def _org(name: str, kind: str, *, is_operator: bool = False) -> Organization:
@@ -33,9 +41,11 @@ def _org(name: str, kind: str, *, is_operator: bool = False) -> Organization:
 
 
 class Command(BaseCommand):
-    help = "Load demo organizations, credits and ledger activity (idempotent)."
+    help = "Load the demo: organizations, offers, credits, leases, a fine-tune, invoices."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The demo runs the runtime's training actor in this process, by name.
+        autodiscover_modules(*settings.DRAMATIQ_AUTODISCOVER_MODULES)
         with transaction.atomic():
             operator = _org(OPERATOR, "both", is_operator=True)
             provider = _org(PROVIDER, "provider")
@@ -43,72 +53,30 @@ class Command(BaseCommand):
 
         # A site, a node of 8x H100 registered from an inventory file, two offers.
         supply.load(provider=provider)
-
-        # $25.00 of free credits for the new buyer, from the promo account.
-        billing.credits_grant(
-            organization=buyer,
-            amount_micros=25_000_000,
-            currency=CURRENCY,
-            reason="welcome credits",
-            transfer_id="demo:welcome-credits",
-        )
-        credit = billing.account_open(
-            organization=buyer, kind=Account.Kind.CREDIT, currency=CURRENCY
-        )
-        payable = billing.account_open(
-            organization=provider, kind=Account.Kind.PAYABLE, currency=CURRENCY
-        )
-        fees = billing.platform_account(kind=Account.Kind.FEES, currency=CURRENCY)
-        revenue = billing.platform_account(kind=Account.Kind.REVENUE, currency=CURRENCY)
-
-        # A GPU lease: reserve its maximum cost, then settle what was used —
-        # $3.60 to the provider, a 10% platform fee — and release the rest.
-        billing.hold_create(
-            hold_id="demo:lease-1",
-            debit_account_id=credit.pk,
-            credit_account_id=payable.pk,
-            amount_micros=8_000_000,
-            currency=CURRENCY,
-            timeout=timedelta(days=30),
-            description="lease reservation: 1x H100 for up to 2 hours",
-            actor="demo",
-        )
-        billing.hold_post(hold_id="demo:lease-1", amount_micros=3_600_000, actor="demo")
-        billing.transfer_create(
-            transfer_id="demo:lease-1:fee",
-            debit_account_id=credit.pk,
-            credit_account_id=fees.pk,
-            amount_micros=360_000,
-            currency=CURRENCY,
-            kind="fee",
-            description="platform fee on lease-1",
-            actor="demo",
-        )
-        # Tokens from a fine-tune job, rated into revenue.
-        billing.transfer_create(
-            transfer_id="demo:finetune-1",
-            debit_account_id=credit.pk,
-            credit_account_id=revenue.pk,
-            amount_micros=5_000_000,
-            currency=CURRENCY,
-            kind="usage",
-            description="fine-tune job ft-demo: 1.2M training tokens",
-            actor="demo",
-        )
-        # A second reservation still pending: it shows in "available".
-        billing.hold_create(
-            hold_id="demo:lease-2",
-            debit_account_id=credit.pk,
-            credit_account_id=payable.pk,
-            amount_micros=2_000_000,
-            currency=CURRENCY,
-            timeout=timedelta(days=30),
-            description="lease reservation: 1x L40S for up to 1 hour",
-            actor="demo",
-        )
-
-        # Usage from the runtime and a lease (tokens, GPU-seconds), rated into the ledger.
+        # The price book's welcome credits ($25.00, an expiring promo grant). The
+        # follower of new organizations grants them too; the grant's id is fixed.
+        welcome_credit_grant(organization=buyer)
+        # A $50.00 top-up confirmed by a signed payment_intent.succeeded, and the
+        # provider's connected account for payouts.
+        payments.load(buyer=buyer, provider=provider)
+        # An L40S lease that ran its hour and was settled; an H100 lease running now.
+        market.load(buyer=buyer, provider=provider)
+        # A fine-tune of the tiny model: ordered, leased, trained, metered per step.
+        job = workloads.load(buyer=buyer, provider=provider)
+        # Inference and training tokens from the runtime, and GPU-seconds of a lease.
         usage.load(buyer=buyer, provider=provider)
+        # Rating, accruals and the other followers catch up with all of the above.
+        followers_run_until_idle()
+
+        # The fine-tune's own invoice (finalized and numbered), and the month's draft.
+        job_invoice = invoicing.invoice_job_issue(
+            organization=buyer, job=job.public_id, actor="demo"
+        )
+        now = timezone.now()
+        with transaction.atomic():
+            draft = invoicing.invoice_draft_refresh(
+                organization=buyer, period=now.date().replace(day=1), now=now
+            )
 
         keys = [
             (buyer, "admin", "buyer admin"),
@@ -116,6 +84,10 @@ class Command(BaseCommand):
             (operator, "finance", "operator finance"),
         ]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
+        self.stdout.write(
+            f"Fine-tuned model: {job.fine_tuned_model}; its invoice {job_invoice.number}"
+            + (f"; this month's draft invoice id {draft.pk}" if draft is not None else "")
+        )
         self.stdout.write("API keys (shown once; new ones each run):")
         for org, role, label in keys:
             created = core.api_key_create(organization=org, name=f"demo {label}", role=role)
