@@ -9,6 +9,7 @@ class BillingConfig(AppConfig):
         from billing import rating  # noqa: F401
         # The accrual and welcome-credit followers, and the price book's port.
         from billing import accrual, pricebook  # noqa: F401
+        from billing.exports import tasks as _export_tasks  # noqa: F401  (the export actor)
         from core import ports as _ports
 
         _ports.register("pricebook", pricebook.PriceBookPort())

@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/v1/", include("core.urls")),
     path("api/v1/", include("billing.urls")),
     path("api/v1/", include("billing.payments.urls")),
+    path("api/v1/finance/", include("billing.exports.urls")),
     path("api/v1/", include("marketplace.urls")),
     path("api/v1/usage/", include("metering.urls")),
     path("api/v1/provider/", include("providers.urls")),
