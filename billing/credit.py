@@ -23,7 +23,8 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from billing.models import Account, Balance, Hold
+from billing.models import Account, Hold
+from billing.pricebook import available_credit
 from billing.pricing import BPS, rate_for
 from billing.services import (
     HoldPostRequest,
@@ -91,14 +92,7 @@ class BillingCredit:
     """Registered as ``ports.register("credit", BillingCredit())`` in BillingConfig."""
 
     def available(self, *, organization_id: int, currency: str) -> int:
-        account = Account.objects.filter(
-            organization_id=organization_id, kind=Account.Kind.CREDIT, currency=currency
-        ).first()
-        if account is None:
-            return 0
-        balance = Balance.objects.get(account=account)
-        posted = balance.credits_posted - balance.debits_posted
-        return posted - balance.debits_pending + (account.overdraft_limit_micros or 0)
+        return available_credit(organization_id=organization_id, currency=currency)
 
     def gpu_time_cost(
         self, *, gpu_seconds: int, price_micros_per_gpu_hour: int, currency: str, managed: bool
