@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -1351,3 +1351,146 @@ def _replay_one(event: Event) -> None:
         )
         invoice.credited_micros += payload["amount_micros"] + payload["tax_micros"]
     invoice.save()
+
+
+# --- on request (the API) -------------------------------------------------------------
+
+# The marketplace's fine-tune job streams (marketplace.workloads.events), which billing
+# may read through the event store but not import: a job's terminal event.
+FINE_TUNE_JOB_STREAM = "finetune_job"
+FINE_TUNE_JOB_FINISHED = "FineTuneJobFinished"
+BILLING_PROFILE_STREAM = "billing.profile"
+BILLING_PROFILE_SET = "BillingProfileSet"
+MAX_ADDRESS_LENGTH = 1000
+
+
+def invoice_draft_current(
+    *, organization: Organization, period: date, now: datetime | None = None
+) -> Invoice | None:
+    """The org's invoice of a month as it stands now, for its members to read: the
+    draft recomputed from the journal (a finalized invoice as it is); None when the
+    month charged nothing yet. A month that has not begun is refused."""
+    now = now or timezone.now()
+    start, _ = month_bounds(period)
+    if start > now:
+        raise InvalidInput(f"{period:%Y-%m} has not begun yet", details={"field": "period"})
+    try:
+        return invoice_draft_refresh(organization=organization, period=period, now=now)
+    except IntegrityError:
+        # A concurrent request created this month's draft first: refresh that one.
+        return invoice_draft_refresh(organization=organization, period=period, now=now)
+
+
+def invoice_finalize_requested(
+    *, invoice: Invoice, actor: str, now: datetime | None = None
+) -> Invoice:
+    """Finance finalizes a draft ahead of the close. A monthly draft only once its month
+    has ended: finalizing closes the buyer's usage month, and usage of the rest of a
+    running month would move to the next one. A final invoice is returned as it is."""
+    now = now or timezone.now()
+    if (
+        invoice.status == Invoice.Status.DRAFT
+        and invoice.kind == Invoice.Kind.MONTHLY
+        and invoice.period_end > now
+    ):
+        raise Conflict(
+            f"{invoice.period_start:%Y-%m} has not ended yet: its draft is finalized "
+            "after the month ends",
+            details={"invoice": invoice.pk, "period": f"{invoice.period_start:%Y-%m}"},
+        )
+    return invoice_finalize(invoice=invoice, actor=actor, now=now)
+
+
+def fine_tune_job_finished(*, organization_id: int, job: str) -> bool:
+    """Whether the marketplace recorded the org's fine-tune job as ended (succeeded,
+    failed or cancelled)."""
+    return any(
+        payload.get("organization_id") == organization_id
+        for payload in Event.objects.filter(
+            stream_id=f"{FINE_TUNE_JOB_STREAM}:{job}", type=FINE_TUNE_JOB_FINISHED
+        ).values_list("payload", flat=True)
+    )
+
+
+def invoice_job_request(*, organization: Organization, job: str, actor: str) -> Invoice:
+    """The invoice of one fine-tune job, on request, once the job has ended (until then
+    its usage is still arriving); the one issued before, if any."""
+    job = (job or "").strip()
+    if not job or len(job) > 200:
+        raise InvalidInput("job must be a fine-tune job id", details={"field": "job"})
+    if not fine_tune_job_finished(organization_id=organization.pk, job=job):
+        raise Conflict(
+            f"fine-tune job {job!r} of {organization.name} has not finished: a job is "
+            "invoiced on its own once it has ended",
+            details={"field": "job", "job": job},
+        )
+    return invoice_job_issue(organization=organization, job=job, actor=actor)
+
+
+def _text(value: str, field_name: str, limit: int) -> str:
+    if not isinstance(value, str) or "\x00" in value:
+        raise InvalidInput(f"{field_name} must be text", details={"field": field_name})
+    value = value.strip()
+    if len(value) > limit:
+        raise InvalidInput(
+            f"{field_name} must be at most {limit} characters", details={"field": field_name}
+        )
+    return value
+
+
+@retry_transaction
+def billing_profile_set(
+    *,
+    organization: Organization,
+    legal_name: str,
+    address: str,
+    tax_id: str,
+    tax_rate_bps: int,
+    tax_label: str = "",
+    actor: str,
+) -> BillingProfile:
+    """Set who an org's invoices are addressed to and the tax rate they charge (basis
+    points, 0 to 10,000). Invoices finalized from now on use it; finalized ones keep
+    the profile their InvoiceFinalized event recorded. The change is an event, so who
+    set which rate when is on record."""
+    if (
+        isinstance(tax_rate_bps, bool)
+        or not isinstance(tax_rate_bps, int)
+        or not 0 <= tax_rate_bps <= BPS
+    ):
+        raise InvalidInput(
+            f"tax_rate_bps must be a whole number of basis points from 0 to {BPS} "
+            "(1,900 = 19%)",
+            details={"field": "tax_rate_bps"},
+        )
+    profile, _ = BillingProfile.objects.select_for_update().get_or_create(
+        organization=organization
+    )
+    profile.legal_name = _text(legal_name, "legal_name", 200)
+    profile.address = _text(address, "address", MAX_ADDRESS_LENGTH)
+    profile.tax_id = _text(tax_id, "tax_id", 64)
+    profile.tax_rate_bps = tax_rate_bps
+    profile.tax_label = _text(tax_label, "tax_label", 32) or "Tax"
+    profile.save()
+    stream_id = f"billing_profile:{organization.pk}"
+    event_append(
+        stream_type=BILLING_PROFILE_STREAM,
+        stream_id=stream_id,
+        expected_version=stream_version(stream_id),
+        events=[
+            NewEvent(
+                BILLING_PROFILE_SET,
+                {
+                    "organization": organization.pk,
+                    "legal_name": profile.legal_name,
+                    "address": profile.address,
+                    "tax_id": profile.tax_id,
+                    "tax_rate_bps": profile.tax_rate_bps,
+                    "tax_label": profile.tax_label,
+                },
+            )
+        ],
+        tenant_id=organization.pk,
+        metadata={"actor": actor},
+    )
+    return profile

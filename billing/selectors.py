@@ -1,5 +1,6 @@
 """Reads of the ledger: accounts with their balances, the journal's lines, the trial
-balance.
+balance; and of what is made from it: the price book, invoices and credit notes,
+billing profiles, provider statements.
 
 Who may see what is decided here, from the caller, so no view can forget it: a
 tenant sees its own accounts and the postings on them; finance staff of the operator
@@ -12,14 +13,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
-from django.db.models import Case, CharField, F, Q, QuerySet, Value, When
+from django.db.models import Case, CharField, F, Prefetch, Q, QuerySet, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 
 from billing import events as ev
-from billing.models import Account, Balance, Posting
+from billing.invoicing import month_bounds
+from billing.models import (
+    Account,
+    Balance,
+    BillingProfile,
+    CreditNote,
+    Invoice,
+    InvoiceLine,
+    InvoiceLineEntry,
+    Posting,
+    Price,
+    ProviderStatement,
+)
+from billing.pricing import DEFAULT_BOOK, price_book
+from billing.statements import statement_compute, statement_document, statement_key
 from core.errors import NotFound
 from core.models import Event, Organization
 from core.tenancy import Caller
@@ -255,3 +271,188 @@ def trial_balance(*, currency: str | None = None) -> TrialBalance:
         for code, (d, c) in sorted(sums.items())
     ]
     return TrialBalance(position=position, rows=rows, totals=totals)
+
+
+# --- the price book -----------------------------------------------------------
+
+# What each price book item's integer value counts.
+PRICE_UNITS: dict[str, str] = {
+    Price.Item.FINE_TUNE: "micros per 1M training or evaluation tokens",
+    Price.Item.INFERENCE: "micros per 1M tokens",
+    Price.Item.GPU_LEASE_FEE: "basis points on top of the lease price",
+    Price.Item.FINE_TUNE_MINIMUM: "micros per fine-tune job",
+    Price.Item.WELCOME_CREDIT: "micros granted to a new buyer",
+    Price.Item.WELCOME_CREDIT_DAYS: "days before unused welcome credit expires",
+}
+MONEY_ITEMS = frozenset(
+    {
+        Price.Item.FINE_TUNE,
+        Price.Item.INFERENCE,
+        Price.Item.FINE_TUNE_MINIMUM,
+        Price.Item.WELCOME_CREDIT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceInForce:
+    item: str
+    tier: str
+    variant: str
+    currency: str
+    value: int
+    effective_from: datetime
+    price_id: int | None  # None: the built-in default book
+
+
+def prices_public(*, at: datetime, currency: str) -> list[PriceInForce]:
+    """Every price in force at ``at`` that is public, from the same cached book rating
+    uses. A price whose version in force was scheduled as not public is left out
+    altogether (showing the version before it would show a price nobody pays)."""
+    book = price_book()
+    versions = [book.at(item, tier, variant, currency, at) for item, tier, variant in DEFAULT_BOOK]
+    public = dict(
+        Price.objects.filter(
+            pk__in=[v.price_id for v in versions if v.price_id is not None]
+        ).values_list("pk", "public")
+    )
+    return [
+        PriceInForce(v.item, v.tier, v.variant, v.currency, v.value, v.effective_from, v.price_id)
+        for v in versions
+        if v.price_id is None or public.get(v.price_id, False)
+    ]
+
+
+def price_ids_in_force(*, at: datetime, currency: str) -> set[int]:
+    """Ids of the stored versions in force at ``at`` (one per price at most)."""
+    book = price_book()
+    found = (book.at(item, tier, variant, currency, at) for item, tier, variant in DEFAULT_BOOK)
+    return {v.price_id for v in found if v.price_id is not None}
+
+
+def price_versions(*, item: str | None = None, currency: str | None = None) -> QuerySet[Price]:
+    """Every stored version of every price (past, in force and scheduled), for finance."""
+    versions = Price.objects.all()
+    if item is not None:
+        versions = versions.filter(item=item)
+    if currency is not None:
+        versions = versions.filter(currency=currency)
+    return versions
+
+
+# --- invoices -----------------------------------------------------------------
+
+
+def _visible_invoices(caller: Caller) -> QuerySet[Invoice]:
+    if caller.is_platform_finance:
+        return Invoice.objects.all()
+    return Invoice.objects.filter(organization=caller.organization)
+
+
+def invoices_for_caller(
+    *,
+    caller: Caller,
+    status: str | None = None,
+    kind: str | None = None,
+    period: date | None = None,
+    organization_id: int | None = None,
+) -> QuerySet[Invoice]:
+    """The caller organization's invoices, drafts included; every organization's for
+    operator finance (``organization_id`` narrows it to one). ``period``: invoices
+    whose period starts in that month (a job invoice's period is its issue time)."""
+    invoices = _visible_invoices(caller)
+    if organization_id is not None:
+        invoices = invoices.filter(organization_id=organization_id)
+    if status is not None:
+        invoices = invoices.filter(status=status)
+    if kind is not None:
+        invoices = invoices.filter(kind=kind)
+    if period is not None:
+        start, end = month_bounds(period)
+        invoices = invoices.filter(period_start__gte=start, period_start__lt=end)
+    return invoices
+
+
+def invoice_get(*, caller: Caller, invoice_id: int) -> Invoice:
+    """One invoice the caller may see, with its lines, their journal entries and its
+    credit notes; another organization's is a 404."""
+    invoice = (
+        _visible_invoices(caller)
+        .select_related("organization")
+        .prefetch_related(
+            Prefetch("lines", queryset=InvoiceLine.objects.order_by("ordinal")),
+            Prefetch("lines__entries", queryset=InvoiceLineEntry.objects.order_by("pk")),
+            "credit_notes",
+        )
+        .filter(pk=invoice_id)
+        .first()
+    )
+    if invoice is None:
+        raise NotFound(
+            f"no invoice {invoice_id} in your organization", details={"invoice": invoice_id}
+        )
+    return invoice
+
+
+def credit_notes_of(*, invoice: Invoice) -> QuerySet[CreditNote]:
+    return CreditNote.objects.filter(invoice=invoice)
+
+
+def organization_for_caller(*, caller: Caller, organization_id: int) -> Organization:
+    """The caller's own organization, or for operator finance any organization;
+    anything else is a 404 (ids do not tell what exists)."""
+    if caller.is_platform_finance:
+        organization = Organization.objects.filter(pk=organization_id).first()
+    else:
+        organization = caller.organization if caller.organization.pk == organization_id else None
+    if organization is None:
+        raise NotFound(
+            f"no organization {organization_id} visible to you",
+            details={"organization": organization_id},
+        )
+    return organization
+
+
+def billing_profile_of(*, organization: Organization) -> BillingProfile:
+    """The organization's billing profile; an unsaved default one when none was set."""
+    found = BillingProfile.objects.filter(organization=organization).first()
+    return found or BillingProfile(organization=organization)
+
+
+# --- provider statements ------------------------------------------------------
+
+
+def statements_for_caller(
+    *, caller: Caller, organization_id: int | None = None
+) -> QuerySet[ProviderStatement]:
+    """Stored statements of closed months: the caller's, or every provider's for
+    operator finance (``organization_id`` narrows it to one)."""
+    statements = ProviderStatement.objects.all()
+    if not caller.is_platform_finance:
+        statements = statements.filter(organization=caller.organization)
+    if organization_id is not None:
+        statements = statements.filter(organization_id=organization_id)
+    return statements
+
+
+@dataclass(frozen=True, slots=True)
+class StatementView:
+    organization_id: int
+    period: date
+    closed: bool  # True: the statement written when the month closed
+    generated_at: datetime
+    document: dict[str, Any]
+
+
+def statement_for_period(
+    *, provider: Organization, period: date, now: datetime, currency: str
+) -> StatementView:
+    """A provider's month: the statement stored when the month closed, or, for a month
+    not closed yet (the current one), computed from the journal now."""
+    stored = ProviderStatement.objects.filter(
+        key=statement_key(provider.pk, period, currency)
+    ).first()
+    if stored is not None:
+        return StatementView(provider.pk, period, True, stored.generated_at, stored.document)
+    computed = statement_compute(provider=provider, period=period, currency=currency)
+    return StatementView(provider.pk, period, False, now, statement_document(computed, provider))
