@@ -31,12 +31,10 @@ from billing.models import FinanceExport
 from core.errors import InvalidInput
 from core.idempotency import idempotent
 from core.money import CURRENCIES, Money
+from core.pagination import page_serializer, paginated_response
 from core.permissions import IsPlatformFinance
 from core.schema import error_responses
 from core.tenancy import get_caller
-
-MAX_LISTED = 100
-
 
 # --- serializers ---------------------------------------------------------------------
 
@@ -44,8 +42,10 @@ MAX_LISTED = 100
 class ExportInputSerializer(serializers.Serializer):
     """Documents the body; the service checks it (errors name the field)."""
 
-    kind = serializers.ChoiceField(choices=services.KINDS)
-    format = serializers.ChoiceField(choices=services.FORMATS)
+    # Plain text in the schema, the values in the help: drf-spectacular names enums
+    # after fields, and "kind", "format" and "status" mean other sets elsewhere.
+    kind = serializers.CharField(help_text=", ".join(services.KINDS))
+    format = serializers.CharField(help_text=", ".join(services.FORMATS))
     params = serializers.DictField(
         required=False,
         help_text="period (YYYY-MM), as_of (a date, or a date and time with a zone), "
@@ -54,6 +54,11 @@ class ExportInputSerializer(serializers.Serializer):
 
 
 class ExportSerializer(serializers.ModelSerializer):
+    kind = serializers.CharField(read_only=True, help_text=", ".join(services.KINDS))
+    format = serializers.CharField(read_only=True, help_text=", ".join(services.FORMATS))
+    status = serializers.CharField(
+        read_only=True, help_text=", ".join(c.value for c in FinanceExport.Status)
+    )
     progress = serializers.SerializerMethodField(help_text="0 to 1; null while not known")
     download_url = serializers.SerializerMethodField()
 
@@ -181,11 +186,15 @@ class ExportListCreateApi(APIView):
         operation_id="finance_exports_list",
         summary="The newest finance exports (operator finance)",
         tags=["finance"],
-        responses={200: ExportSerializer(many=True), **error_responses(401, 403, 429)},
+        responses={200: page_serializer(ExportSerializer), **error_responses(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
-        exports = FinanceExport.objects.order_by("-pk")[:MAX_LISTED]
-        return Response({"data": ExportSerializer(exports, many=True).data})
+        return paginated_response(
+            queryset=FinanceExport.objects.all(),
+            serializer_class=ExportSerializer,
+            request=request,
+            view=self,
+        )
 
     @extend_schema(
         operation_id="finance_exports_create",

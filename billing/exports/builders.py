@@ -248,6 +248,9 @@ def revenue_frame(
         if line.ref.startswith("hold:") and _lease_subject(line.ref) in lease_dims:
             gpu_model, region = lease_dims[_lease_subject(line.ref)]
             key = (posted_month, "gpu_lease", "", gpu_model, region)
+        elif line.ref.startswith("hold:") and account_kind == Account.Kind.FEES:
+            # Only a settled lease hold pays a platform fee; its usage was not found.
+            key = (posted_month, "gpu_lease", "", "", "")
         elif line.ref.startswith("ftmin:"):
             key = (posted_month, "fine_tune", job_model.get(line.ref.split(":", 2)[2], ""), "", "")
         elif line.ref.startswith("cn:"):

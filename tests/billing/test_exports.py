@@ -33,7 +33,8 @@ from billing.models import (
     Invoice,
     UsageAccrual,
 )
-from billing.payments.models import TopUp
+from billing.payments.models import ConnectedAccount, Payout, TopUp
+from billing.payments.services import payout_plan, payout_record_paid
 from billing.pricing import price_book_forget
 from billing.statements import statement_compute
 from core.money import Money
@@ -102,6 +103,21 @@ def _export(kind: str, format: str, tmp_path, **params) -> pd.DataFrame:
     return _read(path, format, kind)
 
 
+def _pay_out(provider) -> Payout:
+    """A payout of the provider's whole payable that Stripe accepted."""
+    account = ConnectedAccount.objects.create(
+        organization=provider,
+        account_id=f"acct_{provider.pk}",
+        country="US",
+        payouts_enabled=True,
+    )
+    payout = payout_plan(connected_account=account, minimum_micros=0, currency="USD")
+    assert payout is not None
+    payout_record_paid(payout_id=payout.pk, transfer_id=f"tr_{payout.pk}")
+    payout.refresh_from_db()
+    return payout
+
+
 def _balances(kind: str) -> dict[int, int]:
     """Posted balance of every account of ``kind`` on its normal side, by account."""
     out = {}
@@ -119,6 +135,7 @@ def _balances(kind: str) -> dict[int, int]:
 def test_exports_open_with_pandas_and_add_up_to_the_ledger(month, tmp_path, format):
     cast = month
     grant(cast.buyer_a, 7_500_000, "world:after-close")  # unused credit to defer
+    payout = _pay_out(cast.provider_a)
     # trial balance: every account, debits equal credits, each row the live balance
     tb = _export("trial_balance", format, tmp_path)
     assert len(tb) == Balance.objects.exclude(debits_posted=0, credits_posted=0).count() > 5
@@ -184,6 +201,10 @@ def test_exports_open_with_pandas_and_add_up_to_the_ledger(month, tmp_path, form
         statement = statement_compute(provider=provider, period=month_posted)
         assert rows["earned_micros"].iloc[0] == statement.gross_micros > 0
         assert rows["gpu_seconds"].iloc[0] == statement.gpu_seconds > 0
+        assert rows["paid_out_micros"].iloc[0] == statement.payouts_micros
+    paid = earnings[earnings["provider_id"] == cast.provider_a.pk]
+    assert (paid["payouts"].iloc[0], paid["paid_out_micros"].iloc[0]) == (1, payout.amount_micros)
+    assert payout.amount_micros > 0
 
     # usage detail of one buyer and month: every event, rated as the ledger rated it
     detail = _export(
@@ -246,6 +267,7 @@ def test_reconciliation_finds_nothing_unexplained_on_the_generated_month(month):
     due = outstanding(owed)
     assert due == owed.amount_due_micros - 2_380_000
     invoice_mark_paid(invoice=owed, payment_reference="pi_777")
+    payout = _pay_out(cast.provider_b)
     receivable = Account.objects.get(organization=cast.buyer_b, kind="receivable")
     adjustments = ledger.platform_account(kind="adjustments", currency="USD")
     ledger.adjustment_post(
@@ -260,6 +282,8 @@ def test_reconciliation_finds_nothing_unexplained_on_the_generated_month(month):
     assert result.unexplained_micros == 0
     received = sections["payments_received"]
     assert received.ledger_micros == received.documents_micros == due
+    sent = sections["payouts_sent"]
+    assert sent.ledger_micros == sent.documents_micros == payout.amount_micros > 0
     explained = sections["receivables"].differences
     assert [(d.cause, d.amount_micros, d.explained) for d in explained] == [
         (report.EXPLAINED_KINDS["adjustment"], 1_230_000, True)
@@ -285,17 +309,22 @@ def test_reconciliation_lists_a_difference_put_in_on_purpose(month):
         request_key="lost",
         credited_micros=10_000_000,
     )
+    # and a payout whose record says more than the ledger paid out
+    payout = _pay_out(cast.provider_a)
+    Payout.objects.filter(pk=payout.pk).update(amount_micros=payout.amount_micros + 10_000)
     result = report.reconciliation_compute(currency="USD")
     found = {(d.section, d.reference): d for d in result.unexplained}
     assert set(found) == {
         ("receivables", owed.number),
         ("payments_received", f"invoice {owed.number}"),
         ("payments_received", f"top-up {top_up.pk}"),
+        ("payouts_sent", f"payout {payout.pk}"),
     }
+    assert found[("payouts_sent", f"payout {payout.pk}")].amount_micros == -10_000
     assert found[("receivables", owed.number)].amount_micros == owed.amount_due_micros
     assert found[("payments_received", f"top-up {top_up.pk}")].amount_micros == -10_000_000
     assert "no entry" in found[("payments_received", f"top-up {top_up.pk}")].cause
-    assert result.unexplained_micros == 2 * owed.amount_due_micros + 10_000_000
+    assert result.unexplained_micros == 2 * owed.amount_due_micros + 10_000_000 + 10_000
 
 
 @pytest.mark.django_db
@@ -405,7 +434,7 @@ def test_a_background_export_runs_through_the_broker_and_reports_progress(
     shown = cast.finance.get(f"/api/v1/finance/exports/{export_id}").json()
     assert shown["status"] == "succeeded", shown
     assert (shown["rows_written"], shown["rows_total"], shown["progress"]) == (rows, rows, 1.0)
-    listed = cast.finance.get("/api/v1/finance/exports/").json()["data"]
+    listed = cast.finance.get("/api/v1/finance/exports/").json()["results"]
     assert [e["id"] for e in listed] == [export_id]
     download = cast.finance.get(shown["download_url"])
     assert download.status_code == 200
