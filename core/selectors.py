@@ -5,9 +5,10 @@ from __future__ import annotations
 import hmac
 from functools import cache
 
-from django.db import connection
+from django.db import connection, models
 from django.db.models import QuerySet
 
+from core.db import as_utc
 from core.errors import NotFound
 from core.models import ApiKey, Membership, Organization
 from core.services import API_KEY_PREFIX, hash_api_key
@@ -28,6 +29,8 @@ def api_key_for_secret(*, raw_key: str) -> ApiKey | None:
     if row is None:
         return None
     key_fields, org_fields = _api_key_columns()
+    if connection.vendor != "postgresql":
+        row = _timestamps_as_utc(row)
     api_key = ApiKey.from_db(connection.alias, key_fields, row[: len(key_fields)])
     if not hmac.compare_digest(api_key.hashed_key, hash_api_key(raw_key)):
         return None
@@ -35,6 +38,19 @@ def api_key_for_secret(*, raw_key: str) -> ApiKey | None:
         connection.alias, org_fields, row[len(key_fields) :]
     )
     return api_key
+
+
+def _timestamps_as_utc(row: tuple) -> tuple:
+    # A raw cursor skips Django's converters: SQLite gives naive timestamps back.
+    return tuple(
+        as_utc(v) if i in _timestamp_indexes() and v is not None else v for i, v in enumerate(row)
+    )
+
+
+@cache
+def _timestamp_indexes() -> frozenset[int]:
+    fields = [*ApiKey._meta.concrete_fields, *Organization._meta.concrete_fields]
+    return frozenset(i for i, f in enumerate(fields) if isinstance(f, models.DateTimeField))
 
 
 @cache
