@@ -1,6 +1,7 @@
 """HTTP endpoints of payments: top-ups and saved methods (buyers), refunds and the
-reconciliation (operator finance), Connect onboarding and payouts (providers), and
-Stripe's webhook. One view per operation; tenancy is decided in selectors.
+reconciliation (operator finance), invoice collection attempts (buyers read their
+own; operator finance may retry now), Connect onboarding and payouts (providers),
+and Stripe's webhook. One view per operation; tenancy is decided in selectors.
 
 Amounts go out as ``*_micros`` integers and decimal text, and come in as decimal
 text (``"25.00"``), as everywhere in the API.
@@ -27,8 +28,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.apis import DecimalTextField, MoneyTextField
-from billing.payments import selectors, services, webhooks
-from billing.payments.models import ConnectedAccount, Payout, Refund, TopUp
+from billing.invoicing import outstanding
+from billing.payments import collection, selectors, services, webhooks
+from billing.payments.models import ConnectedAccount, InvoicePayment, Payout, Refund, TopUp
 from billing.payments.stripe_client import PaymentsUnavailable
 from billing.payments.tasks import stripe_event_process_task
 from core.errors import InvalidInput, NotFound
@@ -501,6 +503,149 @@ class AutoRechargeApi(APIView):
             currency=currency,
         )
         return Response(self._body(row))
+
+
+# --- invoice collection and dunning ---------------------------------------------------
+
+
+class InvoicePaymentSerializer(serializers.ModelSerializer):
+    amount = MoneyTextField("amount_micros")
+    received = MoneyTextField("received_micros")
+    invoice_number = serializers.CharField(source="invoice.number", read_only=True)
+
+    class Meta:
+        model = InvoicePayment
+        fields = [
+            "id",
+            "invoice",
+            "invoice_number",
+            "organization",
+            "attempt",
+            "trigger",
+            "status",
+            "amount_micros",
+            "amount",
+            "currency",
+            "payment_intent_id",
+            "received_micros",
+            "received",
+            "excess_micros",
+            "failure_code",
+            "failure_message",
+            "created_at",
+            "submitted_at",
+            "resolved_at",
+        ]
+
+
+_INVOICE_PARAMETER = OpenApiParameter(
+    "invoice", OpenApiTypes.INT, description="one invoice's attempts only"
+)
+
+
+def _query_invoice(request: Request) -> int | None:
+    raw = request.query_params.get("invoice")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 2**63:
+        raise InvalidInput("invoice must be an invoice id", details={"parameter": "invoice"})
+    return int(raw)
+
+
+class InvoicePaymentListApi(APIView):
+    permission_classes = [IsOrgMember]
+
+    @extend_schema(
+        operation_id="invoice_payments_list",
+        summary="Attempts to charge the saved payment method for your invoices",
+        description="Newest first. Operator finance staff see every organization's. "
+        "An invoice that is not your organization's answers 404.",
+        tags=["payments"],
+        parameters=[_INVOICE_PARAMETER],
+        responses={
+            200: page_serializer(InvoicePaymentSerializer),
+            **error_responses(400, 401, 404),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        return paginated_response(
+            queryset=selectors.invoice_payments_for_caller(
+                caller=get_caller(request), invoice_id=_query_invoice(request)
+            ),
+            serializer_class=InvoicePaymentSerializer,
+            request=request,
+            view=self,
+        )
+
+
+def _collection_body(invoice: Any) -> dict[str, Any]:
+    found = selectors.invoice_collection_for(invoice=invoice)
+    owed = outstanding(invoice) if invoice.status in collection.COLLECTIBLE else 0
+    body: dict[str, Any] = {
+        "invoice": invoice.pk,
+        "invoice_number": invoice.number,
+        "invoice_status": invoice.status,
+        "amount_due_micros": owed,
+        "amount_due": Money(owed, invoice.currency).format(),
+        "currency": invoice.currency,
+        "collection": None,
+    }
+    if found is not None:
+        body["collection"] = {
+            "status": found.status,
+            "attempts": found.attempts,
+            "retries_done": found.retries_done,
+            "retries_scheduled": len(collection.retry_days()),
+            "first_failed_at": found.first_failed_at,
+            "next_retry_at": found.next_retry_at,
+        }
+    return body
+
+
+class InvoiceCollectionApi(APIView):
+    permission_classes = [IsOrgMember]
+
+    @extend_schema(
+        operation_id="invoice_collection_retrieve",
+        summary="How an invoice is being collected: the dunning state and next retry",
+        tags=["payments"],
+        responses={200: OpenApiTypes.OBJECT, **error_responses(401, 404)},
+    )
+    def get(self, request: Request, invoice_id: int) -> Response:
+        invoice = selectors.invoice_for_collection(
+            caller=get_caller(request), invoice_id=invoice_id
+        )
+        return Response(_collection_body(invoice))
+
+
+class InvoiceCollectionRetryApi(APIView):
+    permission_classes = [IsPlatformFinance]
+
+    @extend_schema(
+        operation_id="invoice_collection_retry",
+        summary="Charge the buyer's saved payment method for an invoice now (operator finance)",
+        description="An extra attempt outside the dunning schedule (which carries on if "
+        "it fails). Answers with the attempt as Stripe left it: processing (the invoice "
+        "is marked paid by Stripe's payment_intent.succeeded) or failed.",
+        tags=["payments"],
+        request=None,
+        responses={
+            201: InvoicePaymentSerializer,
+            **error_responses(400, 401, 403, 404, 409, 422, 503),
+        },
+    )
+    # Not atomic: it calls Stripe. The attempt row is keyed by the Idempotency-Key and
+    # the PaymentIntent by the attempt, so a taken-over claim charges once.
+    @idempotent(required=True, atomic=False)
+    def post(self, request: Request, invoice_id: int) -> Response:
+        caller = get_caller(request)
+        invoice = selectors.invoice_for_collection(caller=caller, invoice_id=invoice_id)
+        payment = collection.invoice_collection_retry(
+            invoice=invoice,
+            actor=_actor(caller),
+            request_key=f"api:{idempotency_key(request, required=True)}",
+        )
+        return Response(InvoicePaymentSerializer(payment).data, status=status.HTTP_201_CREATED)
 
 
 # --- Stripe's webhook ----------------------------------------------------------------

@@ -12,5 +12,6 @@ class PaymentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the auto-recharge follower, so `manage.py run_follower` runs it.
-        from billing.payments import recharge  # noqa: F401
+        # Registers the auto-recharge and invoice-collection followers, so
+        # `manage.py run_follower` runs them.
+        from billing.payments import collection, recharge  # noqa: F401

@@ -16,6 +16,13 @@ PAYOUT_PAID = "PayoutPaid"
 PAYOUT_FAILED = "PayoutFailed"
 AUTO_RECHARGE_TRIGGERED = "AutoRechargeTriggered"
 AUTO_RECHARGE_SKIPPED = "AutoRechargeSkipped"
+INVOICE_COLLECTION_SKIPPED = "InvoiceCollectionSkipped"
+INVOICE_PAYMENT_ATTEMPTED = "InvoicePaymentAttempted"
+INVOICE_PAYMENT_SUCCEEDED = "InvoicePaymentSucceeded"
+INVOICE_PAYMENT_FAILED = "InvoicePaymentFailed"
+# The dunning email's source: one per failed attempt, with when the next one runs
+# (none on the final notice, when the invoice is written off).
+INVOICE_PAYMENT_REMINDER_SENT = "InvoicePaymentReminderSent"
 
 
 def top_up_stream(top_up_id: int) -> str:
@@ -32,6 +39,10 @@ def dispute_stream(dispute_id: str) -> str:
 
 def recharge_stream(organization_id: int) -> str:
     return f"auto-recharge:{organization_id}"
+
+
+def invoice_collection_stream(invoice_id: int) -> str:
+    return f"invoice-collection:{invoice_id}"
 
 
 class _Payload:
@@ -111,3 +122,68 @@ class AutoRechargeSkipped(_Payload):
     reason: str
     available_micros: int
     threshold_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceCollectionSkipped(_Payload):
+    schema_version = 1
+    organization: int
+    invoice: int
+    number: str
+    amount_due_micros: int
+    currency: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaymentAttempted(_Payload):
+    schema_version = 1
+    organization: int
+    invoice: int
+    number: str
+    payment: int
+    attempt: int
+    trigger: str
+    amount_micros: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaymentSucceeded(_Payload):
+    schema_version = 1
+    organization: int
+    invoice: int
+    number: str
+    payment: int
+    attempt: int
+    amount_micros: int
+    excess_micros: int
+    currency: str
+    payment_intent: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaymentFailed(_Payload):
+    schema_version = 1
+    organization: int
+    invoice: int
+    number: str
+    payment: int
+    attempt: int
+    failure_code: str
+    failure_message: str
+    payment_intent: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaymentReminderSent(_Payload):
+    schema_version = 1
+    organization: int
+    invoice: int
+    number: str
+    attempt: int
+    amount_due_micros: int
+    currency: str
+    failure_message: str
+    next_retry_at: str | None  # ISO 8601 UTC; None on the final notice
+    final: bool

@@ -346,3 +346,130 @@ class ReconciliationDifference(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.source_id}"
+
+
+class InvoiceCollection(models.Model):
+    """Collecting one finalized invoice from the buyer's saved payment method, and
+    the dunning around it: attempts are ``InvoicePayment`` rows; this row says what
+    comes next. A due retry is claimed by a conditional update of this row
+    (``status=retry_scheduled`` and ``next_retry_at`` unchanged), so two runners
+    never start the same retry."""
+
+    class Status(models.TextChoices):
+        COLLECTING = "collecting"  # an attempt is in flight
+        RETRY_SCHEDULED = "retry_scheduled"  # the last attempt failed; next at next_retry_at
+        PAID = "paid"
+        UNCOLLECTIBLE = "uncollectible"  # the last scheduled retry failed: written off
+        CLOSED = "closed"  # settled otherwise (voided, credited, paid by other means)
+
+    invoice = models.OneToOneField(
+        "billing.Invoice", on_delete=models.PROTECT, related_name="collection"
+    )
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.COLLECTING)
+    attempts = models.PositiveIntegerField(default=0)  # attempts recorded, all triggers
+    retries_done = models.PositiveIntegerField(default=0)  # of settings.DUNNING_RETRY_DAYS
+    first_failed_at = models.DateTimeField(null=True, blank=True)  # the schedule's origin
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)  # the newest attempt's start
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(status="retry_scheduled") | Q(next_retry_at__isnull=False),
+                name="invoice_collection_retry_has_time",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_retry_at"],
+                condition=Q(status="retry_scheduled"),
+                name="invoice_collection_due",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"collection of invoice {self.invoice_id} ({self.status})"
+
+
+class InvoicePayment(models.Model):
+    """One attempt to charge an invoice's amount due to the saved payment method:
+    recorded (``pending``) before Stripe is called, with a PaymentIntent whose
+    idempotency key is derived from the invoice and the attempt number, so a crash
+    anywhere and a re-run charge once. The invoice is marked paid only when Stripe
+    says the PaymentIntent succeeded (``payment_intent.succeeded``)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # recorded; Stripe may or may not have it yet
+        PROCESSING = "processing"  # Stripe has it; waiting for its answer (the webhook)
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"  # not sent: the invoice no longer needed it
+
+    class Trigger(models.TextChoices):
+        FINALIZED = "finalized"  # the first attempt, when the invoice was finalized
+        SCHEDULED = "scheduled"  # a dunning retry on settings.DUNNING_RETRY_DAYS
+        MANUAL = "manual"  # operator finance asked for a retry now
+
+    collection = models.ForeignKey(
+        InvoiceCollection, on_delete=models.PROTECT, related_name="payments"
+    )
+    invoice = models.ForeignKey("billing.Invoice", on_delete=models.PROTECT, related_name="+")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    attempt = models.PositiveIntegerField()  # 1, 2, ... per invoice
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    amount_micros = models.BigIntegerField()  # what the invoice left owed when recorded
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    payment_intent_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    charge_id = models.CharField(max_length=255, blank=True, default="")
+    received_micros = models.BigIntegerField(default=0)
+    # Of what was received, what the invoice no longer needed (a credit note or
+    # another payment came first): given to the buyer as prepaid credit.
+    excess_micros = models.BigIntegerField(default=0)
+    failure_code = models.CharField(max_length=100, blank=True, default="")
+    failure_message = models.CharField(max_length=500, blank=True, default="")
+    requested_by = models.CharField(max_length=200, blank=True, default="")
+    request_key = models.CharField(max_length=200, blank=True, default="")  # finance's key
+    sends = models.PositiveIntegerField(default=0)  # calls to Stripe to create it
+    last_error = models.CharField(max_length=500, blank=True, default="")  # transient
+    created_at = models.DateTimeField()
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "attempt"], name="invoice_payment_attempt"),
+            # One attempt in flight per invoice: two could both be charged.
+            models.UniqueConstraint(
+                fields=["invoice"],
+                condition=Q(status__in=["pending", "processing"]),
+                name="invoice_payment_one_in_flight",
+            ),
+            models.UniqueConstraint(
+                fields=["invoice", "request_key"],
+                condition=~Q(request_key=""),
+                name="invoice_payment_request_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(amount_micros__gt=0), name="invoice_payment_amount_positive"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="invoice_payment_org_time"),
+            models.Index(
+                fields=["status", "created_at"],
+                condition=Q(status__in=["pending", "processing"]),
+                name="invoice_payment_in_flight",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt} on invoice {self.invoice_id} ({self.status})"
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"tandem-invoice-{self.invoice_id}-attempt-{self.attempt}"

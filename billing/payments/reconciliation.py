@@ -11,7 +11,9 @@ records every object where the two differ:
 - ``amount_mismatch``: both know it, with different amounts.
 
 Journal entries name their Stripe object through our rows (``topup:<id>`` → the
-top-up's charge, ``refund:<id>`` → the refund, ``payout:<id>`` → the transfer) or
+top-up's charge, ``refund:<id>`` → the refund, ``payout:<id>`` → the transfer,
+``invoice:<key>:paid`` and ``invoice-payment:<id>:excess`` → the charge of the
+collection attempt that paid the invoice) or
 directly (``refund:re_…``, ``dispute:dp_…``, ``payout-reversal:trr_…``). Stripe's
 processing fees are not booked by the ledger and are not compared (gross amounts).
 A payment made just before midnight whose balance transaction falls after it shows
@@ -24,12 +26,14 @@ from collections import defaultdict
 from datetime import date
 
 from django.db import transaction
+from django.db.models import F, Q
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.models import Account, Posting
 from billing.payments.models import (
+    InvoicePayment,
     Payout,
     ReconciliationDifference,
     ReconciliationRun,
@@ -85,6 +89,27 @@ def _sources(refs: list[str]) -> dict[str, str]:
             found[ref] = rest
         elif kind in ids and rest.isdigit():
             ids[kind][int(rest)] = ref
+    invoice_keys = {
+        ref[len("invoice:") : -len(":paid")]: ref
+        for ref in refs
+        if ref.startswith("invoice:") and ref.endswith(":paid")
+    }
+    excess = {
+        int(ref.split(":")[1]): ref
+        for ref in refs
+        if ref.startswith("invoice-payment:") and ref.split(":")[1].isdigit()
+    }
+    paid_by = InvoicePayment.objects.filter(status=InvoicePayment.Status.SUCCEEDED).filter(
+        Q(invoice__key__in=invoice_keys, payment_intent_id=F("invoice__payment_reference"))
+        | Q(pk__in=excess)
+    )
+    for pk, key, charge, intent in paid_by.values_list(
+        "pk", "invoice__key", "charge_id", "payment_intent_id"
+    ):
+        if pk in excess:
+            found[excess[pk]] = charge or intent or ""
+        if key in invoice_keys:
+            found[invoice_keys[key]] = charge or intent or ""
     for pk, charge, intent in TopUp.objects.filter(pk__in=ids["topup"]).values_list(
         "pk", "charge_id", "payment_intent_id"
     ):

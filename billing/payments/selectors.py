@@ -1,8 +1,9 @@
 """Reads of payments, scoped to the caller here so no view can forget it.
 
-A buyer sees its own top-ups and refunds; a provider its own connected account and
-payouts (with the payable's journal lines each covers); finance staff of the
-operator see all of it, and the reconciliation. Another org's id answers 404.
+A buyer sees its own top-ups, refunds and its invoices' collection attempts; a
+provider its own connected account and payouts (with the payable's journal lines
+each covers); finance staff of the operator see all of it, and the reconciliation.
+Another org's id answers 404.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from datetime import date
 
 from django.db.models import QuerySet
 
-from billing.models import Account, Posting
+from billing.models import Account, Invoice, Posting
 from billing.payments.models import (
     AutoRecharge,
     ConnectedAccount,
+    InvoiceCollection,
+    InvoicePayment,
     Payout,
     ReconciliationDifference,
     ReconciliationRun,
@@ -100,3 +103,38 @@ def reconciliation_differences(*, day: date, currency: str) -> Reconciliation:
     if run is None:
         return Reconciliation(None, [])
     return Reconciliation(run, list(run.differences.order_by("kind", "source_id")))
+
+
+# --- invoice collection ---------------------------------------------------------------
+
+
+def invoice_for_collection(*, caller: Caller, invoice_id: int) -> Invoice:
+    """A finalized invoice of the caller's org (any, for operator finance); 404 else."""
+    rows = Invoice.objects.filter(pk=invoice_id).exclude(status=Invoice.Status.DRAFT)
+    if not caller.is_platform_finance:
+        rows = rows.filter(organization=caller.organization)
+    found = rows.first()
+    if found is None:
+        raise NotFound(
+            f"no finalized invoice {invoice_id} in your organization",
+            details={"invoice": invoice_id},
+        )
+    return found
+
+
+def invoice_payments_for_caller(
+    *, caller: Caller, invoice_id: int | None = None
+) -> QuerySet[InvoicePayment]:
+    """Collection attempts the caller may see, of one invoice if named (404 when that
+    invoice is not the caller's to see)."""
+    rows = InvoicePayment.objects.select_related("invoice")
+    if not caller.is_platform_finance:
+        rows = rows.filter(organization=caller.organization)
+    if invoice_id is not None:
+        invoice = invoice_for_collection(caller=caller, invoice_id=invoice_id)
+        rows = rows.filter(invoice=invoice)
+    return rows
+
+
+def invoice_collection_for(*, invoice: Invoice) -> InvoiceCollection | None:
+    return InvoiceCollection.objects.filter(invoice=invoice).first()

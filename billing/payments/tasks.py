@@ -6,7 +6,7 @@ import contextlib
 
 import dramatiq
 
-from billing.payments import services, webhooks
+from billing.payments import collection, services, webhooks
 from billing.payments.models import TopUp
 
 
@@ -32,3 +32,17 @@ def top_up_submit_task(top_up_id: int) -> None:
 def payouts_run_task() -> None:
     """The scheduled payout run (also: ``manage.py run_payouts``)."""
     services.payouts_run()
+
+
+@dramatiq.actor(queue_name="payments", max_retries=5, min_backoff=5_000)
+def invoice_payment_submit_task(payment_id: int) -> None:
+    """Charge the saved method for an invoice's collection attempt. A decline is
+    recorded on the attempt (and moves the dunning on); Stripe not answering leaves
+    it pending for ``run_dunning``."""
+    collection.invoice_payment_submit(payment_id=payment_id)
+
+
+@dramatiq.actor(queue_name="payments", max_retries=0, time_limit=3_600_000)
+def invoice_dunning_run_task() -> None:
+    """The scheduled dunning run (also: ``manage.py run_dunning``)."""
+    collection.invoice_dunning_run()

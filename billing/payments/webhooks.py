@@ -29,7 +29,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from billing.payments import services
+from billing.payments import collection, services
 from billing.payments.models import StripeEvent, TopUp
 from billing.payments.stripe_client import as_dict, object_id, stripe_client, stripe_configured
 from core.db import retry_transaction
@@ -109,6 +109,9 @@ Handler = Callable[[dict[str, Any], str, Any], str]
 
 
 def _payment_intent(obj: dict[str, Any], event_type: str, fetched: Any) -> str:
+    # An invoice's collection attempt (billing.payments.collection), else a top-up.
+    if collection.is_invoice_payment(obj):
+        return collection.invoice_payment_apply_intent(intent=obj, event_type=event_type)
     return services.top_up_apply_payment_intent(intent=obj, event_type=event_type)
 
 
