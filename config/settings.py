@@ -168,9 +168,7 @@ WORKLOADS_MAX_FILE_BYTES = env_int("WORKLOADS_MAX_FILE_BYTES", 1024**3, minimum=
 INFERENCE_IDLE_SECONDS = env_int("INFERENCE_IDLE_SECONDS", 900, minimum=10)
 # The most a managed job's order pays a provider per GPU-hour (the platform's cost:
 # buyers pay per token), in micro-units of TANDEM_CURRENCY.
-WORKLOADS_GPU_HOUR_LIMIT_MICROS = env_int(
-    "WORKLOADS_GPU_HOUR_LIMIT_MICROS", 10_000_000, minimum=1
-)
+WORKLOADS_GPU_HOUR_LIMIT_MICROS = env_int("WORKLOADS_GPU_HOUR_LIMIT_MICROS", 10_000_000, minimum=1)
 # How long a first request waits for a cold deployment's lease and engine.
 INFERENCE_START_TIMEOUT_SECONDS = env_int("INFERENCE_START_TIMEOUT_SECONDS", 120, minimum=1)
 
@@ -254,6 +252,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["core.routing.expand_method_routes"],
+    # Choice sets that share a field name across apps get names of their own.
+    "ENUM_NAME_OVERRIDES": {
+        "TopUpStatusEnum": "billing.payments.models.TopUp.Status",
+    },
 }
 
 # --- auth, i18n, static -----------------------------------------------------

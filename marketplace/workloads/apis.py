@@ -69,7 +69,9 @@ def _request_chunks(request: Request) -> Iterator[bytes]:
 
 
 class FileListApi(V1Api):
-    @extend_schema(summary="List files (OpenAI and Together)", responses=None)
+    @extend_schema(
+        operation_id="v1_files_list", summary="List files (OpenAI and Together)", responses=None
+    )
     def get(self, request: Request) -> Response:
         files = selectors.file_list(
             organization=get_caller(request).organization,
@@ -191,7 +193,11 @@ class FileContentApi(V1Api):
 
 
 class OpenAIJobListApi(V1Api):
-    @extend_schema(summary="List fine-tuning jobs (OpenAI)", responses=None)
+    @extend_schema(
+        operation_id="v1_fine_tuning_jobs_list",
+        summary="List fine-tuning jobs (OpenAI)",
+        responses=None,
+    )
     def get(self, request: Request) -> Response:
         metadata = {
             key[len("metadata[") : -1]: value
@@ -265,7 +271,9 @@ class OpenAIJobCheckpointsApi(V1Api):
 
 
 class TogetherJobListApi(V1Api):
-    @extend_schema(summary="List fine-tunes (Together)", responses=None)
+    @extend_schema(
+        operation_id="v1_fine_tunes_list", summary="List fine-tunes (Together)", responses=None
+    )
     def get(self, request: Request) -> Response:
         jobs = selectors.job_list(organization=get_caller(request).organization)
         return Response({"data": [shapes.together_job(job) for job in jobs[:1000]]})
@@ -649,7 +657,7 @@ class CompletionApi(_CompletionApi):
 class ModelListApi(V1Api):
     """Base models on the market and the caller's own fine-tuned models."""
 
-    @extend_schema(summary="List models", responses=None)
+    @extend_schema(operation_id="v1_models_list", summary="List models", responses=None)
     def get(self, request: Request) -> Response:
         organization = get_caller(request).organization
         data = [
