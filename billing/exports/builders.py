@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -128,31 +128,55 @@ class Line:
         return self.amount_micros if self.side == Account.Side.CREDIT else -self.amount_micros
 
 
-def journal(
-    accounts: Q, *, since: datetime | None = None, until: datetime | None = None
-) -> list[Line]:
-    """Postings on the accounts matching ``accounts`` in ``[since, until)``, oldest
-    first, each with its entry's reference and kind (one join, no query per row)."""
+def journal_chunks(
+    accounts: Q,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    size: int | None = None,
+) -> Iterator[list[Line]]:
+    """Postings on the accounts matching ``accounts`` in ``[since, until)``, in the
+    order they were written, each with its entry's reference and kind (one join, no
+    query per row), ``size`` at a time: one short query per chunk (keyset on the
+    posting id), so neither a long transaction nor the whole journal in memory."""
+    size = size or CHUNK_ROWS
     postings = Posting.objects.filter(account__in=Account.objects.filter(accounts))
     if since is not None:
         postings = postings.filter(recorded_at__gte=since)
     if until is not None:
         postings = postings.filter(recorded_at__lt=until)
-    rows = postings.order_by("entry_id", "id").values_list(
-        "entry_id",
-        "account_id",
-        "side",
-        "amount_micros",
-        "currency",
-        "recorded_at",
-        KeyTextTransform("transfer_id", "entry__payload"),
-        KeyTextTransform("hold_id", "entry__payload"),
-        KeyTextTransform("kind", "entry__payload"),
-    )
-    return [
-        Line(p, a, s, x, c, at, t or f"hold:{h}", k or "hold")
-        for p, a, s, x, c, at, t, h, k in rows
-    ]
+    after = 0
+    while True:
+        rows = list(
+            postings.filter(id__gt=after)
+            .order_by("id")
+            .values_list(
+                "id",
+                "entry_id",
+                "account_id",
+                "side",
+                "amount_micros",
+                "currency",
+                "recorded_at",
+                KeyTextTransform("transfer_id", "entry__payload"),
+                KeyTextTransform("hold_id", "entry__payload"),
+                KeyTextTransform("kind", "entry__payload"),
+            )[:size]
+        )
+        if not rows:
+            return
+        after = rows[-1][0]
+        yield [
+            Line(p, a, s, x, c, at, t or f"hold:{h}", k or "hold")
+            for _, p, a, s, x, c, at, t, h, k in rows
+        ]
+
+
+def journal(
+    accounts: Q, *, since: datetime | None = None, until: datetime | None = None
+) -> list[Line]:
+    """All of ``journal_chunks`` in one list."""
+    return [line for chunk in journal_chunks(accounts, since=since, until=until) for line in chunk]
 
 
 def _lease_subject(ref: str) -> str:
@@ -179,16 +203,52 @@ def revenue_frame(
 ) -> pd.DataFrame:
     """Revenue and fees by month x product x model x GPU model x region."""
     since = month_bounds(period)[0] if period is not None else None
-    lines = journal(
-        Q(organization__isnull=True, kind__in=REVENUE_KINDS, currency=currency),
-        since=since,
-        until=as_of,
-    )
     kind_of = dict(
         Account.objects.filter(organization__isnull=True, currency=currency).values_list(
             "pk", "kind"
         )
     )
+    # (month, product, model, gpu_model, region) -> [revenue, fees, entries, last entry]
+    sums: dict[tuple[str, str, str, str, str], list[int]] = {}
+
+    def add(key: tuple[str, str, str, str, str], account_kind: str, amount: int, pos: int):
+        row = sums.setdefault(key, [0, 0, 0, 0])
+        row[0 if account_kind == Account.Kind.REVENUE else 1] += amount
+        if row[3] != pos:  # an entry's postings come one after another
+            row[2] += 1
+            row[3] = pos
+
+    for lines in journal_chunks(
+        Q(organization__isnull=True, kind__in=REVENUE_KINDS, currency=currency),
+        since=since,
+        until=as_of,
+    ):
+        _revenue_chunk(lines, kind_of, add)
+
+    wanted = _month(period) if period is not None else None
+    records = [
+        {
+            "month": key[0],
+            "currency": currency,
+            "product": key[1],
+            "model": key[2],
+            "gpu_model": key[3],
+            "region": key[4],
+            "entries": entries,
+            "revenue_micros": revenue,
+            "fees_micros": fees,
+            "total_micros": revenue + fees,
+        }
+        for key, (revenue, fees, entries, _) in sorted(sums.items())
+        if wanted is None or key[0] == wanted
+    ]
+    return frame(REVENUE_COLUMNS, records)
+
+
+def _revenue_chunk(
+    lines: list[Line], kind_of: dict[int, str], add: Callable[[Any, str, int, int], None]
+) -> None:
+    """Attribute one chunk of revenue and fees postings (see the module's doc)."""
     usage_refs = {line.ref for line in lines if line.ref.startswith("usage:")}
     by_transfer: dict[str, list[UsageAccrual]] = defaultdict(list)
     for accrual in UsageAccrual.objects.filter(transfer_id__in=usage_refs).order_by("id"):
@@ -209,14 +269,6 @@ def revenue_frame(
         .values_list("subject", "model")
     ):
         job_model.setdefault(subject, model)
-
-    # (month, product, model, gpu_model, region) -> [revenue, fees, entries]
-    sums: dict[tuple[str, str, str, str, str], list[Any]] = {}
-
-    def add(key: tuple[str, str, str, str, str], account_kind: str, amount: int, pos: int):
-        row = sums.setdefault(key, [0, 0, set()])
-        row[0 if account_kind == Account.Kind.REVENUE else 1] += amount
-        row[2].add(pos)
 
     for line in lines:
         account_kind = kind_of[line.account_id]
@@ -262,25 +314,6 @@ def revenue_frame(
         else:
             key = (posted_month, "other", "", "", "")
         add(key, account_kind, amount, line.position)
-
-    wanted = _month(period) if period is not None else None
-    records = [
-        {
-            "month": key[0],
-            "currency": currency,
-            "product": key[1],
-            "model": key[2],
-            "gpu_model": key[3],
-            "region": key[4],
-            "entries": len(positions),
-            "revenue_micros": revenue,
-            "fees_micros": fees,
-            "total_micros": revenue + fees,
-        }
-        for key, (revenue, fees, positions) in sorted(sums.items())
-        if wanted is None or key[0] == wanted
-    ]
-    return frame(REVENUE_COLUMNS, records)
 
 
 # --- the invoice register ------------------------------------------------------------
@@ -514,10 +547,10 @@ def deferred_revenue_frame(*, as_of: datetime, currency: str | None = None) -> p
     scope = Q(kind=Account.Kind.CREDIT, organization__isnull=False)
     if currency:
         scope &= Q(currency=currency)
-    lines = journal(scope, until=as_of)
     sums: dict[int, dict[str, int]] = defaultdict(
         lambda: {"granted": 0, "paid_in": 0, "other_credits": 0, "consumed": 0}
     )
+    lines = (line for chunk in journal_chunks(scope, until=as_of) for line in chunk)
     for line in lines:
         row = sums[line.account_id]
         if line.side == Account.Side.DEBIT:
@@ -573,46 +606,17 @@ def provider_earnings_frame(
     """Per provider and month of posting: what it earned (GPU time, at lease prices),
     what was paid out to it (payout holds posted), transfers Stripe reversed (put
     back on the payable), anything else (corrections), and the payable's balance."""
-    lines = journal(
-        Q(kind=Account.Kind.PAYABLE, currency=currency, organization__isnull=False), until=as_of
-    )
     owner = dict(
         Account.objects.filter(kind=Account.Kind.PAYABLE, currency=currency).values_list(
             "pk", "organization_id"
         )
     )
     names = dict(Organization.objects.filter(pk__in=set(owner.values())).values_list("pk", "name"))
-    usage_refs = {line.ref for line in lines if line.ref.startswith("usage:")}
-    seconds_of_usage: dict[tuple[str, int | None], int] = defaultdict(int)
-    for transfer_id, provider_id, quantity in UsageAccrual.objects.filter(
-        transfer_id__in=usage_refs, product="gpu_lease"
-    ).values_list("transfer_id", "provider_id", "quantity"):
-        seconds_of_usage[(transfer_id, provider_id)] += quantity
-    leases = {_lease_subject(line.ref) for line in lines if line.ref.startswith("hold:")}
-    seconds_of_lease: dict[tuple[str, int | None], int] = defaultdict(int)
-    for subject, provider_id, quantity in UsageAccrual.objects.filter(
-        subject__in=leases, product="gpu_lease", transfer_id=""
-    ).values_list("subject", "provider_id", "quantity"):
-        seconds_of_lease[(subject, provider_id)] += quantity
-
-    empty = {"gpu_seconds": 0, "payouts": 0, "earned": 0, "paid_out": 0, "reversed": 0, "other": 0}
     rows: dict[tuple[str, int], dict[str, int]] = {}
-    for line in lines:
-        provider = owner[line.account_id]
-        row = rows.setdefault((_month(line.recorded_at), provider), dict(empty))
-        if line.ref.startswith("hold:payout:") and line.side == Account.Side.DEBIT:
-            row["paid_out"] += line.amount_micros
-            row["payouts"] += 1
-        elif line.ref.startswith("payout-reversal:"):
-            row["reversed"] += line.signed_credit
-        elif line.kind in ("usage", "hold") and line.side == Account.Side.CREDIT:
-            row["earned"] += line.amount_micros
-            if line.ref.startswith("usage:"):
-                row["gpu_seconds"] += seconds_of_usage.get((line.ref, provider), 0)
-            else:
-                row["gpu_seconds"] += seconds_of_lease.get((_lease_subject(line.ref), provider), 0)
-        else:
-            row["other"] += line.signed_credit
+    for lines in journal_chunks(
+        Q(kind=Account.Kind.PAYABLE, currency=currency, organization__isnull=False), until=as_of
+    ):
+        _earnings_chunk(lines, owner, rows)
     balance: dict[int, int] = defaultdict(int)
     wanted = _month(period) if period is not None else None
     records = []
@@ -639,6 +643,41 @@ def provider_earnings_frame(
             }
         )
     return frame(PROVIDER_EARNINGS_COLUMNS, records)
+
+
+def _earnings_chunk(
+    lines: list[Line], owner: dict[int, int], rows: dict[tuple[str, int], dict[str, int]]
+) -> None:
+    """Add one chunk of payable postings to ``rows`` (month, provider) -> sums."""
+    usage_refs = {line.ref for line in lines if line.ref.startswith("usage:")}
+    seconds_of_usage: dict[tuple[str, int | None], int] = defaultdict(int)
+    for transfer_id, provider_id, quantity in UsageAccrual.objects.filter(
+        transfer_id__in=usage_refs, product="gpu_lease"
+    ).values_list("transfer_id", "provider_id", "quantity"):
+        seconds_of_usage[(transfer_id, provider_id)] += quantity
+    leases = {_lease_subject(line.ref) for line in lines if line.ref.startswith("hold:")}
+    seconds_of_lease: dict[tuple[str, int | None], int] = defaultdict(int)
+    for subject, provider_id, quantity in UsageAccrual.objects.filter(
+        subject__in=leases, product="gpu_lease", transfer_id=""
+    ).values_list("subject", "provider_id", "quantity"):
+        seconds_of_lease[(subject, provider_id)] += quantity
+    empty = {"gpu_seconds": 0, "payouts": 0, "earned": 0, "paid_out": 0, "reversed": 0, "other": 0}
+    for line in lines:
+        provider = owner[line.account_id]
+        row = rows.setdefault((_month(line.recorded_at), provider), dict(empty))
+        if line.ref.startswith("hold:payout:") and line.side == Account.Side.DEBIT:
+            row["paid_out"] += line.amount_micros
+            row["payouts"] += 1
+        elif line.ref.startswith("payout-reversal:"):
+            row["reversed"] += line.signed_credit
+        elif line.kind in ("usage", "hold") and line.side == Account.Side.CREDIT:
+            row["earned"] += line.amount_micros
+            if line.ref.startswith("usage:"):
+                row["gpu_seconds"] += seconds_of_usage.get((line.ref, provider), 0)
+            else:
+                row["gpu_seconds"] += seconds_of_lease.get((_lease_subject(line.ref), provider), 0)
+        else:
+            row["other"] += line.signed_credit
 
 
 # --- usage detail ---------------------------------------------------------------------

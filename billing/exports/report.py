@@ -42,18 +42,24 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import Max, Q, Sum
 from django.template import Context, Engine
 from django.utils import timezone
 
 from billing import events as ev
 from billing.exports.builders import Line, invoice_outstanding, journal, revenue_frame
 from billing.invoicing import month_bounds
-from billing.models import Account, CreditNote, Invoice, InvoiceLineEntry
+from billing.models import Account, CreditNote, Invoice, InvoiceLineEntry, Posting
 from billing.payments.models import Dispute, Payout, Refund, TopUp
 from core.models import Event
 from core.money import Money
 
+TRACED_KINDS = (
+    Account.Kind.RECEIVABLE,
+    Account.Kind.TAX_PAYABLE,
+    Account.Kind.ROUNDING,
+    Account.Kind.STRIPE_CLEARING,
+)
 # Entry kinds whose postings are explained by what they are.
 EXPLAINED_KINDS = {
     "usage": "usage charged, not yet on a finalized invoice",
@@ -281,10 +287,15 @@ def _compute(currency: str) -> Reconciliation:
     position = Event.objects.aggregate(p=Max("position"))["p"] or 0
     sections = []
 
-    everything = journal(Q(currency=currency))
     journal_section = Section("journal")
-    journal_section.ledger_micros = sum(x.amount_micros for x in everything if x.side == "D")
-    journal_section.documents_micros = sum(x.amount_micros for x in everything if x.side == "C")
+    totals = dict(
+        Posting.objects.filter(currency=currency)
+        .values_list("side")
+        .annotate(total=Sum("amount_micros"))
+        .values_list("side", "total")
+    )
+    journal_section.ledger_micros = int(totals.get("D") or 0)
+    journal_section.documents_micros = int(totals.get("C") or 0)
     journal_section.add(
         "",
         "total debits and total credits differ",
@@ -302,7 +313,8 @@ def _compute(currency: str) -> Reconciliation:
     ):
         kinds[pk] = kind
         account_names[pk] = f"{owner or 'platform'} {kind} (account {pk})"
-    for line in everything:
+    # The accounts documents speak for; revenue, payables and credit are the exports'.
+    for line in journal(Q(currency=currency, kind__in=TRACED_KINDS)):
         by_kind[kinds[line.account_id]].append(line)
 
     invoices = {

@@ -14,7 +14,7 @@ import dramatiq
 import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from dramatiq import Worker
 
 from billing import services as ledger
@@ -214,6 +214,28 @@ def test_exports_open_with_pandas_and_add_up_to_the_ledger(month, tmp_path, form
     rated = UsageAccrual.objects.filter(buyer_id=cast.buyer_a.pk).aggregate(s=Sum("amount_micros"))
     assert detail["amount_micros"].sum() == rated["s"]
     assert set(detail["product"]) == {"fine_tune", "inference", "gpu_lease"}
+
+
+@pytest.mark.django_db
+def test_reading_the_journal_in_small_chunks_gives_the_same_frames(month, monkeypatch):
+    _pay_out(month.provider_a)
+    now = datetime.now(UTC)
+    whole = [
+        builders.revenue_frame(currency="USD"),
+        builders.provider_earnings_frame(currency="USD"),
+        builders.deferred_revenue_frame(as_of=now),
+    ]
+    monkeypatch.setattr(builders, "CHUNK_ROWS", 1)  # every posting a chunk of its own
+    assert len(builders.journal(Q(kind__in=["revenue", "fees", "payable", "credit"]))) > 10
+    chunked = [
+        builders.revenue_frame(currency="USD"),
+        builders.provider_earnings_frame(currency="USD"),
+        builders.deferred_revenue_frame(as_of=now),
+    ]
+    for one, other in zip(whole, chunked, strict=True):
+        pd.testing.assert_frame_equal(one, other)
+    entries = {line.position for line in builders.journal(Q(kind__in=["revenue", "fees"]))}
+    assert whole[0]["entries"].sum() >= len(entries) > 1
 
 
 @pytest.mark.django_db
