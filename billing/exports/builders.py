@@ -22,8 +22,9 @@ Where a number comes from:
   always adds up to the ledger.
 - ``trial_balance`` and ``deferred_revenue``: postings recorded before ``as_of``.
 - ``provider_earnings``: postings to each provider's ``payable`` account, by month.
-- ``ar_aging``: open and past-due invoices, what is still owed on each (invoicing's
-  ``outstanding``) in buckets by days past the due date as of ``as_of``.
+- ``ar_aging``: open and past-due invoices finalized by ``as_of``, what is still
+  owed on each (invoicing's ``outstanding``, as it stands now) in buckets by days
+  past the due date on ``as_of``.
 """
 
 from __future__ import annotations
