@@ -98,7 +98,7 @@ def frame(columns: list[Column], records: list[dict[str, Any]]) -> pd.DataFrame:
         elif column.kind == "int?":
             df[column.name] = series.astype("Int64")
         elif column.kind == "text":
-            df[column.name] = series.astype("str")
+            df[column.name] = series.where(series.notna(), "").astype("str")
         elif column.kind == "time":
             df[column.name] = pd.to_datetime(series, utc=True).astype("datetime64[us, UTC]")
         elif column.kind == "date":
