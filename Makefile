@@ -5,8 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-# The embedded default: SQLite and an in-process broker, no servers.
-RUN_ENV := DEBUG=1 TANDEM_INPROCESS_WORKER=1
+# The embedded default: SQLite and an in-process broker, no servers. The serving
+# processes run dramatiq worker threads over their in-process broker; migrate and the
+# demo do not.
+RUN_ENV := DEBUG=1
+SERVE_ENV := $(RUN_ENV) TANDEM_INPROCESS_WORKER=1
 # The suite: PostgreSQL (DATABASE_URL, or the local server) and real Redis.
 TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
 TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/0)
@@ -30,7 +33,13 @@ run: install
 	mkdir -p var
 	$(RUN_ENV) $(PY) manage.py migrate --noinput
 	$(RUN_ENV) $(PY) manage.py demo
-	$(RUN_ENV) $(PY) manage.py runserver 127.0.0.1:$${PORT:-8000}
+	# Beside the web process: the follower (rating, invoices' accruals, the jobs'
+	# lifecycle, training on its in-process worker) and the matching loop. Ctrl-C, or
+	# the web process ending, stops all three.
+	trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
+	$(SERVE_ENV) $(PY) manage.py run_follower & \
+	$(SERVE_ENV) $(PY) manage.py run_matching & \
+	$(SERVE_ENV) $(PY) manage.py runserver 127.0.0.1:$${PORT:-8000}
 
 test: install
 	$(TEST_ENV) $(VENV)/bin/pytest -q
