@@ -30,7 +30,14 @@ from rest_framework.views import APIView
 from billing.apis import DecimalTextField, MoneyTextField
 from billing.invoicing import outstanding
 from billing.payments import collection, selectors, services, webhooks
-from billing.payments.models import ConnectedAccount, InvoicePayment, Payout, Refund, TopUp
+from billing.payments.models import (
+    ConnectedAccount,
+    InvoicePayment,
+    InvoiceRefund,
+    Payout,
+    Refund,
+    TopUp,
+)
 from billing.payments.stripe_client import PaymentsUnavailable
 from billing.payments.tasks import stripe_event_process_task
 from core.errors import InvalidInput, NotFound
@@ -576,6 +583,100 @@ class InvoicePaymentListApi(APIView):
             request=request,
             view=self,
         )
+
+
+class InvoiceRefundSerializer(serializers.ModelSerializer):
+    amount = MoneyTextField("amount_micros")
+
+    class Meta:
+        model = InvoiceRefund
+        fields = [
+            "id",
+            "payment",
+            "invoice",
+            "amount_micros",
+            "amount",
+            "currency",
+            "status",
+            "origin",
+            "credit_note",
+            "stripe_refund_id",
+            "reason",
+            "credit_micros",
+            "receivable_micros",
+            "failure_message",
+            "created_at",
+            "resolved_at",
+        ]
+
+
+class InvoiceRefundInputSerializer(serializers.Serializer):
+    amount = DecimalTextField(
+        help_text="the credit note's amount before tax; its tax is refunded with it"
+    )
+    reason = serializers.CharField(max_length=500)
+
+
+class InvoicePaymentDetailApi(APIView):
+    permission_classes = [IsOrgMember]
+
+    @extend_schema(
+        operation_id="invoice_payments_retrieve",
+        summary="One collection attempt, with its refunds",
+        tags=["payments"],
+        responses={
+            200: inline_serializer(
+                "InvoicePaymentDetail",
+                {
+                    "payment": InvoicePaymentSerializer(),
+                    "refunds": InvoiceRefundSerializer(many=True),
+                },
+            ),
+            **error_responses(401, 404),
+        },
+    )
+    def get(self, request: Request, payment_id: int) -> Response:
+        payment = selectors.invoice_payment_get(caller=get_caller(request), payment_id=payment_id)
+        refunds = selectors.refunds_for_invoice_payment(payment=payment)
+        return Response(
+            {
+                "payment": InvoicePaymentSerializer(payment).data,
+                "refunds": InvoiceRefundSerializer(refunds, many=True).data,
+            }
+        )
+
+
+class InvoicePaymentRefundApi(APIView):
+    permission_classes = [IsPlatformFinance]
+
+    @extend_schema(
+        operation_id="invoice_payments_refund",
+        summary="Refund an invoice payment with a credit note (operator finance)",
+        description="Issues a credit note of the amount (before tax) on the paid invoice "
+        "and returns its total, tax included, to the card that paid. If Stripe refuses, "
+        "the credit note stands as the buyer's prepaid credit.",
+        tags=["payments"],
+        request=InvoiceRefundInputSerializer,
+        responses={
+            201: InvoiceRefundSerializer,
+            **error_responses(400, 401, 403, 404, 409, 422, 503),
+        },
+    )
+    @idempotent(required=True, atomic=False)
+    def post(self, request: Request, payment_id: int) -> Response:
+        caller = get_caller(request)
+        payment = selectors.invoice_payment_get(caller=caller, payment_id=payment_id)
+        given = InvoiceRefundInputSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        data = given.validated_data
+        refund = collection.invoice_payment_refund(
+            payment_id=payment.pk,
+            amount_micros=_amount(data["amount"], "amount", payment.currency),
+            reason=data["reason"],
+            actor=_actor(caller),
+            request_key=f"api:{idempotency_key(request, required=True)}",
+        )
+        return Response(InvoiceRefundSerializer(refund).data, status=status.HTTP_201_CREATED)
 
 
 def _collection_body(invoice: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ INVOICE_COLLECTION_SKIPPED = "InvoiceCollectionSkipped"
 INVOICE_PAYMENT_ATTEMPTED = "InvoicePaymentAttempted"
 INVOICE_PAYMENT_SUCCEEDED = "InvoicePaymentSucceeded"
 INVOICE_PAYMENT_FAILED = "InvoicePaymentFailed"
+INVOICE_PAYMENT_REFUNDED = "InvoicePaymentRefunded"
 # The dunning email's source: one per failed attempt, with when the next one runs
 # (none on the final notice, when the invoice is written off).
 INVOICE_PAYMENT_REMINDER_SENT = "InvoicePaymentReminderSent"
@@ -187,3 +188,20 @@ class InvoicePaymentReminderSent(_Payload):
     failure_message: str
     next_retry_at: str | None  # ISO 8601 UTC; None on the final notice
     final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaymentRefunded(_Payload):
+    schema_version = 1
+    organization: int
+    invoice: int
+    number: str
+    payment: int
+    refund: int
+    amount_micros: int
+    currency: str
+    origin: str
+    credit_note: str  # its number; empty for a refund made in Stripe's dashboard
+    credit_micros: int
+    receivable_micros: int
+    stripe_refund: str

@@ -473,3 +473,62 @@ class InvoicePayment(models.Model):
     @property
     def idempotency_key(self) -> str:
         return f"tandem-invoice-{self.invoice_id}-attempt-{self.attempt}"
+
+
+class InvoiceRefund(models.Model):
+    """Money of an invoice payment returned to the buyer's card.
+
+    Refunds finance starts (``tandem``) are corrections: a credit note on the invoice
+    (before tax; its tax is given back too) puts its total on the buyer's prepaid
+    credit, a ledger hold ``invoice-refund:<id>`` reserves that credit at once, and it
+    is posted to Stripe clearing when Stripe accepts the refund (released when Stripe
+    refuses: the credit note's credit then stays with the buyer). Refunds made in
+    Stripe's dashboard (``stripe``) arrive by webhook with no credit note: they are
+    clawed back from unused credit, the rest owed again (receivable), as top-ups are."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    class Origin(models.TextChoices):
+        TANDEM = "tandem"
+        STRIPE = "stripe"
+
+    payment = models.ForeignKey(InvoicePayment, on_delete=models.PROTECT, related_name="refunds")
+    invoice = models.ForeignKey("billing.Invoice", on_delete=models.PROTECT, related_name="+")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    amount_micros = models.BigIntegerField()  # returned to the card, tax included
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.TANDEM)
+    credit_note = models.CharField(max_length=40, blank=True, default="")  # its number
+    stripe_refund_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    requested_by = models.CharField(max_length=200, blank=True, default="")
+    request_key = models.CharField(max_length=200, blank=True, default="")
+    # Stripe-made refunds: how the claw-back split (unused credit, owed again).
+    credit_micros = models.BigIntegerField(default=0)
+    receivable_micros = models.BigIntegerField(default=0)
+    failure_message = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_micros__gt=0), name="invoice_refund_amount_positive"
+            ),
+            models.UniqueConstraint(
+                fields=["payment", "request_key"],
+                condition=~Q(request_key=""),
+                name="invoice_refund_request_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund {self.pk} of invoice payment {self.payment_id} ({self.status})"
+
+    @property
+    def hold_id(self) -> str:
+        return f"invoice-refund:{self.pk}"

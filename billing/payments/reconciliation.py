@@ -13,7 +13,7 @@ records every object where the two differ:
 Journal entries name their Stripe object through our rows (``topup:<id>`` → the
 top-up's charge, ``refund:<id>`` → the refund, ``payout:<id>`` → the transfer,
 ``invoice:<key>:paid`` and ``invoice-payment:<id>:excess`` → the charge of the
-collection attempt that paid the invoice) or
+collection attempt that paid the invoice, ``invoice-refund:<id>`` → its refund) or
 directly (``refund:re_…``, ``dispute:dp_…``, ``payout-reversal:trr_…``). Stripe's
 processing fees are not booked by the ledger and are not compared (gross amounts).
 A payment made just before midnight whose balance transaction falls after it shows
@@ -34,6 +34,7 @@ from django.utils import timezone
 from billing.models import Account, Posting
 from billing.payments.models import (
     InvoicePayment,
+    InvoiceRefund,
     Payout,
     ReconciliationDifference,
     ReconciliationRun,
@@ -110,6 +111,15 @@ def _sources(refs: list[str]) -> dict[str, str]:
             found[excess[pk]] = charge or intent or ""
         if key in invoice_keys:
             found[invoice_keys[key]] = charge or intent or ""
+    invoice_refunds = {
+        int(ref.split(":")[1]): ref
+        for ref in refs
+        if ref.startswith("invoice-refund:") and ref.split(":")[1].isdigit()
+    }
+    for pk, refund_id in InvoiceRefund.objects.filter(pk__in=invoice_refunds).values_list(
+        "pk", "stripe_refund_id"
+    ):
+        found[invoice_refunds[pk]] = refund_id or ""
     for pk, charge, intent in TopUp.objects.filter(pk__in=ids["topup"]).values_list(
         "pk", "charge_id", "payment_intent_id"
     ):

@@ -19,6 +19,7 @@ from billing.payments.models import (
     ConnectedAccount,
     InvoiceCollection,
     InvoicePayment,
+    InvoiceRefund,
     Payout,
     ReconciliationDifference,
     ReconciliationRun,
@@ -138,3 +139,17 @@ def invoice_payments_for_caller(
 
 def invoice_collection_for(*, invoice: Invoice) -> InvoiceCollection | None:
     return InvoiceCollection.objects.filter(invoice=invoice).first()
+
+
+def invoice_payment_get(*, caller: Caller, payment_id: int) -> InvoicePayment:
+    found = invoice_payments_for_caller(caller=caller).filter(pk=payment_id).first()
+    if found is None:
+        raise NotFound(
+            f"no invoice payment {payment_id} in your organization",
+            details={"payment": payment_id},
+        )
+    return found
+
+
+def refunds_for_invoice_payment(*, payment: InvoicePayment) -> QuerySet[InvoiceRefund]:
+    return payment.refunds.order_by("pk")

@@ -8,7 +8,9 @@ from billing.payments.apis import (
     ConnectedAccountApi,
     InvoiceCollectionApi,
     InvoiceCollectionRetryApi,
+    InvoicePaymentDetailApi,
     InvoicePaymentListApi,
+    InvoicePaymentRefundApi,
     PaymentMethodSaveApi,
     PayoutDetailApi,
     PayoutListApi,
@@ -32,6 +34,16 @@ urlpatterns = [
     path("billing/payment-methods", PaymentMethodSaveApi.as_view(), name="payment-methods"),
     path("billing/auto-recharge", AutoRechargeApi.as_view(), name="auto-recharge"),
     path("billing/invoice-payments", InvoicePaymentListApi.as_view(), name="invoice-payments"),
+    path(
+        "billing/invoice-payments/<int:payment_id>",
+        InvoicePaymentDetailApi.as_view(),
+        name="invoice-payment-detail",
+    ),
+    path(
+        "billing/invoice-payments/<int:payment_id>/refunds",
+        InvoicePaymentRefundApi.as_view(),
+        name="invoice-payment-refunds",
+    ),
     path(
         "billing/invoice-collections/<int:invoice_id>",
         InvoiceCollectionApi.as_view(),

@@ -119,14 +119,24 @@ def _checkout_session(obj: dict[str, Any], event_type: str, fetched: Any) -> str
     return services.top_up_apply_checkout_session(session=obj, event_type=event_type)
 
 
+def _one_refund(stripe_refund: dict[str, Any], charge: dict[str, Any] | None = None) -> str:
+    # A refund of an invoice payment (billing.payments.collection), else of a top-up.
+    outcome = collection.invoice_refund_apply_from_stripe(
+        stripe_refund=stripe_refund, charge=charge
+    )
+    if outcome is not None:
+        return outcome
+    return services.refund_apply_from_stripe(stripe_refund=stripe_refund, charge=charge)
+
+
 def _charge_refunded(obj: dict[str, Any], event_type: str, fetched: Any) -> str:
     refunds = fetched if fetched is not None else ((obj.get("refunds") or {}).get("data") or [])
-    outcomes = [services.refund_apply_from_stripe(stripe_refund=r, charge=obj) for r in refunds]
+    outcomes = [_one_refund(r, obj) for r in refunds]
     return "; ".join(outcomes) or "no refunds listed"
 
 
 def _refund(obj: dict[str, Any], event_type: str, fetched: Any) -> str:
-    return services.refund_apply_from_stripe(stripe_refund=obj)
+    return _one_refund(obj)
 
 
 def _dispute(obj: dict[str, Any], event_type: str, fetched: Any) -> str:

@@ -24,7 +24,7 @@ from billing.invoicing import (
     invoice_finalize,
     outstanding,
 )
-from billing.models import Account, Balance, Invoice
+from billing.models import Account, Balance, BillingProfile, Invoice
 from billing.payments import collection, services
 from billing.payments import events as pev
 from billing.payments.models import InvoiceCollection, InvoicePayment, StripeCustomer, StripeEvent
@@ -418,3 +418,82 @@ def test_buyers_see_their_own_attempts_and_only_finance_retries(cast, stripe_on)
     assert paid_again.status_code == 409
     _receivable_is_what_invoices_owe(org)
     _ledger_balances()
+
+
+@pytest.mark.django_db
+def test_refunding_an_invoice_payment_issues_a_credit_note_and_returns_its_total(cast, stripe_on):
+    # given: buyer B (19% tax) paid a $119.00 invoice by its saved card
+    org = cast.buyer_b
+    BillingProfile.objects.create(organization=org, tax_rate_bps=1900, legal_name="Buyer B GmbH")
+    services.payment_method_save(organization=org, payment_method_id="pm_card_visa")
+    invoice = _finalized_invoice(org, 100_000_000)
+    assert invoice.amount_due_micros == 119_000_000
+    followers_run_until_idle([collection.invoice_collection_follower])
+    [payment] = InvoicePayment.objects.filter(invoice=invoice)
+    payment = collection.invoice_payment_submit(payment_id=payment.pk)
+    intent = stripe_on.get(f"/v1/payment_intents/{payment.payment_intent_id}")
+    _deliver(cast.anonymous, make_event("evt_inv_paid", "payment_intent.succeeded", intent))
+    stripe_event_process(event_id="evt_inv_paid")
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID
+    revenue, tax = _platform(Account.Kind.REVENUE), _platform(Account.Kind.TAX_PAYABLE)
+
+    # when: finance refunds $10.00 of it (before tax)
+    path = f"/api/v1/billing/invoice-payments/{payment.pk}/refunds"
+    body = {"amount": "10.00", "reason": "GPU outage on the 3rd"}
+    assert (
+        cast.client(org, role="admin").post(path, body, HTTP_IDEMPOTENCY_KEY="x").status_code == 403
+    )
+    response = cast.finance.post(path, body, format="json", HTTP_IDEMPOTENCY_KEY="rf-1")
+    assert response.status_code == 201, response.json()
+    refund = response.json()
+    assert (refund["amount"], refund["status"]) == ("11.90", "succeeded")
+    assert refund["credit_note"].startswith("TDM-CN-")
+    again = cast.finance.post(path, body, format="json", HTTP_IDEMPOTENCY_KEY="rf-1")
+    assert again.json()["id"] == refund["id"]
+
+    # then: a credit note corrects revenue and tax, and Stripe returned its total
+    stripe_refunds = stripe_on.get("/v1/refunds", payment_intent=payment.payment_intent_id)["data"]
+    assert [r["amount"] for r in stripe_refunds] == [1190]
+    invoice.refresh_from_db()
+    assert invoice.credited_micros == 11_900_000 and invoice.status == Invoice.Status.PAID
+    assert _platform(Account.Kind.REVENUE) == revenue - 10_000_000
+    assert _platform(Account.Kind.TAX_PAYABLE) == tax - 1_900_000
+    assert _platform(Account.Kind.STRIPE_CLEARING) == 119_000_000 - 11_900_000
+    assert _balance(org, Account.Kind.CREDIT) == 0  # given by the note, returned to the card
+    _receivable_is_what_invoices_owe(org)
+    _ledger_balances()
+    [note_event] = _events(pev.INVOICE_PAYMENT_REFUNDED, invoice)
+    assert note_event["credit_note"] == refund["credit_note"]
+
+    # Stripe's own report of that refund changes nothing more
+    charge = stripe_on.get(f"/v1/charges/{payment.charge_id or stripe_refunds[0]['charge']}")
+    _deliver(cast.anonymous, make_event("evt_inv_refunded_1", "charge.refunded", charge))
+    stripe_event_process(event_id="evt_inv_refunded_1")
+    assert _platform(Account.Kind.STRIPE_CLEARING) == 107_100_000
+    # more than the invoice's subtotal left cannot be credited or refunded
+    too_much = cast.finance.post(
+        path, {"amount": "90.01", "reason": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="rf-2"
+    )
+    assert too_much.status_code == 400, too_much.json()
+    assert invoice.credit_notes.count() == 1
+
+    # a refund made in Stripe's dashboard: no credit note, so the buyer owes it again
+    made = stripe_on.post("/v1/refunds", payment_intent=payment.payment_intent_id, amount=500)
+    charge = stripe_on.get(f"/v1/charges/{made['charge']}")
+    _deliver(cast.anonymous, make_event("evt_inv_refunded_2", "charge.refunded", charge))
+    stripe_event_process(event_id="evt_inv_refunded_2")
+    assert _platform(Account.Kind.STRIPE_CLEARING) == 107_100_000 - 5_000_000
+    assert _balance(org, Account.Kind.RECEIVABLE) == 5_000_000
+    _ledger_balances()
+    day = reconciliation_run(day=timezone.now().date(), currency="USD")
+    assert not day.differences.filter(source_id__in=[made["id"], refund["stripe_refund_id"]])
+
+    # the buyer reads the payment and both refunds; another buyer cannot
+    detail = cast.client(org, role="member").get(f"/api/v1/billing/invoice-payments/{payment.pk}")
+    assert [(r["origin"], r["amount"]) for r in detail.json()["refunds"]] == [
+        ("tandem", "11.90"),
+        ("stripe", "5.00"),
+    ]
+    other = cast.client(cast.buyer_a, role="admin")
+    assert other.get(f"/api/v1/billing/invoice-payments/{payment.pk}").status_code == 404
