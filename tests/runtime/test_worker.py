@@ -187,3 +187,24 @@ def test_a_killed_workers_job_resumes_on_another_and_is_billed_once_per_step(cas
     assert training_usage("ft-killed") == {
         f"ft-killed:{step}:train": tokens for step, tokens in expected.items()
     }
+
+
+def test_a_run_the_broker_gives_up_on_fails_for_good_with_the_reason(cast):
+    # given a submitted run whose every delivery failed (here: its file went missing)
+    spec = spec_dict("ft-gives-up", organization_id=cast.buyer_a.pk)
+    services.training_run_submit(spec=spec)
+    message = training_run.message(spec["job_id"], cast.buyer_a.pk, spec)
+    data = {**message.asdict(), "options": {"traceback": "FileNotFoundError: missing.jsonl"}}
+
+    # when the broker's retries run out (dramatiq sends on_retry_exhausted)
+    assert training_run.options["on_retry_exhausted"] == "training_run_exhausted"
+    dramatiq.get_broker().get_actor("training_run_exhausted").fn(
+        data, {"retries": 6, "max_retries": 5}
+    )
+
+    # then the run is failed, once, with the reason, and says it will not retry
+    run = TrainingRun.objects.get(job_id="ft-gives-up")
+    assert run.state == TrainingRun.State.FAILED
+    assert "gave up after 6 attempts" in run.error and "missing.jsonl" in run.error
+    failed = [e for e in training_events(job_id="ft-gives-up") if e.type == "TrainingFailed"]
+    assert len(failed) == 1 and failed[0].payload["will_retry"] is False
