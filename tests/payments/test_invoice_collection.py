@@ -8,6 +8,7 @@ their own attempts only, and only operator finance may retry one now."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -15,6 +16,7 @@ from itertools import count
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from billing import services as ledger
@@ -497,3 +499,46 @@ def test_refunding_an_invoice_payment_issues_a_credit_note_and_returns_its_total
     ]
     other = cast.client(cast.buyer_a, role="admin")
     assert other.get(f"/api/v1/billing/invoice-payments/{payment.pk}").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dunning_runs_at_once_start_each_due_retry_once(cast, stripe_on):
+    # given: two buyers' invoices, each declined once and due for its first retry
+    invoices = []
+    for org in (cast.buyer_a, cast.buyer_b):
+        services.payment_method_save(
+            organization=org, payment_method_id="pm_card_chargeCustomerFail"
+        )
+        invoices.append(_finalized_invoice(org, 30_000_000))
+    followers_run_until_idle([collection.invoice_collection_follower])
+    t0 = timezone.now()
+    for payment in InvoicePayment.objects.order_by("pk"):
+        assert collection.invoice_payment_submit(payment_id=payment.pk, now=t0).status == "failed"
+
+    # when: two runners run the dunning at the same moment, in their own connections
+    barrier = threading.Barrier(2)
+    started: list[list[int]] = []
+
+    def runner() -> None:
+        try:
+            barrier.wait(timeout=10)
+            run = collection.invoice_dunning_run(now=t0 + timedelta(days=1))
+            started.append(run.started)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # then: each invoice got exactly one retry, from one runner or the other
+    assert sorted(len(s) for s in started) in ([0, 2], [1, 1])
+    for invoice in invoices:
+        attempts = InvoicePayment.objects.filter(invoice=invoice).order_by("attempt")
+        assert [(p.attempt, p.trigger) for p in attempts] == [(1, "finalized"), (2, "scheduled")]
+        assert len(_events(pev.INVOICE_PAYMENT_REMINDER_SENT, invoice)) == 2
+        state = InvoiceCollection.objects.get(invoice=invoice)
+        assert (state.retries_done, state.next_retry_at) == (1, t0 + timedelta(days=3))
+    _ledger_balances()
