@@ -6,9 +6,12 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the rating follower, so `manage.py run_follower` runs it.
-        from billing import rating  # noqa: F401
         # The accrual and welcome-credit followers, and the price book's port.
-        from billing import accrual, pricebook  # noqa: F401
+        from billing import (  # noqa: F401
+            accrual,
+            pricebook,
+            rating,
+        )
         from billing.exports import tasks as _export_tasks  # noqa: F401  (the export actor)
         from core import ports as _ports
 

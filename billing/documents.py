@@ -45,8 +45,12 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     buffer = io.BytesIO()
     title = f"Invoice {doc.get('number') or 'DRAFT'}"
     pdf = SimpleDocTemplate(
-        buffer, pagesize=A4, title=title, author=str(doc.get("issuer", "")),
-        leftMargin=18 * mm, rightMargin=18 * mm,
+        buffer,
+        pagesize=A4,
+        title=title,
+        author=str(doc.get("issuer", "")),
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
     )
     story: list[Any] = [Paragraph(title, styles["Title"])]
     period = doc.get("period", {})
@@ -56,10 +60,18 @@ def invoice_pdf(invoice: Invoice) -> bytes:
         else f"period {period.get('start', '')[:10]} to {period.get('end', '')[:10]} (exclusive)"
     )
     buyer = doc.get("buyer", {})
-    story.append(Paragraph(f"Issuer {doc.get('issuer')} · {doc.get('currency')} · {scope}", styles["Normal"]))
-    story.append(Paragraph(f"Bill to: {buyer.get('legal_name', '')} {buyer.get('tax_id', '')}", styles["Normal"]))
+    story.append(
+        Paragraph(f"Issuer {doc.get('issuer')} · {doc.get('currency')} · {scope}", styles["Normal"])
+    )
+    story.append(
+        Paragraph(
+            f"Bill to: {buyer.get('legal_name', '')} {buyer.get('tax_id', '')}", styles["Normal"]
+        )
+    )
     if doc.get("finalized_at"):
-        story.append(Paragraph(f"Finalized {doc['finalized_at']} · due {doc['due_at']}", styles["Normal"]))
+        story.append(
+            Paragraph(f"Finalized {doc['finalized_at']} · due {doc['due_at']}", styles["Normal"])
+        )
     story.append(Spacer(1, 6 * mm))
     small = styles["BodyText"].clone("small", fontSize=8, leading=10)
     rows: list[list[Any]] = [["#", "Description", "Quantity", "Unit price", "Amount"]]

@@ -66,7 +66,9 @@ class Statement:
         return sum(amount for _, amount, _ in self.payouts)
 
 
-def statement_compute(*, provider: Organization, period: date, currency: str | None = None) -> Statement:
+def statement_compute(
+    *, provider: Organization, period: date, currency: str | None = None
+) -> Statement:
     currency = currency or settings.TANDEM_CURRENCY
     start, end = month_bounds(period)
     payable = Account.objects.filter(
@@ -79,11 +81,10 @@ def statement_compute(*, provider: Organization, period: date, currency: str | N
         .order_by("entry_id")
         .values_list("entry_id", "side", "amount_micros")
     )
-    events = {
-        e.position: e
-        for e in Event.objects.filter(position__in=[p[0] for p in postings])
-    }
-    fees_account = Account.objects.filter(organization=None, kind=Account.Kind.FEES, currency=currency).first()
+    events = {e.position: e for e in Event.objects.filter(position__in=[p[0] for p in postings])}
+    fees_account = Account.objects.filter(
+        organization=None, kind=Account.Kind.FEES, currency=currency
+    ).first()
     lines: dict[tuple[str, str], StatementLine] = {}
     payouts = []
 
@@ -119,10 +120,9 @@ def statement_compute(*, provider: Organization, period: date, currency: str | N
         node, gpu_model, seconds = "", "", 0
         if event.type == ev.HOLD_POSTED:
             subject = payload["hold_id"].rsplit(":w", 1)[0]
-            found = (
-                UsageAccrual.objects.filter(subject=subject, provider_id=provider.pk, product="gpu_lease")
-                .values_list("node", "gpu_model", "quantity")
-            )
+            found = UsageAccrual.objects.filter(
+                subject=subject, provider_id=provider.pk, product="gpu_lease"
+            ).values_list("node", "gpu_model", "quantity")
             for n, g, q in found:
                 node, gpu_model = n, g
                 seconds += q
@@ -133,7 +133,8 @@ def statement_compute(*, provider: Organization, period: date, currency: str | N
         target.entries.append(position)
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT COALESCE(SUM(CASE WHEN side = 'C' THEN amount_micros ELSE -amount_micros END), 0) "
+            "SELECT COALESCE(SUM("
+            "CASE WHEN side = 'C' THEN amount_micros ELSE -amount_micros END), 0) "
             "FROM billing_posting WHERE account_id = %s AND recorded_at < %s",
             [payable.pk, end],
         )

@@ -289,5 +289,7 @@ class PriceBookPort(Protocol):
         ...
 
     def fine_tune_job_closed(self, *, organization_id: int, job: str) -> int:
-        """Call when a job ends: tops its bill up to the minimum; returns what was added."""
+        """Call when a job succeeds: tops its bill up to the minimum; returns what was
+        added (0 when its usage reached the minimum, or when it has no rated usage: a
+        job billed nothing owes no minimum). Idempotent per job."""
         ...

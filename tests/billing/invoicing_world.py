@@ -33,8 +33,13 @@ def event(org, usage_type, quantity, at, **dims) -> UsageEventIn:
     else:
         subject = SubjectIn(org=org.pk, deployment="dep-1")
     return UsageEventIn(
-        id=f"w{n}", source="test", type=usage_type, subject=subject, time=at,
-        quantity=quantity, dimensions=dims,
+        id=f"w{n}",
+        source="test",
+        type=usage_type,
+        subject=subject,
+        time=at,
+        quantity=quantity,
+        dimensions=dims,
     )
 
 
@@ -50,7 +55,10 @@ def settle() -> None:
 
 def grant(org, amount: int, transfer_id: str) -> None:
     services.credits_grant(
-        organization=org, amount_micros=amount, currency="USD", reason="top-up",
+        organization=org,
+        amount_micros=amount,
+        currency="USD",
+        reason="top-up",
         transfer_id=transfer_id,
     )
 
@@ -60,13 +68,21 @@ def balance(org, kind: str) -> int:
     if account is None:
         return 0
     b = Balance.objects.get(account=account)
-    return b.credits_posted - b.debits_posted if account.normal_side == "C" else b.debits_posted - b.credits_posted
+    return (
+        b.credits_posted - b.debits_posted
+        if account.normal_side == "C"
+        else b.debits_posted - b.credits_posted
+    )
 
 
 def platform(kind: str) -> int:
     account = services.platform_account(kind=kind, currency="USD")
     b = Balance.objects.get(account=account)
-    return b.credits_posted - b.debits_posted if account.normal_side == "C" else b.debits_posted - b.credits_posted
+    return (
+        b.credits_posted - b.debits_posted
+        if account.normal_side == "C"
+        else b.debits_posted - b.credits_posted
+    )
 
 
 def generate_month(cast, *, events_per_buyer: int = 400, seed: int = 7) -> list[UsageEventIn]:
@@ -85,22 +101,41 @@ def generate_month(cast, *, events_per_buyer: int = 400, seed: int = 7) -> list[
             if roll < 0.35:
                 job = f"ft-{org.pk}-{rng.randrange(3)}"
                 events.append(
-                    event(org, rng.choice(["tokens.training", "tokens.evaluation"]),
-                          rng.randrange(1, 400_000), at, job=job, model=models[rng.randrange(2)],
-                          training_type=rng.choice(["lora-sft", "full-dpo"]))
+                    event(
+                        org,
+                        rng.choice(["tokens.training", "tokens.evaluation"]),
+                        rng.randrange(1, 400_000),
+                        at,
+                        job=job,
+                        model=models[rng.randrange(2)],
+                        training_type=rng.choice(["lora-sft", "full-dpo"]),
+                    )
                 )
             elif roll < 0.75:
                 events.append(
-                    event(org, rng.choice(["tokens.prompt", "tokens.completion"]),
-                          rng.randrange(1, 200_000), at, model=rng.choice(models))
+                    event(
+                        org,
+                        rng.choice(["tokens.prompt", "tokens.completion"]),
+                        rng.randrange(1, 200_000),
+                        at,
+                        model=rng.choice(models),
+                    )
                 )
             else:
                 provider = rng.choice([cast.provider_a, cast.provider_b])
                 events.append(
-                    event(org, "gpu.seconds", rng.randrange(1, 3600), at,
-                          lease=f"lease-{org.pk}-{i % 5}", gpu_model=rng.choice(["H100", "A100"]),
-                          provider=provider.pk, node=f"node-{provider.pk}-{i % 2}",
-                          region="eu-west", lease_price_micros_per_hour=rng.choice([2_490_000, 1_100_001]))
+                    event(
+                        org,
+                        "gpu.seconds",
+                        rng.randrange(1, 3600),
+                        at,
+                        lease=f"lease-{org.pk}-{i % 5}",
+                        gpu_model=rng.choice(["H100", "A100"]),
+                        provider=provider.pk,
+                        node=f"node-{provider.pk}-{i % 2}",
+                        region="eu-west",
+                        lease_price_micros_per_hour=rng.choice([2_490_000, 1_100_001]),
+                    )
                 )
     events.sort(key=lambda e: e.time)
     return events

@@ -52,7 +52,9 @@ def _fresh_price_book():
 def _usage_debits(org) -> int:
     """What rating charged the org, from the journal alone (entries usage:*)."""
     accounts = list(
-        Account.objects.filter(organization=org, kind__in=["credit", "receivable"]).values_list("pk", flat=True)
+        Account.objects.filter(organization=org, kind__in=["credit", "receivable"]).values_list(
+            "pk", flat=True
+        )
     )
     total = 0
     for posting in Posting.objects.filter(account_id__in=accounts, side="D"):
@@ -64,7 +66,9 @@ def _usage_debits(org) -> int:
 
 @pytest.fixture
 def month(cast):
-    BillingProfile.objects.create(organization=cast.buyer_b, tax_rate_bps=1900, legal_name="Buyer B GmbH")
+    BillingProfile.objects.create(
+        organization=cast.buyer_b, tax_rate_bps=1900, legal_name="Buyer B GmbH"
+    )
     record(generate_month(cast, events_per_buyer=300))
     settle()
     return cast
@@ -79,7 +83,9 @@ def test_a_closed_month_equals_the_ledger_to_the_micro_unit_and_the_cent(month):
         invoice = invoices[org.pk]
         # before rounding: the lines are exactly what rating charged
         assert invoice.subtotal_exact_micros == _usage_debits(org) > 0
-        assert sum(line.exact_micros for line in invoice.lines.all()) == invoice.subtotal_exact_micros
+        assert (
+            sum(line.exact_micros for line in invoice.lines.all()) == invoice.subtotal_exact_micros
+        )
         # every line traces to journal entries that add up to it
         for line in invoice.lines.all():
             assert sum(e.amount_micros for e in line.entries.all()) == line.exact_micros
@@ -90,7 +96,9 @@ def test_a_closed_month_equals_the_ledger_to_the_micro_unit_and_the_cent(month):
     assert platform("rounding") == sum(i.rounding_micros for i in invoices.values())
     assert platform("tax_payable") == sum(i.tax_micros for i in invoices.values()) > 0
     b = invoices[cast.buyer_b.pk]
-    assert b.tax_micros == Money(b.subtotal_micros * 19 // 100, "USD").round_to_minor().amount_micros
+    assert (
+        b.tax_micros == Money(b.subtotal_micros * 19 // 100, "USD").round_to_minor().amount_micros
+    )
     assert balance(cast.buyer_b, "receivable") == b.amount_due_micros > 0
     assert b.status == "open" and b.number.startswith("TDM-")
     a = invoices[cast.buyer_a.pk]
@@ -109,7 +117,17 @@ def test_close_is_idempotent_and_late_usage_goes_to_the_next_month(month):
     before = {i.key: (i.number, i.document_sha256) for i in Invoice.objects.all()}
     entries = Event.objects.order_by("-position").first().position
     # late usage for October, after the close
-    record([event(cast.buyer_a, "tokens.prompt", 5_000_000, START + timedelta(days=3), model="llama-3.1-8b")])
+    record(
+        [
+            event(
+                cast.buyer_a,
+                "tokens.prompt",
+                5_000_000,
+                START + timedelta(days=3),
+                model="llama-3.1-8b",
+            )
+        ]
+    )
     settle()
     late = UsageAccrual.objects.filter(buyer_id=cast.buyer_a.pk).order_by("-id").first()
     assert late.period.month == 11
@@ -132,20 +150,29 @@ def test_replaying_the_event_store_regenerates_byte_identical_invoices(month):
         i.key: (invoice_json(i), invoice_html(i), invoice_pdf(i), i.status, i.credited_micros)
         for i in Invoice.objects.all()
     }
-    links = sorted(InvoiceLineEntry.objects.values_list("entry_position", "transfer_id", "amount_micros"))
+    links = sorted(
+        InvoiceLineEntry.objects.values_list("entry_position", "transfer_id", "amount_micros")
+    )
     assert invoices_rebuild() == 2
     again = {
         i.key: (invoice_json(i), invoice_html(i), invoice_pdf(i), i.status, i.credited_micros)
         for i in Invoice.objects.all()
     }
     assert again == renders
-    assert sorted(InvoiceLineEntry.objects.values_list("entry_position", "transfer_id", "amount_micros")) == links
+    assert (
+        sorted(
+            InvoiceLineEntry.objects.values_list("entry_position", "transfer_id", "amount_micros")
+        )
+        == links
+    )
 
 
 def test_the_pdf_opens_and_holds_the_totals(month):
     period_close(period=PERIOD, now=CLOSE_AT)
     invoice = Invoice.objects.get(organization=month.buyer_b)
-    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(invoice_pdf(invoice))).pages)
+    text = "".join(
+        page.extract_text() for page in PdfReader(io.BytesIO(invoice_pdf(invoice))).pages
+    )
     assert invoice.number in text
     assert Money(invoice.total_micros, "USD").format() in text
     assert Money(invoice.amount_due_micros, "USD").format() in text
@@ -159,11 +186,15 @@ def test_finalized_invoices_do_not_change_and_a_credit_note_corrects(month):
     invoice = Invoice.objects.get(organization=cast.buyer_b)
     frozen = (invoice.number, invoice.document_sha256, invoice.total_micros)
     # a refresh leaves it alone; so does a second finalization
-    assert invoice_draft_refresh(organization=cast.buyer_b, period=PERIOD).document_sha256 == frozen[1]
+    assert (
+        invoice_draft_refresh(organization=cast.buyer_b, period=PERIOD).document_sha256 == frozen[1]
+    )
     owed = outstanding(invoice)
     receivable = balance(cast.buyer_b, "receivable")
     revenue = platform("revenue")
-    note = credit_note_issue(invoice=invoice, amount_micros=2_000_000, reason="a failed job", key="cn-b")
+    note = credit_note_issue(
+        invoice=invoice, amount_micros=2_000_000, reason="a failed job", key="cn-b"
+    )
     assert note.tax_micros == 380_000 and note.total_micros == 2_380_000
     assert note.number.startswith("TDM-CN-")
     invoice.refresh_from_db()
@@ -172,9 +203,14 @@ def test_finalized_invoices_do_not_change_and_a_credit_note_corrects(month):
     assert balance(cast.buyer_b, "receivable") == receivable - 2_380_000
     assert platform("revenue") == revenue - 2_000_000
     # the same key again is the same note; too much is refused
-    assert credit_note_issue(invoice=invoice, amount_micros=2_000_000, reason="x", key="cn-b").pk == note.pk
+    assert (
+        credit_note_issue(invoice=invoice, amount_micros=2_000_000, reason="x", key="cn-b").pk
+        == note.pk
+    )
     with pytest.raises(Exception, match="at most the invoice subtotal"):
-        credit_note_issue(invoice=invoice, amount_micros=invoice.subtotal_micros, reason="x", key="cn-c")
+        credit_note_issue(
+            invoice=invoice, amount_micros=invoice.subtotal_micros, reason="x", key="cn-c"
+        )
     # a paid invoice cannot be voided, only credited
     invoice_mark_paid(invoice=invoice, payment_reference="pi_9")
     assert balance(cast.buyer_b, "receivable") == receivable - owed
@@ -201,14 +237,37 @@ def test_a_price_change_mid_month_bills_each_side_at_its_own_price(cast):
     from billing.pricebook import price_schedule
 
     price_schedule(
-        item="inference", tier="up-to-16b", variant="prompt", value=150_000,
-        effective_from=START + timedelta(days=15), now=START, reason="new prompt price",
+        item="inference",
+        tier="up-to-16b",
+        variant="prompt",
+        value=150_000,
+        effective_from=START + timedelta(days=15),
+        now=START,
+        reason="new prompt price",
     )
-    services.credits_grant(organization=cast.buyer_a, amount_micros=5_000_000, currency="USD", reason="t", transfer_id="t1")
+    services.credits_grant(
+        organization=cast.buyer_a,
+        amount_micros=5_000_000,
+        currency="USD",
+        reason="t",
+        transfer_id="t1",
+    )
     record(
         [
-            event(cast.buyer_a, "tokens.prompt", 1_000_000, START + timedelta(days=14, hours=23), model="llama-3.1-8b"),
-            event(cast.buyer_a, "tokens.prompt", 1_000_000, START + timedelta(days=15), model="llama-3.1-8b"),
+            event(
+                cast.buyer_a,
+                "tokens.prompt",
+                1_000_000,
+                START + timedelta(days=14, hours=23),
+                model="llama-3.1-8b",
+            ),
+            event(
+                cast.buyer_a,
+                "tokens.prompt",
+                1_000_000,
+                START + timedelta(days=15),
+                model="llama-3.1-8b",
+            ),
         ]
     )
     settle()
@@ -230,7 +289,13 @@ def test_numbers_have_no_gaps_under_concurrent_finalization(cast):
     buyers = [core.org_create(name=f"Concurrent {n}", kind="buyer") for n in range(6)]
     record(
         [
-            event(org, "tokens.prompt", 100_000 * (n + 1), START + timedelta(days=2), model="llama-3.1-8b")
+            event(
+                org,
+                "tokens.prompt",
+                100_000 * (n + 1),
+                START + timedelta(days=2),
+                model="llama-3.1-8b",
+            )
             for n, org in enumerate(buyers)
         ]
     )
