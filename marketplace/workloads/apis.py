@@ -22,8 +22,10 @@ from django.core import signing
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -47,6 +49,28 @@ class V1Api(APIView):
 
     def get_exception_handler(self):  # type: ignore[no-untyped-def]
         return openai_exception_handler
+
+
+class _BytesNegotiation(DefaultContentNegotiation):
+    """A download answers its bytes whatever the Accept header names: the official
+    clients ask for ``application/octet-stream`` (Together's weights) and
+    ``application/binary`` (both clients' file content), a browser for ``*/*``. RFC
+    9110 (12.5.1) lets a server disregard Accept rather than answer 406, and the bytes
+    are the only form the content has. An error still goes out as JSON, the client's
+    error shape, through the view's one renderer."""
+
+    def select_renderer(
+        self, request: Any, renderers: list[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        return renderers[0], renderers[0].media_type
+
+
+class V1DownloadApi(V1Api):
+    """Base of the /v1/ views that stream bytes (a StreamingHttpResponse, which no
+    renderer touches): no 406 for the clients' binary Accept headers."""
+
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _BytesNegotiation
 
 
 def _list(items: list[dict[str, Any]], *, has_more: bool = False) -> dict[str, Any]:
@@ -177,7 +201,7 @@ class FileDeleteApi(V1Api):
         return Response({"id": file.public_id, "object": "file", "deleted": True})
 
 
-class FileContentApi(V1Api):
+class FileContentApi(V1DownloadApi):
     @extend_schema(summary="Download a file's content", responses=None)
     def get(self, request: Request, file_id: str) -> StreamingHttpResponse:
         file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
@@ -346,7 +370,7 @@ def _tar_stream(root: Path, arcname: str) -> Iterator[bytes]:
     yield b"".join(sink.parts)
 
 
-class TogetherDownloadApi(V1Api):
+class TogetherDownloadApi(V1DownloadApi):
     """``GET /v1/finetune/download?ft_id=&checkpoint=adapter|merged&checkpoint_step=``:
     the adapter or merged weights of a checkpoint (the final one by default) as a
     .tar.gz."""

@@ -42,6 +42,22 @@ def test_openai_upload_is_checked_and_listed(cast, chat_bytes):
     assert b"".join(content.streaming_content) == chat_bytes
 
 
+def test_content_answers_the_clients_binary_accept_headers(cast, chat_bytes):
+    buyer = cast.client(cast.buyer_a)
+    file_id = upload(buyer, chat_bytes).json()["id"]
+
+    # what the openai and together clients send, and a browser
+    for accept in ("application/binary", "application/octet-stream", "*/*"):
+        response = buyer.get(f"/v1/files/{file_id}/content", HTTP_ACCEPT=accept)
+        assert response.status_code == 200, accept
+        assert b"".join(response.streaming_content) == chat_bytes
+    # an error is still the JSON error shape
+    missing = buyer.get("/v1/files/file-missing/content", HTTP_ACCEPT="application/binary")
+    assert missing.status_code == 404
+    assert missing["Content-Type"] == "application/json"
+    assert missing.json()["error"]["code"] == "file_not_found"
+
+
 def test_invalid_dataset_keeps_the_line_numbered_reason(cast, invalid_bytes):
     buyer = cast.client(cast.buyer_a)
 

@@ -144,6 +144,12 @@ def test_another_orgs_job_is_not_found_in_either_shape(cast, chat_bytes):
     ):
         response = getattr(intruder, method)(path)
         assert response.status_code == 404, path
+    # the download's 404 is the JSON error whatever the client accepts
+    hidden = intruder.get(
+        f"/v1/finetune/download?ft_id={job.public_id}", HTTP_ACCEPT="application/octet-stream"
+    )
+    assert hidden.status_code == 404 and hidden["Content-Type"] == "application/json"
+    assert hidden.json()["error"]["code"] == "fine-tune_job_not_found"
     assert intruder.get("/v1/fine_tuning/jobs").json()["data"] == []
     assert intruder.get("/v1/fine-tunes").json()["data"] == []
     job.refresh_from_db()
@@ -253,7 +259,11 @@ def test_runtime_events_become_job_events_checkpoints_and_a_result(cast, chat_by
     assert len(metrics) == 4 and metrics[0]["data"]["step"] == 4
     checkpoints = buyer.get(f"/v1/fine-tunes/{job.public_id}/checkpoints").json()["data"]
     assert [c["step"] for c in checkpoints] == [4]
-    download = buyer.get(f"/v1/finetune/download?ft_id={job.public_id}&checkpoint=adapter")
+    # the together client asks for application/octet-stream
+    download = buyer.get(
+        f"/v1/finetune/download?ft_id={job.public_id}&checkpoint=adapter",
+        HTTP_ACCEPT="application/octet-stream",
+    )
     assert download.status_code == 200
     assert download["Content-Type"] == "application/gzip"
     assert len(b"".join(download.streaming_content)) > 0
