@@ -5,13 +5,33 @@ upload, fine-tune the tiny model, watch events, checkpoints, chat with the resul
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
+from billing.events import entry_stream_id
+from billing.pricebook import welcome_transfer_id
+from billing.pricing import price_at
+from core import ports
+from core.models import Event
 from tests.workloads.conftest import openai_client
 from tests.workloads.market import buyer_credit, platform_running, provider_with_capacity, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TINY = "tandem/tiny-llama"
+
+
+def available(buyer) -> int:  # type: ignore[no-untyped-def]
+    return ports.get("credit").available(organization_id=buyer.pk, currency="USD")
+
+
+def welcome_granted(buyer) -> int:  # type: ignore[no-untyped-def]
+    """The welcome credit granted to ``buyer`` (0 while not yet)."""
+    grant = Event.objects.filter(stream_id=entry_stream_id(welcome_transfer_id(buyer.pk))).first()
+    return (
+        max((amount for _, side, amount in grant.payload["legs"] if side == "C"), default=0)
+        if grant
+        else 0
+    )
 
 
 def test_fine_tune_and_chat_journey(cast, live_server, write, chat_bytes):
@@ -67,6 +87,14 @@ def test_fine_tune_and_chat_journey(cast, live_server, write, chat_bytes):
         assert [j.id for j in listed.data] == [job.id]
         assert done.fine_tuned_model in [m.id for m in client.models.list().data]
 
+        # the balance before the chat: the test's credit plus the welcome credit the
+        # platform grants every new buyer (once its follower has run), less the job,
+        # which is billed at least the per-job minimum when it succeeds
+        welcome = wait_for(lambda: welcome_granted(cast.buyer_a))
+        before_chat = available(cast.buyer_a)
+        minimum = price_at("fine_tune_minimum", at=timezone.now(), currency="USD").value
+        assert minimum > 0 and before_chat <= 25_000_000 + welcome - minimum
+
         reply = client.chat.completions.create(
             model=done.fine_tuned_model,
             messages=[{"role": "user", "content": "What is 2 plus 3?"}],
@@ -90,7 +118,6 @@ def test_fine_tune_and_chat_journey(cast, live_server, write, chat_bytes):
         assert text == reply.choices[0].message.content
 
         # the tokens are on the buyer's usage and, once rated, off its balance
-        from core import ports
         from metering.models import UsageEvent
 
         served = UsageEvent.objects.filter(buyer=cast.buyer_a, subject_kind="deployment")
@@ -98,9 +125,4 @@ def test_fine_tune_and_chat_journey(cast, live_server, write, chat_bytes):
         assert completion == 2 * reply.usage.completion_tokens
         trained = UsageEvent.objects.filter(buyer=cast.buyer_a, type="tokens.training")
         assert trained.filter(subject_id=job.id).exists()
-        wait_for(
-            lambda: (
-                ports.get("credit").available(organization_id=cast.buyer_a.pk, currency="USD")
-                < 25_000_000
-            )
-        )
+        wait_for(lambda: available(cast.buyer_a) < before_chat)
