@@ -20,6 +20,7 @@ Reading prices (and rating with them) is billing.pricing; this module writes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -54,6 +55,8 @@ from core.eventstore import NewEvent, RecordedEvent, event_append, stream_versio
 from core.followers import Follower, register
 from core.models import Event, Organization
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS, rate_amount
+
+logger = logging.getLogger(__name__)
 
 PRICEBOOK_STREAM = "billing.pricebook"
 PRICE_SCHEDULED = "PriceScheduled"
@@ -318,11 +321,22 @@ class PriceBookPort:
 
     def fine_tune_job_closed(self, *, organization_id: int, job: str) -> int:
         """The job's final bill: the minimum charge topped up if its usage came to
-        less. Returns the amount added (0 when usage reached the minimum)."""
+        less. Returns the amount added (0 when usage reached the minimum).
+
+        The minimum tops up a bill; it is not a fee for asking. A job with no rated
+        usage (it ended before its first metered step) was billed nothing and owes
+        nothing: 0, and no entry. The marketplace calls this as it records the job's
+        end, in its follower, so a job without usage must not raise there."""
         from billing.invoicing import fine_tune_job_close
 
         organization = Organization.objects.get(pk=organization_id)
-        return fine_tune_job_close(organization=organization, job=job)
+        try:
+            return fine_tune_job_close(organization=organization, job=job)
+        except NotFound as error:
+            if error.details.get("job") != job:
+                raise  # not the job's missing usage: a real fault
+            logger.warning("fine-tune job %s ended with no rated usage: no minimum charged", job)
+            return 0
 
 
 # --- welcome credits ----------------------------------------------------------------

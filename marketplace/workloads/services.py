@@ -1033,7 +1033,9 @@ def finetune_job_finish(
         )
         _finished_event(job)
         if status == FineTuneJob.Status.SUCCEEDED:
-            # Only a finished job owes the minimum; a cancelled one pays its steps.
+            # Only a finished job owes the minimum; a cancelled or failed one pays its
+            # completed steps (rated as they were metered), and a job that was billed
+            # nothing owes nothing (the price book answers 0 for it).
             external.finetune_bill_close(organization_id=job.organization_id, job_id=job.public_id)
         lease_ref = job.lease_ref
     if lease_ref:

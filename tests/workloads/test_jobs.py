@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
+from billing.accrual import usage_accruals
+from billing.events import entry_stream_id
+from billing.invoicing import minimum_transfer_id
+from billing.pricing import price_at
+from billing.rating import usage_rating
+from core import ports
 from core.eventstore import NewEvent, event_append, stream_version
 from core.followers import followers_run_until_idle
+from core.models import Event
+from core.ports import UsageRecord
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import File, FineTuneJob
+from tests.workloads.market import buyer_credit
 
 pytestmark = pytest.mark.django_db
 
@@ -296,3 +306,95 @@ def test_cancelled_run_keeps_its_completed_steps_only(cast, chat_bytes):
     assert job.steps_completed == 3
     assert job.trained_tokens == 400 * 2 * 3 // 10
     assert buyer.get(f"/v1/fine_tuning/jobs/{job.public_id}").json()["fine_tuned_model"] is None
+
+
+# --- the job's bill: rated steps, and the minimum for a job that succeeds ------------
+
+
+def _trained(job: FineTuneJob, step: int, tokens: int) -> None:
+    """What the runtime meters after each training step."""
+    ports.get(ports.USAGE).record(
+        [
+            UsageRecord(
+                id=f"{job.public_id}:{step}:train",
+                source="runtime",
+                type="tokens.training",
+                organization_id=job.organization_id,
+                subject_kind="job",
+                subject_id=job.public_id,
+                time=timezone.now(),
+                quantity=tokens,
+                dimensions={"model": TINY, "training_type": "lora-sft"},
+            )
+        ]
+    )
+
+
+def _minimum_charged(job: FineTuneJob) -> int:
+    transfer_id = minimum_transfer_id(job.organization_id, job.public_id)
+    entries = Event.objects.filter(stream_id=entry_stream_id(transfer_id))
+    return sum(x for e in entries for _, side, x in e.payload["legs"] if side == "C")
+
+
+def _available(org) -> int:  # type: ignore[no-untyped-def]
+    return ports.get("credit").available(organization_id=org.pk, currency="USD")
+
+
+def _minimum() -> int:
+    return price_at("fine_tune_minimum", at=timezone.now(), currency="USD").value
+
+
+def test_a_succeeded_job_is_billed_the_minimum_once(cast, chat_bytes):
+    buyer = cast.client(cast.buyer_a)
+    job = running_job(cast.buyer_a, uploaded(buyer, chat_bytes))
+    buyer_credit(cast.buyer_a, 20_000_000)
+    before = _available(cast.buyer_a)
+    # given two metered steps that come to far less than the minimum
+    _trained(job, 1, 400)
+    _trained(job, 2, 400)
+    _runtime(job.public_id, "TrainingSucceeded", steps=2, final_loss=0.5, model_location="")
+
+    # when the follower sees the job end (twice: a replay bills nothing more)
+    followers_run_until_idle([WorkloadsFollower()])
+    followers_run_until_idle([WorkloadsFollower()])
+
+    # then the job's bill is the minimum: its rated steps topped up, once
+    job.refresh_from_db()
+    assert job.status == "succeeded"
+    assert 0 < _minimum_charged(job) < _minimum()
+    assert before - _available(cast.buyer_a) == _minimum()
+
+
+@pytest.mark.parametrize(
+    ("ending", "steps"),
+    [
+        ("TrainingCancelled", 3),  # cancelled after three steps: it pays them
+        ("TrainingFailed", 2),  # failed mid-run: it pays the steps it ran
+        ("TrainingFailed", 0),  # failed before any step: billed nothing
+        ("TrainingCancelled", 0),  # cancelled before any step: billed nothing
+        ("TrainingSucceeded", 0),  # nothing metered: nothing to top up, no crash
+    ],
+)
+def test_only_a_succeeded_job_with_usage_owes_the_minimum(cast, chat_bytes, ending, steps):
+    buyer = cast.client(cast.buyer_a)
+    job = running_job(cast.buyer_a, uploaded(buyer, chat_bytes))
+    buyer_credit(cast.buyer_a, 20_000_000)
+    before = _available(cast.buyer_a)
+    for step in range(1, steps + 1):
+        _trained(job, step, 400)
+    payload = {
+        "TrainingCancelled": {"step": steps, "checkpoint_step": 0},
+        "TrainingFailed": {"error": "CUDA error: an illegal memory access", "will_retry": False},
+        "TrainingSucceeded": {"steps": 4, "final_loss": 0.5, "model_location": ""},
+    }[ending]
+
+    _runtime(job.public_id, ending, **payload)
+    followers_run_until_idle([WorkloadsFollower()])
+    followers_run_until_idle([usage_rating, usage_accruals])
+
+    job.refresh_from_db()
+    assert job.is_terminal
+    assert _minimum_charged(job) == 0
+    spent = before - _available(cast.buyer_a)
+    assert (spent > 0) == (steps > 0)
+    assert spent < _minimum()
