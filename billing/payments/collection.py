@@ -273,7 +273,9 @@ def invoice_collection_retry(
     return invoice_payment_submit(payment_id=payment.pk, now=now)
 
 
-def _retry_claim(*, collection_id: int, due_at: datetime, now: datetime) -> InvoicePayment | None:
+def _retry_claim(
+    *, collection_id: int, due_at: datetime | None, now: datetime
+) -> InvoicePayment | None:
     """Claim one due scheduled retry: a conditional update of the collection (0 rows:
     another runner has it, or it was paid meanwhile), then its attempt, in one
     transaction."""
@@ -316,11 +318,20 @@ def _settled_status(invoice: Invoice) -> str:
 # --- sending an attempt to Stripe ----------------------------------------------------------
 
 
+def charge_minor(amount_micros: int, currency: str) -> int:
+    """What to charge, in Stripe's minor units, for ``amount_micros`` owed: rounded up
+    to a whole cent. An invoice owes whole cents, unless prepaid credit paid part of
+    it to the micro-unit; the fraction of a cent charged beyond it is then given back
+    as prepaid credit (the excess of the payment)."""
+    step = from_minor(1, currency)
+    return -(-amount_micros // step)
+
+
 def _intent_params(payment: InvoicePayment, customer: StripeCustomer) -> dict[str, Any]:
     # No ``description``: the metadata names the invoice (and the fake Stripe of the
     # tests refuses the field).
     return {
-        "amount": to_minor(payment.amount_micros, payment.currency),
+        "amount": charge_minor(payment.amount_micros, payment.currency),
         "currency": stripe_currency(payment.currency),
         "customer": customer.customer_id,
         "payment_method": customer.default_payment_method,
@@ -709,13 +720,13 @@ def invoice_dunning_run(*, now: datetime | None = None, limit: int = 500) -> Dun
         status=InvoiceCollection.Status.RETRY_SCHEDULED, next_retry_at__lte=now
     ).order_by("next_retry_at", "pk")
     for collection_id, due_at in due.values_list("pk", "next_retry_at")[:limit]:
-        payment = _retry_claim(collection_id=collection_id, due_at=due_at, now=now)
-        if payment is None:
+        claimed = _retry_claim(collection_id=collection_id, due_at=due_at, now=now)
+        if claimed is None:
             continue
-        sent = invoice_payment_submit(payment_id=payment.pk, now=now)
-        run.started.append(payment.pk)
+        sent = invoice_payment_submit(payment_id=claimed.pk, now=now)
+        run.started.append(claimed.pk)
         if sent.status == InvoicePayment.Status.PENDING:
-            run.errors.append(payment.pk)
+            run.errors.append(claimed.pk)
     return run
 
 

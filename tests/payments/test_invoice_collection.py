@@ -542,3 +542,33 @@ def test_two_dunning_runs_at_once_start_each_due_retry_once(cast, stripe_on):
         state = InvoiceCollection.objects.get(invoice=invoice)
         assert (state.retries_done, state.next_retry_at) == (1, t0 + timedelta(days=3))
     _ledger_balances()
+
+
+@pytest.mark.django_db
+def test_an_amount_due_to_the_micro_unit_is_charged_to_the_cent_above(cast, stripe_on):
+    # given: prepaid credit paid $3.123456 of a $10.00 invoice, $6.876544 left owed
+    org = cast.buyer_a
+    ledger.credits_grant(
+        organization=org, amount_micros=3_123_456, currency="USD", reason="t", transfer_id="g-odd"
+    )
+    services.payment_method_save(organization=org, payment_method_id="pm_card_visa")
+    invoice = _finalized_invoice(org, 10_000_000)
+    assert invoice.amount_due_micros == 6_876_544
+    followers_run_until_idle([collection.invoice_collection_follower])
+    [payment] = InvoicePayment.objects.filter(invoice=invoice)
+
+    # when: it is charged and Stripe confirms
+    payment = collection.invoice_payment_submit(payment_id=payment.pk)
+    intent = stripe_on.get(f"/v1/payment_intents/{payment.payment_intent_id}")
+    assert intent["amount"] == 688
+    _deliver(cast.anonymous, make_event("evt_odd_paid", "payment_intent.succeeded", intent))
+    stripe_event_process(event_id="evt_odd_paid")
+
+    # then: the invoice is paid; the fraction of a cent above it is the buyer's credit
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID
+    payment.refresh_from_db()
+    assert (payment.received_micros, payment.excess_micros) == (6_880_000, 3_456)
+    assert _balance(org, Account.Kind.CREDIT) == 3_456
+    assert _balance(org, Account.Kind.RECEIVABLE) == 0
+    _ledger_balances()
