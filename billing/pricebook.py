@@ -109,9 +109,13 @@ def price_schedule(
         raise InvalidInput(f"unknown currency {currency!r}", details={"field": "currency"})
     limit = ITEM_LIMITS.get(item, MAX_AMOUNT_MICROS)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        raise InvalidInput(f"value must be a whole number from 0 to {limit}", details={"field": "value"})
+        raise InvalidInput(
+            f"value must be a whole number from 0 to {limit}", details={"field": "value"}
+        )
     if effective_from.tzinfo is None:
-        raise InvalidInput("effective_from must carry a time zone", details={"field": "effective_from"})
+        raise InvalidInput(
+            "effective_from must carry a time zone", details={"field": "effective_from"}
+        )
     if effective_from < now + PRICE_CHANGE_LEAD:
         raise InvalidInput(
             "a price change takes effect in the future, at least "
@@ -184,12 +188,16 @@ def prices_current(
     rows: list[PriceRow] = []
     for item, tier, variant in DEFAULT_BOOK:
         version: PriceVersion = book.at(item, tier, variant, currency, at)
-        rows.append(PriceRow(item, tier, variant, currency, version.value, version.effective_from, False))
+        rows.append(
+            PriceRow(item, tier, variant, currency, version.value, version.effective_from, False)
+        )
         if include_scheduled:
             for later in book.versions.get((item, tier, variant, currency), ()):
                 if later.effective_from > at:
                     rows.append(
-                        PriceRow(item, tier, variant, currency, later.value, later.effective_from, True)
+                        PriceRow(
+                            item, tier, variant, currency, later.value, later.effective_from, True
+                        )
                     )
     return rows
 
@@ -267,7 +275,9 @@ def fine_tune_quote(
         )
     training_tokens = _count(training_tokens, "training_tokens", minimum=0, maximum=MAX_TOKENS)
     epochs = _count(epochs, "epochs", minimum=1, maximum=MAX_PASSES)
-    validation_tokens = _count(validation_tokens, "validation_tokens", minimum=0, maximum=MAX_TOKENS)
+    validation_tokens = _count(
+        validation_tokens, "validation_tokens", minimum=0, maximum=MAX_TOKENS
+    )
     evaluations = _count(evaluations, "evaluations", minimum=0, maximum=MAX_PASSES)
     currency = settings.TANDEM_CURRENCY
     tier = size_tier(model)
@@ -391,7 +401,9 @@ def promo_credits_expire(*, now: datetime | None = None) -> int:
         transfer_id = grant.payload["transfer_id"]
         if transfer_id.count(":") != 1:
             continue  # an expiry entry itself
-        days = price_at("welcome_credit_days", at=grant.recorded_at, currency=grant.payload["currency"]).value
+        days = price_at(
+            "welcome_credit_days", at=grant.recorded_at, currency=grant.payload["currency"]
+        ).value
         if grant.recorded_at + timedelta(days=days) > now:
             continue
         if Event.objects.filter(stream_id=ev.entry_stream_id(f"{transfer_id}:expired")).exists():
