@@ -28,13 +28,13 @@ def iso(value: datetime | None) -> str | None:
 
 # --- files -----------------------------------------------------------------------
 
-_TOGETHER_FILE_STATUS = {
+_TOGETHER_FILE_STATUS: dict[str, str] = {
     File.Status.AWAITING_BYTES: "PENDING",
     File.Status.UPLOADED: "QUEUED",
     File.Status.PROCESSED: "COMPLETED",
     File.Status.ERROR: "INVALID_FORMAT",
 }
-_OPENAI_FILE_STATUS = {
+_OPENAI_FILE_STATUS: dict[str, str] = {
     File.Status.AWAITING_BYTES: "uploaded",
     File.Status.UPLOADED: "uploaded",
     File.Status.PROCESSED: "processed",
@@ -100,7 +100,7 @@ def openai_job(job: FineTuneJob) -> dict[str, Any]:
     if job.status == FineTuneJob.Status.RUNNING and job.started_at and job.total_steps:
         done = max(job.steps_completed, 1)
         elapsed = (job.updated_at - job.started_at).total_seconds()
-        estimated_finish = ts(job.started_at) + int(elapsed / done * job.total_steps)
+        estimated_finish = int(job.started_at.timestamp()) + int(elapsed / done * job.total_steps)
     succeeded = job.status == FineTuneJob.Status.SUCCEEDED
     return {
         "object": "fine_tuning.job",
@@ -163,7 +163,7 @@ def openai_checkpoint(checkpoint: FineTuneCheckpoint, job: FineTuneJob) -> dict[
 
 # --- jobs: Together ---------------------------------------------------------------
 
-_TOGETHER_STATUS = {
+_TOGETHER_STATUS: dict[str, str] = {
     FineTuneJob.Status.VALIDATING_FILES: "pending",
     FineTuneJob.Status.QUEUED: "queued",
     FineTuneJob.Status.RUNNING: "running",
@@ -313,15 +313,22 @@ def _metadata(value: Any) -> dict[str, str]:
     return metadata
 
 
+# The API speaks both vocabularies' DPO fields, and the price book prices DPO, but the
+# runtime trains supervised only: a DPO job is refused rather than trained as SFT.
+DPO_NOT_YET = "preference (DPO) fine-tuning is not available yet: use supervised (SFT)"
+
+
 def openai_job_request(data: Any) -> JobRequest:
     body = _dict(data, param="body")
     method = _dict(body.get("method"), param="method")
     method_type = _str(method.get("type"), param="method.type") or "supervised"
     if method_type not in ("supervised", "dpo"):
         raise invalid(
-            f"method.type {method_type!r} is not supported: use supervised or dpo",
+            f"method.type {method_type!r} is not supported: use supervised",
             param="method.type",
         )
+    if method_type == "dpo":
+        raise invalid(DPO_NOT_YET, param="method.type")
     section = _dict(method.get(method_type), param=f"method.{method_type}")
     hyperparameters = {
         **_dict(body.get("hyperparameters"), param="hyperparameters"),
@@ -359,7 +366,9 @@ def together_job_request(data: Any) -> JobRequest:
         raise invalid("training_type.type must be Lora or Full", param="training_type.type")
     method = _dict(body.get("training_method"), param="training_method") or {"method": "sft"}
     if method.get("method") not in ("sft", "dpo"):
-        raise invalid("training_method.method must be sft or dpo", param="training_method.method")
+        raise invalid("training_method.method must be sft", param="training_method.method")
+    if method.get("method") == "dpo":
+        raise invalid(DPO_NOT_YET, param="training_method.method")
     scheduler = _dict(body.get("lr_scheduler"), param="lr_scheduler")
     scheduler_args = _dict(
         scheduler.get("lr_scheduler_args"), param="lr_scheduler.lr_scheduler_args"
