@@ -587,6 +587,9 @@ class InvoicePaymentListApi(APIView):
 
 class InvoiceRefundSerializer(serializers.ModelSerializer):
     amount = MoneyTextField("amount_micros")
+    # Plain text in the schema: the same choices as a top-up refund's status, which
+    # would make the schema's enum names collide.
+    status = serializers.CharField(read_only=True, help_text="pending, succeeded or failed")
 
     class Meta:
         model = InvoiceRefund
@@ -719,17 +722,21 @@ class InvoiceCollectionApi(APIView):
         return Response(_collection_body(invoice))
 
 
-class InvoiceCollectionRetryApi(APIView):
+class InvoicePaymentRetryInputSerializer(serializers.Serializer):
+    invoice = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+
+
+class InvoicePaymentRetryApi(APIView):
     permission_classes = [IsPlatformFinance]
 
     @extend_schema(
-        operation_id="invoice_collection_retry",
+        operation_id="invoice_payments_retry",
         summary="Charge the buyer's saved payment method for an invoice now (operator finance)",
         description="An extra attempt outside the dunning schedule (which carries on if "
         "it fails). Answers with the attempt as Stripe left it: processing (the invoice "
         "is marked paid by Stripe's payment_intent.succeeded) or failed.",
         tags=["payments"],
-        request=None,
+        request=InvoicePaymentRetryInputSerializer,
         responses={
             201: InvoicePaymentSerializer,
             **error_responses(400, 401, 403, 404, 409, 422, 503),
@@ -738,9 +745,13 @@ class InvoiceCollectionRetryApi(APIView):
     # Not atomic: it calls Stripe. The attempt row is keyed by the Idempotency-Key and
     # the PaymentIntent by the attempt, so a taken-over claim charges once.
     @idempotent(required=True, atomic=False)
-    def post(self, request: Request, invoice_id: int) -> Response:
+    def post(self, request: Request) -> Response:
         caller = get_caller(request)
-        invoice = selectors.invoice_for_collection(caller=caller, invoice_id=invoice_id)
+        given = InvoicePaymentRetryInputSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        invoice = selectors.invoice_for_collection(
+            caller=caller, invoice_id=given.validated_data["invoice"]
+        )
         payment = collection.invoice_collection_retry(
             invoice=invoice,
             actor=_actor(caller),

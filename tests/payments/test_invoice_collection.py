@@ -388,22 +388,25 @@ def test_buyers_see_their_own_attempts_and_only_finance_retries(cast, stripe_on)
     assert member.get("/api/v1/billing/invoice-payments?invoice=x").status_code == 400
 
     # only operator finance may retry now: not the buyer's admin or finance, not B
-    retry = f"/api/v1/billing/invoice-collections/{invoice.pk}/retry"
+    retry = "/api/v1/billing/invoice-payments/retry"
+    which = {"invoice": invoice.pk}
     for caller in (cast.client(org, role="admin"), cast.client(org, role="finance"), other):
-        assert caller.post(retry, HTTP_IDEMPOTENCY_KEY="r-0").status_code == 403
-    assert cast.anonymous.post(retry, HTTP_IDEMPOTENCY_KEY="r-0").status_code == 401
-    assert cast.finance.post(retry).status_code == 400  # the Idempotency-Key is required
+        assert caller.post(retry, which, HTTP_IDEMPOTENCY_KEY="r-0").status_code == 403
+    assert cast.anonymous.post(retry, which, HTTP_IDEMPOTENCY_KEY="r-0").status_code == 401
+    assert cast.finance.post(retry, which).status_code == 400  # Idempotency-Key required
+    missing = cast.finance.post(retry, {"invoice": invoice.pk + 1000}, HTTP_IDEMPOTENCY_KEY="r-9")
+    assert missing.status_code == 404
     assert InvoicePayment.objects.filter(invoice=invoice).count() == 1
 
     # finance saves a working card for the buyer and retries: charged now, once
     services.payment_method_save(organization=org, payment_method_id="pm_card_visa")
-    forced = cast.finance.post(retry, HTTP_IDEMPOTENCY_KEY="r-1")
+    forced = cast.finance.post(retry, which, HTTP_IDEMPOTENCY_KEY="r-1")
     assert forced.status_code == 201, forced.json()
     body = forced.json()
     assert (body["attempt"], body["trigger"], body["status"]) == (2, "manual", "processing")
-    again = cast.finance.post(retry, HTTP_IDEMPOTENCY_KEY="r-1")
+    again = cast.finance.post(retry, which, HTTP_IDEMPOTENCY_KEY="r-1")
     assert again.status_code == 201 and again.json()["id"] == body["id"]
-    busy = cast.finance.post(retry, HTTP_IDEMPOTENCY_KEY="r-2")
+    busy = cast.finance.post(retry, which, HTTP_IDEMPOTENCY_KEY="r-2")
     assert busy.status_code == 409  # one attempt in flight per invoice
     assert InvoicePayment.objects.filter(invoice=invoice).count() == 2
     # finance sees every org's attempts
@@ -416,7 +419,7 @@ def test_buyers_see_their_own_attempts_and_only_finance_retries(cast, stripe_on)
     assert run.refreshed == [body["id"]]
     invoice.refresh_from_db()
     assert invoice.status == Invoice.Status.PAID
-    paid_again = cast.finance.post(retry, HTTP_IDEMPOTENCY_KEY="r-3")
+    paid_again = cast.finance.post(retry, which, HTTP_IDEMPOTENCY_KEY="r-3")
     assert paid_again.status_code == 409
     _receivable_is_what_invoices_owe(org)
     _ledger_balances()
