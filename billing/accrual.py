@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import date, datetime
 
 from django.conf import settings
 from django.db import connection
@@ -69,10 +70,10 @@ class _Row:
     buyer_id: int
     type: str
     quantity: int
-    occurred_at: object
-    period: object
+    occurred_at: datetime
+    period: date
     subject: str
-    dims: dict[str, object]
+    dims: dict[str, str | int]
 
 
 def _rows(ranges: list[list[int]]) -> list[_Row]:
@@ -86,18 +87,18 @@ def _rows(ranges: list[list[int]]) -> list[_Row]:
             params,
         )
         found = cursor.fetchall()
-    rows = []
+    rows: list[_Row] = []
     for row_id, buyer, usage_type, quantity, occurred_at, period, subject, *dims in found:
         occurred_at = as_utc(occurred_at)
         if isinstance(period, str):
-            from datetime import date
-
             period = date.fromisoformat(period)
-        values = {n: v for n, v in zip(_DIMS, dims, strict=True) if v is not None}
+        values: dict[str, str | int] = {
+            n: v for n, v in zip(_DIMS, dims, strict=True) if v is not None
+        }
         if "provider" in values:
-            values["provider"] = int(values["provider"])  # type: ignore[call-overload]
+            values["provider"] = int(values["provider"])
         if "lease_price_micros_per_hour" in values:
-            values["lease_price_micros_per_hour"] = int(values["lease_price_micros_per_hour"])  # type: ignore[call-overload]
+            values["lease_price_micros_per_hour"] = int(values["lease_price_micros_per_hour"])
         rows.append(_Row(row_id, buyer, usage_type, quantity, occurred_at, period, subject, values))
     return rows
 
@@ -180,13 +181,13 @@ def accrue_batch(event: RecordedEvent) -> int:
                 f"the rows rate to {group_amount[group]}"
             )
     sums: dict[tuple, UsageAccrual] = {}
-    for row, rated, group in rated_rows:
-        transfer_id = transfer_of.get(group, "") if group is not None else ""
+    for row, rated, billed_group in rated_rows:
+        transfer_id = transfer_of.get(billed_group, "") if billed_group is not None else ""
         dims = row.dims
         provider = dims.get("provider") if row.type == "gpu.seconds" else None
         from billing.pricing import rate_for
 
-        rate = rate_for(row.type, dims, row.occurred_at)  # type: ignore[arg-type]
+        rate = rate_for(row.type, dims, row.occurred_at)
         key = (
             row.buyer_id,
             row.period,

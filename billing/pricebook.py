@@ -72,7 +72,10 @@ ITEM_SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Price.Item.WELCOME_CREDIT: (("",), ("",)),
     Price.Item.WELCOME_CREDIT_DAYS: (("",), ("",)),
 }
-ITEM_LIMITS = {Price.Item.GPU_LEASE_FEE: 10_000, Price.Item.WELCOME_CREDIT_DAYS: 3660}
+ITEM_LIMITS: dict[str, int] = {
+    Price.Item.GPU_LEASE_FEE: 10_000,
+    Price.Item.WELCOME_CREDIT_DAYS: 3660,
+}
 
 
 # --- price changes --------------------------------------------------------------

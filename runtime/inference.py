@@ -120,7 +120,10 @@ class Engine:
         self.tokenizer: TextTokenizer = tokenizer_for(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        loaded = AutoModelForCausalLM.from_pretrained(
+        # Held as a plain module: transformers types PreTrainedModel.to through
+        # functools.wraps, which loses the bound self, and .to/.eval/calls are all
+        # the engine needs.
+        loaded: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
             str(self.info.path), dtype=dtype, attn_implementation="sdpa", local_files_only=True
         )
         if adapter_path:

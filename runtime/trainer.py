@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from runtime.datasets import IGNORE, Row, dataset_load, rows_build, tokenizer_for
 from runtime.registry import model_info
@@ -184,16 +185,17 @@ def model_load(spec: WorkSpec, world: World) -> torch.nn.Module:
     # bf16 on a GPU; full fine-tuning keeps fp32 master weights under autocast.
     dtype = torch.bfloat16 if cuda and params.lora else torch.float32
     path = model_info(spec.base_model).path
-    model = AutoModelForCausalLM.from_pretrained(
+    base = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=dtype, attn_implementation="sdpa", local_files_only=True
     )
-    model.config.use_cache = False
+    base.config.use_cache = False
     if params.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model: torch.nn.Module = base
     if params.lora:
         from peft import LoraConfig, get_peft_model
 
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
         targets = [t for t in params.lora_target_modules if t in names]
         if not targets:
             from core.errors import InvalidInput
@@ -204,7 +206,7 @@ def model_load(spec: WorkSpec, world: World) -> torch.nn.Module:
                 details={"field": "hyperparameters.lora_target_modules"},
             )
         if params.gradient_checkpointing:
-            model.enable_input_require_grads()
+            base.enable_input_require_grads()
         config = LoraConfig(
             r=params.lora_r,
             lora_alpha=params.lora_alpha,
@@ -217,7 +219,7 @@ def model_load(spec: WorkSpec, world: World) -> torch.nn.Module:
             # peft asks transformers a question it has renamed; nothing for us to do.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             torch.manual_seed(params.seed)
-            model = get_peft_model(model, config)
+            model = get_peft_model(base, config)
         for param in model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
@@ -228,6 +230,11 @@ def _save_weights(
     model: torch.nn.Module, directory: Path, *, lora: bool, tokenizer_from: Path
 ) -> None:
     """The adapter (peft layout) or the whole model (HF layout), as safetensors."""
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PeftModel | PreTrainedModel):
+        raise TypeError(f"cannot save a {type(model).__name__}: not a transformers or peft model")
     model.save_pretrained(str(directory), safe_serialization=True)
     for name in (
         "tokenizer.json",
@@ -458,8 +465,6 @@ def train(
     _barrier(world)
 
     if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         core_model = model
         model = DistributedDataParallel(
             model, device_ids=[world.local_rank] if cuda else None, find_unused_parameters=False
@@ -507,7 +512,11 @@ def train(
                     continue
                 batch = _collate(chunk, pad_id)
                 sync = index == len(chunks) - 1 or world.size == 1
-                context = model.no_sync() if (not sync and world.size > 1) else nullcontext()
+                context = (
+                    model.no_sync()
+                    if (not sync and isinstance(model, DistributedDataParallel))
+                    else nullcontext()
+                )
                 with context:
                     loss = _loss_sum(model, batch, world.device, autocast) / denominator
                     # DDP averages gradients over ranks; each rank's share is a sum.
@@ -614,7 +623,7 @@ def _evaluate(
     if world.size > 1:
         dist.all_reduce(totals)
     tokens = sum(len(r.input_ids) for r in rows)
-    return float(totals[0] / max(totals[1], 1)), tokens
+    return float(totals[0]) / max(float(totals[1]), 1.0), tokens
 
 
 def _checkpoint(

@@ -14,7 +14,7 @@ import json
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,10 @@ class _BytesNegotiation(DefaultContentNegotiation):
     error shape, through the view's one renderer."""
 
     def select_renderer(
-        self, request: Any, renderers: list[BaseRenderer], format_suffix: str | None = None
+        self, request: Any, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
     ) -> tuple[BaseRenderer, str]:
-        return renderers[0], renderers[0].media_type
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
 
 
 class V1DownloadApi(V1Api):
@@ -119,7 +120,8 @@ class FileCreateApi(V1Api):
     @extend_schema(summary="Upload a file", request=None, responses=None)
     def post(self, request: Request) -> Any:
         organization = get_caller(request).organization
-        purpose = str(request.data.get("purpose") or "")
+        data = request.data if isinstance(request.data, dict) else {}
+        purpose = str(data.get("purpose") or "")
         upload = request.FILES.get("file")
         if upload is not None:
             file = services.file_upload(
@@ -130,14 +132,14 @@ class FileCreateApi(V1Api):
             )
             return Response(shapes.file_object(file))
         services.file_purpose_check(purpose)
-        if not request.data.get("file_name"):
+        if not data.get("file_name"):
             raise invalid("file is required (multipart form field 'file')", param="file")
         file = services.file_reserve(
             organization=organization,
             purpose=purpose,
-            filename=str(request.data.get("file_name")),
-            file_type=str(request.data.get("file_type") or ""),
-            checksum=str(request.data.get("checksum") or ""),
+            filename=str(data.get("file_name")),
+            file_type=str(data.get("file_type") or ""),
+            checksum=str(data.get("checksum") or ""),
         )
         token = signing.dumps({"file": file.public_id, "org": organization.pk}, salt=UPLOAD_SALT)
         url = request.build_absolute_uri(
@@ -226,7 +228,7 @@ class OpenAIJobListApi(V1Api):
         metadata = {
             key[len("metadata[") : -1]: value
             for key, value in request.query_params.items()
-            if key.startswith("metadata[") and key.endswith("]")
+            if key.startswith("metadata[") and key.endswith("]") and isinstance(value, str)
         }
         jobs = selectors.job_list(organization=get_caller(request).organization, metadata=metadata)
         page = selectors.page_after(

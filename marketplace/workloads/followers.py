@@ -47,7 +47,7 @@ def _progress(event: RecordedEvent) -> tuple[str, str, dict[str, Any]] | None:
             f"{float(p.get('tokens_per_second') or 0):.0f} tokens/s, "
             f"ETA {int(p.get('eta_seconds') or 0)}s"
         )
-        data = {
+        data: dict[str, Any] = {
             k: p[k]
             for k in (
                 "step",

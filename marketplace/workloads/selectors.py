@@ -91,8 +91,12 @@ def page_after(queryset: QuerySet[Any], *, after: str | None, limit_raw: str | N
         if anchor is None:
             raise invalid(f"after names no item of this list: {after}", param="after")
         ordering = queryset.query.order_by
-        descending = not ordering or ordering[0].startswith("-")
-        field = (ordering[0].lstrip("-") if ordering else "pk") or "pk"
+        # Unordered pages run newest first, by primary key.
+        first = ordering[0] if ordering else "-pk"
+        if not isinstance(first, str):
+            raise TypeError("page_after needs a queryset ordered by a field name")
+        descending = first.startswith("-")
+        field = first.lstrip("-") or "pk"
         value = getattr(anchor, "pk" if field == "pk" else field)
         queryset = queryset.filter(**{f"{field}__lt" if descending else f"{field}__gt": value})
     items = list(queryset[: limit + 1])
