@@ -78,6 +78,7 @@ from billing.payments.stripe_client import (
     ledger_currency,
     object_id,
     stripe_client,
+    stripe_configured,
     stripe_currency,
     to_minor,
     unavailable,
@@ -188,12 +189,18 @@ def invoice_collection_start(
 ) -> InvoicePayment | None:
     """Record the first attempt on a just-finalized invoice (the follower of
     ``InvoiceFinalized``; its transaction). None when nothing is to be charged: the
-    invoice owes nothing, was collected before, or the buyer saved no method."""
+    invoice owes nothing, was collected before, the buyer saved no method, or payments
+    are not configured here (both told by ``InvoiceCollectionSkipped``)."""
     now = now or timezone.now()
     locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
     if _owed(locked) <= 0 or InvoiceCollection.objects.filter(invoice=locked).exists():
         return None
-    if _saved_method(locked.organization_id) is None:
+    reason = ""
+    if not stripe_configured():
+        reason = "payments are not configured"  # the embedded default: no Stripe
+    elif _saved_method(locked.organization_id) is None:
+        reason = "no saved payment method"
+    if reason:
         _announce(
             locked.pk,
             pev.INVOICE_COLLECTION_SKIPPED,
@@ -203,7 +210,7 @@ def invoice_collection_start(
                 number=locked.number or "",
                 amount_due_micros=_owed(locked),
                 currency=locked.currency,
-                reason="no saved payment method",
+                reason=reason,
             ),
             tenant_id=locked.organization_id,
         )

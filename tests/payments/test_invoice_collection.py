@@ -285,8 +285,9 @@ def test_a_declining_card_is_retried_on_schedule_then_written_off(cast, stripe_o
 
 
 @pytest.mark.django_db
-def test_a_failure_reported_by_webhook_moves_the_dunning_once(cast, webhook_secret):
+def test_a_failure_reported_by_webhook_moves_the_dunning_once(cast, webhook_secret, settings):
     # given: an attempt Stripe accepted, and whose charge failed later (the webhook)
+    settings.STRIPE_SECRET_KEY = "sk_test_payments"  # configured; never called here
     org = cast.buyer_b
     StripeCustomer.objects.create(
         organization=org, customer_id="cus_b", default_payment_method="pm_card_visa"
@@ -330,7 +331,20 @@ def test_a_failure_reported_by_webhook_moves_the_dunning_once(cast, webhook_secr
 
 
 @pytest.mark.django_db
-def test_prepaid_invoices_owing_nothing_are_not_collected_and_no_card_means_no_charge(cast):
+def test_prepaid_invoices_owing_nothing_are_not_collected_and_no_card_means_no_charge(
+    cast, settings
+):
+    # without Stripe configured (the embedded default) nothing is ever charged
+    settings.STRIPE_SECRET_KEY = ""
+    StripeCustomer.objects.create(
+        organization=cast.operator, customer_id="cus_o", default_payment_method="pm_card_visa"
+    )
+    unconfigured = _finalized_invoice(cast.operator, 7_000_000)
+    followers_run_until_idle([collection.invoice_collection_follower])
+    [skipped] = _events(pev.INVOICE_COLLECTION_SKIPPED, unconfigured)
+    assert skipped["reason"] == "payments are not configured"
+    settings.STRIPE_SECRET_KEY = "sk_test_payments"  # configured; never called here
+
     # a prepaid buyer whose credit paid the month: finalized paid, nothing to collect
     prepaid = cast.buyer_a
     ledger.credits_grant(
