@@ -38,7 +38,8 @@ any order and however often it arrives: the attempt row is locked and success is
 final. What Stripe collected beyond what the invoice still owed by then (a credit note
 or another payment came first, it was voided, or written off before a late success)
 is given to the buyer as prepaid credit (``invoice-payment:<id>:excess``), so Stripe
-clearing stays what Stripe holds; finance refunds it from there if it should go back.
+clearing stays what Stripe holds (there is no refund of such a surplus to the card
+here yet: the buyer spends it as credit).
 
 Refunds of invoice payments: finance's go through a credit note (``InvoiceRefund``);
 ones made in Stripe's dashboard are clawed back as top-up refunds are.
