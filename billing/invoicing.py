@@ -54,6 +54,7 @@ from billing.models import (
     Invoice,
     InvoiceLine,
     InvoiceLineEntry,
+    Posting,
     UsageAccrual,
 )
 from billing.pricebook import fine_tune_quote
@@ -65,11 +66,11 @@ from billing.services import (
     platform_account,
     raise_for,
 )
-from core.db import retry_transaction
+from core.db import RetryTransaction, is_postgres, retry_transaction, server_cursor
 from core.errors import Conflict, InvalidInput, NotFound
-from core.eventstore import NewEvent, event_append, stream_version
+from core.eventstore import EventRow, NewEvent, event_append, events_insert, stream_version
 from core.models import Event, FollowerPosition, Organization
-from core.money import CURRENCIES, MICROS, Money, rate_amount
+from core.money import CURRENCIES, MICROS, Money, check_currency, rate_amount
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,17 @@ def due_after() -> timedelta:
 
 
 def cents(amount_micros: int, currency: str) -> int:
-    return Money(amount_micros, currency).round_to_minor().amount_micros
+    """``Money.round_to_minor`` without the Money objects (a close rounds ~10 per invoice)."""
+    step = MICROS // 10 ** CURRENCIES[check_currency(currency)]
+    return rate_amount(amount_micros, 1, step) * step
+
+
+def money_text(amount_micros: int, currency: str) -> str:
+    """``Money(amount_micros, currency).format()``, without the Money object: a
+    document holds some twenty-five amounts."""
+    whole, frac = divmod(abs(amount_micros), MICROS)
+    digits = f"{frac:06d}".rstrip("0").ljust(CURRENCIES[currency], "0")
+    return f"{'-' if amount_micros < 0 else ''}{whole}.{digits}"
 
 
 def canonical(document: dict[str, Any]) -> bytes:
@@ -264,80 +275,170 @@ def _ledger_charges(
     """Journal entries in ``[start, end)`` that charged the buyer for something sold
     (a credit leg to revenue, fees or a payable), other than rated usage."""
     mine = buyer_accounts(organization.pk, currency)
-    if not mine:
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT DISTINCT p.entry_position FROM billing_posting p "
-            f"WHERE p.account_id IN ({', '.join(['%s'] * len(mine))}) AND p.side = 'D' "
-            "AND p.recorded_at >= %s AND p.recorded_at < %s AND p.entry_position <= %s",
-            [*mine, start, end, as_of],
-        )
-        positions = [row[0] for row in cursor.fetchall()]
-    if not positions:
-        return []
-    events = list(
-        Event.objects.filter(position__in=positions)
-        .order_by("position")
-        .values_list("position", "type", "payload")
-    )
-    others = {leg[0] for _, _, p in events for leg in p.get("legs", ()) if leg[0] not in mine}
-    kinds = dict(Account.objects.filter(pk__in=others).values_list("pk", "kind"))
-    charges = []
-    for position, event_type, payload in events:
-        transfer_id = payload.get("transfer_id") or f"hold:{payload.get('hold_id', '')}"
-        if transfer_id.startswith("usage:"):
-            continue  # rated usage: the accrual lines carry it
-        legs = payload.get("legs", ())
-        if not any(side == "C" and kinds.get(a) in CHARGE_KINDS for a, side, _ in legs):
-            continue
-        amount = sum(x for a, side, x in legs if side == "D" and a in mine)
-        from_credit = sum(
-            x for a, side, x in legs if side == "D" and mine.get(a) == Account.Kind.CREDIT
-        )
-        # A charge reversed within the same entry (credit back to the buyer) nets out.
-        amount -= sum(x for a, side, x in legs if side == "C" and a in mine)
-        if amount <= 0:
-            continue
-        hold_id = payload.get("hold_id", "") if event_type == ev.HOLD_POSTED else ""
-        charges.append(
-            _Charge(
-                position,
-                transfer_id,
-                payload.get("kind", "hold") if event_type == ev.ENTRY_POSTED else "lease",
-                payload.get("description", ""),
-                amount,
-                min(from_credit, amount),
-                hold_id,
+    return _ledger_charges_many({organization.pk: mine}, start, end, as_of).get(organization.pk, [])
+
+
+def _ledger_charges_many(
+    mine_by_org: dict[int, dict[int, str]], start: datetime, end: datetime, as_of: int
+) -> dict[int, list[_Charge]]:
+    """``_ledger_charges`` of many orgs in four queries: org -> its charges."""
+    owner = {account: org for org, mine in mine_by_org.items() for account in mine}
+    if not owner:
+        return {}
+    positions_of: dict[int, set[int]] = defaultdict(set)
+    for accounts in _chunks(sorted(owner)):
+        rows = (
+            Posting.objects.filter(
+                account_id__in=accounts,
+                side="D",
+                recorded_at__gte=start,
+                recorded_at__lt=end,
+                entry_id__lte=as_of,
             )
+            .values_list("account_id", "entry_id")
+            .distinct()
         )
-    return charges
+        for account, position in rows:
+            positions_of[owner[account]].add(position)
+    if not positions_of:
+        return {}
+    events = {
+        position: (event_type, payload)
+        for position, event_type, payload in _events_not_usage(
+            sorted(set().union(*positions_of.values()))
+        )
+    }
+    legs_accounts = {leg[0] for _, payload in events.values() for leg in payload.get("legs", ())}
+    kinds: dict[int, str] = {}
+    for accounts in _chunks(sorted(legs_accounts)):
+        kinds.update(Account.objects.filter(pk__in=accounts).values_list("pk", "kind"))
+    found: dict[int, list[_Charge]] = {}
+    for org, positions in positions_of.items():
+        mine = mine_by_org[org]
+        charges = []
+        for position in sorted(positions):
+            if position not in events:
+                continue  # rated usage: the accrual lines carry it
+            event_type, payload = events[position]
+            charge = _charge_of(position, event_type, payload, mine, kinds)
+            if charge is not None:
+                charges.append(charge)
+        found[org] = charges
+    return found
+
+
+def _events_not_usage(positions: list[int]) -> list[tuple[int, str, dict]]:
+    """(position, type, payload) of these events, but rating's entries (``usage:…``),
+    which the accruals carry: on PostgreSQL they are left out by the query."""
+    found: list[tuple[int, str, dict]] = []
+    if is_postgres():
+        with connection.wrap_database_errors:
+            cursor = server_cursor()
+            cursor.execute(
+                f"SELECT position, type, payload FROM {Event._meta.db_table} "
+                "WHERE position = ANY(%s) "
+                "AND coalesce(payload ->> 'transfer_id', '') NOT LIKE 'usage:%%' "
+                "ORDER BY position",
+                [positions],
+            )
+            for position, event_type, payload in cursor.fetchall():
+                found.append(
+                    (
+                        position,
+                        event_type,
+                        json.loads(payload) if isinstance(payload, str) else payload,
+                    )
+                )
+        return found
+    for chunk in _chunks(positions):
+        for position, event_type, payload in Event.objects.filter(position__in=chunk).values_list(
+            "position", "type", "payload"
+        ):
+            if not str(payload.get("transfer_id") or "").startswith("usage:"):
+                found.append((position, event_type, payload))
+    return sorted(found, key=lambda row: row[0])
+
+
+def _charge_of(
+    position: int, event_type: str, payload: dict, mine: dict[int, str], kinds: dict[int, str]
+) -> _Charge | None:
+    """What one journal entry charged the buyer (its accounts ``mine``) for something
+    sold; None when it charged nothing (or is rated usage)."""
+    transfer_id = payload.get("transfer_id") or f"hold:{payload.get('hold_id', '')}"
+    if transfer_id.startswith("usage:"):
+        return None  # rated usage: the accrual lines carry it
+    legs = payload.get("legs", ())
+    if not any(
+        side == "C" and a not in mine and kinds.get(a) in CHARGE_KINDS for a, side, _ in legs
+    ):
+        return None
+    amount = sum(x for a, side, x in legs if side == "D" and a in mine)
+    from_credit = sum(
+        x for a, side, x in legs if side == "D" and mine.get(a) == Account.Kind.CREDIT
+    )
+    # A charge reversed within the same entry (credit back to the buyer) nets out.
+    amount -= sum(x for a, side, x in legs if side == "C" and a in mine)
+    if amount <= 0:
+        return None
+    hold_id = payload.get("hold_id", "") if event_type == ev.HOLD_POSTED else ""
+    return _Charge(
+        position,
+        transfer_id,
+        payload.get("kind", "hold") if event_type == ev.ENTRY_POSTED else "lease",
+        payload.get("description", ""),
+        amount,
+        min(from_credit, amount),
+        hold_id,
+    )
+
+
+def _chunks(values: list, size: int = 5000) -> Iterable[list]:
+    """Slices small enough for an IN list on every database (SQLite caps parameters)."""
+    for offset in range(0, len(values), size):
+        yield values[offset : offset + size]
 
 
 def _lease_gpu_models(organization: Organization, subjects: set[str]) -> dict[str, tuple[str, int]]:
     """lease subject -> (GPU model, GPU-seconds metered) from the usage rating left out."""
-    found: dict[str, tuple[str, int]] = {}
-    if not subjects:
+    return _lease_gpu_models_many({organization.pk: subjects}).get(organization.pk, {})
+
+
+def _lease_gpu_models_many(
+    subjects_by_org: dict[int, set[str]],
+) -> dict[int, dict[str, tuple[str, int]]]:
+    found: dict[int, dict[str, tuple[str, int]]] = {}
+    wanted = {(org, s) for org, subjects in subjects_by_org.items() for s in subjects}
+    if not wanted:
         return found
     rows = (
         UsageAccrual.objects.filter(
-            buyer_id=organization.pk, product="gpu_lease", transfer_id="", subject__in=subjects
+            buyer_id__in=sorted({org for org, _ in wanted}),
+            product="gpu_lease",
+            transfer_id="",
+            subject__in=sorted({s for _, s in wanted}),
         )
-        .values_list("subject", "gpu_model", "quantity")
-        .order_by("subject", "id")
+        .values_list("buyer_id", "subject", "gpu_model", "quantity")
+        .order_by("buyer_id", "subject", "id")
     )
-    for subject, gpu_model, quantity in rows:
-        model, seconds = found.get(subject, (gpu_model, 0))
-        found[subject] = (model, seconds + quantity)
+    for org, subject, gpu_model, quantity in rows:
+        if (org, subject) not in wanted:
+            continue
+        mine = found.setdefault(org, {})
+        model, seconds = mine.get(subject, (gpu_model, 0))
+        mine[subject] = (model, seconds + quantity)
     return found
 
 
 def _charge_lines(
-    organization: Organization, charges: list[_Charge], currency: str
+    organization: Organization,
+    charges: list[_Charge],
+    currency: str,
+    gpu: dict[str, tuple[str, int]] | None = None,
 ) -> dict[tuple, _Line]:
     lines: dict[tuple, _Line] = {}
-    lease_subjects = {c.hold_id.rsplit(":w", 1)[0] for c in charges if c.hold_id}
-    gpu = _lease_gpu_models(organization, lease_subjects)
+    if gpu is None:
+        lease_subjects = {c.hold_id.rsplit(":w", 1)[0] for c in charges if c.hold_id}
+        gpu = _lease_gpu_models(organization, lease_subjects)
     seconds_counted: set[str] = set()
     for charge in charges:
         subject = charge.hold_id.rsplit(":w", 1)[0] if charge.hold_id else ""
@@ -391,11 +492,14 @@ def _entry_facts(transfer_ids: Iterable[str]) -> dict[str, tuple[int, int, int, 
     stream_ids = [
         ev.hold_stream_id(t[5:]) if t.startswith("hold:") else ev.entry_stream_id(t) for t in wanted
     ]
-    rows = Event.objects.filter(stream_id__in=stream_ids, type__in=(ev.ENTRY_POSTED, ev.HOLD_POSTED))
     facts = {}
-    for event in rows:
-        transfer_id = event.payload.get("transfer_id") or f"hold:{event.payload['hold_id']}"
-        facts[transfer_id] = (event.position, 0, 0, event.payload["legs"])
+    for chunk in _chunks(stream_ids):
+        rows = Event.objects.filter(
+            stream_id__in=chunk, type__in=(ev.ENTRY_POSTED, ev.HOLD_POSTED)
+        ).values_list("position", "payload")
+        for position, payload in rows:
+            transfer_id = payload.get("transfer_id") or f"hold:{payload['hold_id']}"
+            facts[transfer_id] = (position, 0, 0, payload["legs"])
     return facts  # type: ignore[return-value]
 
 
@@ -412,32 +516,37 @@ def invoice_compute(
     as_of = as_of_position
     if as_of is None:
         as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
+    if period is not None and job is None:
+        return _compute_monthly([organization.pk], currency, period, as_of)[organization.pk]
     lines = _usage_lines(
         _accruals(organization, currency, as_of, period=period, job=job).order_by("id"), currency
     )
-    if period is not None:
-        start, end = month_bounds(period)
-        charges = _ledger_charges(organization, currency, start, end, as_of)
-        jobs_alone = set(_jobs_invoiced_alone(organization, currency))
-        charges = [
-            c
-            for c in charges
-            if not (c.transfer_id.startswith("ftmin:") and c.transfer_id.split(":", 2)[2] in jobs_alone)
-        ]
-    else:
-        charges = [
-            c
-            for c in _ledger_charges(
-                organization, currency, datetime(2000, 1, 1, tzinfo=UTC), timezone.now() + timedelta(days=1), as_of
-            )
-            if c.transfer_id == minimum_transfer_id(organization.pk, job or "")
-        ]
+    charges = [
+        c
+        for c in _ledger_charges(
+            organization,
+            currency,
+            datetime(2000, 1, 1, tzinfo=UTC),
+            timezone.now() + timedelta(days=1),
+            as_of,
+        )
+        if c.transfer_id == minimum_transfer_id(organization.pk, job or "")
+    ]
     lines.update(_charge_lines(organization, charges, currency))
-    ordered = sorted((line for line in lines.values() if line.exact_micros), key=_Line.sort_key)
+    ordered = _ordered(lines)
+    facts = _entry_facts(t for line in ordered for t in line.entries)
+    return _computed(ordered, facts, buyer_accounts(organization.pk, currency), as_of)
+
+
+def _ordered(lines: dict[tuple, _Line]) -> list[_Line]:
+    return sorted((line for line in lines.values() if line.exact_micros), key=_Line.sort_key)
+
+
+def _computed(
+    ordered: list[_Line], facts: dict[str, tuple], mine: dict[int, str], as_of: int
+) -> Computed:
     # Prepaid credit that paid for these charges when they were posted: each entry's
     # share from the credit account, pro rata where an entry spans two invoices.
-    facts = _entry_facts(t for line in ordered for t in line.entries)
-    mine = buyer_accounts(organization.pk, currency)
     share: dict[str, int] = defaultdict(int)
     for line in ordered:
         for transfer_id, amount in line.entries.items():
@@ -453,6 +562,84 @@ def invoice_compute(
         prepaid += credit if amount >= debit else credit * amount // max(debit, 1)
     exact = sum(line.exact_micros for line in ordered)
     return Computed(ordered, exact, prepaid, positions, as_of)
+
+
+_ACCRUAL_FIELDS = (
+    "buyer_id",
+    "product",
+    "usage_type",
+    "subject",
+    "model",
+    "training_type",
+    "gpu_model",
+    "rate_micros",
+    "fee_bps",
+    "quantity",
+    "amount_micros",
+    "transfer_id",
+)
+
+
+def _compute_monthly(
+    org_ids: list[int], currency: str, period: date, as_of: int
+) -> dict[int, Computed]:
+    """The monthly invoices of many orgs as of one position, in a fixed number of
+    queries whatever the number of orgs: org -> what ``invoice_compute`` gives."""
+    start, end = month_bounds(period)
+    jobs_alone: dict[int, set[str]] = defaultdict(set)
+    accruals: dict[int, list] = defaultdict(list)
+    mine_by_org: dict[int, dict[int, str]] = defaultdict(dict)
+    for chunk in _chunks(sorted(org_ids)):
+        for org, job in (
+            Invoice.objects.filter(
+                organization_id__in=chunk, currency=currency, kind=Invoice.Kind.JOB
+            )
+            .exclude(status=Invoice.Status.DRAFT)
+            .values_list("organization_id", "job")
+        ):
+            jobs_alone[org].add(job)
+        rows = (
+            UsageAccrual.objects.filter(
+                buyer_id__in=chunk, currency=currency, batch_position__lte=as_of, period=period
+            )
+            .exclude(transfer_id="")
+            .order_by("id")
+            .values_list(*_ACCRUAL_FIELDS, named=True)
+        )
+        for row in rows:
+            if row.product == "fine_tune" and row.subject in jobs_alone.get(row.buyer_id, ()):
+                continue  # invoiced on its own
+            accruals[row.buyer_id].append(row)
+        for org, pk, kind in Account.objects.filter(
+            organization_id__in=chunk, currency=currency, kind__in=BUYER_KINDS
+        ).values_list("organization_id", "pk", "kind"):
+            mine_by_org[org][pk] = kind
+    charges_by_org = _ledger_charges_many(mine_by_org, start, end, as_of)
+    for org, charges in charges_by_org.items():
+        alone = jobs_alone.get(org, set())
+        charges_by_org[org] = [
+            c
+            for c in charges
+            if not (c.transfer_id.startswith("ftmin:") and c.transfer_id.split(":", 2)[2] in alone)
+        ]
+    gpu = _lease_gpu_models_many(
+        {
+            org: {c.hold_id.rsplit(":w", 1)[0] for c in charges if c.hold_id}
+            for org, charges in charges_by_org.items()
+        }
+    )
+    ordered: dict[int, list[_Line]] = {}
+    organizations = {org: Organization(pk=org) for org in org_ids}
+    for org in org_ids:
+        lines = _usage_lines(accruals.get(org, ()), currency)
+        lines.update(
+            _charge_lines(
+                organizations[org], charges_by_org.get(org, []), currency, gpu.get(org, {})
+            )
+        )
+        ordered[org] = _ordered(lines)
+    facts = _entry_facts(t for lines in ordered.values() for line in lines for t in line.entries)
+    return {org: _computed(ordered[org], facts, mine_by_org.get(org, {}), as_of) for org in org_ids}
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,15 +662,27 @@ def totals_of(computed: Computed, currency: str, tax_rate_bps: int) -> Totals:
 
 
 def _profile(organization: Organization) -> dict[str, Any]:
-    profile = BillingProfile.objects.filter(organization=organization).first()
-    return {
-        "name": organization.name,
-        "legal_name": (profile.legal_name if profile else "") or organization.name,
-        "address": profile.address if profile else "",
-        "tax_id": profile.tax_id if profile else "",
-        "tax_rate_bps": profile.tax_rate_bps if profile else 0,
-        "tax_label": (profile.tax_label if profile else "") or "Tax",
-    }
+    return _profiles([organization])[organization.pk]
+
+
+def _profiles(organizations: list[Organization]) -> dict[int, dict[str, Any]]:
+    found: dict[int, BillingProfile] = {}
+    for chunk in _chunks(sorted(o.pk for o in organizations)):
+        found.update(
+            (p.organization_id, p) for p in BillingProfile.objects.filter(organization_id__in=chunk)
+        )
+    buyers = {}
+    for organization in organizations:
+        profile = found.get(organization.pk)
+        buyers[organization.pk] = {
+            "name": organization.name,
+            "legal_name": (profile.legal_name if profile else "") or organization.name,
+            "address": profile.address if profile else "",
+            "tax_id": profile.tax_id if profile else "",
+            "tax_rate_bps": profile.tax_rate_bps if profile else 0,
+            "tax_label": (profile.tax_label if profile else "") or "Tax",
+        }
+    return buyers
 
 
 def _document(
@@ -500,7 +699,7 @@ def _document(
     currency = invoice.currency
 
     def money(micros: int) -> dict[str, Any]:
-        return {"micros": micros, "text": Money(micros, currency).format()}
+        return {"micros": micros, "text": money_text(micros, currency)}
 
     return {
         "schema": "tandem.invoice/1",
@@ -558,40 +757,169 @@ def _document(
 
 
 def _write_lines(invoice: Invoice, computed: Computed) -> None:
-    InvoiceLine.objects.filter(invoice=invoice).delete()
-    made = InvoiceLine.objects.bulk_create(
-        [
-            InvoiceLine(
-                invoice=invoice,
-                ordinal=index,
-                product=line.product,
-                description=line.description[:300],
-                job=line.job[:200],
-                model=line.model[:200],
-                gpu_model=line.gpu_model[:100],
-                region=line.region[:64],
-                quantity=line.quantity,
-                unit=line.unit,
-                unit_price_micros=line.unit_price_micros,
-                price_unit=line.price_unit,
-                exact_micros=line.exact_micros,
-                amount_micros=cents(line.exact_micros, invoice.currency),
-            )
-            for index, line in enumerate(computed.lines, start=1)
-        ]
-    )
-    InvoiceLineEntry.objects.bulk_create(
-        [
+    _write_lines_many([(invoice, computed)], replacing=[invoice.pk])
+
+
+def _line_rows(invoice: Invoice, computed: Computed) -> list[InvoiceLine]:
+    return [
+        InvoiceLine(
+            invoice=invoice,
+            ordinal=index,
+            product=line.product,
+            description=line.description[:300],
+            job=line.job[:200],
+            model=line.model[:200],
+            gpu_model=line.gpu_model[:100],
+            region=line.region[:64],
+            quantity=line.quantity,
+            unit=line.unit,
+            unit_price_micros=line.unit_price_micros,
+            price_unit=line.price_unit,
+            exact_micros=line.exact_micros,
+            amount_micros=cents(line.exact_micros, invoice.currency),
+        )
+        for index, line in enumerate(computed.lines, start=1)
+    ]
+
+
+# Lines and their journal links of many invoices in one statement: the lines' ids
+# come back from the first INSERT and the links join to them by (invoice, ordinal).
+_PG_WRITE_LINES = f"""
+WITH made AS (
+    INSERT INTO {InvoiceLine._meta.db_table}
+           (invoice_id, ordinal, product, description, job, model, gpu_model, region, quantity,
+            unit, unit_price_micros, price_unit, exact_micros, amount_micros)
+    SELECT t.invoice_id, t.ordinal, t.product, t.description, t.job, t.model, t.gpu_model,
+           t.region, t.quantity, t.unit, t.unit_price_micros, t.price_unit, t.exact_micros,
+           t.amount_micros
+      FROM ROWS FROM (json_to_recordset(%(lines)s::json)
+                      AS (invoice_id bigint, ordinal int, product text, description text,
+                          job text, model text, gpu_model text, region text, quantity bigint,
+                          unit text, unit_price_micros bigint, price_unit bigint,
+                          exact_micros bigint, amount_micros bigint))
+           WITH ORDINALITY AS t(invoice_id, ordinal, product, description, job, model,
+                                gpu_model, region, quantity, unit, unit_price_micros,
+                                price_unit, exact_micros, amount_micros, n)
+     ORDER BY t.n
+    RETURNING id, invoice_id, ordinal
+)
+INSERT INTO {InvoiceLineEntry._meta.db_table} (line_id, entry_position, transfer_id, amount_micros)
+SELECT made.id, e.entry_position, e.transfer_id, e.amount_micros
+  FROM ROWS FROM (json_to_recordset(%(entries)s::json)
+                  AS (invoice_id bigint, ordinal int, entry_position bigint, transfer_id text,
+                      amount_micros bigint))
+       WITH ORDINALITY AS e(invoice_id, ordinal, entry_position, transfer_id, amount_micros, n)
+  JOIN made ON made.invoice_id = e.invoice_id AND made.ordinal = e.ordinal
+ ORDER BY e.n
+"""
+
+
+def _write_lines_many(invoices: list[tuple[Invoice, Computed]], *, replacing: list[int]) -> None:
+    """Write the lines (and their links to journal entries) of these invoices, in
+    place of those the invoices ``replacing`` had (drafts; new invoices have none)."""
+    for chunk in _chunks(replacing):
+        InvoiceLine.objects.filter(invoice_id__in=chunk).delete()
+    links = [
+        (invoice.pk, index, computed.positions[transfer_id], transfer_id, amount)
+        for invoice, computed in invoices
+        for index, line in enumerate(computed.lines, start=1)
+        for transfer_id, amount in sorted(line.entries.items())
+    ]
+    if not is_postgres():
+        made = InvoiceLine.objects.bulk_create(
+            [line for invoice, computed in invoices for line in _line_rows(invoice, computed)]
+        )
+        by_key = {(line.invoice_id, line.ordinal): line for line in made}
+        InvoiceLineEntry.objects.bulk_create(
             InvoiceLineEntry(
-                line=row,
-                entry_position=computed.positions[transfer_id],
+                line=by_key[(invoice_id, ordinal)],
+                entry_position=position,
                 transfer_id=transfer_id,
                 amount_micros=amount,
             )
-            for row, line in zip(made, computed.lines, strict=True)
-            for transfer_id, amount in sorted(line.entries.items())
-        ]
+            for invoice_id, ordinal, position, transfer_id, amount in links
+        )
+        return
+    # The same values as _line_rows, as JSON for one statement.
+    lines = [
+        {
+            "invoice_id": invoice.pk,
+            "ordinal": index,
+            "product": line.product,
+            "description": line.description[:300],
+            "job": line.job[:200],
+            "model": line.model[:200],
+            "gpu_model": line.gpu_model[:100],
+            "region": line.region[:64],
+            "quantity": line.quantity,
+            "unit": line.unit,
+            "unit_price_micros": line.unit_price_micros,
+            "price_unit": line.price_unit,
+            "exact_micros": line.exact_micros,
+            "amount_micros": cents(line.exact_micros, invoice.currency),
+        }
+        for invoice, computed in invoices
+        for index, line in enumerate(computed.lines, start=1)
+    ]
+    if not lines:
+        return
+    entries = [
+        {
+            "invoice_id": invoice_id,
+            "ordinal": ordinal,
+            "entry_position": position,
+            "transfer_id": transfer_id,
+            "amount_micros": amount,
+        }
+        for invoice_id, ordinal, position, transfer_id, amount in links
+    ]
+    with connection.wrap_database_errors:
+        server_cursor().execute(
+            _PG_WRITE_LINES, {"lines": json.dumps(lines), "entries": json.dumps(entries)}
+        )
+
+
+def _invoices_insert(invoices: list[Invoice], documents: dict[str, str]) -> None:
+    """INSERT new invoices (setting their pks), ``documents`` their documents as JSON
+    text by key: on PostgreSQL one statement, its rows one JSON parameter bound
+    server-side, the documents spliced in as encoded once already (for the hash)."""
+    if not invoices:
+        return
+    if not is_postgres():
+        Invoice.objects.bulk_create(invoices)
+        return
+    fields = [
+        f for f in Invoice._meta.concrete_fields if not f.primary_key and f.name != "document"
+    ]
+    columns = [f.column for f in fields]
+    types = ", ".join(
+        f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in fields
     )
+
+    def value(invoice: Invoice, name: str) -> Any:
+        found = getattr(invoice, name)
+        return found.isoformat() if isinstance(found, datetime) else found
+
+    rows = ",".join(
+        json.dumps({f.column: value(invoice, f.attname) for f in fields})[:-1]
+        + ', "document": '
+        + documents[invoice.key]
+        + "}"
+        for invoice in invoices
+    )
+    quoted = ", ".join(connection.ops.quote_name(c) for c in [*columns, "document"])
+    with connection.wrap_database_errors:
+        cursor = server_cursor()
+        cursor.execute(
+            f"INSERT INTO {Invoice._meta.db_table} ({quoted}) SELECT {quoted} "
+            f"FROM ROWS FROM (json_to_recordset(%s::json) AS ({types}, document jsonb)) "
+            f"WITH ORDINALITY AS t({quoted}, n) ORDER BY t.n RETURNING id, key",
+            [f"[{rows}]"],
+        )
+        ids = {key: pk for pk, key in cursor.fetchall()}
+    for invoice in invoices:
+        invoice.pk = ids[invoice.key]
+        invoice._state.adding = False
 
 
 # --- drafts -------------------------------------------------------------------------
@@ -666,13 +994,19 @@ def _apply_draft(invoice: Invoice, computed: Computed, now: datetime) -> None:
 
 
 def _next_number(series: str) -> str:
+    return _next_numbers(series, 1)[0]
+
+
+def _next_numbers(series: str, count: int) -> list[str]:
+    """The next ``count`` numbers of a series, taken under the sequence row's lock."""
     name = issuer()
     DocumentSequence.objects.get_or_create(issuer=name, series=series)
     sequence = DocumentSequence.objects.select_for_update().get(issuer=name, series=series)
-    sequence.last_number += 1
+    first = sequence.last_number + 1
+    sequence.last_number += count
     sequence.save(update_fields=["last_number"])
     prefix = name if series == "INV" else f"{name}-{series}"
-    return f"{prefix}-{sequence.last_number:06d}"
+    return [f"{prefix}-{n:06d}" for n in range(first, first + count)]
 
 
 def _append(invoice: Invoice, event_type: str, payload: dict[str, Any], actor: str) -> int:
@@ -688,8 +1022,10 @@ def _append(invoice: Invoice, event_type: str, payload: dict[str, Any], actor: s
     return recorded[0].position
 
 
-def _post(transfer_id: str, currency: str, signed: dict[int, int], kind: str, description: str, actor: str) -> int | None:
-    """Post an entry from signed amounts per account (debit positive); None if all zero."""
+def _entry_request(
+    transfer_id: str, currency: str, signed: dict[int, int], kind: str, description: str
+) -> EntryRequest | None:
+    """An entry from signed amounts per account (debit positive); None if all zero."""
     legs = tuple(
         (account, "D" if amount > 0 else "C", abs(amount))
         for account, amount in sorted(signed.items())
@@ -697,13 +1033,19 @@ def _post(transfer_id: str, currency: str, signed: dict[int, int], kind: str, de
     )
     if not legs:
         return None
-    result = raise_for(
-        ledger_execute(
-            [EntryRequest(transfer_id=transfer_id, currency=currency, legs=legs, kind=kind, description=description)],
-            actor=actor,
-        )[0]
+    return EntryRequest(
+        transfer_id=transfer_id, currency=currency, legs=legs, kind=kind, description=description
     )
-    return result.position
+
+
+def _post(
+    transfer_id: str, currency: str, signed: dict[int, int], kind: str, description: str, actor: str
+) -> int | None:
+    """Post an entry from signed amounts per account (debit positive); None if all zero."""
+    entry = _entry_request(transfer_id, currency, signed, kind, description)
+    if entry is None:
+        return None
+    return raise_for(ledger_execute([entry], actor=actor)[0]).position
 
 
 def _catch_up() -> None:
@@ -836,6 +1178,273 @@ def _apply_final(
     invoice.document_sha256 = digest
     invoice.save()
     _write_lines(invoice, computed)
+
+
+def _finalized_payload(
+    invoice: Invoice,
+    computed: Computed,
+    totals: Totals,
+    buyer: dict[str, Any],
+    prepaid: int,
+    apply: int,
+    document: dict[str, Any],
+    digest: str,
+) -> dict[str, Any]:
+    return {
+        "number": invoice.number,
+        "organization": invoice.organization_id,
+        "kind": invoice.kind,
+        "currency": invoice.currency,
+        "period_start": invoice.period_start.isoformat(),
+        "period_end": invoice.period_end.isoformat(),
+        "job": invoice.job,
+        "issuer": invoice.issuer,
+        "finalized_at": document["finalized_at"],
+        "due_at": document["due_at"],
+        "as_of_position": computed.as_of_position,
+        "buyer": buyer,
+        "prepaid_applied_micros": prepaid,
+        "credit_applied_at_finalize_micros": apply,
+        "total_micros": totals.total,
+        "document_sha256": digest,
+    }
+
+
+def _buyer_accounts_open(
+    organizations: list[Organization], currency: str
+) -> dict[tuple[int, str], int]:
+    """(org, kind) -> account id of each org's credit and receivable, opened (with a
+    zero balance, as ``account_open`` does) where missing."""
+    ids = sorted(o.pk for o in organizations)
+    found: dict[tuple[int, str], int] = {}
+    for chunk in _chunks(ids):
+        found.update(
+            ((org, kind), pk)
+            for org, kind, pk in Account.objects.filter(
+                organization_id__in=chunk, currency=currency, kind__in=BUYER_KINDS
+            ).values_list("organization_id", "kind", "pk")
+        )
+    missing = [
+        Account(
+            organization_id=org,
+            kind=kind,
+            currency=currency,
+            normal_side=Account.NORMAL_SIDE[Account.Kind(kind)],
+            overdraft_limit_micros=0 if kind == Account.Kind.CREDIT else None,
+        )
+        for org in ids
+        for kind in BUYER_KINDS
+        if (org, kind) not in found
+    ]
+    if not missing:
+        return found
+    try:
+        with transaction.atomic():
+            if is_postgres():
+                made = _accounts_insert_pg(missing)
+            else:
+                made = [
+                    (a.organization_id, a.kind, a.pk) for a in Account.objects.bulk_create(missing)
+                ]
+                Balance.objects.bulk_create([Balance(account_id=pk) for _, _, pk in made])
+    except IntegrityError as exc:
+        # Opened concurrently (account_open): read them again from a fresh transaction.
+        raise RetryTransaction("a buyer account was opened concurrently") from exc
+    found.update(((org, kind), pk) for org, kind, pk in made)
+    return found
+
+
+def _accounts_insert_pg(accounts: list[Account]) -> list[tuple[int, str, int]]:
+    with connection.wrap_database_errors:
+        cursor = server_cursor()
+        cursor.execute(
+            f"""WITH made AS (
+                    INSERT INTO {Account._meta.db_table} (organization_id, kind, currency,
+                                normal_side, overdraft_limit_micros, created_at)
+                    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],
+                                         %s::bigint[], %s::timestamptz[])
+                    RETURNING id, organization_id, kind),
+                balance AS (
+                    INSERT INTO {Balance._meta.db_table} (account_id, debits_posted, credits_posted,
+                                debits_pending, credits_pending, position)
+                    SELECT id, 0, 0, 0, 0, 0 FROM made)
+                SELECT organization_id, kind, id FROM made""",
+            [
+                [a.organization_id for a in accounts],
+                [a.kind for a in accounts],
+                [a.currency for a in accounts],
+                [a.normal_side for a in accounts],
+                [a.overdraft_limit_micros for a in accounts],
+                [timezone.now()] * len(accounts),
+            ],
+        )
+        return cursor.fetchall()
+
+
+CLOSE_CHUNK = 500  # orgs finalized per transaction by a period close
+
+
+@retry_transaction
+def _finalize_month(
+    *,
+    organizations: list[Organization],
+    period: date,
+    currency: str,
+    now: datetime,
+    actor: str,
+) -> tuple[int, int]:
+    """Refresh and finalize the monthly invoices of many orgs in one transaction, as
+    ``invoice_draft_refresh`` then ``invoice_finalize`` would one by one (the caller
+    closed the usage month and caught up), with every read and write batched: the
+    invoices computed as of one position, numbered in the orgs' order from one lock
+    of the sequence, their entries posted in one ``ledger_execute``, their
+    InvoiceFinalized events appended last. Returns (finalized, already final)."""
+    start, end = month_bounds(period)
+    keys = {o.pk: monthly_key(o.pk, period, currency) for o in organizations}
+    # A final invoice's document is not needed here (a draft's is rewritten below).
+    existing = {
+        invoice.key: invoice
+        for invoice in Invoice.objects.select_for_update()
+        .filter(key__in=list(keys.values()))
+        .defer("document")
+        .order_by("pk")
+    }
+    already = sum(1 for invoice in existing.values() if invoice.status != Invoice.Status.DRAFT)
+    todo = [
+        o
+        for o in organizations
+        if keys[o.pk] not in existing or existing[keys[o.pk]].status == Invoice.Status.DRAFT
+    ]
+    if not todo:
+        return 0, already
+    as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
+    computed = _compute_monthly([o.pk for o in todo], currency, period, as_of)
+    empty = [
+        existing[keys[o.pk]].pk for o in todo if not computed[o.pk].lines and keys[o.pk] in existing
+    ]
+    if empty:
+        Invoice.objects.filter(pk__in=empty).delete()
+    todo = [o for o in todo if computed[o.pk].lines]
+    if not todo:
+        return 0, already
+    buyers = _profiles(todo)
+    numbers = _next_numbers("INV", len(todo))
+    accounts = _buyer_accounts_open(todo, currency)
+    available = {
+        b.account_id: b.credits_posted - b.debits_posted - b.debits_pending
+        for b in Balance.objects.select_for_update()
+        .filter(account_id__in=sorted(accounts[(o.pk, Account.Kind.CREDIT)] for o in todo))
+        .order_by("account_id")
+    }
+    rounding = platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk
+    tax_payable = platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk
+    versions = dict(
+        Event.objects.filter(stream_id__in=[f"invoice:{keys[o.pk]}" for o in todo])
+        .values("stream_id")
+        .annotate(v=Max("version"))
+        .values_list("stream_id", "v")
+    )
+    finalized_at = now.isoformat()
+    due_at = (now + due_after()).isoformat()
+    entries: list[EntryRequest] = []
+    events: list[EventRow] = []
+    final: list[tuple[Invoice, Computed]] = []
+    documents: dict[str, str] = {}
+    for organization, number in zip(todo, numbers, strict=True):
+        key = keys[organization.pk]
+        found = computed[organization.pk]
+        buyer = buyers[organization.pk]
+        totals = totals_of(found, currency, buyer["tax_rate_bps"])
+        invoice = existing.get(key) or Invoice(
+            key=key,
+            organization=organization,
+            kind=Invoice.Kind.MONTHLY,
+            currency=currency,
+            period_start=start,
+            period_end=end,
+            issuer=issuer(),
+            grace_ends_at=end + grace(),
+        )
+        invoice.generated_at = now
+        receivable = accounts[(organization.pk, Account.Kind.RECEIVABLE)]
+        credit = accounts[(organization.pk, Account.Kind.CREDIT)]
+        # Apply what prepaid credit is left to what the charges left owed.
+        apply = max(0, min(totals.total - found.prepaid_micros, available[credit]))
+        signed: dict[int, int] = defaultdict(int)
+        signed[receivable] += totals.rounding + totals.tax - apply
+        signed[rounding] -= totals.rounding
+        signed[tax_payable] -= totals.tax
+        signed[credit] += apply
+        entry = _entry_request(
+            f"invoice:{key}",
+            currency,
+            signed,
+            "invoice",
+            f"invoice {number}: rounding to cents, tax, prepaid credit applied",
+        )
+        if entry is not None:
+            entries.append(entry)
+        prepaid = found.prepaid_micros + apply
+        document = _document(
+            invoice=invoice,
+            computed=found,
+            totals=totals,
+            buyer=buyer,
+            number=number,
+            finalized_at=finalized_at,
+            due_at=due_at,
+            prepaid_applied=prepaid,
+        )
+        text = canonical(document)
+        digest = hashlib.sha256(text).hexdigest()
+        documents[key] = text.decode()
+        invoice.number = number
+        invoice.status = Invoice.Status.PAID if totals.total - prepaid <= 0 else Invoice.Status.OPEN
+        invoice.finalized_at = now
+        invoice.due_at = now + due_after()
+        if invoice.status == Invoice.Status.PAID:
+            invoice.closed_at = now
+            invoice.payment_reference = "prepaid credit"
+        invoice.subtotal_exact_micros = totals.exact
+        invoice.subtotal_micros = totals.subtotal
+        invoice.rounding_micros = totals.rounding
+        invoice.tax_rate_bps = totals.tax_rate_bps
+        invoice.tax_micros = totals.tax
+        invoice.total_micros = totals.total
+        invoice.prepaid_applied_micros = prepaid
+        invoice.amount_due_micros = totals.total - prepaid
+        invoice.document = document
+        invoice.document_sha256 = digest
+        final.append((invoice, found))
+        stream_id = f"invoice:{key}"
+        events.append(
+            EventRow(
+                stream_type=INVOICE_STREAM,
+                stream_id=stream_id,
+                version=versions.get(stream_id, 0) + 1,
+                type=INVOICE_FINALIZED,
+                payload={
+                    "key": key,
+                    **_finalized_payload(
+                        invoice, found, totals, buyer, prepaid, apply, document, digest
+                    ),
+                },
+                tenant_id=organization.pk,
+                metadata={"actor": actor, "events_in_append": 1},
+            )
+        )
+    drafts = [invoice.pk for invoice, _ in final if invoice.pk is not None]
+    for invoice, _ in final:
+        if invoice.pk is not None:
+            invoice.save()
+    _invoices_insert([invoice for invoice, _ in final if invoice.pk is None], documents)
+    _write_lines_many(final, replacing=drafts)
+    # The ledger and the event store last: both take the store's append lock, held to
+    # the commit.
+    for result in ledger_execute(entries, actor=actor):
+        raise_for(result)
+    events_insert(events, recorded_at=timezone.now())
+    return len(final), already
 
 
 def outstanding(invoice: Invoice) -> int:
@@ -1195,9 +1804,11 @@ def period_close(
 ) -> CloseResult:
     """Close a month for every organization that was charged in it: drafts refreshed,
     then (once the grace period has ended, or when ``finalize`` says so) finalized,
-    and the providers' statements written. Each org is its own transaction: a run
-    that stops half way is finished by running it again, and a finalized invoice is
-    left as it is, so running it twice changes nothing."""
+    and the providers' statements written. Each org's draft is its own transaction,
+    and finalizing goes in chunks of ``CLOSE_CHUNK`` orgs, each one transaction with
+    its reads and writes batched (``_finalize_month``): a run that stops half way is
+    finished by running it again, and a finalized invoice is left as it is, so
+    running it twice changes nothing."""
     import time
 
     started = time.monotonic()
@@ -1211,16 +1822,24 @@ def period_close(
     _catch_up()
     org_ids = organization_ids if organization_ids is not None else buyers_with_charges(period, currency)
     orgs = {o.pk: o for o in Organization.objects.filter(pk__in=org_ids)}
+    drafts = finalized = already = 0
     if finalize:
         # Close every buyer's usage month first, then rate and accrue what came in
         # before: nothing can join the month after this, so the drafts are final.
-        from metering.services import usage_period_close
+        from metering.services import usage_periods_close
 
-        for org_id in org_ids:
-            usage_period_close(organization=orgs[org_id], period=period)
+        usage_periods_close(organization_ids=org_ids, period=period)
         _catch_up()
-    drafts = finalized = already = 0
-    for org_id in org_ids:
+        # Then finalize in chunks, each one transaction: a run that stops half way
+        # is finished by running it again.
+        ordered = [orgs[org_id] for org_id in org_ids]
+        for chunk in _chunks(ordered, CLOSE_CHUNK):
+            done, final = _finalize_month(
+                organizations=chunk, period=period, currency=currency, now=now, actor=actor
+            )
+            finalized += done
+            already += final
+    for org_id in [] if finalize else org_ids:
         organization = orgs[org_id]
         invoice = invoice_draft_refresh(organization=organization, period=period, currency=currency, now=now)
         if invoice is None:

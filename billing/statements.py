@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from billing import events as ev
-from billing.invoicing import month_bounds
+from billing.invoicing import _chunks, month_bounds
 from billing.models import Account, Posting, ProviderStatement, UsageAccrual
 from core.models import Event, Organization
 from core.money import Money
@@ -81,7 +81,48 @@ def statement_compute(
         .order_by("entry_id")
         .values_list("entry_id", "side", "amount_micros")
     )
-    events = {e.position: e for e in Event.objects.filter(position__in=[p[0] for p in postings])}
+    events = {
+        position: (event_type, payload)
+        for position, event_type, payload in Event.objects.filter(
+            position__in=[p[0] for p in postings]
+        ).values_list("position", "type", "payload")
+    }
+    # What the lines are made of, read once for all the month's entries rather than
+    # once per entry: rated usage by entry, and the metered usage of settled leases.
+    usage = defaultdict(list)
+    usage_ids = sorted({payload.get("transfer_id", "") for _, payload in events.values()} - {""})
+    for chunk in _chunks([t for t in usage_ids if t.startswith("usage:")]):
+        for a in (
+            UsageAccrual.objects.filter(transfer_id__in=chunk, provider_id=provider.pk)
+            .order_by("id")
+            .values_list(
+                "transfer_id",
+                "node",
+                "gpu_model",
+                "quantity",
+                "provider_micros",
+                "fee_micros",
+                named=True,
+            )
+        ):
+            usage[a.transfer_id].append(a)
+    leases = defaultdict(list)
+    subjects = sorted(
+        {
+            payload["hold_id"].rsplit(":w", 1)[0]
+            for event_type, payload in events.values()
+            if event_type == ev.HOLD_POSTED
+        }
+    )
+    for chunk in _chunks(subjects):
+        for subject, node, gpu_model, quantity in (
+            UsageAccrual.objects.filter(
+                subject__in=chunk, provider_id=provider.pk, product="gpu_lease"
+            )
+            .order_by("id")
+            .values_list("subject", "node", "gpu_model", "quantity")
+        ):
+            leases[subject].append((node, gpu_model, quantity))
     fees_account = Account.objects.filter(
         organization=None, kind=Account.Kind.FEES, currency=currency
     ).first()
@@ -92,16 +133,14 @@ def statement_compute(
         return lines.setdefault((node, gpu_model), StatementLine(node, gpu_model))
 
     for position, side, amount in postings:
-        event = events[position]
-        payload = event.payload
+        event_type, payload = events[position]
         if side == "D":
             payouts.append((position, amount, payload.get("description", "")))
             continue
         transfer_id = payload.get("transfer_id", "")
         if transfer_id.startswith("usage:"):
-            accruals = UsageAccrual.objects.filter(transfer_id=transfer_id, provider_id=provider.pk)
             counted = 0
-            for a in accruals:
+            for a in usage.get(transfer_id, ()):
                 target = line(a.node, a.gpu_model)
                 target.gpu_seconds += a.quantity
                 target.gross_micros += a.provider_micros
@@ -118,12 +157,9 @@ def statement_compute(
         if fees_account is not None:
             fee = sum(x for a, s, x in payload.get("legs", ()) if a == fees_account.pk and s == "C")
         node, gpu_model, seconds = "", "", 0
-        if event.type == ev.HOLD_POSTED:
+        if event_type == ev.HOLD_POSTED:
             subject = payload["hold_id"].rsplit(":w", 1)[0]
-            found = UsageAccrual.objects.filter(
-                subject=subject, provider_id=provider.pk, product="gpu_lease"
-            ).values_list("node", "gpu_model", "quantity")
-            for n, g, q in found:
+            for n, g, q in leases.get(subject, ()):
                 node, gpu_model = n, g
                 seconds += q
         target = line(node, gpu_model or "other")

@@ -387,3 +387,36 @@ def usage_period_close(*, organization: Organization, period: date) -> ClosedPer
         organization=organization, period=period, defaults={"closed_at": timezone.now()}
     )
     return closed
+
+
+@transaction.atomic
+def usage_periods_close(
+    *, organization_ids: Sequence[int], period: date, now: datetime | None = None
+) -> int:
+    """``usage_period_close`` for many buyers at once (a month's close): one lock, one
+    insert. Months closed already keep their first closing. Returns how many closed now."""
+    if period.day != 1:
+        raise InvalidInput(
+            "a period is named by the first day of its month", details={"field": "period"}
+        )
+    now = now or timezone.now()
+    if is_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {USAGE_TABLE} IN SHARE MODE")
+    ids = sorted(set(organization_ids))
+    closed: set[int] = set()
+    for offset in range(0, len(ids), 5000):
+        closed.update(
+            ClosedPeriod.objects.filter(
+                organization_id__in=ids[offset : offset + 5000], period=period
+            ).values_list("organization_id", flat=True)
+        )
+    ClosedPeriod.objects.bulk_create(
+        [
+            ClosedPeriod(organization_id=org_id, period=period, closed_at=now)
+            for org_id in ids
+            if org_id not in closed
+        ],
+        ignore_conflicts=True,
+    )
+    return len(ids) - len(closed)
