@@ -1,5 +1,7 @@
 """The workloads follower: lease events from the order book and training events
-from the runtime, turned into job state, the events and checkpoints the API lists.
+from the runtime, turned into job state, the events and checkpoints the API lists,
+and into inference deployments' leases (recorded when one starts; the deployment
+stopped when its lease ends under it).
 
 It keeps its position in the same transaction as its effects (core.followers), so
 each event takes effect once. Each handler is also idempotent on its own (a job
@@ -24,6 +26,9 @@ LEASE_STREAM = "lease"
 TRAINING_STREAM = "training"
 LEASE_STARTED = "LeaseStarted"
 LEASE_INTERRUPTED = frozenset({"LeasePreempted", "LeaseFailed"})
+# Every way a lease closes. Closed-lease events do not name their workload, so an
+# inference deployment's lease is found by its id.
+LEASE_CLOSED = frozenset({"LeaseEnded", "LeasePreempted", "LeaseFailed", "LeaseCancelled"})
 
 
 def _job_id(event: RecordedEvent) -> str:
@@ -77,6 +82,18 @@ class WorkloadsFollower(Follower):
     def handle(self, event: RecordedEvent) -> None:
         payload = event.payload
         if event.stream_type == LEASE_STREAM:
+            if event.type == LEASE_STARTED and payload.get("workload_kind") == "inference":
+                services.deployment_lease_started(
+                    deployment_id=str(payload.get("workload_id") or ""),
+                    lease_ref=str(payload.get("lease_id", "")),
+                    order_ref=str(payload.get("order_id", "")),
+                )
+                return
+            if event.type in LEASE_CLOSED:
+                services.deployment_lease_ended(
+                    lease_ref=str(payload.get("lease_id", "")),
+                    reason=str(payload.get("reason") or event.type),
+                )
             if payload.get("workload_kind") != "fine_tune":
                 return
             job_id = str(payload.get("workload_id") or "")

@@ -203,9 +203,11 @@ class Deployment(models.Model):
     """A long-lived inference engine for one model, on a marketplace lease.
 
     Base models are served by platform deployments (``organization`` null) shared by
-    every buyer; a fine-tuned model by a deployment of its owner. Requests route to
-    the ready deployment of their model; one idle past ``idle_timeout_seconds`` is
-    stopped (its engine unloaded, its lease ended).
+    every buyer; a fine-tuned model by a deployment of its owner. ``starting`` until
+    its order (``order_ref``) is leased (``lease_ref``) and a serving process has
+    loaded the engine; then ``ready``. Requests route to the ready deployment of their
+    model; one idle past ``idle_timeout_seconds`` is stopped (its engine unloaded, its
+    lease ended), and so is one whose lease ends under it.
     """
 
     class Status(models.TextChoices):
@@ -242,6 +244,14 @@ class Deployment(models.Model):
                 fields=["model"],
                 condition=~Q(status="stopped"),
                 name="workload_deployment_one_live_per_model",
+            ),
+        ]
+        indexes = [
+            # The follower finds a live deployment by its lease when a lease closes.
+            models.Index(
+                fields=["lease_ref"],
+                condition=~Q(status="stopped"),
+                name="workload_deployment_live_lease",
             ),
         ]
 

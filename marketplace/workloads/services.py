@@ -12,6 +12,8 @@ import logging
 import math
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -543,13 +545,18 @@ def finetune_quote(*, organization: Organization, request: JobRequest) -> Quote:
     )
 
 
-def gpus_for(card: ModelCard, training_type: str) -> int:
-    """GPUs a fine-tune of ``card`` needs. Full training holds weights, gradients and
-    Adam's two moments in fp32 (16 bytes a parameter); LoRA holds bf16 weights
-    (2 bytes) and a small adapter. A fifth more covers activations."""
-    bytes_per_parameter = 16 if training_type == "full" else 2
-    need_gib = card.parameter_count * bytes_per_parameter * 1.2 / 2**30
-    return max(1, math.ceil(need_gib / GPU_MEMORY_GIB))
+def gpu_memory_need_gib(card: ModelCard, work: str) -> float:
+    """GiB of GPU memory ``work`` on ``card`` needs: ``full`` training holds weights,
+    gradients and Adam's two moments in fp32 (16 bytes a parameter); ``lora`` training
+    and ``serve`` (an inference deployment) hold bf16 weights (2 bytes) and a small
+    adapter. A fifth more covers activations (serving: the KV cache)."""
+    bytes_per_parameter = 16 if work == "full" else 2
+    return card.parameter_count * bytes_per_parameter * 1.2 / 2**30
+
+
+def gpus_for(card: ModelCard, work: str) -> int:
+    """GPUs a fine-tune (``lora``, ``full``) or a deployment (``serve``) of ``card`` needs."""
+    return max(1, math.ceil(gpu_memory_need_gib(card, work) / GPU_MEMORY_GIB))
 
 
 def _output_name(organization: Organization, card: ModelCard, suffix: str, job_id: str) -> str:
@@ -630,49 +637,81 @@ def finetune_job_create(*, organization: Organization, request: JobRequest) -> F
 
 
 def _order_place_for_job(job: FineTuneJob) -> str:
-    from marketplace import services as market
+    # The job ends its lease when it finishes, and a preempted or failed lease puts
+    # the order back in the book to resume elsewhere.
+    return _order_place_managed(
+        organization=job.organization,
+        model=job.model,
+        work=job.training_type,
+        gpus=job.gpu_count,
+        workload_kind="fine_tune",
+        workload_id=job.public_id,
+    )
 
-    # Standing and open-ended: the job ends its lease when it finishes, and a
-    # preempted or failed lease puts the order back in the book to resume elsewhere.
+
+def _order_place_managed(
+    *,
+    organization: Organization,
+    model: str,
+    work: str,
+    gpus: int,
+    workload_kind: str,
+    workload_id: str,
+) -> str:
+    """Place the order of managed work (a fine-tune job, an inference deployment):
+    standing, open-ended and on demand, for ``gpus`` GPUs of one node, at most the
+    platform's limit price. The lease is the platform's cost (the buyer pays per
+    token), so the order reserves no buyer credit. Returns the order's id."""
+    from marketplace import services as market
+    from marketplace.models import Order
     from providers import catalog
 
-    card = external.base_model(job.model)
-    need_gib = (
-        card.parameter_count * (16 if job.training_type == "full" else 2) * 1.2 / 2**30
-        if card
-        else GPU_MEMORY_GIB
-    )
+    card = external.base_model(model)
+    need_gib = gpu_memory_need_gib(card, work) if card else GPU_MEMORY_GIB
     order = market.order_place(
-        organization=job.organization,
+        organization=organization,
         spec=market.OrderSpec(
-            gpus_per_node=job.gpu_count,
+            gpus_per_node=gpus,
             limit_price_per_gpu_hour_micros=settings.WORKLOADS_GPU_HOUR_LIMIT_MICROS,
             # Any GPU in the catalog with the memory each GPU's share needs.
             gpu_models=[m.slug for m in catalog.CATALOG],
-            min_gpu_memory_gib=max(1, math.ceil(need_gib / job.gpu_count)),
+            min_gpu_memory_gib=max(1, math.ceil(need_gib / gpus)),
+            kind=Order.Kind.ON_DEMAND,
+            time_in_force=Order.TimeInForce.STANDING,
+            duration_seconds=None,
         ),
-        workload_kind="fine_tune",
-        workload_id=job.public_id,
+        workload_kind=workload_kind,
+        workload_id=workload_id,
     )
     return str(order.pk)
 
 
-def _order_cancel(order_ref: str) -> None:
+def _order_cancel(order_ref: str, *, now: datetime | None = None) -> None:
     from marketplace import services as market
     from marketplace.models import Order
 
     order = Order.objects.filter(pk=int(order_ref)).first()
     if order is not None and order.state in Order.LIVE_STATES:
-        market.order_cancel(order=order)
+        market.order_cancel(order=order, now=now)
 
 
-def _lease_end(lease_ref: str, reason: str) -> None:
+def _order_live(order_ref: str) -> bool:
+    from marketplace.models import Order
+
+    return bool(order_ref) and (
+        Order.objects.filter(pk=int(order_ref), state__in=Order.LIVE_STATES).exists()
+    )
+
+
+def _lease_end(lease_ref: str, reason: str, *, now: datetime | None = None) -> None:
+    """End a live lease, billed to ``now`` (default: now): the provider's GPU-seconds
+    are settled. A lease already closed is left as it is."""
     from marketplace import services as market
     from marketplace.models import Lease
 
     lease = Lease.objects.filter(pk=int(lease_ref)).first()
     if lease is not None and lease.state in Lease.LIVE_STATES:
-        market.lease_end(lease=lease, reason=reason)
+        market.lease_end(lease=lease, reason=reason, now=now)
 
 
 def _job_event(
@@ -1091,43 +1130,198 @@ def model_resolve(*, organization: Organization, name: str) -> ServedModel:
     )
 
 
-def deployment_acquire(*, served: ServedModel) -> Deployment:
-    """The live deployment of ``served``; the first request for a cold model starts
-    one (loads the engine once). Concurrent first requests meet on the unique
-    live-deployment constraint and share one."""
+# A deployment's life. The first request for a cold model creates it (``starting``)
+# and, in the same transaction, places its marketplace order: managed work, open-ended
+# and on demand (``_order_place_managed``). Matching leases GPUs; the workloads
+# follower records the lease on the deployment (LeaseStarted); a serving process then
+# loads the engine and marks it ``ready`` (``deployment_start``). Requests reuse it
+# until no request came for its idle timeout (``deployments_stop_idle``, run by each
+# pass of the matching loop) or its lease ends under it; then it is ``stopped``, its
+# lease ended and settled, and the next request starts a new one.
+
+# A 503 model_unavailable asks the client to come back after this many seconds; the
+# deployment's order keeps waiting in the book meanwhile.
+RETRY_AFTER_SECONDS = 10
+
+# Engines this process holds, by deployment id. The runtime's engine registry is per
+# process, so each serving process loads a deployment's engine once, for the first
+# request it serves, and unloads it when it finds the deployment stopped. The lock
+# makes concurrent requests share one load (the runtime loads one at a time too).
+_engines: set[str] = set()
+_engines_load_lock = threading.Lock()
+
+
+def _engine_ensure(deployment: Deployment) -> None:
+    """Load the deployment's engine in this process unless it holds it already.
+    Concurrent requests wait for the one load (outside any transaction)."""
+    if deployment.public_id in _engines:
+        return
+    with _engines_load_lock:
+        if deployment.public_id in _engines:
+            return
+        external.engine_load(
+            deployment_id=deployment.public_id,
+            base_model=deployment.base_model,
+            adapter_path=deployment.adapter_path or None,
+        )
+        _engines.add(deployment.public_id)
+
+
+def _engine_drop(deployment_id: str) -> None:
+    _engines.discard(deployment_id)
+    try:
+        external.engine_unload(deployment_id=deployment_id)
+    except Exception:  # the engine may be gone with its process already
+        logger.warning("engine unload failed", exc_info=True, extra={"deployment": deployment_id})
+
+
+def _engines_reap() -> None:
+    """Unload this process's engines of deployments stopped elsewhere (by the matching
+    loop's idle check, or by the follower when their lease ended)."""
+    if not _engines:
+        return
+    held = frozenset(_engines)  # one step under the GIL: safe while others add
+    stopped = Deployment.objects.filter(
+        public_id__in=sorted(held), status=Deployment.Status.STOPPED
+    ).values_list("public_id", flat=True)
+    for deployment_id in stopped:
+        _engine_drop(deployment_id)
+
+
+def _order_organization(*, organization: Organization, served: ServedModel) -> Organization:
+    """Whose name a deployment's order is in. A fine-tuned model's deployment is its
+    owner's; a base model's is shared by every buyer, so it is the operator's when the
+    operator buys, else that of the organization whose request started it. Either way
+    nothing is billed to it for the lease: managed work is paid per token."""
+    if served.organization is not None:
+        return served.organization
+    operator = Organization.objects.filter(
+        is_operator=True, kind__in=[Organization.Kind.BUYER, Organization.Kind.BOTH]
+    ).first()
+    return operator or organization
+
+
+def _deployment_live(*, organization: Organization, served: ServedModel) -> Deployment:
+    """The live deployment of ``served``, counted as asked for now; or a new one,
+    created with its order in one transaction. Concurrent first requests meet on the
+    unique live-deployment constraint: the losers' inserts (and so their orders) roll
+    back, and they share the winner's. A starting deployment whose order left the book
+    unfilled (expired, cancelled) is stopped and replaced."""
+    now = timezone.now()
     deployment = Deployment.objects.filter(model=served.name).exclude(status="stopped").first()
-    if deployment is None:
-        try:
-            with transaction.atomic():
-                deployment = Deployment.objects.create(
-                    public_id=new_public_id("dep"),
-                    organization=served.organization,
-                    model=served.name,
-                    base_model=served.base_model,
-                    adapter_path=served.adapter_path,
-                    idle_timeout_seconds=settings.INFERENCE_IDLE_SECONDS,
-                )
-        except IntegrityError:
-            deployment = Deployment.objects.exclude(status="stopped").get(model=served.name)
-    if deployment.status != Deployment.Status.READY:
-        deployment_start(deployment=deployment)
-        deployment.refresh_from_db()
+    if deployment is not None and deployment.status == Deployment.Status.STARTING:
+        if not deployment.lease_ref and not _order_live(deployment.order_ref):
+            deployment_stop(deployment=deployment, reason="its order left the book unfilled")
+            return _deployment_live(organization=organization, served=served)
+        # Asked for: its idle time starts again (the claim in deployment_stop sees it).
+        Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.STARTING).update(
+            last_request_at=now
+        )
+    if deployment is not None:
+        return deployment
+    public_id = new_public_id("dep")
+    card = external.base_model(served.base_model)
+    try:
+        with transaction.atomic():
+            deployment = Deployment.objects.create(
+                public_id=public_id,
+                organization=served.organization,
+                model=served.name,
+                base_model=served.base_model,
+                adapter_path=served.adapter_path,
+                idle_timeout_seconds=settings.INFERENCE_IDLE_SECONDS,
+                last_request_at=now,
+            )
+            deployment.order_ref = _order_place_managed(
+                organization=_order_organization(organization=organization, served=served),
+                model=served.base_model,
+                work="serve",
+                gpus=gpus_for(card, "serve") if card else 1,
+                workload_kind="inference",
+                workload_id=public_id,
+            )
+            deployment.save(update_fields=["order_ref"])
+    except IntegrityError:
+        # Another request created it first (and placed its order).
+        if not Deployment.objects.filter(model=served.name).exclude(status="stopped").exists():
+            raise
+        return _deployment_live(organization=organization, served=served)
     return deployment
 
 
-def deployment_start(*, deployment: Deployment) -> None:
-    """Load the engine (base model plus adapter) once. The load is outside any
-    transaction; the engine's own registry makes a second load of the same
-    deployment a no-op, so racing first requests cost one load."""
-    external.engine_load(
-        deployment_id=deployment.public_id,
-        base_model=deployment.base_model,
-        adapter_path=deployment.adapter_path or None,
+def deployment_acquire(*, organization: Organization, served: ServedModel) -> Deployment:
+    """The ready deployment of ``served``, its engine loaded in this process. For a
+    cold model the request starts one (a deployment and its order) and waits for the
+    lease and the engine, up to ``INFERENCE_START_TIMEOUT_SECONDS``, polling the row:
+    no transaction is held while it waits, so the follower's and the matcher's commits
+    are seen. No GPUs in time: a 503 ``model_unavailable`` with ``Retry-After``; the
+    order stays in the book, and a later request finds the deployment it started."""
+    timeout = float(settings.INFERENCE_START_TIMEOUT_SECONDS)
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    _engines_reap()
+    deployment = _deployment_live(organization=organization, served=served)
+    while True:
+        if deployment.status == Deployment.Status.READY:
+            # In use from now: an idle stop that looked before cannot claim it.
+            in_use = Deployment.objects.filter(
+                pk=deployment.pk, status=Deployment.Status.READY
+            ).update(last_request_at=timezone.now())
+            if in_use:
+                _engine_ensure(deployment)
+                return deployment
+        elif deployment.status == Deployment.Status.STOPPED:
+            # Its lease ended before it served (preempted, node failed): start another.
+            if time.monotonic() >= deadline:
+                raise _model_unavailable(deployment, timeout)
+            deployment = _deployment_live(organization=organization, served=served)
+            continue
+        elif deployment.lease_ref:
+            deployment_start(deployment=deployment)
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _model_unavailable(deployment, timeout)
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.5)
+        deployment.refresh_from_db()
+
+
+def _model_unavailable(deployment: Deployment, waited: float) -> ApplicationError:
+    return ModelUnavailable(
+        f"{deployment.model} is not running, and no GPUs were found on the market to start "
+        f"it within {waited:g} seconds; its deployment {deployment.public_id} keeps waiting "
+        f"for GPUs: retry in {RETRY_AFTER_SECONDS} seconds",
+        details={
+            "param": "model",
+            "deployment_id": deployment.public_id,
+            "retry_after_seconds": RETRY_AFTER_SECONDS,
+        },
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+def deployment_start(*, deployment: Deployment) -> bool:
+    """The deployment has its lease: load the engine and mark it ready. Returns
+    whether this call marked it.
+
+    Where the engine loads: in the serving process, by the request that finds the
+    lease recorded (the one that started the deployment, waiting for it, or any later
+    one). The engine registry is per process: a process generates only with an engine
+    it holds, so neither the follower that records the lease nor a worker could load
+    it for the web process. The load waits for the lease, so no engine runs on GPUs
+    nobody leased; it runs outside any transaction, and concurrent requests in one
+    process share one load (``_engine_ensure``). Another serving process loads its own
+    engine on the first request it serves for the deployment."""
+    _engine_ensure(deployment)
     with transaction.atomic():
-        updated = Deployment.objects.filter(
-            pk=deployment.pk, status=Deployment.Status.STARTING
-        ).update(status=Deployment.Status.READY, ready_at=timezone.now())
+        updated = (
+            Deployment.objects.filter(
+                pk=deployment.pk, status=Deployment.Status.STARTING, lease_ref=deployment.lease_ref
+            )
+            .exclude(lease_ref="")
+            .update(status=Deployment.Status.READY, ready_at=timezone.now())
+        )
         if updated:
             _append(
                 ev.deployment_stream_id(deployment.public_id),
@@ -1139,6 +1333,11 @@ def deployment_start(*, deployment: Deployment) -> None:
                 ),
                 deployment.organization_id,
             )
+    if not updated:
+        live = Deployment.objects.filter(pk=deployment.pk).exclude(status=Deployment.Status.STOPPED)
+        if not live.exists():
+            _engine_drop(deployment.public_id)  # it stopped while the engine loaded
+    return bool(updated)
 
 
 @dataclass
@@ -1156,8 +1355,22 @@ def inference_stream(
 ) -> Iterator[GenerationChunk]:
     """Chunks from the model's deployment; usage is recorded when the last chunk is
     produced (server-side counts, streamed or not) — and, when the client goes away
-    mid-stream, for the tokens generated until then."""
-    deployment = deployment_acquire(served=served)
+    mid-stream, for the tokens generated until then. The deployment is acquired
+    before this returns, so a model that cannot start answers 503 before a stream's
+    200 goes out."""
+    deployment = deployment_acquire(organization=organization, served=served)
+    return _generation(
+        organization=organization, deployment=deployment, request=request, request_id=request_id
+    )
+
+
+def _generation(
+    *,
+    organization: Organization,
+    deployment: Deployment,
+    request: GenerationRequest,
+    request_id: str,
+) -> Iterator[GenerationChunk]:
     prompt_tokens = completion_tokens = 0
     finished = False
     try:
@@ -1230,47 +1443,98 @@ def inference_usage_record(
 
 
 def deployments_stop_idle(*, now: datetime | None = None) -> int:
-    """Stop deployments that served nothing for their idle timeout; return how many."""
+    """Stop deployments, starting or ready, that no request asked for during their
+    idle timeout; return how many. Each pass of the matching loop runs it (the live
+    deployments are at most one per model, found through their partial index)."""
     now = now or timezone.now()
     stopped = 0
-    for deployment in Deployment.objects.filter(status=Deployment.Status.READY).order_by("pk"):
+    for deployment in Deployment.objects.exclude(status=Deployment.Status.STOPPED).order_by("pk"):
         last = deployment.last_request_at or deployment.ready_at or deployment.created_at
         if last + timedelta(seconds=deployment.idle_timeout_seconds) > now:
             continue
-        if deployment_stop(deployment=deployment, reason="idle", idle_since=last):
+        if deployment_stop(deployment=deployment, reason="idle", idle_since=last, now=now):
             stopped += 1
     return stopped
 
 
 def deployment_stop(
-    *, deployment: Deployment, reason: str, idle_since: datetime | None = None
+    *,
+    deployment: Deployment,
+    reason: str,
+    idle_since: datetime | None = None,
+    now: datetime | None = None,
 ) -> bool:
+    """Stop a live deployment: its lease ends, the provider's GPU-seconds settled to
+    ``now``; an order still in the book is cancelled; the engine is unloaded in this
+    process once that commits (other serving processes unload theirs at their next
+    request). With ``idle_since`` it is claimed only if no request came since it was
+    read (a conditional update). Returns whether this call stopped it."""
+    now = now or timezone.now()
     with transaction.atomic():
-        query = Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.READY)
+        query = Deployment.objects.filter(pk=deployment.pk).exclude(
+            status=Deployment.Status.STOPPED
+        )
         if idle_since is not None:
-            # Claim only if no request came in since we looked (conditional update).
             query = query.filter(last_request_at=deployment.last_request_at)
-        if not query.update(status=Deployment.Status.STOPPED, stopped_at=timezone.now()):
+        if not query.update(status=Deployment.Status.STOPPED, stopped_at=now):
             return False
+        stopped = Deployment.objects.get(pk=deployment.pk)
+        why = f"inference deployment {stopped.public_id} stopped: {reason}"
+        if stopped.lease_ref:
+            _lease_end(stopped.lease_ref, why, now=now)
+        if stopped.order_ref:
+            # Still in the book (or leased before the lease was recorded): cancelled,
+            # so it does not lease GPUs for a deployment that is gone.
+            _order_cancel(stopped.order_ref, now=now)
         _append(
-            ev.deployment_stream_id(deployment.public_id),
+            ev.deployment_stream_id(stopped.public_id),
             ev.DEPLOYMENT_STREAM,
             ev.DeploymentStopped(
-                deployment_id=deployment.public_id,
+                deployment_id=stopped.public_id,
                 reason=reason,
-                requests_served=deployment.requests_served,
+                requests_served=stopped.requests_served,
             ),
-            deployment.organization_id,
+            stopped.organization_id,
         )
-    try:
-        external.engine_unload(deployment_id=deployment.public_id)
-    except Exception:  # the engine may be gone with its process already
-        logger.warning(
-            "engine unload failed", exc_info=True, extra={"deployment": deployment.public_id}
-        )
-    if deployment.lease_ref:
-        _lease_end(deployment.lease_ref, f"deployment {reason}")
+        transaction.on_commit(lambda: _engine_drop(stopped.public_id))
     return True
+
+
+def deployment_lease_started(*, deployment_id: str, lease_ref: str, order_ref: str) -> bool:
+    """The deployment's order got its lease (the follower, on LeaseStarted): record
+    it; the waiting request, or the next one, loads the engine. A lease that serves no
+    starting deployment (it stopped meanwhile, or it is not its order's) ends at once.
+    Idempotent: a second delivery of the same lease changes nothing."""
+    with transaction.atomic():
+        deployment = Deployment.objects.select_for_update().filter(public_id=deployment_id).first()
+        if deployment is not None and deployment.lease_ref == lease_ref:
+            return False
+        if (
+            deployment is None
+            or deployment.status != Deployment.Status.STARTING
+            or deployment.lease_ref
+            or deployment.order_ref != order_ref
+        ):
+            _lease_end(lease_ref, f"inference deployment {deployment_id} is no longer starting")
+            return False
+        deployment.lease_ref = lease_ref
+        deployment.save(update_fields=["lease_ref"])
+    return True
+
+
+def deployment_lease_ended(*, lease_ref: str, reason: str) -> bool:
+    """A deployment's lease ended under it (preempted, its node failed, the provider
+    withdrew, the order was cancelled): the deployment is stopped, and its order
+    cancelled rather than left to lease GPUs again, so the next request starts a new
+    one. Leases of anything else are not found here."""
+    deployment = (
+        Deployment.objects.filter(lease_ref=lease_ref)
+        .exclude(status=Deployment.Status.STOPPED)
+        .first()
+    )
+    if deployment is None:
+        return False
+    return deployment_stop(deployment=deployment, reason=f"its lease ended ({reason})")
 
 
 def checksum_of(data: bytes) -> str:

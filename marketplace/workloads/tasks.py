@@ -18,6 +18,7 @@ def file_check_task(file_id: str) -> None:
 
 @dramatiq.actor(queue_name="workloads", max_retries=0)
 def deployments_stop_idle_task() -> None:
-    """Stop inference deployments idle past their timeout (run every minute by the
-    follower process, or by cron)."""
+    """Stop inference deployments idle past their timeout. The matching loop
+    (``run_matching``) does it on every pass; this actor is for a scheduler that
+    runs no matching loop."""
     services.deployments_stop_idle()

@@ -1,7 +1,8 @@
 """``manage.py run_matching [--once]``: the matching loop.
 
 Each pass follows the supply side's events (node failures, forced withdrawals), then
-runs one matching round (expire orders, move leases along in time, match). Safe to
+runs one matching round (expire orders, move leases along in time, match), then stops
+inference deployments idle past their timeout (ending their leases). Safe to
 run on several machines at once: rounds take turns on an advisory lock, and the
 database refuses a double allocation whatever happens. Dramatiq's ``match_orders``
 actor runs the same round when an order is placed or an offer listed.
@@ -18,10 +19,14 @@ from django.core.management.base import BaseCommand
 from core.followers import follower_run_once
 from marketplace import services
 from marketplace.followers import supply_follower
+from marketplace.workloads import services as workloads
 
 
 class Command(BaseCommand):
-    help = "Run matching rounds: follow supply events, expire, tick leases, match."
+    help = (
+        "Run matching rounds: follow supply events, expire, tick leases, match, "
+        "stop idle inference deployments."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--once", action="store_true", help="one pass, then exit")
@@ -43,6 +48,10 @@ class Command(BaseCommand):
                     f"({len(result.leases)} leases), {result.preemptions} preemptions, "
                     f"{result.expired} expired"
                 )
+            # Cheap: the live deployments are at most one per model.
+            stopped = workloads.deployments_stop_idle()
+            if stopped:
+                self.stdout.write(f"stopped {stopped} idle inference deployment(s)")
             if once:
                 return
             time.sleep(interval)
