@@ -37,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -189,6 +190,8 @@ def _accruals(
     ).exclude(transfer_id="")
     if job is not None:
         return query.filter(product="fine_tune", subject=job)
+    if period is None:
+        raise InvalidInput("a monthly invoice needs its period", details={"field": "period"})
     query = query.filter(period=period)
     invoiced_jobs = _jobs_invoiced_alone(organization, currency)
     if invoiced_jobs:
@@ -198,52 +201,63 @@ def _accruals(
 
 def _jobs_invoiced_alone(organization: Organization, currency: str) -> list[str]:
     return list(
-        Invoice.objects.filter(
-            organization=organization, currency=currency, kind=Invoice.Kind.JOB
-        )
+        Invoice.objects.filter(organization=organization, currency=currency, kind=Invoice.Kind.JOB)
         .exclude(status=Invoice.Status.DRAFT)
         .values_list("job", flat=True)
+    )
+
+
+def _usage_line_key(a: UsageAccrual) -> tuple:
+    if a.product == "fine_tune":
+        return ("fine_tune", a.subject, a.model, a.training_type, a.rate_micros)
+    if a.product == "inference":
+        return ("inference", a.model, a.usage_type.split(".", 1)[1], a.rate_micros)
+    return ("gpu_lease", a.gpu_model, a.rate_micros, a.fee_bps)
+
+
+def _usage_line_new(a: UsageAccrual, currency: str) -> _Line:
+    """The empty line an accrual's key opens (made once per key, not per accrual)."""
+    if a.product == "fine_tune":
+        return _Line(
+            "fine_tune",
+            f"Fine-tune {a.subject} · {a.model} · {a.training_type} "
+            f"(training and evaluation tokens)",
+            "tokens",
+            TOKENS_UNIT,
+            a.rate_micros,
+            job=a.subject,
+            model=a.model,
+        )
+    if a.product == "inference":
+        kind = a.usage_type.split(".", 1)[1]
+        return _Line(
+            "inference",
+            f"Inference · {a.model} · {kind} tokens",
+            "tokens",
+            TOKENS_UNIT,
+            a.rate_micros,
+            model=a.model,
+        )
+    buyer_rate = a.rate_micros + rate_amount(a.rate_micros, a.fee_bps, BPS)
+    return _Line(
+        "gpu_lease",
+        f"GPU lease · {a.gpu_model or 'GPU'} at "
+        f"{Money(a.rate_micros, currency).format()}/GPU-hour "
+        f"+ {Decimal(a.fee_bps) / 100}% platform fee",
+        "gpu_seconds",
+        SECONDS_PER_HOUR,
+        buyer_rate,
+        gpu_model=a.gpu_model,
     )
 
 
 def _usage_lines(accruals: Iterable[UsageAccrual], currency: str) -> dict[tuple, _Line]:
     lines: dict[tuple, _Line] = {}
     for a in accruals:
-        if a.product == "fine_tune":
-            key: tuple = ("fine_tune", a.subject, a.model, a.training_type, a.rate_micros)
-            make = lambda a=a: _Line(  # noqa: E731
-                "fine_tune",
-                f"Fine-tune {a.subject} · {a.model} · {a.training_type} "
-                f"(training and evaluation tokens)",
-                "tokens",
-                TOKENS_UNIT,
-                a.rate_micros,
-                job=a.subject,
-                model=a.model,
-            )
-        elif a.product == "inference":
-            kind = a.usage_type.split(".", 1)[1]
-            key = ("inference", a.model, kind, a.rate_micros)
-            make = lambda a=a, kind=kind: _Line(  # noqa: E731
-                "inference", f"Inference · {a.model} · {kind} tokens", "tokens", TOKENS_UNIT,
-                a.rate_micros, model=a.model,
-            )
-        else:
-            buyer_rate = a.rate_micros + rate_amount(a.rate_micros, a.fee_bps, BPS)
-            key = ("gpu_lease", a.gpu_model, a.rate_micros, a.fee_bps)
-            make = lambda a=a, buyer_rate=buyer_rate: _Line(  # noqa: E731
-                "gpu_lease",
-                f"GPU lease · {a.gpu_model or 'GPU'} at "
-                f"{Money(a.rate_micros, currency).format()}/GPU-hour "
-                f"+ {a.fee_bps / 100:g}% platform fee",
-                "gpu_seconds",
-                SECONDS_PER_HOUR,
-                buyer_rate,
-                gpu_model=a.gpu_model,
-            )
+        key = _usage_line_key(a)
         line = lines.get(key)
         if line is None:
-            line = lines[key] = make()
+            line = lines[key] = _usage_line_new(a, currency)
         line.quantity += a.quantity
         line.exact_micros += a.amount_micros
         line.entries[a.transfer_id] = line.entries.get(a.transfer_id, 0) + a.amount_micros
@@ -466,8 +480,11 @@ def _charge_lines(
         elif charge.hold_id:
             key = ("gpu_lease", "", "settled")
             line = lines.get(key) or _Line(
-                "gpu_lease", "GPU lease (settled lease time, platform fee included)",
-                "item", 1, 0,
+                "gpu_lease",
+                "GPU lease (settled lease time, platform fee included)",
+                "item",
+                1,
+                0,
             )
             line.quantity += 1
         else:
@@ -477,7 +494,9 @@ def _charge_lines(
             line.quantity += 1
         lines[key] = line
         line.exact_micros += charge.amount_micros
-        line.entries[charge.transfer_id] = line.entries.get(charge.transfer_id, 0) + charge.amount_micros
+        line.entries[charge.transfer_id] = (
+            line.entries.get(charge.transfer_id, 0) + charge.amount_micros
+        )
     for line in lines.values():
         if line.unit == "gpu_seconds" and line.quantity:
             line.unit_price_micros = rate_amount(line.exact_micros, SECONDS_PER_HOUR, line.quantity)
@@ -656,7 +675,11 @@ def totals_of(computed: Computed, currency: str, tax_rate_bps: int) -> Totals:
     subtotal = sum(cents(line.exact_micros, currency) for line in computed.lines)
     tax = cents(rate_amount(subtotal, tax_rate_bps, BPS), currency)
     return Totals(
-        computed.exact_micros, subtotal, subtotal - computed.exact_micros, tax_rate_bps, tax,
+        computed.exact_micros,
+        subtotal,
+        subtotal - computed.exact_micros,
+        tax_rate_bps,
+        tax,
         subtotal + tax,
     )
 
@@ -891,9 +914,9 @@ def _invoices_insert(invoices: list[Invoice], documents: dict[str, str]) -> None
     fields = [
         f for f in Invoice._meta.concrete_fields if not f.primary_key and f.name != "document"
     ]
-    columns = [f.column for f in fields]
+    columns = [str(f.column) for f in fields]
     types = ", ".join(
-        f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in fields
+        f"{connection.ops.quote_name(str(f.column))} {f.db_type(connection)}" for f in fields
     )
 
     def value(invoice: Invoice, name: str) -> Any:
@@ -1095,7 +1118,9 @@ def _finalize(*, invoice: Invoice, actor: str, now: datetime) -> Invoice:
     totals = totals_of(computed, locked.currency, buyer["tax_rate_bps"])
     number = _next_number("INV")
     currency = locked.currency
-    receivable = account_open(organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency)
+    receivable = account_open(
+        organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency
+    )
     credit = account_open(organization=organization, kind=Account.Kind.CREDIT, currency=currency)
     # Apply what prepaid credit is left to what the charges left owed.
     owed = totals.total - computed.prepaid_micros
@@ -1244,7 +1269,8 @@ def _buyer_accounts_open(
                 made = _accounts_insert_pg(missing)
             else:
                 made = [
-                    (a.organization_id, a.kind, a.pk) for a in Account.objects.bulk_create(missing)
+                    (int(a.organization_id or 0), a.kind, a.pk)
+                    for a in Account.objects.bulk_create(missing)
                 ]
                 Balance.objects.bulk_create([Balance(account_id=pk) for _, _, pk in made])
     except IntegrityError as exc:
@@ -1492,7 +1518,9 @@ def invoice_mark_paid(
         return current
     locked = _final(current, (Invoice.Status.OPEN, Invoice.Status.PAST_DUE), "paid")
     amount = outstanding(locked)
-    receivable = account_open(organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency)
+    receivable = account_open(
+        organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency
+    )
     clearing = platform_account(kind=Account.Kind.STRIPE_CLEARING, currency=locked.currency)
     _post(
         f"invoice:{locked.key}:paid",
@@ -1507,12 +1535,19 @@ def invoice_mark_paid(
     locked.payment_reference = reference
     locked.closed_at = now
     locked.save()
-    _append(locked, INVOICE_PAID, {"payment_reference": reference, "amount_micros": amount, "at": now.isoformat()}, actor)
+    _append(
+        locked,
+        INVOICE_PAID,
+        {"payment_reference": reference, "amount_micros": amount, "at": now.isoformat()},
+        actor,
+    )
     return locked
 
 
 @retry_transaction
-def invoice_mark_past_due(*, invoice: Invoice, actor: str = "payments", now: datetime | None = None) -> Invoice:
+def invoice_mark_past_due(
+    *, invoice: Invoice, actor: str = "payments", now: datetime | None = None
+) -> Invoice:
     now = now or timezone.now()
     current = Invoice.objects.select_for_update().get(pk=invoice.pk)
     if current.status == Invoice.Status.PAST_DUE:
@@ -1535,7 +1570,9 @@ def invoice_mark_uncollectible(
         return current
     locked = _final(current, (Invoice.Status.OPEN, Invoice.Status.PAST_DUE), "marked uncollectible")
     amount = outstanding(locked)
-    receivable = account_open(organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency)
+    receivable = account_open(
+        organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency
+    )
     adjustments = platform_account(kind=Account.Kind.ADJUSTMENTS, currency=locked.currency)
     _post(
         f"invoice:{locked.key}:written-off",
@@ -1549,12 +1586,19 @@ def invoice_mark_uncollectible(
     locked.written_off_micros += amount
     locked.closed_at = now
     locked.save()
-    _append(locked, INVOICE_UNCOLLECTIBLE, {"amount_micros": amount, "reason": reason.strip()[:500], "at": now.isoformat()}, actor)
+    _append(
+        locked,
+        INVOICE_UNCOLLECTIBLE,
+        {"amount_micros": amount, "reason": reason.strip()[:500], "at": now.isoformat()},
+        actor,
+    )
     return locked
 
 
 @retry_transaction
-def invoice_void(*, invoice: Invoice, reason: str, actor: str = "system", now: datetime | None = None) -> Invoice:
+def invoice_void(
+    *, invoice: Invoice, reason: str, actor: str = "system", now: datetime | None = None
+) -> Invoice:
     """Cancel an unpaid finalized invoice entirely: its number stays used; tax and
     rounding are reversed, what it charged comes off revenue, what prepaid credit
     paid goes back to the credit and what was owed comes off the receivable."""
@@ -1570,12 +1614,29 @@ def invoice_void(*, invoice: Invoice, reason: str, actor: str = "system", now: d
         raise Conflict("an invoice with payments or credit notes is corrected by a credit note")
     org, currency = locked.organization, locked.currency
     signed: dict[int, int] = defaultdict(int)
-    signed[platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk] += locked.tax_micros
-    signed[platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk] += locked.rounding_micros
-    signed[platform_account(kind=Account.Kind.REVENUE, currency=currency).pk] += locked.subtotal_exact_micros
-    signed[account_open(organization=org, kind=Account.Kind.CREDIT, currency=currency).pk] -= locked.prepaid_applied_micros
-    signed[account_open(organization=org, kind=Account.Kind.RECEIVABLE, currency=currency).pk] -= locked.amount_due_micros
-    _post(f"invoice:{locked.key}:void", currency, signed, "void", f"invoice {locked.number} void: {reason[:200]}", actor)
+    signed[platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk] += (
+        locked.tax_micros
+    )
+    signed[platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk] += (
+        locked.rounding_micros
+    )
+    signed[platform_account(kind=Account.Kind.REVENUE, currency=currency).pk] += (
+        locked.subtotal_exact_micros
+    )
+    signed[account_open(organization=org, kind=Account.Kind.CREDIT, currency=currency).pk] -= (
+        locked.prepaid_applied_micros
+    )
+    signed[account_open(organization=org, kind=Account.Kind.RECEIVABLE, currency=currency).pk] -= (
+        locked.amount_due_micros
+    )
+    _post(
+        f"invoice:{locked.key}:void",
+        currency,
+        signed,
+        "void",
+        f"invoice {locked.number} void: {reason[:200]}",
+        actor,
+    )
     locked.status = Invoice.Status.VOID
     locked.closed_at = now
     locked.save()
@@ -1600,20 +1661,34 @@ def credit_note_issue(
     found = CreditNote.objects.filter(key=key).first()
     if found is not None:
         if found.invoice_id != invoice.pk or found.amount_micros != amount_micros:
-            raise Conflict(f"credit note {key!r} exists with another body", details={"field": "key"})
+            raise Conflict(
+                f"credit note {key!r} exists with another body", details={"field": "key"}
+            )
         return found
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("a credit note needs a reason", details={"field": "reason"})
     locked = _final(
         Invoice.objects.get(pk=invoice.pk),
-        (Invoice.Status.OPEN, Invoice.Status.PAST_DUE, Invoice.Status.PAID, Invoice.Status.UNCOLLECTIBLE),
+        (
+            Invoice.Status.OPEN,
+            Invoice.Status.PAST_DUE,
+            Invoice.Status.PAID,
+            Invoice.Status.UNCOLLECTIBLE,
+        ),
         "credited",
     )
     currency = locked.currency
     step = MICROS // 10 ** CURRENCIES[currency]
-    if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or amount_micros <= 0 or amount_micros % step:
-        raise InvalidInput("amount must be a positive whole number of cents", details={"field": "amount"})
+    if (
+        isinstance(amount_micros, bool)
+        or not isinstance(amount_micros, int)
+        or amount_micros <= 0
+        or amount_micros % step
+    ):
+        raise InvalidInput(
+            "amount must be a positive whole number of cents", details={"field": "amount"}
+        )
     credited = sum(locked.credit_notes.values_list("amount_micros", flat=True))
     if credited + amount_micros > locked.subtotal_micros:
         raise InvalidInput(
@@ -1633,9 +1708,20 @@ def credit_note_issue(
     signed: dict[int, int] = defaultdict(int)
     signed[platform_account(kind=Account.Kind.REVENUE, currency=currency).pk] += amount_micros
     signed[platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk] += tax
-    signed[account_open(organization=org, kind=Account.Kind.RECEIVABLE, currency=currency).pk] -= to_receivable
-    signed[account_open(organization=org, kind=Account.Kind.CREDIT, currency=currency).pk] -= to_credit
-    position = _post(f"cn:{number}", currency, signed, "credit_note", f"credit note {number} on {locked.number}: {reason[:200]}", actor)
+    signed[account_open(organization=org, kind=Account.Kind.RECEIVABLE, currency=currency).pk] -= (
+        to_receivable
+    )
+    signed[account_open(organization=org, kind=Account.Kind.CREDIT, currency=currency).pk] -= (
+        to_credit
+    )
+    position = _post(
+        f"cn:{number}",
+        currency,
+        signed,
+        "credit_note",
+        f"credit note {number} on {locked.number}: {reason[:200]}",
+        actor,
+    )
     note = CreditNote.objects.create(
         invoice=locked,
         key=key[:240],
@@ -1686,7 +1772,9 @@ def fine_tune_job_close(*, organization: Organization, job: str, actor: str = "s
     _catch_up()
     currency = settings.TANDEM_CURRENCY
     accruals = list(
-        UsageAccrual.objects.filter(buyer_id=organization.pk, product="fine_tune", subject=job).exclude(transfer_id="")
+        UsageAccrual.objects.filter(
+            buyer_id=organization.pk, product="fine_tune", subject=job
+        ).exclude(transfer_id="")
     )
     if not accruals:
         raise NotFound(f"no fine-tune usage of job {job!r}", details={"job": job})
@@ -1716,12 +1804,17 @@ def fine_tune_job_close(*, organization: Organization, job: str, actor: str = "s
     )
     result = ledger_execute([entry], actor=actor)[0]
     if result.code == "exceeds_limit":  # prepaid credit short: the rest is owed
-        receivable = account_open(organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency)
+        receivable = account_open(
+            organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency
+        )
         available = max(0, top_up - int(result.details.get("missing_micros", top_up)))
         legs = [(receivable.pk, "D", top_up - available), (revenue.pk, "C", top_up)]
         if available:
             legs.insert(0, (buyer.pk, "D", available))
-        result = ledger_execute([EntryRequest(entry.transfer_id, currency, tuple(legs), "minimum", entry.description)], actor=actor)[0]  # type: ignore[arg-type]
+        result = ledger_execute(
+            [EntryRequest(entry.transfer_id, currency, tuple(legs), "minimum", entry.description)],
+            actor=actor,
+        )[0]  # type: ignore[arg-type]
     raise_for(result)
     return top_up
 
@@ -1814,13 +1907,15 @@ def period_close(
     started = time.monotonic()
     now = now or timezone.now()
     currency = settings.TANDEM_CURRENCY
-    start, end = month_bounds(period)
+    _, end = month_bounds(period)
     if end > now and finalize:
         raise InvalidInput(f"{period:%Y-%m} has not ended yet", details={"field": "period"})
     if finalize is None:
         finalize = now >= end + grace()
     _catch_up()
-    org_ids = organization_ids if organization_ids is not None else buyers_with_charges(period, currency)
+    org_ids = (
+        organization_ids if organization_ids is not None else buyers_with_charges(period, currency)
+    )
     orgs = {o.pk: o for o in Organization.objects.filter(pk__in=org_ids)}
     drafts = finalized = already = 0
     if finalize:
@@ -1841,7 +1936,9 @@ def period_close(
             already += final
     for org_id in [] if finalize else org_ids:
         organization = orgs[org_id]
-        invoice = invoice_draft_refresh(organization=organization, period=period, currency=currency, now=now)
+        invoice = invoice_draft_refresh(
+            organization=organization, period=period, currency=currency, now=now
+        )
         if invoice is None:
             continue
         if invoice.status != Invoice.Status.DRAFT:
@@ -1855,7 +1952,9 @@ def period_close(
     from billing.statements import statements_close
 
     statements = statements_close(period=period, now=now) if finalize else 0
-    return CloseResult(period, len(org_ids), drafts, finalized, already, statements, time.monotonic() - started)
+    return CloseResult(
+        period, len(org_ids), drafts, finalized, already, statements, time.monotonic() - started
+    )
 
 
 # --- replay -------------------------------------------------------------------------
@@ -2078,13 +2177,10 @@ def billing_profile_set(
         or not 0 <= tax_rate_bps <= BPS
     ):
         raise InvalidInput(
-            f"tax_rate_bps must be a whole number of basis points from 0 to {BPS} "
-            "(1,900 = 19%)",
+            f"tax_rate_bps must be a whole number of basis points from 0 to {BPS} (1,900 = 19%)",
             details={"field": "tax_rate_bps"},
         )
-    profile, _ = BillingProfile.objects.select_for_update().get_or_create(
-        organization=organization
-    )
+    profile, _ = BillingProfile.objects.select_for_update().get_or_create(organization=organization)
     profile.legal_name = _text(legal_name, "legal_name", 200)
     profile.address = _text(address, "address", MAX_ADDRESS_LENGTH)
     profile.tax_id = _text(tax_id, "tax_id", 64)

@@ -89,7 +89,7 @@ def statement_compute(
     }
     # What the lines are made of, read once for all the month's entries rather than
     # once per entry: rated usage by entry, and the metered usage of settled leases.
-    usage = defaultdict(list)
+    usage: defaultdict[str, list[Any]] = defaultdict(list)
     usage_ids = sorted({payload.get("transfer_id", "") for _, payload in events.values()} - {""})
     for chunk in _chunks([t for t in usage_ids if t.startswith("usage:")]):
         for a in (
