@@ -94,20 +94,22 @@ class WorkloadsFollower(Follower):
                     lease_ref=str(payload.get("lease_id", "")),
                     reason=str(payload.get("reason") or event.type),
                 )
-            if payload.get("workload_kind") != "fine_tune":
-                return
-            job_id = str(payload.get("workload_id") or "")
             lease_ref = str(payload.get("lease_id", ""))
-            if event.type == LEASE_STARTED:
-                services.finetune_job_start(job_id=job_id, lease_ref=lease_ref)
-            elif event.type in LEASE_INTERRUPTED:
-                services.finetune_job_interrupt(
-                    job_id=job_id,
-                    lease_ref=lease_ref,
-                    reason=str(payload.get("reason") or event.type),
-                    at=event.recorded_at,
-                    source_position=event.position,
+            if event.type == LEASE_STARTED and payload.get("workload_kind") == "fine_tune":
+                services.finetune_job_start(
+                    job_id=str(payload.get("workload_id") or ""), lease_ref=lease_ref
                 )
+            elif event.type in LEASE_INTERRUPTED:
+                # Closed-lease events do not name their workload: the job running on
+                # the lease is found by it, and goes back to wait for GPUs to resume.
+                for job_id in services.finetune_jobs_on_lease(lease_ref=lease_ref):
+                    services.finetune_job_interrupt(
+                        job_id=job_id,
+                        lease_ref=lease_ref,
+                        reason=str(payload.get("reason") or event.type),
+                        at=event.recorded_at,
+                        source_position=event.position,
+                    )
             return
         job_id = _job_id(event)
         if not job_id:

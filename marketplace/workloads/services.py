@@ -960,6 +960,17 @@ def finetune_checkpoint_record(
     )
 
 
+def finetune_jobs_on_lease(*, lease_ref: str) -> list[str]:
+    """The running jobs a lease carries (one, or none for other work)."""
+    if not lease_ref:
+        return []
+    return list(
+        FineTuneJob.objects.filter(lease_ref=lease_ref, status=FineTuneJob.Status.RUNNING)
+        .order_by("pk")
+        .values_list("public_id", flat=True)
+    )
+
+
 def finetune_job_interrupt(
     *, job_id: str, lease_ref: str, reason: str, at: datetime, source_position: int
 ) -> None:

@@ -401,3 +401,31 @@ def test_only_a_succeeded_job_with_usage_owes_the_minimum(cast, chat_bytes, endi
     spent = before - _available(cast.buyer_a)
     assert (spent > 0) == (steps > 0)
     assert spent < _minimum()
+
+
+@pytest.mark.parametrize("closed", ["LeasePreempted", "LeaseFailed"])
+def test_a_job_whose_lease_is_preempted_or_fails_waits_to_resume(cast, chat_bytes, closed):
+    # given a running job on lease 41 (closed-lease events do not name their workload)
+    buyer = cast.client(cast.buyer_a)
+    job = running_job(cast.buyer_a, uploaded(buyer, chat_bytes))
+    FineTuneJob.objects.filter(pk=job.pk).update(lease_ref="41")
+    other = running_job(cast.buyer_b, uploaded(cast.client(cast.buyer_b), chat_bytes))
+    FineTuneJob.objects.filter(pk=other.pk).update(lease_ref="42")
+    event_append(
+        stream_type="lease",
+        stream_id="lease-41",
+        expected_version=stream_version("lease-41"),
+        events=[NewEvent(type=closed, payload={"lease_id": 41, "order_id": 7, "reason": "x"})],
+    )
+
+    # when the follower sees it (twice: a replay changes nothing)
+    followers_run_until_idle([WorkloadsFollower()])
+    followers_run_until_idle([WorkloadsFollower()])
+
+    # then that job waits for GPUs to resume from its last checkpoint; the other runs on
+    job.refresh_from_db()
+    other.refresh_from_db()
+    assert job.status == FineTuneJob.Status.QUEUED
+    assert other.status == FineTuneJob.Status.RUNNING
+    restarted = job.events.filter(type="job_restarted")
+    assert restarted.count() == 1 and "Lease 41 ended early" in restarted.get().message
