@@ -53,6 +53,8 @@ bench: install
 	$(TEST_ENV) $(PY) bench/ledger.py
 	$(TEST_ENV) $(PY) bench/ingest.py
 	$(TEST_ENV) $(PY) bench/close.py
+	$(PY) bench/matching.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) var
