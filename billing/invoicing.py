@@ -1517,23 +1517,16 @@ def invoice_mark_paid(
     if current.status == Invoice.Status.PAID and current.payment_reference == reference:
         return current
     locked = _final(current, (Invoice.Status.OPEN, Invoice.Status.PAST_DUE), "paid")
-    amount = outstanding(locked)
-    receivable = account_open(
-        organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency
+    amount = _outstanding_close(
+        locked,
+        status=Invoice.Status.PAID,
+        against=Account.Kind.STRIPE_CLEARING,
+        entry=("paid", "payment", f"payment {reference} of invoice {locked.number}"),
+        actor=actor,
+        now=now,
     )
-    clearing = platform_account(kind=Account.Kind.STRIPE_CLEARING, currency=locked.currency)
-    _post(
-        f"invoice:{locked.key}:paid",
-        locked.currency,
-        {clearing.pk: amount, receivable.pk: -amount},
-        "payment",
-        f"payment {reference} of invoice {locked.number}",
-        actor,
-    )
-    locked.status = Invoice.Status.PAID
     locked.amount_paid_micros += amount
     locked.payment_reference = reference
-    locked.closed_at = now
     locked.save()
     _append(
         locked,
@@ -1542,6 +1535,37 @@ def invoice_mark_paid(
         actor,
     )
     return locked
+
+
+def _outstanding_close(
+    locked: Invoice,
+    *,
+    status: str,
+    against: str,
+    entry: tuple[str, str, str],
+    actor: str,
+    now: datetime,
+) -> int:
+    """Settle what the invoice still owes against a platform account (clearing for a
+    payment, adjustments for a write-off) and close it with ``status``; returns the
+    amount. ``entry`` is the journal entry's id suffix, kind and description."""
+    suffix, kind, description = entry
+    amount = outstanding(locked)
+    receivable = account_open(
+        organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency
+    )
+    other = platform_account(kind=against, currency=locked.currency)
+    _post(
+        f"invoice:{locked.key}:{suffix}",
+        locked.currency,
+        {other.pk: amount, receivable.pk: -amount},
+        kind,
+        description,
+        actor,
+    )
+    locked.status = status
+    locked.closed_at = now
+    return amount
 
 
 @retry_transaction
@@ -1569,22 +1593,19 @@ def invoice_mark_uncollectible(
     if current.status == Invoice.Status.UNCOLLECTIBLE:
         return current
     locked = _final(current, (Invoice.Status.OPEN, Invoice.Status.PAST_DUE), "marked uncollectible")
-    amount = outstanding(locked)
-    receivable = account_open(
-        organization=locked.organization, kind=Account.Kind.RECEIVABLE, currency=locked.currency
+    amount = _outstanding_close(
+        locked,
+        status=Invoice.Status.UNCOLLECTIBLE,
+        against=Account.Kind.ADJUSTMENTS,
+        entry=(
+            "written-off",
+            "write_off",
+            f"invoice {locked.number} uncollectible: {reason.strip()[:200] or 'written off'}",
+        ),
+        actor=actor,
+        now=now,
     )
-    adjustments = platform_account(kind=Account.Kind.ADJUSTMENTS, currency=locked.currency)
-    _post(
-        f"invoice:{locked.key}:written-off",
-        locked.currency,
-        {adjustments.pk: amount, receivable.pk: -amount},
-        "write_off",
-        f"invoice {locked.number} uncollectible: {reason.strip()[:200] or 'written off'}",
-        actor,
-    )
-    locked.status = Invoice.Status.UNCOLLECTIBLE
     locked.written_off_micros += amount
-    locked.closed_at = now
     locked.save()
     _append(
         locked,
