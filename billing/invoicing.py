@@ -1857,18 +1857,28 @@ def invoice_job_issue(*, organization: Organization, job: str, actor: str = "sys
         )
     fine_tune_job_close(organization=organization, job=job, actor=actor)
     now = timezone.now()
-    invoice = existing or Invoice.objects.create(
-        key=key,
-        organization=organization,
-        kind=Invoice.Kind.JOB,
-        currency=currency,
-        period_start=now,
-        period_end=now,
-        job=job,
-        issuer=issuer(),
-        generated_at=now,
-        grace_ends_at=now,
-    )
+    invoice = existing
+    if invoice is None:
+        try:
+            with transaction.atomic():
+                invoice = Invoice.objects.create(
+                    key=key,
+                    organization=organization,
+                    kind=Invoice.Kind.JOB,
+                    currency=currency,
+                    period_start=now,
+                    period_end=now,
+                    job=job,
+                    issuer=issuer(),
+                    generated_at=now,
+                    grace_ends_at=now,
+                )
+        except IntegrityError:
+            # A concurrent request is issuing this job's invoice: asking again returns it.
+            raise Conflict(
+                f"the invoice of job {job!r} is being issued; ask again for it",
+                details={"job": job},
+            ) from None
     computed = invoice_compute(organization=organization, currency=currency, job=job)
     _apply_draft(invoice, computed, now)
     return invoice_finalize(invoice=invoice, actor=actor, now=now, close_usage=False)
