@@ -52,6 +52,7 @@ lint: install
 bench: install
 	$(TEST_ENV) $(PY) bench/ledger.py
 	$(TEST_ENV) $(PY) bench/ingest.py
+	$(TEST_ENV) $(PY) bench/heartbeats.py
 	$(TEST_ENV) $(PY) bench/close.py
 	$(PY) bench/matching.py
 	$(PY) bench/train.py

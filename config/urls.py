@@ -11,6 +11,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # First: every node's agent calls these every few seconds; the other prefixes
+    # never match them, so resolving them first changes nothing but the cost.
+    path("api/v1/agent/", include("providers.agent_urls")),
     path("api/v1/", include("core.urls")),
     path("api/v1/", include("billing.urls")),
     path("api/v1/", include("billing.payments.urls")),
@@ -18,7 +21,6 @@ urlpatterns = [
     path("api/v1/", include("marketplace.urls")),
     path("api/v1/usage/", include("metering.urls")),
     path("api/v1/provider/", include("providers.urls")),
-    path("api/v1/agent/", include("providers.agent_urls")),
     # OpenAI- and Together-compatible surface: their clients call /v1/... directly.
     path("v1/", include("marketplace.workloads.urls")),
 ]

@@ -13,29 +13,39 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from core import selectors, services
+from core.models import ApiKey
 from core.tenancy import Caller
 
 
-class ApiKeyAuthentication(authentication.BaseAuthentication):
-    keyword = "Bearer"
+def api_key_caller(authorization: bytes) -> tuple[Caller, ApiKey] | None:
+    """The caller an ``Authorization: Bearer <api key>`` header names, and its key;
+    None when the header is absent or names another scheme. A malformed, unknown or
+    revoked key raises AuthenticationFailed (a 401): the key is looked up on every
+    request, so revoking one takes effect at once. Views that are not DRF's (the
+    agent heartbeat) call this directly."""
+    header = authorization.split()
+    if not header or header[0].lower() != b"bearer":
+        return None
+    if len(header) != 2:
+        raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'")
+    try:
+        raw_key = header[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise exceptions.AuthenticationFailed("API key must be ASCII") from None
+    api_key = selectors.api_key_for_secret(raw_key=raw_key)
+    if api_key is None:
+        raise exceptions.AuthenticationFailed("invalid or revoked API key")
+    services.api_key_touch(api_key=api_key)
+    caller = Caller(organization=api_key.organization, role=api_key.role, api_key_id=api_key.pk)
+    return caller, api_key
 
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Any, Any] | None:
-        header = authentication.get_authorization_header(request).split()
-        if not header or header[0].lower() != self.keyword.lower().encode():
+        found = api_key_caller(authentication.get_authorization_header(request))
+        if found is None:
             return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'")
-        try:
-            raw_key = header[1].decode("ascii")
-        except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed("API key must be ASCII") from None
-        api_key = selectors.api_key_for_secret(raw_key=raw_key)
-        if api_key is None:
-            raise exceptions.AuthenticationFailed("invalid or revoked API key")
-        services.api_key_touch(api_key=api_key)
-        request.caller = Caller(  # type: ignore[attr-defined]
-            organization=api_key.organization, role=api_key.role, api_key_id=api_key.pk
-        )
+        request.caller, api_key = found  # type: ignore[attr-defined]
         return (AnonymousUser(), api_key)
 
     def authenticate_header(self, request: Request) -> str:

@@ -34,6 +34,9 @@ def server_cursor():
     ``connection.wrap_database_errors`` to get Django's exception classes."""
     import psycopg
 
+    # As Django's own cursors do: a persistent connection is checked once per request
+    # (CONN_HEALTH_CHECKS), so a restarted database fails no request.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
 

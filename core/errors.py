@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -174,3 +175,21 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         status_code = status.HTTP_401_UNAUTHORIZED
         headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
     return Response(body, status=status_code, headers=headers)
+
+
+def error_response(exc: Exception) -> HttpResponse | None:
+    """``exception_handler``'s answer for a view that is not DRF's (the agent
+    heartbeat): the same status, body and headers, as plain JSON. None for a real bug,
+    which the caller re-raises."""
+    answer = exception_handler(exc, {})
+    if answer is None:
+        return None
+    response = HttpResponse(
+        msgspec.json.encode(answer.data),
+        status=answer.status_code,
+        content_type="application/json",
+    )
+    for name in ("WWW-Authenticate", "Retry-After"):
+        if answer.has_header(name):
+            response[name] = answer[name]
+    return response

@@ -8,7 +8,7 @@ from functools import cache
 from django.db import connection, models
 from django.db.models import QuerySet
 
-from core.db import as_utc
+from core.db import as_utc, server_cursor
 from core.errors import NotFound
 from core.models import ApiKey, Membership, Organization
 from core.services import API_KEY_PREFIX, hash_api_key
@@ -19,13 +19,21 @@ def api_key_for_secret(*, raw_key: str) -> ApiKey | None:
 
     Every API request runs this, so it is one hand-written statement rather than a
     queryset: compiling the ORM's join costs more than PostgreSQL takes to answer it.
+    On PostgreSQL it is prepared once per connection (planning it cost more than
+    running it). Nothing about the key is cached: a revoked key fails at once.
     """
     parts = raw_key.split("_", 2)
     if len(parts) != 3 or parts[0] != API_KEY_PREFIX or not parts[1]:
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(_api_key_sql(), [parts[1]])
-        row = cursor.fetchone()
+    if connection.vendor == "postgresql":
+        with connection.wrap_database_errors:
+            cursor = server_cursor()
+            cursor.execute(_api_key_sql(), [parts[1]], prepare=True)
+            row = cursor.fetchone()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_api_key_sql(), [parts[1]])
+            row = cursor.fetchone()
     if row is None:
         return None
     key_fields, org_fields = _api_key_columns()

@@ -24,11 +24,20 @@ logger = logging.getLogger(__name__)
 
 
 def _redis_client(key: str) -> Any:
-    """The raw redis client behind Django's cache, or None for another backend."""
+    """The raw redis client behind Django's cache, or None for another backend.
+
+    Django's ``get_client()`` builds a new client (and its table of reply parsers)
+    on every call, which costs more than the round trip; writes always go to the
+    first server's pool, so one client per cache backend serves every count."""
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         return None
-    return backend._cache.get_client(key, write=True)
+    cache_client = backend._cache
+    client = getattr(cache_client, "_rate_limit_client", None)
+    if client is None:
+        client = cache_client.get_client(key, write=True)
+        cache_client._rate_limit_client = client  # type: ignore[attr-defined]
+    return client
 
 
 class ApiKeyRateThrottle(BaseThrottle):

@@ -10,7 +10,7 @@ urlpatterns = [
     path("nodes/register", apis.NodeRegisterApi.as_view(), name="agent-node-register"),
     path(
         "nodes/<int:node_id>/heartbeat",
-        apis.NodeHeartbeatApi.as_view(),
+        apis.node_heartbeat,
         name="agent-node-heartbeat",
     ),
 ]

@@ -11,25 +11,41 @@ provider statements as events (or core grows a read port for them).
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.exceptions import (
+    NotAuthenticated,
+    ParseError,
+    PermissionDenied,
+    UnsupportedMediaType,
+)
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import InvalidInput
+from core.authentication import api_key_caller
+from core.errors import InvalidInput, error_response
 from core.idempotency import idempotent
 from core.pagination import page_serializer, paginated_response
 from core.schema import error_responses
 from core.tenancy import get_caller
 from providers import catalog, selectors, services
 from providers.models import AgentKey, Gpu, GpuMinuteRollup, GpuSample, Node, Offer, Site
-from providers.permissions import IsProviderAdmin, IsProviderMember, IsProviderOperator
+from providers.permissions import (
+    IsProviderAdmin,
+    IsProviderMember,
+    IsProviderOperator,
+    is_provider_operator,
+)
 
 TAG_PORTAL = "provider portal"
 TAG_AGENT = "provider agent"
@@ -832,50 +848,6 @@ class NodeRegisterApi(APIView):
         )
 
 
-def heartbeat_samples(data: object) -> list[dict]:
-    """The heartbeat body, checked. Hand-written rather than a nested DRF serializer:
-    this runs for every node every few seconds, and DRF's field machinery costs more
-    than the database work. The rules are HeartbeatInputSerializer's (the schema);
-    an error names the place, e.g. ``gpus[3].utilization_pct``."""
-    if not isinstance(data, dict) or not isinstance(data.get("gpus", []), list):
-        raise serializers.ValidationError({"gpus": ["must be a list of GPU samples"]})
-    gpus = data.get("gpus", [])
-    if len(gpus) > MAX_GPUS_PER_NODE:
-        raise serializers.ValidationError(
-            {"gpus": [f"at most {MAX_GPUS_PER_NODE} GPUs per heartbeat"]}
-        )
-    checked = []
-    for position, gpu in enumerate(gpus):
-        where = f"gpus[{position}]"
-        if not isinstance(gpu, dict):
-            raise serializers.ValidationError({where: ["must be an object"]})
-        uuid = gpu.get("uuid")
-        if not isinstance(uuid, str) or not 1 <= len(uuid) <= 96:
-            raise serializers.ValidationError({f"{where}.uuid": ["a GPU UUID is required"]})
-        sample: dict = {"uuid": uuid}
-        for name, (low, high) in _TELEMETRY_RANGES.items():
-            value = gpu.get(name)
-            if value is not None and (
-                type(value) is not int or not low <= value <= high  # bool is not a reading
-            ):
-                raise serializers.ValidationError(
-                    {f"{where}.{name}": [f"must be a whole number from {low} to {high}"]}
-                )
-            sample[name] = value
-        xids = gpu.get("xid_events") or []
-        if (
-            not isinstance(xids, list)
-            or len(xids) > 100
-            or any(type(x) is not int or not 0 <= x <= 10**6 for x in xids)
-        ):
-            raise serializers.ValidationError(
-                {f"{where}.xid_events": ["must be a list of at most 100 XID numbers"]}
-            )
-        sample["xid_events"] = xids
-        checked.append(sample)
-    return checked
-
-
 _TELEMETRY_RANGES = {
     name: (
         field.min_value if field.min_value is not None else -(2**62),
@@ -884,9 +856,99 @@ _TELEMETRY_RANGES = {
     for name, field in GpuTelemetryInputSerializer().fields.items()
     if isinstance(field, serializers.IntegerField)
 }
+_XIDS: Any = GpuTelemetryInputSerializer().fields["xid_events"]  # a ListField of integers
+_MAX_XIDS = _XIDS.max_length
+
+# The heartbeat body as msgspec types, made from GpuTelemetryInputSerializer's rules
+# (which document it): decoding checks it, and a failure names the place.
+_GpuTelemetryIn = msgspec.defstruct(
+    "GpuTelemetryIn",
+    [
+        ("uuid", Annotated[str, msgspec.Meta(min_length=1, max_length=96)]),
+        *(
+            (name, Annotated[int, msgspec.Meta(ge=low, le=high)] | None, None)
+            for name, (low, high) in _TELEMETRY_RANGES.items()
+        ),
+        (
+            "xid_events",
+            Annotated[
+                list[
+                    Annotated[int, msgspec.Meta(ge=_XIDS.child.min_value, le=_XIDS.child.max_value)]
+                ],
+                msgspec.Meta(max_length=_MAX_XIDS),
+            ]
+            | None,
+            None,
+        ),
+    ],
+)
+_HeartbeatIn = msgspec.defstruct(
+    "HeartbeatIn",
+    [
+        (
+            "gpus",
+            Annotated[list[_GpuTelemetryIn], msgspec.Meta(max_length=MAX_GPUS_PER_NODE)],  # type: ignore[valid-type]
+            msgspec.field(default_factory=list),
+        )
+    ],
+)
+_heartbeat_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_HeartbeatIn)
+_FAILURE_PLACE = re.compile(r" - at `\$\.?(.*)`$")
+_MISSING_FIELD = re.compile(r"^Object missing required field `(\w+)`")
+
+
+def heartbeat_samples(body: bytes) -> list[dict[str, Any]]:
+    """The heartbeat body (JSON), checked: one dict per GPU, every telemetry field
+    present (None where not reported). msgspec rather than a DRF serializer: this runs
+    for every node every few seconds, and DRF's field machinery costs more than the
+    database work. An error names the place, e.g. ``gpus[3].utilization_pct``."""
+    try:
+        heartbeat = _heartbeat_decoder.decode(body or b"{}")
+    except msgspec.ValidationError as exc:
+        raise serializers.ValidationError(_heartbeat_error(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"JSON parse error - {exc}") from None
+    samples = [msgspec.structs.asdict(gpu) for gpu in heartbeat.gpus]
+    seen: set[str] = set()
+    for position, sample in enumerate(samples):
+        if sample["uuid"] in seen:
+            raise serializers.ValidationError(
+                {f"gpus[{position}].uuid": ["each GPU may report once per heartbeat"]}
+            )
+        seen.add(sample["uuid"])
+        if sample["xid_events"] is None:
+            sample["xid_events"] = []
+    return samples
+
+
+def _heartbeat_error(message: str) -> dict[str, list[str]]:
+    """msgspec's message (``Expected `int` <= 100 - at `$.gpus[1].utilization_pct```)
+    as the API's field errors, in the words of the schema."""
+    found = _FAILURE_PLACE.search(message)
+    place = found.group(1) if found else ""
+    missing = _MISSING_FIELD.match(message)
+    if missing:
+        place = f"{place}.{missing.group(1)}" if place else missing.group(1)
+    place = re.sub(r"(\.xid_events)\[\d+\]$", r"\1", place)  # the list is the field
+    name = place.rsplit(".", 1)[-1] if "." in place else ""
+    if name in _TELEMETRY_RANGES:
+        low, high = _TELEMETRY_RANGES[name]
+        return {place: [f"must be a whole number from {low} to {high}"]}
+    if name == "uuid":
+        return {place: ["a GPU UUID is required"]}
+    if name == "xid_events":
+        return {place: [f"must be a list of at most {_MAX_XIDS} XID numbers"]}
+    if place.startswith("gpus["):
+        return {place.split(".", 1)[0]: ["must be an object"]}
+    if "length <=" in message:
+        return {"gpus": [f"at most {MAX_GPUS_PER_NODE} GPUs per heartbeat"]}
+    return {"gpus": ["must be a list of GPU samples"]}
 
 
 class NodeHeartbeatApi(APIView):
+    """The heartbeat's documentation, and its answer to methods other than POST.
+    POST is served by ``node_heartbeat`` below, without DRF."""
+
     permission_classes = [IsProviderOperator]
 
     @extend_schema(
@@ -896,21 +958,66 @@ class NodeHeartbeatApi(APIView):
         request=HeartbeatInputSerializer,
         responses={
             200: HeartbeatAcceptedSerializer,
-            **error_responses(400, 401, 403, 404, 413, 429),
+            **error_responses(400, 401, 403, 404, 413),
         },
     )
     def post(self, request: Request, node_id: int) -> Response:
-        caller = get_caller(request)
+        raise NotImplementedError  # never called: see node_heartbeat
+
+
+_heartbeat_other_methods = NodeHeartbeatApi.as_view()
+_PERMISSION_MESSAGE = IsProviderOperator.message
+
+
+@csrf_exempt  # API keys only: no session, so nothing to forge
+def node_heartbeat(request: HttpRequest, node_id: int) -> HttpResponse:
+    """POST /api/v1/agent/nodes/<id>/heartbeat: a plain Django view. Every node calls
+    it every few seconds, and DRF's per-request machinery (negotiation, parsers,
+    renderers) cost more than recording the heartbeat. The checks are the API's own,
+    in DRF's order: the key (401: looked up on every request, so a revoked key fails
+    at once), the role (403), the body (400, 413, 415), the node (404); errors go
+    through core.errors' one handler.
+
+    No per-key rate limit (core.throttling) here: its Redis round trip cost a tenth of
+    a heartbeat. Agents pace themselves by the interval the server answers with; a
+    key that sends faster only rewrites its own nodes' latest samples and counters
+    (storage stays bounded), at most as fast as the server's workers take requests."""
+    if request.method != "POST":
+        return _heartbeat_other_methods(request, node_id=node_id)
+    try:
+        found = api_key_caller(request.META.get("HTTP_AUTHORIZATION", "").encode("latin-1"))
+        if found is None:
+            raise NotAuthenticated()
+        caller, _ = found
+        if not is_provider_operator(caller):
+            raise PermissionDenied(_PERMISSION_MESSAGE)
+        body = request.body
+        if body and request.content_type != "application/json":
+            raise UnsupportedMediaType(request.content_type or "")
         result = services.node_heartbeat_record(
             organization=caller.organization,
             node_id=node_id,
-            samples=heartbeat_samples(request.data),
+            samples=heartbeat_samples(body),
         )
-        return Response(
+    except Exception as exc:
+        response = error_response(exc)
+        if response is None:
+            raise
+        return response
+    return HttpResponse(
+        _encode_json(
             {
-                "health": result.node.health,
-                "health_reason": result.node.health_reason,
-                "heartbeat_interval_seconds": result.node.heartbeat_interval_seconds,
+                "health": result.health,
+                "health_reason": result.health_reason,
+                "heartbeat_interval_seconds": result.heartbeat_interval_seconds,
                 "unknown_gpu_uuids": result.unknown_gpu_uuids,
             }
-        )
+        ),
+        content_type="application/json",
+    )
+
+
+_encode_json = msgspec.json.Encoder().encode
+# What drf-spectacular looks for on a callback (as for core.routing.by_method).
+node_heartbeat.cls = NodeHeartbeatApi  # type: ignore[attr-defined]
+node_heartbeat.initkwargs = {}  # type: ignore[attr-defined]

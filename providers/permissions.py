@@ -22,15 +22,21 @@ class IsProviderMember(BasePermission):
         return _provider_caller(request) is not None
 
 
-class IsProviderOperator(BasePermission):
+def is_provider_operator(caller: Any) -> bool:
     """Admins and members of a provider organization: listing capacity, agents.
     Finance staff read only."""
+    return (
+        caller is not None
+        and caller.organization.is_provider
+        and caller.role in ("admin", "member")
+    )
 
+
+class IsProviderOperator(BasePermission):
     message = "this needs the admin or member role in a provider organization"
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        caller = _provider_caller(request)
-        return caller is not None and caller.role in ("admin", "member")
+        return is_provider_operator(getattr(request, "caller", None))
 
 
 class IsProviderAdmin(BasePermission):

@@ -6,20 +6,20 @@ commit-order lock at the insert and holds it to the commit).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from core import services as core_services
-from core.db import is_postgres
+from core.db import is_postgres, server_cursor
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import event_append, stream_version
 from core.models import Organization
@@ -254,12 +254,17 @@ def node_register(
 
 @dataclass(frozen=True)
 class HeartbeatResult:
-    node: Node
+    """What the agent is told back. (Not the Node: building a model instance cost a
+    tenth of a heartbeat.)"""
+
+    health: str
+    health_reason: str
+    heartbeat_interval_seconds: int
     unknown_gpu_uuids: list[str]  # not in the inventory: the agent should re-register
 
 
 def _health_from_telemetry(
-    *, node: Node, samples: Sequence[dict[str, Any]], now: datetime
+    *, last_xid_at: datetime | None, samples: Sequence[dict[str, Any]], now: datetime
 ) -> tuple[str, str]:
     faults = []
     for sample in samples:
@@ -273,9 +278,9 @@ def _health_from_telemetry(
             faults.append(f"GPU {sample['uuid']}: XID {', '.join(map(str, hardware))}")
     if faults:
         return Node.Health.DEGRADED, "; ".join(faults)[:500]
-    if node.last_xid_at is not None and now - node.last_xid_at < XID_DEGRADED_HOLD:
+    if last_xid_at is not None and now - last_xid_at < XID_DEGRADED_HOLD:
         return Node.Health.DEGRADED, (
-            f"XID fault at {node.last_xid_at.isoformat()} "
+            f"XID fault at {last_xid_at.isoformat()} "
             f"(degraded for {int(XID_DEGRADED_HOLD.total_seconds() // 60)} minutes after one)"
         )
     return Node.Health.HEALTHY, ""
@@ -357,7 +362,6 @@ def _samples_upsert(*, rows: list[tuple[Any, ...]]) -> None:
         )
 
 
-@transaction.atomic
 def node_heartbeat_record(
     *,
     organization: Organization,
@@ -370,112 +374,323 @@ def node_heartbeat_record(
     only when health changes.
 
     This is the hot path (every node, every few seconds), so it is written in plain
-    SQL: one read that locks the node and lists its GPUs, then four upserts and
-    updates. A heartbeat is telemetry, not money: on PostgreSQL it commits without
+    SQL, and on PostgreSQL the common case takes one statement and no transaction of
+    its own: a healthy node reporting no fault stays healthy, unless an XID fault
+    within XID_DEGRADED_HOLD keeps it degraded; so when no sample reports a fault,
+    every write goes in one statement guarded on the node being healthy with no
+    recent XID. When the guard does not hold (the node is not healthy, a sample
+    reports a fault, the node is missing), the heartbeat is recorded with the node's
+    row locked from the read to the commit, and an event if health changed
+    (``_heartbeat_record_locked``); so a change appends exactly one event however
+    many heartbeats race. A heartbeat is telemetry, not money: it commits without
     waiting for the WAL flush (``synchronous_commit off``), so a crash may lose the
     last few hundred milliseconds of heartbeats and nothing else; health changes,
-    which append events, commit durably as usual (see below).
+    which append events, commit durably as usual.
     """
     now = now or timezone.now()
-    minute = _minute(now)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT n.health, n.last_xid_at, g.uuid, g.id FROM {_NODE_TABLE} n "
-            f"LEFT JOIN {_GPU_TABLE} g ON g.node_id = n.id AND g.present "
-            "WHERE n.id = %s AND n.organization_id = %s FOR UPDATE OF n"
-            if is_postgres()
-            else f"SELECT n.health, n.last_xid_at, g.uuid, g.id FROM {_NODE_TABLE} n "
-            f"LEFT JOIN {_GPU_TABLE} g ON g.node_id = n.id AND g.present "
-            "WHERE n.id = %s AND n.organization_id = %s",
-            [node_id, organization.pk],
-        )
+    # Only a transaction of the heartbeat's own may commit without the WAL flush; in a
+    # caller's transaction the caller's durability stands.
+    own_transaction = not connection.in_atomic_block
+    if is_postgres() and not _faults(samples):
+        with connection.wrap_database_errors:
+            matched = _heartbeat_write_pg(
+                organization_id=organization.pk,
+                node_id=node_id,
+                samples=samples,
+                now=now,
+                previous=Node.Health.HEALTHY.value,
+                xid_at_most=now - XID_DEGRADED_HOLD,
+                new_xid_at=None,
+                health=Node.Health.HEALTHY.value,
+                reason="",
+                relaxed=own_transaction,
+            )
+        if matched is not None:
+            return HeartbeatResult(
+                health=Node.Health.HEALTHY.value,
+                health_reason="",
+                heartbeat_interval_seconds=heartbeat_interval_seconds(),
+                unknown_gpu_uuids=sorted({s["uuid"] for s in samples} - set(matched)),
+            )
+    return _heartbeat_record_locked(
+        organization=organization,
+        node_id=node_id,
+        samples=samples,
+        now=now,
+        own_transaction=own_transaction,
+    )
+
+
+def _faults(samples: Sequence[dict[str, Any]]) -> bool:
+    return any(
+        (sample.get("ecc_uncorrected") or 0) > 0
+        or any(x not in APPLICATION_XIDS for x in sample.get("xid_events") or [])
+        for sample in samples
+    )
+
+
+@transaction.atomic
+def _heartbeat_record_locked(
+    *,
+    organization: Organization,
+    node_id: int,
+    samples: Sequence[dict[str, Any]],
+    now: datetime,
+    own_transaction: bool,
+) -> HeartbeatResult:
+    """The heartbeat with the node's row locked from the read to the commit."""
+    with connection.wrap_database_errors:
+        found = _node_read(organization_id=organization.pk, node_id=node_id)
+        previous = found[0][0]
+        last_xid_at = _from_db_time(found[0][1])
+        gpu_ids = {uuid: pk for _, _, uuid, pk in found if uuid is not None}
+        known = [sample for sample in samples if sample["uuid"] in gpu_ids]
+        unknown = sorted(sample["uuid"] for sample in samples if sample["uuid"] not in gpu_ids)
+        new_xid = any(x not in APPLICATION_XIDS for s in known for x in s.get("xid_events") or [])
+        if new_xid:
+            last_xid_at = now
+        health, reason = _health_from_telemetry(last_xid_at=last_xid_at, samples=known, now=now)
+        changed = health != previous
+        if is_postgres():
+            _heartbeat_write_pg(
+                organization_id=organization.pk,
+                node_id=node_id,
+                samples=known,
+                now=now,
+                previous=previous,
+                xid_at_most=None,  # locked: what was read is what is there
+                new_xid_at=now if new_xid else None,
+                health=health,
+                reason=reason,
+                relaxed=own_transaction and not changed,
+            )
+        else:
+            _heartbeat_write_generic(
+                node_id=node_id,
+                gpu_ids=gpu_ids,
+                samples=known,
+                now=now,
+                last_xid_at=last_xid_at,
+                health=health,
+                reason=reason,
+            )
+    if changed:
+        node = Node.objects.get(pk=node_id)
+        _health_change(node=node, previous=previous, health=health, reason=reason, at=now)
+    return HeartbeatResult(
+        health=health,
+        health_reason=reason,
+        heartbeat_interval_seconds=heartbeat_interval_seconds(),
+        unknown_gpu_uuids=unknown,
+    )
+
+
+_NODE_READ = (
+    f"SELECT n.health, n.last_xid_at, g.uuid, g.id FROM {_NODE_TABLE} n "
+    f"LEFT JOIN {_GPU_TABLE} g ON g.node_id = n.id AND g.present "
+    "WHERE n.id = %s AND n.organization_id = %s"
+)
+
+
+def _node_read(*, organization_id: int, node_id: int) -> list[tuple[Any, ...]]:
+    """The node's health, last XID and present GPUs (one row per GPU), its row locked
+    on PostgreSQL (SQLite has one writer anyway). Not found: a 404."""
+    if is_postgres():
+        cursor = server_cursor()
+        cursor.execute(f"{_NODE_READ} FOR UPDATE OF n", [node_id, organization_id], prepare=True)
         found = cursor.fetchall()
+    else:
+        with connection.cursor() as django_cursor:
+            django_cursor.execute(_NODE_READ, [node_id, organization_id])
+            found = django_cursor.fetchall()
     if not found:
         raise NotFound(f"node {node_id} not found")
-    previous = found[0][0]
-    last_xid_at = _from_db_time(found[0][1])
-    gpu_ids = {uuid: pk for _, _, uuid, pk in found if uuid is not None}
-    known = [sample for sample in samples if sample["uuid"] in gpu_ids]
-    unknown = sorted(sample["uuid"] for sample in samples if sample["uuid"] not in gpu_ids)
+    return found
 
-    if any(x not in APPLICATION_XIDS for s in known for x in s.get("xid_events") or []):
-        last_xid_at = now
-    probe = Node(pk=node_id, organization_id=organization.pk, last_xid_at=last_xid_at)
-    health, reason = _health_from_telemetry(node=probe, samples=known, now=now)
-    changed = health != previous
-    # The writes depend on nothing they return: on PostgreSQL they go in one round
-    # trip (a psycopg pipeline), and errors surface at its end.
-    pipeline = connection.connection.pipeline() if is_postgres() else contextlib.nullcontext()
-    with connection.wrap_database_errors, pipeline:
-        with connection.cursor() as cursor:
-            if is_postgres() and not changed:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if known:
-            _samples_upsert(
-                rows=[
-                    (
-                        gpu_ids[sample["uuid"]],
-                        _db_time(now),
-                        *(sample.get(column) for column in _SAMPLE_COLUMNS),
-                        json.dumps(list(sample.get("xid_events") or [])),
-                    )
-                    for sample in known
-                ]
-            )
-            _rollup_upsert(
-                rows=[
-                    (
-                        gpu_ids[sample["uuid"]],
-                        _db_time(minute),
-                        int(sample.get("utilization_pct") is not None),
-                        sample.get("utilization_pct") or 0,
-                        sample.get("utilization_pct"),
-                        sample.get("memory_used_mib"),
-                        sample.get("temperature_c"),
-                        int(sample.get("power_mw") is not None),
-                        sample.get("power_mw") or 0,
-                        len(sample.get("xid_events") or []),
-                    )
-                    for sample in known
-                ]
-            )
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {_MINUTE_TABLE} (node_id, minute, heartbeats) VALUES (%s, %s, 1) "
-                f"ON CONFLICT (node_id, minute) DO UPDATE SET "
-                f"heartbeats = {_MINUTE_TABLE}.heartbeats + 1",
-                [node_id, _db_time(minute)],
-            )
-            cursor.execute(
-                f"UPDATE {_NODE_TABLE} SET last_heartbeat_at = %s, last_xid_at = %s, "
-                "health_reason = %s, health = %s, health_changed_at = "
-                "CASE WHEN health = %s THEN health_changed_at ELSE %s END WHERE id = %s",
-                [
-                    _db_time(now),
-                    _db_time(last_xid_at),
-                    reason,
-                    health,
-                    health,
-                    _db_time(now),
-                    node_id,
-                ],
-            )
-    node = (
-        Node.objects.get(pk=node_id)
-        if changed
-        else Node(
-            pk=node_id,
-            organization_id=organization.pk,
-            health=health,
-            health_reason=reason,
-            last_heartbeat_at=now,
-            last_xid_at=last_xid_at,
-            heartbeat_interval_seconds=heartbeat_interval_seconds(),
-        )
+
+# Every write of a heartbeat in one statement, guarded on the node's health (and, when
+# xid_at_most is given, on its last XID being no later): the node's update comes
+# first and the rest join its result, so when the guard fails nothing is written.
+# Samples are matched to the node's present GPUs by UUID; the statement answers
+# whether the node was written and which UUIDs matched. The samples travel as one
+# JSON text that the server unpacks with json_to_recordset (the text does not change
+# with the number of GPUs, so the statement is prepared once per connection). The
+# rollup folds are _rollup_upsert's; the node's row is locked first and GPU rows in id
+# order, as in every writer.
+_PG_HEARTBEAT_WRITE = f"""
+WITH heard AS (
+    UPDATE {_NODE_TABLE}
+       SET last_heartbeat_at = %(now)s,
+           last_xid_at = COALESCE(%(new_xid_at)s, last_xid_at),
+           health_reason = %(reason)s, health = %(health)s::text,
+           health_changed_at = CASE WHEN health = %(health)s::text THEN health_changed_at
+                                    ELSE %(now)s END
+     WHERE id = %(node)s AND organization_id = %(organization)s
+       AND health = %(previous)s::text
+       AND (%(xid_at_most)s::timestamptz IS NULL OR last_xid_at IS NULL
+            OR last_xid_at <= %(xid_at_most)s::timestamptz)
+    RETURNING id
+), beat AS (
+    SELECT g.id AS gpu_id, t.*
+      FROM heard
+      JOIN {_GPU_TABLE} g ON g.node_id = heard.id AND g.present
+      JOIN json_to_recordset(%(samples)s::json)
+           AS t(uuid text, utilization_pct integer, memory_used_mib integer,
+                temperature_c integer, power_mw integer, ecc_corrected bigint,
+                ecc_uncorrected bigint, xid_events jsonb)
+        ON t.uuid = g.uuid
+), latest AS (
+    INSERT INTO {_SAMPLE_TABLE} AS s (gpu_id, sampled_at, utilization_pct, memory_used_mib,
+                                      temperature_c, power_mw, ecc_corrected, ecc_uncorrected,
+                                      xid_events)
+    SELECT gpu_id, %(now)s, utilization_pct, memory_used_mib, temperature_c, power_mw,
+           ecc_corrected, ecc_uncorrected, COALESCE(xid_events, '[]')
+      FROM beat ORDER BY gpu_id
+        ON CONFLICT (gpu_id) DO UPDATE SET
+           sampled_at = EXCLUDED.sampled_at, utilization_pct = EXCLUDED.utilization_pct,
+           memory_used_mib = EXCLUDED.memory_used_mib, temperature_c = EXCLUDED.temperature_c,
+           power_mw = EXCLUDED.power_mw, ecc_corrected = EXCLUDED.ecc_corrected,
+           ecc_uncorrected = EXCLUDED.ecc_uncorrected, xid_events = EXCLUDED.xid_events
+), rollup AS (
+    INSERT INTO {_ROLLUP_TABLE} AS r (gpu_id, minute, samples, utilization_samples,
+                                      utilization_sum, utilization_max, memory_used_max_mib,
+                                      temperature_max_c, power_samples, power_sum_mw,
+                                      xid_count)
+    SELECT gpu_id, %(minute)s, 1, (utilization_pct IS NOT NULL)::integer,
+           COALESCE(utilization_pct, 0), utilization_pct, memory_used_mib, temperature_c,
+           (power_mw IS NOT NULL)::integer, COALESCE(power_mw, 0),
+           COALESCE(jsonb_array_length(xid_events), 0)
+      FROM beat ORDER BY gpu_id
+        ON CONFLICT (gpu_id, minute) DO UPDATE SET
+           samples = r.samples + 1,
+           utilization_samples = r.utilization_samples + EXCLUDED.utilization_samples,
+           utilization_sum = r.utilization_sum + EXCLUDED.utilization_sum,
+           utilization_max = GREATEST(COALESCE(r.utilization_max, EXCLUDED.utilization_max),
+                                      COALESCE(EXCLUDED.utilization_max, r.utilization_max)),
+           memory_used_max_mib = GREATEST(
+               COALESCE(r.memory_used_max_mib, EXCLUDED.memory_used_max_mib),
+               COALESCE(EXCLUDED.memory_used_max_mib, r.memory_used_max_mib)),
+           temperature_max_c = GREATEST(
+               COALESCE(r.temperature_max_c, EXCLUDED.temperature_max_c),
+               COALESCE(EXCLUDED.temperature_max_c, r.temperature_max_c)),
+           power_samples = r.power_samples + EXCLUDED.power_samples,
+           power_sum_mw = r.power_sum_mw + EXCLUDED.power_sum_mw,
+           xid_count = r.xid_count + EXCLUDED.xid_count
+), minute AS (
+    INSERT INTO {_MINUTE_TABLE} AS m (node_id, minute, heartbeats)
+    SELECT id, %(minute)s, 1 FROM heard
+        ON CONFLICT (node_id, minute) DO UPDATE SET heartbeats = m.heartbeats + 1
+)
+SELECT (SELECT count(*) FROM heard), ARRAY(SELECT uuid FROM beat),
+       CASE WHEN %(relaxed)s THEN set_config('synchronous_commit', 'off', true) END
+"""
+
+
+def _heartbeat_write_pg(
+    *,
+    organization_id: int,
+    node_id: int,
+    samples: Sequence[dict[str, Any]],
+    now: datetime,
+    previous: str,
+    xid_at_most: datetime | None,
+    new_xid_at: datetime | None,
+    health: str,
+    reason: str,
+    relaxed: bool,
+) -> list[str] | None:
+    """_PG_HEARTBEAT_WRITE: the UUIDs written, or None when the guard did not hold
+    (nothing written). ``relaxed``: commit without waiting for the WAL flush."""
+    cursor = server_cursor()
+    cursor.execute(
+        _PG_HEARTBEAT_WRITE,
+        {
+            "samples": _encode_json(
+                [{"uuid": s["uuid"], **{c: s.get(c) for c in _JSON_COLUMNS}} for s in samples]
+            ).decode(),
+            "now": now,
+            "minute": _minute(now),
+            "node": node_id,
+            "organization": organization_id,
+            "previous": previous,
+            "xid_at_most": xid_at_most,
+            "new_xid_at": new_xid_at,
+            "reason": reason,
+            "health": health,
+            "relaxed": relaxed,
+        },
+        prepare=True,
     )
-    if changed:
-        _health_change(node=node, previous=previous, health=health, reason=reason, at=now)
-    return HeartbeatResult(node=node, unknown_gpu_uuids=unknown)
+    written, matched, _ = cursor.fetchone()
+    return matched if written else None
+
+
+_JSON_COLUMNS = (*_SAMPLE_COLUMNS, "xid_events")
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _heartbeat_write_generic(
+    *,
+    node_id: int,
+    gpu_ids: dict[str, int],
+    samples: Sequence[dict[str, Any]],
+    now: datetime,
+    last_xid_at: datetime | None,
+    health: str,
+    reason: str,
+) -> None:
+    """The same writes as _PG_HEARTBEAT_WRITE, statement by statement (SQLite)."""
+    minute = _minute(now)
+    if samples:
+        _samples_upsert(
+            rows=[
+                (
+                    gpu_ids[sample["uuid"]],
+                    _db_time(now),
+                    *(sample.get(column) for column in _SAMPLE_COLUMNS),
+                    json.dumps(list(sample.get("xid_events") or [])),
+                )
+                for sample in samples
+            ]
+        )
+        _rollup_upsert(
+            rows=[
+                (
+                    gpu_ids[sample["uuid"]],
+                    _db_time(minute),
+                    int(sample.get("utilization_pct") is not None),
+                    sample.get("utilization_pct") or 0,
+                    sample.get("utilization_pct"),
+                    sample.get("memory_used_mib"),
+                    sample.get("temperature_c"),
+                    int(sample.get("power_mw") is not None),
+                    sample.get("power_mw") or 0,
+                    len(sample.get("xid_events") or []),
+                )
+                for sample in samples
+            ]
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_MINUTE_TABLE} (node_id, minute, heartbeats) VALUES (%s, %s, 1) "
+            f"ON CONFLICT (node_id, minute) DO UPDATE SET "
+            f"heartbeats = {_MINUTE_TABLE}.heartbeats + 1",
+            [node_id, _db_time(minute)],
+        )
+        cursor.execute(
+            f"UPDATE {_NODE_TABLE} SET last_heartbeat_at = %s, last_xid_at = %s, "
+            "health_reason = %s, health = %s, health_changed_at = "
+            "CASE WHEN health = %s THEN health_changed_at ELSE %s END WHERE id = %s",
+            [
+                _db_time(now),
+                _db_time(last_xid_at),
+                reason,
+                health,
+                health,
+                _db_time(now),
+                node_id,
+            ],
+        )
 
 
 def node_health_sweep(*, now: datetime | None = None) -> list[int]:

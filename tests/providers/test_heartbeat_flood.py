@@ -38,6 +38,51 @@ SECONDS = 10
 HARD_STOP_SECONDS = 25  # whatever happens, the threads are abandoned here
 
 
+class AgentConnection:
+    """One node's keep-alive HTTP/1.1 connection, as an agent holds one. Requests are
+    built once and sent whole; a response is read by its Content-Length. Not
+    http.client: its request building and header parsing take about 0.2 ms of CPU a
+    request against 0.08 ms here, and client and server share this machine's cores,
+    so what the client spends the server cannot."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    @staticmethod
+    def request(path: str, key: str, body: bytes) -> bytes:
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request; (status, body) of its response."""
+        self.sock.sendall(request)
+        while b"\r\n\r\n" not in self.buffer:
+            self._receive()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.split(b"\r\n")
+        headers = dict(line.lower().split(b":", 1) for line in header_lines)
+        if b"content-length" not in headers:
+            raise ConnectionError(f"no Content-Length in the response: {head[:200]!r}")
+        length = int(headers[b"content-length"])
+        while len(self.buffer) < length:
+            self._receive()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(status_line.split()[1]), body
+
+    def _receive(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -124,26 +169,29 @@ def test_a_flood_of_heartbeats_is_accepted_and_storage_stays_bounded(cast):
         start = time.monotonic() + 0.5
 
         def simulate(node: Node, key: str, uuids: list[str]) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            conn = AgentConnection(port)
             path = f"/api/v1/agent/nodes/{node.pk}/heartbeat"
-            bodies = [
-                json.dumps(
-                    {
-                        "gpus": [
-                            {
-                                "uuid": uuid,
-                                "utilization_pct": (variant * 7 + i) % 101,
-                                "memory_used_mib": 1000 * i,
-                                "temperature_c": 60 + i % 10,
-                                "power_mw": 300_000 + variant,
-                                "ecc_corrected": 0,
-                                "ecc_uncorrected": 0,
-                                "xid_events": [],
-                            }
-                            for i, uuid in enumerate(uuids)
-                        ]
-                    }
+            requests = [
+                AgentConnection.request(
+                    path,
+                    key,
+                    json.dumps(
+                        {
+                            "gpus": [
+                                {
+                                    "uuid": uuid,
+                                    "utilization_pct": (variant * 7 + i) % 101,
+                                    "memory_used_mib": 1000 * i,
+                                    "temperature_c": 60 + i % 10,
+                                    "power_mw": 300_000 + variant,
+                                    "ecc_corrected": 0,
+                                    "ecc_uncorrected": 0,
+                                    "xid_events": [],
+                                }
+                                for i, uuid in enumerate(uuids)
+                            ]
+                        }
+                    ).encode(),
                 )
                 for variant in range(10)
             ]
@@ -159,16 +207,12 @@ def test_a_flood_of_heartbeats_is_accepted_and_storage_stays_bounded(cast):
                     continue
                 if due > now:
                     time.sleep(due - now)
-                body = bodies[beat % len(bodies)]
                 sent = time.monotonic()
                 try:
-                    conn.request("POST", path, body, headers)
-                    response = conn.getresponse()
-                    payload = response.read()
-                    status = response.status
-                except (OSError, http.client.HTTPException) as exc:
+                    status, payload = conn.exchange(requests[beat % len(requests)])
+                except OSError as exc:
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+                    conn = AgentConnection(port)
                     status, payload = 0, str(exc).encode()
                 with lock:
                     if status == 200:

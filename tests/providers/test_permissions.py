@@ -180,12 +180,17 @@ def test_only_admins_make_agent_keys_and_the_key_is_shown_once(cast, world):
 
     assert created.status_code == 201 and created.json()["key"].startswith("tdm_")
     assert [k["name"] for k in listed] == ["r1"] and "key" not in listed[0]
+    agent = cast.anonymous
+    agent.credentials(HTTP_AUTHORIZATION=f"Bearer {created.json()['key']}")
+    heartbeat = f"{A}/nodes/{world['node_a'].pk}/heartbeat"
+    assert agent.post(heartbeat, {"gpus": []}, format="json").status_code == 200
     # revoked through core's API-key endpoint, the agent is refused at once
     revoked = admin.post(f"/api/v1/api-keys/{listed[0]['api_key_id']}/revoke")
     assert revoked.status_code == 200
-    agent = cast.anonymous
-    agent.credentials(HTTP_AUTHORIZATION=f"Bearer {created.json()['key']}")
     assert (
         agent.post(f"{A}/nodes/register", {"hostname": "h", "gpus": []}, format="json").status_code
         == 401
     )
+    refused = agent.post(heartbeat, {"gpus": []}, format="json")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "authentication_failed"

@@ -135,6 +135,37 @@ def test_heartbeat_input_errors_name_the_place(cast, make_node):
         assert list(response.json()["error"]["details"]["fields"]) == [f"gpus[{index}].{field}"]
 
 
+def test_a_heartbeat_answers_protocol_errors_in_the_api_shape(cast, make_node):
+    node = make_node(cast.provider_a, count=2)
+    agent = cast.client(cast.provider_a, role="member")
+    url = f"/api/v1/agent/nodes/{node.pk}/heartbeat"
+    twice = samples(node, utilization_pct=5)[:1] * 2
+
+    repeated = agent.post(url, {"gpus": twice}, format="json")
+    malformed = agent.post(url, b"{not json", content_type="application/json")
+    as_form = agent.post(url, {"gpus": "x"})
+    listed = agent.get(url)
+
+    assert repeated.status_code == 400
+    assert list(repeated.json()["error"]["details"]["fields"]) == ["gpus[1].uuid"]
+    assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "parse_error")
+    assert (as_form.status_code, as_form.json()["error"]["code"]) == (
+        415,
+        "unsupported_media_type",
+    )
+    assert (listed.status_code, listed.json()["error"]["code"]) == (405, "method_not_allowed")
+    # and a good one is answered as the schema says
+    accepted = agent.post(url, {"gpus": samples(node, utilization_pct=5)}, format="json")
+    assert accepted.status_code == 200
+    assert accepted.json() == {
+        "health": "healthy",
+        "health_reason": "",
+        "heartbeat_interval_seconds": 15,
+        "unknown_gpu_uuids": [],
+    }
+    assert accepted["Content-Type"] == "application/json"
+
+
 def test_the_demo_loads_twice_without_doubling_anything(cast):
     from providers import demo
 
