@@ -156,3 +156,46 @@ def test_old_telemetry_is_pruned_and_recent_telemetry_kept(cast, make_node):
     # rollups: a week; heartbeat minutes (uptime): 35 days
     assert GpuMinuteRollup.objects.filter(gpu__node=node).count() == 1
     assert NodeHeartbeatMinute.objects.filter(node=node).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_heartbeats_change_health_once_and_all_count(cast, make_node):
+    # given: a node that has never sent a heartbeat, and one with an XID fault
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    from providers.models import NodeHeartbeatMinute
+
+    fresh = make_node(cast.provider_a, hostname="fresh", count=2)
+    faulty = make_node(cast.provider_a, hostname="faulty", count=2)
+    clean = {fresh.pk: samples(fresh), faulty.pk: samples(faulty)}
+    fault = samples(faulty, xid_events=[79])
+
+    def send(node: Node, reported: list[dict]) -> None:
+        try:
+            for _ in range(5):
+                beat(node, reported)
+        finally:
+            connections.close_all()
+
+    # when: eight agents' worth of heartbeats race on each node, one reporting a fault
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        senders = [(node, clean[node.pk]) for node in (fresh, faulty)] * 4
+        senders.insert(5, (faulty, fault))
+        jobs = [pool.submit(send, node, reported) for node, reported in senders]
+        for job in jobs:
+            job.result()
+
+    # then: every heartbeat counted; unknown -> healthy once, unknown -> ... -> degraded
+    counted = {
+        node.pk: sum(
+            NodeHeartbeatMinute.objects.filter(node=node).values_list("heartbeats", flat=True)
+        )
+        for node in (fresh, faulty)
+    }
+    assert counted == {fresh.pk: 20, faulty.pk: 25}
+    assert [e["health"] for e in _health_events(fresh)] == ["healthy"]
+    faulty_events = [e["health"] for e in _health_events(faulty)]
+    assert faulty_events[-1] == "degraded" and faulty_events.count("degraded") == 1
+    assert Node.objects.get(pk=faulty.pk).health == "degraded"
