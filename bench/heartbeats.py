@@ -26,7 +26,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,10 @@ django.setup()
 
 from django.db import connection, connections
 from django.test.utils import setup_test_environment
+
+# The flood test's keep-alive agent client: the same client measures both.
+from tests.providers.test_heartbeat_flood import AgentConnection as Connection
+from tests.providers.test_heartbeat_flood import _free_port as free_port
 
 GPUS = 8
 BASELINE_PATH = "/bench/noop"
@@ -69,55 +72,6 @@ def application() -> Any:
 
     urls.urlpatterns.append(path(BASELINE_PATH.lstrip("/"), noop))
     return wsgi_application
-
-
-class Connection:
-    """One node's keep-alive HTTP/1.1 connection (as in the flood test): requests
-    built once and sent whole, responses read by their Content-Length. http.client
-    spends about 0.2 ms of CPU a request, this 0.08 ms; the client shares the cores
-    with the server it measures."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = b""
-
-    @staticmethod
-    def request(path: str, key: str, body: bytes) -> bytes:
-        return (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-
-    def exchange(self, request: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(request)
-        while b"\r\n\r\n" not in self.buffer:
-            self._receive()
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.split(b"\r\n")
-        headers = dict(line.lower().split(b":", 1) for line in header_lines)
-        if b"content-length" not in headers:
-            raise ConnectionError(f"no Content-Length in the response: {head[:200]!r}")
-        length = int(headers[b"content-length"])
-        while len(self.buffer) < length:
-            self._receive()
-        body, self.buffer = self.buffer[:length], self.buffer[length:]
-        return int(status_line.split()[1]), body
-
-    def _receive(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        self.buffer += data
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def database_url() -> str:
