@@ -1170,11 +1170,27 @@ def _engine_ensure(deployment: Deployment) -> None:
     with _engines_load_lock:
         if deployment.public_id in _engines:
             return
-        external.engine_load(
-            deployment_id=deployment.public_id,
-            base_model=deployment.base_model,
-            adapter_path=deployment.adapter_path or None,
-        )
+        try:
+            external.engine_load(
+                deployment_id=deployment.public_id,
+                base_model=deployment.base_model,
+                adapter_path=deployment.adapter_path or None,
+            )
+        except Exception as exc:
+            # The weights would not load (missing, corrupt, out of memory): the caller
+            # gets a 503 that says so; the next request tries the load again.
+            logger.exception("engine load failed", extra={"deployment": deployment.public_id})
+            raise ModelUnavailable(
+                f"{deployment.model} could not be loaded on its deployment "
+                f"{deployment.public_id} ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"retry in {RETRY_AFTER_SECONDS} seconds",
+                details={
+                    "param": "model",
+                    "deployment_id": deployment.public_id,
+                    "retry_after_seconds": RETRY_AFTER_SECONDS,
+                },
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from exc
         _engines.add(deployment.public_id)
 
 

@@ -295,3 +295,29 @@ def test_each_pass_of_the_matching_loop_stops_idle_deployments(cast, engines):
     idle.refresh_from_db()
     assert idle.status == Deployment.Status.STOPPED
     assert "stopped 1 idle inference deployment" in out.getvalue()
+
+
+def test_an_engine_that_will_not_load_is_a_503_and_the_next_request_loads_again(cast, engines):
+    # given GPUs, and weights that fail to load once
+    provider_with_capacity(cast.provider_a)
+    client = cast.client(cast.buyer_a)
+    real_load, failures = engines.load, [MemoryError("CUDA out of memory")]
+
+    def load_once_failing(**kwargs):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        real_load(**kwargs)
+
+    engines.load = load_once_failing  # type: ignore[method-assign]
+
+    with platform_running():
+        refused = chat(client)
+        served = chat(client)
+
+    # then the first answer says why, in the OpenAI shape, and the next one is served
+    assert refused.status_code == 503
+    error = refused.json()["error"]
+    assert error["code"] == "model_unavailable" and "could not be loaded" in error["message"]
+    assert "MemoryError" in error["message"] and refused["Retry-After"]
+    assert served.status_code == 200, served.json()
+    assert engines.loads == Counter({Deployment.objects.get().public_id: 1})
