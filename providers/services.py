@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core import services as core_services
-from core.db import is_postgres, server_cursor
+from core.db import as_utc, is_postgres, server_cursor
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import event_append, stream_version
 from core.models import Organization
@@ -88,14 +88,6 @@ def _db_time(moment: datetime | None) -> Any:
     """A datetime as the ORM would bind it (SQLite: naive UTC text), for raw SQL, so
     raw and ORM writes of one column compare equal."""
     return connection.ops.adapt_datetimefield_value(moment)
-
-
-def _from_db_time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    # SQLite hands back naive UTC (as text, or parsed by its column converter).
-    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 # --- sites and agent keys ---------------------------------------------------
@@ -442,7 +434,7 @@ def _heartbeat_record_locked(
     with connection.wrap_database_errors:
         found = _node_read(organization_id=organization.pk, node_id=node_id)
         previous = found[0][0]
-        last_xid_at = _from_db_time(found[0][1])
+        last_xid_at = as_utc(found[0][1]) if found[0][1] is not None else None
         gpu_ids = {uuid: pk for _, _, uuid, pk in found if uuid is not None}
         known = [sample for sample in samples if sample["uuid"] in gpu_ids]
         unknown = sorted(sample["uuid"] for sample in samples if sample["uuid"] not in gpu_ids)
