@@ -31,15 +31,12 @@ from django.utils import timezone
 from billing import events as ev
 from billing.models import Account, Balance, Posting, Price
 from billing.pricing import (
-    DEFAULT_BOOK,
     INFERENCE_VARIANTS,
     PRICE_CHANGE_LEAD,
     TIER_NAMES,
     TOKENS_UNIT,
     TRAINING_TYPES,
-    PriceVersion,
     price_at,
-    price_book,
     price_book_forget,
     size_tier,
 )
@@ -168,41 +165,6 @@ def price_schedule(
         ) from None
     price_book_forget()
     return price
-
-
-@dataclass(frozen=True, slots=True)
-class PriceRow:
-    item: str
-    tier: str
-    variant: str
-    currency: str
-    value: int
-    effective_from: datetime
-    scheduled: bool  # True: a future version, not yet in force
-
-
-def prices_current(
-    *, at: datetime | None = None, currency: str | None = None, include_scheduled: bool = False
-) -> list[PriceRow]:
-    """Every price in force at ``at`` (and, for finance, the versions scheduled after it)."""
-    at = at or timezone.now()
-    currency = currency or settings.TANDEM_CURRENCY
-    book = price_book()
-    rows: list[PriceRow] = []
-    for item, tier, variant in DEFAULT_BOOK:
-        version: PriceVersion = book.at(item, tier, variant, currency, at)
-        rows.append(
-            PriceRow(item, tier, variant, currency, version.value, version.effective_from, False)
-        )
-        if include_scheduled:
-            for later in book.versions.get((item, tier, variant, currency), ()):
-                if later.effective_from > at:
-                    rows.append(
-                        PriceRow(
-                            item, tier, variant, currency, later.value, later.effective_from, True
-                        )
-                    )
-    return rows
 
 
 # --- the fine-tune estimate -------------------------------------------------------

@@ -260,18 +260,3 @@ def statements_close(*, period: date, now: datetime | None = None) -> int:
             )
         written += 1
     return written
-
-
-def payable_totals(*, period: date, currency: str) -> dict[int, tuple[int, int]]:
-    """provider id -> (credits, debits) on its payable in the month (for reconciliation)."""
-    start, end = month_bounds(period)
-    found: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    rows = Posting.objects.filter(
-        account__kind=Account.Kind.PAYABLE,
-        account__currency=currency,
-        recorded_at__gte=start,
-        recorded_at__lt=end,
-    ).values_list("account__organization_id", "side", "amount_micros")
-    for org_id, side, amount in rows:
-        found[org_id][0 if side == "C" else 1] += amount
-    return {k: (v[0], v[1]) for k, v in found.items()}
