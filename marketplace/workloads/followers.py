@@ -82,19 +82,17 @@ class WorkloadsFollower(Follower):
     def handle(self, event: RecordedEvent) -> None:
         payload = event.payload
         if event.stream_type == LEASE_STREAM:
+            lease_ref = str(payload.get("lease_id", ""))
+            reason = str(payload.get("reason") or event.type)
             if event.type == LEASE_STARTED and payload.get("workload_kind") == "inference":
                 services.deployment_lease_started(
                     deployment_id=str(payload.get("workload_id") or ""),
-                    lease_ref=str(payload.get("lease_id", "")),
+                    lease_ref=lease_ref,
                     order_ref=str(payload.get("order_id", "")),
                 )
                 return
             if event.type in LEASE_CLOSED:
-                services.deployment_lease_ended(
-                    lease_ref=str(payload.get("lease_id", "")),
-                    reason=str(payload.get("reason") or event.type),
-                )
-            lease_ref = str(payload.get("lease_id", ""))
+                services.deployment_lease_ended(lease_ref=lease_ref, reason=reason)
             if event.type == LEASE_STARTED and payload.get("workload_kind") == "fine_tune":
                 services.finetune_job_start(
                     job_id=str(payload.get("workload_id") or ""), lease_ref=lease_ref
@@ -106,7 +104,7 @@ class WorkloadsFollower(Follower):
                     services.finetune_job_interrupt(
                         job_id=job_id,
                         lease_ref=lease_ref,
-                        reason=str(payload.get("reason") or event.type),
+                        reason=reason,
                         at=event.recorded_at,
                         source_position=event.position,
                     )
