@@ -382,7 +382,7 @@ def _query_datetime(request: Request, name: str) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _query_currency(request: Request) -> str | None:
+def query_currency(request: Request) -> str | None:
     raw = request.query_params.get("currency")
     if raw is None:
         return None
@@ -394,7 +394,7 @@ def _query_currency(request: Request) -> str | None:
     return raw
 
 
-def _actor(caller: Caller) -> str:
+def actor_for(caller: Caller) -> str:
     return f"org:{caller.organization.pk}:{caller.rate_limit_key}"
 
 
@@ -470,7 +470,7 @@ class AccountCreditLimitApi(APIView):
             account=account,
             limit_micros=given.validated_data["amount"],
             reason=given.validated_data["reason"],
-            actor=_actor(caller),
+            actor=actor_for(caller),
         )
         account = selectors.account_get(caller=caller, account_id=account.pk)
         return Response(AccountSerializer(account).data)
@@ -545,7 +545,7 @@ class AdjustmentCreateApi(APIView):
             currency=data["currency"],
             legs=[(leg["account"], leg["side"], leg["amount_micros"]) for leg in data["legs"]],
             reason=data["reason"],
-            actor=_actor(caller),
+            actor=actor_for(caller),
         )
         assert result.position is not None  # raise_for: an accepted entry has one
         entry = selectors.journal_entry_get(position=result.position)
@@ -578,7 +578,7 @@ class TrialBalanceApi(APIView):
         responses={200: TrialBalanceSerializer, **error_responses(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
-        report = selectors.trial_balance(currency=_query_currency(request))
+        report = selectors.trial_balance(currency=query_currency(request))
         return Response(TrialBalanceSerializer(report).data)
 
 
@@ -767,7 +767,7 @@ class PriceScheduleListApi(APIView):
                 f"item must be one of {', '.join(Price.Item.values)}",
                 details={"parameter": "item"},
             )
-        currency = _query_currency(request)
+        currency = query_currency(request)
         now = timezone.now()
         in_force = selectors.price_ids_in_force(
             at=now, currency=currency or settings.TANDEM_CURRENCY
@@ -813,7 +813,7 @@ class PriceScheduleCreateApi(APIView):
             currency=data.get("currency"),
             reason=data["reason"],
             public=data["public"],
-            actor=_actor(caller),
+            actor=actor_for(caller),
         )
         body = PriceVersionSerializer(
             price, context={"now": timezone.now(), "in_force": set()}
@@ -1262,7 +1262,7 @@ class CreditNoteCreateApi(APIView):
             amount_micros=amount,
             reason=given.validated_data["reason"],
             key=f"api:{caller.organization.pk}:{key}",
-            actor=_actor(caller),
+            actor=actor_for(caller),
         )
         return Response(CreditNoteSerializer(note).data, status=status.HTTP_201_CREATED)
 
@@ -1295,7 +1295,7 @@ class InvoiceFinalizeApi(APIView):
     def post(self, request: Request, invoice_id: int) -> Response:
         caller = get_caller(request)
         invoice = selectors.invoice_get(caller=caller, invoice_id=invoice_id)
-        invoice = invoicing.invoice_finalize_requested(invoice=invoice, actor=_actor(caller))
+        invoice = invoicing.invoice_finalize_requested(invoice=invoice, actor=actor_for(caller))
         return _invoice_answer(caller, invoice)
 
 
@@ -1319,7 +1319,7 @@ class InvoiceVoidApi(APIView):
         given = ReasonInputSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         invoice = invoicing.invoice_void(
-            invoice=invoice, reason=given.validated_data["reason"], actor=_actor(caller)
+            invoice=invoice, reason=given.validated_data["reason"], actor=actor_for(caller)
         )
         return _invoice_answer(caller, invoice)
 
@@ -1342,7 +1342,7 @@ class InvoiceMarkUncollectibleApi(APIView):
         given = OptionalReasonInputSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         invoice = invoicing.invoice_mark_uncollectible(
-            invoice=invoice, reason=given.validated_data["reason"], actor=_actor(caller)
+            invoice=invoice, reason=given.validated_data["reason"], actor=actor_for(caller)
         )
         return _invoice_answer(caller, invoice)
 
@@ -1370,7 +1370,7 @@ class InvoiceMarkPaidApi(APIView):
         invoice = invoicing.invoice_mark_paid(
             invoice=invoice,
             payment_reference=given.validated_data["payment_reference"],
-            actor=_actor(caller),
+            actor=actor_for(caller),
         )
         return _invoice_answer(caller, invoice)
 
@@ -1396,7 +1396,7 @@ class JobInvoiceIssueApi(APIView):
             caller=caller, organization_id=given.validated_data["organization"]
         )
         invoice = invoicing.invoice_job_request(
-            organization=organization, job=given.validated_data["job"], actor=_actor(caller)
+            organization=organization, job=given.validated_data["job"], actor=actor_for(caller)
         )
         return _invoice_answer(caller, invoice)
 
@@ -1442,7 +1442,7 @@ class BillingProfileSetApi(APIView):
         given = BillingProfileSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         profile = invoicing.billing_profile_set(
-            organization=organization, **given.validated_data, actor=_actor(caller)
+            organization=organization, **given.validated_data, actor=actor_for(caller)
         )
         return Response(BillingProfileSerializer(profile).data)
 

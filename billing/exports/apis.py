@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.apis import actor_for, query_currency
 from billing.exports import report, services
 from billing.invoicing import parse_period
 from billing.models import FinanceExport
@@ -133,18 +134,6 @@ class ReconciliationSerializer(serializers.Serializer):
 # --- query parameters ----------------------------------------------------------------
 
 
-def _currency(request: Request) -> str | None:
-    raw = request.query_params.get("currency")
-    if raw is None:
-        return None
-    if raw not in CURRENCIES:
-        raise InvalidInput(
-            f"currency must be one of {', '.join(sorted(CURRENCIES))}",
-            details={"parameter": "currency"},
-        )
-    return raw
-
-
 def _period(request: Request, name: str, *, required: bool) -> date | None:
     raw = request.query_params.get(name)
     if raw is None:
@@ -166,11 +155,6 @@ def _months(request: Request) -> int:
             "months must be a whole number from 1 to 60", details={"parameter": "months"}
         )
     return int(raw)
-
-
-def _requested_by(request: Request) -> str:
-    caller = get_caller(request)
-    return f"org:{caller.organization.pk}:{caller.rate_limit_key}"
 
 
 _EXPORT_ID = OpenApiParameter("export_id", OpenApiTypes.INT, OpenApiParameter.PATH)
@@ -216,7 +200,7 @@ class ExportListCreateApi(APIView):
             kind=body.get("kind"),
             format=body.get("format"),
             params={} if params is None else params,
-            requested_by=_requested_by(request),
+            requested_by=actor_for(get_caller(request)),
         )
         return Response(ExportSerializer(export).data, status=status.HTTP_202_ACCEPTED)
 
@@ -273,7 +257,7 @@ class ReconciliationApi(APIView):
         responses={200: ReconciliationSerializer, **error_responses(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
-        result = report.reconciliation_compute(currency=_currency(request))
+        result = report.reconciliation_compute(currency=query_currency(request))
         return Response(ReconciliationSerializer(result).data)
 
 
@@ -293,7 +277,7 @@ class MonthlyReportApi(APIView):
     def get(self, request: Request) -> HttpResponse:
         period = _period(request, "period", required=True)
         assert period is not None
-        html = report.monthly_report_html(period=period, currency=_currency(request))
+        html = report.monthly_report_html(period=period, currency=query_currency(request))
         return HttpResponse(html, content_type="text/html; charset=utf-8")
 
 
@@ -316,7 +300,7 @@ class RevenueChartApi(APIView):
     )
     def get(self, request: Request) -> HttpResponse:
         png = report.revenue_chart_png(
-            currency=_currency(request) or settings.TANDEM_CURRENCY,
+            currency=query_currency(request) or settings.TANDEM_CURRENCY,
             months=_months(request),
             until=_period(request, "until", required=False),
         )
