@@ -1180,16 +1180,11 @@ def _engine_ensure(deployment: Deployment) -> None:
             # The weights would not load (missing, corrupt, out of memory): the caller
             # gets a 503 that says so; the next request tries the load again.
             logger.exception("engine load failed", extra={"deployment": deployment.public_id})
-            raise ModelUnavailable(
+            raise _unavailable(
+                deployment,
                 f"{deployment.model} could not be loaded on its deployment "
                 f"{deployment.public_id} ({type(exc).__name__}: {str(exc)[:200]}); "
                 f"retry in {RETRY_AFTER_SECONDS} seconds",
-                details={
-                    "param": "model",
-                    "deployment_id": deployment.public_id,
-                    "retry_after_seconds": RETRY_AFTER_SECONDS,
-                },
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from exc
         _engines.add(deployment.public_id)
 
@@ -1315,10 +1310,19 @@ def deployment_acquire(*, organization: Organization, served: ServedModel) -> De
 
 
 def _model_unavailable(deployment: Deployment, waited: float) -> ApplicationError:
-    return ModelUnavailable(
+    return _unavailable(
+        deployment,
         f"{deployment.model} is not running, and no GPUs were found on the market to start "
         f"it within {waited:g} seconds; its deployment {deployment.public_id} keeps waiting "
         f"for GPUs: retry in {RETRY_AFTER_SECONDS} seconds",
+    )
+
+
+def _unavailable(deployment: Deployment, message: str) -> ApplicationError:
+    """A 503 model_unavailable for ``deployment``, asking the client to come back after
+    RETRY_AFTER_SECONDS."""
+    return ModelUnavailable(
+        message,
         details={
             "param": "model",
             "deployment_id": deployment.public_id,
