@@ -502,9 +502,6 @@ def job_hyperparameters(request: JobRequest, *, examples: int, card: ModelCard) 
                 param="lora_trainable_modules",
             )
         params["lora_trainable_modules"] = modules
-    if request.method == "dpo":
-        beta = request.dpo_beta if request.dpo_beta is not None else 0.1
-        params["dpo_beta"] = _number(beta, param="dpo_beta", low=0.0, high=100.0, open_low=True)
     return params
 
 
