@@ -371,11 +371,9 @@ def _insert_generic(
 # --- periods ----------------------------------------------------------------
 
 
-@transaction.atomic
-def usage_period_close(*, organization: Organization, period: date) -> ClosedPeriod:
-    """Close a buyer's month: later usage for it counts in the next open month.
-    Waits for ingests in flight (``SHARE`` lock on the usage table) so none of them
-    lands in the month after it is closed. Closing twice returns the first closing."""
+def _period_closing(period: date) -> None:
+    """Check ``period`` names a month and wait for ingests in flight (``SHARE`` lock on
+    the usage table), so none of them lands in a month after it is closed."""
     if period.day != 1:
         raise InvalidInput(
             "a period is named by the first day of its month", details={"field": "period"}
@@ -383,6 +381,14 @@ def usage_period_close(*, organization: Organization, period: date) -> ClosedPer
     if is_postgres():
         with connection.cursor() as cursor:
             cursor.execute(f"LOCK TABLE {USAGE_TABLE} IN SHARE MODE")
+
+
+@transaction.atomic
+def usage_period_close(*, organization: Organization, period: date) -> ClosedPeriod:
+    """Close a buyer's month: later usage for it counts in the next open month.
+    Waits for ingests in flight (``SHARE`` lock on the usage table) so none of them
+    lands in the month after it is closed. Closing twice returns the first closing."""
+    _period_closing(period)
     closed, _ = ClosedPeriod.objects.get_or_create(
         organization=organization, period=period, defaults={"closed_at": timezone.now()}
     )
@@ -395,14 +401,8 @@ def usage_periods_close(
 ) -> int:
     """``usage_period_close`` for many buyers at once (a month's close): one lock, one
     insert. Months closed already keep their first closing. Returns how many closed now."""
-    if period.day != 1:
-        raise InvalidInput(
-            "a period is named by the first day of its month", details={"field": "period"}
-        )
     now = now or timezone.now()
-    if is_postgres():
-        with connection.cursor() as cursor:
-            cursor.execute(f"LOCK TABLE {USAGE_TABLE} IN SHARE MODE")
+    _period_closing(period)
     ids = sorted(set(organization_ids))
     closed: set[int] = set()
     for offset in range(0, len(ids), 5000):
