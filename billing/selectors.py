@@ -34,7 +34,7 @@ from billing.models import (
     Price,
     ProviderStatement,
 )
-from billing.pricing import DEFAULT_BOOK, price_book
+from billing.pricing import DEFAULT_BOOK, PriceVersion, price_book
 from billing.statements import statement_compute, statement_document, statement_key
 from core.errors import NotFound
 from core.models import Event, Organization
@@ -294,18 +294,7 @@ MONEY_ITEMS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class PriceInForce:
-    item: str
-    tier: str
-    variant: str
-    currency: str
-    value: int
-    effective_from: datetime
-    price_id: int | None  # None: the built-in default book
-
-
-def prices_public(*, at: datetime, currency: str) -> list[PriceInForce]:
+def prices_public(*, at: datetime, currency: str) -> list[PriceVersion]:
     """Every price in force at ``at`` that is public, from the same cached book rating
     uses. A price whose version in force was scheduled as not public is left out
     altogether (showing the version before it would show a price nobody pays)."""
@@ -316,11 +305,7 @@ def prices_public(*, at: datetime, currency: str) -> list[PriceInForce]:
             pk__in=[v.price_id for v in versions if v.price_id is not None]
         ).values_list("pk", "public")
     )
-    return [
-        PriceInForce(v.item, v.tier, v.variant, v.currency, v.value, v.effective_from, v.price_id)
-        for v in versions
-        if v.price_id is None or public.get(v.price_id, False)
-    ]
+    return [v for v in versions if v.price_id is None or public.get(v.price_id, False)]
 
 
 def price_ids_in_force(*, at: datetime, currency: str) -> set[int]:
