@@ -28,7 +28,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.apis import DecimalTextField, MoneyTextField
-from billing.invoicing import outstanding
 from billing.payments import collection, selectors, services, webhooks
 from billing.payments.models import (
     ConnectedAccount,
@@ -684,7 +683,7 @@ class InvoicePaymentRefundApi(APIView):
 
 def _collection_body(invoice: Any) -> dict[str, Any]:
     found = selectors.invoice_collection_for(invoice=invoice)
-    owed = outstanding(invoice) if invoice.status in collection.COLLECTIBLE else 0
+    owed = collection.collectible_micros(invoice)
     body: dict[str, Any] = {
         "invoice": invoice.pk,
         "invoice_number": invoice.number,

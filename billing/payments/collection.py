@@ -131,7 +131,9 @@ def _saved_method(organization_id: int) -> StripeCustomer | None:
     ).first()
 
 
-def _owed(invoice: Invoice) -> int:
+def collectible_micros(invoice: Invoice) -> int:
+    """What collection would charge for ``invoice`` now: what it still owes while it
+    is open or past due, else nothing."""
     return outstanding(invoice) if invoice.status in COLLECTIBLE else 0
 
 
@@ -155,7 +157,7 @@ def _attempt_record(
         organization_id=invoice.organization_id,
         attempt=collection.attempts,
         trigger=trigger,
-        amount_micros=_owed(invoice),
+        amount_micros=collectible_micros(invoice),
         currency=invoice.currency,
         requested_by=requested_by[:200],
         request_key=request_key[:200],
@@ -198,7 +200,7 @@ def invoice_collection_start(
     are not configured here (both told by ``InvoiceCollectionSkipped``)."""
     now = now or timezone.now()
     locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-    if _owed(locked) <= 0 or InvoiceCollection.objects.filter(invoice=locked).exists():
+    if collectible_micros(locked) <= 0 or InvoiceCollection.objects.filter(invoice=locked).exists():
         return None
     reason = ""
     if not stripe_configured():
@@ -213,7 +215,7 @@ def invoice_collection_start(
                 organization=locked.organization_id,
                 invoice=locked.pk,
                 number=locked.number or "",
-                amount_due_micros=_owed(locked),
+                amount_due_micros=collectible_micros(locked),
                 currency=locked.currency,
                 reason=reason,
             ),
@@ -248,7 +250,7 @@ def _retry_record(
     collection = InvoiceCollection.objects.select_for_update().get(pk=collection.pk)
     invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
     name = invoice.number or invoice.key
-    if _owed(invoice) <= 0:
+    if collectible_micros(invoice) <= 0:
         raise Conflict(
             f"invoice {name} is {invoice.status} and owes nothing: there is nothing to collect",
             details={"invoice": invoice.pk, "status": invoice.status},
@@ -307,7 +309,7 @@ def _retry_claim(
             return None
         collection = InvoiceCollection.objects.select_for_update().get(pk=collection_id)
         invoice = Invoice.objects.select_for_update().get(pk=collection.invoice_id)
-        if _owed(invoice) <= 0:
+        if collectible_micros(invoice) <= 0:
             collection.status = _settled_status(invoice)
             collection.save()
             return None
@@ -373,7 +375,7 @@ def invoice_payment_submit(*, payment_id: int, now: datetime | None = None) -> I
     payment = InvoicePayment.objects.select_related("invoice").get(pk=payment_id)
     if payment.status != InvoicePayment.Status.PENDING:
         return payment
-    if _owed(payment.invoice) <= 0:
+    if collectible_micros(payment.invoice) <= 0:
         invoice_payment_cancel(payment_id=payment.pk, now=now)
         return InvoicePayment.objects.get(pk=payment_id)
     customer = _saved_method(payment.organization_id)
@@ -513,7 +515,7 @@ def _payment_succeeded(payment: InvoicePayment, intent: dict[str, Any], now: dat
     collection = InvoiceCollection.objects.select_for_update().get(pk=payment.collection_id)
     invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
     intent_id = str(intent.get("id") or payment.payment_intent_id or "")
-    owed = _owed(invoice)
+    owed = collectible_micros(invoice)
     applied = owed if 0 < owed <= received else 0
     if applied:
         invoice = invoice_mark_paid(
@@ -597,7 +599,7 @@ def invoice_payment_cancel(*, payment_id: int, now: datetime | None = None) -> s
         return f"attempt {payment.attempt} is {payment.status}"
     collection = InvoiceCollection.objects.select_for_update().get(pk=payment.collection_id)
     invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
-    if _owed(invoice) > 0:
+    if collectible_micros(invoice) > 0:
         return f"invoice {invoice.number} still owes: attempt {payment.attempt} stays"
     payment.status = InvoicePayment.Status.CANCELED
     payment.resolved_at = now
@@ -633,7 +635,7 @@ def _payment_failed(payment: InvoicePayment, *, code: str, message: str, now: da
         ),
         tenant_id=invoice.organization_id,
     )
-    if _owed(invoice) <= 0:
+    if collectible_micros(invoice) <= 0:
         collection.status = _settled_status(invoice)
         collection.next_retry_at = None
         collection.save()
@@ -650,7 +652,7 @@ def _payment_failed(payment: InvoicePayment, *, code: str, message: str, now: da
         next_at = collection.first_failed_at + timedelta(days=days[collection.retries_done])
     else:
         next_at = None
-    amount_due = _owed(invoice)
+    amount_due = collectible_micros(invoice)
     if next_at is not None:
         collection.status = InvoiceCollection.Status.RETRY_SCHEDULED
         collection.next_retry_at = next_at
