@@ -1488,8 +1488,8 @@ def _credited_to_receivable(invoice: Invoice) -> int:
     return sum(invoice.credit_notes.values_list("to_receivable_micros", flat=True))
 
 
-def _final(invoice: Invoice, allowed: tuple[str, ...], action: str) -> Invoice:
-    locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+def _final(locked: Invoice, allowed: tuple[str, ...], action: str) -> Invoice:
+    """``locked`` (read with ``select_for_update``), if its status allows ``action``."""
     if locked.status not in allowed:
         raise Conflict(
             f"invoice {locked.number or locked.key} is {locked.status}; it cannot be {action}",
@@ -1690,7 +1690,7 @@ def credit_note_issue(
     if not reason:
         raise InvalidInput("a credit note needs a reason", details={"field": "reason"})
     locked = _final(
-        Invoice.objects.get(pk=invoice.pk),
+        Invoice.objects.select_for_update().get(pk=invoice.pk),
         (
             Invoice.Status.OPEN,
             Invoice.Status.PAST_DUE,
