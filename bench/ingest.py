@@ -333,8 +333,6 @@ def main() -> None:
                     "billing.rating",
                     "--interval",
                     "0.01",
-                    "--batch-size",
-                    "1",
                 ],
                 cwd=ROOT,
                 env=env,

@@ -7,7 +7,9 @@ the journal entries commit together, or neither does):
 
 1. the batch's usage rows are loaded and each is rated alone by ``rate_usage``: the
    price table gives an integer rate (``billing.pricing.rate_for``) and the amount is
-   ``quantity * rate / unit`` rounded half-even to a micro-unit, once;
+   ``quantity * rate / unit`` rounded half-even to a micro-unit, once. (On
+   PostgreSQL the rows come summed up by what prices them, with their quantities, so
+   one rate lookup serves many rows; each quantity is still rounded alone.)
 2. the amounts are summed per buyer (tokens: into platform revenue) and per buyer and
    provider (GPU-seconds of a lease: the provider's payable, plus the platform fee);
 3. one journal entry per group is posted through ``ledger_execute``, with the transfer
@@ -24,35 +26,43 @@ the journal entries commit together, or neither does):
    episode). The marketplace and the runtime follow it and pause or stop the buyer's
    running work, as the buyer's terms say.
 
-Run it as ``manage.py run_follower billing.rating --batch-size 1``: each batch's
-journal entries take the event store's append lock, held to commit, and with one
-usage batch per transaction that is from the ledger write to the commit and no
-longer (a larger batch would hold it while rating the next batches, and ingestion,
-which appends UsageRecorded, would wait). A usage batch is up to 1,000 events, so
-one per transaction is still one commit per thousand events.
+Several batches go in one transaction when the follower is behind (up to 25, its
+``batch_size``): their rows are read and rated first, then every batch's entries are
+posted in one ``ledger_execute`` — still one entry per batch and group, with the same
+transfer ids, so how batches are grouped into transactions changes nothing in the
+ledger. The entries take the event store's append lock, held to commit; since all
+reading and rating is done before, that is from the ledger write to the commit and
+no longer, and ingestion (which appends UsageRecorded) waits no longer than that.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.db.models import F, Q
 
 from billing.credit import leases_settled_by_hold
 from billing.events import CREDIT_EXHAUSTED, CREDIT_STREAM, CreditExhausted
 from billing.models import Account, Balance
 from billing.pricing import BPS, Rate, billing_terms_for, rate_for
 from billing.services import EntryRequest, LedgerResult, account_open, ledger_execute
+from core.db import is_postgres
 from core.eventstore import NewEvent, RecordedEvent, event_append, stream_version
 from core.followers import Follower, register
 from core.models import Event, Organization
 from core.money import rate_amount
 from metering import events as metering_events
 from metering.models import UsageEvent
-from metering.selectors import UsageForRating, usage_for_rating
+from metering.selectors import (
+    UsageForRating,
+    UsageRatingSummary,
+    usage_for_rating,
+    usage_rating_summaries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +101,11 @@ def rate_usage(
     price: PriceLookup = rate_for,
 ) -> Rated:
     """One usage event's amount: rated once, half-even, to a micro-unit."""
-    rate = price(usage_type, dimensions, at)
+    return rate_quantity(price(usage_type, dimensions, at), quantity, dimensions)
+
+
+def rate_quantity(rate: Rate, quantity: int, dimensions: Mapping[str, object]) -> Rated:
+    """``rate_usage`` with the rate already looked up (many events at one rate)."""
     amount = rate_amount(quantity, rate.rate_micros, rate.unit)
     if rate.payee == "provider":
         fee = rate_amount(amount, rate.fee_bps, BPS)
@@ -114,6 +128,23 @@ class _Group:
     provider: int = 0
     fee: int = 0
 
+    def add(self, rated: Rated) -> None:
+        self.events += 1
+        self.amount += rated.amount_micros
+        self.revenue += rated.revenue_micros
+        self.provider += rated.provider_micros
+        self.fee += rated.fee_micros
+
+
+def _group_for(
+    groups: dict[tuple[int, int | None], _Group], first_id: int, buyer_id: int, rated: Rated
+) -> _Group:
+    key = (buyer_id, rated.provider_id)
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = _Group(first_id, buyer_id, rated.provider_id)
+    return group
+
 
 def groups_for(lines: list[UsageForRating], price: PriceLookup = rate_for) -> list[_Group]:
     """Rated lines summed per (buyer, provider); in the order of their first row."""
@@ -126,16 +157,65 @@ def groups_for(lines: list[UsageForRating], price: PriceLookup = rate_for) -> li
             at=line.occurred_at,
             price=price,
         )
-        key = (line.buyer_id, rated.provider_id)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Group(line.id, line.buyer_id, rated.provider_id)
-        group.events += 1
-        group.amount += rated.amount_micros
-        group.revenue += rated.revenue_micros
-        group.provider += rated.provider_micros
-        group.fee += rated.fee_micros
+        _group_for(groups, line.id, line.buyer_id, rated).add(rated)
     return sorted(groups.values(), key=lambda g: g.first_usage_id)
+
+
+def _summary_rate(summary: UsageRatingSummary) -> Rate | None:
+    """The one rate of all the summary's rows, or None when the price changed between
+    its first and last row (then its rows are rated one by one)."""
+    rate = rate_for(summary.type, summary.dimensions, summary.first_at)
+    if summary.last_at != summary.first_at and (
+        rate_for(summary.type, summary.dimensions, summary.last_at) != rate
+    ):
+        return None
+    return rate
+
+
+def _groups_per_row(event: RecordedEvent) -> list[_Group]:
+    lines = usage_for_rating(ranges=event.payload["usage_ranges"])
+    _check_count(event, len(lines))
+    return groups_for(_without_lease_settled(lines))
+
+
+def _check_count(event: RecordedEvent, found: int) -> None:
+    if found != event.payload["count"]:
+        raise RatingError(
+            f"{event.stream_id} names {event.payload['count']} usage rows; {found} were found"
+        )
+
+
+def batch_groups(events: Sequence[RecordedEvent]) -> list[list[_Group]]:
+    """Each UsageRecorded batch's groups, as ``groups_for`` its rows would give them.
+
+    On PostgreSQL the rows of all the batches come summed up by SQL (one query;
+    ``metering.selectors.usage_rating_summaries``) and each summary is rated at one
+    rate, each quantity still rounded alone — the same amounts, without a Python
+    object per row. A batch whose prices changed between its rows is rated row by
+    row."""
+    if not is_postgres():
+        return [_groups_per_row(event) for event in events]
+    summaries = usage_rating_summaries(batches=[e.payload["usage_ranges"] for e in events])
+    by_batch: list[list[UsageRatingSummary]] = [[] for _ in events]
+    for summary in summaries:
+        by_batch[summary.batch].append(summary)
+    settled = leases_settled_by_hold({s.lease for s in summaries if s.lease is not None})
+    found = []
+    for event, batch in zip(events, by_batch, strict=True):
+        _check_count(event, sum(len(s.quantities) for s in batch))
+        rates = [_summary_rate(summary) for summary in batch]
+        if None in rates:
+            found.append(_groups_per_row(event))
+            continue
+        groups: dict[tuple[int, int | None], _Group] = {}
+        for summary, rate in zip(batch, rates, strict=True):
+            if summary.lease is not None and summary.lease in settled:
+                continue
+            for quantity in summary.quantities:
+                rated = rate_quantity(rate, quantity, summary.dimensions)  # type: ignore[arg-type]
+                _group_for(groups, summary.first_id, summary.buyer_id, rated).add(rated)
+        found.append(sorted(groups.values(), key=lambda g: g.first_usage_id))
+    return found
 
 
 def usage_transfer_id(first_usage_id: int) -> str:
@@ -150,8 +230,9 @@ class _Accounts:
         self._ids: dict[tuple[int | None, str], int] = {}
 
     def load(self, org_ids: set[int]) -> None:
+        """These orgs' accounts and the platform's, in one query."""
         for org_id, kind, pk in Account.objects.filter(
-            organization_id__in=org_ids, currency=self.currency
+            Q(organization_id__in=org_ids) | Q(organization__isnull=True), currency=self.currency
         ).values_list("organization_id", "kind", "pk"):
             self._ids[(org_id, kind)] = pk
 
@@ -183,31 +264,39 @@ def _entry(group: _Group, debit_legs: tuple, accounts: _Accounts, batch: str) ->
 
 def rate_batch(event: RecordedEvent) -> int:
     """Rate one UsageRecorded batch into the ledger; return the entries posted."""
-    lines = usage_for_rating(ranges=event.payload["usage_ranges"])
-    if len(lines) != event.payload["count"]:
-        raise RatingError(
-            f"{event.stream_id} names {event.payload['count']} usage rows; {len(lines)} were found"
-        )
-    lines = _without_lease_settled(lines)
-    groups = [g for g in groups_for(lines) if g.amount > 0]
-    if not groups:
+    return rate_batches([event])
+
+
+def rate_batches(events: Sequence[RecordedEvent]) -> int:
+    """Rate UsageRecorded batches into the ledger, in order, as one ledger call:
+    still one entry per batch and group, with the batch's transfer ids, so how many
+    batches go together changes nothing in the ledger. Return the entries posted."""
+    if not events:
+        return 0
+    batches = [
+        (event, group)
+        for event, groups in zip(events, batch_groups(events), strict=True)
+        for group in groups
+        if group.amount > 0
+    ]
+    if not batches:
         return 0
     accounts = _Accounts(settings.TANDEM_CURRENCY)
-    buyers = {g.buyer_id for g in groups}
-    accounts.load(buyers | {g.provider_id for g in groups if g.provider_id is not None})
+    buyers = {g.buyer_id for _, g in batches}
+    accounts.load(buyers | {g.provider_id for _, g in batches if g.provider_id is not None})
     terms = billing_terms_for(organization_ids=buyers)
     entries = []
-    for group in groups:
+    for event, group in batches:
         kind = Account.Kind.RECEIVABLE if terms[group.buyer_id].postpaid else Account.Kind.CREDIT
         debit = ((accounts.get(group.buyer_id, kind), "D", group.amount),)
         entries.append(_entry(group, debit, accounts, event.stream_id))
     results = ledger_execute(entries, actor=ACTOR)
     posted = 0
-    for group, entry, result in zip(groups, entries, results, strict=True):
+    for (event, group), entry, result in zip(batches, entries, results, strict=True):
         if result.code == "exceeds_limit":
             result = _post_split(group, accounts, event.stream_id)
         posted += _check(entry, result)
-    prepaid = {g.buyer_id for g in groups if not terms[g.buyer_id].postpaid}
+    prepaid = {g.buyer_id for _, g in batches if not terms[g.buyer_id].postpaid}
     if prepaid:
         _tell_exhausted(prepaid, accounts, terms)
     return posted
@@ -264,13 +353,20 @@ def _check(entry: EntryRequest, result: LedgerResult) -> int:
 
 def _tell_exhausted(buyers: set[int], accounts: _Accounts, terms: dict) -> None:
     credit_ids = {accounts.get(buyer, Account.Kind.CREDIT): buyer for buyer in sorted(buyers)}
-    balances = Balance.objects.filter(account_id__in=credit_ids).select_related("account")
+    # Only the accounts at their floor come back (usually none).
+    balances = (
+        Balance.objects.filter(
+            account_id__in=credit_ids, account__overdraft_limit_micros__isnull=False
+        )
+        .alias(
+            available=F("credits_posted") - F("debits_posted") - F("debits_pending"),
+        )
+        .filter(available__lte=-F("account__overdraft_limit_micros"))
+        .select_related("account")
+    )
     for balance in balances:
         account = balance.account
         available = balance.credits_posted - balance.debits_posted - balance.debits_pending
-        floor = -(account.overdraft_limit_micros or 0)
-        if account.overdraft_limit_micros is None or available > floor:
-            continue
         buyer = credit_ids[account.pk]
         key = f"credit-exhausted:{account.pk}:{balance.credits_posted}"
         if Event.objects.filter(tenant_id=buyer, idempotency_key=key).exists():
@@ -298,11 +394,16 @@ def _tell_exhausted(buyers: set[int], accounts: _Accounts, terms: dict) -> None:
 class UsageRating(Follower):
     name = "billing.rating"
     stream_types = (metering_events.USAGE_STREAM,)
-    batch_size = 1  # one usage event carries up to a thousand rows
+    # One usage event carries up to a thousand rows: a follower that has fallen
+    # behind catches up 25 batches to a transaction; one that keeps up takes each
+    # batch as it commits.
+    batch_size = 25
 
     def handle(self, event: RecordedEvent) -> None:
-        if event.type == metering_events.USAGE_RECORDED:
-            rate_batch(event)
+        self.handle_batch([event])
+
+    def handle_batch(self, events: Sequence[RecordedEvent]) -> None:
+        rate_batches([e for e in events if e.type == metering_events.USAGE_RECORDED])
 
 
 usage_rating = register(UsageRating())

@@ -72,6 +72,74 @@ def usage_for_rating(*, ranges: Sequence[Sequence[int]]) -> list[UsageForRating]
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRatingSummary:
+    """Rows of one batch that rate alike: the same buyer, type and priced dimensions
+    (and, for a lease's GPU-seconds, the same lease). Their quantities come each on
+    its own (in no particular order), so each can still be rated alone."""
+
+    batch: int  # index into the batches asked for
+    buyer_id: int
+    type: str
+    dimensions: dict[str, object]  # only what pricing reads
+    lease: str | None  # the lease subject of gpu.seconds rows
+    first_id: int
+    first_at: datetime
+    last_at: datetime
+    quantities: list[int]
+
+
+def usage_rating_summaries(
+    *, batches: Sequence[Sequence[Sequence[int]]]
+) -> list[UsageRatingSummary]:
+    """Per batch (its inclusive ``[first, last]`` id runs), its rows summed up in SQL
+    by what rating needs: one round trip for many batches, and no Python object per
+    row. PostgreSQL only (``array_agg``)."""
+    runs = [(index, run[0], run[1]) for index, ranges in enumerate(batches) for run in ranges]
+    if not runs:
+        return []
+    # A row's run is found with width_bucket over the runs' bounds ([first, last + 1)
+    # pairs, in order: an odd bucket is inside a run), so the work per row does not
+    # grow with the number of batches; the index reads the span of them all.
+    runs.sort(key=lambda run: run[1])
+    bounds = [bound for _, lo, hi in runs for bound in (lo, hi + 1)]
+    extracted = ", ".join(f"u.dimensions ->> '{name}'" for name in _RATED_DIMENSIONS)
+    keys = ", ".join(str(n) for n in range(1, 5 + len(_RATED_DIMENSIONS)))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH r AS (SELECT %s::bigint[] AS bounds, %s::int[] AS batch) "
+            f"SELECT r.batch[(width_bucket(u.id, r.bounds) + 1) / 2], u.buyer_id, u.type, "
+            f"{extracted}, "
+            "CASE WHEN u.type = 'gpu.seconds' AND u.subject_kind = 'lease' "
+            "THEN u.subject_id END, "
+            "min(u.id), min(u.occurred_at), max(u.occurred_at), array_agg(u.quantity) "
+            f"FROM r, {USAGE_TABLE} u WHERE u.id BETWEEN %s AND %s "
+            "AND width_bucket(u.id, r.bounds) %% 2 = 1 "
+            f"GROUP BY {keys} ORDER BY 1, min(u.id)",
+            [bounds, [batch for batch, _, _ in runs], bounds[0], bounds[-1] - 1],
+        )
+        rows = cursor.fetchall()
+    width = len(_RATED_DIMENSIONS)
+    return [
+        UsageRatingSummary(
+            batch=row[0],
+            buyer_id=row[1],
+            type=row[2],
+            dimensions={
+                name: value
+                for name, value in zip(_RATED_DIMENSIONS, row[3 : 3 + width], strict=True)
+                if value is not None
+            },
+            lease=row[3 + width],
+            first_id=row[4 + width],
+            first_at=row[5 + width],
+            last_at=row[6 + width],
+            quantities=row[7 + width],
+        )
+        for row in rows
+    ]
+
+
 # --- tenants' reads ---------------------------------------------------------
 
 

@@ -265,3 +265,99 @@ def test_the_rating_follower_is_registered_for_run_follower():
 
     assert usage_rating in registered()
     assert usage_rating.stream_types == ("metering.usage",)
+
+
+def _batches():
+    return [
+        e
+        for e in Event.objects.filter(stream_type="metering.usage").order_by("position")
+        if e.type == "UsageRecorded"
+    ]
+
+
+def _recorded(events):
+    from core.eventstore import _recorded as as_recorded
+
+    return [as_recorded(e) for e in events]
+
+
+def test_summed_rating_gives_what_rating_row_by_row_gives(cast):
+    from billing.rating import _groups_per_row, batch_groups
+
+    rng = __import__("random").Random(7)
+    models = ("llama-3.1-8b", "x-70b", "y-405b")
+    for _ in range(3):
+        batch = []
+        for n in range(300):
+            buyer = (cast.buyer_a, cast.buyer_b)[n % 2]
+            if n % 7 == 0:
+                provider = (cast.provider_a, cast.provider_b)[n % 3 % 2]
+                batch.append(gpu(buyer, provider, rng.randint(1, 4000), rng.randint(1, 9_999_999)))
+            else:
+                kind = ("tokens.training", "tokens.evaluation", "tokens.prompt")[n % 3]
+                batch.append(
+                    tokens(buyer, rng.randint(0, 3_000_000), usage_type=kind, model=models[n % 3])
+                )
+        record(*batch)
+    events = _recorded(_batches())
+    assert len(events) == 3
+    summed = batch_groups(events)
+    assert summed == [_groups_per_row(event) for event in events]
+    assert sum(len(groups) for groups in summed) > 6  # buyers x providers, per batch
+
+
+def test_a_batch_across_a_price_change_is_rated_row_by_row(cast):
+    from datetime import timedelta
+
+    from billing.pricebook import price_schedule
+    from billing.rating import _groups_per_row, batch_groups
+
+    now = datetime.now(UTC)
+    price_schedule(
+        item="fine_tune",
+        tier="up-to-16b",
+        variant="lora-sft",
+        value=900_000,
+        effective_from=now - timedelta(minutes=1),
+        now=now - timedelta(minutes=20),
+        reason="new price",
+    )
+    before, after = tokens(cast.buyer_a, 1_000_000), tokens(cast.buyer_a, 1_000_000)
+    before = msgspec.structs.replace(before, time=now - timedelta(minutes=3))
+    record(before, after)
+    events = _recorded(_batches())
+    [groups] = batch_groups(events)
+    assert groups == _groups_per_row(events[0])
+    old = rate_usage(
+        usage_type="tokens.training",
+        quantity=1_000_000,
+        dimensions=before.dimensions,
+        at=before.time,
+    ).amount_micros
+    assert groups[0].amount == old + 900_000 != 2 * 900_000
+
+
+def test_batches_rated_together_post_what_each_batch_posts_alone(cast):
+    from billing.rating import _groups_per_row
+
+    grant(cast.buyer_a, 10**12, "g1")
+    grant(cast.buyer_b, 10**12, "g2")
+    for n in range(4):
+        record(
+            tokens(cast.buyer_a, 1_000 + n),
+            tokens(cast.buyer_b, 2_000 + n, model="x-70b"),
+            gpu(cast.buyer_b, cast.provider_a, 60 + n),
+        )
+    events = _recorded(_batches())
+    alone = {
+        usage_transfer_id(g.first_usage_id): g.amount
+        for event in events
+        for g in _groups_per_row(event)
+    }
+    assert followers_run_until_idle([usage_rating], batch_size=25) == 4
+    posted = {
+        e.payload["transfer_id"]: sum(leg[2] for leg in e.payload["legs"] if leg[1] == "D")
+        for e in Event.objects.filter(stream_id__startswith="entry:usage:")
+    }
+    assert posted == alone
+    assert len(posted) == 4 * 3  # per batch: buyer a; buyer b; buyer b with the provider
