@@ -14,17 +14,18 @@ is shown but not deducted: net payable is the gross at lease prices.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from billing import events as ev
-from billing.invoicing import _chunks, month_bounds
+from billing.invoicing import _any, _select, month_bounds
 from billing.models import Account, Posting, ProviderStatement, UsageAccrual
 from core.models import Event, Organization
 from core.money import Money
@@ -70,62 +71,120 @@ def statement_compute(
     *, provider: Organization, period: date, currency: str | None = None
 ) -> Statement:
     currency = currency or settings.TANDEM_CURRENCY
+    return _statements_compute([provider.pk], period, currency)[provider.pk]
+
+
+def _statements_compute(
+    provider_ids: list[int], period: date, currency: str
+) -> dict[int, Statement]:
+    """The statements of many providers for a month, from a fixed number of queries
+    whatever their number; the long lists (positions, transfer ids) go as one array
+    each rather than as an IN list of thousands of parameters."""
     start, end = month_bounds(period)
-    payable = Account.objects.filter(
-        organization=provider, kind=Account.Kind.PAYABLE, currency=currency
-    ).first()
-    if payable is None:
-        return Statement(provider.pk, currency, period, [], [], 0)
-    postings = list(
-        Posting.objects.filter(account=payable, recorded_at__gte=start, recorded_at__lt=end)
-        .order_by("entry_id")
-        .values_list("entry_id", "side", "amount_micros")
+    payable_of = dict(
+        Account.objects.filter(
+            organization_id__in=provider_ids, kind=Account.Kind.PAYABLE, currency=currency
+        ).values_list("organization_id", "pk")
     )
-    events = {
-        position: (event_type, payload)
-        for position, event_type, payload in Event.objects.filter(
-            position__in=[p[0] for p in postings]
-        ).values_list("position", "type", "payload")
-    }
+    found = {p: Statement(p, currency, period, [], [], 0) for p in provider_ids}
+    if not payable_of:
+        return found
+    provider_of = {account: provider for provider, account in payable_of.items()}
+    postings: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+    accounts, accounts_params = _any(sorted(provider_of))
+    for account, position, side, amount in _select(
+        f"SELECT account_id, entry_position, side, amount_micros FROM {Posting._meta.db_table} "
+        f"WHERE account_id {accounts} AND recorded_at >= %s AND recorded_at < %s "
+        "ORDER BY entry_position, id",
+        [*accounts_params, start, end],
+    ):
+        postings[provider_of[account]].append((position, side, amount))
+    # Rated usage (``usage:…``) needs only its transfer id: the payload of every other
+    # entry comes whole (its legs, description, hold).
+    events: dict[int, tuple[str, str, str, dict[str, Any] | None]] = {}
+    positions, positions_params = _any(
+        sorted({p for rows in postings.values() for p, _, _ in rows})
+    )
+    for position, event_type, transfer_id, description, payload in _select(
+        "SELECT position, type, coalesce(payload ->> 'transfer_id', ''), "
+        "coalesce(payload ->> 'description', ''), "
+        "CASE WHEN payload ->> 'transfer_id' LIKE 'usage:%%' THEN NULL ELSE payload END "
+        f"FROM {Event._meta.db_table} WHERE position {positions}",
+        positions_params,
+    ):
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+        events[position] = (event_type, transfer_id, description, payload)
     # What the lines are made of, read once for all the month's entries rather than
     # once per entry: rated usage by entry, and the metered usage of settled leases.
-    usage: defaultdict[str, list[Any]] = defaultdict(list)
-    usage_ids = sorted({payload.get("transfer_id", "") for _, payload in events.values()} - {""})
-    for chunk in _chunks([t for t in usage_ids if t.startswith("usage:")]):
-        for a in (
-            UsageAccrual.objects.filter(transfer_id__in=chunk, provider_id=provider.pk)
-            .order_by("id")
-            .values_list(
-                "transfer_id",
-                "node",
-                "gpu_model",
-                "quantity",
-                "provider_micros",
-                "fee_micros",
-                named=True,
-            )
+    usage: defaultdict[tuple[int, str], list[tuple]] = defaultdict(list)
+    usage_ids = sorted({t for _, t, _, _ in events.values() if t.startswith("usage:")})
+    providers, providers_params = _any(sorted(payable_of))
+    if usage_ids:
+        transfers, transfers_params = _any(usage_ids)
+        for row in _select(
+            "SELECT provider_id, transfer_id, node, gpu_model, quantity, provider_micros, "
+            f"fee_micros FROM {UsageAccrual._meta.db_table} "
+            f"WHERE transfer_id {transfers} AND provider_id {providers} ORDER BY id",
+            [*transfers_params, *providers_params],
         ):
-            usage[a.transfer_id].append(a)
-    leases = defaultdict(list)
+            usage[(row[0], row[1])].append(row[2:])
+    leases: defaultdict[tuple[int, str], list[tuple]] = defaultdict(list)
     subjects = sorted(
         {
             payload["hold_id"].rsplit(":w", 1)[0]
-            for event_type, payload in events.values()
-            if event_type == ev.HOLD_POSTED
+            for event_type, _, _, payload in events.values()
+            if event_type == ev.HOLD_POSTED and payload is not None
         }
     )
-    for chunk in _chunks(subjects):
-        for subject, node, gpu_model, quantity in (
-            UsageAccrual.objects.filter(
-                subject__in=chunk, provider_id=provider.pk, product="gpu_lease"
-            )
-            .order_by("id")
-            .values_list("subject", "node", "gpu_model", "quantity")
+    if subjects:
+        held, held_params = _any(subjects)
+        for provider, subject, node, gpu_model, quantity in _select(
+            "SELECT provider_id, subject, node, gpu_model, quantity "
+            f"FROM {UsageAccrual._meta.db_table} "
+            f"WHERE subject {held} AND provider_id {providers} AND product = 'gpu_lease' "
+            "ORDER BY id",
+            [*held_params, *providers_params],
         ):
-            leases[subject].append((node, gpu_model, quantity))
+            leases[(provider, subject)].append((node, gpu_model, quantity))
     fees_account = Account.objects.filter(
         organization=None, kind=Account.Kind.FEES, currency=currency
     ).first()
+    closing = dict.fromkeys(payable_of.values(), 0)
+    for account, balance in _select(
+        "SELECT account_id, COALESCE(SUM("
+        "CASE WHEN side = 'C' THEN amount_micros ELSE -amount_micros END), 0) "
+        f"FROM {Posting._meta.db_table} WHERE account_id {accounts} AND recorded_at < %s "
+        "GROUP BY account_id",
+        [*accounts_params, end],
+    ):
+        closing[account] = int(balance)
+    for provider, payable in payable_of.items():
+        found[provider] = _statement(
+            provider,
+            currency,
+            period,
+            postings.get(provider, []),
+            events,
+            usage,
+            leases,
+            fees_account.pk if fees_account is not None else None,
+            closing[payable],
+        )
+    return found
+
+
+def _statement(
+    provider: int,
+    currency: str,
+    period: date,
+    postings: list[tuple[int, str, int]],
+    events: dict[int, tuple[str, str, str, dict[str, Any] | None]],
+    usage: dict[tuple[int, str], list[tuple]],
+    leases: dict[tuple[int, str], list[tuple]],
+    fees_account: int | None,
+    closing: int,
+) -> Statement:
     lines: dict[tuple[str, str], StatementLine] = {}
     payouts = []
 
@@ -133,19 +192,20 @@ def statement_compute(
         return lines.setdefault((node, gpu_model), StatementLine(node, gpu_model))
 
     for position, side, amount in postings:
-        event_type, payload = events[position]
+        event_type, transfer_id, description, payload = events[position]
         if side == "D":
-            payouts.append((position, amount, payload.get("description", "")))
+            payouts.append((position, amount, description))
             continue
-        transfer_id = payload.get("transfer_id", "")
         if transfer_id.startswith("usage:"):
             counted = 0
-            for a in usage.get(transfer_id, ()):
-                target = line(a.node, a.gpu_model)
-                target.gpu_seconds += a.quantity
-                target.gross_micros += a.provider_micros
-                target.fee_micros += a.fee_micros
-                counted += a.provider_micros
+            for node, gpu_model, quantity, provider_micros, fee_micros in usage.get(
+                (provider, transfer_id), ()
+            ):
+                target = line(node, gpu_model)
+                target.gpu_seconds += quantity
+                target.gross_micros += provider_micros
+                target.fee_micros += fee_micros
+                counted += provider_micros
                 if position not in target.entries:
                     target.entries.append(position)
             if counted != amount:
@@ -153,13 +213,14 @@ def statement_compute(
                 rest.gross_micros += amount - counted
                 rest.entries.append(position)
             continue
+        payload = payload or {}
         fee = 0
         if fees_account is not None:
-            fee = sum(x for a, s, x in payload.get("legs", ()) if a == fees_account.pk and s == "C")
+            fee = sum(x for a, s, x in payload.get("legs", ()) if a == fees_account and s == "C")
         node, gpu_model, seconds = "", "", 0
         if event_type == ev.HOLD_POSTED:
             subject = payload["hold_id"].rsplit(":w", 1)[0]
-            for n, g, q in leases.get(subject, ()):
+            for n, g, q in leases.get((provider, subject), ()):
                 node, gpu_model = n, g
                 seconds += q
         target = line(node, gpu_model or "other")
@@ -167,16 +228,8 @@ def statement_compute(
         target.gross_micros += amount
         target.fee_micros += fee
         target.entries.append(position)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT COALESCE(SUM("
-            "CASE WHEN side = 'C' THEN amount_micros ELSE -amount_micros END), 0) "
-            "FROM billing_posting WHERE account_id = %s AND recorded_at < %s",
-            [payable.pk, end],
-        )
-        closing = int(cursor.fetchone()[0])
     ordered = sorted(lines.values(), key=lambda x: (x.node, x.gpu_model))
-    return Statement(provider.pk, currency, period, ordered, payouts, closing)
+    return Statement(provider, currency, period, ordered, payouts, closing)
 
 
 def statement_document(statement: Statement, provider: Organization) -> dict[str, Any]:
@@ -238,8 +291,9 @@ def statements_close(*, period: date, now: datetime | None = None) -> int:
         )
     )
     written = 0
+    statements = _statements_compute(provider_ids, period, currency)
     for provider in Organization.objects.filter(pk__in=provider_ids).order_by("pk"):
-        statement = statement_compute(provider=provider, period=period, currency=currency)
+        statement = statements[provider.pk]
         with transaction.atomic():
             ProviderStatement.objects.update_or_create(
                 key=statement_key(provider.pk, period, currency),
