@@ -30,11 +30,14 @@ result against the hash its InvoiceFinalized event recorded.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import hashlib
 import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -1991,7 +1994,38 @@ def period_close(
     import time
 
     started = time.monotonic()
-    now = now or timezone.now()
+    with _heap_frozen():
+        result = _period_close(
+            period=period,
+            finalize=finalize,
+            now=now or timezone.now(),
+            actor=actor,
+            organization_ids=organization_ids,
+        )
+    return dataclasses.replace(result, seconds=time.monotonic() - started)
+
+
+@contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """Leave the objects alive before a close out of the cyclic collector's scans
+    while it runs (``gc.freeze``): a close makes a few hundred thousand objects (rows,
+    lines, documents), and every full collection they set off would otherwise walk
+    the whole application's heap as well, a fifth of the close's Python time."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _period_close(
+    *,
+    period: date,
+    finalize: bool | None,
+    now: datetime,
+    actor: str,
+    organization_ids: list[int] | None,
+) -> CloseResult:
     currency = settings.TANDEM_CURRENCY
     _, end = month_bounds(period)
     if end > now and finalize:
@@ -2038,9 +2072,7 @@ def period_close(
     from billing.statements import statements_close
 
     statements = statements_close(period=period, now=now) if finalize else 0
-    return CloseResult(
-        period, len(org_ids), drafts, finalized, already, statements, time.monotonic() - started
-    )
+    return CloseResult(period, len(org_ids), drafts, finalized, already, statements, 0.0)
 
 
 # --- replay -------------------------------------------------------------------------

@@ -206,7 +206,8 @@ def _statement(
                 target.gross_micros += provider_micros
                 target.fee_micros += fee_micros
                 counted += provider_micros
-                if position not in target.entries:
+                # Postings come in position order: a repeat can only be the last one.
+                if not target.entries or target.entries[-1] != position:
                     target.entries.append(position)
             if counted != amount:
                 rest = line("", "unattributed")
