@@ -45,6 +45,7 @@ django.setup()
 
 from django.db import connection, connections
 from django.test.utils import setup_test_environment
+from procstat import backend_pids, cpu_seconds, worker_pids
 
 # The flood test's keep-alive agent client: the same client measures both.
 from tests.providers.test_heartbeat_flood import AgentConnection as Connection
@@ -126,32 +127,6 @@ def make_nodes(count: int) -> list[tuple[str, str, bytes]]:
         ).encode()
         nodes.append((f"/api/v1/agent/nodes/{node.pk}/heartbeat", key, body))
     return nodes
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def worker_pids(master: int) -> list[int]:
-    with open(f"/proc/{master}/task/{master}/children") as children:
-        return [int(pid) for pid in children.read().split()]
-
-
-def backend_pids(db_name: str) -> list[int]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [db_name],
-        )
-        return [pid for (pid,) in cursor.fetchall()]
 
 
 def run_load(
@@ -236,7 +211,7 @@ def measured(
 ) -> dict[str, Any]:
     """``run_load`` with the CPU milliseconds per accepted request of the server's
     workers and of their database backends."""
-    workers, backends = worker_pids(master), backend_pids(db_name)
+    workers, backends = worker_pids(master), backend_pids(connection, db_name)
     before = cpu_seconds(workers), cpu_seconds(backends)
     result = run_load(port, nodes, **load)
     after = cpu_seconds(workers), cpu_seconds(backends)

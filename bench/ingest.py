@@ -39,6 +39,7 @@ django.setup()
 import msgspec
 from django.db import connection, connections
 from django.test.utils import setup_test_environment
+from procstat import backend_pids, cpu_seconds, worker_pids
 
 BATCH = 1000
 BUYERS = 8
@@ -341,6 +342,10 @@ def main() -> None:
         wait_for_server(port, key, time.monotonic() + 60)
         run_load(port, key, warmup, args.clients)
 
+        server, follower = processes
+        web, backends = worker_pids(server.pid), backend_pids(connection, db_name)
+        before = [cpu_seconds(web), cpu_seconds([follower.pid]), cpu_seconds(backends)]
+        client_before = sum(os.times()[:2])
         stop = threading.Event()
         latencies: list[float] = []
         prober = threading.Thread(
@@ -352,6 +357,12 @@ def main() -> None:
         finally:
             stop.set()
             prober.join()
+        after = [cpu_seconds(web), cpu_seconds([follower.pid]), cpu_seconds(backends)]
+        cpu = {
+            name: round(1000 * (a - b) / (accepted / BATCH), 1)
+            for name, a, b in zip(("web", "rating", "postgres"), after, before, strict=True)
+        }
+        cpu["client"] = round(1000 * (sum(os.times()[:2]) - client_before) / (accepted / BATCH), 1)
         from core.followers import follower_position
         from core.models import Event
         from metering.models import UsageEvent
@@ -391,10 +402,14 @@ def main() -> None:
         else None,
         "latency_samples": len(latencies),
         "rating_drain_after_load_s": round(drain, 2),
+        # CPU ms per 1,000-event batch during the load, per process group (the
+        # rating follower's is its Python; its queries are in postgres's).
+        "cpu_ms_per_batch": cpu,
         "batch_size": BATCH,
         "clients": args.clients,
         "gunicorn_workers": args.workers,
         "cpus": os.cpu_count(),
+        "load_average": round(os.getloadavg()[0], 2),
         "started": (datetime.now(UTC) - timedelta(seconds=elapsed)).isoformat(timespec="seconds"),
     }
     print("RESULT " + json.dumps(result))

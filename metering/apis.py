@@ -281,17 +281,9 @@ class UsageBatchApi(APIView):
         events = batch_decode(request.body)
         outcomes = services.usage_ingest(sender=services.Sender.for_caller(caller), events=events)
         counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
-        results = []
-        for index, outcome in enumerate(outcomes):
+        for outcome in outcomes:
             counts[outcome.status] += 1
-            item: dict[str, object] = {"index": index, "id": outcome.id, "status": outcome.status}
-            if outcome.code:
-                item["code"] = outcome.code
-                item["reason"] = outcome.reason
-            if outcome.note:
-                item["note"] = outcome.note
-            results.append(item)
-        body = _encode({**counts, "results": results})
+        body = _encode({**counts, "results": outcomes})
         return HttpResponse(body, content_type="application/json")
 
 
