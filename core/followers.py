@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from core.db import retry_transaction
 from core.eventstore import RecordedEvent, events_since
-from core.models import FollowerPosition
+from core.models import Event, FollowerPosition
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ def registered() -> list[Follower]:
 def follower_position(name: str) -> int:
     row = FollowerPosition.objects.filter(consumer=name).values_list("position", flat=True)
     return next(iter(row), 0)
+
+
+def follower_behind(follower: Follower, position: int) -> bool:
+    """Whether events of the follower's streams came after ``position`` (its tracking
+    position, as last read): one indexed read and no transaction, so an idle loop
+    can poll often for little."""
+    query = Event.objects.filter(position__gt=position)
+    if follower.stream_types is not None:
+        query = query.filter(stream_type__in=list(follower.stream_types))
+    return query.exists()
 
 
 def follower_run_once(follower: Follower, *, batch_size: int | None = None) -> int:
