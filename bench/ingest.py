@@ -41,6 +41,8 @@ from django.db import connection, connections
 from django.test.utils import setup_test_environment
 from procstat import backend_pids, cpu_seconds, worker_pids
 
+from tests.providers.test_heartbeat_flood import AgentConnection
+
 BATCH = 1000
 BUYERS = 8
 MODELS = ("llama-3.1-8b", "qwen2.5-72b", "llama-3.1-405b")
@@ -128,24 +130,39 @@ def make_bodies(batches: int, tag: str, buyers, provider) -> list[bytes]:
     return bodies
 
 
-class Client:
-    def __init__(self, port: int, key: str) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+class _Answer(msgspec.Struct):
+    accepted: int
+    duplicate: int
+    rejected: int
 
-    def send(self, body: bytes) -> dict:
+
+_answer = msgspec.json.Decoder(_Answer)
+
+
+class Client:
+    """The flood test's minimal HTTP/1.1 client (the load generator shares the two
+    cores with the server: what it spends, the server cannot), with answers read by
+    msgspec down to the counts. gunicorn's sync workers close the connection after
+    each response, so each request opens its own."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.port, self.key = port, key
+
+    def send(self, body: bytes) -> _Answer:
+        request = AgentConnection.request("/api/v1/usage/batch", self.key, body)
         for attempt in range(3):
+            connection = AgentConnection(self.port)
             try:
-                self.connection.request("POST", "/api/v1/usage/batch", body, self.headers)
-                response = self.connection.getresponse()
-                data = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
-                return json.loads(data)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.connection.close()
+                status, data = connection.exchange(request)
+            except OSError:  # ConnectionError included
                 if attempt == 2:
                     raise
+                continue
+            finally:
+                connection.close()
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {data[:300]!r}")
+            return _answer.decode(data)
         raise AssertionError("unreachable")
 
 
@@ -178,7 +195,7 @@ def run_load(port: int, key: str, bodies: list[bytes], clients: int) -> tuple[fl
                     body = queue.pop()
                 answer = client.send(body)
                 with lock:
-                    accepted += answer["accepted"]
+                    accepted += answer.accepted
         except BaseException as exc:
             failures.append(exc)
 
