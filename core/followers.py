@@ -72,13 +72,15 @@ def follower_run_once(follower: Follower, *, batch_size: int | None = None) -> i
     """Process up to ``batch_size`` (default: the follower's) new events in one
     transaction; return how many. A deadlock or serialization failure rolls the
     batch back and runs it again: the tracking row moves only with the effects."""
-    FollowerPosition.objects.get_or_create(consumer=follower.name)
     return _run_batch(follower, batch_size or follower.batch_size)
 
 
 @retry_transaction
 def _run_batch(follower: Follower, batch_size: int) -> int:
-    tracking = FollowerPosition.objects.select_for_update().get(consumer=follower.name)
+    tracking = FollowerPosition.objects.select_for_update().filter(consumer=follower.name).first()
+    if tracking is None:  # the follower's first run
+        FollowerPosition.objects.get_or_create(consumer=follower.name)
+        tracking = FollowerPosition.objects.select_for_update().get(consumer=follower.name)
     events = events_since(tracking.position, limit=batch_size, stream_types=follower.stream_types)
     if events:
         follower.handle_batch(events)
