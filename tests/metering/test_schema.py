@@ -52,7 +52,11 @@ def raw(**changes) -> bytes:
             },
             "training_type must be one of",
         ),
-        ({"dimensions": {"Model": "m"}}, "at `key` in `dimensions`"),
+        ({"dimensions": {"Model": "m"}}, "dimensions: 'Model' is not a dimension name"),
+        ({"id": "e 1"}, "id must be printable ASCII without spaces"),
+        ({"source": "s\u00e9"}, "source must be printable ASCII"),
+        ({"subject": {"org": 1, "deployment": "d\n"}}, "subject.deployment must be printable"),
+        ({"type": "Tokens.Prompt"}, "is not one of"),
     ],
 )
 def test_bad_events_are_rejected_with_where_and_what(changes, words):
@@ -60,7 +64,7 @@ def test_bad_events_are_rejected_with_where_and_what(changes, words):
     assert isinstance(outcome, Rejection)
     assert outcome.code == "invalid"
     assert words in outcome.reason
-    assert outcome.id in ("e1", "", None)
+    assert outcome.id in ("e1", changes.get("id"), "", None)
 
 
 def test_a_good_event_decodes():
@@ -79,3 +83,28 @@ def test_malformed_json_in_one_event_is_that_events_problem():
 def test_empty_batches_are_refused():
     with pytest.raises(InvalidInput):
         batch_decode(b'{"events": []}')
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"id": "e 1"},
+        {"source": "s\t"},
+        {"subject": {"org": 1, "deployment": "d\u00e9"}},
+        {"dimensions": {"model": "m", "Region": "x"}},
+        {"dimensions": {"model": "m", "": "x"}},
+    ],
+)
+def test_a_bad_name_anywhere_in_a_batch_is_that_events_problem_alone(bad):
+    events = [raw(id=f"e{n}") for n in range(50)]
+    events[37] = raw(**{"id": "e37", **bad})
+    decoded = batch_decode(b'{"events": [' + b",".join(events) + b"]}")
+    assert [n for n, d in enumerate(decoded) if isinstance(d, Rejection)] == [37]
+    assert decoded[37].code == "invalid"
+    assert all(isinstance(d, UsageEventIn) for n, d in enumerate(decoded) if n != 37)
+
+
+def test_a_good_batch_decodes_whole():
+    decoded = batch_decode(b'{"events": [' + b",".join(raw(id=f"e{n}") for n in range(20)) + b"]}")
+    assert [d.id for d in decoded] == [f"e{n}" for n in range(20)]
+    assert all(isinstance(d, UsageEventIn) for d in decoded)
