@@ -36,7 +36,8 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -191,6 +192,8 @@ class Computed:
     prepaid_micros: int  # of the exact amount, what prepaid credit paid when it was charged
     positions: dict[str, int]  # transfer id -> entry position
     as_of_position: int
+    # The lines as the document shows them (``_document_lines``), when made ahead.
+    document_lines: list[dict[str, Any]] | None = None
 
 
 def _accruals(
@@ -653,22 +656,35 @@ class _AccrualRow(NamedTuple):
 _ACCRUAL_FIELDS = _AccrualRow._fields
 
 
-def _compute_monthly(
-    org_ids: list[int], currency: str, period: date, as_of: int
-) -> dict[int, Computed]:
-    """The monthly invoices of many orgs as of one position, in a fixed number of
-    queries whatever the number of orgs: org -> what ``invoice_compute`` gives."""
-    start, end = month_bounds(period)
-    jobs_alone: dict[int, set[str]] = defaultdict(set)
-    accruals: dict[int, list] = defaultdict(list)
-    mine_by_org: dict[int, dict[int, str]] = defaultdict(dict)
+def _jobs_alone(org_ids: list[int], currency: str) -> dict[int, set[str]]:
+    """org -> the fine-tune jobs invoiced on their own (left out of its months)."""
+    found: dict[int, set[str]] = defaultdict(set)
     orgs, orgs_params = _any(sorted(org_ids))
     for org, job in _select(
         f"SELECT organization_id, job FROM {Invoice._meta.db_table} "
         f"WHERE organization_id {orgs} AND currency = %s AND kind = %s AND status <> %s",
         [*orgs_params, currency, Invoice.Kind.JOB, Invoice.Status.DRAFT],
     ):
-        jobs_alone[org].add(job)
+        found[org].add(job)
+    return found
+
+
+def _compute_monthly(
+    org_ids: list[int],
+    currency: str,
+    period: date,
+    as_of: int,
+    jobs_alone: dict[int, set[str]] | None = None,
+) -> dict[int, Computed]:
+    """The monthly invoices of many orgs as of one position, in a fixed number of
+    queries whatever the number of orgs: org -> what ``invoice_compute`` gives.
+    ``jobs_alone``: what ``_jobs_alone`` gives for these orgs, if read already."""
+    start, end = month_bounds(period)
+    if jobs_alone is None:
+        jobs_alone = _jobs_alone(org_ids, currency)
+    accruals: dict[int, list] = defaultdict(list)
+    mine_by_org: dict[int, dict[int, str]] = defaultdict(dict)
+    orgs, orgs_params = _any(sorted(org_ids))
     for row in map(
         _AccrualRow._make,
         _select(
@@ -690,7 +706,7 @@ def _compute_monthly(
         mine_by_org[org][pk] = kind
     charges_by_org = _ledger_charges_many(mine_by_org, start, end, as_of)
     for org, charges in charges_by_org.items():
-        alone = jobs_alone.get(org, set())
+        alone = jobs_alone.get(org) or set()
         charges_by_org[org] = [
             c
             for c in charges
@@ -740,14 +756,15 @@ def _profile(organization: Organization) -> dict[str, Any]:
 
 
 def _profiles(organizations: list[Organization]) -> dict[int, dict[str, Any]]:
-    found: dict[int, tuple] = {}
-    for chunk in _chunks(sorted(o.pk for o in organizations)):
-        found.update(
-            (row[0], row[1:])
-            for row in BillingProfile.objects.filter(organization_id__in=chunk).values_list(
-                "organization_id", "legal_name", "address", "tax_id", "tax_rate_bps", "tax_label"
-            )
+    orgs, orgs_params = _any(sorted(o.pk for o in organizations))
+    found: dict[int, tuple] = {
+        row[0]: row[1:]
+        for row in _select(
+            "SELECT organization_id, legal_name, address, tax_id, tax_rate_bps, tax_label "
+            f"FROM {BillingProfile._meta.db_table} WHERE organization_id {orgs}",
+            orgs_params,
         )
+    }
     buyers = {}
     for organization in organizations:
         legal_name, address, tax_id, tax_rate_bps, tax_label = found.get(
@@ -797,31 +814,11 @@ def _document(
         "finalized_at": finalized_at,
         "due_at": due_at,
         "as_of_position": computed.as_of_position,
-        "lines": [
-            {
-                "ordinal": index,
-                "product": line.product,
-                "description": line.description,
-                "job": line.job,
-                "model": line.model,
-                "gpu_model": line.gpu_model,
-                "quantity": line.quantity,
-                "unit": line.unit,
-                "unit_price": money(line.unit_price_micros),
-                "price_unit": line.price_unit,
-                "exact": money(line.exact_micros),
-                "amount": money(cents(line.exact_micros, currency)),
-                "entries": [
-                    {
-                        "transfer_id": transfer_id,
-                        "position": computed.positions[transfer_id],
-                        "amount_micros": amount,
-                    }
-                    for transfer_id, amount in sorted(line.entries.items())
-                ],
-            }
-            for index, line in enumerate(computed.lines, start=1)
-        ],
+        "lines": (
+            computed.document_lines
+            if computed.document_lines is not None
+            else _document_lines(computed, currency)
+        ),
         "totals": {
             "exact": money(totals.exact),
             "subtotal": money(totals.subtotal),
@@ -833,6 +830,40 @@ def _document(
             "amount_due": money(totals.total - prepaid_applied),
         },
     }
+
+
+def _document_lines(computed: Computed, currency: str) -> list[dict[str, Any]]:
+    """The lines of an invoice's document (what most of it is)."""
+
+    def money(micros: int) -> dict[str, Any]:
+        return {"micros": micros, "text": money_text(micros, currency)}
+
+    positions = computed.positions
+    return [
+        {
+            "ordinal": index,
+            "product": line.product,
+            "description": line.description,
+            "job": line.job,
+            "model": line.model,
+            "gpu_model": line.gpu_model,
+            "quantity": line.quantity,
+            "unit": line.unit,
+            "unit_price": money(line.unit_price_micros),
+            "price_unit": line.price_unit,
+            "exact": money(line.exact_micros),
+            "amount": money(cents(line.exact_micros, currency)),
+            "entries": [
+                {
+                    "transfer_id": transfer_id,
+                    "position": positions[transfer_id],
+                    "amount_micros": amount,
+                }
+                for transfer_id, amount in sorted(line.entries.items())
+            ],
+        }
+        for index, line in enumerate(computed.lines, start=1)
+    ]
 
 
 def _write_lines(invoice: Invoice, computed: Computed) -> None:
@@ -868,8 +899,10 @@ def _ids_take(model: type[models.Model], count: int) -> list[int]:
         return []
     with connection.wrap_database_errors:
         cursor = server_cursor()
+        # The sequence's name looked up once, not once per id.
         cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            "SELECT nextval(s) FROM CAST(pg_get_serial_sequence(%s, 'id') AS regclass) AS s, "
+            "generate_series(1, %s)",
             [model._meta.db_table, count],
         )
         return [row[0] for row in cursor.fetchall()]
@@ -1361,7 +1394,49 @@ def _accounts_insert_pg(
         return cursor.fetchall()
 
 
-CLOSE_CHUNK = 500  # orgs finalized per transaction by a period close
+CLOSE_CHUNK = 1000  # orgs finalized per transaction by a period close
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A chunk's invoices computed before its transaction (``_compute_ahead``), and
+    the one thing they depend on that can change until then: the jobs invoiced on
+    their own. Everything else they read is fixed as of ``as_of``."""
+
+    as_of: int
+    jobs_alone: dict[int, set[str]]
+    computed: dict[int, Computed]
+    platform: tuple[int, int]  # the rounding and tax_payable accounts
+
+
+def _compute_ahead(org_ids: list[int], currency: str, period: date) -> _Ahead:
+    """What ``_finalize_month`` will need of these orgs' invoices that it can have
+    before its transaction: their lines, and their documents' lines. Orgs whose
+    invoice is final already are left out (a close run again computes nothing)."""
+    keys, keys_params = _any([monthly_key(org, period, currency) for org in org_ids])
+    final = {
+        org
+        for (org,) in _select(
+            f"SELECT organization_id FROM {Invoice._meta.db_table} "
+            f"WHERE key {keys} AND status <> %s",
+            [*keys_params, Invoice.Status.DRAFT],
+        )
+    }
+    org_ids = [org for org in org_ids if org not in final]
+    as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
+    jobs_alone = _jobs_alone(org_ids, currency)
+    computed = _compute_monthly(org_ids, currency, period, as_of, jobs_alone)
+    for found in computed.values():
+        found.document_lines = _document_lines(found, currency)
+    return _Ahead(as_of, jobs_alone, computed, _platform(currency))
+
+
+def _platform(currency: str) -> tuple[int, int]:
+    """The platform's rounding and tax_payable accounts, which a finalization posts to."""
+    return (
+        platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk,
+        platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk,
+    )
 
 
 @retry_transaction
@@ -1372,13 +1447,18 @@ def _finalize_month(
     currency: str,
     now: datetime,
     actor: str,
+    ahead: _Ahead | None = None,
 ) -> tuple[int, int]:
     """Refresh and finalize the monthly invoices of many orgs in one transaction, as
     ``invoice_draft_refresh`` then ``invoice_finalize`` would one by one (the caller
     closed the usage month and caught up), with every read and write batched: the
     invoices computed as of one position, numbered in the orgs' order from one lock
     of the sequence, their entries posted in one ``ledger_execute``, their
-    InvoiceFinalized events appended last. Returns (finalized, already final)."""
+    InvoiceFinalized events appended last. Returns (finalized, already final).
+
+    ``ahead``: these orgs' invoices computed before the transaction began (by
+    ``_compute_ahead``, while the chunk before was being written); used if the jobs
+    invoiced on their own are still the same, else computed again here."""
     start, end = month_bounds(period)
     keys = {o.pk: monthly_key(o.pk, period, currency) for o in organizations}
     # A final invoice's document is not needed here (a draft's is rewritten below).
@@ -1397,8 +1477,17 @@ def _finalize_month(
     ]
     if not todo:
         return 0, already
-    as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
-    computed = _compute_monthly([o.pk for o in todo], currency, period, as_of)
+    todo_ids = [o.pk for o in todo]
+    jobs_alone = _jobs_alone(todo_ids, currency)
+    if (
+        ahead is not None
+        and all(org in ahead.computed for org in todo_ids)
+        and all(jobs_alone.get(org, set()) == ahead.jobs_alone.get(org, set()) for org in todo_ids)
+    ):
+        computed = ahead.computed
+    else:
+        as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
+        computed = _compute_monthly(todo_ids, currency, period, as_of, jobs_alone)
     empty = [
         existing[keys[o.pk]].pk for o in todo if not computed[o.pk].lines and keys[o.pk] in existing
     ]
@@ -1410,19 +1499,24 @@ def _finalize_month(
     buyers = _profiles(todo)
     numbers = _next_numbers("INV", len(todo))
     accounts = _buyer_accounts_open(todo, currency)
+    credits, credits_params = _any(sorted(accounts[(o.pk, Account.Kind.CREDIT)] for o in todo))
+    lock = " FOR UPDATE" if is_postgres() else ""
     available = {
-        b.account_id: b.credits_posted - b.debits_posted - b.debits_pending
-        for b in Balance.objects.select_for_update()
-        .filter(account_id__in=sorted(accounts[(o.pk, Account.Kind.CREDIT)] for o in todo))
-        .order_by("account_id")
+        account: credits_posted - debits_posted - debits_pending
+        for account, credits_posted, debits_posted, debits_pending in _select(
+            "SELECT account_id, credits_posted, debits_posted, debits_pending "
+            f"FROM {Balance._meta.db_table} WHERE account_id {credits} ORDER BY account_id{lock}",
+            credits_params,
+        )
     }
-    rounding = platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk
-    tax_payable = platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk
+    rounding, tax_payable = ahead.platform if ahead is not None else _platform(currency)
+    streams, streams_params = _any([f"invoice:{keys[o.pk]}" for o in todo])
     versions = dict(
-        Event.objects.filter(stream_id__in=[f"invoice:{keys[o.pk]}" for o in todo])
-        .values("stream_id")
-        .annotate(v=Max("version"))
-        .values_list("stream_id", "v")
+        _select(
+            f"SELECT stream_id, max(version) FROM {Event._meta.db_table} "
+            f"WHERE stream_id {streams} GROUP BY stream_id",
+            streams_params,
+        )
     )
     finalized_at = now.isoformat()
     due_at = (now + due_after()).isoformat()
@@ -2037,7 +2131,7 @@ def _period_close(
         organization_ids if organization_ids is not None else buyers_with_charges(period, currency)
     )
     orgs = {o.pk: o for o in Organization.objects.filter(pk__in=org_ids)}
-    drafts = finalized = already = 0
+    drafts = finalized = already = written = 0
     if finalize:
         # Close every buyer's usage month first, then rate and accrue what came in
         # before: nothing can join the month after this, so the drafts are final.
@@ -2047,13 +2141,10 @@ def _period_close(
         _catch_up()
         # Then finalize in chunks, each one transaction: a run that stops half way
         # is finished by running it again.
-        ordered = [orgs[org_id] for org_id in org_ids]
-        for chunk in _chunks(ordered, CLOSE_CHUNK):
-            done, final = _finalize_month(
-                organizations=chunk, period=period, currency=currency, now=now, actor=actor
-            )
-            finalized += done
-            already += final
+        chunks = list(_chunks([orgs[org_id] for org_id in org_ids], CLOSE_CHUNK))
+        finalized, already, written = _finalize_chunks(
+            chunks, period=period, currency=currency, now=now, actor=actor
+        )
     for org_id in [] if finalize else org_ids:
         organization = orgs[org_id]
         invoice = invoice_draft_refresh(
@@ -2069,10 +2160,67 @@ def _period_close(
             finalized += 1
         else:
             drafts += 1
+    return CloseResult(period, len(org_ids), drafts, finalized, already, written, 0.0)
+
+
+def _finalize_chunks(
+    chunks: list[list[Organization]], *, period: date, currency: str, now: datetime, actor: str
+) -> tuple[int, int, int]:
+    """Finalize the chunks in order, then write the providers' statements. Returns
+    (finalized, already final, statements). Each chunk's invoices are computed while
+    the chunk before is written, and the statements (which read nothing the
+    invoices write) while the last one is: see ``_alongside``."""
     from billing.statements import statements_close
 
-    statements = statements_close(period=period, now=now) if finalize else 0
-    return CloseResult(period, len(org_ids), drafts, finalized, already, statements, 0.0)
+    if not chunks:
+        return 0, 0, statements_close(period=period, now=now)
+    finalized = already = 0
+    with _alongside(enabled=len(chunks) > 1) as run:
+        ahead = run(_compute_ahead, [o.pk for o in chunks[0]], currency, period)
+        for index, chunk in enumerate(chunks):
+            current = ahead()
+            if index + 1 < len(chunks):
+                ahead = run(_compute_ahead, [o.pk for o in chunks[index + 1]], currency, period)
+            else:
+                ahead = run(statements_close, period=period, now=now)
+            done, final = _finalize_month(
+                organizations=chunk,
+                period=period,
+                currency=currency,
+                now=now,
+                actor=actor,
+                ahead=current,
+            )
+            finalized += done
+            already += final
+        return finalized, already, ahead()
+
+
+@contextmanager
+def _alongside(*, enabled: bool) -> Iterator[Callable[..., Callable[[], Any]]]:
+    """``run(fn, *args)`` starts ``fn`` and gives a function that waits for its result.
+    Enabled (and on PostgreSQL, outside any transaction) the calls run one after
+    another in a second thread on its own connection, while this one goes on: a
+    close computes the next chunk's invoices there while this thread writes the
+    chunk before (two cores: one runs Python while the other runs PostgreSQL).
+    Otherwise, inside a caller's transaction (whose rows another connection could
+    not see) in particular, each call runs at once, here."""
+    if not (enabled and is_postgres() and not connection.in_atomic_block):
+
+        def now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
+            result = fn(*args, **kwargs)
+            return lambda: result
+
+        yield now
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="close")
+    try:
+        yield lambda fn, *args, **kwargs: pool.submit(fn, *args, **kwargs).result
+    finally:
+        # The connection belongs to the pool's one thread: closed there (``connection``
+        # is looked up in the thread that calls it).
+        pool.submit(lambda: connection.close()).result()
+        pool.shutdown()
 
 
 # --- replay -------------------------------------------------------------------------

@@ -304,7 +304,10 @@ class Invoice(models.Model):
     # monthly:<org>:<YYYY-MM>:<currency> or job:<org>:<job id>:<currency>: the identity
     # replays and retries agree on (row ids may differ between replays).
     key = models.CharField(max_length=240, unique=True)
-    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    # Indexed by (organization, period_start) below; a lone index would be redundant.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     currency = models.CharField(max_length=3)
     period_start = models.DateTimeField()
@@ -367,7 +370,10 @@ class InvoiceLine(models.Model):
         GPU_LEASE = "gpu_lease"
         OTHER = "other"
 
-    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    # Indexed by the (invoice, ordinal) constraint below; a lone index would be redundant.
+    invoice = models.ForeignKey(
+        Invoice, on_delete=models.CASCADE, related_name="lines", db_index=False
+    )
     ordinal = models.PositiveIntegerField()
     product = models.CharField(max_length=16, choices=Product.choices)
     description = models.CharField(max_length=300)
