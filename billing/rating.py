@@ -105,10 +105,19 @@ def rate_usage(
 
 
 def rate_quantity(rate: Rate, quantity: int, dimensions: Mapping[str, object]) -> Rated:
-    """``rate_usage`` with the rate already looked up (many events at one rate)."""
-    amount = rate_amount(quantity, rate.rate_micros, rate.unit)
+    """``rate_usage`` with the rate already looked up."""
+    return rate_quantities(rate, (quantity,), dimensions)
+
+
+def rate_quantities(
+    rate: Rate, quantities: Sequence[int], dimensions: Mapping[str, object]
+) -> Rated:
+    """Many events' amounts at one rate, summed: each rated alone (its own half-even
+    rounding, and its own fee on a lease), as ``rate_usage`` rates it."""
+    amounts = [rate_amount(quantity, rate.rate_micros, rate.unit) for quantity in quantities]
+    amount = sum(amounts)
     if rate.payee == "provider":
-        fee = rate_amount(amount, rate.fee_bps, BPS)
+        fee = sum(rate_amount(each, rate.fee_bps, BPS) for each in amounts)
         provider = int(dimensions["provider"])  # type: ignore[call-overload]
         return Rated(amount + fee, amount, fee, provider)
     return Rated(amount)
@@ -128,8 +137,8 @@ class _Group:
     provider: int = 0
     fee: int = 0
 
-    def add(self, rated: Rated) -> None:
-        self.events += 1
+    def add(self, rated: Rated, events: int = 1) -> None:
+        self.events += events
         self.amount += rated.amount_micros
         self.revenue += rated.revenue_micros
         self.provider += rated.provider_micros
@@ -211,9 +220,9 @@ def batch_groups(events: Sequence[RecordedEvent]) -> list[list[_Group]]:
         for summary, rate in zip(batch, rates, strict=True):
             if summary.lease is not None and summary.lease in settled:
                 continue
-            for quantity in summary.quantities:
-                rated = rate_quantity(rate, quantity, summary.dimensions)  # type: ignore[arg-type]
-                _group_for(groups, summary.first_id, summary.buyer_id, rated).add(rated)
+            rated = rate_quantities(rate, summary.quantities, summary.dimensions)  # type: ignore[arg-type]
+            group = _group_for(groups, summary.first_id, summary.buyer_id, rated)
+            group.add(rated, len(summary.quantities))
         found.append(sorted(groups.values(), key=lambda g: g.first_usage_id))
     return found
 

@@ -56,7 +56,12 @@ def cast(db: None) -> Cast:
 
 @pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
-    """Rate-limit counters (and anything else cached) never leak between tests."""
+    """Rate-limit counters, the price book (and anything else cached) never leak
+    between tests."""
+    from billing.pricing import price_book_forget
+
     cache.clear()
+    price_book_forget()
     yield
     cache.clear()
+    price_book_forget()
