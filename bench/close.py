@@ -828,6 +828,7 @@ def main() -> None:
         if args.set_up_only:
             args.keep = True
             return
+        load_before = os.getloadavg()[0]
         group_by_first, groups = group_by(period)
         log(f"GROUP BY: {group_by_first:.2f} s, {groups} groups")
         profiler = None
@@ -839,6 +840,7 @@ def main() -> None:
         began = time.perf_counter()
         result = period_close(period=period, finalize=True, now=now)
         close_s = time.perf_counter() - began
+        load_after = os.getloadavg()[0]
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -877,6 +879,9 @@ def main() -> None:
         "bulk_batches_checked": checked,
         "set_up_s": round(set_up),
         "cpus": os.cpu_count(),
+        # The machine's 1-minute load average as the close began and as it ended: the
+        # close and PostgreSQL share the same cores with whatever else runs.
+        "load_average": [round(load_before, 2), round(load_after, 2)],
     }
     print("RESULT " + json.dumps(out))
 

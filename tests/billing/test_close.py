@@ -26,9 +26,7 @@ def _fresh_price_book():
     price_book_forget()
 
 
-def test_chunks_computed_ahead_on_a_second_connection_close_the_month_exactly(
-    cast, monkeypatch
-):
+def test_chunks_computed_ahead_on_a_second_connection_close_the_month_exactly(cast, monkeypatch):
     # given a month of two buyers, closed one org per chunk (the second chunk is
     # computed on the second connection while the first is written)
     BillingProfile.objects.create(

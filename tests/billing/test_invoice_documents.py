@@ -18,10 +18,7 @@ def _reference(document: object) -> bytes:
 
 _text = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)  # no lone surrogates
 _values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | _text,
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | _text,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_text, inner, max_size=5),
     max_leaves=30,
 )
