@@ -302,8 +302,16 @@ def raw_copy(rows: int, buyers, provider) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="gunicorn worker processes (one per core)"
+    )
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.1,
+        help="the rating follower's poll, seconds (shorter: lower latency, more CPU)",
+    )
     args = parser.parse_args()
     batches = 30 if args.quick else 400
     if connection.vendor != "postgresql":
@@ -350,7 +358,7 @@ def main() -> None:
                     "run_follower",
                     "billing.rating",
                     "--interval",
-                    "0.01",
+                    str(args.interval),
                 ],
                 cwd=ROOT,
                 env=env,
@@ -425,6 +433,7 @@ def main() -> None:
         "batch_size": BATCH,
         "clients": args.clients,
         "gunicorn_workers": args.workers,
+        "follower_interval_s": args.interval,
         "cpus": os.cpu_count(),
         "load_average": round(os.getloadavg()[0], 2),
         "started": (datetime.now(UTC) - timedelta(seconds=elapsed)).isoformat(timespec="seconds"),

@@ -239,11 +239,10 @@ def _store(
         )
         late = _late(rows, closed) if closed else {}
         if pg:
-            inserted = _insert_pg(producer, rows, late, now)
+            ids, keys = _insert_pg(producer, rows, late, now)
         else:
-            inserted = _insert_generic(cursor, producer, rows, late, now)
-        if inserted:
-            ids = [row_id for row_id, _, _ in inserted]
+            ids, keys = _insert_generic(cursor, producer, rows, late, now)
+        if ids:
             recorded = ev.UsageRecorded(
                 usage_ranges=tuple(tuple(r) for r in ev.id_ranges(ids)),  # type: ignore[misc]
                 count=len(ids),
@@ -265,7 +264,7 @@ def _store(
                 recorded_at=now,
             )
     no_note: tuple[date | None, str] = (None, "")
-    return {(source, id_): late.get((source, id_), no_note)[1] for _, source, id_ in inserted}
+    return {key: late.get(key, no_note)[1] for key in keys}
 
 
 def _late(
@@ -314,7 +313,7 @@ SELECT %(producer)s, t.source, t.id, t.type, (t.subject ->> 'org')::bigint,
          ON late.s = t.source AND late.i = t.id
  ORDER BY t.source, t.id
     ON CONFLICT (producer_org_id, source, event_id) DO NOTHING
-RETURNING id, source, event_id
+RETURNING id
 """
 
 
@@ -323,7 +322,8 @@ def _insert_pg(
     rows: list[tuple[int, UsageEventIn, str, str]],
     late: dict[tuple[str, str], tuple[date, str]],
     now: datetime,
-) -> list[tuple[int, str, str]]:
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """The ids inserted, and the (source, id) of the events they hold."""
     params = {
         "producer": producer,
         "now": now,
@@ -335,7 +335,13 @@ def _insert_pg(
     with connection.wrap_database_errors:
         cursor = server_cursor()
         cursor.execute(_PG_INSERT, params, prepare=True)
-        return cursor.fetchall()
+        ids = [row_id for (row_id,) in cursor.fetchall()]
+        if len(ids) == len(rows):  # all new, the usual case: no need to ask which
+            return ids, [(e.source, e.id) for _, e, _, _ in rows]
+        if not ids:
+            return [], []
+        cursor.execute(f"SELECT source, event_id FROM {USAGE_TABLE} WHERE id = ANY(%s)", [ids])
+        return ids, cursor.fetchall()
 
 
 def _insert_generic(
@@ -344,9 +350,10 @@ def _insert_generic(
     rows: list[tuple[int, UsageEventIn, str, str]],
     late: dict[tuple[str, str], tuple[date, str]],
     now: datetime,
-) -> list[tuple[int, str, str]]:
+) -> tuple[list[int], list[tuple[str, str]]]:
     """Row by row (SQLite, the embedded default): the same statement per event."""
-    inserted = []
+    ids: list[int] = []
+    keys: list[tuple[str, str]] = []
     ops = connection.ops
     for _, e, kind, subject in rows:
         period, note = late.get((e.source, e.id), (month_of(e.time), ""))
@@ -373,8 +380,9 @@ def _insert_generic(
         )
         found = cursor.fetchone()
         if found is not None:
-            inserted.append((found[0], e.source, e.id))
-    return inserted
+            ids.append(found[0])
+            keys.append((e.source, e.id))
+    return ids, keys
 
 
 # --- periods ----------------------------------------------------------------
