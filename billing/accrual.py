@@ -5,7 +5,7 @@ rating does, and for each batch:
 
 1. loads the batch's rows with the dimensions invoices and statements group by
    (job, model, training type, GPU model, region, node);
-2. rates each row with ``billing.rating.rate_usage`` — the function rating used,
+2. rates each row as ``billing.rating.rate_usage`` does — the function rating used,
    with the price in force when the row's usage happened, so the amounts are the
    ledger's to the micro-unit;
 3. finds the journal entry rating posted for each (buyer, provider) group of the
@@ -32,8 +32,9 @@ from django.db import connection
 
 from billing import events as ev
 from billing.models import Account, UsageAccrual
-from billing.rating import rate_usage, usage_rating, usage_transfer_id
-from core.db import as_utc
+from billing.pricing import rate_for
+from billing.rating import rate_quantity, usage_rating, usage_transfer_id
+from core.db import as_utc, copy_statement, is_postgres, server_cursor
 from core.eventstore import RecordedEvent
 from core.followers import Follower, follower_position, follower_run_once, register
 from core.models import Event
@@ -156,15 +157,14 @@ def accrue_batch(event: RecordedEvent) -> int:
     group_amount: dict[tuple[int, int | None], int] = defaultdict(int)
     rated_rows = []
     for row in rows:
-        rated = rate_usage(
-            usage_type=row.type, quantity=row.quantity, dimensions=row.dims, at=row.occurred_at
-        )
+        rate = rate_for(row.type, row.dims, row.occurred_at)
+        rated = rate_quantity(rate, row.quantity, row.dims)
         billed_by_rating = not (row.type == "gpu.seconds" and row.subject in settled)
         group = (row.buyer_id, rated.provider_id)
         if billed_by_rating:
             group_first.setdefault(group, row.id)
             group_amount[group] += rated.amount_micros
-        rated_rows.append((row, rated, group if billed_by_rating else None))
+        rated_rows.append((row, rated, rate, group if billed_by_rating else None))
     transfer_of = {
         group: usage_transfer_id(first)
         for group, first in group_first.items()
@@ -180,14 +180,11 @@ def accrue_batch(event: RecordedEvent) -> int:
                 f"{event.stream_id}: entry {transfer_id} charged {found[1]}, "
                 f"the rows rate to {group_amount[group]}"
             )
-    sums: dict[tuple, UsageAccrual] = {}
-    for row, rated, billed_group in rated_rows:
+    sums: dict[tuple, list] = {}
+    for row, rated, rate, billed_group in rated_rows:
         transfer_id = transfer_of.get(billed_group, "") if billed_group is not None else ""
         dims = row.dims
         provider = dims.get("provider") if row.type == "gpu.seconds" else None
-        from billing.pricing import rate_for
-
-        rate = rate_for(row.type, dims, row.occurred_at)
         key = (
             row.buyer_id,
             row.period,
@@ -210,38 +207,82 @@ def accrue_batch(event: RecordedEvent) -> int:
         )
         accrual = sums.get(key)
         if accrual is None:
-            accrual = sums[key] = UsageAccrual(
-                buyer_id=row.buyer_id,
-                period=row.period,
-                currency=currency,
-                transfer_id=transfer_id,
-                product=PRODUCT_OF.get(row.type, "other"),
-                usage_type=row.type,
-                subject=key[4],
-                model=key[5][:200],
-                training_type=key[6][:32],
-                gpu_model=key[7][:100],
-                region=key[8][:64],
-                node=key[9][:200],
-                provider_id=provider,
-                rate_micros=rate.rate_micros,
-                rate_unit=rate.unit,
-                fee_bps=rate.fee_bps,
-                events=0,
-                quantity=0,
-                amount_micros=0,
-                provider_micros=0,
-                fee_micros=0,
-                first_usage_id=row.id,
-                batch_position=event.position,
-            )
-        accrual.events += 1
-        accrual.quantity += row.quantity
-        accrual.amount_micros += rated.amount_micros
-        accrual.provider_micros += rated.provider_micros
-        accrual.fee_micros += rated.fee_micros
-    UsageAccrual.objects.bulk_create(list(sums.values()))
+            # In _COLUMNS' order; the five sums start at _SUMS.
+            accrual = sums[key] = [
+                row.buyer_id,
+                row.period,
+                currency,
+                transfer_id,
+                PRODUCT_OF.get(row.type, "other"),
+                row.type,
+                key[4],
+                key[5][:200],
+                key[6][:32],
+                key[7][:100],
+                key[8][:64],
+                key[9][:200],
+                provider,
+                rate.rate_micros,
+                rate.unit,
+                rate.fee_bps,
+                0,
+                0,
+                0,
+                0,
+                0,
+                row.id,
+                event.position,
+            ]
+        accrual[_SUMS] += 1
+        accrual[_SUMS + 1] += row.quantity
+        accrual[_SUMS + 2] += rated.amount_micros
+        accrual[_SUMS + 3] += rated.provider_micros
+        accrual[_SUMS + 4] += rated.fee_micros
+    _accruals_write(list(sums.values()))
     return len(sums)
+
+
+_COLUMNS = (
+    "buyer_id",
+    "period",
+    "currency",
+    "transfer_id",
+    "product",
+    "usage_type",
+    "subject",
+    "model",
+    "training_type",
+    "gpu_model",
+    "region",
+    "node",
+    "provider_id",
+    "rate_micros",
+    "rate_unit",
+    "fee_bps",
+    "events",
+    "quantity",
+    "amount_micros",
+    "provider_micros",
+    "fee_micros",
+    "first_usage_id",
+    "batch_position",
+)
+_SUMS = _COLUMNS.index("events")
+
+
+def _accruals_write(rows: list[list]) -> None:
+    """One COPY on PostgreSQL (a model instance per row cost most of a batch's
+    accrual); ``bulk_create`` elsewhere."""
+    if not is_postgres():
+        UsageAccrual.objects.bulk_create(
+            [UsageAccrual(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+        )
+        return
+    with connection.wrap_database_errors:
+        cursor = server_cursor()
+        with cursor.copy(copy_statement(UsageAccrual, _COLUMNS)) as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 class UsageAccruals(Follower):

@@ -72,7 +72,13 @@ from billing.services import (
     platform_account,
     raise_for,
 )
-from core.db import RetryTransaction, is_postgres, retry_transaction, server_cursor
+from core.db import (
+    RetryTransaction,
+    copy_statement,
+    is_postgres,
+    retry_transaction,
+    server_cursor,
+)
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import EventRow, NewEvent, event_append, events_insert, stream_version
 from core.models import Event, FollowerPosition, Organization
@@ -908,11 +914,6 @@ def _ids_take(model: type[models.Model], count: int) -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def _copy_sql(model: type[models.Model], columns: list[str]) -> str:
-    quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
-    return f"COPY {model._meta.db_table} ({quoted}) FROM STDIN"
-
-
 _LINE_COLUMNS = [
     "id",
     "invoice_id",
@@ -961,7 +962,7 @@ def _write_lines_many(invoices: list[tuple[Invoice, Computed]], *, replacing: li
     with connection.wrap_database_errors:
         cursor = server_cursor()
         # The same values as _line_rows.
-        with cursor.copy(_copy_sql(InvoiceLine, _LINE_COLUMNS)) as copy:
+        with cursor.copy(copy_statement(InvoiceLine, _LINE_COLUMNS)) as copy:
             for invoice, computed in invoices:
                 currency = invoice.currency
                 positions = computed.positions
@@ -991,7 +992,7 @@ def _write_lines_many(invoices: list[tuple[Invoice, Computed]], *, replacing: li
                         for transfer_id, amount in sorted(line.entries.items())
                     )
         columns = ["line_id", "entry_position", "transfer_id", "amount_micros"]
-        with cursor.copy(_copy_sql(InvoiceLineEntry, columns)) as copy:
+        with cursor.copy(copy_statement(InvoiceLineEntry, columns)) as copy:
             for link in links:
                 copy.write_row(link)
 
@@ -1014,7 +1015,7 @@ def _invoices_write(invoices: Iterable[tuple[Invoice, str]], *, new: int) -> Non
         ids = iter(_ids_take(Invoice, new))
         with connection.wrap_database_errors:
             cursor = server_cursor()
-            sql = _copy_sql(Invoice, [str(f.column) for f in fields] + ["document"])
+            sql = copy_statement(Invoice, [str(f.column) for f in fields] + ["document"])
             with cursor.copy(sql) as copy:
                 for invoice, text in invoices:
                     if invoice.pk is not None:

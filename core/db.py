@@ -6,11 +6,11 @@ from __future__ import annotations
 import functools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection, models, transaction
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,3 +102,10 @@ def as_utc(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def copy_statement(model: type[models.Model], columns: Sequence[str]) -> str:
+    """``COPY <model's table> (<columns>) FROM STDIN``, for ``server_cursor().copy``:
+    many rows in one stream, with no model instance per row."""
+    quoted = ", ".join(connection.ops.quote_name(column) for column in columns)
+    return f"COPY {model._meta.db_table} ({quoted}) FROM STDIN"
