@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,17 +41,12 @@ from django.test.utils import setup_test_environment
 from procstat import backend_pids, cpu_seconds, worker_pids
 
 from tests.providers.test_heartbeat_flood import AgentConnection
+from tests.providers.test_heartbeat_flood import _free_port as free_port
 
 BATCH = 1000
 BUYERS = 8
 MODELS = ("llama-3.1-8b", "qwen2.5-72b", "llama-3.1-405b")
 TOKEN_TYPES = ("tokens.training", "tokens.evaluation", "tokens.prompt", "tokens.completion")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def database_url() -> str:

@@ -1239,14 +1239,18 @@ def _finalize(*, invoice: Invoice, actor: str, now: datetime) -> Invoice:
         prepaid_applied=prepaid,
     )
     digest = hashlib.sha256(canonical(document)).hexdigest()
-    locked.number = number
-    locked.status = Invoice.Status.PAID if totals.total - prepaid <= 0 else Invoice.Status.OPEN
-    locked.finalized_at = now
-    locked.due_at = now + due_after()
-    if locked.status == Invoice.Status.PAID:
-        locked.closed_at = now
-        locked.payment_reference = "prepaid credit"
-    _apply_final(locked, computed, totals, prepaid, document, digest)
+    _set_final(
+        locked,
+        number=number,
+        finalized_at=now,
+        due_at=now + due_after(),
+        totals=totals,
+        prepaid=prepaid,
+        document=document,
+        digest=digest,
+    )
+    locked.save()
+    _write_lines(locked, computed)
     _append(
         locked,
         INVOICE_FINALIZED,
@@ -1273,9 +1277,26 @@ def _finalize(*, invoice: Invoice, actor: str, now: datetime) -> Invoice:
     return locked
 
 
-def _apply_final(
-    invoice: Invoice, computed: Computed, totals: Totals, prepaid: int, document: dict, digest: str
+def _set_final(
+    invoice: Invoice,
+    *,
+    number: str,
+    finalized_at: datetime,
+    due_at: datetime,
+    totals: Totals,
+    prepaid: int,
+    document: dict,
+    digest: str,
 ) -> None:
+    """A finalized invoice's number, status, dates, totals, prepaid credit applied
+    and document (unsaved): paid at once when prepaid credit covers it."""
+    invoice.number = number
+    invoice.status = Invoice.Status.PAID if totals.total - prepaid <= 0 else Invoice.Status.OPEN
+    invoice.finalized_at = finalized_at
+    invoice.due_at = due_at
+    if invoice.status == Invoice.Status.PAID:
+        invoice.closed_at = finalized_at
+        invoice.payment_reference = "prepaid credit"
     invoice.subtotal_exact_micros = totals.exact
     invoice.subtotal_micros = totals.subtotal
     invoice.rounding_micros = totals.rounding
@@ -1286,8 +1307,6 @@ def _apply_final(
     invoice.amount_due_micros = totals.total - prepaid
     invoice.document = document
     invoice.document_sha256 = digest
-    invoice.save()
-    _write_lines(invoice, computed)
 
 
 def _finalized_payload(
@@ -1589,25 +1608,16 @@ def _finalize_month(
             )
             text = canonical(document)
             digest = hashlib.sha256(text).hexdigest()
-            invoice.number = number
-            invoice.status = (
-                Invoice.Status.PAID if totals.total - prepaid <= 0 else Invoice.Status.OPEN
+            _set_final(
+                invoice,
+                number=number,
+                finalized_at=now,
+                due_at=now + due_after(),
+                totals=totals,
+                prepaid=prepaid,
+                document=document,
+                digest=digest,
             )
-            invoice.finalized_at = now
-            invoice.due_at = now + due_after()
-            if invoice.status == Invoice.Status.PAID:
-                invoice.closed_at = now
-                invoice.payment_reference = "prepaid credit"
-            invoice.subtotal_exact_micros = totals.exact
-            invoice.subtotal_micros = totals.subtotal
-            invoice.rounding_micros = totals.rounding
-            invoice.tax_rate_bps = totals.tax_rate_bps
-            invoice.tax_micros = totals.tax
-            invoice.total_micros = totals.total
-            invoice.prepaid_applied_micros = prepaid
-            invoice.amount_due_micros = totals.total - prepaid
-            invoice.document = document
-            invoice.document_sha256 = digest
             final.append((invoice, found))
             stream_id = f"invoice:{key}"
             events.append(
@@ -2314,11 +2324,18 @@ def _replay_one(event: Event) -> None:
         digest = hashlib.sha256(canonical(document)).hexdigest()
         if digest != payload["document_sha256"]:
             raise RuntimeError(f"replayed invoice {invoice.number} differs from the one finalized")
-        invoice.status = Invoice.Status.PAID if totals.total - prepaid <= 0 else Invoice.Status.OPEN
-        if invoice.status == Invoice.Status.PAID:
-            invoice.closed_at = invoice.finalized_at
-            invoice.payment_reference = "prepaid credit"
-        _apply_final(invoice, computed, totals, prepaid, document, digest)
+        _set_final(
+            invoice,
+            number=payload["number"],
+            finalized_at=datetime.fromisoformat(payload["finalized_at"]),
+            due_at=datetime.fromisoformat(payload["due_at"]),
+            totals=totals,
+            prepaid=prepaid,
+            document=document,
+            digest=digest,
+        )
+        invoice.save()
+        _write_lines(invoice, computed)
         return
     invoice = Invoice.objects.get(key=payload["key"])
     at = datetime.fromisoformat(payload["at"]) if "at" in payload else event.recorded_at

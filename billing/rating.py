@@ -271,11 +271,6 @@ def _entry(group: _Group, debit_legs: tuple, accounts: _Accounts, batch: str) ->
     )
 
 
-def rate_batch(event: RecordedEvent) -> int:
-    """Rate one UsageRecorded batch into the ledger; return the entries posted."""
-    return rate_batches([event])
-
-
 def rate_batches(events: Sequence[RecordedEvent]) -> int:
     """Rate UsageRecorded batches into the ledger, in order, as one ledger call:
     still one entry per batch and group, with the batch's transfer ids, so how many
@@ -367,15 +362,13 @@ def _tell_exhausted(buyers: set[int], accounts: _Accounts, terms: dict) -> None:
         Balance.objects.filter(
             account_id__in=credit_ids, account__overdraft_limit_micros__isnull=False
         )
-        .alias(
-            available=F("credits_posted") - F("debits_posted") - F("debits_pending"),
-        )
+        .annotate(available=F("credits_posted") - F("debits_posted") - F("debits_pending"))
         .filter(available__lte=-F("account__overdraft_limit_micros"))
         .select_related("account")
     )
     for balance in balances:
         account = balance.account
-        available = balance.credits_posted - balance.debits_posted - balance.debits_pending
+        available = balance.available
         buyer = credit_ids[account.pk]
         key = f"credit-exhausted:{account.pk}:{balance.credits_posted}"
         if Event.objects.filter(tenant_id=buyer, idempotency_key=key).exists():
