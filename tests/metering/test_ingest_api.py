@@ -101,6 +101,39 @@ def test_a_mixed_batch_is_answered_event_by_event_and_only_good_events_are_store
     assert stored == {("seen-before", 1000), (valid["id"], 7), (almost_future["id"], 1000)}
 
 
+@pytest.mark.parametrize("problem", ["none", "unknown_org", "repeated", "sent_before"])
+def test_a_well_formed_batch_is_answered_in_order_whatever_one_event_gets_wrong(
+    cast, usage_event, problem
+):
+    # given an operator key and a batch where every event decodes, so the batch is
+    # first judged whole, with at most one event that is not new or not a buyer's
+    client = cast.client(cast.operator)
+    batch = [usage_event(cast.buyer_a if n % 2 else cast.buyer_b, quantity=n) for n in range(20)]
+    if problem == "sent_before":
+        assert send(client, [batch[7]]).json()["accepted"] == 1
+    if problem == "unknown_org":
+        batch[7] = usage_event(cast.provider_a, quantity=7)
+    if problem == "repeated":
+        batch[7] = dict(batch[3])
+    # when it is sent
+    body = send(client, batch).json()
+    # then every event has its answer at its own index, and only the others are stored
+    expected = {
+        "none": ("accepted", None),
+        "unknown_org": ("rejected", "unknown_subject"),
+        "repeated": ("duplicate", None),
+        "sent_before": ("duplicate", None),
+    }[problem]
+    answers = [(r["index"], r["id"], r["status"], r.get("code")) for r in body["results"]]
+    assert answers == [
+        (n, e["id"], *(expected if n == 7 else ("accepted", None))) for n, e in enumerate(batch)
+    ]
+    assert body["accepted"] == (20 if problem == "none" else 19)
+    stored = dict(UsageEvent.objects.values_list("event_id", "quantity"))
+    assert {e["id"]: e["quantity"] for n, e in enumerate(batch) if n != 7}.items() <= stored.items()
+    assert (batch[7]["id"] in stored) == (problem in ("none", "sent_before", "repeated"))
+
+
 def test_a_buyer_cannot_send_usage_for_another_buyer(cast, usage_event):
     client = cast.client(cast.buyer_a)
     own = usage_event(cast.buyer_a)
