@@ -37,7 +37,6 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -958,43 +957,51 @@ def _write_lines_many(invoices: list[tuple[Invoice, Computed]], *, replacing: li
         )
         return
     ids = iter(_ids_take(InvoiceLine, sum(len(computed.lines) for _, computed in invoices)))
-    links: list[tuple[int, int, str, int]] = []
+    # The rows as COPY's text, made here: psycopg's write_row, per value, cost as much
+    # as the server took to store them (a close writes ~160,000 of these rows).
+    text = _CopyText()
+    lines: list[str] = []
+    links: list[str] = []
+    for invoice, computed in invoices:
+        currency = invoice.currency
+        positions = computed.positions
+        for index, line in enumerate(computed.lines, start=1):
+            line_id = next(ids)
+            # The same values as _line_rows.
+            lines.append(
+                f"{line_id}\t{invoice.pk}\t{index}\t{text[line.product]}\t"
+                f"{text[line.description[:300]]}\t{text[line.job[:200]]}\t"
+                f"{text[line.model[:200]]}\t{text[line.gpu_model[:100]]}\t"
+                f"{text[line.region[:64]]}\t{line.quantity}\t{text[line.unit]}\t"
+                f"{line.unit_price_micros}\t{line.price_unit}\t{line.exact_micros}\t"
+                f"{cents(line.exact_micros, currency)}\n"
+            )
+            links.extend(
+                f"{line_id}\t{positions[transfer_id]}\t{text[transfer_id]}\t{amount}\n"
+                for transfer_id, amount in sorted(line.entries.items())
+            )
+    columns = ["line_id", "entry_position", "transfer_id", "amount_micros"]
     with connection.wrap_database_errors:
         cursor = server_cursor()
-        # The same values as _line_rows.
-        with cursor.copy(copy_statement(InvoiceLine, _LINE_COLUMNS)) as copy:
-            for invoice, computed in invoices:
-                currency = invoice.currency
-                positions = computed.positions
-                for index, line in enumerate(computed.lines, start=1):
-                    line_id = next(ids)
-                    copy.write_row(
-                        (
-                            line_id,
-                            invoice.pk,
-                            index,
-                            line.product,
-                            line.description[:300],
-                            line.job[:200],
-                            line.model[:200],
-                            line.gpu_model[:100],
-                            line.region[:64],
-                            line.quantity,
-                            line.unit,
-                            line.unit_price_micros,
-                            line.price_unit,
-                            line.exact_micros,
-                            cents(line.exact_micros, currency),
-                        )
-                    )
-                    links.extend(
-                        (line_id, positions[transfer_id], transfer_id, amount)
-                        for transfer_id, amount in sorted(line.entries.items())
-                    )
-        columns = ["line_id", "entry_position", "transfer_id", "amount_micros"]
-        with cursor.copy(copy_statement(InvoiceLineEntry, columns)) as copy:
-            for link in links:
-                copy.write_row(link)
+        for statement, rows in (
+            (copy_statement(InvoiceLine, _LINE_COLUMNS), lines),
+            (copy_statement(InvoiceLineEntry, columns), links),
+        ):
+            with cursor.copy(statement) as copy:
+                for offset in range(0, len(rows), 5000):
+                    copy.write("".join(rows[offset : offset + 5000]))
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+class _CopyText(dict[str, str]):
+    """Text values escaped for COPY's text format (backslash, tab, newline, carriage
+    return), each distinct value escaped once."""
+
+    def __missing__(self, value: str) -> str:
+        escaped = self[value] = value.translate(_COPY_ESCAPES)
+        return escaped
 
 
 def _invoices_write(invoices: Iterable[tuple[Invoice, str]], *, new: int) -> None:
@@ -1113,8 +1120,40 @@ def _next_numbers(series: str, count: int) -> list[str]:
     first = sequence.last_number + 1
     sequence.last_number += count
     sequence.save(update_fields=["last_number"])
+    return _numbers(series, first, count)
+
+
+def _numbers(series: str, first: int, count: int) -> list[str]:
+    name = issuer()
     prefix = name if series == "INV" else f"{name}-{series}"
     return [f"{prefix}-{n:06d}" for n in range(first, first + count)]
+
+
+def _number_last(series: str) -> int:
+    """The last number of a series handed out, as this transaction sees it (no lock)."""
+    found = DocumentSequence.objects.filter(issuer=issuer(), series=series).values_list(
+        "last_number", flat=True
+    )
+    return next(iter(found), 0)
+
+
+class _NumbersTaken(Exception):
+    """The numbers a chunk of a close predicted were not the next ones when it
+    came to take them: another finalization took some meanwhile."""
+
+
+def _numbers_confirm(series: str, first: int, count: int) -> None:
+    """Take the ``count`` numbers from ``first`` on, under the sequence row's lock
+    (held to the commit), if they are the next ones; else ``_NumbersTaken``."""
+    if not count:
+        return
+    name = issuer()
+    DocumentSequence.objects.get_or_create(issuer=name, series=series)
+    updated = DocumentSequence.objects.filter(
+        issuer=name, series=series, last_number=first - 1
+    ).update(last_number=first - 1 + count)
+    if not updated:
+        raise _NumbersTaken(f"{series} numbers from {first} on were taken meanwhile")
 
 
 def _append(invoice: Invoice, event_type: str, payload: dict[str, Any], actor: str) -> int:
@@ -1481,6 +1520,7 @@ def _finalize_month(
     now: datetime,
     actor: str,
     ahead: _Ahead | None = None,
+    numbering: _Numbering | None = None,
 ) -> tuple[int, int]:
     """Refresh and finalize the monthly invoices of many orgs in one transaction, as
     ``invoice_draft_refresh`` then ``invoice_finalize`` would one by one (the caller
@@ -1490,8 +1530,16 @@ def _finalize_month(
     InvoiceFinalized events appended last. Returns (finalized, already final).
 
     ``ahead``: these orgs' invoices computed before the transaction began (by
-    ``_compute_ahead``, while the chunk before was being written); used if the jobs
-    invoiced on their own are still the same, else computed again here."""
+    ``_compute_ahead``); used if the jobs invoiced on their own are still the same,
+    else computed again here.
+
+    ``numbering``: the chunk is one of a close's, finalized in another process than
+    the chunks before and after it (``_finalize_in_processes``). Its numbers are then
+    predicted (the chunk before's first number plus its count) rather than taken
+    first, and confirmed under the sequence's lock only once everything else is
+    written: the lock, which serializes the chunks, is held for the ledger entries,
+    the events and the commit alone. A prediction that does not hold (another
+    finalization took a number meanwhile) raises ``_NumbersTaken``."""
     start, end = month_bounds(period)
     keys = {o.pk: monthly_key(o.pk, period, currency) for o in organizations}
     # A final invoice's document is not needed here (a draft's is rewritten below).
@@ -1509,6 +1557,8 @@ def _finalize_month(
         if keys[o.pk] not in existing or existing[keys[o.pk]].status == Invoice.Status.DRAFT
     ]
     if not todo:
+        if numbering is not None:
+            numbering.first(0)
         return 0, already
     todo_ids = [o.pk for o in todo]
     jobs_alone = _jobs_alone(todo_ids, currency)
@@ -1527,10 +1577,14 @@ def _finalize_month(
     if empty:
         Invoice.objects.filter(pk__in=empty).delete()
     todo = [o for o in todo if computed[o.pk].lines]
+    if numbering is not None:
+        first = numbering.first(len(todo))
+        numbers = _numbers("INV", first, len(todo))
     if not todo:
         return 0, already
     buyers = _profiles(todo)
-    numbers = _next_numbers("INV", len(todo))
+    if numbering is None:
+        numbers = _next_numbers("INV", len(todo))
     accounts = _buyer_accounts_open(todo, currency)
     credits, credits_params = _any(sorted(accounts[(o.pk, Account.Kind.CREDIT)] for o in todo))
     lock = " FOR UPDATE" if is_postgres() else ""
@@ -1638,8 +1692,21 @@ def _finalize_month(
             )
             yield invoice, text.decode()
 
-    _invoices_write(finalized(), new=len(todo) - len(drafts))
+    try:
+        _invoices_write(finalized(), new=len(todo) - len(drafts))
+    except IntegrityError as exc:
+        if numbering is None:
+            raise
+        # A predicted number that a finalization elsewhere took and committed.
+        raise _NumbersTaken("an invoice number was taken during the close") from exc
     _write_lines_many(final, replacing=drafts)
+    if numbering is not None:
+        # The foreign keys of the rows written (deferred) checked now, not at the
+        # commit, which comes under the sequence's lock; then that lock.
+        with connection.wrap_database_errors:
+            server_cursor().execute("SET CONSTRAINTS ALL IMMEDIATE")
+        numbering.wait_turn()
+        _numbers_confirm("INV", first, len(todo))
     # The ledger and the event store last: both take the store's append lock, held to
     # the commit.
     for result in ledger_execute(entries, actor=actor):
@@ -2197,61 +2264,185 @@ def _period_close(
 def _finalize_chunks(
     chunks: list[list[Organization]], *, period: date, currency: str, now: datetime, actor: str
 ) -> tuple[int, int, int]:
-    """Finalize the chunks in order, then write the providers' statements. Returns
-    (finalized, already final, statements). Each chunk's invoices are computed while
-    the chunk before is written, and the statements (which read nothing the
-    invoices write) while the last one is: see ``_alongside``."""
+    """Finalize the chunks, then write the providers' statements. Returns (finalized,
+    already final, statements). On PostgreSQL, outside any transaction, with more
+    than one chunk: in ``CLOSE_WORKERS`` processes at once (``_finalize_in_processes``);
+    otherwise here, in order, on this connection (inside a caller's transaction in
+    particular, whose rows another connection could not see)."""
     from billing.statements import statements_close
 
-    if not chunks:
-        return 0, 0, statements_close(period=period, now=now)
+    finalized_there = 0
+    if len(chunks) > 1 and is_postgres() and not connection.in_atomic_block:
+        finalized_there, already, statements, complete = _finalize_in_processes(
+            chunks, period=period, currency=currency, now=now, actor=actor
+        )
+        if complete:
+            return finalized_there, already, statements
+        # A finalization elsewhere took numbers the processes had counted on: what
+        # they committed stays (and is found final below), the rest is finalized
+        # here, its numbers taken first.
     finalized = already = 0
-    with _alongside(enabled=len(chunks) > 1) as run:
-        ahead = run(_compute_ahead, [o.pk for o in chunks[0]], currency, period)
-        for index, chunk in enumerate(chunks):
-            current = ahead()
-            if index + 1 < len(chunks):
-                ahead = run(_compute_ahead, [o.pk for o in chunks[index + 1]], currency, period)
-            else:
-                ahead = run(statements_close, period=period, now=now)
-            done, final = _finalize_month(
-                organizations=chunk,
-                period=period,
-                currency=currency,
-                now=now,
-                actor=actor,
-                ahead=current,
-            )
-            finalized += done
-            already += final
-        return finalized, already, ahead()
+    for chunk in chunks:
+        done_here, final = _finalize_month(
+            organizations=chunk, period=period, currency=currency, now=now, actor=actor
+        )
+        finalized += done_here
+        already += final
+    statements = statements_close(period=period, now=now)
+    return finalized_there + finalized, already - finalized_there, statements
 
 
-@contextmanager
-def _alongside(*, enabled: bool) -> Iterator[Callable[..., Callable[[], Any]]]:
-    """``run(fn, *args)`` starts ``fn`` and gives a function that waits for its result.
-    Enabled (and on PostgreSQL, outside any transaction) the calls run one after
-    another in a second thread on its own connection, while this one goes on: a
-    close computes the next chunk's invoices there while this thread writes the
-    chunk before (two cores: one runs Python while the other runs PostgreSQL).
-    Otherwise, inside a caller's transaction (whose rows another connection could
-    not see) in particular, each call runs at once, here."""
-    if not (enabled and is_postgres() and not connection.in_atomic_block):
+CLOSE_WORKERS = 2  # processes finalizing a close's chunks at once
 
-        def now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
-            result = fn(*args, **kwargs)
-            return lambda: result
 
-        yield now
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="close")
+class _CloseAborted(Exception):
+    """Another process of the close failed: this one stops (rolling back its chunk)."""
+
+
+class _Numbering:
+    """The order in which a close's chunks, finalized by several processes at once,
+    number their invoices: chunk k's numbers follow chunk k-1's. Each chunk predicts
+    its first number from the one before's (``first``) as soon as it knows how many
+    it finalizes, so that it can write its invoices, documents and lines while the
+    chunk before is still being written; it confirms them under the sequence's lock
+    only after the chunk before has committed (``wait_turn``, ``_numbers_confirm``).
+
+    Shared between the processes (made before they fork): per chunk its predicted
+    first number, its count, and how far it got (1: numbered, 2: committed)."""
+
+    def __init__(self, chunks: int, context: Any) -> None:
+        self._changed = context.Condition()
+        self._first = context.RawArray("q", chunks)
+        self._count = context.RawArray("q", chunks)
+        self._state = context.RawArray("b", chunks)
+        self._failed = context.RawValue("b", 0)
+        self.chunk = 0  # the chunk this process works on
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._changed:
+            while not ready():
+                if self._failed.value:
+                    raise _CloseAborted("another process of the close failed")
+                self._changed.wait(1.0)
+
+    def first(self, count: int) -> int:
+        """This chunk's first number, given that it numbers ``count`` invoices."""
+        k = self.chunk
+        if k == 0:
+            first = _number_last("INV") + 1
+        else:
+            self._wait(lambda: self._state[k - 1] >= 1)
+            first = self._first[k - 1] + self._count[k - 1]
+        with self._changed:
+            if self._state[k] and (self._first[k], self._count[k]) != (first, count):
+                # Run again (a retried transaction), the chunk would number other
+                # invoices than the chunk after it counted on.
+                raise _NumbersTaken("a chunk's count changed between two attempts")
+            self._first[k], self._count[k] = first, count
+            self._state[k] = max(self._state[k], 1)
+            self._changed.notify_all()
+        return first
+
+    def wait_turn(self) -> None:
+        """Until the chunk before has committed."""
+        k = self.chunk
+        if k:
+            self._wait(lambda: self._state[k - 1] >= 2)
+
+    def committed(self) -> None:
+        with self._changed:
+            self._state[self.chunk] = 2
+            self._changed.notify_all()
+
+    def fail(self) -> None:
+        with self._changed:
+            self._failed.value = 1
+            self._changed.notify_all()
+
+
+def _finalize_in_processes(
+    chunks: list[list[Organization]], *, period: date, currency: str, now: datetime, actor: str
+) -> tuple[int, int, int, bool]:
+    """Finalize the chunks in ``CLOSE_WORKERS`` forked processes, each on its own
+    connection, chunk k in process k mod ``CLOSE_WORKERS``: each computes its chunk
+    and writes it while the others do theirs (no interpreter lock shared: Python and
+    PostgreSQL on every core); only the numbers, ledger entries, events and commit
+    of one chunk after another (see ``_Numbering``). This process writes the
+    providers' statements meanwhile. Returns (finalized, already final, statements,
+    complete): not complete when a finalization elsewhere took numbers the chunks had
+    counted on (what was committed stays; the caller finishes the rest)."""
+    import multiprocessing
+    import traceback
+
+    from django.db import connections
+
+    from billing.statements import statements_close
+
+    context = multiprocessing.get_context("fork")
+    numbering = _Numbering(len(chunks), context)
+    workers = min(CLOSE_WORKERS, len(chunks))
+
+    def work(index: int, results: Any) -> None:
+        finalized = already = 0
+        try:
+            for k in range(index, len(chunks), workers):
+                numbering.chunk = k
+                ahead = _compute_ahead([o.pk for o in chunks[k]], currency, period)
+                done, final = _finalize_month(
+                    organizations=chunks[k],
+                    period=period,
+                    currency=currency,
+                    now=now,
+                    actor=actor,
+                    ahead=ahead,
+                    numbering=numbering,
+                )
+                numbering.committed()
+                finalized += done
+                already += final
+            results.send(("done", finalized, already))
+        except (_NumbersTaken, _CloseAborted) as exc:
+            numbering.fail()
+            results.send(("numbers", finalized, already, repr(exc)))
+        except BaseException:
+            numbering.fail()
+            results.send(("error", finalized, already, traceback.format_exc()))
+        finally:
+            connections.close_all()
+
+    # The children open their own connections: none may be inherited open.
+    connections.close_all()
+    pipes = [context.Pipe(duplex=False) for _ in range(workers)]
+    processes = [
+        context.Process(target=work, args=(index, pipes[index][1]), name=f"close-{index}")
+        for index in range(workers)
+    ]
+    for process in processes:
+        process.start()
     try:
-        yield lambda fn, *args, **kwargs: pool.submit(fn, *args, **kwargs).result
+        statements = statements_close(period=period, now=now)
     finally:
-        # The connection belongs to the pool's one thread: closed there (``connection``
-        # is looked up in the thread that calls it).
-        pool.submit(lambda: connection.close()).result()
-        pool.shutdown()
+        connections.close_all()
+        outcomes = []
+        for process, (receiver, _) in zip(processes, pipes, strict=True):
+            process.join()
+            outcomes.append(
+                receiver.recv()
+                if receiver.poll()
+                else ("error", 0, 0, f"{process.name} exited with {process.exitcode}")
+            )
+    errors = [outcome[3] for outcome in outcomes if outcome[0] == "error"]
+    if errors:
+        raise RuntimeError("closing the month failed in a worker process:\n" + errors[0])
+    complete = not any(outcome[0] == "numbers" for outcome in outcomes)
+    if not complete:
+        logger.warning("period close: numbers taken meanwhile, finishing in one process")
+    return (
+        sum(outcome[1] for outcome in outcomes),
+        sum(outcome[2] for outcome in outcomes),
+        statements,
+        complete,
+    )
 
 
 # --- replay -------------------------------------------------------------------------

@@ -1,17 +1,20 @@
 """Closing a month the way ``manage.py close_period`` and bench/close.py do, outside
-any transaction: in chunks, each chunk's invoices computed on a second connection
-while the chunk before is written, the statements while the last one is. The
-invoices must be what a fresh computation gives, replayable byte for byte."""
+any transaction: in chunks, finalized by two processes at once, each on its own
+connection, the statements written meanwhile. The invoices must be what a fresh
+computation gives, replayable byte for byte, numbered without a gap whatever else
+takes numbers meanwhile, and a close that fails half way is finished by running it
+again."""
 
 from __future__ import annotations
 
-import threading
+import os
 
 import pytest
+from django.db import connections
 
 from billing import invoicing
 from billing.invoicing import invoices_rebuild, period_close
-from billing.models import BillingProfile, Invoice, ProviderStatement
+from billing.models import BillingProfile, DocumentSequence, Invoice, ProviderStatement
 from billing.pricing import price_book_forget
 from tests.billing.invoicing_world import CLOSE_AT, PERIOD, generate_month, platform, record, settle
 from tests.billing.test_invoicing import _usage_debits
@@ -26,20 +29,37 @@ def _fresh_price_book():
     price_book_forget()
 
 
-def test_chunks_computed_ahead_on_a_second_connection_close_the_month_exactly(cast, monkeypatch):
-    # given a month of two buyers, closed one org per chunk (the second chunk is
-    # computed on the second connection while the first is written)
+@pytest.fixture
+def month(cast):
+    """Two buyers' month, closed one org per chunk: two chunks, two processes."""
     BillingProfile.objects.create(
         organization=cast.buyer_b, tax_rate_bps=1900, legal_name="Buyer B GmbH"
     )
     record(generate_month(cast, events_per_buyer=200))
     settle()
+    return cast
+
+
+def _numbers() -> list[int]:
+    numbers = Invoice.objects.values_list("number", flat=True)
+    return sorted(int(number.rsplit("-", 1)[1]) for number in numbers)
+
+
+def _exactly_what_rating_charged(cast) -> None:
+    invoices = {i.organization_id: i for i in Invoice.objects.order_by("number")}
+    for org in (cast.buyer_a, cast.buyer_b):
+        assert invoices[org.pk].subtotal_exact_micros == _usage_debits(org) > 0
+        assert invoices[org.pk].status != "draft"
+    assert platform("rounding") == sum(i.rounding_micros for i in invoices.values())
+
+
+def test_chunks_finalized_in_two_processes_close_the_month_exactly(month, monkeypatch, tmp_path):
+    # given one org per chunk, and a record of which process computes each chunk
     monkeypatch.setattr(invoicing, "CLOSE_CHUNK", 1)
-    threads = []
     compute_ahead = invoicing._compute_ahead
 
     def spy(*args):
-        threads.append(threading.current_thread().name)
+        (tmp_path / f"{args[0][0]}").write_text(str(os.getpid()))
         return compute_ahead(*args)
 
     monkeypatch.setattr(invoicing, "_compute_ahead", spy)
@@ -47,19 +67,79 @@ def test_chunks_computed_ahead_on_a_second_connection_close_the_month_exactly(ca
     # when
     result = period_close(period=PERIOD, now=CLOSE_AT)
 
-    # then both were computed ahead, away from this thread
+    # then each chunk was computed and written by a process of its own
+    pids = {path.read_text() for path in tmp_path.iterdir()}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
     assert result.finalized == 2 and result.statements == ProviderStatement.objects.count()
-    assert len(threads) == 2 and all(name.startswith("close") for name in threads)
-    # the invoices are exactly what rating charged, numbered without a gap, and
-    # the rounding account holds their rounding
-    invoices = {i.organization_id: i for i in Invoice.objects.order_by("number")}
-    for org in (cast.buyer_a, cast.buyer_b):
-        assert invoices[org.pk].subtotal_exact_micros == _usage_debits(org) > 0
-        assert invoices[org.pk].status != "draft"
-    assert [int(i.number.rsplit("-", 1)[1]) for i in invoices.values()] == [1, 2]
-    assert platform("rounding") == sum(i.rounding_micros for i in invoices.values())
+    # the invoices are exactly what rating charged, numbered in the orgs' order without
+    # a gap, and the rounding account holds their rounding
+    _exactly_what_rating_charged(month)
+    by_org = Invoice.objects.order_by("organization_id").values_list("number", flat=True)
+    assert [int(n.rsplit("-", 1)[1]) for n in by_org] == [1, 2]
+    assert DocumentSequence.objects.get(series="INV").last_number == 2
     # a fresh computation as of each invoice's position gives its hash again
     assert invoices_rebuild() == 2
     # and a second close changes nothing
     again = period_close(period=PERIOD, now=CLOSE_AT)
     assert again.finalized == 0 and again.already_final == 2
+
+
+def test_a_number_taken_elsewhere_during_the_close_leaves_no_gap(month, monkeypatch, caplog):
+    # given a finalization elsewhere that takes the next number just before the first
+    # chunk confirms the numbers it predicted
+    monkeypatch.setattr(invoicing, "CLOSE_CHUNK", 1)
+    confirm = invoicing._numbers_confirm
+
+    def taken_meanwhile(series, first, count):
+        if first == 1:
+            elsewhere = connections.create_connection("default")
+            try:
+                with elsewhere.cursor() as cursor:
+                    cursor.execute(
+                        "INSERT INTO billing_documentsequence (issuer, series, last_number) "
+                        "VALUES ('TDM', 'INV', 1) ON CONFLICT (issuer, series) "
+                        "DO UPDATE SET last_number = billing_documentsequence.last_number + 1"
+                    )
+            finally:
+                elsewhere.close()
+        return confirm(series, first, count)
+
+    monkeypatch.setattr(invoicing, "_numbers_confirm", taken_meanwhile)
+
+    # when
+    result = period_close(period=PERIOD, now=CLOSE_AT)
+
+    # then the close finished (in one process) with the numbers after the one taken
+    assert "numbers taken meanwhile" in caplog.text
+    assert result.finalized == 2 and result.already_final == 0
+    assert _numbers() == [2, 3]
+    assert DocumentSequence.objects.get(series="INV").last_number == 3
+    _exactly_what_rating_charged(month)
+    assert invoices_rebuild() == 2
+
+
+def test_a_close_that_fails_in_a_process_is_finished_by_running_it_again(month, monkeypatch):
+    # given a close whose second chunk fails
+    monkeypatch.setattr(invoicing, "CLOSE_CHUNK", 1)
+    compute_ahead = invoicing._compute_ahead
+
+    def failing(org_ids, *args):
+        if org_ids == [month.buyer_b.pk]:
+            raise ValueError("the second chunk fails")
+        return compute_ahead(org_ids, *args)
+
+    monkeypatch.setattr(invoicing, "_compute_ahead", failing)
+
+    # when it runs, it fails, saying why
+    with pytest.raises(RuntimeError, match="the second chunk fails"):
+        period_close(period=PERIOD, now=CLOSE_AT)
+
+    # then what was committed is whole (the first chunk at most), and running it again
+    # finishes the month without a gap
+    assert Invoice.objects.exclude(status="draft").count() <= 1
+    monkeypatch.setattr(invoicing, "_compute_ahead", compute_ahead)
+    result = period_close(period=PERIOD, now=CLOSE_AT)
+    assert result.finalized + result.already_final == 2
+    assert _numbers() == [1, 2]
+    _exactly_what_rating_charged(month)
+    assert invoices_rebuild() == 2
