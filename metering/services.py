@@ -5,12 +5,12 @@ How a batch is stored, exactly once:
 
 - Each event is checked alone (schema, type rules, time, who may send it); a bad one
   is answered ``rejected`` with its reason and the rest go on.
-- The good ones are written with one multi-row ``INSERT … SELECT FROM unnest(…) ON
+- The good ones are written with one ``INSERT … SELECT FROM jsonb_to_recordset(…) ON
   CONFLICT DO NOTHING RETURNING id`` (PostgreSQL): the unique ``(producer, source,
   id)`` constraint decides duplicates, across batches, requests and all time, even
   when the same event arrives in two concurrent requests (the second waits for the
   first to commit, then skips it). What comes back is ``accepted``; the rest is
-  ``duplicate``. Rows go in sorted by ``(source, id)``, the unique index's order, so
+  ``duplicate``. Rows go in sorted by ``(source, id)`` (byte order), so
   two batches sharing events wait for each other instead of deadlocking.
 - In the same transaction, one ``UsageRecorded`` event naming the new rows is
   appended to the core event store. Rating follows those events, not this table.
@@ -366,10 +366,12 @@ def _late(
 # back out, in C): one round trip, no per-row Python, and jsonb_to_recordset unpacks
 # them on the server (jsonb rather than json: a json parameter is parsed twice, on
 # input and again to take it apart; jsonb once). The month an event counts in is
-# the month of its time as written (as ``month_of`` reads it), unless it is late:
-# those few come as a second document. (Binding eleven arrays of 1,000 values cost
-# more than the insert itself; building a dict per row, a fifth of the request.)
-_PG_INSERT = f"""
+# the month of its time as written (as ``month_of`` reads it). (Binding eleven
+# arrays of 1,000 values cost more than the insert itself; building a dict per row,
+# a fifth of the request.) Rows go in sorted by (source, id) in byte order, sorted
+# here (a sort in the statement cost the server more than Python's): two batches
+# sharing events then lock them in the same order.
+_PG_COLUMNS = f"""
 INSERT INTO {USAGE_TABLE} (producer_org_id, source, event_id, type, buyer_id, subject_kind,
                            subject_id, occurred_at, recorded_at, period, quantity, dimensions,
                            note)
@@ -378,18 +380,36 @@ SELECT %(producer)s, t.source, t.id, t.type, (t.subject ->> 'org')::bigint,
             WHEN t.subject ->> 'deployment' IS NOT NULL THEN 'deployment'
             ELSE 'lease' END,
        COALESCE(t.subject ->> 'job', t.subject ->> 'deployment', t.subject ->> 'lease'),
-       t.time::timestamptz, %(now)s,
-       COALESCE(late.p, (left(t.time, 7) || '-01')::date), t.quantity, t.dimensions,
-       COALESCE(late.n, '')
+       t.time::timestamptz, %(now)s, """
+_PG_ROWS = """
   FROM jsonb_to_recordset(%(rows)s::jsonb)
        AS t(id text, source text, type text, subject jsonb, time text, quantity bigint,
-            dimensions jsonb)
-  LEFT JOIN jsonb_to_recordset(%(late)s::jsonb) AS late(s text, i text, p date, n text)
-         ON late.s = t.source AND late.i = t.id
- ORDER BY t.source, t.id
+            dimensions jsonb)"""
+_PG_CONFLICT = """
     ON CONFLICT (producer_org_id, source, event_id) DO NOTHING
 RETURNING id
 """
+_PG_INSERT = (
+    _PG_COLUMNS
+    + "(left(t.time, 7) || '-01')::date, t.quantity, t.dimensions, ''"
+    + _PG_ROWS
+    + _PG_CONFLICT
+)
+# With late events (a month closed for their buyer): those come as a second
+# document naming their month and note; the join may reorder, so the statement
+# sorts again, in the same byte order.
+_PG_INSERT_LATE = (
+    _PG_COLUMNS
+    + "COALESCE(late.p, (left(t.time, 7) || '-01')::date), t.quantity, t.dimensions, "
+    + "COALESCE(late.n, '')"
+    + _PG_ROWS
+    + """
+  LEFT JOIN jsonb_to_recordset(%(late)s::jsonb) AS late(s text, i text, p date, n text)
+         ON late.s = t.source AND late.i = t.id
+ ORDER BY t.source COLLATE "C", t.id COLLATE "C"
+"""
+    + _PG_CONFLICT
+)
 
 
 def _insert_pg(
@@ -399,17 +419,14 @@ def _insert_pg(
     now: datetime,
 ) -> tuple[list[int], set[tuple[str, str]] | None]:
     """The ids inserted, and the (source, id) of the events they hold (None: all)."""
-    params = {
-        "producer": producer,
-        "now": now,
-        "rows": _encode(rows).decode(),
-        "late": _encode(
+    params = {"producer": producer, "now": now, "rows": _encode(sorted(rows, key=_key)).decode()}
+    if late:
+        params["late"] = _encode(
             [{"s": s, "i": i, "p": p, "n": n} for (s, i), (p, n) in late.items()]
-        ).decode(),
-    }
+        ).decode()
     with connection.wrap_database_errors:
         cursor = server_cursor()
-        cursor.execute(_PG_INSERT, params, prepare=True)
+        cursor.execute(_PG_INSERT_LATE if late else _PG_INSERT, params, prepare=True)
         ids = [row_id for (row_id,) in cursor.fetchall()]
         if len(ids) == len(rows):  # all new, the usual case: no need to ask which
             return ids, None
