@@ -9,7 +9,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.invoicing import canonical
+from billing.invoicing import _money_of, canonical, cents, money_text
+from core.money import CURRENCIES, MICROS, Money, rate_amount
 
 
 def _reference(document: object) -> bytes:
@@ -39,3 +40,19 @@ def test_canonical_escapes_control_characters_and_keeps_the_rest_as_utf8():
     # then
     assert canonical(document) == _reference(document)
     assert canonical(document).startswith(b'{"Z":{"a":-1,"b":1},"\xc3\x9f":["\\u0000"')
+
+
+_amounts = st.integers(min_value=-(10**15), max_value=10**15)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_amounts, st.sampled_from(sorted(CURRENCIES)))
+def test_document_amounts_are_the_money_types_own(micros, currency):
+    # the fast paths a close takes give what Money and rate_amount give
+    step = MICROS // 10 ** CURRENCIES[currency]
+    assert cents(micros, currency) == rate_amount(micros, 1, step) * step
+    assert _money_of(currency)(micros) == {
+        "micros": micros,
+        "text": Money(micros, currency).format(),
+    }
+    assert money_text(micros, currency) == Money(micros, currency).format()
