@@ -25,6 +25,7 @@ from core.schema import ErrorSerializer, error_responses
 from core.tenancy import get_caller
 from marketplace import selectors, services
 from marketplace.models import Lease, Order
+from providers.permissions import IsProviderMember
 
 TAG = "marketplace"
 
@@ -47,14 +48,6 @@ class IsBuyerOperator(BasePermission):
             and caller.organization.is_buyer
             and caller.role in ("admin", "member")
         )
-
-
-class IsProviderMember(BasePermission):
-    message = "this needs a provider organization"
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        caller = getattr(request, "caller", None)
-        return caller is not None and caller.organization.is_provider
 
 
 # --- serializers ----------------------------------------------------------------
