@@ -119,6 +119,13 @@ class Balance(models.Model):
     def __str__(self) -> str:
         return f"balance of account {self.account_id} @ {self.position}"
 
+    @property
+    def credit_side_available(self) -> int:
+        """For an account whose normal side is credit (a buyer's prepaid credit, a
+        provider's payable): posted, less what pending debits hold. The rule of
+        ``billing.ledger.BalanceState.available`` for that side."""
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
 
 class Posting(models.Model):
     # The journal entry is the core event with this position. Both references are

@@ -211,8 +211,7 @@ def available_credit(*, organization_id: int, currency: str) -> int:
     if account is None:
         return 0
     balance = Balance.objects.get(account=account)
-    posted = balance.credits_posted - balance.debits_posted
-    return posted - balance.debits_pending + (account.overdraft_limit_micros or 0)
+    return balance.credit_side_available + (account.overdraft_limit_micros or 0)
 
 
 def fine_tune_quote(
@@ -411,8 +410,7 @@ def _promo_expire_one(grant: Event, now: datetime) -> bool:
 
 
 def available_credit_posted(account_id: int) -> int:
-    balance = Balance.objects.get(account_id=account_id)
-    return balance.credits_posted - balance.debits_posted - balance.debits_pending
+    return Balance.objects.get(account_id=account_id).credit_side_available
 
 
 class WelcomeCredits(Follower):

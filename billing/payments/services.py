@@ -111,8 +111,7 @@ def credit_available(*, account: Account, lock: bool = False) -> int:
     rows = Balance.objects.filter(account=account)
     if lock:
         rows = rows.select_for_update()
-    balance = rows.get()
-    return balance.credits_posted - balance.debits_posted - balance.debits_pending
+    return rows.get().credit_side_available
 
 
 def _stripe_message(exc: stripe.StripeError) -> str:
@@ -1105,10 +1104,6 @@ def connected_account_sync(*, account: dict[str, Any], as_of: datetime) -> str:
 # --- payouts ------------------------------------------------------------------------
 
 
-def _payable_available(balance: Balance) -> int:
-    return balance.credits_posted - balance.debits_posted - balance.debits_pending
-
-
 @retry_transaction
 def payout_plan(
     *, connected_account: ConnectedAccount, minimum_micros: int, currency: str
@@ -1120,7 +1115,7 @@ def payout_plan(
     balance = Balance.objects.select_for_update().get(account=payable)
     if Payout.objects.filter(organization=organization, status=Payout.Status.PENDING).exists():
         return None
-    amount = floor_to_minor(_payable_available(balance), currency) * (from_minor(1, currency))
+    amount = floor_to_minor(balance.credit_side_available, currency) * from_minor(1, currency)
     if amount <= 0 or amount < minimum_micros:
         return None
     last = (
