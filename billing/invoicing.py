@@ -79,7 +79,14 @@ from core.db import (
     server_cursor,
 )
 from core.errors import Conflict, InvalidInput, NotFound
-from core.eventstore import EventRow, NewEvent, event_append, events_insert, stream_version
+from core.eventstore import (
+    EVENTS_INSERT_CTE,
+    EventRow,
+    NewEvent,
+    event_append,
+    events_insert,
+    stream_version,
+)
 from core.models import Event, FollowerPosition, Organization
 from core.money import CURRENCIES, MICROS, Money, check_currency, rate_amount
 
@@ -205,6 +212,23 @@ class _Line:
     exact_micros: int = 0
     entries: dict[str, int] = field(default_factory=dict)  # transfer id -> amount
 
+    def copy(self) -> _Line:
+        """A line like this one, with entries of its own."""
+        return _Line(
+            self.product,
+            self.description,
+            self.unit,
+            self.price_unit,
+            self.unit_price_micros,
+            self.job,
+            self.model,
+            self.gpu_model,
+            self.region,
+            self.quantity,
+            self.exact_micros,
+            dict(self.entries),
+        )
+
     def sort_key(self) -> tuple:
         return (
             PRODUCT_ORDER[self.product],
@@ -296,13 +320,24 @@ def _usage_line_new(a: UsageAccrual, currency: str) -> _Line:
     )
 
 
-def _usage_lines(accruals: Iterable[UsageAccrual], currency: str) -> dict[tuple, _Line]:
+def _usage_lines(
+    accruals: Iterable[UsageAccrual],
+    currency: str,
+    opened: dict[tuple, _Line] | None = None,
+) -> dict[tuple, _Line]:
+    """The usage lines of these accruals. ``opened``: the empty line of each key met
+    so far (shared by the orgs of a close, whose lines repeat the same few keys)."""
+    if opened is None:
+        opened = {}
     lines: dict[tuple, _Line] = {}
     for a in accruals:
         key = _usage_line_key(a)
         line = lines.get(key)
         if line is None:
-            line = lines[key] = _usage_line_new(a, currency)
+            empty = opened.get(key)
+            if empty is None:
+                empty = opened[key] = _usage_line_new(a, currency)
+            line = lines[key] = empty.copy()
         line.quantity += a.quantity
         line.exact_micros += a.amount_micros
         line.entries[a.transfer_id] = line.entries.get(a.transfer_id, 0) + a.amount_micros
@@ -750,8 +785,9 @@ def _compute_monthly(
         }
     )
     ordered: dict[int, list[_Line]] = {}
+    opened: dict[tuple, _Line] = {}
     for org in org_ids:
-        lines = _usage_lines(accruals.get(org, ()), currency)
+        lines = _usage_lines(accruals.get(org, ()), currency, opened)
         if charges_by_org.get(org):
             lines.update(_charge_lines(org, charges_by_org[org], currency, gpu.get(org, {})))
         ordered[org] = _ordered(lines)
@@ -1720,6 +1756,8 @@ def _finalize_month(
         # A predicted number that a finalization elsewhere took and committed.
         raise _NumbersTaken("an invoice number was taken during the close") from exc
     _write_lines_many(final, replacing=drafts)
+    # The events' rows encoded now, before the locks below.
+    rows = _event_rows_encoded(events) if is_postgres() else None
     if numbering is not None:
         # The foreign keys of the rows written (deferred) checked now, not at the
         # commit, which comes under the sequence's lock; then that lock.
@@ -1731,8 +1769,36 @@ def _finalize_month(
     # the commit.
     for result in ledger_execute(entries, actor=actor):
         raise_for(result)
-    events_insert(events, recorded_at=timezone.now())
+    if rows is None:
+        events_insert(events, recorded_at=timezone.now())
+    else:
+        # events_insert's statement, its rows encoded ahead.
+        with connection.wrap_database_errors:
+            server_cursor().execute(
+                EVENTS_INSERT_CTE, {"ev_recorded_at": timezone.now(), "ev_rows": rows}
+            )
     return len(final), already
+
+
+def _event_rows_encoded(rows: list[EventRow]) -> str:
+    """``events_insert_cte_params``'s rows parameter, encoded by msgspec (a tenth of
+    json.dumps's time; the jsonb the server stores is the same)."""
+    return _CANONICAL.encode(
+        [
+            {
+                "tenant_id": r.tenant_id,
+                "stream_type": r.stream_type,
+                "stream_id": r.stream_id,
+                "version": r.version,
+                "type": r.type,
+                "schema_version": r.schema_version,
+                "payload": r.payload,
+                "metadata": r.metadata,
+                "idempotency_key": r.idempotency_key,
+            }
+            for r in rows
+        ]
+    ).decode()
 
 
 def outstanding(invoice: Invoice) -> int:
