@@ -87,6 +87,9 @@ USAGE_TYPES: dict[str, UsageType] = {
 }
 
 
+_REQUIRED = {name: frozenset(usage_type.required) for name, usage_type in USAGE_TYPES.items()}
+
+
 class BatchTooLarge(ApplicationError):
     status_code = 413
     code = "request_too_large"
@@ -181,10 +184,10 @@ def _rules(event: UsageEventIn) -> str | None:
             f"a {event.type} event belongs to a "
             f"{' or '.join(sorted(usage_type.subject_kinds))}, not a {subject[0]}"
         )
-    missing = [name for name in usage_type.required if name not in event.dimensions]
-    if missing:
-        return f"dimensions.{missing[0]} is required for {event.type}"
     dims = event.dimensions
+    if not dims.keys() >= _REQUIRED[event.type]:
+        missing = next(name for name in usage_type.required if name not in dims)
+        return f"dimensions.{missing} is required for {event.type}"
     if "training_type" in usage_type.required and dims["training_type"] not in TRAINING_TYPES:
         return f"dimensions.training_type must be one of {', '.join(TRAINING_TYPES)}"
     if event.type == "gpu.seconds":
