@@ -247,8 +247,9 @@ class Computed:
     prepaid_micros: int  # of the exact amount, what prepaid credit paid when it was charged
     positions: dict[str, int]  # transfer id -> entry position
     as_of_position: int
-    # The lines as the document shows them (``_document_lines``), when made ahead.
-    document_lines: list[dict[str, Any]] | None = None
+    # The lines as the document shows them, as canonical JSON (``_document_lines_json``),
+    # when made ahead.
+    document_lines_json: bytes | None = None
 
 
 def _accruals(
@@ -878,11 +879,7 @@ def _document(
         "finalized_at": finalized_at,
         "due_at": due_at,
         "as_of_position": computed.as_of_position,
-        "lines": (
-            computed.document_lines
-            if computed.document_lines is not None
-            else _document_lines(computed, currency)
-        ),
+        "lines": _document_lines(computed, currency),
         "totals": {
             "exact": money(totals.exact),
             "subtotal": money(totals.subtotal),
@@ -894,6 +891,87 @@ def _document(
             "amount_due": money(totals.total - prepaid_applied),
         },
     }
+
+
+def _document_json(
+    *,
+    invoice: Invoice,
+    computed: Computed,
+    totals: Totals,
+    buyer: dict[str, Any],
+    number: str | None,
+    finalized_at: str | None,
+    due_at: str | None,
+    prepaid_applied: int,
+) -> bytes:
+    """``canonical(_document(...))``, byte for byte, with the lines taken from
+    ``computed.document_lines_json`` (made ahead, as text) when there: the rest of
+    the document is encoded with a placeholder for its lines, which the lines' text
+    then replaces. The placeholder, ``"lines":0``, cannot occur elsewhere: a quote
+    inside a string value is escaped, and no other object of the document has a key
+    ``lines``. (tests/billing/test_invoice_documents.py holds the two equal.)"""
+    lines = computed.document_lines_json
+    if lines is None:
+        lines = _CANONICAL.encode(_document_lines(computed, invoice.currency))
+    head = _document(
+        invoice=invoice,
+        computed=dataclasses.replace(computed, lines=[]),
+        totals=totals,
+        buyer=buyer,
+        number=number,
+        finalized_at=finalized_at,
+        due_at=due_at,
+        prepaid_applied=prepaid_applied,
+    )
+    head["lines"] = 0
+    return _CANONICAL.encode(head).replace(b'"lines":0', b'"lines":' + lines, 1)
+
+
+class _JsonStrings(dict[str, str]):
+    """Strings as canonical JSON (quoted, escaped as ``canonical`` escapes them),
+    each distinct one encoded once."""
+
+    def __missing__(self, value: str) -> str:
+        encoded = self[value] = _CANONICAL.encode(value).decode()
+        return encoded
+
+
+def _money_texts(currency: str) -> Callable[[int], str]:
+    """``money_text(m, currency)`` with the currency looked up once."""
+    money = _money_of(currency)
+    return lambda micros: money(micros)["text"]
+
+
+def _document_lines_json(computed: Computed, currency: str, strings: _JsonStrings) -> bytes:
+    """``canonical(_document_lines(computed, currency))``, made as text: the keys
+    written in sorted order, strings encoded by ``canonical`` (``strings``), numbers
+    as Python writes integers, amounts' texts digits, sign and point only. A month
+    close makes some 60,000 lines: a dict per line, amount and entry, then encoded,
+    cost it several times more. (tests/billing/test_invoice_documents.py holds the
+    two equal.)"""
+    text = _money_texts(currency)
+    positions = computed.positions
+    out = []
+    for index, line in enumerate(computed.lines, start=1):
+        amount = cents(line.exact_micros, currency)
+        entries = ",".join(
+            [
+                f'{{"amount_micros":{value},"position":{positions[transfer_id]},'
+                f'"transfer_id":{strings[transfer_id]}}}'
+                for transfer_id, value in sorted(line.entries.items())
+            ]
+        )
+        out.append(
+            f'{{"amount":{{"micros":{amount},"text":"{text(amount)}"}},'
+            f'"description":{strings[line.description]},"entries":[{entries}],'
+            f'"exact":{{"micros":{line.exact_micros},"text":"{text(line.exact_micros)}"}},'
+            f'"gpu_model":{strings[line.gpu_model]},"job":{strings[line.job]},'
+            f'"model":{strings[line.model]},"ordinal":{index},"price_unit":{line.price_unit},'
+            f'"product":{strings[line.product]},"quantity":{line.quantity},'
+            f'"unit":{strings[line.unit]},"unit_price":{{"micros":{line.unit_price_micros},'
+            f'"text":"{text(line.unit_price_micros)}"}}}}'
+        )
+    return f"[{','.join(out)}]".encode()
 
 
 def _document_lines(computed: Computed, currency: str) -> list[dict[str, Any]]:
@@ -1380,7 +1458,7 @@ def _set_final(
     due_at: datetime,
     totals: Totals,
     prepaid: int,
-    document: dict,
+    document: dict | None,
     digest: str,
 ) -> None:
     """A finalized invoice's number, status, dates, totals, prepaid credit applied
@@ -1411,8 +1489,9 @@ def _finalized_payload(
     buyer: dict[str, Any],
     prepaid: int,
     apply: int,
-    document: dict[str, Any],
     digest: str,
+    finalized_at: str,
+    due_at: str,
 ) -> dict[str, Any]:
     return {
         "number": invoice.number,
@@ -1423,8 +1502,8 @@ def _finalized_payload(
         "period_end": invoice.period_end.isoformat(),
         "job": invoice.job,
         "issuer": invoice.issuer,
-        "finalized_at": document["finalized_at"],
-        "due_at": document["due_at"],
+        "finalized_at": finalized_at,
+        "due_at": due_at,
         "as_of_position": computed.as_of_position,
         "buyer": buyer,
         "prepaid_applied_micros": prepaid,
@@ -1554,8 +1633,9 @@ def _compute_ahead(org_ids: list[int], currency: str, period: date) -> _Ahead:
     as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
     jobs_alone = _jobs_alone(org_ids, currency)
     computed = _compute_monthly(org_ids, currency, period, as_of, jobs_alone)
+    strings = _JsonStrings()
     for found in computed.values():
-        found.document_lines = _document_lines(found, currency)
+        found.document_lines_json = _document_lines_json(found, currency, strings)
     return _Ahead(as_of, jobs_alone, computed, _platform(currency))
 
 
@@ -1706,7 +1786,7 @@ def _finalize_month(
             if entry is not None:
                 entries.append(entry)
             prepaid = found.prepaid_micros + apply
-            document = _document(
+            text = _document_json(
                 invoice=invoice,
                 computed=found,
                 totals=totals,
@@ -1716,8 +1796,8 @@ def _finalize_month(
                 due_at=due_at,
                 prepaid_applied=prepaid,
             )
-            text = canonical(document)
             digest = hashlib.sha256(text).hexdigest()
+            # The document goes in as its text (below), not from this attribute.
             _set_final(
                 invoice,
                 number=number,
@@ -1725,7 +1805,7 @@ def _finalize_month(
                 due_at=now + due_after(),
                 totals=totals,
                 prepaid=prepaid,
-                document=document,
+                document=None,
                 digest=digest,
             )
             final.append((invoice, found))
@@ -1739,7 +1819,15 @@ def _finalize_month(
                     payload={
                         "key": key,
                         **_finalized_payload(
-                            invoice, found, totals, buyer, prepaid, apply, document, digest
+                            invoice,
+                            found,
+                            totals,
+                            buyer,
+                            prepaid,
+                            apply,
+                            digest,
+                            finalized_at,
+                            due_at,
                         ),
                     },
                     tenant_id=organization.pk,

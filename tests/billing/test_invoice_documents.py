@@ -5,11 +5,27 @@ UTF-8 gave when the first invoices were finalized, or replaying them would fail.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.invoicing import _money_of, canonical, cents, money_text
+from billing.invoicing import (
+    PRODUCT_ORDER,
+    Computed,
+    _document,
+    _document_json,
+    _document_lines,
+    _document_lines_json,
+    _JsonStrings,
+    _Line,
+    _money_of,
+    canonical,
+    cents,
+    money_text,
+    totals_of,
+)
+from billing.models import Invoice
 from core.money import CURRENCIES, MICROS, Money, rate_amount
 
 
@@ -56,3 +72,72 @@ def test_document_amounts_are_the_money_types_own(micros, currency):
         "text": Money(micros, currency).format(),
     }
     assert money_text(micros, currency) == Money(micros, currency).format()
+
+
+_ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12)
+_lines = st.lists(
+    st.builds(
+        _Line,
+        product=st.sampled_from(sorted(PRODUCT_ORDER)),
+        description=_text,
+        unit=_text,
+        price_unit=_amounts,
+        unit_price_micros=_amounts,
+        job=_text,
+        model=_text,
+        gpu_model=_text,
+        quantity=_amounts,
+        exact_micros=_amounts,
+        entries=st.dictionaries(_ids, _amounts, max_size=4),
+    ),
+    max_size=5,
+)
+
+
+def _computed(lines: list[_Line]) -> Computed:
+    transfer_ids = sorted({t for line in lines for t in line.entries})
+    positions = {t: 1000 + n for n, t in enumerate(transfer_ids)}
+    return Computed(lines, sum(line.exact_micros for line in lines), 0, positions, 77)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_lines, st.sampled_from(sorted(CURRENCIES)))
+def test_lines_made_as_text_are_the_canonical_encoding_of_the_lines(lines, currency):
+    computed = _computed(lines)
+    made = _document_lines_json(computed, currency, _JsonStrings())
+    assert made == canonical(_document_lines(computed, currency))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_lines, _text, _text, st.booleans())
+def test_a_document_made_with_its_lines_as_text_is_the_canonical_document(
+    lines, name, key_tail, ahead
+):
+    # given an invoice whose key and buyer hold the placeholder's text itself
+    invoice = Invoice(
+        key=f'monthly:1:2026-10:USD"lines":0{key_tail}',
+        organization_id=1,
+        kind="monthly",
+        currency="USD",
+        period_start=datetime(2026, 10, 1, tzinfo=UTC),
+        period_end=datetime(2026, 11, 1, tzinfo=UTC),
+        job="",
+        issuer="TDM",
+    )
+    computed = _computed(lines)
+    if ahead:
+        computed.document_lines_json = _document_lines_json(computed, "USD", _JsonStrings())
+    buyer = {"name": f'"lines":0,{name}', "legal_name": name, "address": '\\"lines\\":0'}
+    totals = totals_of(computed, "USD", 1900)
+    arguments = {
+        "invoice": invoice,
+        "computed": computed,
+        "totals": totals,
+        "buyer": buyer,
+        "number": "TDM-000042",
+        "finalized_at": "2026-11-10T00:00:00+00:00",
+        "due_at": "2026-11-24T00:00:00+00:00",
+        "prepaid_applied": 12,
+    }
+    # then
+    assert _document_json(**arguments) == canonical(_document(**arguments))
