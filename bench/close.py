@@ -48,6 +48,7 @@ import json
 import os
 import random
 import re
+import resource
 import sys
 import time
 from datetime import date, datetime, timedelta
@@ -757,6 +758,13 @@ def group_by(period: date) -> tuple[float, int]:
         return time.perf_counter() - start, len(rows)
 
 
+def python_cpu() -> float:
+    """CPU seconds of this process and of its children that have ended."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="500 orgs, 200,000 events")
@@ -837,9 +845,11 @@ def main() -> None:
 
             profiler = cProfile.Profile()
             profiler.enable()
+        cpu_before = python_cpu()
         began = time.perf_counter()
         result = period_close(period=period, finalize=True, now=now)
         close_s = time.perf_counter() - began
+        close_cpu_s = python_cpu() - cpu_before
         load_after = os.getloadavg()[0]
         if profiler is not None:
             profiler.disable()
@@ -867,6 +877,8 @@ def main() -> None:
         "group_by_s": round(group_by_s, 2),
         "ratio": round(close_s / group_by_s, 2),
         "close_again_s": round(close_again_s, 2),
+        # CPU of this process and the close's worker processes (not PostgreSQL's).
+        "close_python_cpu_s": round(close_cpu_s, 2),
         "group_by_runs_s": [round(group_by_first, 2), round(group_by_second, 2)],
         "orgs": orgs,
         "events": events,

@@ -30,11 +30,13 @@ result against the hash its InvoiceFinalized event recorded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -164,23 +166,27 @@ def money_text(amount_micros: int, currency: str) -> str:
     return f"{'-' if amount_micros < 0 else ''}{whole}.{digits}"
 
 
-def _money_of(currency: str) -> Callable[[int], dict[str, Any]]:
-    """``{"micros": m, "text": money_text(m, currency)}`` for the amounts of one
-    document, the currency looked up once rather than per amount."""
+def _money_texts(currency: str) -> Callable[[int], str]:
+    """``money_text(m, currency)`` with the currency looked up once (a document's
+    lines hold three amounts each)."""
     digits = CURRENCIES[currency]
     zeros = "0" * digits
 
-    def money(micros: int) -> dict[str, Any]:
+    def text(micros: int) -> str:
         whole, frac = divmod(-micros if micros < 0 else micros, MICROS)
         sign = "-" if micros < 0 else ""
         if frac:
-            return {
-                "micros": micros,
-                "text": f"{sign}{whole}.{f'{frac:06d}'.rstrip('0'):0<{digits}}",
-            }
-        return {"micros": micros, "text": f"{sign}{whole}.{zeros}"}
+            return f"{sign}{whole}.{f'{frac:06d}'.rstrip('0'):0<{digits}}"
+        return f"{sign}{whole}.{zeros}"
 
-    return money
+    return text
+
+
+def _money_of(currency: str) -> Callable[[int], dict[str, Any]]:
+    """``{"micros": m, "text": money_text(m, currency)}`` for the amounts of one
+    document."""
+    text = _money_texts(currency)
+    return lambda micros: {"micros": micros, "text": text(micros)}
 
 
 # Keys sorted at every level, no whitespace, UTF-8 unescaped: byte for byte what
@@ -934,12 +940,6 @@ class _JsonStrings(dict[str, str]):
     def __missing__(self, value: str) -> str:
         encoded = self[value] = _CANONICAL.encode(value).decode()
         return encoded
-
-
-def _money_texts(currency: str) -> Callable[[int], str]:
-    """``money_text(m, currency)`` with the currency looked up once."""
-    money = _money_of(currency)
-    return lambda micros: money(micros)["text"]
 
 
 def _document_lines_json(computed: Computed, currency: str, strings: _JsonStrings) -> bytes:
@@ -2351,8 +2351,6 @@ def period_close(
     its reads and writes batched (``_finalize_month``): a run that stops half way is
     finished by running it again, and a finalized invoice is left as it is, so
     running it twice changes nothing."""
-    import time
-
     started = time.monotonic()
     with _heap_frozen():
         result = _period_close(
@@ -2467,6 +2465,7 @@ def _finalize_chunks(
 
 
 CLOSE_WORKERS = 2  # processes finalizing a close's chunks at once
+CLOSE_WAIT_LIMIT_S = 600.0  # the longest a chunk waits for the one before
 
 
 class _CloseAborted(Exception):
@@ -2481,6 +2480,15 @@ class _Numbering:
     chunk before is still being written; it confirms them under the sequence's lock
     only after the chunk before has committed (``wait_turn``, ``_numbers_confirm``).
 
+    No wait can close a cycle: a chunk waits here only for the chunks before it, and
+    in the database never for a chunk after it (its rows, accounts and balances are
+    its orgs' own, its numbers below the later chunks'; the sequence, the platform's
+    balances and the event store's append lock it takes only after the chunk before
+    has committed, before any later chunk can). A finalization elsewhere that takes a
+    number meanwhile waits on, or is waited on by, chunks only in the database, which
+    detects a deadlock; the chunk whose prediction no longer holds stops the
+    processes (``_NumbersTaken``), and the close finishes in one.
+
     Shared between the processes (made before they fork): per chunk its predicted
     first number, its count, and how far it got (1: numbered, 2: committed)."""
 
@@ -2493,10 +2501,18 @@ class _Numbering:
         self.chunk = 0  # the chunk this process works on
 
     def _wait(self, ready: Callable[[], bool]) -> None:
+        # Every wait here is for a chunk before this one, which never waits on this
+        # one in the database (see the class's docstring), so it ends. The limit is
+        # a safety net: past it the processes stop and the close finishes in one.
+        give_up = time.monotonic() + CLOSE_WAIT_LIMIT_S
         with self._changed:
             while not ready():
                 if self._failed.value:
                     raise _CloseAborted("another process of the close failed")
+                if time.monotonic() > give_up:
+                    self._failed.value = 1
+                    self._changed.notify_all()
+                    raise _CloseAborted("waited too long for the chunk before")
                 self._changed.wait(1.0)
 
     def first(self, count: int) -> int:
@@ -2522,6 +2538,11 @@ class _Numbering:
         k = self.chunk
         if k:
             self._wait(lambda: self._state[k - 1] >= 2)
+
+    def wait_committed(self, chunk: int) -> None:
+        """Until that chunk has committed (or a process of the close failed)."""
+        with contextlib.suppress(_CloseAborted):
+            self._wait(lambda: self._state[chunk] >= 2)
 
     def committed(self) -> None:
         with self._changed:
@@ -2594,6 +2615,8 @@ def _finalize_in_processes(
     for process in processes:
         process.start()
     try:
+        # Once the first chunk is in: until then the chunks' processes have the cores.
+        numbering.wait_committed(0)
         statements = statements_close(period=period, now=now)
     finally:
         connections.close_all()
