@@ -514,6 +514,17 @@ def usage_periods_close(
     now = now or timezone.now()
     _period_closing(period)
     ids = sorted(set(organization_ids))
+    if is_postgres():
+        # One statement for a month's buyers (ten thousand model instances and
+        # their IN lists cost a close a tenth of a second).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {ClosedPeriod._meta.db_table} (organization_id, period, closed_at) "
+                "SELECT unnest(%s::bigint[]), %s, %s "
+                "ON CONFLICT (organization_id, period) DO NOTHING",
+                ["{" + ",".join(map(str, ids)) + "}", period, now],
+            )
+            return cursor.rowcount
     closed: set[int] = set()
     for offset in range(0, len(ids), 5000):
         closed.update(

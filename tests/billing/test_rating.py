@@ -243,6 +243,34 @@ def test_late_usage_for_a_closed_period_counts_in_the_next_open_one(cast):
     assert outcome.note == ""
 
 
+def test_a_month_closed_for_many_buyers_at_once_keeps_each_first_closing(cast):
+    from datetime import date
+
+    from metering.models import ClosedPeriod
+    from metering.services import usage_periods_close
+
+    october = date(2026, 10, 1)
+    first = datetime(2026, 11, 1, 1, tzinfo=UTC)
+    # given buyer a's October already closed
+    assert usage_periods_close(organization_ids=[cast.buyer_a.pk], period=october, now=first) == 1
+    # when the month is closed for both buyers (a named twice) later
+    later = datetime(2026, 11, 2, 1, tzinfo=UTC)
+    ids = [cast.buyer_a.pk, cast.buyer_b.pk, cast.buyer_a.pk]
+    closed_now = usage_periods_close(organization_ids=ids, period=october, now=later)
+    # then only b's closes now, and a keeps its first closing
+    assert closed_now == 1
+    assert dict(ClosedPeriod.objects.values_list("organization_id", "closed_at")) == {
+        cast.buyer_a.pk: first,
+        cast.buyer_b.pk: later,
+    }
+    # and late usage of either goes to November
+    late = msgspec.structs.replace(
+        tokens(cast.buyer_b, 10), time=datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
+    )
+    [outcome] = usage_record(events=[late], now=later)
+    assert outcome.note == "late: 2026-10 was closed; counted in 2026-11"
+
+
 def test_the_ledger_sums_to_zero_after_rating(cast):
     grant(cast.buyer_a, 2_000_000, "g1")
     record(
