@@ -2533,6 +2533,10 @@ class _Numbering:
             self._changed.notify_all()
         return first
 
+    def numbered(self, chunk: int) -> bool:
+        """Whether that chunk has predicted its numbers (so the next can write)."""
+        return chunk < 0 or self._state[chunk] >= 1
+
     def wait_turn(self) -> None:
         """Until the chunk before has committed."""
         k = self.chunk
@@ -2579,10 +2583,21 @@ def _finalize_in_processes(
 
     def work(index: int, results: Any) -> None:
         finalized = already = 0
+        mine = list(range(index, len(chunks), workers))
+        computed: dict[int, _Ahead] = {}
         try:
-            for k in range(index, len(chunks), workers):
+            for n, k in enumerate(mine):
                 numbering.chunk = k
-                ahead = _compute_ahead([o.pk for o in chunks[k]], currency, period)
+                if k not in computed:
+                    computed[k] = _compute_ahead([o.pk for o in chunks[k]], currency, period)
+                if n + 1 < len(mine) and not numbering.numbered(k - 1):
+                    # This chunk could not be written yet: the next one of this
+                    # process is computed meanwhile (at the start, mostly).
+                    following = mine[n + 1]
+                    computed[following] = _compute_ahead(
+                        [o.pk for o in chunks[following]], currency, period
+                    )
+                ahead = computed.pop(k)
                 done, final = _finalize_month(
                     organizations=chunks[k],
                     period=period,
