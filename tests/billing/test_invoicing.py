@@ -325,3 +325,34 @@ def test_numbers_have_no_gaps_under_concurrent_finalization(cast):
     for e in Event.objects.filter(type="InvoiceFinalized"):
         by_number[e.payload["number"]] += 1
     assert all(v == 1 for v in by_number.values()) and len(by_number) == 6
+
+
+def test_lines_and_their_links_must_name_rows_that_exist(month):
+    from django.db import IntegrityError, connection, transaction
+
+    from billing.models import InvoiceLine
+
+    # given a closed month (its lines and links checked per statement, not per row)
+    period_close(period=PERIOD, now=CLOSE_AT)
+    line = InvoiceLine.objects.order_by("pk").first()
+    link = InvoiceLineEntry.objects.filter(line=line).first()
+    assert line is not None and link is not None
+    missing = Invoice.objects.order_by("-pk").first().pk + 1000
+    with connection.cursor() as cursor:
+        # then a line naming no invoice, or a link naming no line, is refused
+        for statement, params in (
+            ("UPDATE billing_invoiceline SET invoice_id = %s WHERE id = %s", [missing, line.pk]),
+            (
+                "INSERT INTO billing_invoicelineentry "
+                "(line_id, entry_position, transfer_id, amount_micros) VALUES (%s, 1, 'x', 1)",
+                [line.pk + 10**6],
+            ),
+        ):
+            with pytest.raises(IntegrityError, match="does not exist"), transaction.atomic():
+                cursor.execute(statement, params)
+        # and so is deleting an invoice whose lines are left behind
+        with pytest.raises(IntegrityError, match="still name"), transaction.atomic():
+            cursor.execute("DELETE FROM billing_invoice WHERE id = %s", [line.invoice_id])
+    # while the ORM's delete of lines (as a draft's refresh does) takes their links along
+    InvoiceLine.objects.filter(invoice_id=line.invoice_id).delete()
+    assert not InvoiceLineEntry.objects.filter(line_id=line.pk).exists()
