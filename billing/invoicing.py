@@ -1382,8 +1382,7 @@ def _finalize(*, invoice: Invoice, actor: str, now: datetime) -> Invoice:
     credit = account_open(organization=organization, kind=Account.Kind.CREDIT, currency=currency)
     # Apply what prepaid credit is left to what the charges left owed.
     owed = totals.total - computed.prepaid_micros
-    balance = Balance.objects.select_for_update().get(account=credit)
-    available = balance.credits_posted - balance.debits_posted - balance.debits_pending
+    available = Balance.objects.select_for_update().get(account=credit).credit_side_available
     apply = max(0, min(owed, available))
     signed: dict[int, int] = defaultdict(int)
     signed[receivable.pk] += totals.rounding + totals.tax - apply
