@@ -342,22 +342,25 @@ def events_insert_cte_params(
     """Parameters for ``EVENTS_INSERT_CTE``; positions come out in the order of
     ``rows``. ``metadata``, when given, replaces every row's own. The rows travel
     as one JSON document: one parameter to encode, however many rows."""
-    return {
-        "ev_recorded_at": recorded_at,
-        "ev_rows": _dumps(
-            [
-                {
-                    "tenant_id": r.tenant_id,
-                    "stream_type": r.stream_type,
-                    "stream_id": r.stream_id,
-                    "version": r.version,
-                    "type": r.type,
-                    "schema_version": r.schema_version,
-                    "payload": r.payload,
-                    "metadata": r.metadata if metadata is None else metadata,
-                    "idempotency_key": r.idempotency_key,
-                }
-                for r in rows
-            ]
-        ),
-    }
+    return {"ev_recorded_at": recorded_at, "ev_rows": _dumps(events_cte_rows(rows, metadata))}
+
+
+def events_cte_rows(
+    rows: Sequence[EventRow], metadata: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The rows as ``EVENTS_INSERT_CTE``'s ``ev_rows`` document holds them, before
+    encoding (a caller may encode them itself, ahead of time)."""
+    return [
+        {
+            "tenant_id": r.tenant_id,
+            "stream_type": r.stream_type,
+            "stream_id": r.stream_id,
+            "version": r.version,
+            "type": r.type,
+            "schema_version": r.schema_version,
+            "payload": r.payload,
+            "metadata": r.metadata if metadata is None else metadata,
+            "idempotency_key": r.idempotency_key,
+        }
+        for r in rows
+    ]

@@ -11,7 +11,7 @@ from itertools import count
 
 from billing import services
 from billing.accrual import usage_accruals
-from billing.models import Account, Balance
+from billing.models import Account, Balance, BillingProfile
 from billing.pricing import price_book_forget
 from billing.rating import usage_rating
 from core.followers import followers_run_until_idle
@@ -51,6 +51,17 @@ def record(events: list[UsageEventIn]) -> None:
 
 def settle() -> None:
     followers_run_until_idle([usage_rating, usage_accruals])
+
+
+def taxed_month(cast, *, events_per_buyer: int):  # type: ignore[no-untyped-def]
+    """October of the generated world, rated and accrued: Buyer A prepaid, Buyer B
+    (mostly owed) taxed at 19% under a legal name. Returns the cast."""
+    BillingProfile.objects.create(
+        organization=cast.buyer_b, tax_rate_bps=1900, legal_name="Buyer B GmbH"
+    )
+    record(generate_month(cast, events_per_buyer=events_per_buyer))
+    settle()
+    return cast
 
 
 def grant(org, amount: int, transfer_id: str) -> None:

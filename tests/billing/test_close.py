@@ -14,30 +14,22 @@ from django.db import connections
 
 from billing import invoicing
 from billing.invoicing import invoices_rebuild, period_close
-from billing.models import BillingProfile, DocumentSequence, Invoice, ProviderStatement
-from billing.pricing import price_book_forget
-from tests.billing.invoicing_world import CLOSE_AT, PERIOD, generate_month, platform, record, settle
+from billing.models import DocumentSequence, Invoice, ProviderStatement
+from tests.billing.invoicing_world import (
+    CLOSE_AT,
+    PERIOD,
+    platform,
+    taxed_month,
+)
 from tests.billing.test_invoicing import _usage_debits
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_price_book():
-    price_book_forget()
-    yield
-    price_book_forget()
-
-
 @pytest.fixture
 def month(cast):
     """Two buyers' month, closed one org per chunk: two chunks, two processes."""
-    BillingProfile.objects.create(
-        organization=cast.buyer_b, tax_rate_bps=1900, legal_name="Buyer B GmbH"
-    )
-    record(generate_month(cast, events_per_buyer=200))
-    settle()
-    return cast
+    return taxed_month(cast, events_per_buyer=200)
 
 
 def _numbers() -> list[int]:

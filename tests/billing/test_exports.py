@@ -36,7 +36,6 @@ from billing.models import (
 )
 from billing.payments.models import ConnectedAccount, Payout, TopUp
 from billing.payments.services import payout_plan, payout_record_paid
-from billing.pricing import price_book_forget
 from billing.statements import statement_compute
 from core.money import Money
 from metering.models import UsageEvent
@@ -61,13 +60,6 @@ ENDPOINTS = [
     ("get", "/api/v1/finance/reports/monthly?period=2026-10"),
     ("get", "/api/v1/finance/reports/revenue-chart.png"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_price_book():
-    price_book_forget()
-    yield
-    price_book_forget()
 
 
 @pytest.fixture

@@ -28,11 +28,11 @@ from tests.billing.invoicing_world import (
     CLOSE_AT,
     PERIOD,
     balance,
-    generate_month,
     grant,
     platform,
     record,
     settle,
+    taxed_month,
 )
 
 pytestmark = pytest.mark.django_db
@@ -40,23 +40,11 @@ pytestmark = pytest.mark.django_db
 USD = 1_000_000
 
 
-@pytest.fixture(autouse=True)
-def _fresh_price_book():
-    price_book_forget()
-    yield
-    price_book_forget()
-
-
 @pytest.fixture
 def month(cast):
     """October 2026 of the generated world: usage of Buyer A (prepaid) and Buyer B
     (mostly owed, 19% tax) on Provider A and Provider B, rated and accrued."""
-    BillingProfile.objects.create(
-        organization=cast.buyer_b, tax_rate_bps=1900, legal_name="Buyer B GmbH"
-    )
-    record(generate_month(cast, events_per_buyer=120))
-    settle()
-    return cast
+    return taxed_month(cast, events_per_buyer=120)
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ from billing.invoicing import (
     outstanding,
     period_close,
 )
-from billing.models import Account, BillingProfile, Invoice, InvoiceLineEntry, Posting, UsageAccrual
-from billing.pricing import price_book_forget
+from billing.models import Account, Invoice, InvoiceLineEntry, Posting, UsageAccrual
 from core.errors import Conflict
 from core.models import Event
 from core.money import Money
@@ -33,20 +32,13 @@ from tests.billing.invoicing_world import (
     START,
     balance,
     event,
-    generate_month,
     platform,
     record,
     settle,
+    taxed_month,
 )
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_price_book():
-    price_book_forget()
-    yield
-    price_book_forget()
 
 
 def _usage_debits(org) -> int:
@@ -66,12 +58,7 @@ def _usage_debits(org) -> int:
 
 @pytest.fixture
 def month(cast):
-    BillingProfile.objects.create(
-        organization=cast.buyer_b, tax_rate_bps=1900, legal_name="Buyer B GmbH"
-    )
-    record(generate_month(cast, events_per_buyer=300))
-    settle()
-    return cast
+    return taxed_month(cast, events_per_buyer=300)
 
 
 def test_a_closed_month_equals_the_ledger_to_the_micro_unit_and_the_cent(month):
