@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import msgspec
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Max
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from billing import events as ev
@@ -1601,7 +1601,7 @@ def _invoice_new(**values: Any) -> Invoice:
 
 _INVOICE_DEFAULTS: dict[str, Any] = {}
 
-CLOSE_CHUNK = 1000  # orgs finalized per transaction by a period close
+CLOSE_CHUNK = 1000  # orgs finalized per transaction by a period close, on average
 
 
 @dataclass(frozen=True, slots=True)
@@ -2302,12 +2302,19 @@ class CloseResult:
 
 
 def buyers_with_charges(period: date, currency: str) -> list[int]:
+    return sorted(_charged(period, currency))
+
+
+def _charged(period: date, currency: str) -> dict[int, int]:
+    """The buyers charged in the month -> how many usage accruals charged them (0 for
+    those charged only by ledger entries: holds, minimums, corrections)."""
     start, end = month_bounds(period)
-    from_usage = set(
+    counts = dict(
         UsageAccrual.objects.filter(period=period, currency=currency)
         .exclude(transfer_id="")
-        .values_list("buyer_id", flat=True)
-        .distinct()
+        .values("buyer_id")
+        .annotate(n=Count("id"))
+        .values_list("buyer_id", "n")
     )
     with connection.cursor() as cursor:
         cursor.execute(
@@ -2317,8 +2324,35 @@ def buyers_with_charges(period: date, currency: str) -> list[int]:
             "AND p.recorded_at >= %s AND p.recorded_at < %s",
             [currency, start, end],
         )
-        from_ledger = {row[0] for row in cursor.fetchall()}
-    return sorted(from_usage | from_ledger)
+        for (org,) in cursor.fetchall():
+            counts.setdefault(org, 0)
+    return counts
+
+
+# What finalizing one org's invoice costs, beside what each of its usage accruals
+# adds (lines, links, the entries' legs read): the invoice row and document, its
+# ledger entry and its InvoiceFinalized event, worth some forty accruals.
+CLOSE_ORG_WEIGHT = 40
+
+
+def _close_chunks(orgs: list[Organization], accruals: dict[int, int]) -> list[list[Organization]]:
+    """The orgs, in order, in as many chunks as ``CLOSE_CHUNK`` orgs to a chunk make,
+    cut so that the chunks weigh the same (``CLOSE_ORG_WEIGHT`` per org plus one per
+    usage accrual) rather than hold as many orgs: a month's few busy buyers would
+    otherwise make one chunk several times the others' work, which the processes
+    finalizing the chunks one after another would wait on. An org goes to the chunk
+    its weight's middle falls in."""
+    if not orgs:
+        return []
+    weights = [CLOSE_ORG_WEIGHT + accruals.get(o.pk, 0) for o in orgs]
+    count, total = -(-len(orgs) // CLOSE_CHUNK), sum(weights)
+    chunks: dict[int, list[Organization]] = defaultdict(list)
+    before = 0
+    for organization, weight in zip(orgs, weights, strict=True):
+        # The chunk of (before + weight / 2) / (total / count), in integers.
+        chunks[(2 * before + weight) * count // (2 * total)].append(organization)
+        before += weight
+    return [chunks[index] for index in sorted(chunks)]
 
 
 def period_close(
@@ -2332,10 +2366,10 @@ def period_close(
     """Close a month for every organization that was charged in it: drafts refreshed,
     then (once the grace period has ended, or when ``finalize`` says so) finalized,
     and the providers' statements written. Each org's draft is its own transaction,
-    and finalizing goes in chunks of ``CLOSE_CHUNK`` orgs, each one transaction with
-    its reads and writes batched (``_finalize_month``): a run that stops half way is
-    finished by running it again, and a finalized invoice is left as it is, so
-    running it twice changes nothing."""
+    and finalizing goes in chunks of about the same work (``_close_chunks``), each one
+    transaction with its reads and writes batched (``_finalize_month``): a run that
+    stops half way is finished by running it again, and a finalized invoice is left
+    as it is, so running it twice changes nothing."""
     started = time.monotonic()
     with _heap_frozen():
         result = _period_close(
@@ -2376,9 +2410,8 @@ def _period_close(
     if finalize is None:
         finalize = now >= end + grace()
     _catch_up()
-    org_ids = (
-        organization_ids if organization_ids is not None else buyers_with_charges(period, currency)
-    )
+    charged = _charged(period, currency)
+    org_ids = organization_ids if organization_ids is not None else sorted(charged)
     wanted, wanted_params = _any(list(org_ids))
     orgs = {
         o.pk: o
@@ -2396,7 +2429,7 @@ def _period_close(
         _catch_up()
         # Then finalize in chunks, each one transaction: a run that stops half way
         # is finished by running it again.
-        chunks = list(_chunks([orgs[org_id] for org_id in org_ids], CLOSE_CHUNK))
+        chunks = _close_chunks([orgs[org_id] for org_id in org_ids], charged)
         finalized, already, written = _finalize_chunks(
             chunks, period=period, currency=currency, now=now, actor=actor
         )
