@@ -2335,7 +2335,7 @@ def _charged(period: date, currency: str) -> dict[int, int]:
 CLOSE_ORG_WEIGHT = 40
 
 
-def _close_chunks(orgs: list[Organization], accruals: dict[int, int]) -> list[list[Organization]]:
+def _close_chunks(orgs: list[int], accruals: dict[int, int]) -> list[list[int]]:
     """The orgs, in order, in as many chunks as ``CLOSE_CHUNK`` orgs to a chunk make,
     cut so that the chunks weigh the same (``CLOSE_ORG_WEIGHT`` per org plus one per
     usage accrual) rather than hold as many orgs: a month's few busy buyers would
@@ -2344,13 +2344,13 @@ def _close_chunks(orgs: list[Organization], accruals: dict[int, int]) -> list[li
     its weight's middle falls in."""
     if not orgs:
         return []
-    weights = [CLOSE_ORG_WEIGHT + accruals.get(o.pk, 0) for o in orgs]
+    weights = [CLOSE_ORG_WEIGHT + accruals.get(org, 0) for org in orgs]
     count, total = -(-len(orgs) // CLOSE_CHUNK), sum(weights)
-    chunks: dict[int, list[Organization]] = defaultdict(list)
+    chunks: dict[int, list[int]] = defaultdict(list)
     before = 0
-    for organization, weight in zip(orgs, weights, strict=True):
+    for org, weight in zip(orgs, weights, strict=True):
         # The chunk of (before + weight / 2) / (total / count), in integers.
-        chunks[(2 * before + weight) * count // (2 * total)].append(organization)
+        chunks[(2 * before + weight) * count // (2 * total)].append(org)
         before += weight
     return [chunks[index] for index in sorted(chunks)]
 
@@ -2412,13 +2412,6 @@ def _period_close(
     _catch_up()
     charged = _charged(period, currency)
     org_ids = organization_ids if organization_ids is not None else sorted(charged)
-    wanted, wanted_params = _any(list(org_ids))
-    orgs = {
-        o.pk: o
-        for o in Organization.objects.raw(
-            f"SELECT * FROM {Organization._meta.db_table} WHERE id {wanted}", wanted_params
-        )
-    }
     drafts = finalized = already = written = 0
     if finalize:
         # Close every buyer's usage month first, then rate and accrue what came in
@@ -2429,12 +2422,11 @@ def _period_close(
         _catch_up()
         # Then finalize in chunks, each one transaction: a run that stops half way
         # is finished by running it again.
-        chunks = _close_chunks([orgs[org_id] for org_id in org_ids], charged)
+        chunks = _close_chunks(list(org_ids), charged)
         finalized, already, written = _finalize_chunks(
             chunks, period=period, currency=currency, now=now, actor=actor
         )
-    for org_id in [] if finalize else org_ids:
-        organization = orgs[org_id]
+    for organization in [] if finalize else _organizations(list(org_ids)):
         invoice = invoice_draft_refresh(
             organization=organization, period=period, currency=currency, now=now
         )
@@ -2451,8 +2443,20 @@ def _period_close(
     return CloseResult(period, len(org_ids), drafts, finalized, already, written, 0.0)
 
 
+def _organizations(ids: list[int]) -> list[Organization]:
+    """These orgs, in this order (a close's chunk: each process loads its own)."""
+    wanted, wanted_params = _any(ids)
+    found = {
+        o.pk: o
+        for o in Organization.objects.raw(
+            f"SELECT * FROM {Organization._meta.db_table} WHERE id {wanted}", wanted_params
+        )
+    }
+    return [found[org] for org in ids if org in found]
+
+
 def _finalize_chunks(
-    chunks: list[list[Organization]], *, period: date, currency: str, now: datetime, actor: str
+    chunks: list[list[int]], *, period: date, currency: str, now: datetime, actor: str
 ) -> tuple[int, int, int]:
     """Finalize the chunks, then write the providers' statements. Returns (finalized,
     already final, statements). On PostgreSQL, outside any transaction, with more
@@ -2474,7 +2478,11 @@ def _finalize_chunks(
     finalized = already = 0
     for chunk in chunks:
         done_here, final = _finalize_month(
-            organizations=chunk, period=period, currency=currency, now=now, actor=actor
+            organizations=_organizations(chunk),
+            period=period,
+            currency=currency,
+            now=now,
+            actor=actor,
         )
         finalized += done_here
         already += final
@@ -2578,7 +2586,7 @@ class _Numbering:
 
 
 def _finalize_in_processes(
-    chunks: list[list[Organization]], *, period: date, currency: str, now: datetime, actor: str
+    chunks: list[list[int]], *, period: date, currency: str, now: datetime, actor: str
 ) -> tuple[int, int, int, bool]:
     """Finalize the chunks in ``CLOSE_WORKERS`` forked processes, each on its own
     connection, chunk k in process k mod ``CLOSE_WORKERS``: each computes its chunk
@@ -2607,17 +2615,15 @@ def _finalize_in_processes(
             for n, k in enumerate(mine):
                 numbering.chunk = k
                 if k not in computed:
-                    computed[k] = _compute_ahead([o.pk for o in chunks[k]], currency, period)
+                    computed[k] = _compute_ahead(chunks[k], currency, period)
                 if n + 1 < len(mine) and not numbering.numbered(k - 1):
                     # This chunk could not be written yet: the next one of this
                     # process is computed meanwhile (at the start, mostly).
                     following = mine[n + 1]
-                    computed[following] = _compute_ahead(
-                        [o.pk for o in chunks[following]], currency, period
-                    )
+                    computed[following] = _compute_ahead(chunks[following], currency, period)
                 ahead = computed.pop(k)
                 done, final = _finalize_month(
-                    organizations=chunks[k],
+                    organizations=_organizations(chunks[k]),
                     period=period,
                     currency=currency,
                     now=now,
