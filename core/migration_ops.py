@@ -90,3 +90,21 @@ def index_dropped(app_label: str, model_name: str, field_name: str) -> migration
             )
 
     return migrations.RunPython(forward, backward)
+
+
+def compression_set(schema_editor, table: str, column: str, method: str) -> None:
+    """Compress the column's large values with ``method`` (``lz4``, ``pglz``) from now
+    on, where the server has it (lz4: PostgreSQL 14 and later, built with it);
+    elsewhere, and on SQLite, nothing changes. Values written before keep theirs."""
+    connection = schema_editor.connection
+    if connection.vendor != "postgresql" or connection.pg_version < 140000:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
+            "AND %s = ANY(enumvals)",
+            [method],
+        )
+        if cursor.fetchone() is None:
+            return
+        cursor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {method}")

@@ -6,26 +6,15 @@ SQLite, nothing changes. Rows written before keep their pglz values."""
 
 from django.db import migrations
 
+from core.migration_ops import compression_set
 
-def _lz4(apps, schema_editor, method="lz4"):
-    connection = schema_editor.connection
-    if connection.vendor != "postgresql" or connection.pg_version < 140000:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
-            "AND %s = ANY(enumvals)",
-            [method],
-        )
-        if cursor.fetchone() is None:
-            return
-        cursor.execute(
-            f"ALTER TABLE billing_invoice ALTER COLUMN document SET COMPRESSION {method}"
-        )
+
+def _lz4(apps, schema_editor):
+    compression_set(schema_editor, "billing_invoice", "document", "lz4")
 
 
 def _pglz(apps, schema_editor):
-    _lz4(apps, schema_editor, method="pglz")
+    compression_set(schema_editor, "billing_invoice", "document", "pglz")
 
 
 class Migration(migrations.Migration):
