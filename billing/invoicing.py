@@ -1513,15 +1513,11 @@ def _finalized_payload(
     }
 
 
-def _buyer_accounts_open(
-    organizations: list[Organization], currency: str
-) -> dict[tuple[int, str], int]:
-    """(org, kind) -> account id of each org's credit and receivable, opened (with a
-    zero balance, as ``account_open`` does) where missing."""
-    ids = sorted(o.pk for o in organizations)
-    orgs, orgs_params = _any(ids)
+def _buyer_accounts(org_ids: list[int], currency: str) -> dict[tuple[int, str], int]:
+    """(org, kind) -> account id of each org's credit and receivable that exist."""
+    orgs, orgs_params = _any(sorted(org_ids))
     kinds, kinds_params = _any([kind.value for kind in BUYER_KINDS])
-    found: dict[tuple[int, str], int] = {
+    return {
         (org, kind): pk
         for org, kind, pk in _select(
             f"SELECT organization_id, kind, id FROM {Account._meta.db_table} "
@@ -1529,9 +1525,15 @@ def _buyer_accounts_open(
             [*orgs_params, currency, *kinds_params],
         )
     }
-    missing = [(org, str(kind)) for org in ids for kind in BUYER_KINDS if (org, kind) not in found]
+
+
+def _buyer_accounts_open(
+    missing: list[tuple[int, str]], currency: str
+) -> dict[tuple[int, str], int]:
+    """(org, kind) -> account id of these buyer accounts, which did not exist: opened
+    (with a zero balance, as ``account_open`` does)."""
     if not missing:
-        return found
+        return {}
     try:
         with transaction.atomic():
             if is_postgres():
@@ -1554,8 +1556,7 @@ def _buyer_accounts_open(
     except IntegrityError as exc:
         # Opened concurrently (account_open): read them again from a fresh transaction.
         raise RetryTransaction("a buyer account was opened concurrently") from exc
-    found.update(((org, kind), pk) for org, kind, pk in made)
-    return found
+    return {(org, kind): pk for org, kind, pk in made}
 
 
 def _accounts_insert_pg(
@@ -1721,8 +1722,10 @@ def _finalize_month(
     buyers = _profiles(todo)
     if numbering is None:
         numbers = _next_numbers("INV", len(todo))
-    accounts = _buyer_accounts_open(todo, currency)
-    credits, credits_params = _any(sorted(accounts[(o.pk, Account.Kind.CREDIT)] for o in todo))
+    accounts = _buyer_accounts([o.pk for o in todo], currency)
+    credits, credits_params = _any(
+        sorted(pk for (_, kind), pk in accounts.items() if kind == Account.Kind.CREDIT)
+    )
     lock = " FOR UPDATE" if is_postgres() else ""
     available = {
         account: credits_posted - debits_posted - debits_pending
@@ -1732,6 +1735,21 @@ def _finalize_month(
             credits_params,
         )
     }
+    # Each invoice's totals, and what prepaid credit left it applies to what the charges
+    # left owed; the rest (rounding and tax not covered) goes to the receivable, which
+    # is opened here if missing, and only then: a prepaid buyer's is not.
+    settled: dict[int, tuple[Totals, int]] = {}
+    missing: list[tuple[int, str]] = []
+    for organization in todo:
+        found = computed[organization.pk]
+        totals = totals_of(found, currency, buyers[organization.pk]["tax_rate_bps"])
+        credit = accounts.get((organization.pk, Account.Kind.CREDIT))
+        apply = max(0, min(totals.total - found.prepaid_micros, available.get(credit, 0)))
+        settled[organization.pk] = (totals, apply)
+        receivable = (organization.pk, str(Account.Kind.RECEIVABLE))
+        if totals.rounding + totals.tax != apply and receivable not in accounts:
+            missing.append(receivable)
+    accounts.update(_buyer_accounts_open(missing, currency))
     rounding, tax_payable = ahead.platform if ahead is not None else _platform(currency)
     streams, streams_params = _any([f"invoice:{keys[o.pk]}" for o in todo])
     versions = dict(
@@ -1755,7 +1773,7 @@ def _finalize_month(
             key = keys[organization.pk]
             found = computed[organization.pk]
             buyer = buyers[organization.pk]
-            totals = totals_of(found, currency, buyer["tax_rate_bps"])
+            totals, apply = settled[organization.pk]
             invoice = existing.get(key) or _invoice_new(
                 key=key,
                 organization_id=organization.pk,
@@ -1767,15 +1785,15 @@ def _finalize_month(
                 grace_ends_at=grace_ends_at,
             )
             invoice.generated_at = now
-            receivable = accounts[(organization.pk, Account.Kind.RECEIVABLE)]
-            credit = accounts[(organization.pk, Account.Kind.CREDIT)]
-            # Apply what prepaid credit is left to what the charges left owed.
-            apply = max(0, min(totals.total - found.prepaid_micros, available[credit]))
             signed: dict[int, int] = defaultdict(int)
-            signed[receivable] += totals.rounding + totals.tax - apply
+            if totals.rounding + totals.tax != apply:
+                signed[accounts[(organization.pk, Account.Kind.RECEIVABLE)]] += (
+                    totals.rounding + totals.tax - apply
+                )
             signed[rounding] -= totals.rounding
             signed[tax_payable] -= totals.tax
-            signed[credit] += apply
+            if apply:
+                signed[accounts[(organization.pk, Account.Kind.CREDIT)]] += apply
             entry = _entry_request(
                 f"invoice:{key}",
                 currency,
