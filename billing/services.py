@@ -26,7 +26,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+import msgspec
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -530,6 +532,12 @@ SELECT position FROM ev ORDER BY position
 """
 
 
+def _encoded(value: Any) -> str:
+    """JSON text for a ``json_to_recordset`` parameter (msgspec: a tenth of json.dumps's
+    time, for the several legs and balances of every entry)."""
+    return msgspec.json.encode(value).decode()
+
+
 def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
     """Holds, then events, postings and balances in one statement that takes the
     event store's append lock itself: from that lock to the commit (which
@@ -545,7 +553,7 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
     )
     last = _last_event_per_account(applier)
     dirty = [s for s in applier.balances.values() if s.dirty]
-    params["postings"] = json.dumps(
+    params["postings"] = _encoded(
         [
             {
                 "stream_id": stream_id,
@@ -559,7 +567,7 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
             for leg in payload.get("legs", ())
         ]
     )
-    params["balances"] = json.dumps(
+    params["balances"] = _encoded(
         [
             {
                 "account_id": s.account_id,
