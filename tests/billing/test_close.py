@@ -14,10 +14,17 @@ from django.db import connections
 
 from billing import invoicing
 from billing.invoicing import invoices_rebuild, period_close
-from billing.models import DocumentSequence, Invoice, ProviderStatement
+from billing.models import (
+    Account,
+    BillingProfile,
+    DocumentSequence,
+    Invoice,
+    ProviderStatement,
+)
 from tests.billing.invoicing_world import (
     CLOSE_AT,
     PERIOD,
+    grant,
     platform,
     taxed_month,
 )
@@ -135,3 +142,24 @@ def test_a_close_that_fails_in_a_process_is_finished_by_running_it_again(month, 
     assert _numbers() == [1, 2]
     _exactly_what_rating_charged(month)
     assert invoices_rebuild() == 2
+
+
+def test_a_buyer_whose_credit_pays_its_invoice_gets_no_receivable(cast):
+    # given a month in which Buyer A's prepaid credit covers everything it used, and
+    # the tax and rounding its invoice adds
+    BillingProfile.objects.create(organization=cast.buyer_a, tax_rate_bps=1900)
+    grant(cast.buyer_a, 100_000_000_000, "top-up:ample")
+    taxed_month(cast, events_per_buyer=50)
+    assert not Account.objects.filter(organization=cast.buyer_a, kind="receivable").exists()
+
+    # when the month closes
+    period_close(period=PERIOD, now=CLOSE_AT)
+
+    # then its invoice is paid from the credit, and no receivable was opened for it
+    # (the entry posted nothing to one)
+    invoice = Invoice.objects.get(organization=cast.buyer_a)
+    assert invoice.tax_micros > 0 and invoice.amount_due_micros == 0
+    assert invoice.status == "paid" and invoice.prepaid_applied_micros == invoice.total_micros
+    assert not Account.objects.filter(organization=cast.buyer_a, kind="receivable").exists()
+    # while Buyer B, who owes, has one
+    assert Account.objects.filter(organization=cast.buyer_b, kind="receivable").exists()
