@@ -45,7 +45,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-import msgspec
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Count, Max
@@ -82,12 +81,14 @@ from core.db import (
 )
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import (
+    CANONICAL_JSON,
     EVENTS_INSERT_CTE,
     EventRow,
     NewEvent,
     event_append,
     events_cte_rows_encoded,
     events_insert,
+    json_text,
     stream_version,
 )
 from core.models import Event, FollowerPosition, Organization
@@ -190,15 +191,10 @@ def _money_of(currency: str) -> Callable[[int], dict[str, Any]]:
     return lambda micros: {"micros": micros, "text": text(micros)}
 
 
-# Keys sorted at every level, no whitespace, UTF-8 unescaped: byte for byte what
-# ``json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
-# gives (tests/billing/test_invoice_documents.py holds the two to it), in a tenth of
-# the time: a close encodes one ~4 KB document per invoice.
-_CANONICAL = msgspec.json.Encoder(order="sorted")
-
-
 def canonical(document: dict[str, Any]) -> bytes:
-    return _CANONICAL.encode(document)
+    """The document as canonical JSON: json.dumps's sorted, compact, unescaped text
+    (tests/billing/test_invoice_documents.py holds the two equal)."""
+    return CANONICAL_JSON.encode(document)
 
 
 # --- computing an invoice ---------------------------------------------------------
@@ -919,7 +915,7 @@ def _document_json(
     ``lines``. (tests/billing/test_invoice_documents.py holds the two equal.)"""
     lines = computed.document_lines_json
     if lines is None:
-        lines = _CANONICAL.encode(_document_lines(computed, invoice.currency))
+        lines = CANONICAL_JSON.encode(_document_lines(computed, invoice.currency))
     head = _document(
         invoice=invoice,
         computed=dataclasses.replace(computed, lines=[]),
@@ -931,7 +927,7 @@ def _document_json(
         prepaid_applied=prepaid_applied,
     )
     head["lines"] = 0
-    return _CANONICAL.encode(head).replace(b'"lines":0', b'"lines":' + lines, 1)
+    return CANONICAL_JSON.encode(head).replace(b'"lines":0', b'"lines":' + lines, 1)
 
 
 class _JsonStrings(dict[str, str]):
@@ -939,7 +935,7 @@ class _JsonStrings(dict[str, str]):
     each distinct one encoded once."""
 
     def __missing__(self, value: str) -> str:
-        encoded = self[value] = _CANONICAL.encode(value).decode()
+        encoded = self[value] = json_text(value)
         return encoded
 
 
@@ -1739,17 +1735,17 @@ def _finalize_month(
     # Each invoice's totals, and what prepaid credit left it applies to what the charges
     # left owed; the rest (rounding and tax not covered) goes to the receivable, which
     # is opened here if missing, and only then: a prepaid buyer's is not.
-    settled: dict[int, tuple[Totals, int]] = {}
+    settled: dict[int, tuple[Totals, int, int]] = {}  # org -> totals, applied, owed
     missing: list[tuple[int, str]] = []
     for organization in todo:
         found = computed[organization.id]
         totals = totals_of(found, currency, buyers[organization.id]["tax_rate_bps"])
         credit = accounts.get((organization.id, Account.Kind.CREDIT))
         apply = max(0, min(totals.total - found.prepaid_micros, available.get(credit, 0)))
-        settled[organization.id] = (totals, apply)
-        receivable = (organization.id, str(Account.Kind.RECEIVABLE))
-        if totals.rounding + totals.tax != apply and receivable not in accounts:
-            missing.append(receivable)
+        owed = totals.rounding + totals.tax - apply
+        settled[organization.id] = (totals, apply, owed)
+        if owed and (organization.id, Account.Kind.RECEIVABLE) not in accounts:
+            missing.append((organization.id, str(Account.Kind.RECEIVABLE)))
     accounts.update(_buyer_accounts_open(missing, currency))
     rounding, tax_payable = ahead.platform if ahead is not None else _platform(currency)
     streams, streams_params = _any([f"invoice:{keys[o.id]}" for o in todo])
@@ -1774,7 +1770,7 @@ def _finalize_month(
             key = keys[organization.id]
             found = computed[organization.id]
             buyer = buyers[organization.id]
-            totals, apply = settled[organization.id]
+            totals, apply, owed = settled[organization.id]
             invoice = existing.get(key) or _invoice_new(
                 key=key,
                 organization_id=organization.id,
@@ -1787,10 +1783,8 @@ def _finalize_month(
             )
             invoice.generated_at = now
             signed: dict[int, int] = defaultdict(int)
-            if totals.rounding + totals.tax != apply:
-                signed[accounts[(organization.id, Account.Kind.RECEIVABLE)]] += (
-                    totals.rounding + totals.tax - apply
-                )
+            if owed:
+                signed[accounts[(organization.id, Account.Kind.RECEIVABLE)]] += owed
             signed[rounding] -= totals.rounding
             signed[tax_payable] -= totals.tax
             if apply:
@@ -2423,7 +2417,8 @@ def _period_close(
     if finalize is None:
         finalize = now >= end + grace()
     _catch_up()
-    charged = _charged(period, currency)
+    # The month's buyers with their usage accruals: whom to close, and how to chunk them.
+    charged = _charged(period, currency) if finalize or organization_ids is None else {}
     org_ids = organization_ids if organization_ids is not None else sorted(charged)
     drafts = finalized = already = written = 0
     if finalize:

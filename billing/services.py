@@ -26,9 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-import msgspec
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -52,6 +50,7 @@ from core.eventstore import (
     event_append,
     events_insert,
     events_insert_cte_params,
+    json_text,
     stream_version,
 )
 from core.middleware import request_id_var
@@ -532,12 +531,6 @@ SELECT position FROM ev ORDER BY position
 """
 
 
-def _encoded(value: Any) -> str:
-    """JSON text for a ``json_to_recordset`` parameter (msgspec: a tenth of json.dumps's
-    time, for the several legs and balances of every entry)."""
-    return msgspec.json.encode(value).decode()
-
-
 def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
     """Holds, then events, postings and balances in one statement that takes the
     event store's append lock itself: from that lock to the commit (which
@@ -553,7 +546,7 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
     )
     last = _last_event_per_account(applier)
     dirty = [s for s in applier.balances.values() if s.dirty]
-    params["postings"] = _encoded(
+    params["postings"] = json_text(
         [
             {
                 "stream_id": stream_id,
@@ -567,7 +560,7 @@ def _write_pg(applier: _Applier, metadata: dict, now: datetime) -> list[int]:
             for leg in payload.get("legs", ())
         ]
     )
-    params["balances"] = _encoded(
+    params["balances"] = json_text(
         [
             {
                 "account_id": s.account_id,
