@@ -14,6 +14,7 @@ from rest_framework.request import Request
 
 from core import selectors, services
 from core.models import ApiKey
+from core.permissions import AGENT_SCOPE_MESSAGE, view_admits_scope
 from core.tenancy import Caller
 
 
@@ -36,7 +37,12 @@ def api_key_caller(authorization: bytes) -> tuple[Caller, ApiKey] | None:
     if api_key is None:
         raise exceptions.AuthenticationFailed("invalid or revoked API key")
     services.api_key_touch(api_key=api_key)
-    caller = Caller(organization=api_key.organization, role=api_key.role, api_key_id=api_key.pk)
+    caller = Caller(
+        organization=api_key.organization,
+        role=api_key.role,
+        api_key_id=api_key.pk,
+        scope=api_key.scope,
+    )
     return caller, api_key
 
 
@@ -46,6 +52,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if found is None:
             return None
         request.caller, api_key = found  # type: ignore[attr-defined]
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        if not view_admits_scope(view, api_key.scope):
+            # Raised here, not left to each view's permission classes, so a view that
+            # forgets agent keys refuses them (AllowAny ones too): a stolen agent key
+            # reaches the agent API of its own node and nothing else.
+            raise exceptions.PermissionDenied(AGENT_SCOPE_MESSAGE)
         return (AnonymousUser(), api_key)
 
     def authenticate_header(self, request: Request) -> str:

@@ -70,13 +70,22 @@ class Membership(models.Model):
 
 class ApiKey(models.Model):
     """An API key: ``tdm_<prefix>_<secret>``. Only the SHA-256 of the whole key is stored;
-    the prefix finds the row and is safe to show in lists."""
+    the prefix finds the row and is safe to show in lists.
+
+    ``scope`` says what the key may reach: an ``org`` key acts for its organization
+    with its ``role``; an ``agent`` key lives on one GPU node and reaches only the agent
+    API (/api/v1/agent/...), for the node it is bound to (providers.AgentKey.node)."""
+
+    class Scope(models.TextChoices):
+        ORG = "org"
+        AGENT = "agent"
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE)
     name = models.CharField(max_length=100, default="default")
     role = models.CharField(
         max_length=16, choices=Membership.Role.choices, default=Membership.Role.ADMIN
     )
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.ORG)
     prefix = models.CharField(max_length=16, unique=True)
     hashed_key = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -87,6 +96,9 @@ class ApiKey(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(role__in=["admin", "member", "finance"]), name="apikey_role_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(scope__in=["org", "agent"]), name="apikey_scope_valid"
             ),
         ]
 

@@ -80,10 +80,14 @@ class CreatedApiKey:
 
 
 def api_key_create(
-    *, organization: Organization, name: str = "default", role: str = "admin"
+    *, organization: Organization, name: str = "default", role: str = "admin", scope: str = "org"
 ) -> CreatedApiKey:
+    """A new key, shown once. ``scope="agent"`` is for providers' agent keys (made by
+    providers.services.agent_key_create, which binds them to a node)."""
     if role not in Membership.Role.values:
         raise InvalidInput(f"role must be one of {', '.join(Membership.Role.values)}")
+    if scope not in ApiKey.Scope.values:
+        raise InvalidInput(f"scope must be one of {', '.join(ApiKey.Scope.values)}")
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidInput("name must be 1 to 100 characters", details={"field": "name"})
@@ -97,6 +101,7 @@ def api_key_create(
                     organization=organization,
                     name=name,
                     role=role,
+                    scope=scope,
                     prefix=prefix,
                     hashed_key=hash_api_key(raw_key),
                 )

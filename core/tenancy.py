@@ -16,6 +16,16 @@ class Caller:
     role: str  # Membership.Role value
     api_key_id: int | None = None
     user_id: int | None = None
+    # ApiKey.Scope value: "org" (sessions too), or "agent" for a node agent's key,
+    # which reaches only the agent API. The node an agent key is bound to is not
+    # carried here: it lives in providers (AgentKey.node), which core may not import,
+    # and it changes within a request (the first registration binds it), so
+    # providers.permissions.agent_node_or_404 reads it where a node is named.
+    scope: str = "org"
+
+    @property
+    def is_agent(self) -> bool:
+        return self.scope == "agent"
 
     @property
     def is_finance(self) -> bool:

@@ -39,6 +39,10 @@ MAX_METER_SPAN = timedelta(days=400)
 
 
 class CanSendUsage(BasePermission):
+    """Admin and member keys send usage, and so do node agents' keys (scope ``agent``,
+    role member): that is how nodes report what they ran."""
+
+    admits_agent_keys = True
     message = "sending usage needs an admin or member key (finance keys only read)"
 
     def has_permission(self, request: Request, view: object) -> bool:

@@ -41,10 +41,12 @@ from core.tenancy import get_caller
 from providers import catalog, selectors, services
 from providers.models import AgentKey, Gpu, GpuMinuteRollup, GpuSample, Node, Offer, Site
 from providers.permissions import (
+    AGENT_ONLY_MESSAGE,
+    IsAgentKey,
     IsProviderAdmin,
     IsProviderMember,
-    IsProviderOperator,
-    is_provider_operator,
+    agent_node_or_404,
+    is_agent_caller,
 )
 
 TAG_PORTAL = "provider portal"
@@ -459,7 +461,7 @@ class SiteListApi(APIView):
 
 
 class SiteCreateApi(APIView):
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsProviderAdmin]
 
     @extend_schema(
         operation_id="provider_sites_create",
@@ -589,7 +591,7 @@ class OfferListApi(APIView):
 
 
 class OfferCreateApi(APIView):
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsProviderAdmin]
 
     @extend_schema(
         operation_id="provider_offers_create",
@@ -629,7 +631,7 @@ class OfferDetailApi(APIView):
 
 
 class OfferPauseApi(APIView):
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsProviderAdmin]
 
     @extend_schema(
         operation_id="provider_offers_pause",
@@ -645,7 +647,7 @@ class OfferPauseApi(APIView):
 
 
 class OfferResumeApi(APIView):
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsProviderAdmin]
 
     @extend_schema(
         operation_id="provider_offers_resume",
@@ -661,7 +663,7 @@ class OfferResumeApi(APIView):
 
 
 class OfferRepriceApi(APIView):
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsProviderAdmin]
 
     @extend_schema(
         operation_id="provider_offers_reprice",
@@ -680,7 +682,7 @@ class OfferRepriceApi(APIView):
 
 
 class OfferWithdrawApi(APIView):
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsProviderAdmin]
 
     @extend_schema(
         operation_id="provider_offers_withdraw",
@@ -807,7 +809,7 @@ class AgentKeyCreateApi(APIView):
 
 
 class NodeRegisterApi(APIView):
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsAgentKey]
 
     @extend_schema(
         operation_id="agent_nodes_register",
@@ -949,7 +951,7 @@ class NodeHeartbeatApi(APIView):
     """The heartbeat's documentation, and its answer to methods other than POST.
     POST is served by ``node_heartbeat`` below, without DRF."""
 
-    permission_classes = [IsProviderOperator]
+    permission_classes = [IsAgentKey]
 
     @extend_schema(
         operation_id="agent_nodes_heartbeat",
@@ -966,7 +968,6 @@ class NodeHeartbeatApi(APIView):
 
 
 _heartbeat_other_methods = NodeHeartbeatApi.as_view()
-_PERMISSION_MESSAGE = IsProviderOperator.message
 
 
 @csrf_exempt  # API keys only: no session, so nothing to forge
@@ -989,15 +990,17 @@ def node_heartbeat(request: HttpRequest, node_id: int) -> HttpResponse:
         if found is None:
             raise NotAuthenticated()
         caller, _ = found
-        if not is_provider_operator(caller):
-            raise PermissionDenied(_PERMISSION_MESSAGE)
+        if not is_agent_caller(caller):
+            raise PermissionDenied(AGENT_ONLY_MESSAGE)
         body = request.body
         if body and request.content_type != "application/json":
             raise UnsupportedMediaType(request.content_type or "")
+        samples = heartbeat_samples(body)
+        agent_node_or_404(caller, node_id)
         result = services.node_heartbeat_record(
             organization=caller.organization,
             node_id=node_id,
-            samples=heartbeat_samples(body),
+            samples=samples,
         )
     except Exception as exc:
         response = error_response(exc)

@@ -34,11 +34,17 @@ class Site(models.Model):
 
 
 class AgentKey(models.Model):
-    """An API key made for a node agent (role member). The key itself lives in core."""
+    """An API key made for a node agent (scope ``agent``). The key itself lives in core.
+
+    ``node`` is the node the key belongs to: set by the key's first successful
+    registration; from then on the key registers and reports for that node only."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE)
     api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="agent_key")
     name = models.CharField(max_length=100)
+    node = models.ForeignKey(
+        "Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="agent_keys"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

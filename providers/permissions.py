@@ -1,4 +1,11 @@
-"""Who may use the provider portal and the agent API: provider organizations only."""
+"""Who may use the provider portal and the agent API.
+
+The portal (/api/v1/provider/...) is for provider organizations' organization keys
+and sessions: any role reads (admin, member, finance), writes need the admin role.
+The agent API (/api/v1/agent/...) is for agent keys only (core.models.ApiKey.Scope
+.AGENT), each bound to one node: every agent endpoint that names a node calls
+``agent_node_or_404``, so a key reaches its own node and no other.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,13 @@ from typing import Any
 
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
+
+from core.errors import Forbidden, NotFound
+from providers.models import Node
+
+AGENT_ONLY_MESSAGE = (
+    "the agent API takes agent keys only; create one with POST /api/v1/provider/agent-keys/"
+)
 
 
 def _provider_caller(request: Request) -> Any:
@@ -22,26 +36,49 @@ class IsProviderMember(BasePermission):
         return _provider_caller(request) is not None
 
 
-def is_provider_operator(caller: Any) -> bool:
-    """Admins and members of a provider organization: listing capacity, agents.
-    Finance staff read only."""
-    return (
-        caller is not None
-        and caller.organization.is_provider
-        and caller.role in ("admin", "member")
-    )
-
-
-class IsProviderOperator(BasePermission):
-    message = "this needs the admin or member role in a provider organization"
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return is_provider_operator(getattr(request, "caller", None))
-
-
 class IsProviderAdmin(BasePermission):
+    """Writes to the portal: sites, offers, agent keys, payout accounts."""
+
     message = "this needs the admin role in a provider organization"
 
     def has_permission(self, request: Request, view: Any) -> bool:
         caller = _provider_caller(request)
         return caller is not None and caller.role == "admin"
+
+
+def is_agent_caller(caller: Any) -> bool:
+    """An agent key of a provider organization."""
+    return caller is not None and caller.is_agent and caller.organization.is_provider
+
+
+class IsAgentKey(BasePermission):
+    """The agent API: agent keys only (core.authentication keeps agent keys out of
+    every view whose permission classes do not admit them)."""
+
+    admits_agent_keys = True
+    message = AGENT_ONLY_MESSAGE
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_agent_caller(getattr(request, "caller", None))
+
+
+def agent_node_or_404(caller: Any, node_id: int) -> Node:
+    """The node an agent endpoint names, if it is the caller's own: the node the agent
+    key is bound to (AgentKey.node, set by its first registration). Another node, an
+    unbound key or an unknown id: 404 (nothing is said about other nodes). A caller
+    that is not an agent key: 403. One indexed query.
+
+    Every agent endpoint under /api/v1/agent/nodes/<id>/... calls this before it
+    reads or writes anything."""
+    if not is_agent_caller(caller):
+        raise Forbidden(AGENT_ONLY_MESSAGE)
+    node = Node.objects.filter(
+        pk=node_id,
+        organization_id=caller.organization.pk,
+        agent_keys__api_key_id=caller.api_key_id,
+    ).first()
+    if node is None:
+        raise NotFound(
+            f"node {node_id} is not this agent key's node", details={"node_id": node_id}
+        )
+    return node

@@ -110,10 +110,11 @@ class CreatedAgentKey:
 
 @transaction.atomic
 def agent_key_create(*, organization: Organization, name: str) -> CreatedAgentKey:
-    """An API key for node agents: role ``member`` (it may register nodes and send
-    heartbeats, not manage keys or offers' owners)."""
+    """An API key for one node's agent: scope ``agent`` (it reaches only the agent API,
+    for the node its first registration binds it to). Role ``member``, which an agent
+    key never uses: the scope decides what it may do."""
     created = core_services.api_key_create(
-        organization=organization, name=f"agent: {name}"[:100], role="member"
+        organization=organization, name=f"agent: {name}"[:100], role="member", scope="agent"
     )
     agent_key = AgentKey.objects.create(
         organization=organization, api_key=created.api_key, name=name
@@ -149,8 +150,20 @@ def node_register(
 ) -> Node:
     """Register a node, or refresh the inventory of one already registered under the
     same hostname in this organization. ``inventory`` is the agent's report (see
-    nvml.NodeInventory.as_dict, already validated by the API's serializer)."""
+    nvml.NodeInventory.as_dict, already validated by the API's serializer).
+
+    An agent key (``api_key_id`` with an AgentKey row) is bound to the node it first
+    registers; registering another hostname with it is a Conflict naming its node.
+    Its row is locked first, so two first registrations racing bind it once."""
     now = timezone.now()
+    agent_key = (
+        AgentKey.objects.select_for_update()
+        .select_related("node")
+        .filter(api_key_id=api_key_id, organization=organization)
+        .first()
+        if api_key_id is not None
+        else None
+    )
     site = None
     if site_name:
         site = Site.objects.filter(organization=organization, name=site_name).first()
@@ -176,6 +189,13 @@ def node_register(
         .filter(organization=organization, hostname=hostname)
         .first()
     )
+    bound = agent_key.node if agent_key is not None else None
+    if bound is not None and (node is None or node.pk != bound.pk):
+        raise Conflict(
+            f"this agent key belongs to node {bound.pk} ({bound.hostname}), not {hostname!r}; "
+            "create an agent key for each node",
+            details={"node_id": bound.pk, "hostname": bound.hostname},
+        )
     is_new = node is None
     if node is None:
         node = Node(organization=organization, hostname=hostname, registered_at=now)
@@ -189,6 +209,8 @@ def node_register(
     node.inventory_source = inventory_source
     node.heartbeat_interval_seconds = heartbeat_interval_seconds()
     node.save()
+    if agent_key is not None and bound is None:
+        AgentKey.objects.filter(pk=agent_key.pk).update(node=node)
 
     existing = {gpu.uuid: gpu for gpu in Gpu.objects.select_for_update().filter(uuid__in=uuids)}
     before = {gpu.uuid: _gpu_summary(gpu) for gpu in node.gpus.filter(present=True)}
