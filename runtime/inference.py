@@ -9,6 +9,14 @@ adapter loaded once, serving completions and chat completions.
 - **Sampling.** temperature (0 is greedy), top_p, max_tokens, stop strings and a
   seed: each request draws from its own generator, so the same seed gives the same
   text (for the same batch composition; alone, always).
+- **Isolation.** Batches mix requests of different buyers, so one request must never
+  fail its neighbours. Everything a request brings (parameters, text, seed) is
+  checked in the caller's thread before it joins a batch, and its generator is made
+  there; inside a batch each request has its own error slot: an error while sampling
+  or advancing one request ends that request alone (an ``InvalidInput`` is the
+  caller's 400, anything else is ours), and a forward pass that fails for a batch is
+  redone request by request from where each stood, so only the request that trips it
+  again fails.
 - **Streaming.** ``stream`` yields text as it is decided: held back only while it
   could still turn into a stop string or ends inside a UTF-8 character, so the
   joined chunks equal the non-streamed text exactly.
@@ -21,6 +29,7 @@ adapter loaded once, serving completions and chat completions.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import uuid
@@ -34,7 +43,33 @@ from core.errors import InvalidInput
 from runtime.datasets import TextTokenizer, tokenizer_for
 from runtime.registry import model_info
 
+logger = logging.getLogger(__name__)
+
 STOP = object()
+# The generator takes a 64-bit seed; OpenAI's wire type is a signed 64-bit integer.
+SEED_MAX = 2**63 - 1
+# Below this a temperature is greedy: dividing logits by a float32 that underflows to
+# 0 gives NaN probabilities, which multinomial refuses.
+MIN_TEMPERATURE = 1e-5
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def text_check(value: object, *, field: str) -> str:
+    """``value`` as text the tokenizer can read: a string encodable as UTF-8 (JSON
+    lets a lone surrogate such as ``"\\ud800"`` through, and the tokenizer cannot)."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}: must be a string", details={"field": field})
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{field}: is not valid Unicode (a lone surrogate at character {exc.start})",
+            details={"field": field},
+        ) from None
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +81,40 @@ class SamplingParams:
     seed: int | None = None
 
     def check(self) -> None:
-        if not 1 <= self.max_tokens <= 100_000:
+        """Every bound, with the field named, before the request joins a batch."""
+        if (
+            not isinstance(self.max_tokens, int)
+            or isinstance(self.max_tokens, bool)
+            or not 1 <= self.max_tokens <= 100_000
+        ):
             raise InvalidInput(
-                "max_tokens: must be from 1 to 100000", details={"field": "max_tokens"}
+                "max_tokens: must be a whole number from 1 to 100000",
+                details={"field": "max_tokens"},
             )
-        if not 0 <= self.temperature <= 2:
+        if not _is_number(self.temperature) or not 0 <= self.temperature <= 2:
             raise InvalidInput("temperature: must be from 0 to 2", details={"field": "temperature"})
-        if not 0 < self.top_p <= 1:
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise InvalidInput("top_p: must be in (0, 1]", details={"field": "top_p"})
-        if len(self.stop) > 4 or any(not s for s in self.stop):
+        if not isinstance(self.stop, tuple) or len(self.stop) > 4:
             raise InvalidInput("stop: at most 4 non-empty strings", details={"field": "stop"})
+        for index, stop in enumerate(self.stop):
+            text_check(stop, field=f"stop[{index}]")
+            if not stop:
+                raise InvalidInput(
+                    f"stop[{index}]: must not be empty", details={"field": f"stop[{index}]"}
+                )
+        if self.seed is not None and (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not 0 <= self.seed <= SEED_MAX
+        ):
+            raise InvalidInput(
+                f"seed: must be a whole number from 0 to {SEED_MAX}", details={"field": "seed"}
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,23 +209,23 @@ class Engine:
         if (prompt is None) == (messages is None):
             raise InvalidInput("give either prompt or messages", details={"field": "prompt"})
         if messages is not None:
+            if not isinstance(messages, list) or not messages:
+                raise InvalidInput(
+                    "messages: must be a non-empty list", details={"field": "messages"}
+                )
             for index, message in enumerate(messages):
-                if (
-                    not isinstance(message, dict)
-                    or message.get("role")
-                    not in (
-                        "system",
-                        "user",
-                        "assistant",
-                    )
-                    or not isinstance(message.get("content"), str)
+                if not isinstance(message, dict) or message.get("role") not in (
+                    "system",
+                    "user",
+                    "assistant",
                 ):
                     raise InvalidInput(
                         f"messages[{index}]: needs a role (system, user, assistant) and content",
                         details={"field": f"messages[{index}]"},
                     )
+                text_check(message.get("content"), field=f"messages[{index}].content")
             return self.tokenizer.chat_prompt_ids(messages)
-        return self.tokenizer.prompt_ids(prompt or "")
+        return self.tokenizer.prompt_ids(text_check(prompt, field="prompt"))
 
     def submit(
         self,
@@ -193,9 +252,22 @@ class Engine:
             prompt_ids=ids,
             params=params,
             budget=min(params.max_tokens, room),
+            generator=self._generator(params),
         )
         self._pending.put(request)
         return request
+
+    def _generator(self, params: SamplingParams) -> torch.Generator | None:
+        """The request's own generator, made here (the caller's thread) so a seed the
+        generator refuses is the caller's error, not the batch's."""
+        if params.greedy:
+            return None
+        generator = torch.Generator(device=self.device)
+        seed = params.seed
+        generator.manual_seed(
+            seed if seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little") >> 1
+        )
+        return generator
 
     def stream(self, **kwargs: Any) -> Iterator[Chunk]:
         """Chunks of one completion as they are decided; the last carries the counts."""
@@ -261,46 +333,86 @@ class Engine:
             if not requests:
                 continue
             self.batch_sizes.append(len(requests))
+            self._decode_isolated(requests)
+
+    def _fail(self, request: _Request, error: BaseException) -> None:
+        """End ``request`` alone with ``error``: its caller raises it."""
+        if request.finish is not None:
+            return
+        if not isinstance(error, InvalidInput):
+            logger.error(
+                "inference request %s failed while decoding",
+                request.id,
+                exc_info=error,
+                extra={"deployment": self.deployment_id},
+            )
+        request.finish = "error"
+        request.out.put(error)
+        request.out.put(STOP)
+
+    def _decode_isolated(self, requests: list[_Request]) -> None:
+        """Decode a batch; if the batch itself fails (a forward pass), decode each
+        unfinished request alone from where it stood, so the error stays with the
+        request that causes it. Nothing escapes: the engine serves on."""
+        try:
+            with torch.inference_mode():
+                self._decode(requests)
+            return
+        except Exception as exc:
+            live = [r for r in requests if r.finish is None]
+            if len(requests) == 1:
+                for request in live:
+                    self._fail(request, exc)
+                return
+        for request in live:
             try:
                 with torch.inference_mode():
-                    self._decode(requests)
-            except Exception as exc:  # one bad batch must not kill the engine
-                for request in requests:
-                    if request.finish is None:
-                        request.out.put(exc)
-                        request.out.put(STOP)
+                    self._decode([request])
+            except Exception as alone:
+                self._fail(request, alone)
+
+    def _forward(
+        self,
+        requests: list[_Request],
+        *,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """One forward pass of the batch ``requests``: the last position's logits."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1, :].float()
 
     def _decode(self, requests: list[_Request]) -> None:
+        """Decode ``requests`` together until each finishes. Each one's sampling and
+        advancing is its own error slot (``_fail``). A request decoded again after its
+        batch failed resumes from its prompt plus the tokens it already has."""
         from transformers import DynamicCache
 
-        for request in requests:
-            if request.params.temperature > 0:
-                request.generator = torch.Generator(device=self.device)
-                seed = request.params.seed
-                request.generator.manual_seed(
-                    seed if seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
-                )
-        longest = max(len(r.prompt_ids) for r in requests)
+        contexts = [r.prompt_ids + r.generated for r in requests]
+        longest = max(len(c) for c in contexts)
         size = len(requests)
         ids = torch.full((size, longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((size, longest), dtype=torch.long)
-        for i, request in enumerate(requests):
-            n = len(request.prompt_ids)
-            ids[i, longest - n :] = torch.tensor(request.prompt_ids)
+        for i, context in enumerate(contexts):
+            n = len(context)
+            ids[i, longest - n :] = torch.tensor(context)
             mask[i, longest - n :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
+        logits = self._forward(
+            requests, input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache
         )
-        logits = out.logits[:, -1, :].float()
         next_positions = positions[:, -1:] + 1
-        active = list(range(size))
+        active = [i for i, r in enumerate(requests) if r.finish is None]
         while active:
             chosen = torch.full((size, 1), self.pad_id, dtype=torch.long, device=self.device)
             for i in list(active):
@@ -310,27 +422,31 @@ class Engine:
                     request.out.put(STOP)
                     active.remove(i)
                     continue
-                token = self._sample(logits[i], request)
+                try:
+                    token = self._sample(logits[i], request)
+                    self._advance(request, token)
+                except Exception as exc:  # this request's error, not its neighbours'
+                    self._fail(request, exc)
+                    active.remove(i)
+                    continue
                 chosen[i, 0] = token
-                self._advance(request, token)
                 if request.finish is not None:
                     active.remove(i)
             if not active:
                 break
             mask = torch.cat([mask, torch.ones((size, 1), dtype=mask.dtype, device=self.device)], 1)
-            out = self.model(
+            logits = self._forward(
+                requests,
                 input_ids=chosen,
                 attention_mask=mask,
                 position_ids=next_positions,
                 cache=cache,
-                use_cache=True,
             )
-            logits = out.logits[:, -1, :].float()
             next_positions = next_positions + 1
 
     def _sample(self, logits: torch.Tensor, request: _Request) -> int:
         params = request.params
-        if params.temperature == 0 or request.generator is None:
+        if params.greedy or request.generator is None:
             return int(torch.argmax(logits).item())
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1:
