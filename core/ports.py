@@ -293,3 +293,53 @@ class PriceBookPort(Protocol):
         added (0 when its usage reached the minimum, or when it has no rated usage: a
         job billed nothing owes no minimum). Idempotent per job."""
         ...
+
+
+# --- usage provenance (consumer: metering; provider: marketplace) ----------------
+# Registered as "usage_provenance" by marketplace (marketplace/provenance.py). Usage is
+# billed only for what the platform's own records prove happened: GPU-seconds on a
+# lease it made, tokens of a job or deployment it runs. Metering asks here, once per
+# subject kind per batch, for the facts of the subjects a batch names; it judges the
+# events against them itself (who sent them, when, at what price). Subject ids are
+# the usage subjects (``lease-<id>``, a job's or deployment's public id); an id not
+# found is absent from the answer.
+
+USAGE_PROVENANCE = "usage_provenance"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseFacts:
+    """What a lease's GPU-seconds are billed by: its buyer, its provider and node,
+    its GPUs' model, its price, and its live interval ``[started_at, ended_at]``
+    (``started_at`` None: not started; ``ended_at`` None: still running)."""
+
+    subject_id: str
+    organization_id: int
+    provider_organization_id: int
+    node_id: int
+    gpu_model: str
+    price_micros_per_hour: int
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadFacts:
+    """A fine-tune job or inference deployment: whose it is (``organization_id`` None:
+    a platform deployment serving a base model to every buyer)."""
+
+    subject_kind: str  # job | deployment
+    subject_id: str
+    organization_id: int | None
+
+
+class UsageProvenancePort(Protocol):
+    def leases(self, *, subject_ids: Sequence[str]) -> dict[str, LeaseFacts]:
+        """The leases named, by subject id; one query."""
+        ...
+
+    def workloads(
+        self, *, job_ids: Sequence[str], deployment_ids: Sequence[str]
+    ) -> dict[tuple[str, str], WorkloadFacts]:
+        """The jobs and deployments named, by (kind, subject id); one query per kind."""
+        ...

@@ -5,5 +5,9 @@ class MarketplaceConfig(AppConfig):
     name = "marketplace"
 
     def ready(self) -> None:
-        # Registers the supply follower, so `run_follower` and `run_matching` run it.
-        from marketplace import followers  # noqa: F401
+        from core import ports
+        from marketplace import followers  # noqa: F401  (registers the supply follower)
+        from marketplace.provenance import MarketplaceProvenance
+
+        # Metering proves usage's subjects (leases, jobs, deployments) through this.
+        ports.register(ports.USAGE_PROVENANCE, MarketplaceProvenance())

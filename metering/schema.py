@@ -81,9 +81,9 @@ USAGE_TYPES: dict[str, UsageType] = {
     "tokens.evaluation": UsageType("token", frozenset({"job"}), ("model", "training_type")),
     "tokens.prompt": UsageType("token", frozenset({"job", "deployment"}), ("model",)),
     "tokens.completion": UsageType("token", frozenset({"job", "deployment"}), ("model",)),
-    "gpu.seconds": UsageType(
-        "gpu_second", frozenset({"lease"}), ("gpu_model", "provider", "lease_price_micros_per_hour")
-    ),
+    # gpu_model, provider and lease_price_micros_per_hour are the lease's own: filled in
+    # from the lease at ingestion (metering.services._proven), refused if sent otherwise.
+    "gpu.seconds": UsageType("gpu_second", frozenset({"lease"})),
 }
 
 
@@ -191,10 +191,10 @@ def _rules(event: UsageEventIn) -> str | None:
     if "training_type" in usage_type.required and dims["training_type"] not in TRAINING_TYPES:
         return f"dimensions.training_type must be one of {', '.join(TRAINING_TYPES)}"
     if event.type == "gpu.seconds":
-        provider = dims["provider"]
+        provider = dims.get("provider", 1)
         if not isinstance(provider, int) or provider < 1:
             return "dimensions.provider must be the provider organization's id"
-        price = dims["lease_price_micros_per_hour"]
+        price = dims.get("lease_price_micros_per_hour", 0)
         if not isinstance(price, int) or not 0 <= price <= MAX_QUANTITY:
             return "dimensions.lease_price_micros_per_hour must be an integer from 0 to 10^12"
     return None

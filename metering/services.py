@@ -5,6 +5,8 @@ How a batch is stored, exactly once:
 
 - Each event is checked alone (schema, type rules, time, who may send it); a bad one
   is answered ``rejected`` with its reason and the rest go on.
+- Usage has provenance: each event's subject must be one the platform made, of the
+  subject buyer (see ``_proven``): a lease's GPU-seconds are priced by the lease.
 - The good ones are written with one ``INSERT … SELECT FROM jsonb_to_recordset(…) ON
   CONFLICT DO NOTHING RETURNING id`` (PostgreSQL): the unique ``(producer, source,
   id)`` constraint decides duplicates, across batches, requests and all time, even
@@ -43,10 +45,12 @@ import msgspec
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core import ports
 from core.db import is_postgres, retry_transaction, server_cursor
 from core.errors import InvalidInput
 from core.eventstore import EventRow, events_insert
 from core.models import Organization
+from core.ports import LeaseFacts, UsageProvenancePort, WorkloadFacts
 from core.tenancy import Caller
 from metering import events as ev
 from metering.models import PLATFORM_PRODUCER, ClosedPeriod, UsageEvent
@@ -55,7 +59,6 @@ from metering.schema import Rejection, UsageEventIn, event_validate, subject_of
 MAX_FUTURE = timedelta(minutes=5)
 USAGE_TABLE = UsageEvent._meta.db_table
 _BUYER_KINDS: tuple[str | None, ...] = (Organization.Kind.BUYER, Organization.Kind.BOTH)
-_PROVIDER_KINDS: tuple[str | None, ...] = (Organization.Kind.PROVIDER, Organization.Kind.BOTH)
 _encode = msgspec.json.encode
 
 
@@ -64,20 +67,29 @@ _encode = msgspec.json.encode
 
 @dataclass(frozen=True, slots=True)
 class Sender:
-    """Who is sending usage, and for whom they may.
+    """Who is sending usage, and for whom they may. Whatever the sender, every
+    event's subject must exist and be the subject buyer's (``_proven``).
 
-    - the platform's own producers (runtime, marketplace): any buyer, any provider;
-    - a key of the operator organization (a trusted integration): the same;
-    - a key of a provider organization (its agents): any buyer subject, but
-      ``gpu.seconds`` only with ``dimensions.provider`` = itself;
-    - a key of a buyer organization: only subjects of its own org, and no
-      ``gpu.seconds`` (a lease's GPU time is reported by whoever serves it).
+    - the platform's own producers (the runtime and the inference gateway, through
+      ``usage_record`` and the ``usage`` port): tokens of jobs and deployments,
+      GPU-seconds of leases;
+    - a key of the operator organization (the platform's own integrations, run as
+      another process): the same;
+    - a key of a provider organization (its agents): ``gpu.seconds`` of its own
+      leases only (a lease on one of its nodes; with ``node_id``, the agent key's
+      node, on that node). Token usage is counted by the platform that ran the work,
+      never taken from a provider;
+    - a key of a buyer organization: nothing (its usage is what the platform and its
+      providers measured, not what it says).
     """
 
     producer_org_id: int  # PLATFORM_PRODUCER (0) for internal producers
     own_org_id: int | None = None  # buyers: the only subject org allowed
     provider_org_id: int | None = None  # providers: the only provider they may bill for
     trusted: bool = False
+    # An agent key bound to one node: only leases on that node (None: any node of
+    # ``provider_org_id``).
+    node_id: int | None = None
 
     @classmethod
     def platform(cls) -> Sender:
@@ -89,7 +101,12 @@ class Sender:
         if org.is_operator:
             return cls(producer_org_id=org.pk, trusted=True)
         if org.is_provider:
-            return cls(producer_org_id=org.pk, provider_org_id=org.pk)
+            # An agent key bound to one node names it (None: a key of the whole org).
+            return cls(
+                producer_org_id=org.pk,
+                provider_org_id=org.pk,
+                node_id=getattr(caller, "agent_node_id", None),
+            )
         return cls(producer_org_id=org.pk, own_org_id=org.pk)
 
     def refusal(self, event: UsageEventIn) -> str | None:
@@ -100,9 +117,15 @@ class Sender:
                 return "a buyer key may only send usage of its own organization"
             if event.type == "gpu.seconds":
                 return "gpu.seconds are reported by the provider serving the lease"
-            return None
-        if event.type == "gpu.seconds" and event.dimensions["provider"] != self.provider_org_id:
-            return "a provider key may only report gpu.seconds with dimensions.provider = itself"
+            return (
+                f"{event.type} of a job or deployment is counted by the platform that ran "
+                "it, not sent with a buyer key"
+            )
+        if event.type != "gpu.seconds":
+            return (
+                f"{event.type} of a job or deployment is counted by the platform that ran "
+                "it; a provider key reports only gpu.seconds of its own leases"
+            )
         return None
 
 
@@ -162,7 +185,7 @@ def usage_ingest(
     else:
         indices, good = _checked(sender, events, horizon, outcomes)
     if good:
-        indices, good = _known_subjects(indices, good, outcomes)
+        indices, good = _proven(sender, indices, good, outcomes)
     if good:
         indices, good = _first_of_each_key(indices, good, outcomes)
     if good:
@@ -220,51 +243,172 @@ def _checked(
     return indices, good
 
 
-def _known_subjects(
-    indices: Sequence[int], events: list[UsageEventIn], outcomes: list[Outcome | None]
-) -> tuple[Sequence[int], list[UsageEventIn]]:
-    """The events whose subject org is a buyer (and, for gpu.seconds, whose
-    provider is a provider); the others are answered ``unknown_subject``. One query
-    for the batch's organizations; event by event only when one of them is not."""
+_LEASE_DIMENSIONS = (
+    ("gpu_model", "gpu_model"),
+    ("provider", "provider_organization_id"),
+    ("lease_price_micros_per_hour", "price_micros_per_hour"),
+)
+
+
+def _provenance() -> UsageProvenancePort:
+    return ports.get(ports.USAGE_PROVENANCE)
+
+
+def _proven(
+    sender: Sender,
+    indices: Sequence[int],
+    events: list[UsageEventIn],
+    outcomes: list[Outcome | None],
+) -> tuple[list[int], list[UsageEventIn]]:
+    """The events whose subject the platform's records prove; the others are
+    answered ``rejected``. One query for the batch's buyer organizations, and one
+    per subject kind (leases, jobs, deployments) through the ``usage_provenance``
+    port:
+
+    - the subject org is a buyer organization;
+    - ``gpu.seconds``: the lease exists and is that buyer's; from a provider key, it
+      runs on one of the sender's nodes (on the agent key's node, when bound to
+      one); the event's time lies in the lease's live interval [started, ended] (a
+      lease still running: up to the future limit); ``gpu_model``, ``provider`` and
+      ``lease_price_micros_per_hour`` are the lease's — one sent that differs is
+      refused, one left out is filled in. The price billed is never the client's;
+    - ``tokens.*``: the job exists and is that buyer's, or the deployment does and
+      is that buyer's or a platform deployment (base models, serving every buyer).
+
+    An unknown subject and another buyer's (or another provider's) are answered the
+    same ``unknown_subject``, so a sender learns nothing of subjects not its own."""
     buyer_ids = set(map(_org, events))
-    # checked in the schema: a gpu.seconds event's provider is an int
-    provider_ids: set[int] = {
-        e.dimensions["provider"]  # type: ignore[misc]
-        for e in events
-        if e.type == "gpu.seconds"
-    }
     kinds: dict[int, str] = dict(
-        Organization.objects.filter(pk__in=buyer_ids | provider_ids).values_list("pk", "kind")
+        Organization.objects.filter(pk__in=buyer_ids).values_list("pk", "kind")
     )
-    if all(kinds.get(org) in _BUYER_KINDS for org in buyer_ids) and all(
-        kinds.get(org) in _PROVIDER_KINDS for org in provider_ids
-    ):
-        return indices, events
-    known: tuple[list[int], list[UsageEventIn]] = ([], [])
+    lease_ids: list[str] = []
+    job_ids: list[str] = []
+    deployment_ids: list[str] = []
+    for event in events:
+        subject = event.subject
+        if subject.lease is not None:
+            lease_ids.append(subject.lease)
+        elif subject.job is not None:
+            job_ids.append(subject.job)
+        elif subject.deployment is not None:
+            deployment_ids.append(subject.deployment)
+    provenance = _provenance()
+    leases = provenance.leases(subject_ids=lease_ids) if lease_ids else {}
+    workloads = (
+        provenance.workloads(job_ids=job_ids, deployment_ids=deployment_ids)
+        if job_ids or deployment_ids
+        else {}
+    )
+    proven: tuple[list[int], list[UsageEventIn]] = ([], [])
     for index, event in zip(indices, events, strict=True):
-        if kinds.get(event.subject.org) not in _BUYER_KINDS:
+        org = event.subject.org
+        if kinds.get(org) not in _BUYER_KINDS:
             outcomes[index] = Outcome(
                 index,
                 event.id,
                 "rejected",
                 "unknown_subject",
-                f"subject.org {event.subject.org} is not a buyer organization",
+                f"subject.org {org} is not a buyer organization",
             )
-        elif event.type == "gpu.seconds" and (
-            kinds.get(event.dimensions["provider"]) not in _PROVIDER_KINDS  # type: ignore[arg-type]
-        ):
-            outcomes[index] = Outcome(
-                index,
-                event.id,
-                "rejected",
-                "unknown_subject",
-                f"dimensions.provider {event.dimensions['provider']} is not a provider "
-                "organization",
-            )
+            continue
+        lease_id = event.subject.lease
+        if lease_id is not None:
+            lease = leases.get(lease_id)
+            refusal = _lease_refusal(sender, event, lease_id, lease)
+            if refusal is not None:
+                outcomes[index] = Outcome(index, event.id, "rejected", *refusal)
+                continue
+            event = _priced_by(event, lease)  # type: ignore[arg-type]  # proven above
         else:
-            known[0].append(index)
-            known[1].append(event)
-    return known
+            refusal = _workload_refusal(event, workloads)
+            if refusal is not None:
+                outcomes[index] = Outcome(index, event.id, "rejected", "unknown_subject", refusal)
+                continue
+        proven[0].append(index)
+        proven[1].append(event)
+    return proven
+
+
+def _lease_refusal(
+    sender: Sender, event: UsageEventIn, lease_id: str, lease: LeaseFacts | None
+) -> tuple[str, str] | None:
+    """Why a lease's GPU-seconds are refused (code, reason), or None."""
+    org = event.subject.org
+    mine = sender.provider_org_id
+    if (
+        lease is None
+        or lease.organization_id != org
+        or (mine is not None and lease.provider_organization_id != mine)
+    ):
+        served = f" served by organization {mine}" if mine is not None else ""
+        return (
+            "unknown_subject",
+            f"subject.lease {lease_id!r} is not a lease of organization {org}{served}",
+        )
+    if sender.node_id is not None and lease.node_id != sender.node_id:
+        return (
+            "forbidden",
+            f"subject.lease {lease_id!r} runs on node {lease.node_id}, not on node "
+            f"{sender.node_id} of this agent key",
+        )
+    dims = event.dimensions
+    for name, attribute in _LEASE_DIMENSIONS:
+        if name in dims and dims[name] != getattr(lease, attribute):
+            return (
+                "invalid",
+                f"dimensions.{name} {dims[name]!r} does not match lease {lease_id}'s "
+                f"{getattr(lease, attribute)!r}",
+            )
+    if lease.started_at is None:
+        return ("invalid", f"subject.lease {lease_id!r} has not started")
+    if event.time < lease.started_at or (
+        lease.ended_at is not None and event.time > lease.ended_at
+    ):
+        ended = lease.ended_at.isoformat() if lease.ended_at is not None else "now"
+        return (
+            "invalid",
+            f"time {event.time.isoformat()} is outside lease {lease_id}'s live interval "
+            f"[{lease.started_at.isoformat()}, {ended}]",
+        )
+    return None
+
+
+def _priced_by(event: UsageEventIn, lease: LeaseFacts) -> UsageEventIn:
+    """The event with the lease's own gpu_model, provider and price as dimensions."""
+    dims = event.dimensions
+    if (
+        dims.get("lease_price_micros_per_hour") == lease.price_micros_per_hour
+        and dims.get("provider") == lease.provider_organization_id
+        and dims.get("gpu_model") == lease.gpu_model
+    ):
+        return event
+    return msgspec.structs.replace(
+        event,
+        dimensions={
+            **dims,
+            "gpu_model": lease.gpu_model,
+            "provider": lease.provider_organization_id,
+            "lease_price_micros_per_hour": lease.price_micros_per_hour,
+        },
+    )
+
+
+def _workload_refusal(
+    event: UsageEventIn, workloads: dict[tuple[str, str], WorkloadFacts]
+) -> str | None:
+    """Why tokens of a job or deployment are refused, or None."""
+    org = event.subject.org
+    job = event.subject.job
+    if job is not None:
+        found = workloads.get(("job", job))
+        if found is None or found.organization_id != org:
+            return f"subject.job {job!r} is not a fine-tune job of organization {org}"
+        return None
+    deployment = event.subject.deployment
+    found = workloads.get(("deployment", deployment))  # type: ignore[arg-type]
+    if found is None or found.organization_id not in (org, None):
+        return f"subject.deployment {deployment!r} is not a deployment serving organization {org}"
+    return None
 
 
 def _first_of_each_key(
