@@ -90,10 +90,12 @@ def make_nodes(count: int) -> list[tuple[str, str, bytes]]:
     provider = core.org_create(name="bench provider", kind="provider")
     nodes = []
     for n in range(count):
-        key = services.agent_key_create(organization=provider, name=f"n{n}").raw_key
-        node = services.node_register(
+        created = services.agent_key_create(organization=provider, name=f"n{n}")
+        key = created.raw_key
+        node = services.node_register(  # bound to its key, as the agent's first call does
             organization=provider,
             hostname=f"bench-{n}",
+            api_key_id=created.agent_key.api_key_id,
             inventory={
                 "driver_version": "550.54.15",
                 "cuda_version": "12.4",

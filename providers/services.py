@@ -157,7 +157,7 @@ def node_register(
     Its row is locked first, so two first registrations racing bind it once."""
     now = timezone.now()
     agent_key = (
-        AgentKey.objects.select_for_update()
+        AgentKey.objects.select_for_update(of=("self",))
         .select_related("node")
         .filter(api_key_id=api_key_id, organization=organization)
         .first()
@@ -179,9 +179,11 @@ def node_register(
         .values_list("uuid", flat=True)
     )
     if taken:
+        # Says nothing of why: that another organization holds a UUID is its business.
+        refused = sorted(taken)[0]
         raise Conflict(
-            f"GPU {sorted(taken)[0]} is registered to another organization's node",
-            details={"fields": {"gpus": ["GPU UUIDs already registered elsewhere"]}},
+            f"GPU {refused} cannot be registered",
+            details={"fields": {"gpus": [f"GPU {refused} cannot be registered"]}},
         )
 
     node = (

@@ -7,6 +7,7 @@ and an anonymous caller. Every endpoint is tried by the wrong one of them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import cached_property
 
@@ -38,6 +39,22 @@ class Cast:
         client.raw_key = created.raw_key  # type: ignore[attr-defined]
         return client
 
+    def agent(self, org: Organization, node: object | None = None) -> APIClient:
+        """An APIClient carrying a fresh agent key (scope ``agent``) of ``org``, bound to
+        ``node`` when one is given (as its first registration would bind it)."""
+        from providers import services as supply
+        from providers.models import AgentKey
+
+        created = supply.agent_key_create(organization=org, name="cast agent")
+        if node is not None:
+            AgentKey.objects.filter(pk=created.agent_key.pk).update(node=node)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {created.raw_key}")
+        client.organization = org  # type: ignore[attr-defined]
+        client.api_key = created.agent_key.api_key  # type: ignore[attr-defined]
+        client.raw_key = created.raw_key  # type: ignore[attr-defined]
+        return client
+
     @cached_property
     def finance(self) -> APIClient:
         """Finance staff of the operator organization."""
@@ -65,3 +82,17 @@ def _clear_cache() -> Iterator[None]:
     yield
     cache.clear()
     price_book_forget()
+
+
+# The suite serves plain http with DEBUG=0 (the test client, live_server, the servers
+# tests start as subprocesses), where production redirects to https: no redirect here,
+# whatever the environment running the suite says.
+os.environ["SECURE_SSL_REDIRECT"] = "0"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plain_http() -> Iterator[None]:
+    from django.test.utils import override_settings
+
+    with override_settings(SECURE_SSL_REDIRECT=False):
+        yield

@@ -150,10 +150,12 @@ def test_a_flood_of_heartbeats_is_accepted_and_storage_stays_bounded(cast):
     # given: 50 registered nodes, each with its own agent key
     nodes = []
     for index in range(NODES):
-        key = services.agent_key_create(organization=cast.provider_a, name=f"n{index}").raw_key
-        node = services.node_register(
+        created = services.agent_key_create(organization=cast.provider_a, name=f"n{index}")
+        key = created.raw_key
+        node = services.node_register(  # bound to its key, as the agent's first call does
             organization=cast.provider_a,
             hostname=f"flood-{index}",
+            api_key_id=created.agent_key.api_key_id,
             inventory=inventory(GPUS, prefix=f"GPU-f{index}"),
         )
         nodes.append((node, key, [f"GPU-f{index}-{g:04d}" for g in range(GPUS)]))

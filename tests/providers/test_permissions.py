@@ -110,10 +110,13 @@ def test_provider_a_cannot_see_or_change_provider_bs_things(cast, world):
                 "kind": "on_demand",
             },
         ),
-        ("post", f"{A}/nodes/{node}/heartbeat", {"gpus": []}),
     ]:
         response = _call(a, method, url, body)
         assert response.status_code == 404, (method, url, response.json())
+    # A's agent key, bound to A's node, does not reach B's
+    a_agent = cast.agent(cast.provider_a, node=world["node_a"])
+    response = a_agent.post(f"{A}/nodes/{node}/heartbeat", {"gpus": []}, format="json")
+    assert response.status_code == 404, response.json()
 
     # lists hold only A's own things
     assert a.get(f"{P}/sites/").json()["results"] == [
@@ -133,7 +136,7 @@ def test_a_gpu_of_another_org_cannot_be_registered(cast, world):
     from providers.models import Gpu
 
     b_gpu = Gpu.objects.filter(node_id=world["node"]).first()
-    a = cast.client(cast.provider_a)
+    a = cast.agent(cast.provider_a)
 
     response = a.post(
         f"{A}/nodes/register",
@@ -182,7 +185,9 @@ def test_only_admins_make_agent_keys_and_the_key_is_shown_once(cast, world):
     assert [k["name"] for k in listed] == ["r1"] and "key" not in listed[0]
     agent = cast.anonymous
     agent.credentials(HTTP_AUTHORIZATION=f"Bearer {created.json()['key']}")
-    heartbeat = f"{A}/nodes/{world['node_a'].pk}/heartbeat"
+    registered = agent.post(f"{A}/nodes/register", {"hostname": "r1", "gpus": []}, format="json")
+    assert registered.status_code == 200, registered.json()
+    heartbeat = f"{A}/nodes/{registered.json()['node_id']}/heartbeat"
     assert agent.post(heartbeat, {"gpus": []}, format="json").status_code == 200
     # revoked through core's API-key endpoint, the agent is refused at once
     revoked = admin.post(f"/api/v1/api-keys/{listed[0]['api_key_id']}/revoke")

@@ -118,7 +118,7 @@ def test_sites_are_created_once_per_name(cast):
 
 def test_heartbeat_input_errors_name_the_place(cast, make_node):
     node = make_node(cast.provider_a, count=2)
-    agent = cast.client(cast.provider_a, role="member")
+    agent = cast.agent(cast.provider_a, node=node)
     url = f"/api/v1/agent/nodes/{node.pk}/heartbeat"
     good = samples(node, utilization_pct=5)
 
@@ -137,7 +137,7 @@ def test_heartbeat_input_errors_name_the_place(cast, make_node):
 
 def test_a_heartbeat_answers_protocol_errors_in_the_api_shape(cast, make_node):
     node = make_node(cast.provider_a, count=2)
-    agent = cast.client(cast.provider_a, role="member")
+    agent = cast.agent(cast.provider_a, node=node)
     url = f"/api/v1/agent/nodes/{node.pk}/heartbeat"
     twice = samples(node, utilization_pct=5)[:1] * 2
 
