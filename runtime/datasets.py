@@ -26,6 +26,8 @@ assistant turns only (and only their content and end marker) unless
 from __future__ import annotations
 
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +43,12 @@ MAX_EXAMPLES = 2_000_000
 MAX_REPORTED_ERRORS = 20
 FORMATS = ("text", "messages", "prompt_completion", "parquet")
 ROLES = ("system", "user", "assistant")
+# A training record is a few levels deep (a turn in a list in an object); the JSON
+# decoder recurses, so a line of brackets must be refused before it is parsed.
+MAX_JSON_DEPTH = 64
+# Python refuses to turn longer digit strings into integers (a ValueError from json).
+MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300
+_BRACKETS_AND_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 class DatasetInvalid(InvalidInput):
@@ -239,6 +247,34 @@ def tokenizer_for(model: str) -> TextTokenizer:
 # --- JSON lines ------------------------------------------------------------------
 
 
+def _json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects deeper than ``limit``.
+    Cheap for ordinary lines: only one with more opening brackets than the limit is
+    scanned (brackets inside strings do not count)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for match in _BRACKETS_AND_STRINGS.finditer(text):
+        piece = match.group()
+        if piece in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif piece in "]}":
+            depth -= 1
+    return False
+
+
+def _not_unicode(value: str) -> int | None:
+    """Where ``value`` holds a lone surrogate (JSON's ``"\\ud800"`` decodes to one,
+    and no tokenizer can read it), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def _format_of(record: dict[str, Any]) -> str | None:
     if "messages" in record:
         return "messages"
@@ -256,6 +292,13 @@ _FIELDS = {
 }
 
 
+def _unicode_ok(line: int, field_name: str, value: str, problems: _Problems) -> bool:
+    at = _not_unicode(value)
+    if at is not None:
+        problems.add(line, field_name, f"is not valid Unicode (a lone surrogate at character {at})")
+    return at is None
+
+
 def _check_record(line: int, record: dict[str, Any], fmt: str, problems: _Problems) -> bool:
     ok = True
     unknown = sorted(set(record) - _FIELDS[fmt])
@@ -269,7 +312,7 @@ def _check_record(line: int, record: dict[str, Any], fmt: str, problems: _Proble
         if not record["text"].strip():
             problems.add(line, "text", "must not be empty")
             return False
-        return ok
+        return _unicode_ok(line, "text", record["text"], problems) and ok
     if fmt == "prompt_completion":
         for name in ("prompt", "completion"):
             if name not in record:
@@ -277,6 +320,8 @@ def _check_record(line: int, record: dict[str, Any], fmt: str, problems: _Proble
                 ok = False
             elif not isinstance(record[name], str):
                 problems.add(line, name, "must be a string")
+                ok = False
+            elif not _unicode_ok(line, name, record[name], problems):
                 ok = False
         if ok and not record["completion"].strip():
             problems.add(line, "completion", "must not be empty")
@@ -302,6 +347,8 @@ def _check_record(line: int, record: dict[str, Any], fmt: str, problems: _Proble
             return False
         if not isinstance(message.get("content"), str):
             problems.add(line, f"{where}.content", "must be a string")
+            ok = False
+        elif not _unicode_ok(line, f"{where}.content", message["content"], problems):
             ok = False
         if role == "system":
             if index != 0:
@@ -364,10 +411,19 @@ def _read_jsonl(
             if not text.strip():
                 problems.add(number, "", "is empty; each line must be one JSON object")
                 continue
+            if _json_depth_exceeds(text, MAX_JSON_DEPTH):
+                problems.add(number, "", f"is nested deeper than {MAX_JSON_DEPTH} levels")
+                continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
                 problems.add(number, "", f"is not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except ValueError:  # an integer past Python's digit limit
+                problems.add(number, "", f"holds an integer of more than {MAX_INT_DIGITS} digits")
+                continue
+            except RecursionError:  # nesting the scan above let through (it should not)
+                problems.add(number, "", f"is nested deeper than {MAX_JSON_DEPTH} levels")
                 continue
             if not isinstance(record, dict):
                 problems.add(number, "", "must be a JSON object")
@@ -443,7 +499,7 @@ def _read_parquet(
         problems.raise_if_any()
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         problems.add(0, "", f"is not a readable Parquet file ({exc})")
         problems.raise_if_any()
     allowed = {"input_ids", "attention_mask", "labels"}

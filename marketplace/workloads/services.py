@@ -28,7 +28,7 @@ from django.utils.text import slugify
 from core.errors import ApplicationError
 from core.eventstore import event_append, stream_version
 from core.models import Organization
-from core.ports import GenerationChunk, GenerationRequest, ModelCard, UsageRecord
+from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard, UsageRecord
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import conflict, insufficient_credit, invalid, not_found
@@ -236,7 +236,18 @@ def file_check(*, file: File) -> File:
         verdict_valid, fmt, examples = False, "", 0
         message = "CSV is accepted for evaluation only; fine-tune datasets are JSONL or Parquet"
     else:
-        verdict = external.dataset_check(path=path, purpose=file.purpose)
+        try:
+            verdict = external.dataset_check(path=path, purpose=file.purpose)
+        except Exception as exc:
+            # A file the checks could not get through is not left ``uploaded`` for
+            # ever (a worker's retries would fail the same way): it is refused, and
+            # the failure is logged for us to fix.
+            logger.exception("dataset check failed", extra={"file": file.public_id})
+            verdict = DatasetCheck(
+                valid=False,
+                error=f"file: could not be checked ({type(exc).__name__}); "
+                "check that it is UTF-8 JSON lines or Parquet, or contact support",
+            )
         verdict_valid, fmt, examples, message = (
             verdict.valid,
             verdict.format,
@@ -390,7 +401,11 @@ def _positive_int(value: Any, *, param: str, low: int, high: int) -> int:
 
 
 def _number(value: Any, *, param: str, low: float, high: float, open_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and math.isnan(value))
+    ):
         raise invalid(f"{param} must be a number", param=param)
     if value > high or value < low or (open_low and value == low):
         bound = f"greater than {low}" if open_low else f"at least {low}"
@@ -495,7 +510,8 @@ def job_hyperparameters(request: JobRequest, *, examples: int, card: ModelCard) 
         params["lora_dropout"] = _number(
             request.lora_dropout, param="lora_dropout", low=0.0, high=0.99
         )
-        modules = (request.lora_trainable_modules or "all-linear").strip()
+        modules = request.lora_trainable_modules or "all-linear"
+        modules = modules.strip() if isinstance(modules, str) else ""
         if not re.fullmatch(r"[A-Za-z0-9_.,-]+", modules):
             raise invalid(
                 "lora_trainable_modules must be all-linear or comma-separated module names",
