@@ -45,6 +45,10 @@ from tests.providers.test_heartbeat_flood import _free_port as free_port
 
 BATCH = 1000
 BUYERS = 8
+LEASE_PRICE = 2_500_000
+# Usage is accepted only for subjects the platform made: per buyer, leases the market
+# matched and jobs and deployments of theirs (made by make_cast).
+SUBJECTS: dict[int, dict[str, list[str]]] = {}
 MODELS = ("llama-3.1-8b", "qwen2.5-72b", "llama-3.1-405b")
 TOKEN_TYPES = ("tokens.training", "tokens.evaluation", "tokens.prompt", "tokens.completion")
 
@@ -72,6 +76,16 @@ def make_cast():
             reason="bench float",
             transfer_id=f"bench-float-{buyer.pk}",
         )
+    from tests.metering.subjects import deployment_of, job_of, lease_matched
+
+    for buyer in [*buyers, probe]:
+        SUBJECTS[buyer.pk] = {
+            "lease": [
+                lease_matched(buyer, provider, price=LEASE_PRICE).usage_subject for _ in range(2)
+            ],
+            "job": [job_of(buyer).public_id for _ in range(5)],
+            "deployment": [deployment_of(buyer).public_id for _ in range(3)],
+        }
     key = core.api_key_create(organization=operator, name="bench", role="admin").raw_key
     return key, provider, buyers, probe
 
@@ -82,23 +96,23 @@ def event(n: int, tag: str, buyer: int, provider: int, rng: random.Random, now: 
             "id": f"{tag}{n}",
             "source": f"agent/{n % 16}",
             "type": "gpu.seconds",
-            "subject": {"org": buyer, "lease": f"lease-{n % 50}"},
+            "subject": {"org": buyer, "lease": SUBJECTS[buyer]["lease"][n % 2]},
             "time": now,
             "quantity": rng.randint(1, 60),
             "dimensions": {
-                "gpu_model": "H100",
+                "gpu_model": "h100-sxm-80gb",
                 "provider": provider,
                 "region": "eu-west",
-                "lease_price_micros_per_hour": 2_500_000,
+                "lease_price_micros_per_hour": LEASE_PRICE,
             },
         }
     usage_type = TOKEN_TYPES[n % 4]
     dims = {"model": MODELS[n % 3], "region": "eu-west"}
     if usage_type in ("tokens.training", "tokens.evaluation"):
         dims["training_type"] = "lora-sft"
-        subject = {"org": buyer, "job": f"ft-{n % 97}"}
+        subject = {"org": buyer, "job": SUBJECTS[buyer]["job"][n % 5]}
     else:
-        subject = {"org": buyer, "deployment": f"dep-{n % 31}"}
+        subject = {"org": buyer, "deployment": SUBJECTS[buyer]["deployment"][n % 3]}
     return {
         "id": f"{tag}{n}",
         "source": f"runtime/{n % 16}",

@@ -1,7 +1,10 @@
 """Demo usage for ``make run``: a fine-tune job's training and evaluation tokens, some
 inference tokens, and the GPU-seconds of a lease on the demo provider, rated into the
-demo buyer's balance. Safe on every run: the events' ids are fixed, so a second load
-is answered ``duplicate`` and rates nothing new."""
+demo buyer's balance. Usage is accepted only for subjects the platform made, so the
+caller names the demo's real job, lease and (when there is one) deployment; the
+GPU-seconds are timed inside the lease's live interval and priced by the lease. Safe
+on every run: the events' ids are fixed, so a second load is answered ``duplicate``
+and rates nothing new."""
 
 from __future__ import annotations
 
@@ -10,17 +13,22 @@ from datetime import timedelta
 from django.utils import timezone
 
 from billing.rating import usage_rating
+from core import ports
 from core.followers import followers_run_until_idle
 from core.models import Organization
+from core.ports import UsageProvenancePort
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
 
 
-def load(*, buyer: Organization, provider: Organization) -> None:
+def load(*, buyer: Organization, job: str, lease: str, deployment: str | None = None) -> None:
+    """``job``, ``lease`` and ``deployment``: usage subjects of ``buyer`` (a job's and a
+    deployment's public ids, a lease's ``lease-<id>``)."""
     at = timezone.now() - timedelta(hours=1)
-    job = SubjectIn(org=buyer.pk, job="ft-demo")
-    deployment = SubjectIn(org=buyer.pk, deployment="dep-demo")
-    lease = SubjectIn(org=buyer.pk, lease="demo:lease-1")
+    provenance: UsageProvenancePort = ports.get(ports.USAGE_PROVENANCE)
+    started = provenance.leases(subject_ids=[lease])[lease].started_at
+    gpu_at = (started or at) + timedelta(minutes=1)
+    on_job = SubjectIn(org=buyer.pk, job=job)
     model: dict[str, str | int] = {"model": "llama-3.1-8b", "region": "eu-west"}
     training: dict[str, str | int] = {**model, "training_type": "lora-sft"}
     events = [
@@ -28,7 +36,7 @@ def load(*, buyer: Organization, provider: Organization) -> None:
             id="demo-train-1",
             source="runtime/demo",
             type="tokens.training",
-            subject=job,
+            subject=on_job,
             time=at,
             quantity=1_200_000,
             dimensions=training,
@@ -37,7 +45,7 @@ def load(*, buyer: Organization, provider: Organization) -> None:
             id="demo-train-2",
             source="runtime/demo",
             type="tokens.training",
-            subject=job,
+            subject=on_job,
             time=at + timedelta(minutes=10),
             quantity=1_200_000,
             dimensions=training,
@@ -46,7 +54,7 @@ def load(*, buyer: Organization, provider: Organization) -> None:
             id="demo-eval-1",
             source="runtime/demo",
             type="tokens.evaluation",
-            subject=job,
+            subject=on_job,
             time=at + timedelta(minutes=11),
             quantity=150_000,
             dimensions=training,
@@ -55,7 +63,7 @@ def load(*, buyer: Organization, provider: Organization) -> None:
             id="demo-prompt-1",
             source="runtime/demo",
             type="tokens.prompt",
-            subject=deployment,
+            subject=SubjectIn(org=buyer.pk, deployment=deployment),
             time=at + timedelta(minutes=20),
             quantity=420_000,
             dimensions=model,
@@ -64,7 +72,7 @@ def load(*, buyer: Organization, provider: Organization) -> None:
             id="demo-completion-1",
             source="runtime/demo",
             type="tokens.completion",
-            subject=deployment,
+            subject=SubjectIn(org=buyer.pk, deployment=deployment),
             time=at + timedelta(minutes=20),
             quantity=96_000,
             dimensions=model,
@@ -73,16 +81,14 @@ def load(*, buyer: Organization, provider: Organization) -> None:
             id="demo-gpu-1",
             source="agent/demo",
             type="gpu.seconds",
-            subject=lease,
-            time=at + timedelta(minutes=30),
+            subject=SubjectIn(org=buyer.pk, lease=lease),
+            time=gpu_at,
             quantity=1_800,
-            dimensions={
-                "gpu_model": "H100",
-                "region": "eu-west",
-                "provider": provider.pk,
-                "lease_price_micros_per_hour": 2_500_000,
-            },
+            # gpu_model, provider and price: the lease's own, filled in at ingestion
+            dimensions={"region": "eu-west"},
         ),
     ]
+    if deployment is None:
+        events = [e for e in events if e.subject.deployment is None]
     usage_record(events=events)
     followers_run_until_idle([usage_rating])

@@ -17,6 +17,7 @@ from core.followers import follower_position, followers_run_until_idle
 from core.models import Event, FollowerPosition
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
+from tests.metering.subjects import job_for, lease_for
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
@@ -33,7 +34,7 @@ def tokens(
         id=f"u{next(_ids)}",
         source="runtime",
         type=usage_type,
-        subject=SubjectIn(org=org.pk, job="ft-1"),
+        subject=SubjectIn(org=org.pk, job=job_for(org).public_id),
         time=datetime.now(UTC),
         quantity=quantity,
         dimensions=dims,
@@ -45,14 +46,11 @@ def gpu(org, provider, seconds, price=2_000_000) -> UsageEventIn:
         id=f"g{next(_ids)}",
         source="agent",
         type="gpu.seconds",
-        subject=SubjectIn(org=org.pk, lease="lease-1"),
+        # a lease billed by its usage (no hold), at its own price
+        subject=SubjectIn(org=org.pk, lease=lease_for(org, provider, price=price).usage_subject),
         time=datetime.now(UTC),
         quantity=seconds,
-        dimensions={
-            "gpu_model": "H100",
-            "provider": provider.pk,
-            "lease_price_micros_per_hour": price,
-        },
+        dimensions={"provider": provider.pk, "lease_price_micros_per_hour": price},
     )
 
 

@@ -27,6 +27,7 @@ from core.models import Event
 from metering.events import USAGE_STREAM
 from metering.models import UsageEvent
 from metering.selectors import usage_for_rating
+from tests.metering.subjects import deployment_of, lease_unheld
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,6 +46,9 @@ def database_url() -> str:
 def write_events(path: Path, buyers, provider) -> list[dict]:
     rng = random.Random(50)
     start = datetime.now(UTC) - timedelta(minutes=30)
+    # usage of real subjects: a lease from the provider and a deployment, per buyer
+    leases = {b.pk: lease_unheld(b, provider, price=1_234_567).usage_subject for b in buyers}
+    deployments = {b.pk: deployment_of(b).public_id for b in buyers}
     events = []
     for n in range(EVENTS):
         buyer = buyers[n % len(buyers)]
@@ -57,9 +61,9 @@ def write_events(path: Path, buyers, provider) -> list[dict]:
         if n % 5 == 0:
             event.update(
                 type="gpu.seconds",
-                subject={"org": buyer.pk, "lease": "l-1"},
+                subject={"org": buyer.pk, "lease": leases[buyer.pk]},
                 dimensions={
-                    "gpu_model": "A100",
+                    "gpu_model": "h100-sxm-80gb",
                     "provider": provider.pk,
                     "lease_price_micros_per_hour": 1_234_567,
                 },
@@ -67,7 +71,7 @@ def write_events(path: Path, buyers, provider) -> list[dict]:
         else:
             event.update(
                 type="tokens.prompt",
-                subject={"org": buyer.pk, "deployment": "d-1"},
+                subject={"org": buyer.pk, "deployment": deployments[buyer.pk]},
                 dimensions={"model": "llama-3.1-8b"},
             )
         events.append(event)

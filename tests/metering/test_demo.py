@@ -6,6 +6,7 @@ from billing import services
 from billing.models import Account, Balance
 from metering.demo import load
 from metering.models import UsageEvent
+from tests.metering.subjects import deployment_of, job_of, lease_unheld
 
 pytestmark = pytest.mark.django_db
 
@@ -21,9 +22,15 @@ def test_the_demo_usage_loads_twice_and_is_rated_once(cast):
     credit = services.account_open(
         organization=cast.buyer_a, kind=Account.Kind.CREDIT, currency="USD"
     )
-    load(buyer=cast.buyer_a, provider=cast.provider_a)
+    subjects = {
+        "job": job_of(cast.buyer_a).public_id,
+        "deployment": deployment_of(cast.buyer_a).public_id,
+        # a lease billed by its usage (no hold), at $2.50/h
+        "lease": lease_unheld(cast.buyer_a, cast.provider_a, price=2_500_000).usage_subject,
+    }
+    load(buyer=cast.buyer_a, **subjects)
     first = Balance.objects.get(account=credit).debits_posted
-    load(buyer=cast.buyer_a, provider=cast.provider_a)
+    load(buyer=cast.buyer_a, **subjects)
     assert UsageEvent.objects.count() == 6
     # 2.55M training/eval tokens at $0.48/M, 420k prompt at $0.10/M, 96k completion at
     # $0.20/M, 30 GPU-minutes at $2.50/h plus 10%

@@ -9,6 +9,7 @@ import pytest
 
 from metering.models import UsageEvent
 from metering.schema import MAX_EVENT_BYTES
+from tests.metering.subjects import lease_for
 
 pytestmark = pytest.mark.django_db
 
@@ -134,40 +135,46 @@ def test_a_well_formed_batch_is_answered_in_order_whatever_one_event_gets_wrong(
     assert (batch[7]["id"] in stored) == (problem in ("none", "sent_before", "repeated"))
 
 
-def test_a_buyer_cannot_send_usage_for_another_buyer(cast, usage_event):
+def test_a_buyer_key_sends_no_usage_of_its_own_or_another_buyer(cast, usage_event):
+    # a buyer's usage is what the platform and its providers measured, not what it says
     client = cast.client(cast.buyer_a)
+    lease = lease_for(cast.buyer_a, cast.provider_a)
     own = usage_event(cast.buyer_a)
     theirs = usage_event(cast.buyer_b)
-    lease = usage_event(
+    gpu = usage_event(
         cast.buyer_a,
         type="gpu.seconds",
-        subject={"org": cast.buyer_a.pk, "lease": "l-1"},
-        dimensions={
-            "gpu_model": "H100",
-            "provider": cast.provider_a.pk,
-            "lease_price_micros_per_hour": 2_000_000,
-        },
+        subject={"org": cast.buyer_a.pk, "lease": lease.usage_subject},
+        dimensions={},
     )
-    body = send(client, [own, theirs, lease]).json()
+    body = send(client, [own, theirs, gpu]).json()
     assert [(r["status"], r.get("code")) for r in body["results"]] == [
-        ("accepted", None),
+        ("rejected", "forbidden"),
         ("rejected", "forbidden"),
         ("rejected", "forbidden"),
     ]
-    assert list(UsageEvent.objects.values_list("buyer_id", flat=True)) == [cast.buyer_a.pk]
+    reasons = [r["reason"] for r in body["results"]]
+    assert reasons[0] == (
+        "tokens.training of a job or deployment is counted by the platform that ran it, "
+        "not sent with a buyer key"
+    )
+    assert reasons[1] == "a buyer key may only send usage of its own organization"
+    assert reasons[2] == "gpu.seconds are reported by the provider serving the lease"
+    assert not UsageEvent.objects.exists()
 
 
 def test_a_provider_reports_only_its_own_gpu_seconds(cast, usage_event):
     client = cast.client(cast.provider_a)
+    lease = lease_for(cast.buyer_a, cast.provider_a)
 
     def gpu(provider):
         return usage_event(
             cast.buyer_a,
             type="gpu.seconds",
             quantity=3600,
-            subject={"org": cast.buyer_a.pk, "lease": "l-9"},
+            subject={"org": cast.buyer_a.pk, "lease": lease.usage_subject},
             dimensions={
-                "gpu_model": "H100",
+                "gpu_model": lease.gpu_model,
                 "provider": provider.pk,
                 "lease_price_micros_per_hour": 2_000_000,
             },
@@ -176,15 +183,31 @@ def test_a_provider_reports_only_its_own_gpu_seconds(cast, usage_event):
     body = send(client, [gpu(cast.provider_a), gpu(cast.provider_b)]).json()
     assert [(r["status"], r.get("code")) for r in body["results"]] == [
         ("accepted", None),
-        ("rejected", "forbidden"),
+        ("rejected", "invalid"),
+    ]
+    assert body["results"][1]["reason"] == (
+        f"dimensions.provider {cast.provider_b.pk} does not match lease "
+        f"{lease.usage_subject}'s {cast.provider_a.pk}"
+    )
+    assert list(UsageEvent.objects.values_list("dimensions__provider", flat=True)) == [
+        cast.provider_a.pk
     ]
 
 
 def test_two_tenants_ids_never_collide(cast, usage_event):
-    same = usage_event(cast.buyer_a, id="evt-1", source="agent")
-    assert send(cast.client(cast.buyer_a), [same]).json()["accepted"] == 1
-    other = usage_event(cast.buyer_b, id="evt-1", source="agent")
-    assert send(cast.client(cast.buyer_b), [other]).json()["accepted"] == 1
+    def gpu(provider):
+        lease = lease_for(cast.buyer_a, provider)
+        return usage_event(
+            cast.buyer_a,
+            id="evt-1",
+            source="agent",
+            type="gpu.seconds",
+            subject={"org": cast.buyer_a.pk, "lease": lease.usage_subject},
+            dimensions={},
+        )
+
+    assert send(cast.client(cast.provider_a), [gpu(cast.provider_a)]).json()["accepted"] == 1
+    assert send(cast.client(cast.provider_b), [gpu(cast.provider_b)]).json()["accepted"] == 1
     assert UsageEvent.objects.count() == 2
 
 

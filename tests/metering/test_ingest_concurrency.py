@@ -17,6 +17,7 @@ from billing.models import Account, Balance
 from billing.rating import rate_usage, usage_rating
 from core.followers import followers_run_until_idle
 from metering.models import UsageEvent
+from tests.metering.subjects import job_of, lease_unheld
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,22 +29,25 @@ BATCH = 1000
 def make_events(buyers, provider) -> list[dict]:
     rng = random.Random(10)
     start = datetime.now(UTC) - timedelta(hours=1)
+    # usage of real subjects: a lease from the provider and jobs, per buyer
+    leases = {b.pk: lease_unheld(b, provider, price=2_345_678).usage_subject for b in buyers}
+    jobs = {b.pk: [job_of(b).public_id for _ in range(3)] for b in buyers}
     events = []
     for n in range(EVENTS):
         buyer = buyers[n % len(buyers)]
         event = {
             "id": f"e{n}",
             "source": f"runtime/{n % 7}",
-            "subject": {"org": buyer.pk, "job": f"ft-{n % 13}"},
+            "subject": {"org": buyer.pk, "job": jobs[buyer.pk][n % 3]},
             "time": (start + timedelta(milliseconds=n)).isoformat(),
             "quantity": rng.randint(1, 50_000),
         }
         if n % 10 == 0:
             event.update(
                 type="gpu.seconds",
-                subject={"org": buyer.pk, "lease": "l-1"},
+                subject={"org": buyer.pk, "lease": leases[buyer.pk]},
                 dimensions={
-                    "gpu_model": "H100",
+                    "gpu_model": "h100-sxm-80gb",
                     "provider": provider.pk,
                     "lease_price_micros_per_hour": 2_345_678,
                 },

@@ -9,6 +9,7 @@ import pytest
 
 from metering.schema import UsageEventIn
 from metering.services import usage_record
+from tests.metering.subjects import job_for, job_of, lease_for
 
 pytestmark = pytest.mark.django_db
 
@@ -18,7 +19,7 @@ def record(org, **fields):
         "id": f"r-{org.pk}-{fields.get('quantity', 1)}-{fields.get('type', 't')}",
         "source": "runtime",
         "type": "tokens.training",
-        "subject": {"org": org.pk, "job": "ft-1"},
+        "subject": {"org": org.pk, "job": job_for(org).public_id},
         "time": datetime.now(UTC) - timedelta(hours=1),
         "quantity": 1,
         "dimensions": {"model": "llama-3.1-8b", "training_type": "lora-sft"},
@@ -33,8 +34,9 @@ def record(org, **fields):
 
 
 def test_a_buyer_reads_its_own_usage_and_never_another_buyers(cast):
+    first, second = job_for(cast.buyer_a).public_id, job_of(cast.buyer_a).public_id
     record(cast.buyer_a, quantity=100)
-    record(cast.buyer_a, quantity=23, subject={"org": cast.buyer_a.pk, "job": "ft-2"})
+    record(cast.buyer_a, quantity=23, subject={"org": cast.buyer_a.pk, "job": second})
     record(cast.buyer_b, quantity=5000)
     a = cast.client(cast.buyer_a, role="member")
     events = a.get("/api/v1/usage/events/").json()["results"]
@@ -42,8 +44,8 @@ def test_a_buyer_reads_its_own_usage_and_never_another_buyers(cast):
     assert all(e["subject"]["org"] == cast.buyer_a.pk for e in events)
     meter = a.get("/api/v1/usage/meter?type=tokens.training&group_by=subject,model").json()
     assert {(r["group"]["subject"], r["group"]["model"], r["value"]) for r in meter["rows"]} == {
-        ("ft-1", "llama-3.1-8b", 100),
-        ("ft-2", "llama-3.1-8b", 23),
+        (first, "llama-3.1-8b", 100),
+        (second, "llama-3.1-8b", 23),
     }
     assert meter["truncated"] is False
     b = cast.client(cast.buyer_b)
@@ -60,13 +62,9 @@ def test_a_provider_sees_the_gpu_seconds_it_delivered(cast):
             id=f"g-{buyer.pk}-{provider.pk}",
             type="gpu.seconds",
             quantity=seconds,
-            subject={"org": buyer.pk, "lease": "l-1"},
-            dimensions={
-                "gpu_model": "H100",
-                "provider": provider.pk,
-                "region": "eu",
-                "lease_price_micros_per_hour": 2_000_000,
-            },
+            subject={"org": buyer.pk, "lease": lease_for(buyer, provider).usage_subject},
+            # gpu_model, provider and price are filled in from the lease
+            dimensions={"region": "eu"},
         )
 
     gpu(cast.buyer_a, cast.provider_a, 60)
@@ -77,7 +75,7 @@ def test_a_provider_sees_the_gpu_seconds_it_delivered(cast):
         .get("/api/v1/usage/delivered?window=month&group_by=gpu_model")
         .json()
     )
-    assert [(r["group"]["gpu_model"], r["value"]) for r in body["rows"]] == [("H100", 90)]
+    assert [(r["group"]["gpu_model"], r["value"]) for r in body["rows"]] == [("h100-sxm-80gb", 90)]
     # the provider sees no buyer's raw events
     assert cast.client(cast.provider_a).get("/api/v1/usage/events/").json()["results"] == []
 

@@ -26,6 +26,7 @@ from core import services as core
 from core.followers import followers_run_until_idle
 from core.models import Organization
 from marketplace import demo as market
+from marketplace.models import Lease
 from marketplace.workloads import demo as workloads
 from metering import demo as usage
 from providers import demo as supply
@@ -63,8 +64,11 @@ class Command(BaseCommand):
         market.load(buyer=buyer, provider=provider)
         # A fine-tune of the tiny model: ordered, leased, trained, metered per step.
         job = workloads.load(buyer=buyer, provider=provider)
-        # Inference and training tokens from the runtime, and GPU-seconds of a lease.
-        usage.load(buyer=buyer, provider=provider)
+        # Training tokens of the fine-tune and GPU-seconds of the settled L40S lease
+        # (usage is accepted only for subjects the platform made).
+        settled = Lease.objects.filter(organization=buyer).order_by("pk").first()
+        assert settled is not None, "the market demo leaves a settled lease"
+        usage.load(buyer=buyer, job=job.public_id, lease=settled.usage_subject)
         # Rating, accruals and the other followers catch up with all of the above.
         followers_run_until_idle()
 
