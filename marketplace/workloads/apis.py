@@ -30,13 +30,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.errors import ApplicationError
 from core.idempotency import idempotent
 from core.parsers import JSONParser
-from core.ports import GenerationRequest
 from core.tenancy import get_caller
+from marketplace.workloads import inputs, selectors, services, shapes
 from marketplace.workloads import ports as external
-from marketplace.workloads import selectors, services, shapes
-from marketplace.workloads.errors import invalid, not_found, openai_exception_handler
+from marketplace.workloads.errors import (
+    invalid,
+    not_found,
+    openai_error_body,
+    openai_exception_handler,
+)
 from marketplace.workloads.storage import file_storage
 
 UPLOAD_SALT = "workloads.file-upload"
@@ -120,8 +125,9 @@ class FileCreateApi(V1Api):
     @extend_schema(summary="Upload a file", request=None, responses=None)
     def post(self, request: Request) -> Any:
         organization = get_caller(request).organization
-        data = request.data if isinstance(request.data, dict) else {}
-        purpose = str(data.get("purpose") or "")
+        inputs.body_object(request.data)  # an object, every string valid Unicode
+        data = request.data
+        purpose = inputs.text(data.get("purpose"), param="purpose")
         upload = request.FILES.get("file")
         if upload is not None:
             file = services.file_upload(
@@ -132,14 +138,15 @@ class FileCreateApi(V1Api):
             )
             return Response(shapes.file_object(file))
         services.file_purpose_check(purpose)
-        if not data.get("file_name"):
+        file_name = inputs.text(data.get("file_name"), param="file_name")
+        if not file_name:
             raise invalid("file is required (multipart form field 'file')", param="file")
         file = services.file_reserve(
             organization=organization,
             purpose=purpose,
-            filename=str(data.get("file_name")),
-            file_type=str(data.get("file_type") or ""),
-            checksum=str(data.get("checksum") or ""),
+            filename=file_name,
+            file_type=inputs.text(data.get("file_type"), param="file_type"),
+            checksum=inputs.text(data.get("checksum"), param="checksum"),
         )
         token = signing.dumps({"file": file.public_id, "org": organization.pk}, salt=UPLOAD_SALT)
         url = request.build_absolute_uri(
@@ -247,7 +254,7 @@ class OpenAIJobCreateApi(V1Api):
     def post(self, request: Request) -> Response:
         job = services.finetune_job_create(
             organization=get_caller(request).organization,
-            request=shapes.openai_job_request(request.data),
+            request=shapes.openai_job_request(inputs.body_object(request.data)),
         )
         return Response(shapes.openai_job(job))
 
@@ -311,7 +318,7 @@ class TogetherJobCreateApi(V1Api):
     def post(self, request: Request) -> Response:
         job = services.finetune_job_create(
             organization=get_caller(request).organization,
-            request=shapes.together_job_request(request.data),
+            request=shapes.together_job_request(inputs.body_object(request.data)),
         )
         return Response(shapes.together_job(job, with_events=True))
 
@@ -424,7 +431,7 @@ class TogetherDownloadApi(V1DownloadApi):
 class TogetherEstimatePriceApi(V1Api):
     @extend_schema(summary="Estimate a fine-tune's price (Together)", request=None, responses=None)
     def post(self, request: Request) -> Response:
-        body = request.data if isinstance(request.data, dict) else {}
+        body = inputs.body_object(request.data)
         job_request = shapes.together_job_request(
             {"n_epochs": 1, "n_evals": 0, **body, "batch_size": "max"}
         )
@@ -492,78 +499,6 @@ class TogetherModelLimitsApi(V1Api):
 # --- inference -----------------------------------------------------------------------------
 
 
-def _generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
-    def number(name: str, default: float, low: float, high: float) -> float:
-        value = body.get(name)
-        if value is None:
-            return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
-        ):
-            raise invalid(f"{name} must be a number from {low} to {high}", param=name)
-        return float(value)
-
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = 256
-    if (
-        isinstance(max_tokens, bool)
-        or not isinstance(max_tokens, int)
-        or not 1 <= max_tokens <= 32768
-    ):
-        raise invalid("max_tokens must be a whole number from 1 to 32768", param="max_tokens")
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-        raise invalid("stop must be a string or up to 4 strings", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise invalid("seed must be an integer", param="seed")
-    if body.get("n", 1) != 1:
-        raise invalid("n must be 1", param="n")
-    common = {
-        "max_tokens": max_tokens,
-        "temperature": number("temperature", 1.0, 0.0, 2.0),
-        "top_p": number("top_p", 1.0, 0.0, 1.0),
-        "stop": stops,
-        "seed": seed,
-    }
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise invalid("messages must be a non-empty list", param="messages")
-        clean = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in (
-                "system",
-                "developer",
-                "user",
-                "assistant",
-            ):
-                raise invalid(
-                    "each message needs a role of system, user or assistant",
-                    param=f"messages[{index}].role",
-                )
-            content = message.get("content")
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(
-                    part.get("text", "") for part in content if isinstance(part, dict)
-                )
-            if not isinstance(content, str):
-                raise invalid("content must be a string", param=f"messages[{index}].content")
-            role = "system" if message["role"] == "developer" else message["role"]
-            clean.append({"role": role, "content": content})
-        return GenerationRequest(messages=clean, **common)  # type: ignore[arg-type]
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise invalid("prompt must be a string", param="prompt")
-    return GenerationRequest(prompt=prompt, **common)  # type: ignore[arg-type]
-
-
 def _sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -573,11 +508,12 @@ class _CompletionApi(V1Api):
 
     def post(self, request: Request) -> Any:
         organization = get_caller(request).organization
-        body = request.data if isinstance(request.data, dict) else {}
-        model_name = body.get("model")
-        if not isinstance(model_name, str) or not model_name:
+        # Text to generate from may hold any character; what is looked up may not.
+        body = inputs.body_object(request.data, nul_ok=True)
+        model_name = inputs.text(body.get("model"), param="model")
+        if not model_name:
             raise invalid("model is required", param="model", code="missing_model")
-        generation = _generation_request(body, chat=self.chat)
+        generation = inputs.generation_request(body, chat=self.chat)
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -637,19 +573,30 @@ class _CompletionApi(V1Api):
                 "finish_reason": None,
             }
             yield _sse({**base, "choices": [first]})
-        for chunk in chunks:
-            finish = chunk.finish_reason
-            if finish is not None:
-                usage = (chunk.prompt_tokens or 0, chunk.completion_tokens or 0)
-            if self.chat:
-                delta = {"content": chunk.text} if chunk.text else {}
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": chunk.text, "finish_reason": finish, "logprobs": None}
-            if chunk.text or finish is not None:
-                yield _sse(
-                    {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
-                )
+        try:
+            for chunk in chunks:
+                finish = chunk.finish_reason
+                if finish is not None:
+                    usage = (chunk.prompt_tokens or 0, chunk.completion_tokens or 0)
+                if self.chat:
+                    delta = {"content": chunk.text} if chunk.text else {}
+                    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+                else:
+                    choice = {
+                        "index": 0,
+                        "text": chunk.text,
+                        "finish_reason": finish,
+                        "logprobs": None,
+                    }
+                if chunk.text or finish is not None:
+                    yield _sse(
+                        {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
+                    )
+        except ApplicationError as exc:
+            # The 200 is out: the error goes as an event in OpenAI's shape, which both
+            # clients raise, and the stream ends.
+            yield _sse(openai_error_body(exc))
+            return
         if include_usage:
             # OpenAI's last chunk: no choices, the request's exact usage.
             yield _sse({**base, "choices": [], "usage": _usage(*usage)})

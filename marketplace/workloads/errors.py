@@ -75,8 +75,30 @@ def _money(micros: int) -> str:
     return f"{sign}{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{whole}.00"
 
 
+class GenerationFailed(ApplicationError):
+    """Generating one request's completion failed on our side (the engine's error,
+    logged where it happened): a 500 for that request alone."""
+
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    code = "generation_failed"
+
+
+def openai_error_body(exc: ApplicationError) -> dict[str, Any]:
+    """``exc`` in OpenAI's shape, for where no handler runs (an event of a stream
+    whose 200 is already out)."""
+    return {
+        "error": {
+            "message": exc.message,
+            "type": _TYPES.get(exc.status_code, "api_error"),
+            "param": _param(exc.details),
+            "code": exc.code,
+        }
+    }
+
+
 def _param(details: dict[str, Any]) -> str | None:
-    for key in ("param", "parameter", "header"):
+    # ``field`` is the runtime's name for it (runtime/inference.py, runtime/datasets.py).
+    for key in ("param", "parameter", "header", "field"):
         if details.get(key):
             return str(details[key])
     fields = details.get("fields")

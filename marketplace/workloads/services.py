@@ -31,7 +31,13 @@ from core.models import Organization
 from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard, UsageRecord
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
-from marketplace.workloads.errors import conflict, insufficient_credit, invalid, not_found
+from marketplace.workloads.errors import (
+    GenerationFailed,
+    conflict,
+    insufficient_credit,
+    invalid,
+    not_found,
+)
 from marketplace.workloads.models import (
     Deployment,
     File,
@@ -524,6 +530,8 @@ def job_hyperparameters(request: JobRequest, *, examples: int, card: ModelCard) 
 def finetune_quote(*, organization: Organization, request: JobRequest) -> Quote:
     """Price a job the way creating it would: the same token counts, the same price
     book function, the same credit check."""
+    if request.seed is not None:
+        _positive_int(request.seed, param="seed", low=0, high=2**31 - 1)
     card = _base_model(request.model)
     training = _dataset(organization, request.training_file, param="training_file")
     assert training is not None  # required: _dataset raises on an unknown id
@@ -584,8 +592,6 @@ def finetune_job_create(*, organization: Organization, request: JobRequest) -> F
     when the order's lease starts (see followers)."""
     if request.suffix and not SUFFIX.match(request.suffix):
         raise invalid("suffix must be 1 to 40 letters, digits, '-', '_' or '.'", param="suffix")
-    if request.seed is not None:
-        _positive_int(request.seed, param="seed", low=0, high=2**31 - 1)
     quote = finetune_quote(organization=organization, request=request)
     if not quote.allowed:
         raise insufficient_credit(
@@ -1426,6 +1432,16 @@ def _generation(
             if chunk.finish_reason is not None:
                 finished = True
             yield chunk
+    except ApplicationError:
+        raise  # the request's own fault (a 400 naming the field), or a known state
+    except Exception as exc:
+        # The engine failed this request alone (its neighbours in the batch carry
+        # on): a 500 for this one, in the API's shape, with the engine's log behind it.
+        logger.exception("generation failed", extra={"request_id": request_id})
+        raise GenerationFailed(
+            f"generating {request_id} failed on {deployment.public_id}; retry the request",
+            details={"request_id": request_id},
+        ) from exc
     finally:
         inference_usage_record(
             organization=organization,

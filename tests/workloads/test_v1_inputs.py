@@ -1,0 +1,288 @@
+"""/v1/ inputs at the edge: a wrong JSON type, a huge integer, a lone surrogate, a NUL
+where a name is looked up, wrong nesting — each a 400 in OpenAI's shape naming the
+field, before anything reaches the engine, the database or the price book. And an
+engine error of one request is that request's answer alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from core import ports
+from core.errors import InvalidInput
+from marketplace.workloads import inputs
+
+from .conftest import SAMPLE_CHAT, jsonl
+
+pytestmark = pytest.mark.django_db
+
+TINY = "tandem/tiny-llama"
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def _post(client, path: str, body: Any):  # type: ignore[no-untyped-def]
+    return client.generic("POST", path, json.dumps(body), "application/json")
+
+
+def _refused(answer, param: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    assert answer.status_code == 400, answer.content
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param, error
+    return error
+
+
+CHAT_CASES = [
+    ({"seed": 2**70}, "seed"),
+    ({"seed": 2**63}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"seed": "7"}, "seed"),
+    ({"stop": 5}, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": ["ok", 3]}, "stop[1]"),
+    ({"stop": {"a": 1}}, "stop"),
+    ({"stop": "\ud800"}, "stop"),
+    ({"max_tokens": 10**5000 // 10**1000}, "max_tokens"),
+    ({"max_tokens": "5"}, "max_tokens"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"temperature": 10**400}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_p": [1]}, "top_p"),
+    ({"n": 2}, "n"),
+    ({"n": True}, "n"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream_options": []}, "stream_options"),
+    ({"model": 5}, "model"),
+    ({"model": "tiny\x00"}, "model"),
+    ({"model": "\udfff"}, "model"),
+    ({"messages": "Hi"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [["user", "Hi"]]}, "messages[0]"),
+    ({"messages": [{"role": ["user"], "content": "Hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": {"text": "Hi"}}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, None),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "\ud800"},
+            ]
+        },
+        "messages[2].content",
+    ),
+    ({"messages": [{"role": "user", "content": "x", "\ud800": 1}]}, "messages[0]"),
+    ({"user": {"a": [{"b": [{"c": [[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]}]}]}}, None),
+]
+
+
+@pytest.mark.parametrize(("change", "param"), CHAT_CASES)
+def test_chat_completion_fields_are_checked_at_the_edge(cast, change, param):
+    buyer = cast.client(cast.buyer_a)
+    body = {"model": TINY, "messages": HI, "max_tokens": 2, **change}
+
+    error = _refused(_post(buyer, "/v1/chat/completions", body), param or _first_param(body))
+
+    assert error["message"]
+
+
+def _first_param(body: dict[str, Any]) -> str:
+    try:
+        inputs.generation_request(inputs.body_object(body, nul_ok=True), chat=True)
+    except InvalidInput as exc:
+        return str(exc.details["param"])
+    raise AssertionError("expected the body to be refused")
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": "x\ud800"}, "prompt"),
+        ({"seed": 2**70}, "seed"),
+        ({"stop": 5}, "stop"),
+    ],
+)
+def test_completion_fields_are_checked_at_the_edge(cast, change, param):
+    buyer = cast.client(cast.buyer_a)
+    body = {"model": TINY, "prompt": "Hello", "max_tokens": 2, **change}
+
+    _refused(_post(buyer, "/v1/completions", body), param)
+
+
+@pytest.mark.parametrize("body", [[], "text", 5, None, [{"model": TINY}]])
+def test_a_body_that_is_not_an_object_is_refused(cast, body):
+    buyer = cast.client(cast.buyer_a)
+    for path in (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/fine_tuning/jobs",
+        "/v1/fine-tunes",
+        "/v1/fine-tunes/estimate-price",
+        "/v1/files",
+    ):
+        error = _refused(_post(buyer, path, body), "body")
+        assert "must be a JSON object" in error["message"]
+
+
+@pytest.fixture
+def training_file(cast) -> str:  # type: ignore[no-untyped-def]
+    answer = cast.client(cast.buyer_a).post(
+        "/v1/files",
+        {"purpose": "fine-tune", "file": SimpleUploadedFile("t.jsonl", jsonl(SAMPLE_CHAT))},
+        format="multipart",
+    )
+    return answer.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"training_file": 5}, "training_file"),
+        ({"training_file": "file-\x00"}, "training_file"),
+        ({"training_file": "file-\ud800"}, "training_file"),
+        ({"suffix": ["a"]}, "suffix"),
+        ({"seed": 2**70}, "seed"),
+        ({"metadata": {"k": "\ud800"}}, "metadata.k"),
+        ({"metadata": {"k": "a\x00"}}, "metadata.k"),
+        ({"metadata": []}, "metadata"),
+        ({"hyperparameters": {"n_epochs": 10**300}}, "n_epochs"),
+        ({"hyperparameters": {"n_epochs": "many"}}, "n_epochs"),
+        ({"hyperparameters": {"learning_rate_multiplier": 10**400}}, "learning_rate_multiplier"),
+        ({"hyperparameters": [1]}, "hyperparameters"),
+        ({"method": {"type": ["supervised"]}}, "method.type"),
+        ({"method": {"type": "supervised", "supervised": 5}}, "method.supervised"),
+    ],
+)
+def test_openai_job_fields_are_checked_at_the_edge(cast, training_file, change, param):
+    buyer = cast.client(cast.buyer_a)
+    body = {"model": TINY, "training_file": training_file, **change}
+
+    _refused(_post(buyer, "/v1/fine_tuning/jobs", body), param)
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"n_epochs": 2**70}, "n_epochs"),
+        ({"n_epochs": [1]}, "n_epochs"),
+        ({"learning_rate": 10**400}, "learning_rate"),
+        ({"training_type": {"type": "Lora", "lora_alpha": 10**400}}, "lora_alpha"),
+        ({"training_type": {"type": "Lora", "lora_trainable_modules": 5}}, None),
+        ({"training_type": {"type": "Lora", "lora_r": 2**70}}, "lora_r"),
+        ({"training_type": "Lora"}, "training_type"),
+        ({"training_type": {"type": {"x": 1}}}, "training_type.type"),
+        ({"lr_scheduler": {"lr_scheduler_args": 5}}, "lr_scheduler.lr_scheduler_args"),
+        ({"lr_scheduler": {"lr_scheduler_type": ["cosine"]}}, "lr_scheduler"),
+        ({"random_seed": 2**70}, "seed"),
+        ({"suffix": "\ud800"}, "suffix"),
+        ({"wandb_api_key": "\ud800"}, "wandb_api_key"),
+        ({"extra": {"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}, None),
+    ],
+)
+def test_together_job_fields_are_checked_at_the_edge(cast, training_file, change, param):
+    buyer = cast.client(cast.buyer_a)
+    body = {"model": TINY, "training_file": training_file, **change}
+    if param is None:  # the deepest place, or the module list's own name
+        param = (
+            "lora_trainable_modules"
+            if "training_type" in change
+            else "extra.a[0][0][0][0][0][0][0][0][0][0][0][0][0][0]"
+        )
+
+    for path in ("/v1/fine-tunes", "/v1/fine-tunes/estimate-price"):
+        _refused(_post(buyer, path, body), param)
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"purpose": ["fine-tune"]}, "purpose"),
+        ({"purpose": "fine-tune\ud800"}, "purpose"),
+        ({"file_name": 5}, "file_name"),
+        ({"file_name": "t\ud800.jsonl"}, "file_name"),
+        ({"file_name": "t\x00.jsonl"}, "file_name"),
+        ({"checksum": 10**4000}, "checksum"),
+        ({"file_type": {"a": 1}}, "file_type"),
+    ],
+)
+def test_together_upload_announcement_fields_are_checked(cast, change, param):
+    buyer = cast.client(cast.buyer_a)
+    body = {
+        "purpose": "fine-tune",
+        "file_name": "t.jsonl",
+        "file_type": "jsonl",
+        "checksum": "0" * 64,
+        **change,
+    }
+
+    _refused(_post(buyer, "/v1/files", body), param)
+
+
+class _FailingEngines:
+    """The ``inference`` port of a node whose engine fails one request: the request
+    that says "boom" gets the engine's error, every other one its text."""
+
+    def load(self, **_: Any) -> None:
+        pass
+
+    def generate(self, *, deployment_id: str, request: Any):  # type: ignore[no-untyped-def]
+        from core.ports import GenerationChunk
+
+        if request.messages and request.messages[0]["content"] == "boom":
+            raise RuntimeError("the engine failed this request")
+        yield GenerationChunk(
+            text="Five.", finish_reason="stop", prompt_tokens=3, completion_tokens=2
+        )
+
+    def unload(self, **_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def failing_engines(cast):  # type: ignore[no-untyped-def]
+    from django.utils import timezone
+
+    from marketplace.workloads.models import Deployment
+
+    previous = ports.get("inference")
+    ports.register("inference", _FailingEngines())
+    now = timezone.now()
+    Deployment.objects.create(
+        public_id="dep-failing",
+        model=TINY,
+        base_model=TINY,
+        status=Deployment.Status.READY,
+        lease_ref="lease-x",
+        idle_timeout_seconds=3600,
+        ready_at=now,
+        last_request_at=now,
+    )
+    yield
+    from marketplace.workloads import services
+
+    services._engines.discard("dep-failing")
+    ports.register("inference", previous)
+
+
+def test_an_engine_error_is_that_requests_500_in_openai_shape(cast, failing_engines):
+    buyer = cast.client(cast.buyer_a)
+    body = {"model": TINY, "messages": [{"role": "user", "content": "boom"}], "max_tokens": 2}
+
+    failed = _post(buyer, "/v1/chat/completions", body)
+    fine = _post(buyer, "/v1/chat/completions", {**body, "messages": HI})
+    streamed = _post(buyer, "/v1/chat/completions", {**body, "stream": True})
+
+    assert failed.status_code == 500
+    assert failed.json()["error"]["type"] == "api_error"
+    assert failed.json()["error"]["code"] == "generation_failed"
+    assert fine.status_code == 200
+    assert fine.json()["choices"][0]["message"]["content"] == "Five."
+    # a stream whose 200 is out ends with the error as an event, in the same shape
+    events = b"".join(streamed.streaming_content).decode()
+    assert '"code":"generation_failed"' in events
