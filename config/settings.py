@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "providers",
     "marketplace",
     "marketplace.workloads",
+    "marketplace.assignments",
     "runtime",
     "metering",
     "billing",

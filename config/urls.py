@@ -14,11 +14,14 @@ urlpatterns = [
     # First: every node's agent calls these every few seconds; the other prefixes
     # never match them, so resolving them first changes nothing but the cost.
     path("api/v1/agent/", include("providers.agent_urls")),
+    # The node protocol (leased work): marketplace owns it, providers cannot import it.
+    path("api/v1/agent/", include("marketplace.assignments.agent_urls")),
     path("api/v1/", include("core.urls")),
     path("api/v1/", include("billing.urls")),
     path("api/v1/", include("billing.payments.urls")),
     path("api/v1/finance/", include("billing.exports.urls")),
     path("api/v1/", include("marketplace.urls")),
+    path("api/v1/", include("marketplace.assignments.urls")),
     path("api/v1/usage/", include("metering.urls")),
     path("api/v1/provider/", include("providers.urls")),
     # OpenAI- and Together-compatible surface: their clients call /v1/... directly.

@@ -54,6 +54,7 @@ from core.models import Organization
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS, Money
 from core.ports import CreditPort, GpuTimeCost
 from marketplace import engine, events
+from marketplace.assignments import services as assignments
 from marketplace.models import Lease, LeaseGpu, Order
 from providers import catalog
 from providers import services as provider_services
@@ -488,6 +489,8 @@ def _lease_close(
     lease.end_reason = reason[:200]
     lease.save()
     LeaseGpu.objects.filter(lease=lease, live=True).update(live=False)
+    # Work on the lease's node ends with it: its agent is told to stop at once.
+    assignments.assignments_stop_for_lease(lease_id=lease.pk, reason=f"lease {state}", now=now)
     node = Node.objects.get(pk=lease.node_id)
     provider_services.node_lease_outcome_record(
         node=node, lease_id=lease.usage_subject, outcome=outcome, ended_at=now

@@ -25,9 +25,12 @@ node is alive, which is what health and uptime need.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import signal
 import socket
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -60,19 +63,33 @@ class Client:
     key: str
     timeout: float = 10.0
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def post(
+        self, path: str, body: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        return self.send("POST", path, body, timeout=timeout)
+
+    def get(self, path: str, *, timeout: float | None = None) -> dict[str, Any]:
+        return self.send("GET", path, None, timeout=timeout)
+
+    def send(
+        self, method: str, path: str, body: dict[str, Any] | None, *, timeout: float | None
+    ) -> dict[str, Any]:
+        headers = {
+            "Authorization": f"Bearer {self.key}",
+            "User-Agent": f"tandem-agent/{AGENT_VERSION}",
+        }
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         request = urllib.request.Request(  # noqa: S310  (the operator gives the URL)
             self.server.rstrip("/") + path,
-            data=json.dumps(body).encode(),
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {self.key}",
-                "Content-Type": "application/json",
-                "User-Agent": f"tandem-agent/{AGENT_VERSION}",
-            },
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers=headers,
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=timeout or self.timeout
+            ) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             try:
@@ -114,8 +131,16 @@ class Agent:
         inventory_path: str | Path | None = None,
         nvml: Any = None,
         interval_seconds: float | None = None,
+        work_dir: str | Path | None = None,
+        run_as: str | None = None,
+        wait_seconds: int = 25,
     ) -> None:
         self.client = Client(server=server, key=key)
+        # Leased work (providers.agent_runs): run when a work directory is given.
+        self.work_dir = work_dir
+        self.run_as = run_as
+        self.wait_seconds = wait_seconds
+        self.work: Any = None
         self.file = load_inventory_file(inventory_path) if inventory_path else None
         self.site = site or (self.file or {}).get("site")
         self.hostname = hostname or (self.file or {}).get("hostname") or socket.gethostname()
@@ -191,18 +216,155 @@ class Agent:
     def run(
         self, *, max_heartbeats: int | None = None, stop: threading.Event | None = None
     ) -> None:
-        """Heartbeat until ``stop`` is set or ``max_heartbeats`` were sent. Network
-        errors are logged and retried at the next beat: a node must survive a server
-        restart."""
+        """Heartbeat until ``stop`` is set or ``max_heartbeats`` were sent, running the
+        node's leased work meanwhile (with a work directory). Network errors are logged
+        and retried at the next beat: a node must survive a server restart. On the way
+        out every run is stopped (killed, its work directory wiped)."""
         stop = stop or threading.Event()
-        while not stop.is_set():
-            try:
-                answer = self.heartbeat()
-                logger.info("heartbeat %d: %s", self.heartbeats_sent, answer.get("health"))
-            except AgentError as exc:
-                if exc.status in (401, 403):
-                    raise  # a revoked key will not get better by retrying
-                logger.warning("heartbeat failed: %s", exc)
-            if max_heartbeats is not None and self.heartbeats_sent >= max_heartbeats:
-                return
-            stop.wait(self.interval_seconds)
+        if self.work_dir is not None:
+            from providers.agent_runs import WorkLoop
+
+            self.work = WorkLoop(
+                client=self.client,
+                node_id=lambda: self.node_id,
+                work_dir=self.work_dir,
+                run_as=self.run_as,
+                wait_seconds=self.wait_seconds,
+                stop=threading.Event(),
+            )
+            self.work.start()
+        try:
+            while not stop.is_set():
+                try:
+                    answer = self.heartbeat()
+                    logger.info("heartbeat %d: %s", self.heartbeats_sent, answer.get("health"))
+                except AgentError as exc:
+                    if exc.status in (401, 403):
+                        raise  # a revoked key will not get better by retrying
+                    logger.warning("heartbeat failed: %s", exc)
+                if self.work is not None and self.work.fatal is not None:
+                    raise self.work.fatal
+                if max_heartbeats is not None and self.heartbeats_sent >= max_heartbeats:
+                    return
+                stop.wait(self.interval_seconds)
+        finally:
+            if self.work is not None:
+                self.work.stop.set()
+                self.work.stop_all("the agent is stopping")
+
+
+# --- the command line (python -m providers.agent; manage.py run_agent) --------------
+
+EXIT_REFUSED = 2
+EXIT_NO_NVML = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", required=True, help="e.g. https://tandem.example")
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key", help="this node's agent key")
+    key.add_argument("--key-file", help="a file holding this node's agent key (keep it mode 0600)")
+    parser.add_argument("--site", help="the name of one of your sites")
+    parser.add_argument("--hostname", help="default: this machine's hostname")
+    parser.add_argument("--inventory", help="inventory JSON file instead of NVML")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        help="seconds between heartbeats (default: what the server says)",
+    )
+    parser.add_argument("--count", type=int, help="stop after this many heartbeats")
+    parser.add_argument(
+        "--work-dir",
+        help="where leased work runs (a directory per run, wiped after it); without it "
+        "the agent only heartbeats",
+    )
+    parser.add_argument(
+        "--run-as",
+        help="the user leased work runs as (default: nobody when the agent is root, "
+        "else the agent's own user)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=int,
+        default=25,
+        help="seconds each blocking query for assignments may wait (1 to 30)",
+    )
+
+
+def read_key(options: dict[str, Any]) -> str:
+    if options.get("key"):
+        return str(options["key"])
+    path = Path(options["key_file"])
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise AgentError(f"cannot read the key file {path}: {exc}") from None
+    if not key:
+        raise AgentError(f"the key file {path} is empty")
+    return key
+
+
+def run_from_options(
+    options: dict[str, Any], *, out: Any = sys.stdout, err: Any = sys.stderr
+) -> int:
+    """Register and run until stopped (SIGTERM or Ctrl-C); the process's exit code."""
+    from providers.nvml import NvmlUnavailable
+
+    def fail(message: str, code: int) -> int:
+        err.write(message + "\n")
+        err.flush()
+        return code
+
+    try:
+        agent = Agent(
+            server=options["server"],
+            key=read_key(options),
+            site=options.get("site"),
+            hostname=options.get("hostname"),
+            inventory_path=options.get("inventory"),
+            interval_seconds=options.get("interval"),
+            work_dir=options.get("work_dir"),
+            run_as=options.get("run_as"),
+            wait_seconds=max(1, min(30, int(options.get("wait") or 25))),
+        )
+        agent.start()
+    except NvmlUnavailable as exc:
+        return fail(str(exc), EXIT_NO_NVML)
+    except InventoryFileError as exc:
+        return fail(str(exc), EXIT_REFUSED)
+    except AgentError as exc:
+        return fail(f"registration failed: {exc}", EXIT_REFUSED)
+    work = f"; leased work in {agent.work_dir}" if agent.work_dir else ""
+    out.write(
+        f"node {agent.hostname} registered as {agent.node_id}; "
+        f"heartbeat every {agent.interval_seconds:g} s{work}\n"
+    )
+    out.flush()
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (make run's trap, systemd) stops the runs cleanly, as Ctrl-C does.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        agent.run(max_heartbeats=options.get("count"), stop=stop)
+    except AgentError as exc:
+        return fail(str(exc), EXIT_REFUSED)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m providers.agent",
+        description="The Tandem node agent: inventory, heartbeats and leased work.",
+    )
+    add_arguments(parser)
+    options = vars(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run_from_options(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

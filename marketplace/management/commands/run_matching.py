@@ -2,7 +2,8 @@
 
 Each pass follows the supply side's events (node failures, forced withdrawals), then
 runs one matching round (expire orders, move leases along in time, match), then stops
-inference deployments idle past their timeout (ending their leases). Safe to
+inference deployments idle past their timeout (ending their leases), and ends node
+assignments whose claim ran out (marketplace.assignments.services.assignments_reap). Safe to
 run on several machines at once: rounds take turns on an advisory lock, and the
 database refuses a double allocation whatever happens. Dramatiq's ``match_orders``
 actor runs the same round when an order is placed or an offer listed.
@@ -18,6 +19,7 @@ from django.core.management.base import BaseCommand
 
 from core.followers import follower_run_once
 from marketplace import services
+from marketplace.assignments import services as assignments
 from marketplace.followers import supply_follower
 from marketplace.workloads import services as workloads
 
@@ -48,6 +50,10 @@ class Command(BaseCommand):
                     f"({len(result.leases)} leases), {result.preemptions} preemptions, "
                     f"{result.expired} expired"
                 )
+            # Claims whose node stopped renewing: their runs fail (one indexed read when none).
+            reaped = assignments.assignments_reap()
+            if reaped:
+                self.stdout.write(f"ended {reaped} assignment(s) whose node stopped renewing")
             # Cheap: the live deployments are at most one per model.
             stopped = workloads.deployments_stop_idle()
             if stopped:

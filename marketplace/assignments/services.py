@@ -1,0 +1,593 @@
+"""Every write of assignments: the buyer's runs on a raw lease, and the node protocol.
+
+The protocol (the agent's side is providers/agent_runs.py)
+-----------------------------------------------------------
+
+The server owns the desired state; the node pulls it, over outbound HTTP only, so a
+node behind NAT works.
+
+1. **Blocking query.** ``GET /api/v1/agent/nodes/{id}/assignments?index=N&wait=25``
+   answers the node's live assignments and the node's index as soon as the index
+   differs from N, else an empty answer at the timeout. Every change the agent must
+   see (a new assignment, a claim, a start, an end, a stop request) moves the node's
+   index in the transaction that makes it (``NodeAssignmentIndex``).
+2. **Claim.** ``POST …/assignments/{aid}/claim`` is a conditional update from
+   ``queued``: one claim wins, the next gets 409. It answers the **attempt** (the
+   fencing token), the spec, the lease's GPU UUIDs and ``locked_until``.
+3. **Events and renewals.** ``POST …/runs/{aid}/events`` carries a batch (started, log
+   lines, finished, failed) with its attempt and batch number. Every post renews the
+   claim (``locked_until = now + TTL``), and the answer says whether to stop (the run
+   was cancelled, or its lease ended). A post from another attempt, or after the run
+   ended, is a 409 that changes nothing: the agent kills the work and wipes its
+   directory. A batch number the server has already applied is acknowledged without
+   applying it again, so an agent may retry a post whose answer it lost.
+4. **Reaper.** ``assignments_reap`` (each pass of ``run_matching``) ends every claim
+   past ``locked_until``: its node stopped renewing. A command run ends ``failed``
+   and is **not retried**: a buyer's command may have effects outside its work
+   directory (uploads, writes to the buyer's own services), so running it a second
+   time is not ours to decide. Training will be re-queued from its checkpoint instead.
+
+Kinds: ``command`` now (a buyer's command on a raw lease). A fine-tune becomes kind
+``train`` (the spec names the job and its checkpoint; re-queued by the reaper with
+the next attempt) and an inference deployment kind ``serve`` (long-lived, renewed
+while the deployment lives); the index, claim, attempt, renewals and stop are the
+same for every kind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import F
+from django.utils import timezone
+
+from core.db import is_postgres, retry_transaction
+from core.errors import Conflict, InvalidInput, NotFound
+from core.eventstore import event_append, stream_version
+from marketplace.assignments import events
+from marketplace.assignments.models import (
+    Assignment,
+    AssignmentLogLine,
+    NodeAssignmentIndex,
+    notify_channel,
+)
+from marketplace.models import Lease, LeaseGpu
+
+# --- bounds -------------------------------------------------------------------------
+
+MAX_COMMAND_ARGS = 256
+MAX_ARG_CHARS = 4096
+MAX_COMMAND_CHARS = 64 * 1024
+MAX_ENV_VARS = 64
+MAX_ENV_NAME_CHARS = 128
+MAX_ENV_VALUE_CHARS = 4096
+MAX_FILES = 16
+MAX_FILE_NAME_CHARS = 100
+MAX_FILE_CHARS = 256 * 1024
+MAX_FILES_CHARS = 1024 * 1024
+MAX_LIVE_RUNS_PER_LEASE = 16
+MAX_EVENTS_PER_BATCH = 1000
+MAX_LOG_LINE_CHARS = 4096
+MAX_LOG_LINES_PER_RUN = 50_000
+MAX_LOG_BYTES_PER_RUN = 16 * 1024 * 1024
+MAX_REASON_CHARS = 500
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # no path: one file in the work dir
+# Set by the node from the lease; a run may not point itself at other GPUs.
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
+
+
+def claim_ttl() -> timedelta:
+    return timedelta(seconds=int(getattr(settings, "ASSIGNMENT_CLAIM_TTL_SECONDS", 30)))
+
+
+class StaleAttempt(Conflict):
+    """A node reported for an attempt that is not the assignment's current one, or
+    for a run that already ended. Nothing was changed; the node must stop the work."""
+
+    code = "stale_attempt"
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _field_error(name: str, message: str) -> InvalidInput:
+    return InvalidInput(f"{name}: {message}", details={"fields": {name: [message]}})
+
+
+def _append(assignment: Assignment, *items: events._Event) -> None:
+    # Callers hold the assignment's row lock (or just created it): the version is stable.
+    stream_id = f"assignment-{assignment.pk}"
+    event_append(
+        stream_type=events.ASSIGNMENT_STREAM,
+        stream_id=stream_id,
+        expected_version=stream_version(stream_id),
+        events=[item.to_new_event() for item in items],
+        tenant_id=assignment.organization_id,
+    )
+
+
+def _index_bump(node_id: int) -> None:
+    """Move the node's index: its agent's blocking query answers. In the caller's
+    transaction, so the agent never sees the index move before the change commits.
+    On PostgreSQL a NOTIFY (delivered at commit) wakes waiting queries at once."""
+    if not NodeAssignmentIndex.objects.filter(node_id=node_id).update(index=F("index") + 1):
+        NodeAssignmentIndex.objects.get_or_create(node_id=node_id)
+        NodeAssignmentIndex.objects.filter(node_id=node_id).update(index=F("index") + 1)
+    if is_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [notify_channel(node_id)])
+
+
+def _no_nul(name: str, value: str) -> None:
+    if "\x00" in value:
+        raise _field_error(name, "must not contain NUL characters")
+
+
+# --- the buyer's runs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    command: list[str]
+    env: dict[str, str]
+    files: dict[str, str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"command": self.command, "env": self.env, "files": self.files}
+
+
+def command_spec_check(
+    *, command: list[str], env: dict[str, str], files: dict[str, str]
+) -> CommandSpec:
+    """Bounds and names of a run's command, environment and files (the API's serializer
+    checks types; these are the rules a node relies on)."""
+    if not 1 <= len(command) <= MAX_COMMAND_ARGS:
+        raise _field_error("command", f"must have 1 to {MAX_COMMAND_ARGS} arguments")
+    for position, arg in enumerate(command):
+        if len(arg) > MAX_ARG_CHARS:
+            raise _field_error(f"command[{position}]", f"longer than {MAX_ARG_CHARS} characters")
+        _no_nul(f"command[{position}]", arg)
+    if not command[0]:
+        raise _field_error("command[0]", "the program must not be empty")
+    if sum(len(arg) for arg in command) > MAX_COMMAND_CHARS:
+        raise _field_error("command", f"longer than {MAX_COMMAND_CHARS} characters in all")
+    if len(env) > MAX_ENV_VARS:
+        raise _field_error("env", f"at most {MAX_ENV_VARS} variables")
+    for name, value in env.items():
+        if len(name) > MAX_ENV_NAME_CHARS or not ENV_NAME.match(name):
+            raise _field_error(f"env.{name[:40]}", "a name is letters, digits and _")
+        if name in RESERVED_ENV:
+            raise _field_error(f"env.{name}", "is set by the node to the leased GPUs")
+        if len(value) > MAX_ENV_VALUE_CHARS:
+            raise _field_error(f"env.{name}", f"longer than {MAX_ENV_VALUE_CHARS} characters")
+        _no_nul(f"env.{name}", value)
+    if len(files) > MAX_FILES:
+        raise _field_error("files", f"at most {MAX_FILES} files")
+    for name, text in files.items():
+        if len(name) > MAX_FILE_NAME_CHARS or not FILE_NAME.match(name):
+            raise _field_error(
+                f"files.{name[:40]}",
+                "a file name is letters, digits, '.', '_' and '-' (no directories)",
+            )
+        if len(text) > MAX_FILE_CHARS:
+            raise _field_error(f"files.{name}", f"longer than {MAX_FILE_CHARS} characters")
+        _no_nul(f"files.{name}", text)
+    if sum(len(text) for text in files.values()) > MAX_FILES_CHARS:
+        raise _field_error("files", f"longer than {MAX_FILES_CHARS} characters in all")
+    return CommandSpec(command=list(command), env=dict(env), files=dict(files))
+
+
+@retry_transaction
+def run_create(
+    *,
+    organization: Any,
+    lease_id: int,
+    command: list[str],
+    env: dict[str, str] | None = None,
+    files: dict[str, str] | None = None,
+    now: datetime | None = None,
+) -> Assignment:
+    """Queue a buyer's command on one of its active raw leases, for that lease's node."""
+    spec = command_spec_check(command=command, env=env or {}, files=files or {})
+    now = now or timezone.now()
+    # The lease's row lock orders this with the lease's end (which stops its runs).
+    lease = Lease.objects.select_for_update().filter(organization=organization, pk=lease_id).first()
+    if lease is None:
+        raise NotFound(f"lease {lease_id} not found")
+    if lease.managed:
+        raise Conflict(
+            f"lease {lease_id} runs a workload Tandem manages (a fine-tune or an inference "
+            "deployment); commands run on raw leases only",
+            details={"lease": lease_id, "reason": "not_raw"},
+        )
+    if lease.state != Lease.State.ACTIVE:
+        raise Conflict(
+            f"lease {lease_id} is {lease.state}; commands run on active leases only",
+            details={"lease": lease_id, "reason": f"lease_{lease.state}"},
+        )
+    live = Assignment.objects.filter(lease=lease, state__in=Assignment.LIVE_STATES).count()
+    if live >= MAX_LIVE_RUNS_PER_LEASE:
+        raise Conflict(
+            f"lease {lease_id} has {live} runs queued or running (at most "
+            f"{MAX_LIVE_RUNS_PER_LEASE}); wait for one to end or cancel one",
+            details={"lease": lease_id, "reason": "too_many_runs"},
+        )
+    assignment = Assignment.objects.create(
+        node_id=lease.node_id,
+        lease=lease,
+        organization_id=lease.organization_id,
+        kind=Assignment.Kind.COMMAND,
+        spec=spec.as_json(),
+        created_at=now,
+    )
+    _append(
+        assignment,
+        events.AssignmentQueued(
+            assignment_id=assignment.pk,
+            kind=assignment.kind,
+            lease_id=lease.pk,
+            node_id=lease.node_id,
+            organization_id=lease.organization_id,
+            at=now.isoformat(),
+        ),
+    )
+    _index_bump(lease.node_id)
+    return assignment
+
+
+def _end(
+    assignment: Assignment,
+    *,
+    state: str,
+    now: datetime,
+    exit_code: int | None = None,
+    reason: str = "",
+) -> None:
+    """Record the end of a live assignment (the caller holds its row lock)."""
+    assignment.state = state
+    assignment.finished_at = now
+    assignment.locked_until = None
+    assignment.exit_code = exit_code
+    if reason:
+        assignment.failure_reason = reason[:MAX_REASON_CHARS]
+    _append(
+        assignment,
+        events.AssignmentEnded(
+            assignment_id=assignment.pk,
+            attempt=assignment.attempt,
+            state=state,
+            exit_code=exit_code,
+            reason=reason[:MAX_REASON_CHARS],
+            at=now.isoformat(),
+        ),
+    )
+
+
+def _stop(assignment: Assignment, *, reason: str, now: datetime) -> bool:
+    """Stop a live assignment: one never claimed ends ``cancelled`` at once; a claimed
+    one is asked to stop (its node kills it and reports the end). False when it was
+    not live or already asked. The caller holds its row lock and bumps the index."""
+    if assignment.state == Assignment.State.QUEUED:
+        assignment.stop_requested = True
+        assignment.stop_reason = reason[:200]
+        _end(assignment, state=Assignment.State.CANCELLED, now=now, reason=reason)
+        assignment.save()
+        return True
+    if assignment.state in Assignment.CLAIMED_STATES and not assignment.stop_requested:
+        assignment.stop_requested = True
+        assignment.stop_reason = reason[:200]
+        assignment.save(update_fields=["stop_requested", "stop_reason"])
+        _append(
+            assignment,
+            events.AssignmentStopRequested(
+                assignment_id=assignment.pk, reason=reason[:200], at=now.isoformat()
+            ),
+        )
+        return True
+    return False
+
+
+@retry_transaction
+def run_cancel(
+    *, organization: Any, lease_id: int, run_id: int, now: datetime | None = None
+) -> Assignment:
+    """Cancel a buyer's run: at once if no node claimed it yet, else its node is told to
+    stop at its next renewal or blocking query (within about a second)."""
+    now = now or timezone.now()
+    assignment = (
+        Assignment.objects.select_for_update()
+        .filter(organization=organization, lease_id=lease_id, pk=run_id)
+        .first()
+    )
+    if assignment is None:
+        raise NotFound(f"run {run_id} of lease {lease_id} not found")
+    if not assignment.is_live:
+        raise Conflict(
+            f"run {run_id} already ended ({assignment.state})",
+            details={"run": run_id, "state": assignment.state},
+        )
+    if _stop(assignment, reason="cancelled by the buyer", now=now):
+        _index_bump(assignment.node_id)
+    return assignment
+
+
+def assignments_stop_for_lease(*, lease_id: int, reason: str, now: datetime | None = None) -> int:
+    """Tell every live assignment of a lease that ended to stop (in the transaction that
+    ends the lease, so its node learns it at its next query). Returns how many."""
+    now = now or timezone.now()
+    stopped = 0
+    node_ids: set[int] = set()
+    live = Assignment.objects.select_for_update().filter(
+        lease_id=lease_id, state__in=Assignment.LIVE_STATES
+    )
+    for assignment in live.order_by("pk"):
+        if _stop(assignment, reason=reason, now=now):
+            stopped += 1
+            node_ids.add(assignment.node_id)
+    for node_id in sorted(node_ids):
+        _index_bump(node_id)
+    return stopped
+
+
+# --- the node's side ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    assignment: Assignment
+    gpu_uuids: list[str]
+    ttl_seconds: int
+
+
+def _node_assignment_locked(node_id: int, assignment_id: int) -> Assignment:
+    assignment = (
+        Assignment.objects.select_for_update().filter(node_id=node_id, pk=assignment_id).first()
+    )
+    if assignment is None:  # another node's, or none: the same answer
+        raise NotFound(f"assignment {assignment_id} not found on node {node_id}")
+    return assignment
+
+
+def assignment_claim(*, node_id: int, assignment_id: int, now: datetime | None = None) -> Claim:
+    """Claim a queued assignment of this node: its attempt goes up by one (the fencing
+    token every report must carry) and it is locked for the claim TTL. 409 when it is
+    not queued (claimed already, or ended), or its lease is no longer active (then it
+    is cancelled, and that is committed before the 409)."""
+    outcome = _claim(node_id, assignment_id, now or timezone.now())
+    if isinstance(outcome, Conflict):
+        raise outcome
+    return outcome
+
+
+@retry_transaction
+def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
+    ttl = claim_ttl()
+    assignment = _node_assignment_locked(node_id, assignment_id)
+    if assignment.state != Assignment.State.QUEUED:
+        detail = (
+            f"claimed by attempt {assignment.attempt} until {_iso(assignment.locked_until)}"
+            if assignment.state in Assignment.CLAIMED_STATES
+            else assignment.state
+        )
+        raise Conflict(
+            f"assignment {assignment_id} is not waiting for a claim: {detail}",
+            details={"assignment": assignment_id, "state": assignment.state},
+        )
+    lease = Lease.objects.get(pk=assignment.lease_id)
+    if lease.state != Lease.State.ACTIVE:
+        _stop(assignment, reason=f"lease {lease.pk} {lease.state}", now=now)
+        _index_bump(node_id)
+        return Conflict(
+            f"assignment {assignment_id}: its lease {lease.pk} is {lease.state}",
+            details={"assignment": assignment_id, "state": assignment.state},
+        )
+    gpu_uuids = list(
+        LeaseGpu.objects.filter(lease_id=lease.pk)
+        .order_by("gpu_uuid")
+        .values_list("gpu_uuid", flat=True)
+    )
+    # The claim itself: a conditional update from the state and attempt just read.
+    updated = Assignment.objects.filter(
+        pk=assignment.pk, state=Assignment.State.QUEUED, attempt=assignment.attempt
+    ).update(
+        state=Assignment.State.CLAIMED,
+        attempt=assignment.attempt + 1,
+        claimed_at=now,
+        locked_until=now + ttl,
+        events_batch=0,
+    )
+    if updated != 1:  # cannot happen under the row lock; the update checks it anyway
+        raise Conflict(f"assignment {assignment_id} was claimed meanwhile")
+    assignment.refresh_from_db()
+    _append(
+        assignment,
+        events.AssignmentClaimed(
+            assignment_id=assignment.pk,
+            node_id=node_id,
+            attempt=assignment.attempt,
+            locked_until=(now + ttl).isoformat(),
+            at=now.isoformat(),
+        ),
+    )
+    _index_bump(node_id)
+    return Claim(assignment=assignment, gpu_uuids=gpu_uuids, ttl_seconds=int(ttl.total_seconds()))
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    assignment: Assignment
+    stop: bool
+    ttl_seconds: int
+    applied: bool  # False: a batch the server had already applied (a retry)
+
+
+def _live_lease_check(assignment: Assignment, now: datetime) -> bool:
+    """Ask the run to stop when its lease is no longer active (the lease's end asks
+    already; this covers a lease ended by any other path). True when newly asked."""
+    state = Lease.objects.filter(pk=assignment.lease_id).values_list("state", flat=True).first()
+    if state == Lease.State.ACTIVE:
+        return False
+    return _stop(assignment, reason=f"lease {assignment.lease_id} {state}", now=now)
+
+
+@retry_transaction
+def assignment_report(
+    *,
+    node_id: int,
+    assignment_id: int,
+    attempt: int,
+    batch: int,
+    items: list[dict[str, Any]],
+    now: datetime | None = None,
+) -> Report:
+    """Apply a batch of a run's events from its node and renew its claim.
+
+    ``items`` are checked dicts: ``{"type": "started"}``, ``{"type": "log", "stream":
+    "stdout"|"stderr", "text": str}``, ``{"type": "finished", "exit_code": int}``,
+    ``{"type": "failed", "reason": str}``; nothing may follow finished or failed.
+    ``batch`` numbers a claim's posts from 1; one at or below the last applied is a
+    retry: acknowledged (and renewed), not applied again."""
+    now = now or timezone.now()
+    ttl = claim_ttl()
+    assignment = _node_assignment_locked(node_id, assignment_id)
+    if attempt != assignment.attempt or assignment.state not in Assignment.CLAIMED_STATES:
+        raise StaleAttempt(
+            f"assignment {assignment_id}: attempt {attempt} is not current (the assignment "
+            f"is {assignment.state} at attempt {assignment.attempt}); stop the work",
+            details={
+                "assignment": assignment_id,
+                "attempt": assignment.attempt,
+                "state": assignment.state,
+            },
+        )
+    moved = _live_lease_check(assignment, now)
+    applied = batch > assignment.events_batch
+    if applied:
+        moved = _apply(assignment, items, now) or moved
+        assignment.events_batch = batch
+    if assignment.state in Assignment.CLAIMED_STATES:
+        assignment.locked_until = now + ttl
+    assignment.save()
+    if moved:
+        _index_bump(node_id)
+    return Report(
+        assignment=assignment,
+        stop=assignment.stop_requested or not assignment.is_live,
+        ttl_seconds=int(ttl.total_seconds()),
+        applied=applied,
+    )
+
+
+def _apply(assignment: Assignment, items: list[dict[str, Any]], now: datetime) -> bool:
+    """Apply checked events in order; True when the state changed."""
+    moved = False
+    lines: list[AssignmentLogLine] = []
+    for position, item in enumerate(items):
+        kind = item["type"]
+        if not assignment.is_live:
+            raise _field_error(f"events[{position}]", f"nothing may follow the run's end ({kind})")
+        if kind == "started":
+            if assignment.state == Assignment.State.CLAIMED:
+                assignment.state = Assignment.State.RUNNING
+                assignment.started_at = now
+                _append(
+                    assignment,
+                    events.AssignmentStarted(
+                        assignment_id=assignment.pk, attempt=assignment.attempt, at=now.isoformat()
+                    ),
+                )
+                moved = True
+        elif kind == "log":
+            text = item["text"][:MAX_LOG_LINE_CHARS]
+            size = len(text.encode())
+            if (
+                assignment.log_lines >= MAX_LOG_LINES_PER_RUN
+                or assignment.log_bytes + size > MAX_LOG_BYTES_PER_RUN
+            ):
+                assignment.log_lines_dropped += 1
+                continue
+            assignment.log_lines += 1
+            assignment.log_bytes += size
+            lines.append(
+                AssignmentLogLine(
+                    assignment_id=assignment.pk,
+                    seq=assignment.log_lines,
+                    attempt=assignment.attempt,
+                    stream=item["stream"],
+                    text=text,
+                    received_at=now,
+                )
+            )
+        elif kind == "finished":
+            code = int(item["exit_code"])
+            if code == 0:
+                state = Assignment.State.SUCCEEDED
+            elif assignment.stop_requested:
+                state = Assignment.State.CANCELLED
+            else:
+                state = Assignment.State.FAILED
+            reason = assignment.stop_reason if state == Assignment.State.CANCELLED else ""
+            if state == Assignment.State.FAILED:
+                reason = f"exited with code {code}"
+            _end(assignment, state=state, now=now, exit_code=code, reason=reason)
+            moved = True
+        elif kind == "failed":
+            state = (
+                Assignment.State.CANCELLED if assignment.stop_requested else Assignment.State.FAILED
+            )
+            _end(assignment, state=state, now=now, reason=item["reason"] or "failed on the node")
+            moved = True
+    if lines:
+        AssignmentLogLine.objects.bulk_create(lines)
+    return moved
+
+
+# --- the reaper ---------------------------------------------------------------------
+
+
+@retry_transaction
+def _reap_one(assignment_id: int, now: datetime) -> bool:
+    assignment = (
+        Assignment.objects.select_for_update()
+        .filter(pk=assignment_id, state__in=Assignment.CLAIMED_STATES, locked_until__lt=now)
+        .first()
+    )
+    if assignment is None:  # renewed or ended meanwhile
+        return False
+    expired = assignment.locked_until
+    if assignment.stop_requested:
+        state, reason = Assignment.State.CANCELLED, assignment.stop_reason
+    else:
+        state = Assignment.State.FAILED
+        reason = (
+            f"attempt {assignment.attempt} lost its claim: no report from node "
+            f"{assignment.node_id} since before {_iso(expired)} (command runs are not retried)"
+        )
+    _end(assignment, state=state, now=now, reason=reason)
+    assignment.save()
+    _index_bump(assignment.node_id)
+    return True
+
+
+def assignments_reap(*, now: datetime | None = None) -> int:
+    """End every claim past its ``locked_until``: its node stopped renewing (it died,
+    or lost the network). Command runs end ``failed`` and are not retried (see the
+    module doc). Cheap when there is nothing to do: one indexed read."""
+    now = now or timezone.now()
+    due = list(
+        Assignment.objects.filter(
+            state__in=Assignment.CLAIMED_STATES, locked_until__lt=now
+        ).values_list("pk", flat=True)[:500]
+    )
+    return sum(1 for assignment_id in due if _reap_one(assignment_id, now))

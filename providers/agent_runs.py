@@ -1,0 +1,693 @@
+"""Leased work on the node: the agent's side of the assignment protocol (the server's
+side, and the protocol itself, are described in marketplace/assignments/services.py).
+
+Standard library only, like the rest of the agent. ``WorkLoop`` long-polls the node's
+assignments (a blocking query), claims each queued one, and hands it to a
+``RunSupervisor`` thread, which runs it through a ``Driver`` and reports it: output
+lines, batched about once a second, and a renewal at least every ``renew_seconds``;
+the end (``finished`` with the exit code, or ``failed`` with a reason).
+
+Stopping. The server says stop (the run was cancelled, or its lease ended) in its
+answer to a report or in the blocking query; a 409 says the claim is no longer ours
+(a stale attempt: the reaper ended it); and a node that cannot renew for a whole TTL
+assumes the same. In every case the supervisor kills the run's whole process group
+(SIGTERM, then SIGKILL to the group after ``grace_seconds``) and wipes its work
+directory. A command that ends by itself has its group killed too: nothing it left
+in the background outlives the run.
+
+Children die with the agent:
+- each run is its own session and process group (``start_new_session``), so one
+  ``killpg`` reaches everything it started (short of a process that makes a session of
+  its own: a container or cgroup driver closes that gap);
+- on Linux the run's first process gets ``PR_SET_PDEATHSIG`` = SIGKILL (through ctypes,
+  resolved before any fork), so it dies when its supervisor thread does, even when the
+  agent is killed with SIGKILL;
+- its descendants are reached by the process-group file each run leaves under
+  ``<work dir>/groups``: an agent starting after a crash kills the groups recorded
+  there in this boot (the boot id is recorded with them) and wipes old work
+  directories before it claims anything;
+- a SIGTERM or Ctrl-C to the agent stops every run as above before it exits.
+
+Drivers. ``SubprocessDriver`` runs the command as a process of this machine: its own
+work directory (the spec's files written there), ``CUDA_VISIBLE_DEVICES`` set to the
+leased GPUs' UUIDs, an environment of its own (never the agent's: that holds the
+agent key), and an unprivileged user (``nobody`` by default) when the agent runs as
+root. A container driver plugs in behind the same ``Driver.start`` -> ``RunHandle``
+interface: the Docker SDK's ``containers.run(image, command, detach=True,
+device_requests=[DeviceRequest(device_ids=gpu_uuids, capabilities=[["gpu"]])]``
+(``--gpus device=UUID``), the work directory as a bind mount, output from
+``container.logs(stream=True)``, ``kill`` as ``container.stop(timeout=grace)`` then
+``remove(force=True)``; it is not written yet (it needs an image in the spec and the
+docker package on the node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+MAX_LINE_CHARS = 4096  # the server's bound on one log line
+MAX_BATCH_EVENTS = 500
+MAX_BATCH_CHARS = 512 * 1024
+MAX_PENDING_LINES = 20_000  # beyond this (the server unreachable), lines are counted, dropped
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PR_SET_PDEATHSIG = 1
+
+
+class DriverError(RuntimeError):
+    """The run could not be started (no such program, no permission, bad spec)."""
+
+
+# --- drivers ----------------------------------------------------------------------
+
+
+class RunHandle(Protocol):
+    pgid: int
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code once the run's first process has exited (-N: killed by signal
+        N), else None after ``timeout`` seconds."""
+
+    def kill(self, grace_seconds: float) -> None:
+        """Stop everything the run started: SIGTERM to its group, SIGKILL after the
+        grace. Safe to call more than once, and after it exited."""
+
+    def close(self) -> None:
+        """Kill what is left of its group and wait for its output to drain."""
+
+
+class Driver(Protocol):
+    def start(
+        self,
+        *,
+        command: list[str],
+        work_dir: Path,
+        env: dict[str, str],
+        run_as: RunAs | None,
+        on_line: Callable[[str, str], None],
+    ) -> RunHandle: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The unprivileged user a run is started as (the agent running as root)."""
+
+    uid: int
+    gid: int
+    name: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        import grp
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise DriverError(f"no user {name!r} on this node to run leased work as") from None
+        with contextlib.suppress(KeyError):  # its own group's name, for the logs
+            grp.getgrgid(entry.pw_gid)
+        return cls(uid=entry.pw_uid, gid=entry.pw_gid, name=name)
+
+
+def _pdeathsig_function() -> Callable[[], None] | None:
+    """A preexec function that asks Linux to SIGKILL the child when the thread that
+    started it dies; None elsewhere. Resolved here, before any fork: the child only
+    calls an already loaded C function."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the agent died before prctl took effect
+            os._exit(137)
+
+    return die_with_parent
+
+
+_DIE_WITH_PARENT = _pdeathsig_function()
+
+
+class _SubprocessHandle:
+    def __init__(self, process: subprocess.Popen[bytes], readers: list[threading.Thread]) -> None:
+        self.process = process
+        self.pgid = process.pid  # a new session: its leader's pid is the group's id
+        self.readers = readers
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _signal_group(self, signum: int) -> bool:
+        try:
+            os.killpg(self.pgid, signum)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # cannot happen for our own children; nothing to do
+            return False
+        return True
+
+    def kill(self, grace_seconds: float) -> None:
+        if self._signal_group(signal.SIGTERM):
+            deadline = time.monotonic() + grace_seconds
+            while time.monotonic() < deadline and _group_alive(self.pgid):
+                self.wait(0.05)
+        self._signal_group(signal.SIGKILL)
+        self.wait(5.0)
+
+    def close(self) -> None:
+        self._signal_group(signal.SIGKILL)
+        self.wait(5.0)
+        for reader in self.readers:
+            reader.join(timeout=5.0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pump(stream: Any, name: str, on_line: Callable[[str, str], None]) -> None:
+    """Read a pipe line by line; long lines are cut into pieces the server takes."""
+    with stream:
+        for raw in iter(stream.readline, b""):
+            text = raw.decode("utf-8", errors="replace").rstrip("\n").replace("\x00", "\ufffd")
+            for start in range(0, max(len(text), 1), MAX_LINE_CHARS):
+                on_line(name, text[start : start + MAX_LINE_CHARS])
+
+
+class SubprocessDriver:
+    """A run as a process group of this machine (see the module doc)."""
+
+    def start(
+        self,
+        *,
+        command: list[str],
+        work_dir: Path,
+        env: dict[str, str],
+        run_as: RunAs | None,
+        on_line: Callable[[str, str], None],
+    ) -> RunHandle:
+        extra: dict[str, Any] = {}
+        if run_as is not None:
+            extra.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
+        try:
+            process = subprocess.Popen(  # noqa: S603  (the buyer's command, on its lease)
+                command,
+                cwd=work_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_DIE_WITH_PARENT,  # see _pdeathsig_function
+                **extra,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DriverError(f"could not start {command[0]!r}: {exc}") from None
+        readers = [
+            threading.Thread(
+                target=_pump, args=(pipe, name, on_line), name=f"run-{name}", daemon=True
+            )
+            for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))
+        ]
+        for reader in readers:
+            reader.start()
+        return _SubprocessHandle(process, readers)
+
+
+# --- work directories and process-group records -------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class WorkRoot:
+    """``<work dir>/runs/<id>-a<attempt>`` per run; ``<work dir>/groups/<id>`` holds the
+    run's process group and the boot it started in, for the cleanup after a crash."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+        self.runs = self.path / "runs"
+        self.groups = self.path / "groups"
+        for folder in (self.path, self.runs, self.groups):
+            folder.mkdir(parents=True, exist_ok=True)
+        # Traversable, not listable, by the unprivileged run user.
+        os.chmod(self.path, 0o711)  # noqa: S103  (execute only: no listing)
+        os.chmod(self.runs, 0o711)  # noqa: S103
+        os.chmod(self.groups, 0o700)
+
+    def run_dir(self, assignment_id: int, attempt: int) -> Path:
+        return self.runs / f"{int(assignment_id)}-a{int(attempt)}"
+
+    def record_group(self, assignment_id: int, pgid: int) -> None:
+        (self.groups / str(int(assignment_id))).write_text(f"{pgid} {_boot_id()}\n")
+
+    def forget_group(self, assignment_id: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.groups / str(int(assignment_id))).unlink()
+
+    def clean_after_crash(self) -> int:
+        """Kill the process groups a previous agent recorded in this boot and wipe every
+        work directory it left. Returns how many groups were still alive."""
+        killed = 0
+        boot = _boot_id()
+        for record in self.groups.iterdir():
+            try:
+                pgid_text, _, recorded_boot = record.read_text().strip().partition(" ")
+                pgid = int(pgid_text)
+            except (OSError, ValueError):
+                pgid = 0
+                recorded_boot = ""
+            if pgid > 1 and recorded_boot == boot and _group_alive(pgid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+                    killed += 1
+            record.unlink(missing_ok=True)
+        for leftover in self.runs.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        return killed
+
+
+# --- one run --------------------------------------------------------------------------
+
+
+@dataclass
+class _Outbox:
+    """Events waiting to be reported. A batch that was sent but not acknowledged is
+    kept as it was and sent again with the same number (the server applies it once)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    dropped: int = 0
+    inflight: list[dict[str, Any]] | None = None
+    batch: int = 0
+
+    def add(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            if event["type"] == "log" and len(self.pending) >= MAX_PENDING_LINES:
+                self.dropped += 1
+                return
+            self.pending.append(event)
+
+    def next_batch(self) -> tuple[int, list[dict[str, Any]]]:
+        with self.lock:
+            if self.inflight is None:
+                if self.dropped:
+                    note = f"[agent: {self.dropped} lines dropped: the server was unreachable]"
+                    self.pending.insert(0, {"type": "log", "stream": "stderr", "text": note})
+                    self.dropped = 0
+                taken: list[dict[str, Any]] = []
+                size = 0
+                while self.pending and len(taken) < MAX_BATCH_EVENTS:
+                    size += len(self.pending[0].get("text", "")) + 64
+                    if taken and size > MAX_BATCH_CHARS:
+                        break
+                    taken.append(self.pending.pop(0))
+                self.batch += 1
+                self.inflight = taken
+            return self.batch, self.inflight
+
+    def acknowledged(self) -> None:
+        with self.lock:
+            self.inflight = None
+
+    def has_pending(self) -> bool:
+        with self.lock:
+            return bool(self.pending) or self.inflight is not None
+
+
+class RunSupervisor(threading.Thread):
+    """Runs one claimed assignment and reports it until it ends (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        node_id: int,
+        claim: dict[str, Any],
+        root: WorkRoot,
+        driver: Driver,
+        run_as: RunAs | None,
+        flush_seconds: float = 1.0,
+        grace_seconds: float = 2.0,
+    ) -> None:
+        super().__init__(name=f"run-{claim['id']}", daemon=False)
+        self.client = client
+        self.node_id = node_id
+        self.claim = claim
+        self.assignment_id = int(claim["id"])
+        self.attempt = int(claim["attempt"])
+        self.root = root
+        self.driver = driver
+        self.run_as = run_as
+        self.flush_seconds = flush_seconds
+        self.grace_seconds = grace_seconds
+        self.ttl = float(claim.get("ttl_seconds", 30))
+        self.renew_seconds = float(claim.get("renew_seconds", 10))
+        self.outbox = _Outbox()
+        self.stop_reason: str | None = None
+        self.stopped_by_server = False
+        self._stop_requested = threading.Event()
+        self.pgid: int | None = None
+        self.exit_code: int | None = None
+        self.fenced = False  # the server refused our attempt: report nothing more
+
+    def request_stop(self, reason: str, *, by_server: bool = True) -> None:
+        """Kill the run at the next tick. ``by_server``: the server asked (cancelled,
+        lease ended), so the end is reported as a finish; else (the agent stopping) as
+        a failure with the reason."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stopped_by_server = by_server
+        self._stop_requested.set()
+
+    # -- reporting --
+
+    def _report(self) -> dict[str, Any] | None:
+        """Send the next batch (or a bare renewal). None when it could not be sent."""
+        from providers.agent import AgentError
+
+        batch, items = self.outbox.next_batch()
+        try:
+            answer = self.client.post(
+                f"/api/v1/agent/nodes/{self.node_id}/runs/{self.assignment_id}/events",
+                {"attempt": self.attempt, "batch": batch, "events": items},
+            )
+        except AgentError as exc:
+            if exc.status == 409 or exc.status == 404:
+                logger.warning(
+                    "run %s: the server refused attempt %s: %s",
+                    self.assignment_id,
+                    self.attempt,
+                    exc,
+                )
+                self.fenced = True
+                self.request_stop("the server refused this attempt")
+                return None
+            if exc.status == 400:  # a batch the server will never take: drop it
+                logger.error("run %s: batch %s refused: %s", self.assignment_id, batch, exc)
+                self.outbox.acknowledged()
+                return None
+            logger.warning(
+                "run %s: report failed (kept for the next try): %s", self.assignment_id, exc
+            )
+            return None
+        self.outbox.acknowledged()
+        self.ttl = float(answer.get("ttl_seconds", self.ttl))
+        self.renew_seconds = float(answer.get("renew_seconds", self.renew_seconds))
+        if answer.get("stop"):
+            self.request_stop(answer.get("stop_reason") or "the server said stop")
+        return answer
+
+    # -- the run --
+
+    def _env(self, work_dir: Path, spec: dict[str, Any]) -> dict[str, str]:
+        env = {
+            "PATH": SAFE_PATH,
+            "HOME": str(work_dir),
+            "LANG": "C.UTF-8",
+            "TMPDIR": str(work_dir),
+        }
+        env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+        env.update(
+            {
+                "CUDA_VISIBLE_DEVICES": ",".join(self.claim.get("gpu_uuids") or []),
+                "TANDEM_RUN_ID": str(self.assignment_id),
+                "TANDEM_ATTEMPT": str(self.attempt),
+                "TANDEM_WORK_DIR": str(work_dir),
+            }
+        )
+        return env
+
+    def _prepare(self, spec: dict[str, Any]) -> Path:
+        work_dir = self.root.run_dir(self.assignment_id, self.attempt)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(mode=0o700)
+        for name, text in (spec.get("files") or {}).items():
+            if not FILE_NAME.match(str(name)):
+                raise DriverError(f"files: {name!r} is not a plain file name")
+            (work_dir / name).write_text(str(text))
+        if self.run_as is not None:
+            for path in [work_dir, *work_dir.iterdir()]:
+                os.chown(path, self.run_as.uid, self.run_as.gid)
+        return work_dir
+
+    def run(self) -> None:
+        work_dir: Path | None = None
+        handle: RunHandle | None = None
+        try:
+            spec = self.claim.get("spec") or {}
+            command = [str(arg) for arg in spec.get("command") or []]
+            if not command:
+                raise DriverError("the spec has no command")
+            work_dir = self._prepare(spec)
+            handle = self.driver.start(
+                command=command,
+                work_dir=work_dir,
+                env=self._env(work_dir, spec),
+                run_as=self.run_as,
+                on_line=lambda stream, text: self.outbox.add(
+                    {"type": "log", "stream": stream, "text": text}
+                ),
+            )
+            self.pgid = handle.pgid
+            self.root.record_group(self.assignment_id, handle.pgid)
+            logger.info(
+                "run %s (attempt %s) started: process group %s",
+                self.assignment_id,
+                self.attempt,
+                handle.pgid,
+            )
+            self.outbox.add({"type": "started"})
+            self._supervise(handle)
+        except DriverError as exc:
+            logger.warning("run %s could not start: %s", self.assignment_id, exc)
+            self.outbox.add({"type": "failed", "reason": str(exc)[:500]})
+            self._drain()
+        except Exception as exc:  # a bug here must not leave the run behind
+            logger.exception("run %s: the agent failed", self.assignment_id)
+            if handle is not None:
+                handle.kill(0)
+            self.outbox.add({"type": "failed", "reason": f"the agent failed: {exc}"[:500]})
+            self._drain()
+        finally:
+            if handle is not None:
+                handle.close()
+            self.root.forget_group(self.assignment_id)
+            if work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _supervise(self, handle: RunHandle) -> None:
+        last_sent = time.monotonic()
+        last_ok = time.monotonic()
+        code: int | None = None
+        while code is None:
+            code = handle.wait(self.flush_seconds if not self._stop_requested.is_set() else 0)
+            if code is None and self._stop_requested.is_set():
+                logger.info("run %s: stopping (%s)", self.assignment_id, self.stop_reason)
+                handle.kill(self.grace_seconds)
+                code = handle.wait(5.0)
+                if code is None:
+                    code = -int(signal.SIGKILL)
+                break
+            if code is not None:
+                break
+            now = time.monotonic()
+            if self.outbox.has_pending() or now - last_sent >= self.renew_seconds:
+                last_sent = now
+                if self._report() is not None:
+                    last_ok = time.monotonic()
+                elif not self.fenced and time.monotonic() - last_ok > self.ttl:
+                    # No renewal for a whole TTL: the server has given our claim up.
+                    self.fenced = True
+                    self.request_stop("no renewal within the claim's TTL", by_server=False)
+        handle.close()  # whatever it left in the background goes with it
+        self.exit_code = code
+        logger.info("run %s exited with %s", self.assignment_id, code)
+        if self.fenced:
+            return
+        if self._stop_requested.is_set() and not self.stopped_by_server:
+            reason = f"{self.stop_reason}: killed (exit code {code})"
+            self.outbox.add({"type": "failed", "reason": reason[:500]})
+        else:
+            self.outbox.add({"type": "finished", "exit_code": max(-255, min(255, code))})
+        self._drain()
+
+    def _drain(self) -> None:
+        """Report what is left, the end included; give up after a TTL without success
+        (the reaper records the run as failed then)."""
+        deadline = time.monotonic() + self.ttl
+        while self.outbox.has_pending() and not self.fenced and time.monotonic() < deadline:
+            if self._report() is None and not self.fenced:
+                time.sleep(min(1.0, self.flush_seconds))
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+class WorkLoop(threading.Thread):
+    """Long-polls the node's assignments, claims what is queued, supervises the runs.
+    ``node_id`` is a callable: the agent may register again under a new id."""
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        node_id: Callable[[], int | None],
+        work_dir: str | Path,
+        run_as: str | None = None,
+        driver: Driver | None = None,
+        wait_seconds: int = 25,
+        flush_seconds: float = 1.0,
+        grace_seconds: float = 2.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        super().__init__(name="work-loop", daemon=True)
+        self.client = client
+        self.node_id = node_id
+        self.root = WorkRoot(work_dir)
+        if run_as is None and hasattr(os, "geteuid") and os.geteuid() == 0:
+            run_as = "nobody"  # never run a buyer's command as root
+        self.run_as = RunAs.lookup(run_as) if run_as else None
+        self.driver = driver or SubprocessDriver()
+        self.wait_seconds = wait_seconds
+        self.flush_seconds = flush_seconds
+        self.grace_seconds = grace_seconds
+        self.stop = stop or threading.Event()
+        self.runs: dict[int, RunSupervisor] = {}
+        self.index = 0
+        self.fatal: Exception | None = None
+
+    def run(self) -> None:
+        from providers.agent import AgentError
+
+        killed = self.root.clean_after_crash()
+        if killed:
+            logger.warning("killed %d process groups left by an earlier agent", killed)
+        backoff = 1.0
+        try:
+            while not self.stop.is_set():
+                node_id = self.node_id()
+                if node_id is None:
+                    self.stop.wait(1.0)
+                    continue
+                try:
+                    answer = self.client.get(
+                        f"/api/v1/agent/nodes/{node_id}/assignments"
+                        f"?index={self.index}&wait={self.wait_seconds}",
+                        timeout=self.wait_seconds + 15,
+                    )
+                    backoff = 1.0
+                except AgentError as exc:
+                    if exc.status in (401, 403):
+                        self.fatal = exc
+                        logger.error("assignments refused: %s", exc)
+                        return
+                    logger.warning("assignments query failed: %s", exc)
+                    self.index = 0  # start afresh: the next answer is the whole list
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
+                try:
+                    self._apply(node_id, answer)
+                except Exception:  # a bug must not end the loop: start afresh
+                    logger.exception("assignments answer not applied")
+                    self.index = 0
+                    self.stop.wait(backoff)
+        finally:
+            self.stop_all("the agent is stopping")
+
+    def _apply(self, node_id: int, answer: dict[str, Any]) -> None:
+        self.index = int(answer["index"])
+        for assignment_id, supervisor in list(self.runs.items()):
+            if not supervisor.is_alive():
+                del self.runs[assignment_id]
+        if not answer.get("changed"):
+            return
+        live = {int(item["id"]): item for item in answer["assignments"]}
+        for assignment_id, supervisor in self.runs.items():
+            item = live.get(assignment_id)
+            if item is None:
+                supervisor.request_stop("the server no longer lists it")
+            elif item.get("stop"):
+                supervisor.request_stop(item.get("stop_reason") or "stop requested")
+        for assignment_id, item in live.items():
+            if (
+                item["state"] == "queued"
+                and not item.get("stop")
+                and assignment_id not in self.runs
+            ):
+                self._claim(node_id, assignment_id)
+
+    def _claim(self, node_id: int, assignment_id: int) -> None:
+        from providers.agent import AgentError
+
+        try:
+            claim = self.client.post(
+                f"/api/v1/agent/nodes/{node_id}/assignments/{assignment_id}/claim", {}
+            )
+        except AgentError as exc:
+            logger.info("assignment %s not claimed: %s", assignment_id, exc)
+            return
+        logger.info(
+            "claimed assignment %s (%s), attempt %s on GPUs %s",
+            assignment_id,
+            claim.get("kind"),
+            claim.get("attempt"),
+            ",".join(claim.get("gpu_uuids", [])),
+        )
+        if claim.get("kind") != "command":  # kinds this agent does not run yet
+            return
+        supervisor = RunSupervisor(
+            client=self.client,
+            node_id=node_id,
+            claim=claim,
+            root=self.root,
+            driver=self.driver,
+            run_as=self.run_as,
+            flush_seconds=self.flush_seconds,
+            grace_seconds=self.grace_seconds,
+        )
+        self.runs[assignment_id] = supervisor
+        supervisor.start()
+
+    def stop_all(self, reason: str) -> None:
+        for supervisor in list(self.runs.values()):
+            supervisor.request_stop(reason, by_server=False)
+        for supervisor in list(self.runs.values()):
+            supervisor.join(timeout=self.grace_seconds + 10)

@@ -1,0 +1,210 @@
+"""A provider with two nodes (each with its own agent key, bound to it), a buyer with a
+raw lease on node A, and agents started as real processes against a live server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from marketplace import services as market
+from marketplace.models import Lease, Order
+from marketplace.services import OrderSpec
+from providers import services as supply
+from providers.models import Node, Site
+from tests.marketplace.conftest import fund, offer
+
+ROOT = Path(__file__).resolve().parents[2]
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def inventory(hostname: str, prefix: str, count: int = 2) -> dict[str, Any]:
+    return {
+        "hostname": hostname,
+        "driver_version": "550.54.15",
+        "cuda_version": "12.4",
+        "gpus": [
+            {
+                "index": index,
+                "uuid": f"GPU-{prefix}-{index:04d}",
+                "name": H100,
+                "memory_total_mib": 81559,
+                "interconnect": "nvlink",
+                "nvlink_links": 18,
+            }
+            for index in range(count)
+        ],
+    }
+
+
+@dataclass
+class AgentNode:
+    node: Node
+    key: str
+    inventory: dict[str, Any]
+
+
+SITE = "Hall N"
+
+
+def agent_node(org: Any, hostname: str, prefix: str) -> AgentNode:
+    if not Site.objects.filter(organization=org, name=SITE).exists():
+        supply.site_create(organization=org, name=SITE, region="us-east", country="US")
+    created = supply.agent_key_create(organization=org, name=hostname)
+    inv = inventory(hostname, prefix)
+    inv["site"] = SITE
+    node = supply.node_register(
+        organization=org,
+        hostname=hostname,
+        inventory=inv,
+        site_name=SITE,
+        api_key_id=created.agent_key.api_key_id,
+        inventory_source="file",
+    )
+    supply.node_heartbeat_record(
+        organization=org,
+        node_id=node.pk,
+        samples=[{"uuid": g["uuid"], "ecc_uncorrected": 0} for g in inv["gpus"]],
+    )
+    node.refresh_from_db()
+    return AgentNode(node=node, key=created.raw_key, inventory=inv)
+
+
+@dataclass
+class World:
+    cast: Any
+    a: AgentNode
+    b: AgentNode
+    lease: Lease
+    order: Order
+    buyer: APIClient
+    other_buyer: APIClient
+
+    def runs_url(self, lease_id: int | None = None) -> str:
+        return f"/api/v1/leases/{lease_id or self.lease.pk}/runs"
+
+
+@pytest.fixture
+def world(cast: Any) -> World:
+    a = agent_node(cast.provider_a, "node-a", f"{cast.provider_a.pk}-a")
+    b = agent_node(cast.provider_a, "node-b", f"{cast.provider_a.pk}-b")
+    offer(a.node, count=2)  # only node A sells: the lease lands there
+    fund(cast.buyer_a, 1_000_000_000)
+    order = market.order_place(
+        organization=cast.buyer_a,
+        spec=OrderSpec(
+            gpus_per_node=1,
+            gpu_models=["h100-sxm-80gb"],
+            limit_price_per_gpu_hour_micros=3_000_000,
+            duration_seconds=3600,
+        ),
+    )
+    market.matching_round()
+    lease = Lease.objects.get(order=order)
+    assert lease.node_id == a.node.pk and lease.state == Lease.State.ACTIVE
+    return World(
+        cast=cast,
+        a=a,
+        b=b,
+        lease=lease,
+        order=order,
+        buyer=cast.client(cast.buyer_a),
+        other_buyer=cast.client(cast.buyer_b),
+    )
+
+
+def agent_client(key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return client
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 10.0, every: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check}")
+        time.sleep(every)
+
+
+@dataclass
+class AgentProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+    work_dir: Path
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Start ``python -m providers.agent`` for a node, as its own process group."""
+    started: list[AgentProcess] = []
+
+    def start(node: AgentNode, *, wait: int = 5, manage: bool = False) -> AgentProcess:
+        name = node.inventory["hostname"]
+        inventory_file = tmp_path / f"{name}.json"
+        inventory_file.write_text(json.dumps(node.inventory))
+        work_dir = tmp_path / f"work-{name}"
+        log = tmp_path / f"{name}.log"
+        program = (
+            [sys.executable, "manage.py", "run_agent"]
+            if manage
+            else [sys.executable, "-m", "providers.agent"]
+        )
+        process = subprocess.Popen(  # noqa: S603
+            [
+                *program,
+                "--server",
+                live_server.url,
+                "--key",
+                node.key,
+                "--inventory",
+                str(inventory_file),
+                "--work-dir",
+                str(work_dir),
+                "--interval",
+                "5",
+                "--wait",
+                str(wait),
+            ],
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        agent = AgentProcess(process=process, log=log, work_dir=work_dir)
+        started.append(agent)
+        wait_for(lambda: "registered as" in agent.output() or process.poll() is not None)
+        assert process.poll() is None, agent.output()
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
