@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from marketplace.workloads import services
@@ -217,6 +217,7 @@ def _post(client, path: str, body: Any):  # type: ignore[no-untyped-def]
 
 
 def _assert_answer(answer, path: str, body: Any) -> None:  # type: ignore[no-untyped-def]
+    event(f"status {answer.status_code}")
     assert answer.status_code < 500, (path, body, answer.content[:500])
     if answer.status_code >= 400:
         error = answer.json()["error"]
