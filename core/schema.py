@@ -25,12 +25,14 @@ class ErrorSerializer(serializers.Serializer):
 _DESCRIPTIONS = {
     400: "bad input: details say what and where",
     401: "no API key, or an invalid or revoked one",
+    402: "not enough credit: details say how much is missing",
     403: "your role does not allow this",
     404: "no such object in your organization",
     409: "conflicts with the current state (or the same Idempotency-Key is still running)",
     413: "request body too large",
     422: "Idempotency-Key reused with a different request",
     429: "rate limited: see Retry-After",
+    503: "not available now: retry later (see Retry-After where given)",
 }
 
 
@@ -38,6 +40,30 @@ def error_responses(*codes: int) -> dict[int, Any]:
     """``extend_schema(responses={200: X, **error_responses(401, 403)})``."""
     return {
         code: OpenApiResponse(response=ErrorSerializer, description=_DESCRIPTIONS[code])
+        for code in codes
+    }
+
+
+class OpenAIErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField(help_text="what was wrong and where")
+    type = serializers.CharField(help_text="e.g. invalid_request_error, authentication_error")
+    param = serializers.CharField(
+        allow_null=True, help_text="the parameter or field at fault, if one is"
+    )
+    code = serializers.CharField(allow_null=True, help_text="stable: e.g. file_not_found")
+
+
+class OpenAIErrorSerializer(serializers.Serializer):
+    """The error shape of the OpenAI- and Together-compatible ``/v1/`` surface (what
+    both official clients parse), rather than ``ErrorSerializer``."""
+
+    error = OpenAIErrorDetailSerializer()
+
+
+def openai_error_responses(*codes: int) -> dict[int, Any]:
+    """``error_responses`` for the ``/v1/`` surface: the same statuses, OpenAI's shape."""
+    return {
+        code: OpenApiResponse(response=OpenAIErrorSerializer, description=_DESCRIPTIONS[code])
         for code in codes
     }
 

@@ -224,8 +224,12 @@ class AgentKeySerializer(serializers.ModelSerializer):
         read_only=True, help_text="revoke with POST /api/v1/api-keys/{api_key_id}/revoke"
     )
     prefix = serializers.CharField(source="api_key.prefix", read_only=True)
-    revoked_at = serializers.DateTimeField(source="api_key.revoked_at", read_only=True)
-    last_used_at = serializers.DateTimeField(source="api_key.last_used_at", read_only=True)
+    revoked_at = serializers.DateTimeField(
+        source="api_key.revoked_at", read_only=True, allow_null=True
+    )
+    last_used_at = serializers.DateTimeField(
+        source="api_key.last_used_at", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = AgentKey

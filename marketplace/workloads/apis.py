@@ -21,7 +21,9 @@ from typing import Any
 from django.core import signing
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -33,6 +35,7 @@ from rest_framework.views import APIView
 from core.errors import ApplicationError
 from core.idempotency import idempotent
 from core.parsers import JSONParser
+from core.schema import openai_error_responses
 from core.tenancy import get_caller
 from marketplace.workloads import inputs, selectors, services, shapes
 from marketplace.workloads import ports as external
@@ -89,6 +92,32 @@ def _list(items: list[dict[str, Any]], *, has_more: bool = False) -> dict[str, A
     }
 
 
+# What the schema says of the answers: each status the view gives, errors in OpenAI's
+# shape. The success bodies are the clients' own shapes (OpenAI's and Together's
+# references), so only the file deletion, which the OpenAI client parses, is spelled
+# out here.
+_JSON_OK = OpenApiResponse(description="the object in the client's shape (OpenAI or Together)")
+_UPLOAD_REDIRECT = OpenApiResponse(
+    description="Together's upload: a signed URL to PUT the bytes to (Location), "
+    "the new file's id in X-Together-File-Id"
+)
+_COMPLETION_RESPONSES: dict[Any, Any] = {
+    (200, "application/json"): OpenApiResponse(
+        response=OpenApiTypes.OBJECT, description="the completion in OpenAI's shape"
+    ),
+    (200, "text/event-stream"): OpenApiResponse(
+        response=OpenApiTypes.STR, description='"stream": true: the chunks as server-sent events'
+    ),
+    **openai_error_responses(400, 401, 402, 403, 404, 413, 429, 503),
+}
+
+
+class FileDeletedSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["file"])
+    deleted = serializers.BooleanField()
+
+
 def _request_chunks(request: Request) -> Iterator[bytes]:
     raw = request._request  # the Django request: its body is read as a stream
     while chunk := raw.read(CHUNK):
@@ -100,7 +129,9 @@ def _request_chunks(request: Request) -> Iterator[bytes]:
 
 class FileListApi(V1Api):
     @extend_schema(
-        operation_id="v1_files_list", summary="List files (OpenAI and Together)", responses=None
+        operation_id="v1_files_list",
+        summary="List files (OpenAI and Together)",
+        responses={200: _JSON_OK, **openai_error_responses(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
         files = selectors.file_list(
@@ -122,7 +153,15 @@ class FileCreateApi(V1Api):
 
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
-    @extend_schema(summary="Upload a file", request=None, responses=None)
+    @extend_schema(
+        summary="Upload a file",
+        request=None,
+        responses={
+            200: _JSON_OK,
+            302: _UPLOAD_REDIRECT,
+            **openai_error_responses(400, 401, 403, 409, 413, 429),
+        },
+    )
     def post(self, request: Request) -> Any:
         organization = get_caller(request).organization
         inputs.body_object(request.data)  # an object, every string valid Unicode
@@ -168,7 +207,11 @@ class FileUploadContentApi(V1Api):
     throttle_classes: list[Any] = []
     parser_classes: list[Any] = []
 
-    @extend_schema(summary="Upload a file's bytes (signed URL)", request=None, responses=None)
+    @extend_schema(
+        summary="Upload a file's bytes (signed URL)",
+        request=None,
+        responses={200: _JSON_OK, **openai_error_responses(400, 404, 409, 413)},
+    )
     def put(self, request: Request, file_id: str) -> Response:
         try:
             claims = signing.loads(
@@ -188,7 +231,11 @@ class FileUploadContentApi(V1Api):
 
 
 class FilePreprocessApi(V1Api):
-    @extend_schema(summary="Check an uploaded dataset (Together)", request=None, responses=None)
+    @extend_schema(
+        summary="Check an uploaded dataset (Together)",
+        request=None,
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 409, 429)},
+    )
     def post(self, request: Request, file_id: str) -> Response:
         file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
         file = services.file_preprocess(file=file)
@@ -196,14 +243,20 @@ class FilePreprocessApi(V1Api):
 
 
 class FileDetailApi(V1Api):
-    @extend_schema(summary="Retrieve a file", responses=None)
+    @extend_schema(
+        summary="Retrieve a file",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 429)},
+    )
     def get(self, request: Request, file_id: str) -> Response:
         file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
         return Response(shapes.file_object(file))
 
 
 class FileDeleteApi(V1Api):
-    @extend_schema(summary="Delete a file", responses=None)
+    @extend_schema(
+        summary="Delete a file",
+        responses={200: FileDeletedSerializer, **openai_error_responses(401, 403, 404, 409, 429)},
+    )
     def delete(self, request: Request, file_id: str) -> Response:
         file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
         services.file_delete(file=file)
@@ -211,7 +264,13 @@ class FileDeleteApi(V1Api):
 
 
 class FileContentApi(V1DownloadApi):
-    @extend_schema(summary="Download a file's content", responses=None)
+    @extend_schema(
+        summary="Download a file's content",
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            **openai_error_responses(401, 403, 404, 429),
+        },
+    )
     def get(self, request: Request, file_id: str) -> StreamingHttpResponse:
         file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
         response = StreamingHttpResponse(
@@ -229,7 +288,7 @@ class OpenAIJobListApi(V1Api):
     @extend_schema(
         operation_id="v1_fine_tuning_jobs_list",
         summary="List fine-tuning jobs (OpenAI)",
-        responses=None,
+        responses={200: _JSON_OK, **openai_error_responses(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
         metadata = {
@@ -249,7 +308,14 @@ class OpenAIJobListApi(V1Api):
 
 
 class OpenAIJobCreateApi(V1Api):
-    @extend_schema(summary="Create a fine-tuning job (OpenAI)", request=None, responses=None)
+    @extend_schema(
+        summary="Create a fine-tuning job (OpenAI)",
+        request=None,
+        responses={
+            200: _JSON_OK,
+            **openai_error_responses(400, 401, 402, 403, 404, 409, 413, 422, 429),
+        },
+    )
     @idempotent(required=False)
     def post(self, request: Request) -> Response:
         job = services.finetune_job_create(
@@ -260,14 +326,21 @@ class OpenAIJobCreateApi(V1Api):
 
 
 class OpenAIJobDetailApi(V1Api):
-    @extend_schema(summary="Retrieve a fine-tuning job (OpenAI)", responses=None)
+    @extend_schema(
+        summary="Retrieve a fine-tuning job (OpenAI)",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 429)},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         return Response(shapes.openai_job(job))
 
 
 class OpenAIJobCancelApi(V1Api):
-    @extend_schema(summary="Cancel a fine-tuning job (OpenAI)", request=None, responses=None)
+    @extend_schema(
+        summary="Cancel a fine-tuning job (OpenAI)",
+        request=None,
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 409, 429)},
+    )
     def post(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         job = services.finetune_job_cancel(job=job)
@@ -275,7 +348,10 @@ class OpenAIJobCancelApi(V1Api):
 
 
 class OpenAIJobEventsApi(V1Api):
-    @extend_schema(summary="List a fine-tuning job's events (OpenAI)", responses=None)
+    @extend_schema(
+        summary="List a fine-tuning job's events (OpenAI)",
+        responses={200: _JSON_OK, **openai_error_responses(400, 401, 403, 404, 429)},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         page = selectors.page_after(
@@ -287,7 +363,10 @@ class OpenAIJobEventsApi(V1Api):
 
 
 class OpenAIJobCheckpointsApi(V1Api):
-    @extend_schema(summary="List a fine-tuning job's checkpoints (OpenAI)", responses=None)
+    @extend_schema(
+        summary="List a fine-tuning job's checkpoints (OpenAI)",
+        responses={200: _JSON_OK, **openai_error_responses(400, 401, 403, 404, 429)},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         page = selectors.page_after(
@@ -305,7 +384,9 @@ class OpenAIJobCheckpointsApi(V1Api):
 
 class TogetherJobListApi(V1Api):
     @extend_schema(
-        operation_id="v1_fine_tunes_list", summary="List fine-tunes (Together)", responses=None
+        operation_id="v1_fine_tunes_list",
+        summary="List fine-tunes (Together)",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
         jobs = selectors.job_list(organization=get_caller(request).organization)
@@ -313,7 +394,14 @@ class TogetherJobListApi(V1Api):
 
 
 class TogetherJobCreateApi(V1Api):
-    @extend_schema(summary="Create a fine-tune (Together)", request=None, responses=None)
+    @extend_schema(
+        summary="Create a fine-tune (Together)",
+        request=None,
+        responses={
+            200: _JSON_OK,
+            **openai_error_responses(400, 401, 402, 403, 404, 409, 413, 422, 429),
+        },
+    )
     @idempotent(required=False)
     def post(self, request: Request) -> Response:
         job = services.finetune_job_create(
@@ -324,14 +412,21 @@ class TogetherJobCreateApi(V1Api):
 
 
 class TogetherJobDetailApi(V1Api):
-    @extend_schema(summary="Retrieve a fine-tune (Together)", responses=None)
+    @extend_schema(
+        summary="Retrieve a fine-tune (Together)",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 429)},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         return Response(shapes.together_job(job, with_events=True))
 
 
 class TogetherJobCancelApi(V1Api):
-    @extend_schema(summary="Cancel a fine-tune (Together)", request=None, responses=None)
+    @extend_schema(
+        summary="Cancel a fine-tune (Together)",
+        request=None,
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 409, 429)},
+    )
     def post(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         job = services.finetune_job_cancel(job=job)
@@ -339,7 +434,10 @@ class TogetherJobCancelApi(V1Api):
 
 
 class TogetherJobEventsApi(V1Api):
-    @extend_schema(summary="List a fine-tune's events (Together)", responses=None)
+    @extend_schema(
+        summary="List a fine-tune's events (Together)",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 429)},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         events = job.events.order_by("pk")
@@ -347,7 +445,10 @@ class TogetherJobEventsApi(V1Api):
 
 
 class TogetherJobCheckpointsApi(V1Api):
-    @extend_schema(summary="List a fine-tune's checkpoints (Together)", responses=None)
+    @extend_schema(
+        summary="List a fine-tune's checkpoints (Together)",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 429)},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
         checkpoints = selectors.job_checkpoints(job=job)
@@ -384,7 +485,13 @@ class TogetherDownloadApi(V1DownloadApi):
     the adapter or merged weights of a checkpoint (the final one by default) as a
     .tar.gz."""
 
-    @extend_schema(summary="Download fine-tuned weights (Together)", responses=None)
+    @extend_schema(
+        summary="Download fine-tuned weights (Together)",
+        responses={
+            (200, "application/gzip"): OpenApiTypes.BINARY,
+            **openai_error_responses(400, 401, 403, 404, 429),
+        },
+    )
     def get(self, request: Request) -> StreamingHttpResponse:
         organization = get_caller(request).organization
         job_id = request.query_params.get("ft_id") or ""
@@ -429,7 +536,11 @@ class TogetherDownloadApi(V1DownloadApi):
 
 
 class TogetherEstimatePriceApi(V1Api):
-    @extend_schema(summary="Estimate a fine-tune's price (Together)", request=None, responses=None)
+    @extend_schema(
+        summary="Estimate a fine-tune's price (Together)",
+        request=None,
+        responses={200: _JSON_OK, **openai_error_responses(400, 401, 403, 404, 413, 429)},
+    )
     def post(self, request: Request) -> Response:
         body = inputs.body_object(request.data)
         job_request = shapes.together_job_request(
@@ -455,7 +566,10 @@ class TogetherEstimatePriceApi(V1Api):
 
 
 class TogetherModelLimitsApi(V1Api):
-    @extend_schema(summary="Fine-tuning limits of a model (Together)", responses=None)
+    @extend_schema(
+        summary="Fine-tuning limits of a model (Together)",
+        responses={200: _JSON_OK, **openai_error_responses(400, 401, 403, 404, 429)},
+    )
     def get(self, request: Request) -> Response:
         name = request.query_params.get("model_name") or ""
         if not name:
@@ -614,7 +728,9 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 class ChatCompletionApi(_CompletionApi):
     chat = True
 
-    @extend_schema(summary="Chat completion (OpenAI/Together)", request=None, responses=None)
+    @extend_schema(
+        summary="Chat completion (OpenAI/Together)", request=None, responses=_COMPLETION_RESPONSES
+    )
     def post(self, request: Request) -> Any:
         return super().post(request)
 
@@ -622,7 +738,9 @@ class ChatCompletionApi(_CompletionApi):
 class CompletionApi(_CompletionApi):
     chat = False
 
-    @extend_schema(summary="Text completion (OpenAI/Together)", request=None, responses=None)
+    @extend_schema(
+        summary="Text completion (OpenAI/Together)", request=None, responses=_COMPLETION_RESPONSES
+    )
     def post(self, request: Request) -> Any:
         return super().post(request)
 
@@ -630,7 +748,11 @@ class CompletionApi(_CompletionApi):
 class ModelListApi(V1Api):
     """Base models on the market and the caller's own fine-tuned models."""
 
-    @extend_schema(operation_id="v1_models_list", summary="List models", responses=None)
+    @extend_schema(
+        operation_id="v1_models_list",
+        summary="List models",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 429)},
+    )
     def get(self, request: Request) -> Response:
         organization = get_caller(request).organization
         data = [
@@ -660,7 +782,10 @@ class ModelListApi(V1Api):
 
 
 class ModelDetailApi(V1Api):
-    @extend_schema(summary="Retrieve a model", responses=None)
+    @extend_schema(
+        summary="Retrieve a model",
+        responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 429)},
+    )
     def get(self, request: Request, model: str) -> Response:
         served = services.model_resolve(organization=get_caller(request).organization, name=model)
         return Response(
