@@ -41,6 +41,7 @@ from rest_framework.views import APIView
 
 from billing import documents, invoicing, pricebook, selectors, services
 from billing.models import Account, Invoice, Price
+from core.converters import BIGINT_MAX, query_id
 from core.errors import IdempotencyConflict, InvalidInput, NotFound
 from core.idempotency import idempotency_key, idempotent
 from core.money import CURRENCIES, Money, MoneyError
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 MAX_REASON_LENGTH = 500
 # Signed decimal digits, no exponent: "1e30" or "0x10" is not an amount anyone types.
 _DECIMAL_TEXT = re.compile(r"^[+-]?\d{1,40}(?:\.\d{1,40})?$")
-_MAX_DB_ID = 2**63 - 1
+_MAX_DB_ID = BIGINT_MAX
 _SIDE_NAMES = {"D": "debit", "C": "credit"}
 
 
@@ -351,14 +352,7 @@ class CreditLimitInputSerializer(serializers.Serializer):
 
 
 def _query_id(request: Request, name: str) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= _MAX_DB_ID:
-        raise InvalidInput(
-            f"{name} must be an id (a positive whole number)", details={"parameter": name}
-        )
-    return int(raw)
+    return query_id(request, name)
 
 
 def _query_datetime(request: Request, name: str) -> datetime | None:

@@ -34,9 +34,9 @@ from core.routing import by_method
 
 urlpatterns = [
     path("accounts/", AccountListApi.as_view(), name="accounts"),
-    path("accounts/<int:account_id>/", AccountDetailApi.as_view(), name="account-detail"),
+    path("accounts/<id:account_id>/", AccountDetailApi.as_view(), name="account-detail"),
     path(
-        "accounts/<int:account_id>/credit-limit",
+        "accounts/<id:account_id>/credit-limit",
         AccountCreditLimitApi.as_view(),
         name="account-credit-limit",
     ),
@@ -55,32 +55,32 @@ urlpatterns = [
     path("invoices/", InvoiceListApi.as_view(), name="invoices"),
     path("invoices/draft", InvoiceDraftApi.as_view(), name="invoice-draft"),
     path("invoices/job", JobInvoiceIssueApi.as_view(), name="invoice-job"),
-    path("invoices/<int:invoice_id>", InvoiceDetailApi.as_view(), name="invoice-detail"),
-    path("invoices/<int:invoice_id>.html", InvoiceHtmlApi.as_view(), name="invoice-html"),
-    path("invoices/<int:invoice_id>.pdf", InvoicePdfApi.as_view(), name="invoice-pdf"),
+    path("invoices/<id:invoice_id>", InvoiceDetailApi.as_view(), name="invoice-detail"),
+    path("invoices/<id:invoice_id>.html", InvoiceHtmlApi.as_view(), name="invoice-html"),
+    path("invoices/<id:invoice_id>.pdf", InvoicePdfApi.as_view(), name="invoice-pdf"),
     path(
-        "invoices/<int:invoice_id>/credit-notes",
+        "invoices/<id:invoice_id>/credit-notes",
         by_method(get=CreditNoteListApi, post=CreditNoteCreateApi),
         name="invoice-credit-notes",
     ),
     path(
-        "invoices/<int:invoice_id>/finalize",
+        "invoices/<id:invoice_id>/finalize",
         InvoiceFinalizeApi.as_view(),
         name="invoice-finalize",
     ),
-    path("invoices/<int:invoice_id>/void", InvoiceVoidApi.as_view(), name="invoice-void"),
+    path("invoices/<id:invoice_id>/void", InvoiceVoidApi.as_view(), name="invoice-void"),
     path(
-        "invoices/<int:invoice_id>/mark-uncollectible",
+        "invoices/<id:invoice_id>/mark-uncollectible",
         InvoiceMarkUncollectibleApi.as_view(),
         name="invoice-mark-uncollectible",
     ),
     path(
-        "invoices/<int:invoice_id>/mark-paid",
+        "invoices/<id:invoice_id>/mark-paid",
         InvoiceMarkPaidApi.as_view(),
         name="invoice-mark-paid",
     ),
     path(
-        "billing-profiles/<int:organization_id>",
+        "billing-profiles/<id:organization_id>",
         by_method(get=BillingProfileGetApi, put=BillingProfileSetApi),
         name="billing-profile",
     ),

@@ -125,3 +125,24 @@ def env_url(name: str, default: str, *, schemes: set[str]) -> str:
         allowed = ", ".join(sorted(f"{s}://" for s in schemes))
         raise ImproperlyConfigured(f"{name}={redact_url(raw)!r}: scheme must be one of {allowed}")
     return raw
+
+
+def env_header_pair(name: str) -> tuple[str, str] | None:
+    """``Header-Name: value`` (``X-Forwarded-Proto: https``) as Django's ``META`` key and
+    the value (``("HTTP_X_FORWARDED_PROTO", "https")``); None when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    header, _, value = raw.partition(":")
+    header, value = header.strip(), value.strip()
+    if (
+        not header
+        or not value
+        or not header.isascii()
+        or not header.replace("-", "").replace("_", "").isalnum()
+    ):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} must be a header and the value it carries over TLS, "
+            "e.g. 'X-Forwarded-Proto: https'"
+        )
+    return "HTTP_" + header.upper().replace("-", "_"), value

@@ -15,6 +15,7 @@ from config.env import (
     env_amount,
     env_bool,
     env_database,
+    env_header_pair,
     env_int,
     env_int_list,
     env_list,
@@ -32,6 +33,29 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"  # noqa: S105
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+
+# --- HTTPS ------------------------------------------------------------------
+# On by default whenever DEBUG is off, so a production start is `manage.py check
+# --deploy` clean with nothing but DEBUG=0; `make run` (DEBUG=1) serves plain http.
+# The test suite serves plain http with DEBUG=0, so it turns the redirect off itself
+# (Makefile TEST_ENV, tests/conftest.py). Behind a proxy that ends TLS, name the header
+# it sets (SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto: https"), or the redirect loops.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Load balancers probe health over plain http.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_PROXY_SSL_HEADER = env_header_pair("SECURE_PROXY_SSL_HEADER")
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+if bad_origins := [o for o in CSRF_TRUSTED_ORIGINS if not o.startswith(("https://", "http://"))]:
+    raise ImproperlyConfigured(
+        f"CSRF_TRUSTED_ORIGINS: {bad_origins[0]!r} must start with https:// (or http://)"
+    )
+# A failed CSRF check under /api/ or /v1/ answers in the API's JSON (config/handlers.py).
+CSRF_FAILURE_VIEW = "config.handlers.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -253,6 +277,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["core.routing.expand_method_routes"],
+    # <id:...> path parameters (core.converters): bigint primary keys.
+    "PATH_CONVERTER_OVERRIDES": {
+        "id": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}
+    },
     # Choice sets that share a field name across apps get names of their own.
     "ENUM_NAME_OVERRIDES": {
         "TopUpStatusEnum": "billing.payments.models.TopUp.Status",

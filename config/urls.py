@@ -27,3 +27,10 @@ urlpatterns = [
     # OpenAI- and Together-compatible surface: their clients call /v1/... directly.
     path("v1/", include("marketplace.workloads.urls")),
 ]
+
+# Errors no view answers (no route, a crash, a bad Host): JSON under /api/ and /v1/,
+# each in its surface's shape; HTML elsewhere (config/handlers.py).
+handler400 = "config.handlers.bad_request"
+handler403 = "config.handlers.permission_denied"
+handler404 = "config.handlers.page_not_found"
+handler500 = "config.handlers.server_error"

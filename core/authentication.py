@@ -13,6 +13,8 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from core import selectors, services
+from core.converters import BIGINT_MAX, parse_whole_number
+from core.errors import InvalidHeader
 from core.models import ApiKey
 from core.permissions import AGENT_SCOPE_MESSAGE, view_admits_scope
 from core.tenancy import Caller
@@ -74,7 +76,16 @@ class SessionAuthentication(authentication.SessionAuthentication):
             return None
         user, _ = result
         wanted = request.headers.get("X-Organization")
-        membership = selectors.membership_for_user(user=user, organization_id=wanted)
+        organization_id = None
+        if wanted:
+            organization_id = parse_whole_number(wanted, low=1, high=BIGINT_MAX)
+            if organization_id is None:
+                raise InvalidHeader(
+                    f"X-Organization must be an organization id: a whole number from 1 to "
+                    f"{BIGINT_MAX}",
+                    header="X-Organization",
+                )
+        membership = selectors.membership_for_user(user=user, organization_id=organization_id)
         if membership is None:
             raise exceptions.AuthenticationFailed(
                 "X-Organization must name one of your organizations"

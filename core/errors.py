@@ -11,6 +11,7 @@ responses by hand.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -46,6 +47,15 @@ class ApplicationError(Exception):
 
 class InvalidInput(ApplicationError):
     code = "invalid"
+
+
+class InvalidHeader(InvalidInput, drf_exceptions.APIException):
+    """A malformed request header found while authenticating (``X-Organization``).
+    Also a DRF ``APIException``, so DRF's authentication step marks the request
+    unauthenticated before the error propagates, as it does for its own."""
+
+    def __init__(self, message: str, *, header: str) -> None:
+        super().__init__(message, details={"header": header})
 
 
 class NotFound(ApplicationError):
@@ -84,6 +94,14 @@ class InsufficientFunds(ApplicationError):
 class LimitExceeded(ApplicationError):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     code = "rate_limited"
+
+
+class ServerError(ApplicationError):
+    """Never raised on purpose: the answer config.handlers gives for a bug (a 500),
+    in the API's shape and without the traceback, which goes to the log."""
+
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    code = "internal_error"
 
 
 _DRF_CODES = {
@@ -177,11 +195,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return Response(body, status=status_code, headers=headers)
 
 
-def error_response(exc: Exception) -> HttpResponse | None:
-    """``exception_handler``'s answer for a view that is not DRF's (the agent
-    heartbeat): the same status, body and headers, as plain JSON. None for a real bug,
-    which the caller re-raises."""
-    answer = exception_handler(exc, {})
+def error_response(
+    exc: Exception,
+    *,
+    handler: Callable[[Exception, dict[str, Any]], Response | None] | None = None,
+) -> HttpResponse | None:
+    """``exception_handler``'s answer (or ``handler``'s: another surface's shape) for
+    a view that is not DRF's (the agent heartbeat, Django's own 404 and 500): the same
+    status, body and headers, as plain JSON. None for a real bug, which the caller
+    re-raises."""
+    answer = (handler or exception_handler)(exc, {})
     if answer is None:
         return None
     response = HttpResponse(

@@ -81,12 +81,12 @@ def _api_key_sql() -> str:
     )
 
 
-def membership_for_user(*, user, organization_id: str | None) -> Membership | None:
+def membership_for_user(*, user, organization_id: int | None) -> Membership | None:
+    """The user's membership of ``organization_id`` (an id already bounded by the
+    caller: core.converters), or of their one organization when None."""
     memberships = Membership.objects.select_related("organization").filter(user=user)
-    if organization_id:
-        if not organization_id.isdigit():
-            return None
-        return memberships.filter(organization_id=int(organization_id)).first()
+    if organization_id is not None:
+        return memberships.filter(organization_id=organization_id).first()
     found = list(memberships[:2])
     return found[0] if len(found) == 1 else None
 

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.converters import query_id
 from core.errors import InvalidInput
 from core.idempotency import idempotent
 from core.money import Money
@@ -323,13 +324,11 @@ class LeaseListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         state = _state_param(request, Lease.State.values)
-        order = request.query_params.get("order")
-        if order is not None and not order.isdigit():
-            raise InvalidInput("order must be an order id", details={"parameter": "order"})
+        order_id = query_id(request, "order", what="an order")
         return paginated_response(
             queryset=selectors.leases_for_org(
                 organization=get_caller(request).organization,
-                order_id=int(order) if order else None,
+                order_id=order_id,
                 state=state,
             ),
             serializer_class=LeaseSerializer,

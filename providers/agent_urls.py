@@ -9,7 +9,7 @@ from providers import apis
 urlpatterns = [
     path("nodes/register", apis.NodeRegisterApi.as_view(), name="agent-node-register"),
     path(
-        "nodes/<int:node_id>/heartbeat",
+        "nodes/<id:node_id>/heartbeat",
         apis.node_heartbeat,
         name="agent-node-heartbeat",
     ),

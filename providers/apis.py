@@ -33,6 +33,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.authentication import api_key_caller
+from core.converters import query_int
 from core.errors import InvalidInput, error_response
 from core.idempotency import idempotent
 from core.pagination import page_serializer, paginated_response
@@ -428,18 +429,7 @@ class HeartbeatAcceptedSerializer(serializers.Serializer):
 
 
 def _int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise InvalidInput(
-            f"{name} must be a whole number from {low} to {high}", details={"parameter": name}
-        )
-    return value
+    return query_int(request, name, low=low, high=high, default=default)
 
 
 # --- sites ------------------------------------------------------------------

@@ -9,11 +9,11 @@ from providers import apis
 
 urlpatterns = [
     path("sites/", by_method(get=apis.SiteListApi, post=apis.SiteCreateApi), name="provider-sites"),
-    path("sites/<int:site_id>", apis.SiteDetailApi.as_view(), name="provider-site-detail"),
+    path("sites/<id:site_id>", apis.SiteDetailApi.as_view(), name="provider-site-detail"),
     path("nodes/", apis.NodeListApi.as_view(), name="provider-nodes"),
-    path("nodes/<int:node_id>", apis.NodeDetailApi.as_view(), name="provider-node-detail"),
+    path("nodes/<id:node_id>", apis.NodeDetailApi.as_view(), name="provider-node-detail"),
     path(
-        "nodes/<int:node_id>/telemetry",
+        "nodes/<id:node_id>/telemetry",
         apis.NodeTelemetryApi.as_view(),
         name="provider-node-telemetry",
     ),
@@ -22,18 +22,18 @@ urlpatterns = [
         by_method(get=apis.OfferListApi, post=apis.OfferCreateApi),
         name="provider-offers",
     ),
-    path("offers/<int:offer_id>", apis.OfferDetailApi.as_view(), name="provider-offer-detail"),
-    path("offers/<int:offer_id>/pause", apis.OfferPauseApi.as_view(), name="provider-offer-pause"),
+    path("offers/<id:offer_id>", apis.OfferDetailApi.as_view(), name="provider-offer-detail"),
+    path("offers/<id:offer_id>/pause", apis.OfferPauseApi.as_view(), name="provider-offer-pause"),
     path(
-        "offers/<int:offer_id>/resume", apis.OfferResumeApi.as_view(), name="provider-offer-resume"
+        "offers/<id:offer_id>/resume", apis.OfferResumeApi.as_view(), name="provider-offer-resume"
     ),
     path(
-        "offers/<int:offer_id>/reprice",
+        "offers/<id:offer_id>/reprice",
         apis.OfferRepriceApi.as_view(),
         name="provider-offer-reprice",
     ),
     path(
-        "offers/<int:offer_id>/withdraw",
+        "offers/<id:offer_id>/withdraw",
         apis.OfferWithdrawApi.as_view(),
         name="provider-offer-withdraw",
     ),

@@ -29,6 +29,7 @@ from billing.apis import actor_for, query_currency
 from billing.exports import report, services
 from billing.invoicing import parse_period
 from billing.models import FinanceExport
+from core.converters import query_int
 from core.errors import InvalidInput
 from core.idempotency import idempotent
 from core.money import CURRENCIES, Money
@@ -149,12 +150,7 @@ def _period(request: Request, name: str, *, required: bool) -> date | None:
 
 
 def _months(request: Request) -> int:
-    raw = request.query_params.get("months", "12")
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 60:
-        raise InvalidInput(
-            "months must be a whole number from 1 to 60", details={"parameter": "months"}
-        )
-    return int(raw)
+    return query_int(request, "months", low=1, high=60, default=12)
 
 
 _EXPORT_ID = OpenApiParameter("export_id", OpenApiTypes.INT, OpenApiParameter.PATH)

@@ -13,9 +13,9 @@ from billing.exports.apis import (
 
 urlpatterns = [
     path("exports/", ExportListCreateApi.as_view(), name="finance-exports"),
-    path("exports/<int:export_id>", ExportDetailApi.as_view(), name="finance-export-detail"),
+    path("exports/<id:export_id>", ExportDetailApi.as_view(), name="finance-export-detail"),
     path(
-        "exports/<int:export_id>/download",
+        "exports/<id:export_id>/download",
         ExportDownloadApi.as_view(),
         name="finance-export-download",
     ),

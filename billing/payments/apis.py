@@ -39,6 +39,7 @@ from billing.payments.models import (
 )
 from billing.payments.stripe_client import PaymentsUnavailable
 from billing.payments.tasks import stripe_event_process_task
+from core.converters import query_id
 from core.errors import InvalidInput, NotFound
 from core.idempotency import idempotency_key, idempotent
 from core.money import CURRENCIES, Money, MoneyError
@@ -550,12 +551,7 @@ _INVOICE_PARAMETER = OpenApiParameter(
 
 
 def _query_invoice(request: Request) -> int | None:
-    raw = request.query_params.get("invoice")
-    if raw is None:
-        return None
-    if not raw.isdigit() or not 0 < int(raw) < 2**63:
-        raise InvalidInput("invoice must be an invoice id", details={"parameter": "invoice"})
-    return int(raw)
+    return query_id(request, "invoice", what="an invoice")
 
 
 class InvoicePaymentListApi(APIView):

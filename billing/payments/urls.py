@@ -25,9 +25,9 @@ from billing.payments.apis import (
 urlpatterns = [
     path("billing/top-ups", TopUpListCreateApi.as_view(), name="top-ups"),
     path("billing/top-ups/checkout", TopUpCheckoutApi.as_view(), name="top-ups-checkout"),
-    path("billing/top-ups/<int:top_up_id>", TopUpDetailApi.as_view(), name="top-up-detail"),
+    path("billing/top-ups/<id:top_up_id>", TopUpDetailApi.as_view(), name="top-up-detail"),
     path(
-        "billing/top-ups/<int:top_up_id>/refunds",
+        "billing/top-ups/<id:top_up_id>/refunds",
         RefundCreateApi.as_view(),
         name="top-up-refunds",
     ),
@@ -40,17 +40,17 @@ urlpatterns = [
         name="invoice-payments-retry",
     ),
     path(
-        "billing/invoice-payments/<int:payment_id>",
+        "billing/invoice-payments/<id:payment_id>",
         InvoicePaymentDetailApi.as_view(),
         name="invoice-payment-detail",
     ),
     path(
-        "billing/invoice-payments/<int:payment_id>/refunds",
+        "billing/invoice-payments/<id:payment_id>/refunds",
         InvoicePaymentRefundApi.as_view(),
         name="invoice-payment-refunds",
     ),
     path(
-        "billing/invoice-collections/<int:invoice_id>",
+        "billing/invoice-collections/<id:invoice_id>",
         InvoiceCollectionApi.as_view(),
         name="invoice-collection",
     ),
@@ -59,5 +59,5 @@ urlpatterns = [
     path("payouts/account", ConnectedAccountApi.as_view(), name="connected-account"),
     path("payouts/account/link", AccountLinkApi.as_view(), name="connected-account-link"),
     path("payouts/", PayoutListApi.as_view(), name="payouts"),
-    path("payouts/<int:payout_id>", PayoutDetailApi.as_view(), name="payout-detail"),
+    path("payouts/<id:payout_id>", PayoutDetailApi.as_view(), name="payout-detail"),
 ]
