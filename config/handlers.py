@@ -80,14 +80,14 @@ def _bad_request_error(exception: Exception | None) -> Exception:
     return InvalidInput(f"the request is malformed: {exception}" if exception else "bad request")
 
 
-def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     handler = _surface(request)
     if handler is None:
         return defaults.bad_request(request, exception)
     return _json(handler, _bad_request_error(exception))
 
 
-def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     handler = _surface(request)
     if handler is None:
         return defaults.permission_denied(request, exception)
@@ -95,7 +95,7 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
     return _json(handler, Forbidden(message))
 
 
-def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     handler = _surface(request)
     if handler is None:
         return defaults.page_not_found(request, exception)
