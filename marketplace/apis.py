@@ -8,11 +8,8 @@ provider-only one); placing needs the admin or member role and an Idempotency-Ke
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +19,7 @@ from core.errors import InvalidInput
 from core.idempotency import idempotent
 from core.money import Money
 from core.pagination import page_serializer, paginated_response
+from core.permissions import IsBuyerMember, IsBuyerOperator
 from core.schema import ErrorSerializer, error_responses
 from core.tenancy import get_caller
 from marketplace import selectors, services
@@ -29,26 +27,6 @@ from marketplace.models import Lease, Order
 from providers.permissions import IsProviderMember
 
 TAG = "marketplace"
-
-
-class IsBuyerMember(BasePermission):
-    message = "this needs a buyer organization"
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        caller = getattr(request, "caller", None)
-        return caller is not None and caller.organization.is_buyer
-
-
-class IsBuyerOperator(BasePermission):
-    message = "this needs the admin or member role in a buyer organization"
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        caller = getattr(request, "caller", None)
-        return (
-            caller is not None
-            and caller.organization.is_buyer
-            and caller.role in ("admin", "member")
-        )
 
 
 # --- serializers ----------------------------------------------------------------

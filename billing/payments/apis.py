@@ -44,7 +44,7 @@ from core.errors import InvalidInput, NotFound
 from core.idempotency import idempotency_key, idempotent
 from core.money import CURRENCIES, Money, MoneyError
 from core.pagination import page_serializer, paginated_response
-from core.permissions import IsOrgFinance, IsOrgMember, IsPlatformFinance
+from core.permissions import IsBuyerPayer, IsOrgMember, IsPlatformFinance
 from core.schema import ErrorSerializer
 from core.schema import error_responses as core_error_responses
 from core.tenancy import Caller, get_caller
@@ -270,7 +270,7 @@ class TopUpListCreateApi(APIView):
     def get_permissions(self) -> list[BasePermission]:
         # Reading: any member. Spending the org's money: admin or finance.
         if self.request.method == "POST":
-            return [IsOrgFinance()]
+            return [IsBuyerPayer()]
         return [IsOrgMember()]
 
     @extend_schema(
@@ -334,7 +334,7 @@ class TopUpListCreateApi(APIView):
 
 
 class TopUpCheckoutApi(APIView):
-    permission_classes = [IsOrgFinance]
+    permission_classes = [IsBuyerPayer]
 
     @extend_schema(
         operation_id="top_ups_checkout",
@@ -422,7 +422,7 @@ class RefundCreateApi(APIView):
 
 
 class PaymentMethodSaveApi(APIView):
-    permission_classes = [IsOrgFinance]
+    permission_classes = [IsBuyerPayer]
 
     @extend_schema(
         operation_id="payment_methods_save",
@@ -454,7 +454,7 @@ class PaymentMethodSaveApi(APIView):
 class AutoRechargeApi(APIView):
     def get_permissions(self) -> list[BasePermission]:
         if self.request.method == "PUT":
-            return [IsOrgFinance()]
+            return [IsBuyerPayer()]
         return [IsOrgMember()]
 
     @staticmethod

@@ -35,6 +35,7 @@ from rest_framework.views import APIView
 from core.errors import ApplicationError
 from core.idempotency import idempotent
 from core.parsers import JSONParser
+from core.permissions import IsBuyerMember, IsBuyerOperatorForWrites
 from core.schema import openai_error_responses
 from core.tenancy import get_caller
 from marketplace.workloads import inputs, selectors, services, shapes
@@ -53,7 +54,10 @@ CHUNK = 1024 * 1024
 
 
 class V1Api(APIView):
-    """Base of every /v1/ view: the OpenAI error shape."""
+    """Base of every /v1/ view: the OpenAI error shape, buyers' keys (any role reads;
+    admins and members start work, finance keys do not)."""
+
+    permission_classes = [IsBuyerOperatorForWrites]
 
     def get_exception_handler(self):  # type: ignore[no-untyped-def]
         return openai_exception_handler
@@ -536,6 +540,7 @@ class TogetherDownloadApi(V1DownloadApi):
 
 
 class TogetherEstimatePriceApi(V1Api):
+    permission_classes = [IsBuyerMember]  # a POST that only reads: any buyer role
     @extend_schema(
         summary="Estimate a fine-tune's price (Together)",
         request=None,

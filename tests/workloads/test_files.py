@@ -200,10 +200,11 @@ def test_another_orgs_file_is_not_found(cast, chat_bytes):
         intruder.get(f"/v1/files/{file_id}/content"),
         intruder.delete(f"/v1/files/{file_id}"),
         intruder.post(f"/v1/files/{file_id}/preprocess"),
-        cast.client(cast.provider_a).get(f"/v1/files/{file_id}"),
     ):
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "file_not_found"
+    # /v1/ is for buyers' keys: a provider-only organization is refused outright
+    assert cast.client(cast.provider_a).get(f"/v1/files/{file_id}").status_code == 403
     assert intruder.get("/v1/files").json()["data"] == []
     assert owner.get(f"/v1/files/{file_id}").status_code == 200
 
