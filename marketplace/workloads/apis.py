@@ -32,6 +32,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.converters import INT_MAX, parse_whole_number
 from core.errors import ApplicationError
 from core.idempotency import idempotent
 from core.parsers import JSONParser
@@ -506,9 +507,12 @@ class TogetherDownloadApi(V1DownloadApi):
         if kind not in ("merged", "adapter", "model_output_path", "default"):
             raise invalid("checkpoint must be merged or adapter", param="checkpoint")
         raw_step = request.query_params.get("checkpoint_step") or "0"
-        if not raw_step.isdigit():
-            raise invalid("checkpoint_step must be a whole number", param="checkpoint_step")
-        step = int(raw_step)
+        step = parse_whole_number(raw_step, low=0, high=INT_MAX)  # a 32-bit column
+        if step is None:
+            raise invalid(
+                f"checkpoint_step must be a whole number from 0 to {INT_MAX}",
+                param="checkpoint_step",
+            )
         checkpoints = selectors.job_checkpoints(job=job)
         checkpoint = (
             checkpoints.filter(step=step).first()

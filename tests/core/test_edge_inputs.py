@@ -276,3 +276,27 @@ def test_registering_another_organizations_gpu_does_not_say_whose_it_is(cast):
     for telling in ("another", "organization", "elsewhere", "already", "registered to", "b-node"):
         assert telling not in text
     assert Gpu.objects.get(pk=gpu.pk).node_id == theirs.pk
+
+
+@pytest.mark.parametrize("raw", ["²", "\u0661", "-1", str(2**31), HUGE])
+def test_a_bad_checkpoint_step_on_v1_is_a_400_naming_it(cast, raw):
+    from marketplace.workloads.models import File, FineTuneJob
+
+    training = File.objects.create(
+        public_id="file-edge", organization=cast.buyer_a, purpose="fine-tune", filename="t.jsonl"
+    )
+    job = FineTuneJob.objects.create(
+        public_id="ft-edge",
+        organization=cast.buyer_a,
+        model="tandem/tiny-llama",
+        training_file=training,
+        seed=1,
+        status="succeeded",
+        currency="USD",
+    )
+    buyer = cast.client(cast.buyer_a)
+
+    response = buyer.get("/v1/finetune/download", {"ft_id": job.public_id, "checkpoint_step": raw})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "checkpoint_step"
