@@ -85,9 +85,19 @@ class RunSerializer(serializers.ModelSerializer):
         return sorted(run.spec.get("files", {}))
 
 
+class StrictCharField(serializers.CharField):
+    """Text only: DRF's CharField turns 5 or true into "5" or "True"; a command, an
+    environment or a file given a number is a mistake to report, not to guess at."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class RunCreateInputSerializer(serializers.Serializer):
     command = serializers.ListField(
-        child=serializers.CharField(
+        child=StrictCharField(
             allow_blank=True, trim_whitespace=False, max_length=services.MAX_ARG_CHARS
         ),
         min_length=1,
@@ -96,7 +106,7 @@ class RunCreateInputSerializer(serializers.Serializer):
         '["sh", "-c", "..."] for one)',
     )
     env = serializers.DictField(
-        child=serializers.CharField(
+        child=StrictCharField(
             allow_blank=True, trim_whitespace=False, max_length=services.MAX_ENV_VALUE_CHARS
         ),
         required=False,
@@ -105,7 +115,7 @@ class RunCreateInputSerializer(serializers.Serializer):
         "node's (the leased GPUs' UUIDs)",
     )
     files = serializers.DictField(
-        child=serializers.CharField(
+        child=StrictCharField(
             allow_blank=True, trim_whitespace=False, max_length=services.MAX_FILE_CHARS
         ),
         required=False,

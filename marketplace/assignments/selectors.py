@@ -52,8 +52,10 @@ def run_log_lines(*, run: Assignment, after: int, limit: int) -> list[Assignment
 
 
 def node_index(*, node_id: int) -> int:
+    """The node's index as agents see it: from 1 (a node with no assignments yet has no
+    row), so that 0, an agent's first query, always differs and answers at once."""
     found = NodeAssignmentIndex.objects.filter(node_id=node_id).values_list("index", flat=True)
-    return int(found.first() or 0)
+    return int(found.first() or 0) + 1
 
 
 def node_assignments_live(*, node_id: int) -> list[Assignment]:
@@ -71,8 +73,8 @@ class NodeAssignments:
 
 def node_assignments_wait(*, node_id: int, index: int, wait_seconds: float) -> NodeAssignments:
     """The node's live assignments as soon as its index differs from ``index`` (an
-    agent's first query, index 0, answers at once; an index from before a database
-    restore, above the current one, too), else an empty answer after ``wait_seconds``.
+    agent's first query, index 0, answers at once; so does an index from before a
+    database restore, above the current one), else an empty answer after ``wait_seconds``.
 
     Runs in autocommit (no transaction is held while waiting, so every read sees the
     latest commit). On PostgreSQL the query LISTENs on the node's channel, and the

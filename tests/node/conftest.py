@@ -178,7 +178,7 @@ def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., Agen
             if manage
             else [sys.executable, "-m", "providers.agent"]
         )
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [
                 *program,
                 "--server",

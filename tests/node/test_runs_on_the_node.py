@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from core.models import Event
 from marketplace import services as market
+from marketplace.assignments import services as assignments
 from marketplace.assignments.models import Assignment
 from tests.node.conftest import wait_for
 
@@ -130,9 +134,7 @@ def test_a_long_command_is_killed_with_its_process_group_when_the_run_is_cancell
     assert agent.process.poll() is None  # the agent goes on
 
 
-def test_a_long_command_is_killed_with_its_process_group_when_the_lease_ends(
-    world, start_agent
-):
+def test_a_long_command_is_killed_with_its_process_group_when_the_lease_ends(world, start_agent):
     start_agent(world.a)
     run = _create(world, LONG)
     pgid = _pgid(world, run["id"])
@@ -149,7 +151,7 @@ def test_a_long_command_is_killed_with_its_process_group_when_the_lease_ends(
     assert answer.status_code == 409 and "ended" in answer.json()["error"]["message"]
 
 
-def test_runs_die_with_the_agent_and_a_restarted_agent_cleans_up(world, start_agent):
+def test_runs_die_with_the_agent_when_it_is_stopped(world, start_agent):
     agent = start_agent(world.a)
     run = _create(world, LONG)
     pgid = _pgid(world, run["id"])
@@ -159,3 +161,38 @@ def test_runs_die_with_the_agent_and_a_restarted_agent_cleans_up(world, start_ag
     assert not _group_alive(pgid)
     ended = wait_for(lambda: _ended(run["id"]), timeout=10)
     assert ended.state == "failed" and "agent is stopping" in ended.failure_reason
+
+
+def _leader_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"
+
+
+def test_a_killed_agents_leftovers_are_killed_by_the_next_agent_and_the_reaper_fails_the_run(
+    world, start_agent
+):
+    # given: a run going, and its agent killed outright (no chance to clean up)
+    agent = start_agent(world.a)
+    run = _create(world, LONG)
+    pgid = _pgid(world, run["id"])
+    os.kill(agent.process.pid, signal.SIGKILL)
+    agent.process.wait(timeout=5)
+
+    # then: the run's first process died with the agent (PR_SET_PDEATHSIG); what it left
+    # in the background lives on in its process group until the next agent starts
+    wait_for(lambda: _leader_gone(pgid), timeout=5)
+    assert _group_alive(pgid)
+    start_agent(world.a)  # the same work directory
+    wait_for(lambda: not _group_alive(pgid), timeout=10)
+
+    # and the server still holds the dead agent's claim until its TTL: the reaper ends it
+    held = Assignment.objects.get(pk=run["id"])
+    assert held.state == "running" and held.attempt == 1
+    assert assignments.assignments_reap(now=held.locked_until - timedelta(seconds=1)) == 0
+    assert assignments.assignments_reap(now=held.locked_until + timedelta(seconds=1)) == 1
+    held.refresh_from_db()
+    assert held.state == "failed" and "lost its claim" in held.failure_reason
+    assert "not retried" in held.failure_reason and held.attempt == 1
