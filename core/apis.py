@@ -49,11 +49,22 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    """An API key as listed: never its secret, nor the secret's hash."""
+    """An API key as listed: never its secret, nor the secret's hash. ``scope``: ``org``
+    (acts for the organization with its role) or ``agent`` (a node agent's key: the
+    agent API of its own node only)."""
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+        fields = [
+            "id",
+            "name",
+            "role",
+            "scope",
+            "prefix",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
         read_only_fields = fields
 
 

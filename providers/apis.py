@@ -808,7 +808,9 @@ class NodeRegisterApi(APIView):
     @extend_schema(
         operation_id="agent_nodes_register",
         summary="Register a node and report its inventory (agents)",
-        description="Registering the same hostname again refreshes its inventory.",
+        description="Agent keys only. Registering the same hostname again refreshes its "
+        "inventory. A key is bound to the node it first registers: another hostname is a 409 "
+        "naming the key's node (one agent key per node).",
         tags=[TAG_AGENT],
         request=NodeRegisterInputSerializer,
         responses={200: RegisteredSerializer, **error_responses(400, 401, 403, 409, 413, 429)},

@@ -43,6 +43,7 @@ def test_list_shows_only_own_keys_and_never_a_hash(cast):
         "id",
         "name",
         "role",
+        "scope",
         "prefix",
         "created_at",
         "last_used_at",
