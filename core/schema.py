@@ -68,6 +68,39 @@ def openai_error_responses(*codes: int) -> dict[int, Any]:
     }
 
 
+# What the framework answers to any request body, whichever view it is sent to: a body
+# over DATA_UPLOAD_MAX_MEMORY_SIZE (core.parsers, core.errors) and a media type the
+# view has no parser for (DRF). Declared once here rather than on every view.
+_BODY_STATUSES = (413, 415)
+_DESCRIPTIONS[415] = "the request's Content-Type is not one this operation reads"
+
+
+def declare_body_statuses(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every operation that takes a request body
+    declares ``_BODY_STATUSES``, in its surface's error shape (OpenAI's under ``/v1/``)."""
+    for path, operations in result.get("paths", {}).items():
+        shape = "OpenAIError" if path.startswith("/v1/") else "Error"
+        for operation in operations.values():
+            if "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            for code in _BODY_STATUSES:
+                responses.setdefault(
+                    str(code),
+                    {
+                        "description": _DESCRIPTIONS[code],
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": f"#/components/schemas/{shape}"}
+                            }
+                        },
+                    },
+                )
+    return result
+
+
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "core.authentication.ApiKeyAuthentication"
     name = "apiKey"

@@ -33,7 +33,7 @@ from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-MAX_EXAMPLES = 4
+MAX_EXAMPLES = 8
 SEED = 18
 
 # The checks the schema is held to; the others (e.g. negative_data_rejection) judge
