@@ -78,7 +78,5 @@ def agent_node_or_404(caller: Any, node_id: int) -> Node:
         agent_keys__api_key_id=caller.api_key_id,
     ).first()
     if node is None:
-        raise NotFound(
-            f"node {node_id} is not this agent key's node", details={"node_id": node_id}
-        )
+        raise NotFound(f"node {node_id} is not this agent key's node", details={"node_id": node_id})
     return node

@@ -4,19 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('core', '0005_sqlite_event_triggers_restored'),
+        ("core", "0005_sqlite_event_triggers_restored"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='apikey',
-            name='scope',
-            field=models.CharField(choices=[('org', 'Org'), ('agent', 'Agent')], default='org', max_length=8),
+            model_name="apikey",
+            name="scope",
+            field=models.CharField(
+                choices=[("org", "Org"), ("agent", "Agent")], default="org", max_length=8
+            ),
         ),
         migrations.AddConstraint(
-            model_name='apikey',
-            constraint=models.CheckConstraint(condition=models.Q(('scope__in', ['org', 'agent'])), name='apikey_scope_valid'),
+            model_name="apikey",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("scope__in", ["org", "agent"])), name="apikey_scope_valid"
+            ),
         ),
     ]
