@@ -40,14 +40,23 @@ MAX_METER_SPAN = timedelta(days=400)
 
 class CanSendUsage(BasePermission):
     """Admin and member keys send usage, and so do node agents' keys (scope ``agent``,
-    role member): that is how nodes report what they ran."""
+    role member): that is how nodes report what they ran. An agent key reports for the
+    node it is bound to, so one that has not registered its node yet sends nothing."""
 
     admits_agent_keys = True
     message = "sending usage needs an admin or member key (finance keys only read)"
 
     def has_permission(self, request: Request, view: object) -> bool:
         caller = getattr(request, "caller", None)
-        return caller is not None and caller.role in ("admin", "member")
+        if caller is None or caller.role not in ("admin", "member"):
+            return False
+        if caller.is_agent and caller.agent_node_id is None:
+            self.message = (
+                "this agent key has not registered its node yet "
+                "(POST /api/v1/agent/nodes/register), so it reports for no node"
+            )
+            return False
+        return True
 
 
 # --- documentation of the shapes ---------------------------------------------

@@ -15,7 +15,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from core.errors import Forbidden, NotFound
-from providers.models import Node
+from providers.models import AgentKey, Node
 
 AGENT_ONLY_MESSAGE = (
     "the agent API takes agent keys only; create one with POST /api/v1/provider/agent-keys/"
@@ -60,6 +60,16 @@ class IsAgentKey(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return is_agent_caller(getattr(request, "caller", None))
+
+
+class AgentNodes:
+    """core.tenancy's ``agent_nodes`` port (registered in ProvidersConfig.ready): the
+    node an agent key is bound to, for Caller.agent_node_id."""
+
+    def node_of(self, *, api_key_id: int) -> int | None:
+        return (
+            AgentKey.objects.filter(api_key_id=api_key_id).values_list("node_id", flat=True).first()
+        )
 
 
 def agent_node_or_404(caller: Any, node_id: int) -> Node:

@@ -9,6 +9,7 @@ import pytest
 from django.apps import apps
 
 from core.models import ApiKey
+from core.tenancy import Caller
 from providers import services
 from providers.models import AgentKey, GpuSample, Node
 from tests.providers.conftest import inventory
@@ -117,6 +118,27 @@ def test_an_agent_key_reaches_nothing_outside_the_agent_api(cast, agent):
 def test_agent_keys_still_send_usage(cast, agent):
     response = agent.post("/api/v1/usage/batch", {"events": []}, format="json")
     assert response.status_code not in (401, 403), response.content
+
+
+def test_an_agent_key_without_its_node_sends_no_usage(cast):
+    unbound = cast.agent(cast.provider_a)
+
+    response = unbound.post("/api/v1/usage/batch", {"events": []}, format="json")
+
+    assert response.status_code == 403
+    assert "has not registered its node" in response.json()["error"]["message"]
+
+
+def test_the_caller_names_the_agent_keys_node(cast, agent):
+    as_agent = Caller(
+        organization=cast.provider_a, role="member", api_key_id=agent.api_key.pk, scope="agent"
+    )
+    as_org = Caller(organization=cast.provider_a, role="admin", api_key_id=agent.api_key.pk)
+    unbound = cast.agent(cast.provider_a).api_key.pk
+
+    assert as_agent.agent_node_id == agent.node_id
+    assert as_org.agent_node_id is None
+    assert Caller(cast.provider_a, "member", unbound, scope="agent").agent_node_id is None
 
 
 def test_organization_keys_do_not_reach_the_agent_api(cast, agent):
