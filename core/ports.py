@@ -310,8 +310,9 @@ USAGE_PROVENANCE = "usage_provenance"
 @dataclass(frozen=True, slots=True)
 class LeaseFacts:
     """What a lease's GPU-seconds are billed by: its buyer, its provider and node,
-    its GPUs' model, its price, and its live interval ``[started_at, ended_at]``
-    (``started_at`` None: not started; ``ended_at`` None: still running)."""
+    its GPUs' model and count, its price, and its live interval ``[started_at,
+    ended_at]`` (``started_at`` None: not started; ``ended_at`` None: still running).
+    Its GPU-seconds are bounded by ``gpu_count`` × the live seconds."""
 
     subject_id: str
     organization_id: int
@@ -321,6 +322,7 @@ class LeaseFacts:
     price_micros_per_hour: int
     started_at: datetime | None
     ended_at: datetime | None
+    gpu_count: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class MarketplaceProvenance:
             "price_per_gpu_hour_micros",
             "started_at",
             "ended_at",
+            "gpu_count",
         )
         return {
             f"{_LEASE_PREFIX}{pk}": LeaseFacts(
@@ -55,8 +56,9 @@ class MarketplaceProvenance:
                 price_micros_per_hour=price,
                 started_at=started,
                 ended_at=ended,
+                gpu_count=gpus,
             )
-            for pk, buyer, provider, node, gpu_model, price, started, ended in rows
+            for pk, buyer, provider, node, gpu_model, price, started, ended, gpus in rows
         }
 
     def workloads(

@@ -65,10 +65,12 @@ def lease_unheld(
     gpus: int = 1,
     started_at: datetime | None = None,
     ended_at: datetime | None = None,
+    gpu_model: str | None = None,
 ) -> Lease:
     """A lease of ``buyer`` on a new node of ``provider`` at ``price`` per GPU-hour,
     started (by default a day ago) and ended or running, with no hold (node and offer
-    through their services)."""
+    through their services). ``gpu_model``: the model the lease bills (by default the
+    offer's), for worlds whose statements group by short names."""
     node, listed = _node_and_offer(provider, price, gpus)
     now = timezone.now()
     started_at = started_at or now - timedelta(days=1)
@@ -96,7 +98,7 @@ def lease_unheld(
         offer=listed,
         node=node,
         kind=Order.Kind.ON_DEMAND,
-        gpu_model=listed.gpu_model,
+        gpu_model=gpu_model or listed.gpu_model,
         gpu_count=gpus,
         price_per_gpu_hour_micros=price,
         currency="USD",
@@ -108,8 +110,9 @@ def lease_unheld(
     )
 
 
-def job_of(buyer: Organization) -> FineTuneJob:
-    """A running fine-tune job of ``buyer``."""
+def job_of(buyer: Organization, *, public_id: str | None = None) -> FineTuneJob:
+    """A running fine-tune job of ``buyer`` (``public_id``: its id, unique across
+    buyers; by default a new one)."""
     n = next(_serial)
     file = File.objects.create(
         public_id=f"file-usage{buyer.pk}x{n}",
@@ -119,7 +122,7 @@ def job_of(buyer: Organization) -> FineTuneJob:
         status=File.Status.PROCESSED,
     )
     return FineTuneJob.objects.create(
-        public_id=f"ft-usage{buyer.pk}x{n}",
+        public_id=public_id or f"ft-usage{buyer.pk}x{n}",
         organization=buyer,
         model="tandem/tiny-llama",
         training_file=file,
@@ -131,11 +134,14 @@ def job_of(buyer: Organization) -> FineTuneJob:
     )
 
 
-def deployment_of(buyer: Organization | None, *, model: str | None = None) -> Deployment:
-    """A ready deployment of ``buyer`` (None: a platform deployment of a base model)."""
+def deployment_of(
+    buyer: Organization | None, *, model: str | None = None, public_id: str | None = None
+) -> Deployment:
+    """A ready deployment of ``buyer`` (None: a platform deployment of a base model);
+    ``public_id``: its id, unique across buyers (by default a new one)."""
     n = next(_serial)
     return Deployment.objects.create(
-        public_id=f"dep-usage{n}x{buyer.pk if buyer else 0}",
+        public_id=public_id or f"dep-usage{n}x{buyer.pk if buyer else 0}",
         organization=buyer,
         model=model or f"usage-model-{n}",
         base_model="tandem/tiny-llama",

@@ -17,7 +17,7 @@ from core.followers import follower_position, followers_run_until_idle
 from core.models import Event, FollowerPosition
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
-from tests.metering.subjects import job_for, lease_for
+from tests.subjects import job_for, lease_for
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 11, 2, tzinfo=UTC)

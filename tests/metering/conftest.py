@@ -5,7 +5,7 @@ from itertools import count
 
 import pytest
 
-from tests.metering.subjects import job_for
+from tests.subjects import job_for
 
 _ids = count(1)
 

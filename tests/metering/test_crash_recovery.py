@@ -27,7 +27,7 @@ from core.models import Event
 from metering.events import USAGE_STREAM
 from metering.models import UsageEvent
 from metering.selectors import usage_for_rating
-from tests.metering.subjects import deployment_of, lease_unheld
+from tests.subjects import deployment_of, lease_unheld
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,8 +46,14 @@ def database_url() -> str:
 def write_events(path: Path, buyers, provider) -> list[dict]:
     rng = random.Random(50)
     start = datetime.now(UTC) - timedelta(minutes=30)
-    # usage of real subjects: a lease from the provider and a deployment, per buyer
-    leases = {b.pk: lease_unheld(b, provider, price=1_234_567).usage_subject for b in buyers}
+    # usage of real subjects: a lease from the provider (8 GPUs for a year: room
+    # for the GPU-seconds sent) and a deployment, per buyer
+    leases = {
+        b.pk: lease_unheld(
+            b, provider, price=1_234_567, gpus=8, started_at=start - timedelta(days=365)
+        ).usage_subject
+        for b in buyers
+    }
     deployments = {b.pk: deployment_of(b).public_id for b in buyers}
     events = []
     for n in range(EVENTS):

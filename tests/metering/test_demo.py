@@ -6,7 +6,7 @@ from billing import services
 from billing.models import Account, Balance
 from metering.demo import load
 from metering.models import UsageEvent
-from tests.metering.subjects import deployment_of, job_of, lease_unheld
+from tests.subjects import deployment_of, job_of, lease_unheld
 
 pytestmark = pytest.mark.django_db
 

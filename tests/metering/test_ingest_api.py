@@ -9,7 +9,7 @@ import pytest
 
 from metering.models import UsageEvent
 from metering.schema import MAX_EVENT_BYTES
-from tests.metering.subjects import lease_for
+from tests.subjects import lease_for
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from billing.models import Account, Balance
 from billing.rating import rate_usage, usage_rating
 from core.followers import followers_run_until_idle
 from metering.models import UsageEvent
-from tests.metering.subjects import job_of, lease_unheld
+from tests.subjects import job_of, lease_unheld
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,8 +29,14 @@ BATCH = 1000
 def make_events(buyers, provider) -> list[dict]:
     rng = random.Random(10)
     start = datetime.now(UTC) - timedelta(hours=1)
-    # usage of real subjects: a lease from the provider and jobs, per buyer
-    leases = {b.pk: lease_unheld(b, provider, price=2_345_678).usage_subject for b in buyers}
+    # usage of real subjects: a lease from the provider (8 GPUs for a year: room
+    # for the GPU-seconds sent) and jobs, per buyer
+    leases = {
+        b.pk: lease_unheld(
+            b, provider, price=2_345_678, gpus=8, started_at=start - timedelta(days=365)
+        ).usage_subject
+        for b in buyers
+    }
     jobs = {b.pk: [job_of(b).public_id for _ in range(3)] for b in buyers}
     events = []
     for n in range(EVENTS):

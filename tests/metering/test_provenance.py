@@ -14,10 +14,11 @@ from billing import services as ledger
 from billing.models import Account, Balance
 from billing.rating import usage_rating
 from core.followers import followers_run_until_idle
+from marketplace.models import Lease
 from metering.models import UsageEvent
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import Sender, usage_ingest, usage_record
-from tests.metering.subjects import (
+from tests.subjects import (
     deployment_of,
     job_of,
     lease_matched,
@@ -230,7 +231,12 @@ def test_time_outside_the_leases_live_interval_is_refused(funded):
     )
     before_start = gpu_event(cast.buyer_a, ended.usage_subject, time=now - timedelta(hours=4))
     after_end = gpu_event(cast.buyer_a, ended.usage_subject, time=now - timedelta(hours=1))
-    inside = gpu_event(cast.buyer_a, ended.usage_subject, time=now - timedelta(hours=2, minutes=30))
+    inside = gpu_event(
+        cast.buyer_a,
+        ended.usage_subject,
+        quantity=1800,  # half an hour of its one GPU, by half an hour in
+        time=now - timedelta(hours=2, minutes=30),
+    )
     answer = send(cast.client(cast.provider_a), [before_start, after_end, inside])
     assert [r["status"] for r in answer["results"]] == ["rejected", "rejected", "accepted"]
     for result in answer["results"][:2]:
@@ -396,6 +402,9 @@ def test_a_mixed_batch_keeps_the_good_events(funded):
 def test_a_matched_leases_gpu_seconds_are_stored_at_its_price_and_left_to_its_hold(cast):
     # given a lease the market made (its GPU time is billed by settling its hold)
     lease = lease_matched(cast.buyer_a, cast.provider_a, price=PRICE)
+    # matched ten minutes ago: its GPU has run 600 s (a lease's GPU-seconds are
+    # bounded by its GPUs' live time)
+    Lease.objects.filter(pk=lease.pk).update(started_at=lease.started_at - timedelta(minutes=10))
     payable = balance(cast.provider_a, Account.Kind.PAYABLE)
     answer = send(
         cast.client(cast.provider_a),

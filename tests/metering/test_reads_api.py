@@ -9,7 +9,7 @@ import pytest
 
 from metering.schema import UsageEventIn
 from metering.services import usage_record
-from tests.metering.subjects import job_for, job_of, lease_for
+from tests.subjects import job_for, job_of, lease_for
 
 pytestmark = pytest.mark.django_db
 
