@@ -46,8 +46,12 @@ from tests.providers.test_heartbeat_flood import _free_port as free_port
 BATCH = 1000
 BUYERS = 8
 LEASE_PRICE = 2_500_000
-# Usage is accepted only for subjects the platform made: per buyer, leases the market
-# matched and jobs and deployments of theirs (made by make_cast).
+# Usage is accepted only for subjects the platform made: per buyer, leases and jobs
+# and deployments of theirs (made by make_cast). The leases carry no hold, so rating
+# bills their GPU-seconds into the balance (a held lease's are left to its hold, and
+# the probe would wait for a debit that never comes), and they are 8-GPU leases
+# running for 30 days, so what the bench sends stays within a lease's bound (its
+# GPUs x live seconds).
 SUBJECTS: dict[int, dict[str, list[str]]] = {}
 MODELS = ("llama-3.1-8b", "qwen2.5-72b", "llama-3.1-405b")
 TOKEN_TYPES = ("tokens.training", "tokens.evaluation", "tokens.prompt", "tokens.completion")
@@ -76,12 +80,16 @@ def make_cast():
             reason="bench float",
             transfer_id=f"bench-float-{buyer.pk}",
         )
-    from tests.metering.subjects import deployment_of, job_of, lease_matched
+    from tests.subjects import deployment_of, job_of, lease_unheld
 
+    started = datetime.now(UTC) - timedelta(days=30)
     for buyer in [*buyers, probe]:
         SUBJECTS[buyer.pk] = {
             "lease": [
-                lease_matched(buyer, provider, price=LEASE_PRICE).usage_subject for _ in range(2)
+                lease_unheld(
+                    buyer, provider, price=LEASE_PRICE, gpus=8, started_at=started
+                ).usage_subject
+                for _ in range(2)
             ],
             "job": [job_of(buyer).public_id for _ in range(5)],
             "deployment": [deployment_of(buyer).public_id for _ in range(3)],
