@@ -97,7 +97,7 @@ class BatchTooLarge(ApplicationError):
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    code: str  # invalid | oversized | future | forbidden | unknown_subject
+    code: str  # invalid | oversized | future | forbidden | unknown_subject | exceeds_lease
     reason: str
     id: str | None = None
 
