@@ -1,8 +1,9 @@
 """Demo usage for ``make run``: a fine-tune job's training and evaluation tokens, some
 inference tokens, and the GPU-seconds of a lease on the demo provider, rated into the
 demo buyer's balance. Usage is accepted only for subjects the platform made, so the
-caller names the demo's real job, lease and (when there is one) deployment; the
-GPU-seconds are timed inside the lease's live interval and priced by the lease. Safe
+caller names real subjects: a lease, and a running job and a deployment when there
+are; the GPU-seconds are timed inside the lease's live interval, within what its GPUs
+could have run, and priced by the lease. Safe
 on every run: the events' ids are fixed, so a second load is answered ``duplicate``
 and rates nothing new."""
 
@@ -21,13 +22,19 @@ from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
 
 
-def load(*, buyer: Organization, job: str, lease: str, deployment: str | None = None) -> None:
-    """``job``, ``lease`` and ``deployment``: usage subjects of ``buyer`` (a job's and a
-    deployment's public ids, a lease's ``lease-<id>``)."""
+def load(
+    *, buyer: Organization, lease: str, job: str | None = None, deployment: str | None = None
+) -> None:
+    """``lease``, ``job`` and ``deployment``: usage subjects of ``buyer`` (a lease's
+    ``lease-<id>``, a job's and a deployment's public ids); without a job or a
+    deployment, its events are left out. A job named must still be running: a
+    finished job's bill (its per-job minimum) is closed when it finishes."""
     at = timezone.now() - timedelta(hours=1)
     provenance: UsageProvenancePort = ports.get(ports.USAGE_PROVENANCE)
     started = provenance.leases(subject_ids=[lease])[lease].started_at
-    gpu_at = (started or at) + timedelta(minutes=1)
+    # 1,800 GPU-seconds of one GPU, reported when they have been used: half an hour
+    # into the lease (a lease's GPU-seconds may not outrun its GPUs' live time).
+    gpu_at = (started or at) + timedelta(minutes=30)
     on_job = SubjectIn(org=buyer.pk, job=job)
     model: dict[str, str | int] = {"model": "llama-3.1-8b", "region": "eu-west"}
     training: dict[str, str | int] = {**model, "training_type": "lora-sft"}
@@ -88,6 +95,8 @@ def load(*, buyer: Organization, job: str, lease: str, deployment: str | None = 
             dimensions={"region": "eu-west"},
         ),
     ]
+    if job is None:
+        events = [e for e in events if e.subject.job is None]
     if deployment is None:
         events = [e for e in events if e.subject.deployment is None]
     usage_record(events=events)

@@ -1,5 +1,6 @@
 """Demo data for workloads: a finished fine-tune of the built-in tiny model by the
-demo buyer, with its events and checkpoints, and a fine-tuned model to chat with.
+demo buyer, with its events and checkpoints, and a fine-tuned model to chat with,
+served by an inference deployment of the buyer (``serve``).
 
 ``load(buyer=..., provider=...)`` needs the provider's offers listed (the supply
 demo) and the buyer's credit granted. It runs the real path: upload and check the
@@ -19,7 +20,7 @@ from core.models import Organization
 from marketplace.workloads import ports as external
 from marketplace.workloads import services
 from marketplace.workloads.followers import WorkloadsFollower
-from marketplace.workloads.models import FineTuneJob
+from marketplace.workloads.models import Deployment, FineTuneJob
 
 SAMPLE = Path(__file__).parent / "samples" / "adder.jsonl"
 MODEL = "tandem/tiny-llama"
@@ -72,3 +73,35 @@ def _lease_and_train(job: FineTuneJob) -> None:
         job.public_id, job.organization_id, spec
     )
     followers_run_until_idle([follower])
+
+
+def serve(*, job: FineTuneJob) -> Deployment:
+    """The inference deployment serving ``job``'s fine-tuned model to its buyer, made
+    the way a first request makes one: the deployment and its managed order, a
+    matching round leases a GPU, the follower records the lease, and the engine loads
+    in this process (the deployment is then ready; a serving process loads its own
+    engine on its first request). Needs the provider's offers listed and the job
+    succeeded. Safe to run again: the buyer's deployment of the model, whatever its
+    state since, is returned as it is (the demo's usage names it)."""
+    from marketplace.services import matching_round
+
+    found = (
+        Deployment.objects.filter(organization=job.organization, model=job.fine_tuned_model)
+        .order_by("pk")
+        .first()
+    )
+    if found is not None:
+        return found
+    served = services.model_resolve(organization=job.organization, name=job.fine_tuned_model)
+    # What deployment_acquire does first, without its wait for the lease: nothing
+    # else runs matching or the follower while the demo loads, so they run here.
+    deployment = services._deployment_live(organization=job.organization, served=served)
+    matching_round()
+    followers_run_until_idle([WorkloadsFollower()])  # LeaseStarted: the lease recorded
+    deployment.refresh_from_db()
+    if not deployment.lease_ref:
+        raise RuntimeError(
+            f"the demo deployment {deployment.public_id} found no GPUs "
+            "(is the provider demo loaded?)"
+        )
+    return services.deployment_acquire(organization=job.organization, served=served)

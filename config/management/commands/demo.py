@@ -1,8 +1,9 @@
 """Load the demo that `make run` serves: an operator, a provider with GPUs and offers,
 a buyer with credits, and every part of the platform run once through its real path:
 a top-up through the webhook path, a GPU lease that ran and was settled, one running
-now, a fine-tune of the built-in tiny model trained for real and invoiced, usage
-rated into the ledger, the month's draft invoice, and API keys to try it with.
+now, a fine-tune of the built-in tiny model trained for real and invoiced, an
+inference deployment serving it, usage rated into the ledger, the month's draft
+invoice, and API keys to try it with.
 
 Safe to run again: organizations, ledger entries, orders and the job are created
 once (their ids are fixed or looked up, so the ledger replays them); new API keys are
@@ -64,11 +65,16 @@ class Command(BaseCommand):
         market.load(buyer=buyer, provider=provider)
         # A fine-tune of the tiny model: ordered, leased, trained, metered per step.
         job = workloads.load(buyer=buyer, provider=provider)
-        # Training tokens of the fine-tune and GPU-seconds of the settled L40S lease
-        # (usage is accepted only for subjects the platform made).
+        # The fine-tuned model served: an inference deployment of the buyer, leased on
+        # the provider's GPUs and ready.
+        deployment = workloads.serve(job=job)
+        # Inference tokens of the deployment and GPU-seconds of the settled L40S lease
+        # (usage is accepted only for subjects the platform made). The fine-tune's
+        # training tokens are the runtime's, metered per step while it trained: its
+        # bill (the per-job minimum) closed when it finished, so none are added here.
         settled = Lease.objects.filter(organization=buyer).order_by("pk").first()
         assert settled is not None, "the market demo leaves a settled lease"
-        usage.load(buyer=buyer, job=job.public_id, lease=settled.usage_subject)
+        usage.load(buyer=buyer, lease=settled.usage_subject, deployment=deployment.public_id)
         # Rating, accruals and the other followers catch up with all of the above.
         followers_run_until_idle()
 
