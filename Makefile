@@ -35,11 +35,16 @@ run: install
 	$(RUN_ENV) $(PY) manage.py migrate --noinput
 	$(RUN_ENV) $(PY) manage.py demo
 	# Beside the web process: the follower (rating, invoices' accruals, the jobs'
-	# lifecycle, training on its in-process worker) and the matching loop. Ctrl-C, or
-	# the web process ending, stops all three.
+	# lifecycle, training on its in-process worker), the matching loop and the demo
+	# node's agent (northlake-gpu-01: it runs the node's leased work, the demo's
+	# raw-lease command first, in var/agent-work). Ctrl-C, or the web process ending,
+	# stops all four (the agent kills its runs first).
 	trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
 	$(SERVE_ENV) $(PY) manage.py run_follower & \
 	$(SERVE_ENV) $(PY) manage.py run_matching & \
+	$(RUN_ENV) $(PY) manage.py run_agent --server http://127.0.0.1:$${PORT:-8000} \
+		--key-file var/demo-agent.key --inventory providers/examples/inventory.json \
+		--work-dir var/agent-work --start-timeout 60 & \
 	$(SERVE_ENV) $(PY) manage.py runserver 127.0.0.1:$${PORT:-8000}
 
 test: install

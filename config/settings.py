@@ -185,6 +185,11 @@ MARKETPLACE_ORDER_MAX_WAIT_SECONDS = env_int(
 MARKETPLACE_MATCHING_INTERVAL_SECONDS = env_int(
     "MARKETPLACE_MATCHING_INTERVAL_SECONDS", 1, minimum=1
 )
+# Node assignments (marketplace.assignments): how long a node's claim on a piece of work
+# lasts without a renewal (agents renew every third of it); whether the agents'
+# blocking query waits on PostgreSQL's LISTEN/NOTIFY (else it re-reads every 0.25 s).
+ASSIGNMENT_CLAIM_TTL_SECONDS = env_int("ASSIGNMENT_CLAIM_TTL_SECONDS", 30, minimum=3)
+ASSIGNMENT_WAIT_NOTIFY = env_bool("ASSIGNMENT_WAIT_NOTIFY", True)
 
 # --- workloads (files, fine-tunes, inference: the /v1/ API) ------------------
 WORKLOADS_STORAGE_DIR = Path(env_str("WORKLOADS_STORAGE_DIR", str(VAR_DIR / "files")))

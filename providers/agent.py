@@ -32,6 +32,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -284,6 +285,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "else the agent's own user)",
     )
     parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=0,
+        help="keep trying to register this many seconds while the server cannot be "
+        "reached (it may be starting too); default: fail at once",
+    )
+    parser.add_argument(
         "--wait",
         type=int,
         default=25,
@@ -302,6 +310,21 @@ def read_key(options: dict[str, Any]) -> str:
     if not key:
         raise AgentError(f"the key file {path} is empty")
     return key
+
+
+def _start(agent: Agent, timeout: float) -> None:
+    """Register, retrying for ``timeout`` seconds while the server is unreachable (an
+    answer, even a refusal, ends the wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            agent.start()
+            return
+        except AgentError as exc:
+            if exc.status is not None or time.monotonic() >= deadline:
+                raise
+            logger.info("server not reachable yet, retrying: %s", exc)
+            time.sleep(1.0)
 
 
 def run_from_options(
@@ -327,7 +350,7 @@ def run_from_options(
             run_as=options.get("run_as"),
             wait_seconds=max(1, min(30, int(options.get("wait") or 25))),
         )
-        agent.start()
+        _start(agent, float(options.get("start_timeout") or 0))
     except NvmlUnavailable as exc:
         return fail(str(exc), EXIT_NO_NVML)
     except InventoryFileError as exc:

@@ -513,6 +513,7 @@ class RunSupervisor(threading.Thread):
                 shutil.rmtree(work_dir, ignore_errors=True)
 
     def _supervise(self, handle: RunHandle) -> None:
+        self._report()  # "started", at once: the buyer sees the run running
         last_sent = time.monotonic()
         last_ok = time.monotonic()
         code: int | None = None

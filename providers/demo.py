@@ -4,18 +4,25 @@ bundled inventory file, a heartbeat, and two offers (on-demand and interruptible
 Idempotent: the site and node are found by name, the heartbeat is one more
 heartbeat (as a running agent would send), and offers are listed only while the
 node has none that is not withdrawn.
+
+``agent_key_file`` gives the demo node's agent (which ``make run`` starts) its key in
+a file: the key in the file is kept while it is still the node's live agent key, else
+a new agent key is made, bound to the node, and written (mode 0600).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from core import selectors as core_selectors
 from core.models import Organization
 from providers import services
 from providers.agent import load_inventory_file
-from providers.models import Offer, Site
+from providers.models import AgentKey, Node, Offer, Site
 
 INVENTORY = Path(__file__).parent / "examples" / "inventory.json"
+HOSTNAME = "northlake-gpu-01"  # the inventory's: the node make run's agent runs
 
 
 def load(*, provider: Organization) -> None:
@@ -71,3 +78,30 @@ def load(*, provider: Organization) -> None:
         min_lease_seconds=600,
         preemption_grace_seconds=120,
     )
+
+
+def agent_key_file(*, provider: Organization, path: Path) -> Path:
+    """The demo node's agent key, in ``path`` (mode 0600), for ``run_agent --key-file``."""
+    inventory = load_inventory_file(INVENTORY)
+    node = Node.objects.get(organization=provider, hostname=inventory["hostname"])
+    if path.exists():
+        found = core_selectors.api_key_for_secret(raw_key=path.read_text().strip())
+        if found is not None and AgentKey.objects.filter(api_key=found, node=node).exists():
+            return path
+    created = services.agent_key_create(organization=provider, name=f"demo {node.hostname}")
+    # Registering with the new key binds it to the node, as the agent's first call would.
+    services.node_register(
+        organization=provider,
+        hostname=node.hostname,
+        site_name=inventory["site"],
+        inventory=inventory,
+        api_key_id=created.agent_key.api_key_id,
+        inventory_source="file",
+        agent_version="demo",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(created.raw_key + "\n")
+    os.chmod(path, 0o600)  # an older file may have had another mode
+    return path

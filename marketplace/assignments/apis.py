@@ -44,8 +44,14 @@ def _int_param(request: Request, name: str, *, default: int, low: int, high: int
 # --- serializers ----------------------------------------------------------------------
 
 
+# Kinds and states as plain text (their values in the help text), as the marketplace's
+# serializers do: drf-spectacular would name every "kind" enum alike and warn.
+_KINDS = " | ".join(Assignment.Kind.values)
+
+
 class RunSerializer(serializers.ModelSerializer):
     lease = serializers.IntegerField(source="lease_id", read_only=True)
+    kind = serializers.CharField(read_only=True, help_text=_KINDS)
     state = serializers.CharField(read_only=True, help_text=" | ".join(Assignment.State.values))
     command = serializers.SerializerMethodField()
     env_names = serializers.SerializerMethodField(help_text="the names of the env you gave")
@@ -126,6 +132,8 @@ class RunCreateInputSerializer(serializers.Serializer):
 
 
 class RunLogLineSerializer(serializers.ModelSerializer):
+    stream = serializers.CharField(read_only=True, help_text="stdout | stderr")
+
     class Meta:
         model = AssignmentLogLine
         fields = ["seq", "attempt", "stream", "text", "received_at"]
@@ -280,6 +288,8 @@ class AgentApi(APIView):
 
 
 class NodeAssignmentSerializer(serializers.ModelSerializer):
+    kind = serializers.CharField(read_only=True, help_text=_KINDS)
+    state = serializers.CharField(read_only=True, help_text=" | ".join(Assignment.State.values))
     stop = serializers.BooleanField(source="stop_requested", read_only=True)
 
     class Meta:

@@ -82,7 +82,7 @@ def node_assignments_wait(*, node_id: int, index: int, wait_seconds: float) -> N
     index is read after LISTEN, so no change can slip between the two. Elsewhere it
     re-reads the index every POLL_SECONDS (one primary-key read)."""
     deadline = time.monotonic() + min(max(wait_seconds, 0.0), MAX_WAIT_SECONDS)
-    notify = is_postgres() and getattr(settings, "ASSIGNMENT_WAIT_NOTIFY", True)
+    notify = is_postgres() and settings.ASSIGNMENT_WAIT_NOTIFY
     channel = notify_channel(node_id)
     if notify:
         with connection.cursor() as cursor:

@@ -84,7 +84,7 @@ RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
 
 
 def claim_ttl() -> timedelta:
-    return timedelta(seconds=int(getattr(settings, "ASSIGNMENT_CLAIM_TTL_SECONDS", 30)))
+    return timedelta(seconds=settings.ASSIGNMENT_CLAIM_TTL_SECONDS)
 
 
 class StaleAttempt(Conflict):

@@ -27,6 +27,7 @@ from core import services as core
 from core.followers import followers_run_until_idle
 from core.models import Organization
 from marketplace import demo as market
+from marketplace.assignments import demo as runs
 from marketplace.models import Lease
 from marketplace.workloads import demo as workloads
 from metering import demo as usage
@@ -88,12 +89,25 @@ class Command(BaseCommand):
                 organization=buyer, period=now.date().replace(day=1), now=now
             )
 
+        # The demo node's agent key in a file (make run's agent reads it), and a command
+        # on the running H100 lease for that agent to run.
+        key_file = supply.agent_key_file(
+            provider=provider, path=settings.VAR_DIR / "demo-agent.key"
+        )
+        run = runs.load(buyer=buyer, hostname=supply.HOSTNAME)
+
         keys = [
             (buyer, "admin", "buyer admin"),
             (provider, "admin", "provider admin"),
             (operator, "finance", "operator finance"),
         ]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
+        self.stdout.write(f"The demo node's agent key is in {key_file} (run_agent --key-file).")
+        if run is not None:
+            self.stdout.write(
+                f"Run {run.pk} on lease {run.lease_id} waits for the node's agent: "
+                f"GET /api/v1/leases/{run.lease_id}/runs/{run.pk}/logs"
+            )
         self.stdout.write(
             f"Fine-tuned model: {job.fine_tuned_model}; its invoice {job_invoice.number}"
             + (f"; this month's draft invoice id {draft.pk}" if draft is not None else "")
