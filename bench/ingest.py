@@ -347,6 +347,8 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
             "API_RATE_LIMIT_PER_MINUTE": "100000000",
             "DEBUG": "0",
+            # plain HTTP on loopback: no redirect to https
+            "SECURE_SSL_REDIRECT": "0",
         }
         processes.append(
             subprocess.Popen(
