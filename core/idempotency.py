@@ -150,6 +150,8 @@ def idempotent(*, required: bool = False, atomic: bool = True) -> Callable[[F], 
                 services.idempotent_request_release(claim=claim.request)
                 raise
 
+        # Read by the schema's tests: a handler that honours the header documents it.
+        wrapper.idempotency_key_required = required  # type: ignore[attr-defined]
         description = (
             "Makes a retry safe: the same key with the same request replays the first "
             "response; with a different request it is refused (422). Scoped to your "
