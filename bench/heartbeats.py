@@ -247,6 +247,7 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
             "API_RATE_LIMIT_PER_MINUTE": "100000000",
             "DEBUG": "0",
+            "SECURE_SSL_REDIRECT": "0",  # plain http on loopback
         }
         server = subprocess.Popen(
             [
