@@ -46,7 +46,7 @@ from providers.permissions import (
     IsAgentKey,
     IsProviderAdmin,
     IsProviderMember,
-    agent_node_or_404,
+    agent_node_id_or_404,
     is_agent_caller,
 )
 
@@ -992,7 +992,7 @@ def node_heartbeat(request: HttpRequest, node_id: int) -> HttpResponse:
         if body and request.content_type != "application/json":
             raise UnsupportedMediaType(request.content_type or "")
         samples = heartbeat_samples(body)
-        agent_node_or_404(caller, node_id)
+        agent_node_id_or_404(caller, node_id)
         result = services.node_heartbeat_record(
             organization=caller.organization,
             node_id=node_id,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import cache
 
+from django.db import connection
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
+from core.db import server_cursor
 from core.errors import NotFound
 from core.models import Organization
 from providers import catalog
@@ -250,3 +253,29 @@ def listed_gpu_seconds_by_day(
                 totals[cursor.date()] += seconds * offer.gpu_count
             cursor = piece_end
     return [DayUsage(day=day, gpu_seconds_listed=value) for day, value in totals.items()]
+
+
+def agent_key_node_id(*, api_key_id: int) -> int | None:
+    """The node an agent key is bound to (None: unbound, or not an agent key).
+
+    Every heartbeat runs this, so it is one hand-written statement, prepared once per
+    connection on PostgreSQL, as core.selectors.api_key_for_secret is: the ORM's
+    compiling cost several times what the database takes to answer."""
+    if connection.vendor == "postgresql":
+        with connection.wrap_database_errors:
+            cursor = server_cursor()
+            cursor.execute(_agent_key_node_sql(), [api_key_id], prepare=True)
+            row = cursor.fetchone()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_agent_key_node_sql(), [api_key_id])
+            row = cursor.fetchone()
+    return row[0] if row is not None else None
+
+
+@cache
+def _agent_key_node_sql() -> str:
+    meta = AgentKey._meta
+    node = meta.get_field("node").column
+    api_key = meta.get_field("api_key").column
+    return f"SELECT {node} FROM {meta.db_table} WHERE {api_key} = %s"
