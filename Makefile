@@ -60,6 +60,7 @@ bench: install
 	$(TEST_ENV) $(PY) bench/ingest.py
 	$(TEST_ENV) $(PY) bench/heartbeats.py
 	$(TEST_ENV) $(PY) bench/close.py
+	$(TEST_ENV) $(PY) bench/node.py
 	$(PY) bench/matching.py
 	$(PY) bench/train.py
 

@@ -5,9 +5,10 @@ of new work, and how long from a run's creation to its command running on the no
   when a run is created; the time from the creating transaction's commit to the
   query's answer. Measured with LISTEN/NOTIFY (the default on PostgreSQL) and with the
   plain re-read of the index every 0.25 s (SQLite's way), one server each.
-- created -> started: a real agent (``python -m providers.agent``) runs the node; a
-  run's command is ``sh -c 'date +%s.%N'``; the time from before ``run_create`` to the
-  clock the command printed on the node (the same machine's clock).
+- created -> claimed (the server's clock) and created -> started: a real agent
+  (``python -m providers.agent``) runs the node; a run's command is
+  ``sh -c 'date +%s.%N'``; the time from before ``run_create`` to the clock the command
+  printed on the node (the same machine's clock).
 - baseline, in the same run: starting the same command with ``subprocess.run`` directly
   (what the agent's driver must at least spend).
 
@@ -172,7 +173,9 @@ def measure_wakeups(port: int, node: Any, buyer: Any, lease: Lease, rounds: int)
     return latencies
 
 
-def measure_starts(port: int, node: Any, buyer: Any, lease: Lease, rounds: int) -> list[float]:
+def measure_starts(
+    port: int, node: Any, buyer: Any, lease: Lease, rounds: int
+) -> tuple[list[float], list[float]]:
     work = Path(tempfile.mkdtemp(prefix="bench-node-"))
     inventory = work / "inventory.json"
     inventory.write_text(json.dumps(node.inventory))
@@ -198,6 +201,7 @@ def measure_starts(port: int, node: Any, buyer: Any, lease: Lease, rounds: int) 
         start_new_session=True,
     )
     latencies = []
+    claims = []
     try:
         for _ in range(rounds + 2):  # the first two warm the agent's and server's paths
             created = time.time()
@@ -212,11 +216,14 @@ def measure_starts(port: int, node: Any, buyer: Any, lease: Lease, rounds: int) 
             line = AssignmentLogLine.objects.filter(assignment=run).order_by("seq").first()
             assert line is not None, f"run {run.pk} printed nothing"
             latencies.append(float(line.text) - created)
+            ended = Assignment.objects.get(pk=run.pk)
+            assert ended.claimed_at is not None
+            claims.append((ended.claimed_at - ended.created_at).total_seconds())
     finally:
         os.killpg(agent.pid, signal.SIGTERM)
         agent.wait(timeout=20)
         shutil.rmtree(work, ignore_errors=True)
-    return latencies[2:]
+    return latencies[2:], claims[2:]
 
 
 def measure_baseline(rounds: int) -> list[float]:
@@ -250,9 +257,9 @@ def main() -> None:
                 )
                 print(f"wakeup_{mode}", json.dumps(result[f"wakeup_{mode}"]), flush=True)
                 if mode == "notify":
-                    result["created_to_started"] = percentiles(
-                        measure_starts(port, node, buyer, lease, rounds)
-                    )
+                    starts, claims = measure_starts(port, node, buyer, lease, rounds)
+                    result["created_to_claimed"] = percentiles(claims)
+                    result["created_to_started"] = percentiles(starts)
                     print("created_to_started", json.dumps(result["created_to_started"]))
             finally:
                 server.send_signal(signal.SIGTERM)

@@ -1,9 +1,12 @@
-"""The node agent, usable as a library (``Agent``) and as ``manage.py run_agent``.
+"""The node agent, usable as a library (``Agent``), as ``python -m providers.agent`` (no
+Django needed) and as ``manage.py run_agent`` (the same flags).
 
 It registers the node with its inventory (from NVML, or from an inventory file for
 nodes NVML cannot probe), then sends a heartbeat with per-GPU telemetry every
-``heartbeat_interval_seconds`` (the server says how often). Standard library only:
-the agent runs on GPU nodes that have Python but not necessarily our web stack.
+``heartbeat_interval_seconds`` (the server says how often). With ``--work-dir`` it also
+runs the node's leased work (providers.agent_runs: a blocking query for the node's
+assignments, claims, the runs themselves, their reports). Standard library only: the
+agent runs on GPU nodes that have Python but not necessarily our web stack.
 
 Inventory file (``--inventory inventory.json``)::
 

@@ -168,6 +168,8 @@ def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., Agen
     started: list[AgentProcess] = []
 
     def start(node: AgentNode, *, wait: int = 5, manage: bool = False) -> AgentProcess:
+        """``manage``: as ``manage.py run_agent`` with ``--key-file`` (else
+        ``python -m providers.agent --key``)."""
         name = node.inventory["hostname"]
         inventory_file = tmp_path / f"{name}.json"
         inventory_file.write_text(json.dumps(node.inventory))
@@ -178,13 +180,18 @@ def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., Agen
             if manage
             else [sys.executable, "-m", "providers.agent"]
         )
+        key = ["--key", node.key]
+        if manage:
+            key_file = tmp_path / f"{name}.key"
+            key_file.write_text(node.key + "\n")
+            key_file.chmod(0o600)
+            key = ["--key-file", str(key_file)]
         process = subprocess.Popen(
             [
                 *program,
                 "--server",
                 live_server.url,
-                "--key",
-                node.key,
+                *key,
                 "--inventory",
                 str(inventory_file),
                 "--work-dir",

@@ -115,6 +115,15 @@ def test_a_command_runs_on_the_leased_node_only_and_its_logs_and_exit_code_come_
     assert wait_for(lambda: _ended(ok["id"]), timeout=15).state == "succeeded"
 
 
+def test_run_agent_with_a_key_file_runs_a_command(world, start_agent):
+    agent = start_agent(world.a, manage=True)  # manage.py run_agent --key-file
+    run = _create(world, ["sh", "-c", "echo from run_agent"])
+    ended = wait_for(lambda: _ended(run["id"]), timeout=15)
+    assert (ended.state, ended.exit_code) == ("succeeded", 0)
+    assert [line["text"] for line in _logs(world, run["id"])["lines"]] == ["from run_agent"]
+    assert agent.stop() == 0
+
+
 def test_a_long_command_is_killed_with_its_process_group_when_the_run_is_cancelled(
     world, start_agent
 ):
