@@ -43,8 +43,9 @@ run: install
 	$(SERVE_ENV) $(PY) manage.py run_follower & \
 	$(SERVE_ENV) $(PY) manage.py run_matching & \
 	$(RUN_ENV) $(PY) manage.py run_agent --server http://127.0.0.1:$${PORT:-8000} \
-		--key-file var/demo-agent.key --inventory providers/examples/inventory.json \
-		--work-dir var/agent-work --start-timeout 60 & \
+		--key-file $${TANDEM_VAR_DIR:-var}/demo-agent.key \
+		--inventory providers/examples/inventory.json \
+		--work-dir $${TANDEM_VAR_DIR:-var}/agent-work --start-timeout 60 & \
 	$(SERVE_ENV) $(PY) manage.py runserver 127.0.0.1:$${PORT:-8000}
 
 test: install
