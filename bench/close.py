@@ -15,8 +15,9 @@ hours on a small machine, so most of the month is written straight into the
 tables, in the shape the real path writes, and a sample goes through the real path:
 
 - real path: the providers and a sample of buyer orgs (``org_create``, billing
-  terms, profiles, ``credits_grant``), their usage through ``usage_record`` in
-  batches of up to 1,000, rated and accrued by the real followers
+  terms, profiles, ``credits_grant``), their jobs, deployments and leases
+  (``sample_subjects``: usage is accepted only for subjects the platform made), their
+  usage through ``usage_record`` in batches of up to 1,000, rated and accrued by the real followers
   (``billing.rating``, ``billing.accrual``); and every bulk org's prepaid float,
   granted through ``ledger_execute`` in batches;
 - written in bulk (INSERT ... SELECT over generate_series): the other orgs
@@ -209,6 +210,7 @@ def real_sample(
     when = at
     for index, (org, size) in enumerate(zip(orgs, sizes, strict=True)):
         provider = providers[index % len(providers)]
+        subjects = sample_subjects(org, provider, at - timedelta(minutes=1))
         for first in range(0, size, BATCH):
             next_id = (
                 UsageEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -224,7 +226,7 @@ def real_sample(
                         id=f"s{org.pk}-{n}",
                         source=f"runtime/{org.pk % 16}",
                         type=usage_type,
-                        subject=SubjectIn(org=org.pk, **{kind: subject}),
+                        subject=SubjectIn(org=org.pk, **{kind: subjects.get(subject, subject)}),
                         time=when,
                         quantity=quantity,
                         dimensions=dims,
@@ -234,6 +236,35 @@ def real_sample(
             assert all(o.status == "accepted" for o in outcomes), outcomes[:3]
     followers_run_until_idle([usage_rating, usage_accruals])
     return [o.pk for o in orgs]
+
+
+def sample_subjects(org, provider_id: int, started_at: datetime) -> dict[str, str]:
+    """The subjects ``usage_of`` names for a sample org, made real (usage is accepted
+    only for a lease, job or deployment the platform made, of that buyer): its four
+    fine-tune jobs and three deployments under the same ids, and for each of its three
+    ``lease-<org>-<n>`` a lease of 8 GPUs from ``provider_id``, running since the
+    month's start at the GPU model and price ``usage_of`` sends (no hold: rating bills
+    its GPU-seconds, as for the bulk orgs). Returns {the name usage_of gives: the real
+    subject id}; the bulk orgs' rows are written as stored and name theirs as is."""
+    from core.models import Organization
+    from tests.subjects import deployment_of, job_of, lease_unheld
+
+    provider = Organization.objects.get(pk=provider_id)
+    for job in range(4):
+        job_of(org, public_id=f"ft-{org.pk}-{job}")
+    for n in range(3):
+        deployment_of(org, public_id=f"dep-{org.pk}-{n}")
+    return {
+        f"lease-{org.pk}-{n}": lease_unheld(
+            org,
+            provider,
+            price=LEASE_PRICES[org.pk % 2],
+            gpus=8,
+            gpu_model=GPU_MODELS[org.pk % 2],
+            started_at=started_at,
+        ).usage_subject
+        for n in range(3)
+    }
 
 
 # --- set-up in bulk ------------------------------------------------------------------
