@@ -349,7 +349,9 @@ class RunEventsInputSerializer(serializers.Serializer):
     batch = serializers.IntegerField(
         min_value=1, max_value=2**31 - 1, help_text="1, 2, … per claim; resend a lost one as is"
     )
-    events = RunEventInputSerializer(many=True, max_length=services.MAX_EVENTS_PER_BATCH)
+    events = serializers.ListField(
+        child=RunEventInputSerializer(), max_length=services.MAX_EVENTS_PER_BATCH
+    )
 
 
 class RunEventsAnswerSerializer(serializers.Serializer):
