@@ -26,6 +26,7 @@ from runtime.models import TrainingRun
 from runtime.selectors import training_events
 from runtime.tasks import training_run
 from runtime.trainer import _step_rows
+from tests.subjects import job_of
 
 from .conftest import SAMPLES, spec_dict
 
@@ -68,6 +69,7 @@ def run_worker(queue: str) -> None:
 
 def test_a_job_sent_to_the_broker_trains_reports_and_is_billed_per_step(cast):
     # given a job for buyer A, delivered twice (at-least-once)
+    job_of(cast.buyer_a, public_id="ft-broker")  # usage is billed only for a real job
     spec = spec_dict("ft-broker", organization_id=cast.buyer_a.pk, n_checkpoints=2)
     broker = dramatiq.get_broker()
     broker.flush_all()
@@ -100,6 +102,7 @@ def test_the_same_job_id_with_another_spec_is_refused(cast):
 
 
 def test_cancel_stops_a_running_job_at_the_next_step_and_keeps_the_last_checkpoint(cast, settings):
+    job_of(cast.buyer_a, public_id="ft-cancel")  # usage is billed only for a real job
     spec = spec_dict("ft-cancel", organization_id=cast.buyer_a.pk, epochs=6, n_checkpoints=6)
     services.training_run_submit(spec=spec)
     outcome: list[str] = []
@@ -137,6 +140,7 @@ def test_cancel_stops_a_running_job_at_the_next_step_and_keeps_the_last_checkpoi
 
 def test_a_killed_workers_job_resumes_on_another_and_is_billed_once_per_step(cast, settings):
     # given a run taken by a worker process
+    job_of(cast.buyer_a, public_id="ft-killed")  # usage is billed only for a real job
     spec = spec_dict("ft-killed", organization_id=cast.buyer_a.pk, epochs=3, n_checkpoints=3)
     services.training_run_submit(spec=spec)
     env = {
