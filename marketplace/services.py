@@ -479,6 +479,9 @@ def _lease_close(
 ) -> GpuTimeCost:
     """Settle a live lease's hold to ``until``, free its GPUs and record how it ended.
     The caller holds the order's and the lease's row locks."""
+    # Work on the lease's node ends with it: its agent is told to stop at once. First,
+    # before the settlement appends events: see assignments_stop_for_lease on lock order.
+    assignments.assignments_stop_for_lease(lease_id=lease.pk, reason=f"lease {state}", now=now)
     if lease.state == Lease.State.ACTIVE:
         cost = _settle_window(lease, until)
     else:  # never started: nothing delivered
@@ -489,8 +492,6 @@ def _lease_close(
     lease.end_reason = reason[:200]
     lease.save()
     LeaseGpu.objects.filter(lease=lease, live=True).update(live=False)
-    # Work on the lease's node ends with it: its agent is told to stop at once.
-    assignments.assignments_stop_for_lease(lease_id=lease.pk, reason=f"lease {state}", now=now)
     node = Node.objects.get(pk=lease.node_id)
     provider_services.node_lease_outcome_record(
         node=node, lease_id=lease.usage_subject, outcome=outcome, ended_at=now

@@ -324,7 +324,14 @@ def run_cancel(
 
 def assignments_stop_for_lease(*, lease_id: int, reason: str, now: datetime | None = None) -> int:
     """Tell every live assignment of a lease that ended to stop (in the transaction that
-    ends the lease, so its node learns it at its next query). Returns how many."""
+    ends the lease, so its node learns it at its next query). Returns how many.
+
+    Lock order: a node's report locks its assignment's row and then, when the run's
+    state changes, the event store's append lock. Called before the lease's own events
+    are appended, this locks the rows first too. A transaction that ends several
+    leases (an order's cancel, a gang) has appended events by its second lease, so a
+    report racing it can deadlock with it; PostgreSQL detects that, and both sides
+    run in ``retry_transaction``, so the loser runs again."""
     now = now or timezone.now()
     stopped = 0
     node_ids: set[int] = set()
