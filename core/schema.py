@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular import openapi
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
@@ -26,7 +27,7 @@ _DESCRIPTIONS = {
     400: "bad input: details say what and where",
     401: "no API key, or an invalid or revoked one",
     402: "not enough credit: details say how much is missing",
-    403: "your role does not allow this",
+    403: "your role (or an agent key's scope) does not allow this",
     404: "no such object in your organization",
     409: "conflicts with the current state (or the same Idempotency-Key is still running)",
     413: "request body too large",
@@ -99,6 +100,44 @@ def declare_body_statuses(
                     },
                 )
     return result
+
+
+class AutoSchema(openapi.AutoSchema):
+    """drf-spectacular's AutoSchema, also declaring what the framework answers before a
+    view runs, from the view's own classes (so no view has to repeat them):
+
+    - 401 where API keys are read: a missing, invalid or revoked key;
+    - 403 where agent keys are not admitted (core.permissions.view_admits_scope): an
+      agent key outside the agent API;
+    - 429 where the view is throttled.
+
+    In the view's error shape: OpenAI's on the ``/v1/`` surface."""
+
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        # The one hook drf-spectacular (pinned) offers for the responses of every view.
+        responses: dict[str, Any] = super()._get_response_bodies(direction)
+        if direction != "response":
+            return responses
+        from core.authentication import ApiKeyAuthentication
+        from core.permissions import view_admits_scope
+
+        view = self.view
+        codes = []
+        if any(isinstance(a, ApiKeyAuthentication) for a in view.get_authenticators()):
+            codes.append(401)
+            if not view_admits_scope(view, "agent"):
+                codes.append(403)
+        if view.get_throttles():
+            codes.append(429)
+        shape = OpenAIErrorSerializer if self.path.startswith("/v1/") else ErrorSerializer
+        for code in codes:
+            if str(code) not in responses:
+                responses[str(code)] = self._get_response_for_code(
+                    OpenApiResponse(response=shape, description=_DESCRIPTIONS[code]),
+                    str(code),
+                    direction=direction,
+                )
+        return responses
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

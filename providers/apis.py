@@ -948,6 +948,7 @@ class NodeHeartbeatApi(APIView):
     POST is served by ``node_heartbeat`` below, without DRF."""
 
     permission_classes = [IsAgentKey]
+    throttle_classes: list[Any] = []  # as node_heartbeat: no per-key rate limit
 
     @extend_schema(
         operation_id="agent_nodes_heartbeat",
