@@ -28,225 +28,41 @@ Children die with the agent:
   directories before it claims anything;
 - a SIGTERM or Ctrl-C to the agent stops every run as above before it exits.
 
-Drivers. ``SubprocessDriver`` runs the command as a process of this machine: its own
-work directory (the spec's files written there), ``CUDA_VISIBLE_DEVICES`` set to the
-leased GPUs' UUIDs, an environment of its own (never the agent's: that holds the
-agent key), and an unprivileged user (``nobody`` by default) when the agent runs as
-root. A container driver plugs in behind the same ``Driver.start`` -> ``RunHandle``
-interface: the Docker SDK's ``containers.run(image, command, detach=True,
-device_requests=[DeviceRequest(device_ids=gpu_uuids, capabilities=[["gpu"]])]``
-(``--gpus device=UUID``), the work directory as a bind mount, output from
-``container.logs(stream=True)``, ``kill`` as ``container.stop(timeout=grace)`` then
-``remove(force=True)``; it is not written yet (it needs an image in the spec and the
-docker package on the node).
+Drivers (providers.agent_drivers): ``SubprocessDriver`` runs a command as a process
+group of this machine; a container driver plugs in behind the same interface.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from providers.agent_drivers import (
+    Driver,
+    DriverError,
+    RunAs,
+    RunHandle,
+    SubprocessDriver,
+    group_alive,
+)
 
 logger = logging.getLogger(__name__)
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-MAX_LINE_CHARS = 4096  # the server's bound on one log line
 MAX_BATCH_EVENTS = 500
 MAX_BATCH_CHARS = 512 * 1024
 MAX_PENDING_LINES = 20_000  # beyond this (the server unreachable), lines are counted, dropped
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PR_SET_PDEATHSIG = 1
-
-
-class DriverError(RuntimeError):
-    """The run could not be started (no such program, no permission, bad spec)."""
-
-
-# --- drivers ----------------------------------------------------------------------
-
-
-class RunHandle(Protocol):
-    pgid: int
-
-    def wait(self, timeout: float) -> int | None:
-        """The exit code once the run's first process has exited (-N: killed by signal
-        N), else None after ``timeout`` seconds."""
-
-    def kill(self, grace_seconds: float) -> None:
-        """Stop everything the run started: SIGTERM to its group, SIGKILL after the
-        grace. Safe to call more than once, and after it exited."""
-
-    def close(self) -> None:
-        """Kill what is left of its group and wait for its output to drain."""
-
-
-class Driver(Protocol):
-    def start(
-        self,
-        *,
-        command: list[str],
-        work_dir: Path,
-        env: dict[str, str],
-        run_as: RunAs | None,
-        on_line: Callable[[str, str], None],
-    ) -> RunHandle: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RunAs:
-    """The unprivileged user a run is started as (the agent running as root)."""
-
-    uid: int
-    gid: int
-    name: str
-
-    @classmethod
-    def lookup(cls, name: str) -> RunAs:
-        import grp
-        import pwd
-
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise DriverError(f"no user {name!r} on this node to run leased work as") from None
-        with contextlib.suppress(KeyError):  # its own group's name, for the logs
-            grp.getgrgid(entry.pw_gid)
-        return cls(uid=entry.pw_uid, gid=entry.pw_gid, name=name)
-
-
-def _pdeathsig_function() -> Callable[[], None] | None:
-    """A preexec function that asks Linux to SIGKILL the child when the thread that
-    started it dies; None elsewhere. Resolved here, before any fork: the child only
-    calls an already loaded C function."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    parent = os.getpid()
-
-    def die_with_parent() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the agent died before prctl took effect
-            os._exit(137)
-
-    return die_with_parent
-
-
-_DIE_WITH_PARENT = _pdeathsig_function()
-
-
-class _SubprocessHandle:
-    def __init__(self, process: subprocess.Popen[bytes], readers: list[threading.Thread]) -> None:
-        self.process = process
-        self.pgid = process.pid  # a new session: its leader's pid is the group's id
-        self.readers = readers
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def _signal_group(self, signum: int) -> bool:
-        try:
-            os.killpg(self.pgid, signum)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # cannot happen for our own children; nothing to do
-            return False
-        return True
-
-    def kill(self, grace_seconds: float) -> None:
-        if self._signal_group(signal.SIGTERM):
-            deadline = time.monotonic() + grace_seconds
-            while time.monotonic() < deadline and _group_alive(self.pgid):
-                self.wait(0.05)
-        self._signal_group(signal.SIGKILL)
-        self.wait(5.0)
-
-    def close(self) -> None:
-        self._signal_group(signal.SIGKILL)
-        self.wait(5.0)
-        for reader in self.readers:
-            reader.join(timeout=5.0)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _pump(stream: Any, name: str, on_line: Callable[[str, str], None]) -> None:
-    """Read a pipe line by line; long lines are cut into pieces the server takes."""
-    with stream:
-        for raw in iter(stream.readline, b""):
-            text = raw.decode("utf-8", errors="replace").rstrip("\n").replace("\x00", "\ufffd")
-            for start in range(0, max(len(text), 1), MAX_LINE_CHARS):
-                on_line(name, text[start : start + MAX_LINE_CHARS])
-
-
-class SubprocessDriver:
-    """A run as a process group of this machine (see the module doc)."""
-
-    def start(
-        self,
-        *,
-        command: list[str],
-        work_dir: Path,
-        env: dict[str, str],
-        run_as: RunAs | None,
-        on_line: Callable[[str, str], None],
-    ) -> RunHandle:
-        extra: dict[str, Any] = {}
-        if run_as is not None:
-            extra.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
-        try:
-            process = subprocess.Popen(  # noqa: S603  (the buyer's command, on its lease)
-                command,
-                cwd=work_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=_DIE_WITH_PARENT,  # see _pdeathsig_function
-                **extra,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise DriverError(f"could not start {command[0]!r}: {exc}") from None
-        readers = [
-            threading.Thread(
-                target=_pump, args=(pipe, name, on_line), name=f"run-{name}", daemon=True
-            )
-            for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))
-        ]
-        for reader in readers:
-            reader.start()
-        return _SubprocessHandle(process, readers)
-
-
-# --- work directories and process-group records -------------------------------------
 
 
 def _boot_id() -> str:
@@ -293,7 +109,7 @@ class WorkRoot:
             except (OSError, ValueError):
                 pgid = 0
                 recorded_boot = ""
-            if pgid > 1 and recorded_boot == boot and _group_alive(pgid):
+            if pgid > 1 and recorded_boot == boot and group_alive(pgid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
                     killed += 1
@@ -591,6 +407,9 @@ class WorkLoop(threading.Thread):
         self.grace_seconds = grace_seconds
         self.stop = stop or threading.Event()
         self.runs: dict[int, RunSupervisor] = {}
+        # Guards ``runs`` against stop_all from the agent's main thread: a claim that
+        # finds ``stop`` set under it starts nothing, so nothing outlives stop_all.
+        self._runs_lock = threading.Lock()
         self.index = 0
         self.fatal: Exception | None = None
 
@@ -635,9 +454,10 @@ class WorkLoop(threading.Thread):
 
     def _apply(self, node_id: int, answer: dict[str, Any]) -> None:
         self.index = int(answer["index"])
-        for assignment_id, supervisor in list(self.runs.items()):
-            if not supervisor.is_alive():
-                del self.runs[assignment_id]
+        with self._runs_lock:
+            for assignment_id, supervisor in list(self.runs.items()):
+                if not supervisor.is_alive():
+                    del self.runs[assignment_id]
         if not answer.get("changed"):
             return
         live = {int(item["id"]): item for item in answer["assignments"]}
@@ -674,6 +494,27 @@ class WorkLoop(threading.Thread):
         )
         if claim.get("kind") != "command":  # kinds this agent does not run yet
             return
+        with self._runs_lock:
+            if self.stop.is_set():  # claimed as the agent stops: hand it back as failed
+                self._give_up(node_id, claim, "the agent stopped before the run started")
+                return
+            self._start_run(node_id, claim)
+
+    def _give_up(self, node_id: int, claim: dict[str, Any], reason: str) -> None:
+        from providers.agent import AgentError
+
+        with contextlib.suppress(AgentError):
+            self.client.post(
+                f"/api/v1/agent/nodes/{node_id}/runs/{claim['id']}/events",
+                {
+                    "attempt": claim["attempt"],
+                    "batch": 1,
+                    "events": [{"type": "failed", "reason": reason}],
+                },
+            )
+
+    def _start_run(self, node_id: int, claim: dict[str, Any]) -> None:
+        assignment_id = int(claim["id"])
         supervisor = RunSupervisor(
             client=self.client,
             node_id=node_id,
@@ -688,7 +529,11 @@ class WorkLoop(threading.Thread):
         supervisor.start()
 
     def stop_all(self, reason: str) -> None:
-        for supervisor in list(self.runs.values()):
+        """Stop every run and wait for them (each kills its process group). Call with
+        ``stop`` set, so that no new run starts meanwhile."""
+        with self._runs_lock:
+            supervisors = list(self.runs.values())
+        for supervisor in supervisors:
             supervisor.request_stop(reason, by_server=False)
-        for supervisor in list(self.runs.values()):
+        for supervisor in supervisors:
             supervisor.join(timeout=self.grace_seconds + 10)
