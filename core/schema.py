@@ -135,6 +135,7 @@ class AutoSchema(openapi.AutoSchema):
                 responses[str(code)] = self._get_response_for_code(
                     OpenApiResponse(response=shape, description=_DESCRIPTIONS[code]),
                     str(code),
+                    ["application/json"],  # errors are JSON whatever the view renders
                     direction=direction,
                 )
         return responses
