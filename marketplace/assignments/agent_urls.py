@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from marketplace.assignments import apis
+from marketplace.assignments import agent_apis as apis
 
 urlpatterns = [
     path(

@@ -36,7 +36,6 @@ same for every kind.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,7 +48,7 @@ from django.utils import timezone
 from core.db import is_postgres, retry_transaction
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import event_append, stream_version
-from marketplace.assignments import events
+from marketplace.assignments import events, specs
 from marketplace.assignments.models import (
     Assignment,
     AssignmentLogLine,
@@ -58,29 +57,12 @@ from marketplace.assignments.models import (
 )
 from marketplace.models import Lease, LeaseGpu
 
-# --- bounds -------------------------------------------------------------------------
-
-MAX_COMMAND_ARGS = 256
-MAX_ARG_CHARS = 4096
-MAX_COMMAND_CHARS = 64 * 1024
-MAX_ENV_VARS = 64
-MAX_ENV_NAME_CHARS = 128
-MAX_ENV_VALUE_CHARS = 4096
-MAX_FILES = 16
-MAX_FILE_NAME_CHARS = 100
-MAX_FILE_CHARS = 256 * 1024
-MAX_FILES_CHARS = 1024 * 1024
 MAX_LIVE_RUNS_PER_LEASE = 16
 MAX_EVENTS_PER_BATCH = 1000
 MAX_LOG_LINE_CHARS = 4096
 MAX_LOG_LINES_PER_RUN = 50_000
 MAX_LOG_BYTES_PER_RUN = 16 * 1024 * 1024
 MAX_REASON_CHARS = 500
-
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # no path: one file in the work dir
-# Set by the node from the lease; a run may not point itself at other GPUs.
-RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
 
 
 def claim_ttl() -> timedelta:
@@ -129,63 +111,7 @@ def _index_bump(node_id: int) -> None:
             cursor.execute("SELECT pg_notify(%s, '')", [notify_channel(node_id)])
 
 
-def _no_nul(name: str, value: str) -> None:
-    if "\x00" in value:
-        raise _field_error(name, "must not contain NUL characters")
-
-
 # --- the buyer's runs ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
-    command: list[str]
-    env: dict[str, str]
-    files: dict[str, str]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"command": self.command, "env": self.env, "files": self.files}
-
-
-def command_spec_check(
-    *, command: list[str], env: dict[str, str], files: dict[str, str]
-) -> CommandSpec:
-    """Bounds and names of a run's command, environment and files (the API's serializer
-    checks types; these are the rules a node relies on)."""
-    if not 1 <= len(command) <= MAX_COMMAND_ARGS:
-        raise _field_error("command", f"must have 1 to {MAX_COMMAND_ARGS} arguments")
-    for position, arg in enumerate(command):
-        if len(arg) > MAX_ARG_CHARS:
-            raise _field_error(f"command[{position}]", f"longer than {MAX_ARG_CHARS} characters")
-        _no_nul(f"command[{position}]", arg)
-    if not command[0]:
-        raise _field_error("command[0]", "the program must not be empty")
-    if sum(len(arg) for arg in command) > MAX_COMMAND_CHARS:
-        raise _field_error("command", f"longer than {MAX_COMMAND_CHARS} characters in all")
-    if len(env) > MAX_ENV_VARS:
-        raise _field_error("env", f"at most {MAX_ENV_VARS} variables")
-    for name, value in env.items():
-        if len(name) > MAX_ENV_NAME_CHARS or not ENV_NAME.match(name):
-            raise _field_error(f"env.{name[:40]}", "a name is letters, digits and _")
-        if name in RESERVED_ENV:
-            raise _field_error(f"env.{name}", "is set by the node to the leased GPUs")
-        if len(value) > MAX_ENV_VALUE_CHARS:
-            raise _field_error(f"env.{name}", f"longer than {MAX_ENV_VALUE_CHARS} characters")
-        _no_nul(f"env.{name}", value)
-    if len(files) > MAX_FILES:
-        raise _field_error("files", f"at most {MAX_FILES} files")
-    for name, text in files.items():
-        if len(name) > MAX_FILE_NAME_CHARS or not FILE_NAME.match(name):
-            raise _field_error(
-                f"files.{name[:40]}",
-                "a file name is letters, digits, '.', '_' and '-' (no directories)",
-            )
-        if len(text) > MAX_FILE_CHARS:
-            raise _field_error(f"files.{name}", f"longer than {MAX_FILE_CHARS} characters")
-        _no_nul(f"files.{name}", text)
-    if sum(len(text) for text in files.values()) > MAX_FILES_CHARS:
-        raise _field_error("files", f"longer than {MAX_FILES_CHARS} characters in all")
-    return CommandSpec(command=list(command), env=dict(env), files=dict(files))
 
 
 @retry_transaction
@@ -199,7 +125,7 @@ def run_create(
     now: datetime | None = None,
 ) -> Assignment:
     """Queue a buyer's command on one of its active raw leases, for that lease's node."""
-    spec = command_spec_check(command=command, env=env or {}, files=files or {})
+    spec = specs.command_spec_check(command=command, env=env or {}, files=files or {})
     now = now or timezone.now()
     # The lease's row lock orders this with the lease's end (which stops its runs).
     lease = Lease.objects.select_for_update().filter(organization=organization, pk=lease_id).first()
