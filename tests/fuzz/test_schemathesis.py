@@ -1,6 +1,6 @@
 """The whole OpenAPI schema (drf-spectacular's ``/api/schema/``) fuzzed by schemathesis,
-as a buyer, a provider, the operator's finance staff and a node's agent, through
-Django's WSGI app.
+as a buyer, a provider, the operator's finance staff, a node's agent and anonymously,
+through Django's WSGI app.
 
 Every operation must answer without a server error, with a status the schema declares,
 in the content type it declares and, for JSON, in the shape it declares. Path
@@ -257,11 +257,10 @@ def _keep_the_test_connection() -> Iterator[None]:
         signals.request_finished.connect(close_old_connections)
 
 
-def _call(case: Any, world: World, role: str) -> None:
+def _call(case: Any, world: World, role: str | None) -> None:
+    headers = {"Authorization": f"Bearer {world.keys[role]}"} if role else {}
     # A handler per test, so its middleware reads the test's settings.
-    case.call_and_validate(
-        app=WSGIHandler(), headers={"Authorization": f"Bearer {world.keys[role]}"}
-    )
+    case.call_and_validate(app=WSGIHandler(), headers=headers)
 
 
 @schema.parametrize()
@@ -291,3 +290,10 @@ def test_as_finance(case: Any, world: World) -> None:
 @pytest.mark.django_db
 def test_as_a_nodes_agent(case: Any, world: World) -> None:
     _call(case, world, "agent")
+
+
+@schema.parametrize()
+@FUZZ_SETTINGS
+@pytest.mark.django_db
+def test_anonymously(case: Any, world: World) -> None:
+    _call(case, world, None)
