@@ -15,6 +15,7 @@ from runtime.registry import TINY_MODEL, model_path
 from runtime.spec import WorkSpec
 from runtime.storage import LocalStorage
 from runtime.trainer import train
+from tests.subjects import deployment_of
 
 from .conftest import spec_dict
 
@@ -124,7 +125,9 @@ def test_an_engine_with_an_adapter_records_each_requests_usage(cast, tmp_path):
     spec = WorkSpec.from_dict(spec_dict("ft-serve", organization_id=cast.buyer_a.pk))
     assert train(spec, storage=storage, progress_bar=False).status == "succeeded"
 
-    # when a deployment of it serves a chat completion
+    # when a deployment of it (one the platform made: usage of any other is refused)
+    # serves a chat completion
+    deployment_of(cast.buyer_a, model=TINY_MODEL, public_id="dep-serve")
     sink = services.inference_usage_sink(
         organization_id=cast.buyer_a.pk, deployment_id="dep-serve", model=TINY_MODEL
     )
