@@ -325,9 +325,9 @@ def _proven(
         lease_id = event.subject.lease
         if lease_id is not None:
             lease = leases.get(lease_id)
-            refusal = _lease_refusal(sender, event, lease_id, lease)
-            if refusal is not None:
-                outcomes[index] = Outcome(index, event.id, "rejected", *refusal)
+            lease_refusal = _lease_refusal(sender, event, lease_id, lease)
+            if lease_refusal is not None:
+                outcomes[index] = Outcome(index, event.id, "rejected", *lease_refusal)
                 continue
             event = _priced_by(event, lease)  # type: ignore[arg-type]  # proven above
             bounded[lease_id] = lease  # type: ignore[assignment]
@@ -577,7 +577,8 @@ def _leases_within_bounds(
     refused: dict[tuple[str, str], str] = {}
     for subject in over:
         lease = leases[subject]
-        used, latest = others.get(subject, (0, lease.started_at))  # type: ignore[arg-type]
+        # A proven lease has started; ``now`` only satisfies the type.
+        used, latest = others.get(subject, (0, lease.started_at or now))
         for event in rows:
             key = (event.source, event.id)
             if event.subject.lease != subject or (inserted is not None and key not in inserted):

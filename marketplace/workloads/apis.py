@@ -170,7 +170,8 @@ class FileCreateApi(V1Api):
     def post(self, request: Request) -> Any:
         organization = get_caller(request).organization
         inputs.body_object(request.data)  # an object, every string valid Unicode
-        data = request.data
+        # request.data itself (a QueryDict for multipart: .get gives one value)
+        data: Any = request.data
         purpose = inputs.text(data.get("purpose"), param="purpose")
         upload = request.FILES.get("file")
         if upload is not None:
@@ -545,6 +546,7 @@ class TogetherDownloadApi(V1DownloadApi):
 
 class TogetherEstimatePriceApi(V1Api):
     permission_classes = [IsBuyerMember]  # a POST that only reads: any buyer role
+
     @extend_schema(
         summary="Estimate a fine-tune's price (Together)",
         request=None,

@@ -92,6 +92,7 @@ def serve(*, job: FineTuneJob) -> Deployment:
     )
     if found is not None:
         return found
+    assert job.fine_tuned_model, "the demo serves the job it trained to the end"
     served = services.model_resolve(organization=job.organization, name=job.fine_tuned_model)
     # What deployment_acquire does first, without its wait for the lease: nothing
     # else runs matching or the follower while the demo loads, so they run here.
