@@ -6,7 +6,8 @@ served or a malformed multipart body (400), a failed CSRF check (403). Django an
 those with HTML pages, which an API client cannot parse. Here they answer:
 
 - under ``/api/``: ``{"error": {"code", "message", "details"}}`` (core.errors);
-- under ``/v1/``: OpenAI's ``{"error": {"message", "type", "param", "code"}}``;
+- under ``/v1/`` (and Together's ``/v2/``, ``/v3/``): OpenAI's
+  ``{"error": {"message", "type", "param", "code"}}``;
 - anywhere else (the admin): Django's HTML pages.
 
 config.urls names these as ``handler400`` ... ``handler500``; settings names
@@ -48,6 +49,8 @@ Handler = Callable[[Exception, dict[str, Any]], Response | None]
 SURFACES: tuple[tuple[str, Handler], ...] = (
     ("/api/", exception_handler),
     ("/v1/", openai_exception_handler),
+    ("/v2/", openai_exception_handler),  # Together's projects and discovery
+    ("/v3/", openai_exception_handler),
 )
 
 

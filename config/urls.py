@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core.apis import healthz
+from marketplace.together import urls as together_urls
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -26,6 +27,10 @@ urlpatterns = [
     path("api/v1/provider/", include("providers.urls")),
     # OpenAI- and Together-compatible surface: their clients call /v1/... directly.
     path("v1/", include("marketplace.workloads.urls")),
+    # Together's platform: clusters, usage (v1), projects and discovery (v2, v3).
+    path("v1/", include((together_urls.v1, "together"), namespace="together-v1")),
+    path("v2/", include((together_urls.v2, "together"), namespace="together-v2")),
+    path("v3/", include((together_urls.v3, "together"), namespace="together-v3")),
 ]
 
 # Errors no view answers (no route, a crash, a bad Host): JSON under /api/ and /v1/,

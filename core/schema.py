@@ -73,6 +73,8 @@ def openai_error_responses(*codes: int) -> dict[int, Any]:
 # over DATA_UPLOAD_MAX_MEMORY_SIZE (core.parsers, core.errors) and a media type the
 # view has no parser for (DRF). Declared once here rather than on every view.
 _BODY_STATUSES = (413, 415)
+# The surfaces whose errors come in OpenAI's shape: /v1/ and Together's /v2/, /v3/.
+OPENAI_SHAPED = ("/v1/", "/v2/", "/v3/")
 _DESCRIPTIONS[415] = "the request's Content-Type is not one this operation reads"
 
 
@@ -82,7 +84,7 @@ def declare_body_statuses(
     """drf-spectacular postprocessing hook: every operation that takes a request body
     declares ``_BODY_STATUSES``, in its surface's error shape (OpenAI's under ``/v1/``)."""
     for path, operations in result.get("paths", {}).items():
-        shape = "OpenAIError" if path.startswith("/v1/") else "Error"
+        shape = "OpenAIError" if path.startswith(OPENAI_SHAPED) else "Error"
         for operation in operations.values():
             if "requestBody" not in operation:
                 continue
@@ -129,7 +131,7 @@ class AutoSchema(openapi.AutoSchema):
                 codes.append(403)
         if view.get_throttles():
             codes.append(429)
-        shape = OpenAIErrorSerializer if self.path.startswith("/v1/") else ErrorSerializer
+        shape = OpenAIErrorSerializer if self.path.startswith(OPENAI_SHAPED) else ErrorSerializer
         for code in codes:
             if str(code) not in responses:
                 responses[str(code)] = self._get_response_for_code(

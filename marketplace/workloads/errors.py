@@ -128,4 +128,8 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         "error": body,
         **({"file_id": details["file_id"]} if "file_id" in details else {}),
     }
+    if response.status_code == status.HTTP_409_CONFLICT:
+        # Both official clients retry a 409 as a lock timeout unless told not to; here
+        # a 409 is the object's state, which a retry a moment later does not change.
+        response["x-should-retry"] = "false"
     return response

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from core.routing import by_method
-from marketplace.workloads import apis
+from marketplace.workloads import apis, deletion_apis
 
 app_name = "workloads"
 
@@ -64,7 +64,16 @@ urlpatterns = [
         apis.TogetherModelLimitsApi.as_view(),
         name="together-model-limits",
     ),
-    path("fine-tunes/<str:job_id>", apis.TogetherJobDetailApi.as_view(), name="together-job"),
+    path(
+        "fine-tunes/<str:job_id>",
+        by_method(get=apis.TogetherJobDetailApi, delete=deletion_apis.TogetherJobDeleteApi),
+        name="together-job",
+    ),
+    path(
+        "fine-tunes/<str:job_id>/metrics",
+        deletion_apis.TogetherJobMetricsApi.as_view(),
+        name="together-job-metrics",
+    ),
     path(
         "fine-tunes/<str:job_id>/cancel",
         apis.TogetherJobCancelApi.as_view(),
@@ -85,5 +94,9 @@ urlpatterns = [
     path("chat/completions", apis.ChatCompletionApi.as_view(), name="chat-completions"),
     path("completions", apis.CompletionApi.as_view(), name="completions"),
     path("models", apis.ModelListApi.as_view(), name="models"),
-    path("models/<path:model>", apis.ModelDetailApi.as_view(), name="model-detail"),
+    path(
+        "models/<path:model>",
+        by_method(get=apis.ModelDetailApi, delete=deletion_apis.ModelDeleteApi),
+        name="model-detail",
+    ),
 ]

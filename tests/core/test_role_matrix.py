@@ -228,6 +228,21 @@ TABLE: dict[tuple[str, str], Row] = {
     ("completions", "POST"): buyer(WRITERS),
     ("models", "GET"): buyer(),
     ("model-detail", "GET"): buyer(),
+    ("model-detail", "DELETE"): buyer(WRITERS, other=404),
+    ("together-job", "DELETE"): buyer(WRITERS, other=404),
+    ("together-job-metrics", "GET"): buyer(other=404),
+    # Together's platform: an organization is a project; clusters are orders
+    ("together-whoami", "GET"): anyone(),
+    ("together-project-models", "GET"): buyer(other=404),
+    ("together-project-model", "GET"): buyer(other=404),
+    ("together-supported-models", "GET"): buyer(),
+    ("together-clusters", "GET"): buyer(),
+    ("together-clusters", "POST"): buyer(WRITERS),
+    ("together-cluster", "GET"): buyer(other=404),
+    ("together-cluster", "PUT"): buyer(WRITERS, other=404),
+    ("together-cluster", "DELETE"): buyer(WRITERS, other=404),
+    ("together-regions", "GET"): buyer(),
+    ("together-billing-usage", "GET"): buyer(),
 }
 
 
@@ -252,10 +267,11 @@ def _methods(callback: Any) -> list[str]:
 
 
 def routes() -> list[tuple[str, str, str]]:
-    """(route name, method, route) for every pattern under /api/ and /v1/."""
+    """(route name, method, route) for every pattern under /api/, /v1/ and Together's
+    /v2/ and /v3/."""
     found = []
     for route, name, callback in _walk(get_resolver().url_patterns):
-        if route.startswith(("api/", "v1/")):
+        if route.startswith(("api/", "v1/", "v2/", "v3/")):
             assert name, f"route {route} has no name: the table is keyed by name"
             found += [(name, method, route) for method in _methods(callback)]
     return found

@@ -1,0 +1,43 @@
+"""Together's platform routes, mounted by config.urls under ``v1/``, ``v2/`` and ``v3/``."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from core.routing import by_method
+from marketplace.together import apis
+
+v1 = [
+    path(
+        "compute/clusters",
+        by_method(get=apis.ClusterListApi, post=apis.ClusterCreateApi),
+        name="together-clusters",
+    ),
+    path(
+        "compute/clusters/<str:cluster_id>",
+        by_method(
+            get=apis.ClusterDetailApi, put=apis.ClusterUpdateApi, delete=apis.ClusterDeleteApi
+        ),
+        name="together-cluster",
+    ),
+    path("compute/regions", apis.RegionListApi.as_view(), name="together-regions"),
+    path("billing/usage", apis.UsageReportApi.as_view(), name="together-billing-usage"),
+]
+
+v2 = [
+    path(
+        "projects/<str:project_id>/models",
+        apis.ProjectModelListApi.as_view(),
+        name="together-project-models",
+    ),
+    path(
+        "projects/<str:project_id>/models/<str:model_id>",
+        apis.ProjectModelDetailApi.as_view(),
+        name="together-project-model",
+    ),
+    path(
+        "supported-models", apis.SupportedModelListApi.as_view(), name="together-supported-models"
+    ),
+]
+
+v3 = [path("whoami", apis.WhoamiApi.as_view(), name="together-whoami")]
