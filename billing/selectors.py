@@ -12,13 +12,14 @@ forbidden, so ids do not leak what exists.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Case, CharField, F, Prefetch, Q, QuerySet, Value, When
+from django.db.models import Case, CharField, F, Prefetch, Q, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from billing import events as ev
 from billing.invoicing import month_bounds
@@ -27,6 +28,7 @@ from billing.models import (
     Balance,
     BillingProfile,
     CreditNote,
+    Hold,
     Invoice,
     InvoiceLine,
     InvoiceLineEntry,
@@ -106,6 +108,109 @@ def account_for_org(*, organization: Organization, kind: str, currency: str) -> 
 def account_currencies(*, account_ids: Sequence[int]) -> dict[int, str]:
     """``{account id: currency}`` for those of ``account_ids`` that exist."""
     return dict(Account.objects.filter(pk__in=account_ids).values_list("pk", "currency"))
+
+
+# --- overviews for people (the portal's dashboards) ------------------------
+
+# A buyer is warned when their credit lasts less than this at the current burn rate.
+RUNWAY_WARNING = timedelta(days=3)
+BURN_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class CreditOverview:
+    """A buyer's prepaid credit as the console shows it.
+
+    ``burn_micros``: what was debited from the credit account in the last 24 hours
+    (usage, settled holds; also the rare expiry of welcome credit or a refund, which
+    the journal posts the same way). ``runway`` is how long ``available`` lasts at
+    that rate; None when nothing was spent (no rate to project)."""
+
+    currency: str
+    available_micros: int
+    pending_micros: int
+    pending_holds: int
+    month_spend_micros: int
+    burn_micros: int
+    as_of: datetime
+    has_account: bool
+    alerts: tuple[str, ...] = ()
+
+    @property
+    def runway(self) -> timedelta | None:
+        if self.burn_micros <= 0:
+            return None
+        seconds = max(0, self.available_micros) * BURN_WINDOW.total_seconds() // self.burn_micros
+        return timedelta(seconds=seconds)
+
+
+def credit_overview(
+    *, organization: Organization, currency: str, now: datetime | None = None
+) -> CreditOverview:
+    """Available and held credit, this month's spend and the last day's burn: three
+    queries whatever the journal holds (the postings' (account, time) index)."""
+    now = now or timezone.now()
+    month_start = datetime.combine(now.date().replace(day=1), time.min, tzinfo=UTC)
+    account = account_for_org(
+        organization=organization, kind=Account.Kind.CREDIT, currency=currency
+    )
+    if account is None:
+        return CreditOverview(currency, 0, 0, 0, 0, 0, now, has_account=False)
+    burn_since = now - BURN_WINDOW
+    spent = Posting.objects.filter(
+        account=account, side=Account.Side.DEBIT, recorded_at__gte=min(month_start, burn_since)
+    ).aggregate(
+        month=Coalesce(Sum("amount_micros", filter=Q(recorded_at__gte=month_start)), 0),
+        burn=Coalesce(Sum("amount_micros", filter=Q(recorded_at__gte=burn_since)), 0),
+    )
+    holds = Hold.objects.filter(debit_account=account, state=Hold.State.PENDING).count()
+    overview = CreditOverview(
+        currency=currency,
+        available_micros=account.available_micros,
+        pending_micros=account.pending_micros,
+        pending_holds=holds,
+        month_spend_micros=spent["month"],
+        burn_micros=spent["burn"],
+        as_of=now,
+        has_account=True,
+    )
+    alerts: list[str] = []
+    if overview.available_micros <= 0:
+        alerts.append("Your credit is used up: new work cannot start until you top up.")
+    elif overview.runway is not None and overview.runway < RUNWAY_WARNING:
+        alerts.append(
+            "Low credit: at the last 24 hours' rate it runs out within "
+            f"{RUNWAY_WARNING.days} days. Top up to keep work running."
+        )
+    return replace(overview, alerts=tuple(alerts))
+
+
+@dataclass(frozen=True)
+class EarningsOverview:
+    """A provider's earnings from its payable account. What a lease earns is posted
+    there at the lease price, the platform's fee already taken out (billing.rating
+    credits the fee to the platform's ``fees`` account), so both numbers are net."""
+
+    currency: str
+    month_micros: int  # credited to payable since the month began
+    unpaid_micros: int  # the payable balance: earned, not yet paid out
+    as_of: datetime
+
+
+def earnings_overview(
+    *, organization: Organization, currency: str, now: datetime | None = None
+) -> EarningsOverview:
+    now = now or timezone.now()
+    month_start = datetime.combine(now.date().replace(day=1), time.min, tzinfo=UTC)
+    account = account_for_org(
+        organization=organization, kind=Account.Kind.PAYABLE, currency=currency
+    )
+    if account is None:
+        return EarningsOverview(currency, 0, 0, now)
+    month = Posting.objects.filter(
+        account=account, side=Account.Side.CREDIT, recorded_at__gte=month_start
+    ).aggregate(total=Coalesce(Sum("amount_micros"), 0))["total"]
+    return EarningsOverview(currency, month, account.posted_micros, now)
 
 
 # --- the journal ------------------------------------------------------------

@@ -31,6 +31,9 @@ urlpatterns = [
     path("v1/", include((together_urls.v1, "together"), namespace="together-v1")),
     path("v2/", include((together_urls.v2, "together"), namespace="together-v2")),
     path("v3/", include((together_urls.v3, "together"), namespace="together-v3")),
+    # The portal's pages for people (sign-in at /, the buyer console, the provider
+    # portal): server-rendered, on the same services as the API.
+    path("", include("portal.urls")),
 ]
 
 # Errors no view answers (no route, a crash, a bad Host): JSON under /api/ and /v1/,

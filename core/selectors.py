@@ -101,3 +101,23 @@ def api_key_get(*, organization: Organization, api_key_id: int) -> ApiKey:
     if api_key is None:
         raise NotFound(f"no API key {api_key_id} in your organization")
     return api_key
+
+
+def memberships_for_user(*, user) -> QuerySet[Membership]:
+    """The user's memberships, oldest first, each with its organization."""
+    return Membership.objects.select_related("organization").filter(user=user).order_by("pk")
+
+
+def memberships_for_org(*, organization: Organization) -> QuerySet[Membership]:
+    """The organization's members, oldest first, each with its user."""
+    return (
+        Membership.objects.select_related("user").filter(organization=organization).order_by("pk")
+    )
+
+
+def membership_get(*, organization: Organization, membership_id: int) -> Membership:
+    """One of ``organization``'s memberships; another organization's is as good as absent."""
+    membership = memberships_for_org(organization=organization).filter(pk=membership_id).first()
+    if membership is None:
+        raise NotFound(f"no member {membership_id} in your organization")
+    return membership

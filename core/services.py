@@ -43,7 +43,9 @@ def org_create(*, name: str, kind: str, is_operator: bool = False) -> Organizati
             )
     except IntegrityError:
         if Organization.objects.filter(name=name).exists():
-            raise Conflict(f"an organization named {name!r} exists already") from None
+            raise Conflict(
+                f"an organization named {name!r} exists already", details={"field": "name"}
+            ) from None
         raise Conflict("there is an operator organization already") from None
     # A fact other apps follow (billing grants a new buyer its welcome credits) without
     # core knowing them; appended last, as the event store asks.
@@ -71,6 +73,108 @@ def membership_create(*, user, organization: Organization, role: str) -> Members
         user=user, organization=organization, defaults={"role": role}
     )
     return membership
+
+
+# --- people: sign-up and the team --------------------------------------------
+
+
+def _user_model():
+    from django.contrib.auth import get_user_model
+
+    return get_user_model()
+
+
+def normalize_email(email: str) -> str:
+    """People sign in with their email, which is their username: one spelling each."""
+    return email.strip().lower()
+
+
+@transaction.atomic
+def org_sign_up(*, email: str, password: str, organization_name: str, kind: str) -> Membership:
+    """A person and their new organization, with them as its admin. Buyer
+    organizations get their welcome credits from billing's follower of
+    ``OrganizationCreated`` (billing.pricebook.WelcomeCredits), not from here."""
+    email = normalize_email(email)
+    if not email:
+        raise InvalidInput("email must not be empty", details={"field": "email"})
+    User = _user_model()
+    if User.objects.filter(username=email).exists():
+        raise Conflict(
+            f"there is an account for {email} already: sign in, or reset its password",
+            details={"field": "email"},
+        )
+    organization = org_create(name=organization_name, kind=kind)
+    user = User.objects.create_user(username=email, email=email, password=password)
+    return membership_create(user=user, organization=organization, role=Membership.Role.ADMIN)
+
+
+@dataclass(frozen=True)
+class Invitation:
+    membership: Membership
+    # True when the person had no account: they choose a password through the link
+    # they are mailed. False: an existing account was added and signs in as before.
+    new_account: bool
+
+
+@transaction.atomic
+def member_invite(*, organization: Organization, email: str, role: str) -> Invitation:
+    """Add a person to ``organization`` by email with ``role``. Someone without an
+    account gets one with no usable password; the caller mails them a link to choose
+    it (a password-reset token: it expires, works once, and needs no table of pending
+    invitations). Someone already a member keeps their membership as it is."""
+    email = normalize_email(email)
+    if role not in Membership.Role.values:
+        raise InvalidInput(
+            f"role must be one of {', '.join(Membership.Role.values)}", details={"field": "role"}
+        )
+    User = _user_model()
+    user = User.objects.filter(username=email).first()
+    new_account = user is None
+    if user is None:
+        user = User(username=email, email=email)
+        user.set_unusable_password()
+        user.save()
+    elif Membership.objects.filter(user=user, organization=organization).exists():
+        raise Conflict(f"{email} is a member already", details={"field": "email"})
+    membership = Membership.objects.create(user=user, organization=organization, role=role)
+    return Invitation(membership=membership, new_account=new_account)
+
+
+def _keep_an_admin(membership: Membership) -> None:
+    """Refuse to leave the organization without an admin. The admins' rows are locked
+    in a fixed order, so two admins demoting each other at once cannot both pass."""
+    admins = list(
+        Membership.objects.select_for_update()
+        .filter(organization_id=membership.organization_id, role=Membership.Role.ADMIN)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if membership.pk in admins and len(admins) == 1:
+        raise Conflict(
+            "an organization keeps at least one admin: make someone else admin first",
+            details={"field": "role"},
+        )
+
+
+@transaction.atomic
+def membership_role_change(*, membership: Membership, role: str) -> Membership:
+    if role not in Membership.Role.values:
+        raise InvalidInput(
+            f"role must be one of {', '.join(Membership.Role.values)}", details={"field": "role"}
+        )
+    if role != Membership.Role.ADMIN:
+        _keep_an_admin(membership)
+    Membership.objects.filter(pk=membership.pk).update(role=role)
+    membership.role = role
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership) -> None:
+    """Take a person out of an organization (their account stays: it may belong to
+    others). The last admin cannot be removed."""
+    _keep_an_admin(membership)
+    Membership.objects.filter(pk=membership.pk).delete()
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,24 @@ def leases_on_provider(*, provider: Organization, state: str | None = None) -> Q
     return _with_gpus(leases.filter(state=state) if state else leases)
 
 
+def gpu_seconds_leased(*, provider: Organization, since: datetime, until: datetime) -> int:
+    """GPU-seconds of leases on a provider's GPUs that fall inside ``[since, until)``:
+    each lease's GPU count times the part of its run (started to ended, or to
+    ``until`` while it runs) inside the period. One query."""
+    runs = (
+        Lease.objects.filter(provider=provider, started_at__isnull=False, started_at__lt=until)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=since))
+        .values_list("gpu_count", "started_at", "ended_at")
+    )
+    total = 0
+    for gpu_count, started_at, ended_at in runs:
+        start = max(started_at, since)
+        end = min(ended_at or until, until)
+        if end > start:
+            total += gpu_count * int((end - start).total_seconds())
+    return total
+
+
 # --- the market view ----------------------------------------------------------
 
 

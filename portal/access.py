@@ -1,0 +1,79 @@
+"""Who is looking at a page: the signed-in person's membership, and the checks every
+page makes before it reads or writes anything.
+
+A page is wrapped in ``member_page``: signed-out visitors go to sign-in; the member's
+organization is the one chosen in the session (``ORGANIZATION_SESSION_KEY``) or,
+when none is, their oldest membership. ``request.member`` then holds the membership
+with its organization, and every read is scoped to it. The services' own errors
+become pages: ``NotFound`` a 404 (another organization's id is as good as absent),
+``Forbidden`` a 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+
+from core import selectors as tenancy
+from core.errors import Forbidden, NotFound
+from core.models import Membership, Organization
+
+ORGANIZATION_SESSION_KEY = "portal_organization_id"
+ADMIN = Membership.Role.ADMIN
+
+View = Callable[..., HttpResponse]
+
+
+def current_membership(request: HttpRequest) -> Membership | None:
+    chosen = request.session.get(ORGANIZATION_SESSION_KEY)
+    if isinstance(chosen, int):
+        found = tenancy.membership_for_user(user=request.user, organization_id=chosen)
+        if found is not None:
+            return found
+    return tenancy.memberships_for_user(user=request.user).first()
+
+
+def member_page(
+    *, roles: Iterable[str] | None = None, kinds: Iterable[str] | None = None
+) -> Callable[[View], View]:
+    """Signed in, a member, of a role in ``roles`` (all when None), of an organization
+    whose kind is in ``kinds`` (all when None). A page for another kind of organization
+    (a provider opening the buyer console) answers 404: it does not exist for them."""
+    allowed_roles = frozenset(roles) if roles is not None else None
+    allowed_kinds = frozenset(kinds) if kinds is not None else None
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            membership = current_membership(request)
+            if membership is None:
+                raise PermissionDenied("you are not a member of any organization")
+            if allowed_kinds is not None and membership.organization.kind not in allowed_kinds:
+                raise Http404("this page is not part of your organization's portal")
+            if allowed_roles is not None and membership.role not in allowed_roles:
+                raise PermissionDenied(
+                    f"this needs the {' or '.join(sorted(allowed_roles))} role; "
+                    f"yours is {membership.role}"
+                )
+            request.member = membership  # type: ignore[attr-defined]
+            try:
+                return view(request, *args, **kwargs)
+            except NotFound as error:
+                raise Http404(error.message) from error
+            except Forbidden as error:
+                raise PermissionDenied(error.message) from error
+
+        return wrapper
+
+    return decorate
+
+
+BUYER_KINDS = (Organization.Kind.BUYER, Organization.Kind.BOTH)
+PROVIDER_KINDS = (Organization.Kind.PROVIDER, Organization.Kind.BOTH)

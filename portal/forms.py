@@ -1,0 +1,76 @@
+"""The portal's forms: they parse and check the shape of what a person typed; the
+services decide everything else, and their refusals come back onto the form, beside
+the field they name (``add_service_error``)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import password_validation
+from django.contrib.auth.forms import AuthenticationForm
+
+from core.errors import ApplicationError
+from core.models import Membership, Organization
+
+ROLE_CHOICES = Membership.Role.choices
+KIND_CHOICES = [
+    (Organization.Kind.BUYER, "Buyer: run fine-tunes, inference and GPU leases"),
+    (Organization.Kind.PROVIDER, "Provider: list GPUs and earn from them"),
+    (Organization.Kind.BOTH, "Both"),
+]
+
+
+def add_service_error(form: forms.Form, error: ApplicationError) -> None:
+    """A service's refusal, shown beside the field it names (``details["field"]``,
+    when the form has one under that name, else ``field_map``'s) or above the form."""
+    field = error.details.get("field")
+    field = getattr(form, "service_fields", {}).get(field, field)
+    form.add_error(field if field in form.fields else None, error.message)
+
+
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form; the username is the person's email."""
+
+    username = forms.EmailField(
+        label="Email", widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+    )
+
+
+class SignUpForm(forms.Form):
+    email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "email"}))
+    password = forms.CharField(
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    organization_name = forms.CharField(max_length=200, label="Organization name")
+    kind = forms.ChoiceField(
+        choices=KIND_CHOICES,
+        widget=forms.RadioSelect,
+        label="What will your organization do?",
+        initial=Organization.Kind.BUYER,
+    )
+    # core.services names its fields "name" (the organization's) and "email".
+    service_fields = {"name": "organization_name"}
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        password_validation.validate_password(password)
+        return password
+
+
+class ApiKeyCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Where the key is used, e.g. “CI runner”.")
+    # Least privilege unless asked, as the API does.
+    role = forms.ChoiceField(
+        choices=ROLE_CHOICES,
+        initial=Membership.Role.MEMBER,
+        help_text="What the key may do: member for scripts, admin to manage keys and team.",
+    )
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "off"}))
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Membership.Role.MEMBER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)

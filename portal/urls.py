@@ -1,0 +1,66 @@
+"""The portal's pages (config.urls includes them at the root)."""
+
+from __future__ import annotations
+
+from django.contrib.auth import views as auth
+from django.urls import path, reverse_lazy
+
+from portal.forms import SignInForm
+from portal.views import account, buyer, keys, provider, team
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", account.home, name="home"),
+    path("home/", account.overview, name="overview"),
+    path("sign-up/", account.sign_up, name="sign-up"),
+    path(
+        "sign-in/",
+        auth.LoginView.as_view(
+            template_name="portal/auth/sign_in.html",
+            authentication_form=SignInForm,
+            redirect_authenticated_user=True,
+        ),
+        name="sign-in",
+    ),
+    path("sign-out/", auth.LogoutView.as_view(), name="sign-out"),
+    path(
+        "password-reset/",
+        auth.PasswordResetView.as_view(
+            template_name="portal/auth/password_reset.html",
+            email_template_name="portal/email/password_reset.txt",
+            subject_template_name="portal/email/password_reset_subject.txt",
+            success_url=reverse_lazy("portal:password-reset-sent"),
+        ),
+        name="password-reset",
+    ),
+    path(
+        "password-reset/sent/",
+        auth.PasswordResetDoneView.as_view(template_name="portal/auth/password_reset_sent.html"),
+        name="password-reset-sent",
+    ),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        auth.PasswordResetConfirmView.as_view(
+            template_name="portal/auth/password_reset_confirm.html",
+            success_url=reverse_lazy("portal:password-reset-complete"),
+        ),
+        name="password-reset-confirm",
+    ),
+    path(
+        "password-reset/complete/",
+        auth.PasswordResetCompleteView.as_view(
+            template_name="portal/auth/password_reset_complete.html"
+        ),
+        name="password-reset-complete",
+    ),
+    path("keys/", keys.key_list, name="keys"),
+    path("keys/new", keys.key_create, name="key-create"),
+    path("keys/<id:api_key_id>/revoke", keys.key_revoke, name="key-revoke"),
+    path("team/", team.team, name="team"),
+    path("team/invite", team.member_invite, name="member-invite"),
+    path("team/<id:membership_id>/role", team.member_role_change, name="member-role"),
+    path("team/<id:membership_id>/remove", team.member_remove, name="member-remove"),
+    path("console/", buyer.dashboard, name="console"),
+    path("provider/", provider.overview, name="provider"),
+]
