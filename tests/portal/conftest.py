@@ -11,7 +11,6 @@ server's.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,22 +80,31 @@ def person(db: None) -> Callable[..., Person]:
 
 
 # --- the browser ---------------------------------------------------------------
+#
+# Playwright's synchronous API runs an event loop in this thread while it is started,
+# and Django refuses database calls from a thread with a running loop. So the browser
+# lives for one test module at a time (started after the test database exists, stopped
+# at the module's end, so no later test in the run inherits the loop), and the
+# module's own database reads are allowed meanwhile (DJANGO_ALLOW_ASYNC_UNSAFE: they
+# run between the browser's calls, never inside them). pytest-playwright's fixtures
+# are session-wide, which would leave the loop running under every later test.
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
-    """pytest-playwright launches Debian's Chromium, with these flags."""
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+@pytest.fixture(scope="module")
+def browser(django_db_setup: None, django_db_blocker) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
         pytest.fail(
-            "no Chromium at /usr/bin/chromium: `make test` installs it "
+            f"no Chromium at {CHROMIUM}: `make test` installs it "
             "(apt-get install chromium fonts-dejavu-core)"
         )
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
-
-
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict) -> dict:
-    return {**browser_context_args, "viewport": {"width": 1280, "height": 800}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield launched
+            launched.close()
 
 
 def only_local(route, request) -> None:
@@ -109,31 +117,29 @@ def only_local(route, request) -> None:
 
 
 @pytest.fixture
-def _browser_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # Playwright's synchronous API runs an event loop in this thread; the test's own
-    # database reads are still synchronous, between its calls.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    # The live server speaks plain http: cookies without the Secure flag.
-    with override_settings(SESSION_COOKIE_SECURE=False, CSRF_COOKIE_SECURE=False):
-        yield
-
-
-@pytest.fixture
-def context(_browser_env: None, context):  # noqa: F811  (pytest-playwright's, locked down)
-    context.route("**/*", only_local)
-    return context
-
-
-@pytest.fixture
-def local_context(_browser_env: None, new_context) -> Callable[..., object]:
-    """A new browser context with ``kwargs`` (viewport, color_scheme), local-only."""
+def new_context(browser) -> Iterator[Callable[..., object]]:
+    """Browser contexts (``viewport``, ``color_scheme``, …) that reach only this
+    machine, closed after the test. The live server speaks plain http, so its cookies
+    go without the Secure flag meanwhile."""
+    made: list = []
 
     def make(**kwargs: object):
-        created = new_context(**kwargs)
-        created.route("**/*", only_local)
-        return created
+        options = {"viewport": {"width": 1280, "height": 800}, **kwargs}
+        context = browser.new_context(**options)
+        context.set_default_timeout(10_000)
+        context.route("**/*", only_local)
+        made.append(context)
+        return context
 
-    return make
+    with override_settings(SESSION_COOKIE_SECURE=False, CSRF_COOKIE_SECURE=False):
+        yield make
+    for context in made:
+        context.close()
+
+
+@pytest.fixture
+def page(new_context):
+    return new_context().new_page()
 
 
 def sign_in(page, live_server, who: Person) -> None:
