@@ -39,6 +39,14 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing() -> Iterator[None]:
+    """Every sign-up, invitation and sign-in hashes a password; production's hasher
+    is slow on purpose, which these tests need not pay for each time."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
 @dataclass
 class Person:
     user: object

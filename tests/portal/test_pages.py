@@ -138,9 +138,17 @@ def test_only_admins_write_keys_and_team(person):
 
     assert client.get(reverse("portal:keys")).status_code == 200
     assert b"Create API key" not in client.get(reverse("portal:keys")).content
-    assert client.post(reverse("portal:key-create"), {"name": "k", "role": "member"}).status_code == 403
+    assert (
+        client.post(reverse("portal:key-create"), {"name": "k", "role": "member"}).status_code
+        == 403
+    )
     assert client.post(reverse("portal:key-revoke", args=[key.pk])).status_code == 403
-    assert client.post(reverse("portal:member-invite"), {"email": "a@b.co", "role": "member"}).status_code == 403
+    assert (
+        client.post(
+            reverse("portal:member-invite"), {"email": "a@b.co", "role": "member"}
+        ).status_code
+        == 403
+    )
     url = reverse("portal:member-role", args=[admin.membership.pk])
     assert client.post(url, {"role": "member"}).status_code == 403
 
@@ -203,7 +211,9 @@ def test_invite_mails_a_set_password_link_and_the_person_can_sign_in(person):
     )
 
     assert response.status_code == 302
-    joined = Membership.objects.get(organization=admin.organization, user__email="grace@example.com")
+    joined = Membership.objects.get(
+        organization=admin.organization, user__email="grace@example.com"
+    )
     assert joined.role == "finance"
     assert not joined.user.has_usable_password()
     (message,) = mail.outbox

@@ -1,0 +1,95 @@
+"""Every page the portal has, as each person sees it, checked by axe-core against the
+WCAG 2.2 A and AA rules (zero violations), at a desktop and a phone size, in light
+and dark colour schemes; with no console error (a CSP violation shows there). A
+screenshot of each is written to var/screenshots/ (the README shows a few)."""
+
+from __future__ import annotations
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+
+from billing.pricebook import welcome_credit_grant
+from core import services
+from providers import demo as supply
+from tests.portal.conftest import SCREENSHOTS, sign_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
+SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+
+
+def check(page, name: str, size: str, scheme: str, errors: list[str]) -> None:
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
+    assert results.violations_count == 0, f"{name} ({size}, {scheme}):\n{results.generate_report()}"
+    assert not errors, f"{name} ({size}, {scheme}): console errors {errors}"
+    # Nothing wider than the screen: wide tables scroll inside their own region.
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= SIZES[size]["width"], f"{name} ({size}): the page is {width}px wide"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}-{size}-{scheme}.png", full_page=True)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_every_page_passes_axe_and_is_photographed(live_server, new_context, person, size, scheme):
+    buyer = person("buyer")
+    welcome_credit_grant(organization=buyer.organization)
+    services.api_key_create(organization=buyer.organization, name="CI runner", role="member")
+    person(org=buyer.organization, role="finance")
+    provider = person("provider")
+    supply.load(provider=provider.organization)
+    operator = services.org_create(name="Operator", kind="both", is_operator=True)
+    finance = person(org=operator, role="finance")
+
+    def visit(who=None):
+        context = new_context(viewport=SIZES[size], color_scheme=scheme)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        if who is not None:
+            sign_in(page, live_server, who)
+        return page, errors
+
+    # signed out
+    page, errors = visit()
+    for name, path in [
+        ("sign-in", "/sign-in/"),
+        ("sign-up", "/sign-up/"),
+        ("password-reset", "/password-reset/"),
+        ("password-reset-sent", "/password-reset/sent/"),
+        ("password-reset-bad-link", "/password-reset/MQ/bad-token/"),
+    ]:
+        page.goto(live_server.url + path)
+        check(page, name, size, scheme, errors)
+    page.goto(live_server.url + "/sign-up/")
+    page.get_by_role("button", name="Create account").click()  # every field refused
+    check(page, "sign-up-errors", size, scheme, errors)
+
+    # the buyer admin
+    page, errors = visit(buyer)
+    for name, path in [("console", "/console/"), ("keys", "/keys/"), ("team", "/team/")]:
+        page.goto(live_server.url + path)
+        check(page, name, size, scheme, errors)
+    page.goto(live_server.url + "/keys/")
+    page.get_by_role("link", name="Create API key").click()
+    check(page, "key-dialog", size, scheme, errors)
+    page.get_by_role("dialog").get_by_label("Name").fill("notebook")
+    page.get_by_role("button", name="Create key").click()
+    page.get_by_role("button", name="Copy").wait_for()
+    check(page, "key-created", size, scheme, errors)
+    page.goto(live_server.url + "/keys/new")
+    check(page, "key-new-page", size, scheme, errors)
+    page.goto(live_server.url + "/provider/")
+    check(page, "not-found", size, scheme, errors=[])  # the 404 logs itself in the console
+
+    # the provider admin, the operator's finance staff
+    page, errors = visit(provider)
+    page.goto(live_server.url + "/provider/")
+    check(page, "provider-overview", size, scheme, errors)
+    page, errors = visit(finance)
+    page.goto(live_server.url + "/")
+    check(page, "finance-home", size, scheme, errors)
+    page.goto(live_server.url + "/keys/new")
+    check(page, "forbidden", size, scheme, errors=[])  # a 403, logged likewise
