@@ -18,7 +18,7 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	DRAMATIQ_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=test-only-secret DEBUG=0 \
 	SECURE_SSL_REDIRECT=0
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean chromium
 
 install: $(STAMP)
 
@@ -38,7 +38,9 @@ run: install
 	# lifecycle, training on its in-process worker), the matching loop and the demo
 	# node's agent (northlake-gpu-01: it runs the node's leased work, the demo's
 	# raw-lease command first, in var/agent-work). Ctrl-C, or the web process ending,
-	# stops all four (the agent kills its runs first).
+	# stops all four (the agent kills its runs first). The portal is at
+	# http://127.0.0.1:8000/ (sign in with the people the demo printed); runserver
+	# serves its static files with DEBUG on, whitenoise under gunicorn.
 	trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
 	$(SERVE_ENV) $(PY) manage.py run_follower & \
 	$(SERVE_ENV) $(PY) manage.py run_matching & \
@@ -48,7 +50,13 @@ run: install
 		--work-dir $${TANDEM_VAR_DIR:-var}/agent-work --start-timeout 60 & \
 	$(SERVE_ENV) $(PY) manage.py runserver 127.0.0.1:$${PORT:-8000}
 
-test: install
+# The portal's browser tests drive Debian's Chromium (Playwright is pinned to the
+# release built for its major version); installed here when missing (CI runs as root).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null)
+
+test: install chromium
 	$(TEST_ENV) $(VENV)/bin/pytest -q
 
 lint: install

@@ -14,6 +14,7 @@ from django.urls import reverse
 from billing.pricebook import welcome_credit_grant
 from core import services
 from core.models import ApiKey, Membership
+from core.money import Money
 
 PAGES = ["portal:keys", "portal:team"]
 
@@ -312,3 +313,68 @@ def test_every_page_costs_the_same_queries_with_1_and_200_rows(
             counts.setdefault(name, []).append(len(seen.captured_queries))
     for name, (few, many) in counts.items():
         assert few == many, f"{name}: {few} queries with 1 row, {many} with 200"
+
+
+@pytest.mark.django_db
+def test_the_demos_people_sign_in_with_the_password_printed_each_run():
+    from config.management.commands.demo import _person
+
+    organization = services.org_create(name="Demo buyer", kind="buyer")
+    first = _person(organization, "buyer@acme.example", "admin")
+    second = _person(organization, "buyer@acme.example", "admin")
+
+    assert first != second
+    assert not Client().login(username="buyer@acme.example", password=first)
+    assert Client().login(username="buyer@acme.example", password=second)
+    assert Membership.objects.get(user__username="buyer@acme.example").role == "admin"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_provider_overview_counts_leased_gpu_hours_and_net_earnings(person):
+    from datetime import timedelta
+
+    from billing import selectors as books
+    from billing import services as billing
+    from core.followers import followers_run_until_idle
+    from marketplace import demo as market
+    from marketplace import selectors as leases
+    from marketplace.models import Lease
+    from providers import demo as supply
+
+    provider, buyer = person("provider"), person("buyer")
+    supply.load(provider=provider.organization)
+    billing.credits_grant(
+        organization=buyer.organization,
+        amount_micros=25_000_000,
+        currency="USD",
+        reason="test credits",
+        transfer_id="test:credits",
+    )
+    market.load(buyer=buyer.organization, provider=provider.organization)
+    followers_run_until_idle()
+    ended = Lease.objects.get(provider=provider.organization, state="ended")
+    ran = int((ended.ended_at - ended.started_at).total_seconds())
+
+    # the ended lease, whole and half of it; none of it on a buyer's (absent) GPUs
+    assert ran == 3600
+    whole = leases.gpu_seconds_leased(
+        provider=provider.organization, since=ended.started_at, until=ended.ended_at
+    )
+    assert whole == ended.gpu_count * ran
+    half = ended.started_at + timedelta(seconds=ran // 2)
+    assert leases.gpu_seconds_leased(
+        provider=provider.organization, since=ended.started_at, until=half
+    ) == ended.gpu_count * (ran // 2)
+    assert (
+        leases.gpu_seconds_leased(provider=buyer.organization, since=ended.started_at, until=half)
+        == 0
+    )
+    # the settled hour earned the lease price; the buyer paid it plus the platform's fee
+    earnings = books.earnings_overview(
+        organization=provider.organization, currency="USD", now=ended.ended_at
+    )
+    assert earnings.unpaid_micros == ended.price_per_gpu_hour_micros * ended.gpu_count
+    assert ended.billed_micros > earnings.unpaid_micros
+    page = signed_in(provider).get(reverse("portal:provider")).content.decode()
+    assert f'data-figure="unpaid">{Money(earnings.unpaid_micros, "USD")}' in page
+    assert page.count("health-healthy") == 2  # both demo nodes, with their health

@@ -12,9 +12,11 @@ printed each run because a key is only ever shown once.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
@@ -36,6 +38,24 @@ from providers import demo as supply
 OPERATOR = "Tandem Operations"
 PROVIDER = "Northlake Research Computing"
 BUYER = "Acme AI"
+
+
+# A person per role, to sign in to the portal with (passwords are new each run).
+PEOPLE = [
+    ("buyer admin", "buyer@acme.example", "admin"),
+    ("provider admin", "admin@northlake.example", "admin"),
+    ("operator finance", "finance@tandem.example", "finance"),
+]
+
+
+def _person(organization: Organization, email: str, role: str) -> str:
+    """The demo's person of ``role`` in ``organization``, with a new password (returned)."""
+    password = secrets.token_urlsafe(9)
+    user, _ = get_user_model().objects.get_or_create(username=email, defaults={"email": email})
+    user.set_password(password)
+    user.save()
+    core.membership_create(user=user, organization=organization, role=role)
+    return password
 
 
 def _org(name: str, kind: str, *, is_operator: bool = False) -> Organization:
@@ -120,3 +140,9 @@ class Command(BaseCommand):
             "Try: curl -H 'Authorization: Bearer <buyer admin key>' "
             "http://127.0.0.1:8000/api/v1/accounts/"
         )
+        self.stdout.write(
+            "People, to sign in at http://127.0.0.1:8000/ (new passwords each run):"
+        )
+        for (org, _, _), (label, email, role) in zip(keys, PEOPLE, strict=True):
+            password = _person(org, email, role)
+            self.stdout.write(f"  {label:18} {email:26} password {password}")
