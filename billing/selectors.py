@@ -166,8 +166,9 @@ def credit_overview(
     holds = Hold.objects.filter(debit_account=account, state=Hold.State.PENDING).count()
     overview = CreditOverview(
         currency=currency,
-        available_micros=account.available_micros,
-        pending_micros=account.pending_micros,
+        # annotated by _with_balances
+        available_micros=account.available_micros,  # type: ignore[attr-defined]
+        pending_micros=account.pending_micros,  # type: ignore[attr-defined]
         pending_holds=holds,
         month_spend_micros=spent["month"],
         burn_micros=spent["burn"],
@@ -210,7 +211,8 @@ def earnings_overview(
     month = Posting.objects.filter(
         account=account, side=Account.Side.CREDIT, recorded_at__gte=month_start
     ).aggregate(total=Coalesce(Sum("amount_micros"), 0))["total"]
-    return EarningsOverview(currency, month, account.posted_micros, now)
+    unpaid = account.posted_micros  # type: ignore[attr-defined]
+    return EarningsOverview(currency, month, unpaid, now)
 
 
 # --- the journal ------------------------------------------------------------

@@ -199,6 +199,7 @@ def gpu_seconds_leased(*, provider: Organization, since: datetime, until: dateti
     )
     total = 0
     for gpu_count, started_at, ended_at in runs:
+        assert started_at is not None  # filtered on above
         start = max(started_at, since)
         end = min(ended_at or until, until)
         if end > start:

@@ -378,3 +378,12 @@ def test_the_provider_overview_counts_leased_gpu_hours_and_net_earnings(person):
     page = signed_in(provider).get(reverse("portal:provider")).content.decode()
     assert f'data-figure="unpaid">{Money(earnings.unpaid_micros, "USD")}' in page
     assert page.count("health-healthy") == 2  # both demo nodes, with their health
+
+
+@pytest.mark.django_db
+def test_portal_pages_carry_a_csp_without_inline_script():
+    response = Client().get(reverse("portal:sign-in"))
+
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert "<script>" not in response.content.decode()  # every script is a static file
