@@ -21,7 +21,8 @@ KIND_CHOICES = [
 
 def add_service_error(form: forms.Form, error: ApplicationError) -> None:
     """A service's refusal, shown beside the field it names (``details["field"]``,
-    when the form has one under that name, else ``field_map``'s) or above the form."""
+    renamed through the form's ``service_fields`` where the names differ), or above
+    the form when the form has no such field."""
     field = error.details.get("field")
     field = getattr(form, "service_fields", {}).get(field, field)
     form.add_error(field if field in form.fields else None, error.message)
