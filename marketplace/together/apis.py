@@ -55,7 +55,7 @@ class ProjectModelSerializer(serializers.Serializer):
 
 
 class ProjectModelPageSerializer(serializers.Serializer):
-    data = ProjectModelSerializer(many=True)
+    data = ProjectModelSerializer(many=True)  # type: ignore[assignment]  # the field, not Serializer.data
     next_cursor = serializers.CharField(allow_null=True)
 
 
@@ -68,7 +68,7 @@ class SupportedModelSerializer(serializers.Serializer):
 
 
 class SupportedModelPageSerializer(serializers.Serializer):
-    data = SupportedModelSerializer(many=True)
+    data = SupportedModelSerializer(many=True)  # type: ignore[assignment]  # the field, not Serializer.data
     next_cursor = serializers.CharField(allow_null=True)
 
 
@@ -130,7 +130,7 @@ class UsageReportSerializer(serializers.Serializer):
     organization_id = serializers.CharField()
     billing_period = serializers.CharField()
     currency = serializers.CharField()
-    data = UsageWindowSerializer(many=True)
+    data = UsageWindowSerializer(many=True)  # type: ignore[assignment]  # the field, not Serializer.data
     next_cursor = serializers.CharField(allow_null=True)
     earliest_window_start = serializers.CharField(allow_null=True)
     latest_window_end = serializers.CharField(allow_null=True)

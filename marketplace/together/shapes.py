@@ -187,7 +187,7 @@ def cluster(item: Cluster, organization: Organization) -> dict[str, Any]:
         "nvidia_driver_version": node.driver_version if node else "",
         "created_at": iso(order.placed_at),
         "first_ready_at": iso(min(started)) if started else None,
-        "duration_hours": order.duration_seconds // 3600 if reserved else None,
+        "duration_hours": (order.duration_seconds or 0) // 3600 if reserved else None,
         "reservation_start_time": iso(order.earliest_start),
         "reservation_end_time": iso(
             order.earliest_start + _seconds(order.duration_seconds) if reserved else None

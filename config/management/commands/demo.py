@@ -140,9 +140,7 @@ class Command(BaseCommand):
             "Try: curl -H 'Authorization: Bearer <buyer admin key>' "
             "http://127.0.0.1:8000/api/v1/accounts/"
         )
-        self.stdout.write(
-            "People, to sign in at http://127.0.0.1:8000/ (new passwords each run):"
-        )
+        self.stdout.write("People, to sign in at http://127.0.0.1:8000/ (new passwords each run):")
         for (org, _, _), (label, email, role) in zip(keys, PEOPLE, strict=True):
             password = _person(org, email, role)
             self.stdout.write(f"  {label:18} {email:26} password {password}")
