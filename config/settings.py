@@ -198,6 +198,12 @@ MARKETPLACE_MATCHING_INTERVAL_SECONDS = env_int(
 # blocking query waits on PostgreSQL's LISTEN/NOTIFY (else it re-reads every 0.25 s).
 ASSIGNMENT_CLAIM_TTL_SECONDS = env_int("ASSIGNMENT_CLAIM_TTL_SECONDS", 30, minimum=3)
 ASSIGNMENT_WAIT_NOTIFY = env_bool("ASSIGNMENT_WAIT_NOTIFY", True)
+# Blobs that nodes download and upload (marketplace.assignments.blobs): where the
+# filesystem store keeps uploads (checkpoints, final models), how long a signed URL
+# lives, and the largest upload one URL admits.
+ASSIGNMENT_BLOB_DIR = Path(env_str("ASSIGNMENT_BLOB_DIR", str(VAR_DIR / "blobs")))
+ASSIGNMENT_URL_TTL_SECONDS = env_int("ASSIGNMENT_URL_TTL_SECONDS", 300, minimum=10)
+ASSIGNMENT_UPLOAD_MAX_BYTES = env_int("ASSIGNMENT_UPLOAD_MAX_BYTES", 64 * 1024**3, minimum=1024)
 
 # --- workloads (files, fine-tunes, inference: the /v1/ API) ------------------
 WORKLOADS_STORAGE_DIR = Path(env_str("WORKLOADS_STORAGE_DIR", str(VAR_DIR / "files")))

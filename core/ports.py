@@ -345,3 +345,54 @@ class UsageProvenancePort(Protocol):
     ) -> dict[tuple[str, str], WorkloadFacts]:
         """The jobs and deployments named, by (kind, subject id); one query per kind."""
         ...
+
+
+# --- training: the runtime's record of a run on a node, for the assignments ------
+# Registered as "training" by the runtime (runtime/node_training.py). The node's agent
+# trains; the control plane records what it reports. Every call joins the caller's
+# transaction (the report that carries it).
+
+
+class TrainingPort(Protocol):
+    def training_plan(self, *, spec: dict[str, Any]) -> dict[str, int]:
+        """Rows, tokens and steps of a work spec, counted from its dataset here."""
+        ...
+
+    def node_run_submit(self, *, spec: dict[str, Any]) -> None: ...
+
+    def node_run_claimed(self, *, job_id: str, attempt: int, node_id: int) -> None: ...
+
+    def node_run_started(self, *, job_id: str, attempt: int, details: dict[str, Any]) -> None: ...
+
+    def node_run_stepped(
+        self, *, job_id: str, attempt: int, report: dict[str, Any], plan: dict[str, int]
+    ) -> None: ...
+
+    def node_run_evaluated(
+        self, *, job_id: str, attempt: int, step: int, eval_loss: float, plan: dict[str, int]
+    ) -> None: ...
+
+    def node_run_checkpointed(
+        self, *, job_id: str, attempt: int, step: int, location: str, final: bool
+    ) -> None: ...
+
+    def node_run_succeeded(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        steps: int,
+        final_loss: float | None,
+        model_location: str,
+        merged_location: str,
+    ) -> None: ...
+
+    def node_run_failed(
+        self, *, job_id: str, attempt: int, error: str, will_retry: bool
+    ) -> None: ...
+
+    def node_run_stopped(self, *, job_id: str, attempt: int) -> None: ...
+
+    def node_run_cancel(self, *, job_id: str) -> None: ...
+
+    def artifact_unpack(self, *, archive: Any, sha256: str) -> str: ...

@@ -283,23 +283,33 @@ class RunSupervisor(threading.Thread):
                 os.chown(path, self.run_as.uid, self.run_as.gid)
         return work_dir
 
+    def _on_line(self, stream: str, text: str) -> None:
+        self.outbox.add({"type": "log", "stream": stream, "text": text})
+
+    def _setup(self) -> tuple[list[str], Path, dict[str, str]]:
+        """The command, its prepared work directory and its environment."""
+        spec = self.claim.get("spec") or {}
+        command = [str(arg) for arg in spec.get("command") or []]
+        if not command:
+            raise DriverError("the spec has no command")
+        work_dir = self._prepare(spec)
+        return command, work_dir, self._env(work_dir, spec)
+
+    def _output_drained(self, handle: RunHandle) -> None:
+        """Called once the run's first process exited, before its end is reported."""
+
     def run(self) -> None:
         work_dir: Path | None = None
         handle: RunHandle | None = None
         try:
-            spec = self.claim.get("spec") or {}
-            command = [str(arg) for arg in spec.get("command") or []]
-            if not command:
-                raise DriverError("the spec has no command")
-            work_dir = self._prepare(spec)
+            work_dir = self.root.run_dir(self.assignment_id, self.attempt)
+            command, work_dir, env = self._setup()
             handle = self.driver.start(
                 command=command,
                 work_dir=work_dir,
-                env=self._env(work_dir, spec),
+                env=env,
                 run_as=self.run_as,
-                on_line=lambda stream, text: self.outbox.add(
-                    {"type": "log", "stream": stream, "text": text}
-                ),
+                on_line=self._on_line,
             )
             self.pgid = handle.pgid
             self.root.record_group(self.assignment_id, handle.pgid)
@@ -343,6 +353,7 @@ class RunSupervisor(threading.Thread):
                     code = -int(signal.SIGKILL)
                 break
             if code is not None:
+                self._output_drained(handle)
                 break
             now = time.monotonic()
             if self.outbox.has_pending() or now - last_sent >= self.renew_seconds:
@@ -492,7 +503,7 @@ class WorkLoop(threading.Thread):
             claim.get("attempt"),
             ",".join(claim.get("gpu_uuids", [])),
         )
-        if claim.get("kind") != "command":  # kinds this agent does not run yet
+        if claim.get("kind") not in ("command", "train"):  # kinds this agent does not run yet
             return
         with self._runs_lock:
             if self.stop.is_set():  # claimed as the agent stops: hand it back as failed
@@ -515,7 +526,12 @@ class WorkLoop(threading.Thread):
 
     def _start_run(self, node_id: int, claim: dict[str, Any]) -> None:
         assignment_id = int(claim["id"])
-        supervisor = RunSupervisor(
+        kind: type[RunSupervisor] = RunSupervisor
+        if claim.get("kind") == "train":
+            from providers.agent_train import TrainSupervisor
+
+            kind = TrainSupervisor
+        supervisor = kind(
             client=self.client,
             node_id=node_id,
             claim=claim,

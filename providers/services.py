@@ -743,6 +743,26 @@ def node_health_sweep(*, now: datetime | None = None) -> list[int]:
     return changed
 
 
+def node_health_lost(*, node_id: int, reason: str, now: datetime | None = None) -> bool:
+    """The node stopped renewing a claim on leased work (its agent died, or lost the
+    network): unhealthy now, so no new lease lands on it, without waiting for the
+    heartbeat timeout. Its next heartbeat makes it healthy again. False when it was
+    unhealthy already."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        node = Node.objects.select_for_update().filter(pk=node_id).first()
+        if node is None or node.health == Node.Health.UNHEALTHY:
+            return False
+        previous = node.health
+        Node.objects.filter(pk=node_id).update(
+            health=Node.Health.UNHEALTHY, health_changed_at=now, health_reason=reason[:500]
+        )
+        _health_change(
+            node=node, previous=previous, health=Node.Health.UNHEALTHY, reason=reason, at=now
+        )
+    return True
+
+
 def _silence_reason(*, node: Node, now: datetime) -> str:
     timeout = int(heartbeat_timeout().total_seconds())
     if node.last_heartbeat_at is None:

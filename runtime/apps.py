@@ -12,3 +12,7 @@ class RuntimeConfig(AppConfig):
         ports.register("datasets", RuntimeDatasets())
         ports.register("models", RuntimeModels())
         ports.register("inference", RuntimeInference())
+        # The record of runs that train on nodes (the assignments call it).
+        from runtime import node_training
+
+        ports.register("training", node_training)

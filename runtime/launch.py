@@ -1,14 +1,32 @@
-"""The training entry point for a node: one process, or one per GPU under torchrun.
+"""The training entry point on a node: one process, or one per GPU under torchrun.
 
-    python -m runtime.launch --spec job.json [--artifacts DIR]      # no database
-    python -m runtime.launch --job ft-123                           # a claimed run
-    torchrun --nproc_per_node 8 -m runtime.launch --job ft-123      # DDP, same code
+    python -m runtime.launch --spec spec.json --artifacts DIR
+    torchrun --nproc-per-node 8 -m runtime.launch --spec spec.json --artifacts DIR
 
-With ``--spec`` the work spec is read from a JSON file and progress goes to the
-terminal (a progress bar on a TTY, a JSON line per step otherwise); checkpoints go
-to ``--artifacts`` (default: the configured artifact store). With ``--job`` Django is
-set up, rank 0 claims the run and reports as the dramatiq worker does, and the
-other ranks train beside it.
+No database and no Django settings: the work spec comes from a JSON file, artifacts
+go to ``--artifacts`` (default: the configured artifact store). The node's agent
+(providers/agent_train.py) runs it in the run's work directory and forwards what
+it prints.
+
+**Resuming.** The trainer resumes from the latest complete checkpoint it finds under
+``<artifacts>/<output_dir>/checkpoints/``; the agent unpacks the checkpoint the
+server names there before it starts this, so a run moved to another node goes on
+from where the last one committed.
+
+**Events.** Rank 0 prints one JSON object per line on stdout (a progress bar goes to
+stderr instead on a terminal), each with an ``event``:
+
+- ``started``: total_steps, resumed_from, examples, rows, tokens_per_epoch,
+  world_size, device, parameters, trainable_parameters
+- ``step``: step, total_steps, epoch, loss, learning_rate, tokens, tokens_per_second,
+  eta_seconds
+- ``eval``: step, eval_loss, tokens
+- ``checkpoint``: step, key, final (the directory ``<artifacts>/<key>`` is complete
+  when the line is printed; the agent uploads it before reading further)
+- ``finished``: outcome, steps, final, merged (the final model's and merged
+  weights' keys, "" when none)
+
+Other output (warnings, tracebacks) is not JSON and is forwarded as log lines.
 """
 
 from __future__ import annotations
@@ -38,13 +56,17 @@ class PrintReporter:
         self._print(
             event="step",
             step=report.step,
-            loss=round(report.loss, 5),
-            tokens_per_second=round(report.tokens_per_second),
+            total_steps=report.total_steps,
+            epoch=report.epoch,
+            loss=round(report.loss, 6),
+            learning_rate=report.learning_rate,
+            tokens=report.tokens,
+            tokens_per_second=round(report.tokens_per_second, 1),
             eta_seconds=round(report.eta_seconds, 1),
         )
 
     def evaluated(self, *, step: int, loss: float, tokens: int) -> None:
-        self._print(event="eval", step=step, eval_loss=round(loss, 5), tokens=tokens)
+        self._print(event="eval", step=step, eval_loss=round(loss, 6), tokens=tokens)
 
     def checkpointed(self, *, step: int, key: str, final: bool, gpu_seconds: float) -> None:
         self._print(event="checkpoint", step=step, key=key, final=final)
@@ -55,54 +77,38 @@ class PrintReporter:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.launch")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--spec", type=Path, help="a work spec as JSON")
-    source.add_argument("--job", help="the job id of a submitted training run")
-    parser.add_argument("--artifacts", type=Path, help="artifact directory (--spec only)")
+    parser.add_argument("--spec", type=Path, required=True, help="a work spec as JSON")
+    parser.add_argument("--artifacts", type=Path, help="artifact directory")
     parser.add_argument("--result", type=Path, help="write the outcome here as JSON")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
 
-    if args.job:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-        import django
+    from runtime.spec import WorkSpec
+    from runtime.storage import LocalStorage, default_storage
+    from runtime.trainer import train
 
-        django.setup()
-        from runtime import services
-        from runtime.models import TrainingRun
-        from runtime.spec import WorkSpec
-        from runtime.storage import default_storage
-        from runtime.trainer import train
-
-        if rank == 0:
-            outcome = services.training_run_execute(job_id=args.job)
-        else:
-            run = TrainingRun.objects.get(job_id=args.job)
-            train(WorkSpec.from_dict(run.spec), storage=default_storage(), progress_bar=False)
-            outcome = "worker rank done"
-        result: dict[str, Any] = {"outcome": outcome}
-    else:
-        from runtime.spec import WorkSpec
-        from runtime.storage import LocalStorage, default_storage
-        from runtime.trainer import train
-
-        spec = WorkSpec.from_dict(json.loads(args.spec.read_text()))
-        storage = LocalStorage(args.artifacts) if args.artifacts else default_storage()
-        trained = train(
-            spec,
-            storage=storage,
-            reporter=PrintReporter(quiet=sys.stderr.isatty()),
+    spec = WorkSpec.from_dict(json.loads(args.spec.read_text()))
+    storage = LocalStorage(args.artifacts) if args.artifacts else default_storage()
+    reporter = PrintReporter(quiet=sys.stderr.isatty())
+    trained = train(spec, storage=storage, reporter=reporter)
+    result: dict[str, Any] = {
+        "outcome": trained.status,
+        "steps": trained.steps,
+        "losses": trained.losses,
+        "final": trained.final_key,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    if rank == 0:
+        reporter._print(
+            event="finished",
+            outcome=trained.status,
+            steps=trained.steps,
+            final=trained.final_key or "",
+            merged=trained.merged_key or "",
         )
-        result = {
-            "outcome": trained.status,
-            "steps": trained.steps,
-            "losses": trained.losses,
-            "final": trained.final_key,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        }
     if args.result and rank == 0:
         args.result.write_text(json.dumps(result))
-    return 0
+    return 0 if trained.status == "succeeded" else 1
 
 
 if __name__ == "__main__":

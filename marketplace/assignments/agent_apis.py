@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.converters import BIGINT_MAX, query_int
+from core.errors import Forbidden, InvalidInput, NotFound
 from core.schema import error_responses
 from core.tenancy import get_caller
-from marketplace.assignments import selectors, services
+from marketplace.assignments import blobs, selectors, services, training
 from marketplace.assignments.models import Assignment
 from providers.models import Node
 from providers.permissions import IsAgentKey, agent_node_or_404
@@ -68,16 +72,63 @@ class ClaimSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     kind = serializers.CharField()
     attempt = serializers.IntegerField(help_text="the fencing token: send it with every report")
-    spec = serializers.DictField(help_text="command: {command, env, files}")
+    spec = serializers.DictField(
+        help_text="command: {command, env, files}; train: {work, plan, inputs, gpus}"
+    )
+    downloads = serializers.DictField(
+        required=False,
+        help_text="train: signed GET URLs {training_file, validation_file, checkpoint}",
+    )
     gpu_uuids = serializers.ListField(child=serializers.CharField())
     locked_until = serializers.DateTimeField()
     ttl_seconds = serializers.IntegerField()
     renew_seconds = serializers.IntegerField(help_text="report at least this often")
 
 
+MAX_STEPS = 10_000_000
+
+
+class TrainingStartedSerializer(serializers.Serializer):
+    total_steps = serializers.IntegerField(min_value=1, max_value=MAX_STEPS)
+    resumed_from_step = serializers.IntegerField(min_value=0, max_value=MAX_STEPS)
+    examples = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    tokens_per_epoch = serializers.IntegerField(min_value=0, max_value=2**62)
+    world_size = serializers.IntegerField(min_value=1, max_value=65_536)
+    device = serializers.RegexField(r"^[a-z0-9_:-]{1,32}$")
+    trainable_parameters = serializers.IntegerField(min_value=0, max_value=2**62)
+
+
+class StepSerializer(serializers.Serializer):
+    step = serializers.IntegerField(min_value=1, max_value=MAX_STEPS)
+    loss = serializers.FloatField(min_value=0, max_value=1e6)
+    learning_rate = serializers.FloatField(min_value=0, max_value=10, required=False)
+    tokens_per_second = serializers.FloatField(min_value=0, max_value=1e12, required=False)
+    eta_seconds = serializers.FloatField(min_value=0, max_value=1e9, required=False)
+
+
+class EvaluationSerializer(serializers.Serializer):
+    step = serializers.IntegerField(min_value=1, max_value=MAX_STEPS)
+    eval_loss = serializers.FloatField(min_value=0, max_value=1e6)
+
+
+TRAIN_DATA = {
+    "training_started": TrainingStartedSerializer,
+    "step": StepSerializer,
+    "evaluation": EvaluationSerializer,
+}
+
+
 class RunEventInputSerializer(serializers.Serializer):
     type = serializers.RegexField(
-        r"^(started|log|finished|failed)$", help_text="started | log | finished | failed"
+        r"^(started|log|finished|failed|training_started|step|evaluation)$",
+        help_text="started | log | finished | failed; train runs also training_started | "
+        "step | evaluation (with data)",
+    )
+    data = serializers.DictField(
+        required=False,
+        help_text="training_started: {total_steps, resumed_from_step, examples, "
+        "tokens_per_epoch, world_size, device, trainable_parameters}; step: {step, loss, "
+        "learning_rate, tokens_per_second, eta_seconds}; evaluation: {step, eval_loss}",
     )
     stream = serializers.RegexField(r"^(stdout|stderr)$", required=False, help_text="log")
     text = serializers.CharField(
@@ -95,12 +146,23 @@ class RunEventInputSerializer(serializers.Serializer):
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        needed = {"log": ("stream", "text"), "finished": ("exit_code",), "failed": ("reason",)}
+        needed = {
+            "log": ("stream", "text"),
+            "finished": ("exit_code",),
+            "failed": ("reason",),
+            **{kind: ("data",) for kind in TRAIN_DATA},
+        }
         missing = [name for name in needed.get(attrs["type"], ()) if name not in attrs]
         if missing:
             raise serializers.ValidationError(
                 {name: [f"required for a {attrs['type']} event"] for name in missing}
             )
+        shape = TRAIN_DATA.get(attrs["type"])
+        if shape is not None:
+            data = shape(data=attrs["data"])
+            if not data.is_valid():
+                raise serializers.ValidationError({"data": data.errors})
+            attrs["data"] = dict(data.validated_data)
         return attrs
 
 
@@ -124,6 +186,11 @@ class RunEventsAnswerSerializer(serializers.Serializer):
     ttl_seconds = serializers.IntegerField()
     renew_seconds = serializers.IntegerField()
     applied = serializers.BooleanField(help_text="false: this batch was applied before")
+
+
+def _base_url(request: Request) -> str:
+    """This server as the agent reached it: signed URLs point back at it."""
+    return request.build_absolute_uri("/").rstrip("/")
 
 
 def _renew_seconds(ttl_seconds: int) -> int:
@@ -171,6 +238,11 @@ class NodeAssignmentClaimApi(AgentApi):
         node = _agent_node(request, node_id)
         claim = services.assignment_claim(node_id=node.pk, assignment_id=assignment_id)
         assignment = claim.assignment
+        downloads = (
+            training.train_claim_downloads(assignment=assignment, base_url=_base_url(request))
+            if assignment.kind == Assignment.Kind.TRAIN
+            else {}
+        )
         return Response(
             ClaimSerializer(
                 {
@@ -178,6 +250,7 @@ class NodeAssignmentClaimApi(AgentApi):
                     "kind": assignment.kind,
                     "attempt": assignment.attempt,
                     "spec": assignment.spec,
+                    "downloads": downloads,
                     "gpu_uuids": claim.gpu_uuids,
                     "locked_until": assignment.locked_until,
                     "ttl_seconds": claim.ttl_seconds,
@@ -226,3 +299,183 @@ class NodeRunEventsApi(AgentApi):
                 }
             ).data
         )
+
+
+# --- uploads ------------------------------------------------------------------------
+
+
+class UploadInputSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    key = serializers.CharField(max_length=training.MAX_KEY_CHARS, help_text="the artifact key")
+    sha256 = serializers.CharField(min_length=64, max_length=64, help_text="hex, lowercase")
+    size = serializers.IntegerField(min_value=0, max_value=2**62, help_text="bytes")
+
+
+class UploadSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    key = serializers.CharField()
+    kind = serializers.CharField(help_text="checkpoint | final | merged")
+    step = serializers.IntegerField(allow_null=True)
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
+    present = serializers.BooleanField(help_text="true: the blob is stored already, no PUT")
+    url = serializers.CharField(allow_null=True, help_text="a signed PUT URL (minutes)")
+    committed = serializers.BooleanField()
+    location = serializers.CharField()
+
+
+class CommitInputSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+
+
+def _upload_answer(upload: Any, *, present: bool, url: str | None) -> dict[str, Any]:
+    return UploadSerializer(
+        {
+            "id": upload.pk,
+            "key": upload.key,
+            "kind": upload.kind,
+            "step": upload.step,
+            "sha256": upload.sha256,
+            "size": upload.size,
+            "present": present,
+            "url": url,
+            "committed": upload.committed_at is not None,
+            "location": upload.location,
+        }
+    ).data
+
+
+class NodeRunUploadsApi(AgentApi):
+    @extend_schema(
+        operation_id="agent_nodes_runs_uploads",
+        summary="Declare an artifact upload of a train run; get a signed PUT URL (agents)",
+        description=(
+            "Content addressed: the URL writes blobs/sha256/<sha256>, and only bytes of "
+            "that hash and size are kept. present=true: nothing to PUT. 409 "
+            "(stale_attempt) when the attempt is not the current one."
+        ),
+        tags=[TAG_AGENT],
+        request=UploadInputSerializer,
+        responses={200: UploadSerializer, **error_responses(400, 401, 403, 404, 409)},
+    )
+    def post(self, request: Request, node_id: int, assignment_id: int) -> Response:
+        node = _agent_node(request, node_id)
+        given = UploadInputSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        upload, present = training.upload_declare(
+            node_id=node.pk, assignment_id=assignment_id, **given.validated_data
+        )
+        url = None
+        if not present:
+            lease_id = Assignment.objects.values_list("lease_id", flat=True).get(pk=assignment_id)
+            url = training.upload_put_url(
+                upload=upload, lease_id=lease_id, base_url=_base_url(request)
+            )
+        return Response(_upload_answer(upload, present=present, url=url))
+
+
+class NodeRunUploadCommitApi(AgentApi):
+    @extend_schema(
+        operation_id="agent_nodes_runs_uploads_commit",
+        summary="Commit an uploaded artifact: checked, recorded (agents)",
+        description=(
+            "Checks the blob is stored with the declared size (its hash was checked as "
+            "it was written), and records it: a checkpoint is where the next attempt "
+            "resumes. Committing again answers the same. 409 when nothing was uploaded "
+            "or the attempt is not current."
+        ),
+        tags=[TAG_AGENT],
+        request=CommitInputSerializer,
+        responses={200: UploadSerializer, **error_responses(400, 401, 403, 404, 409)},
+    )
+    def post(self, request: Request, node_id: int, assignment_id: int, upload_id: int) -> Response:
+        node = _agent_node(request, node_id)
+        given = CommitInputSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        upload = training.upload_commit(
+            node_id=node.pk,
+            assignment_id=assignment_id,
+            upload_id=upload_id,
+            attempt=given.validated_data["attempt"],
+        )
+        return Response(_upload_answer(upload, present=True, url=None))
+
+
+# --- blobs through signed URLs (the filesystem store's; see blobs.py) ---------------
+
+
+def _granted_lease_live(grant: blobs.Grant) -> None:
+    from marketplace.models import Lease
+
+    state = Lease.objects.filter(pk=grant.lease_id).values_list("state", flat=True).first()
+    if state != Lease.State.ACTIVE:
+        raise Forbidden(
+            f"token: this URL is for lease {grant.lease_id}, which is {state or 'gone'}",
+            details={"lease": grant.lease_id},
+        )
+
+
+class BlobPutSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
+
+
+class BlobApi(APIView):
+    """The signature is the credential (a node passes these URLs to its downloader
+    without its agent key, as it would an S3 presigned URL)."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes: list[Any] = []
+
+    @extend_schema(
+        operation_id="agent_blob_get",
+        summary="Download a blob through a signed URL (agents)",
+        tags=[TAG_AGENT],
+        parameters=[OpenApiParameter("token", str, required=True, description="the signature")],
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            **error_responses(400, 403, 404),
+        },
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        grant = blobs.grant_check(_token(request), method="GET")
+        _granted_lease_live(grant)
+        store = blobs.blob_store()
+        size = store.stat(grant.key)
+        if size is None:
+            raise NotFound(f"no blob {grant.key}")
+        response = StreamingHttpResponse(
+            store.open(grant.key), content_type="application/octet-stream"
+        )
+        response["Content-Length"] = str(size)
+        return response
+
+    @extend_schema(
+        operation_id="agent_blob_put",
+        summary="Upload a blob through a signed URL (agents)",
+        description="The body must have the SHA-256 and size the URL was signed for.",
+        tags=[TAG_AGENT],
+        parameters=[OpenApiParameter("token", str, required=True, description="the signature")],
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={200: BlobPutSerializer, **error_responses(400, 403, 413)},
+    )
+    def put(self, request: Request) -> Response:
+        grant = blobs.grant_check(_token(request), method="PUT")
+        _granted_lease_live(grant)
+        raw = request._request
+
+        def chunks() -> Any:
+            while chunk := raw.read(blobs.CHUNK):
+                yield chunk
+
+        blobs.blob_store().write(grant.key, chunks(), sha256=grant.sha256, size=grant.size)
+        return Response({"key": grant.key, "sha256": grant.sha256, "size": grant.size})
+
+
+def _token(request: Request) -> str:
+    token = request.query_params.get("token", "")
+    if not token or len(token) > 4096:
+        raise InvalidInput("token: required (the signed URL's query)")
+    return token

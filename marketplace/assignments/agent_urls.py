@@ -23,4 +23,15 @@ urlpatterns = [
         apis.NodeRunEventsApi.as_view(),
         name="agent-node-run-events",
     ),
+    path(
+        "nodes/<id:node_id>/runs/<id:assignment_id>/uploads",
+        apis.NodeRunUploadsApi.as_view(),
+        name="agent-node-run-uploads",
+    ),
+    path(
+        "nodes/<id:node_id>/runs/<id:assignment_id>/uploads/<id:upload_id>/commit",
+        apis.NodeRunUploadCommitApi.as_view(),
+        name="agent-node-run-upload-commit",
+    ),
+    path("blob", apis.BlobApi.as_view(), name="agent-blob"),
 ]

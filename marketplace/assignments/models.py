@@ -36,7 +36,8 @@ class NodeAssignmentIndex(models.Model):
 class Assignment(models.Model):
     class Kind(models.TextChoices):
         COMMAND = "command"  # a buyer's command on a raw lease (a "run")
-        # Next: TRAIN = "train" (a fine-tune's runtime.launch), SERVE = "serve".
+        TRAIN = "train"  # a fine-tune job's runtime.launch (re-queued on another node)
+        # Next: SERVE = "serve" (an inference deployment's engine).
 
     class State(models.TextChoices):
         QUEUED = "queued"  # waiting for the node's agent to claim it
@@ -53,11 +54,15 @@ class Assignment(models.Model):
     lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="+")
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=16, choices=Kind.choices)
+    # The managed workload it runs (a fine-tune job's id for kind train; else blank).
+    workload_id = models.CharField(max_length=100, blank=True, default="")
     spec = models.JSONField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     attempt = models.PositiveIntegerField(default=0)  # 0: never claimed
     created_at = models.DateTimeField()
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The claim's last renewal (a claim or a report): a dead node's lease ends here.
+    renewed_at = models.DateTimeField(null=True, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -79,7 +84,9 @@ class Assignment(models.Model):
                 ),
                 name="assignment_state_valid",
             ),
-            models.CheckConstraint(condition=Q(kind__in=["command"]), name="assignment_kind_valid"),
+            models.CheckConstraint(
+                condition=Q(kind__in=["command", "train"]), name="assignment_kind_valid"
+            ),
             # A claimed or running assignment has a claim: an attempt and a lock.
             models.CheckConstraint(
                 condition=~Q(state__in=["claimed", "running"])
@@ -99,6 +106,11 @@ class Assignment(models.Model):
                 name="assignment_claimed_lock",
             ),
             models.Index(fields=["lease", "id"], name="assignment_lease"),
+            models.Index(
+                fields=["workload_id", "id"],
+                condition=~Q(workload_id=""),
+                name="assignment_workload",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -130,3 +142,52 @@ class AssignmentLogLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.assignment_id}#{self.seq}"
+
+
+class AssignmentUpload(models.Model):
+    """An artifact a node uploads for a run (a checkpoint, the final model): declared
+    with its key, SHA-256 and size, written through a signed PUT URL to the blob
+    ``blobs/sha256/<hex>`` (content addressed: a retried or repeated upload of the
+    same bytes lands on the same blob), then committed. The commit is what records a
+    checkpoint; the last committed checkpoint of a job is where its next attempt
+    resumes from."""
+
+    class Kind(models.TextChoices):
+        CHECKPOINT = "checkpoint"  # <output_dir>/checkpoints/step-NNNNNN
+        FINAL = "final"  # <output_dir>/final: the adapter (or model) trained
+        MERGED = "merged"  # <output_dir>/merged: LoRA weights merged into the base
+
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="+")
+    workload_id = models.CharField(max_length=100)
+    attempt = models.PositiveIntegerField()
+    key = models.CharField(max_length=300)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    step = models.PositiveIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    created_at = models.DateTimeField()
+    committed_at = models.DateTimeField(null=True, blank=True)
+    # Where the control plane unpacked it (a directory the job's records point at).
+    location = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["assignment", "attempt", "key", "sha256"], name="assignment_upload_once"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["checkpoint", "final", "merged"]),
+                name="assignment_upload_kind_valid",
+            ),
+            models.CheckConstraint(condition=Q(size__gte=0), name="assignment_upload_size"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["workload_id", "kind", "step"],
+                condition=Q(committed_at__isnull=False),
+                name="assignment_upload_committed",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.sha256[:12]})"

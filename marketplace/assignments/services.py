@@ -48,7 +48,7 @@ from django.utils import timezone
 from core.db import is_postgres, retry_transaction
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import event_append, stream_version
-from marketplace.assignments import events, specs
+from marketplace.assignments import events, specs, training
 from marketplace.assignments.models import (
     Assignment,
     AssignmentLogLine,
@@ -63,6 +63,8 @@ MAX_LOG_LINE_CHARS = 4096
 MAX_LOG_LINES_PER_RUN = 50_000
 MAX_LOG_BYTES_PER_RUN = 16 * 1024 * 1024
 MAX_REASON_CHARS = 500
+# A train run's own events (see marketplace/assignments/training.py).
+TRAIN_EVENTS = frozenset({"training_started", "step", "evaluation"})
 
 
 def claim_ttl() -> timedelta:
@@ -179,8 +181,12 @@ def _end(
     now: datetime,
     exit_code: int | None = None,
     reason: str = "",
+    lost: bool = False,
 ) -> None:
-    """Record the end of a live assignment (the caller holds its row lock)."""
+    """Record the end of a live assignment (the caller holds its row lock). A train
+    run's end goes to the runtime's record too (``lost``: its node stopped renewing)."""
+    if assignment.kind == Assignment.Kind.TRAIN:
+        state, reason = training.train_end_state(assignment, state, reason)
     assignment.state = state
     assignment.finished_at = now
     assignment.locked_until = None
@@ -198,6 +204,8 @@ def _end(
             at=now.isoformat(),
         ),
     )
+    if assignment.kind == Assignment.Kind.TRAIN:
+        training.train_ended(assignment, state=state, reason=reason, lost=lost)
 
 
 def _stop(assignment: Assignment, *, reason: str, now: datetime) -> bool:
@@ -337,6 +345,7 @@ def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
         state=Assignment.State.CLAIMED,
         attempt=assignment.attempt + 1,
         claimed_at=now,
+        renewed_at=now,
         locked_until=now + ttl,
         events_batch=0,
     )
@@ -353,6 +362,8 @@ def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
             at=now.isoformat(),
         ),
     )
+    if assignment.kind == Assignment.Kind.TRAIN:
+        training.train_claimed(assignment)
     _index_bump(node_id)
     return Claim(assignment=assignment, gpu_uuids=gpu_uuids, ttl_seconds=int(ttl.total_seconds()))
 
@@ -411,6 +422,7 @@ def assignment_report(
         assignment.events_batch = batch
     if assignment.state in Assignment.CLAIMED_STATES:
         assignment.locked_until = now + ttl
+        assignment.renewed_at = now
     assignment.save()
     if moved:
         _index_bump(node_id)
@@ -462,6 +474,12 @@ def _apply(assignment: Assignment, items: list[dict[str, Any]], now: datetime) -
                     received_at=now,
                 )
             )
+        elif kind in TRAIN_EVENTS:
+            if assignment.kind != Assignment.Kind.TRAIN:
+                raise _field_error(f"events[{position}]", f"{kind} is for train runs only")
+            if assignment.state == Assignment.State.CLAIMED:
+                raise _field_error(f"events[{position}]", f"{kind} before started")
+            training.train_item_apply(assignment, item)
         elif kind == "finished":
             code = int(item["exit_code"])
             if code == 0:
@@ -499,16 +517,24 @@ def _reap_one(assignment_id: int, now: datetime) -> bool:
     if assignment is None:  # renewed or ended meanwhile
         return False
     expired = assignment.locked_until
+    train = assignment.kind == Assignment.Kind.TRAIN
     if assignment.stop_requested:
         state, reason = Assignment.State.CANCELLED, assignment.stop_reason
     else:
         state = Assignment.State.FAILED
         reason = (
             f"attempt {assignment.attempt} lost its claim: no report from node "
-            f"{assignment.node_id} since before {_iso(expired)} (command runs are not retried)"
+            f"{assignment.node_id} since before {_iso(expired)}"
+            + (
+                " (re-queued: the next node resumes from the last checkpoint)"
+                if train
+                else " (command runs are not retried)"
+            )
         )
-    _end(assignment, state=state, now=now, reason=reason)
+    _end(assignment, state=state, now=now, reason=reason, lost=train)
     assignment.save()
+    if train:
+        training.train_lost(assignment, now=now)
     _index_bump(assignment.node_id)
     return True
 

@@ -1,8 +1,8 @@
 """Every call this app makes into apps it may not import, in one place.
 
 - the runtime: dataset checks and token counts, the model registry, inference
-  engines (core.ports ``datasets``, ``models``, ``inference``), and training through
-  its dramatiq actors, sent by name;
+  engines (core.ports ``datasets``, ``models``, ``inference``);
+- training on the leased node: the assignments (marketplace.assignments.training);
 - billing: the price book's fine-tune estimate (port ``pricebook``) and the buyer's
   available credit (port ``credit``).
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import dramatiq
 
 from core import ports
 from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard, UsageRecord
@@ -54,27 +52,25 @@ def engine_unload(*, deployment_id: str) -> None:
     ports.get("inference").unload(deployment_id=deployment_id)
 
 
-# The runtime's actors, by name and queue (runtime/tasks.py). Sent as messages by
-# name: the web process need not import the runtime for its actors to exist there.
-TRAIN_ACTOR, TRAIN_QUEUE = "training_run", "training"
-CANCEL_ACTOR, CANCEL_QUEUE = "training_cancel", "training_control"
+# Training runs on the leased node: an assignment of kind ``train`` that the node's
+# agent claims and runs (marketplace/assignments/training.py); no control-plane
+# process trains.
 
 
-def _send(queue: str, actor: str, *args: Any) -> None:
-    broker = dramatiq.get_broker()
-    broker.declare_queue(queue)  # idempotent; an in-process broker needs it before a send
-    broker.enqueue(
-        dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
-    )
+def training_assign(
+    *, lease_id: int, job_id: str, work: dict[str, Any], files: dict[str, str | None]
+) -> None:
+    """Queue the job's training for its lease's node (in the caller's transaction)."""
+    from marketplace.assignments import training
+
+    training.train_assign(lease_id=lease_id, job_id=job_id, work=work, files=files)
 
 
-def training_send(*, job_id: str, organization_id: int, spec: dict[str, Any]) -> None:
-    """Start (or, redelivered, resume) the job's training on a runtime worker."""
-    _send(TRAIN_QUEUE, TRAIN_ACTOR, job_id, organization_id, spec)
+def training_cancel(*, job_id: str) -> None:
+    """Stop the job's training on its node (the last checkpoint stays)."""
+    from marketplace.assignments import training
 
-
-def training_cancel_send(*, job_id: str) -> None:
-    _send(CANCEL_QUEUE, CANCEL_ACTOR, job_id)
+    training.train_cancel(job_id=job_id)
 
 
 # --- billing ----------------------------------------------------------------

@@ -798,7 +798,7 @@ def finetune_job_cancel(*, job: FineTuneJob) -> FineTuneJob:
         if job.status == FineTuneJob.Status.CANCELLED:
             _finished_event(job)
     if before == FineTuneJob.Status.RUNNING:
-        transaction.on_commit(lambda: external.training_cancel_send(job_id=job.public_id))
+        external.training_cancel(job_id=job.public_id)
     return job
 
 
@@ -884,8 +884,10 @@ def _lease_info(lease_ref: str) -> dict[str, Any] | None:
 
 
 def finetune_job_start(*, job_id: str, lease_ref: str) -> bool:
-    """The job's lease started: mark it running and hand the work to the runtime.
-    Idempotent: a second delivery of the same lease start does nothing."""
+    """The job's lease started: mark it running and queue its training for the leased
+    node's agent (an assignment of kind ``train``, in this transaction; the node
+    resumes from the job's last committed checkpoint). Idempotent: a second delivery
+    of the same lease start does nothing."""
     with transaction.atomic():
         job = FineTuneJob.objects.select_for_update().filter(public_id=job_id).first()
         if job is None or job.status != FineTuneJob.Status.QUEUED:
@@ -901,12 +903,16 @@ def finetune_job_start(*, job_id: str, lease_ref: str) -> bool:
             ev.FineTuneJobStarted(job_id=job.public_id, lease_ref=lease_ref),
             job.organization_id,
         )
-        spec = work_spec(job)
-        organization_id = job.organization_id
-        transaction.on_commit(
-            lambda: external.training_send(
-                job_id=job_id, organization_id=organization_id, spec=spec
-            )
+        external.training_assign(
+            lease_id=int(lease_ref),
+            job_id=job_id,
+            work=work_spec(job),
+            files={
+                "training_file": job.training_file.storage_key,
+                "validation_file": (
+                    job.validation_file.storage_key if job.validation_file else None
+                ),
+            },
         )
     return True
 
