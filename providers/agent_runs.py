@@ -409,6 +409,9 @@ class WorkLoop(threading.Thread):
         self.client = client
         self.node_id = node_id
         self.root = WorkRoot(work_dir)
+        # The trainer is Tandem's own code (runtime.launch), run as the agent's user
+        # unless --run-as names one; a buyer's command never runs as root.
+        self.train_run_as = RunAs.lookup(run_as) if run_as else None
         if run_as is None and hasattr(os, "geteuid") and os.geteuid() == 0:
             run_as = "nobody"  # never run a buyer's command as root
         self.run_as = RunAs.lookup(run_as) if run_as else None
@@ -537,7 +540,7 @@ class WorkLoop(threading.Thread):
             claim=claim,
             root=self.root,
             driver=self.driver,
-            run_as=self.run_as,
+            run_as=self.train_run_as if kind is not RunSupervisor else self.run_as,
             flush_seconds=self.flush_seconds,
             grace_seconds=self.grace_seconds,
         )

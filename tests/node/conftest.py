@@ -167,9 +167,15 @@ def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., Agen
     """Start ``python -m providers.agent`` for a node, as its own process group."""
     started: list[AgentProcess] = []
 
-    def start(node: AgentNode, *, wait: int = 5, manage: bool = False) -> AgentProcess:
+    def start(
+        node: AgentNode,
+        *,
+        wait: int = 5,
+        manage: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> AgentProcess:
         """``manage``: as ``manage.py run_agent`` with ``--key-file`` (else
-        ``python -m providers.agent --key``)."""
+        ``python -m providers.agent --key``); ``env``: added to the agent's environment."""
         name = node.inventory["hostname"]
         inventory_file = tmp_path / f"{name}.json"
         inventory_file.write_text(json.dumps(node.inventory))
@@ -205,6 +211,7 @@ def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., Agen
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         agent = AgentProcess(process=process, log=log, work_dir=work_dir)
         started.append(agent)

@@ -1,0 +1,236 @@
+"""A fine-tune trains on the leased node, in a process of that node's agent (a real
+process over loopback), never in the control plane; when the node dies mid-run, the
+run moves to another node and resumes from its last committed checkpoint, and every
+step is billed once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from core import ports
+from marketplace.assignments.models import Assignment, AssignmentUpload
+from marketplace.models import Lease
+from marketplace.workloads.models import FineTuneJob
+from metering.models import UsageEvent
+from runtime import events as training_events
+from runtime.selectors import training_events as training_stream
+from tests.marketplace.conftest import fund, offer
+from tests.node.conftest import agent_node, agent_client, wait_for
+from tests.node.training import finetune_job, platform_running, process_parents
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(autouse=True)
+def _dirs(settings, model_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from runtime.registry import tiny_model_ensure
+
+    settings.RUNTIME_MODEL_DIR = model_root
+    settings.RUNTIME_ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
+    settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
+    tiny_model_ensure()
+    if not ports.registered("pricebook"):
+        from billing.pricebook import PriceBookPort
+
+        ports.register("pricebook", PriceBookPort())
+
+
+def _agent_env(model_root: Path) -> dict[str, str]:
+    return {"TANDEM_MODEL_DIR": str(model_root), "OMP_NUM_THREADS": "1"}
+
+
+def _trainers() -> dict[int, int]:
+    """pid -> parent pid of every runtime.launch process on this machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"runtime.launch" in cmdline:
+            parents = process_parents(int(entry.name))
+            if parents:
+                found[int(entry.name)] = parents[0]
+    return found
+
+
+def _events(job_id: str, kind: str) -> list[dict]:
+    return [e.payload for e in training_stream(job_id=job_id) if e.type == kind]
+
+
+def _billed_steps(job_id: str) -> list[str]:
+    return list(
+        UsageEvent.objects.filter(subject_id=job_id, type="tokens.training")
+        .order_by("event_id")
+        .values_list("event_id", flat=True)
+    )
+
+
+def test_a_fine_tune_trains_on_the_leased_nodes_agent(cast, start_agent, model_root):
+    # given: one provider node A with an agent, and a buyer's fine-tune
+    a = agent_node(cast.provider_a, "train-a", f"{cast.provider_a.pk}-ta")
+    offer(a.node, count=2)
+    fund(cast.buyer_a, 50_000_000)
+    agent = start_agent(a, env=_agent_env(model_root))
+    job = finetune_job(cast.buyer_a, examples=24, epochs=2, batch_size=4, checkpoints=2)
+    activated = None
+    with platform_running():
+        # when: the job's order is matched to node A
+        lease = wait_for(
+            lambda: Lease.objects.filter(order_id=int(job.order_ref), state="active").first(),
+            timeout=30,
+        )
+        activated = lease.started_at
+        assert lease.node_id == a.node.pk
+        # then: the trainer runs as a child of agent A (not of this process)
+        trainers = wait_for(_trainers, timeout=30, every=0.02)
+        assert set(trainers.values()) == {agent.process.pid}, trainers
+        assert os.getpid() not in trainers.values()
+        done = wait_for(
+            lambda: (j := FineTuneJob.objects.get(pk=job.pk)).is_terminal and j, timeout=60
+        )
+    assert done.status == "succeeded", (done.error, agent.output()[-3000:])
+    started = _events(job.public_id, "TrainingStarted")
+    assert started and started[0]["resumed_from_step"] == 0
+    assert started[0]["worker"] == f"node-{a.node.pk}"
+    total = started[0]["total_steps"]
+    assert _billed_steps(job.public_id) == sorted(f"{job.public_id}:{s}:train" for s in range(1, total + 1))
+    # the tokens billed are the control plane's count: an epoch's steps sum to its tokens
+    billed = sum(
+        UsageEvent.objects.filter(subject_id=job.public_id, type="tokens.training").values_list(
+            "quantity", flat=True
+        )
+    )
+    assert billed == started[0]["tokens_per_epoch"] * 2
+    succeeded = _events(job.public_id, "TrainingSucceeded")[0]
+    assert Path(succeeded["model_location"], "adapter_model.safetensors").is_file()
+    assert done.checkpoints.filter(is_final=True).exists()
+    run = Assignment.objects.get(kind="train", workload_id=job.public_id)
+    assert run.state == "succeeded" and run.node_id == a.node.pk and run.attempt == 1
+    assert AssignmentUpload.objects.filter(assignment=run, committed_at__isnull=False).count() >= 3
+    first = min(
+        e.recorded_at for e in training_stream(job_id=job.public_id) if e.type == "TrainingStarted"
+    )
+    print(
+        f"\nlease activation -> claimed {(run.claimed_at - activated).total_seconds():.2f} s, "
+        f"trainer process started {(run.started_at - activated).total_seconds():.2f} s, "
+        f"TrainingStarted {(first - activated).total_seconds():.2f} s"
+    )
+
+
+TTL = 4
+
+
+def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
+    cast, start_agent, model_root, settings
+):
+    settings.ASSIGNMENT_CLAIM_TTL_SECONDS = TTL
+    # given: nodes A and B with agents; only A sells at first, so the job lands there
+    a = agent_node(cast.provider_a, "train-a", f"{cast.provider_a.pk}-fa")
+    b = agent_node(cast.provider_a, "train-b", f"{cast.provider_a.pk}-fb")
+    offer(a.node, count=2)
+    fund(cast.buyer_a, 50_000_000)
+    agent_a = start_agent(a, env=_agent_env(model_root))
+    agent_b = start_agent(b, env=_agent_env(model_root))
+    job = finetune_job(cast.buyer_a, examples=1500, epochs=2, batch_size=1, checkpoints=12)
+    with platform_running():
+        lease_a = wait_for(
+            lambda: Lease.objects.filter(order_id=int(job.order_ref), state="active").first(),
+            timeout=30,
+        )
+        assert lease_a.node_id == a.node.pk
+        offer(b.node, count=2)  # B sells now: where the run can move
+        run_a = wait_for(
+            lambda: Assignment.objects.filter(kind="train", workload_id=job.public_id).first()
+        )
+        # when: once a checkpoint is committed, A's agent is killed (kill -9, its group)
+        wait_for(
+            lambda: AssignmentUpload.objects.filter(
+                assignment=run_a, kind="checkpoint", committed_at__isnull=False
+            ).exists(),
+            timeout=60,
+            every=0.02,
+        )
+        assert not _events(job.public_id, "TrainingSucceeded"), "the run ended before the kill"
+        trainer_a = [pid for pid, parent in _trainers().items() if parent == agent_a.process.pid]
+        os.killpg(agent_a.process.pid, signal.SIGKILL)
+        killed = timezone.now()
+        agent_a.process.wait(timeout=10)
+        # the trainer dies with its agent (PR_SET_PDEATHSIG)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in trainer_a), timeout=10)
+        # then: the claim is reaped within the TTL of its last renewal, B takes attempt 2
+        run_a = wait_for(
+            lambda: (r := Assignment.objects.get(pk=run_a.pk)).state == "failed" and r,
+            timeout=TTL + 10,
+        )
+        run_b = wait_for(
+            lambda: Assignment.objects.filter(
+                kind="train", workload_id=job.public_id, node_id=b.node.pk, attempt=2
+            ).first(),
+            timeout=30,
+        )
+        resumed = wait_for(
+            lambda: [e for e in _events(job.public_id, "TrainingStarted") if e["attempt"] == 2],
+            timeout=60,
+        )[0]
+        resumed_at = timezone.now()
+        # a replayed attempt-1 post from A is refused, and changes nothing
+        replay = agent_client(a.key).post(
+            f"/api/v1/agent/nodes/{a.node.pk}/runs/{run_a.pk}/events",
+            {"attempt": 1, "batch": 999, "events": [{"type": "finished", "exit_code": 0}]},
+            format="json",
+        )
+        assert replay.status_code == 409, replay.content
+        stale = agent_client(b.key).post(
+            f"/api/v1/agent/nodes/{b.node.pk}/runs/{run_b.pk}/events",
+            {"attempt": 1, "batch": 999, "events": [{"type": "finished", "exit_code": 0}]},
+            format="json",
+        )
+        assert stale.status_code == 409, stale.content
+        done = wait_for(
+            lambda: (j := FineTuneJob.objects.get(pk=job.pk)).is_terminal and j, timeout=90
+        )
+    assert done.status == "succeeded", (done.error, agent_b.output()[-3000:])
+    # B resumed from A's checkpoint, on B
+    assert resumed["resumed_from_step"] > 0 and resumed["worker"] == f"node-{b.node.pk}"
+    checkpoint_steps = AssignmentUpload.objects.filter(
+        assignment=run_a, kind="checkpoint", committed_at__isnull=False
+    ).values_list("step", flat=True)
+    assert resumed["resumed_from_step"] == max(checkpoint_steps)
+    run_a.refresh_from_db()
+    assert "lost its claim" in run_a.failure_reason
+    assert run_a.finished_at - run_a.renewed_at >= timezone.timedelta(seconds=TTL)
+    # every step billed exactly once, though some ran on both nodes
+    total = resumed["total_steps"]
+    steps = _billed_steps(job.public_id)
+    assert steps == sorted(f"{job.public_id}:{s}:train" for s in range(1, total + 1))
+    # A's lease failed at its claim's last renewal: the provider is paid to there
+    lease_a.refresh_from_db()
+    assert lease_a.state == Lease.State.FAILED
+    assert lease_a.ended_at == run_a.renewed_at
+    assert lease_a.gpu_seconds_billed == int(
+        (run_a.renewed_at - lease_a.started_at).total_seconds()
+    ) * lease_a.gpu_count
+    run_b.refresh_from_db()
+    assert run_b.state == "succeeded" and run_b.attempt == 2
+    print(
+        f"\nkill -> reaped {(run_a.finished_at - killed).total_seconds():.2f} s "
+        f"(TTL {TTL} s; last renewal -> reaped "
+        f"{(run_a.finished_at - run_a.renewed_at).total_seconds():.2f} s), "
+        f"kill -> B claimed {(run_b.claimed_at - killed).total_seconds():.2f} s, "
+        f"kill -> resumed training started {(resumed_at - killed).total_seconds():.2f} s"
+    )
