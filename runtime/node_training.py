@@ -41,7 +41,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import ports
-from core.errors import InvalidInput
+from core.errors import IdempotencyConflict, InvalidInput
 from core.ports import UsageRecord
 from runtime import events as ev
 from runtime.models import TrainingRun
@@ -143,7 +143,20 @@ def _usage(run: TrainingRun, record_id: str, kind: str, quantity: int) -> None:
 
 
 def node_run_submit(*, spec: dict[str, Any]) -> None:
-    training_run_submit(spec=spec)
+    """The run's record, made on its first lease; a later lease (the run resuming
+    elsewhere) changes only the lease its spec names."""
+    work = WorkSpec.from_dict(spec)
+    run = TrainingRun.objects.filter(job_id=work.job_id).first()
+    if run is None:
+        training_run_submit(spec=spec)
+        return
+    canonical = work.to_dict()
+    if {**run.spec, "lease": None} != {**canonical, "lease": None}:
+        raise IdempotencyConflict(
+            f"job {work.job_id} was submitted before with a different spec",
+            details={"field": "job_id"},
+        )
+    TrainingRun.objects.filter(pk=run.pk).update(spec=canonical)
 
 
 def node_run_claimed(*, job_id: str, attempt: int, node_id: int) -> None:

@@ -77,7 +77,7 @@ def platform_running(period: float = 0.1) -> Iterator[None]:
                 close_old_connections()
                 platform_step()
                 stop.wait(period)
-        except BaseException as error:
+        except BaseException as error:  # surfaced to the test when the block ends
             failures.append(error)
         finally:
             connection.close()
