@@ -217,12 +217,11 @@ WORKLOADS_GPU_HOUR_LIMIT_MICROS = env_int("WORKLOADS_GPU_HOUR_LIMIT_MICROS", 10_
 INFERENCE_START_TIMEOUT_SECONDS = env_int("INFERENCE_START_TIMEOUT_SECONDS", 120, minimum=1)
 
 # --- runtime (training and inference) ----------------------------------------
-# Model weights on this node (HF layout, one directory per model name), artifacts
-# (checkpoints, finished adapters), and how long a training run's worker may stay
-# silent before another delivery takes the run over and resumes it.
+# Model weights on this machine (HF layout, one directory per model name) and
+# artifacts (checkpoints and finished adapters, unpacked from the nodes' uploads).
+# A run lost with its node is taken over after ASSIGNMENT_CLAIM_TTL_SECONDS.
 RUNTIME_MODEL_DIR = Path(env_str("TANDEM_MODEL_DIR", str(VAR_DIR / "models")))
 RUNTIME_ARTIFACT_DIR = Path(env_str("TANDEM_ARTIFACT_DIR", str(VAR_DIR / "artifacts")))
-RUNTIME_CLAIM_TIMEOUT_SECONDS = env_int("RUNTIME_CLAIM_TIMEOUT_SECONDS", 300, minimum=10)
 if RUNTIME_MODEL_DIR.exists() and not RUNTIME_MODEL_DIR.is_dir():
     raise ImproperlyConfigured(f"TANDEM_MODEL_DIR={RUNTIME_MODEL_DIR} is not a directory")
 if RUNTIME_ARTIFACT_DIR.exists() and not RUNTIME_ARTIFACT_DIR.is_dir():

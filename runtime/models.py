@@ -1,12 +1,10 @@
-"""The runtime's one table: a training run and who holds it.
+"""The runtime's one table: the record of a training run.
 
-Dramatiq delivers at least once, so two workers may get the same job. A worker
-claims the run with a conditional update (``training_run_claim``); the claim is
-kept alive by a heartbeat written at every step. A second delivery finds the run
-claimed and fresh (it does nothing), finished (it does nothing) or claimed but
-silent past the timeout: the first worker died, so the second takes the claim and
-resumes from the last checkpoint. Steps are billed by id, so the steps redone after
-the checkpoint are not billed again.
+The run itself happens on a provider's node, through its agent; this row is the
+control plane's record of it (runtime/node_training.py): which node holds it at
+which attempt (the assignment's fencing token), its steps and last checkpoint, its
+outcome. Steps are billed by id, so the steps redone after a resume on another node
+are not billed again.
 """
 
 from __future__ import annotations

@@ -85,3 +85,68 @@ def together_client(live_server, raw_key: str):  # type: ignore[no-untyped-def]
     from together import Together
 
     return Together(base_url=live_server.url, api_key=raw_key, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def demo_node_agent(live_server, tmp_path: Path, settings):  # type: ignore[no-untyped-def]
+    """``start(provider)``: the demo node's agent (``python -m providers.agent``, its own
+    process group) against the live server, once the provider's demo supply is loaded
+    (tests.workloads.market.provider_with_capacity). Fine-tunes train in it, on the
+    node their lease names, as on a provider's machine; stopped when the test ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from providers import demo
+
+    started: list[subprocess.Popen[bytes]] = []
+    root = Path(__file__).resolve().parents[2]
+
+    def start(provider) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+        key_file = demo.agent_key_file(provider=provider, path=tmp_path / "demo-agent.key")
+        log = tmp_path / "demo-agent.log"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "providers.agent",
+                "--server",
+                live_server.url,
+                "--key-file",
+                str(key_file),
+                "--inventory",
+                str(demo.INVENTORY),
+                "--work-dir",
+                str(tmp_path / "agent-work"),
+                "--wait",
+                "5",
+            ],
+            cwd=root,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "TANDEM_MODEL_DIR": str(settings.RUNTIME_MODEL_DIR),
+                "OMP_NUM_THREADS": "1",
+            },
+        )
+        started.append(process)
+        deadline = time.monotonic() + 30
+        while "registered as" not in log.read_text(errors="replace"):
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the demo node's agent did not register"
+            time.sleep(0.05)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)

@@ -36,19 +36,21 @@ def buyer_credit(buyer: Organization, amount_micros: int) -> None:
 
 
 def _platform_step() -> None:
+    from marketplace.assignments.services import assignments_reap
     from marketplace.services import matching_round
 
     matching_round(wait=False)
     for follower in registered():
         while follower_run_once(follower):
             pass
+    assignments_reap()
 
 
 @contextmanager
 def platform_running(period: float = 0.1) -> Iterator[None]:
-    """Matching, followers and a worker until the block ends."""
-    import runtime.tasks  # noqa: F401  (the worker runs the runtime's actors)
-
+    """Matching, followers, the assignments' reaper and a worker (the workloads'
+    actors) until the block ends. Training runs in the node's agent
+    (conftest.demo_node_agent), never here."""
     broker = dramatiq.get_broker()
     broker.flush_all()
     worker = Worker(broker, worker_timeout=100, worker_threads=2)

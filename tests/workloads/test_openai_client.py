@@ -34,10 +34,11 @@ def welcome_granted(buyer) -> int:  # type: ignore[no-untyped-def]
     )
 
 
-def test_fine_tune_and_chat_journey(cast, live_server, write, chat_bytes):
+def test_fine_tune_and_chat_journey(cast, live_server, write, chat_bytes, demo_node_agent):
     from openai import OpenAI
 
     provider_with_capacity(cast.provider_a)
+    demo_node_agent(cast.provider_a)  # the job trains there
     buyer_credit(cast.buyer_a, 25_000_000)
     key = cast.client(cast.buyer_a).raw_key
     client: OpenAI = openai_client(live_server, key)

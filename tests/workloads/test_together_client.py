@@ -16,12 +16,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TINY = "tandem/tiny-llama"
 
 
-def test_together_journey_with_estimate_and_download(cast, live_server, write, chat_bytes):
+def test_together_journey_with_estimate_and_download(
+    cast, live_server, write, chat_bytes, demo_node_agent
+):
     from together import Together
 
     from core import ports
 
     provider_with_capacity(cast.provider_a)
+    demo_node_agent(cast.provider_a)  # the job trains there
     buyer_credit(cast.buyer_a, 25_000_000)
     client: Together = together_client(live_server, cast.client(cast.buyer_a).raw_key)
 
