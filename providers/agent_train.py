@@ -38,6 +38,7 @@ import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,11 @@ def pack(directory: Path, target: Path) -> None:
 class TrainSupervisor(RunSupervisor):
     """Runs one claimed train assignment (see the module doc)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, node_env: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Settings of this node for the trainer (TANDEM_MODEL_DIR…), beside those
+        # passed through from the agent's environment.
+        self.node_env = dict(node_env or {})
         # Reports go out one at a time, in order: the supervisor's renewals and the
         # output reader's flush before an upload share this lock.
         self._report_lock = threading.Lock()
@@ -128,6 +132,11 @@ class TrainSupervisor(RunSupervisor):
     def _report(self) -> dict[str, Any] | None:
         with self._report_lock:
             return super()._report()
+
+    def _url(self, url: str) -> str:
+        """A signed URL as the server gave it: a path on the server (joined with the
+        agent's --server), or an absolute URL (a bucket store's)."""
+        return urllib.parse.urljoin(self.client.server.rstrip("/") + "/", url)
 
     # -- before the trainer starts --
 
@@ -150,7 +159,7 @@ class TrainSupervisor(RunSupervisor):
                     work[name] = None
                     continue
                 target = data / Path(str(item["name"])).name
-                _download(str(item["url"]), target)
+                _download(self._url(str(item["url"])), target)
                 work[name] = str(target)
             checkpoint = downloads.get("checkpoint")
             if checkpoint is not None:
@@ -178,6 +187,7 @@ class TrainSupervisor(RunSupervisor):
         for name in PASS_THROUGH_ENV:
             if os.environ.get(name):
                 env[name] = os.environ[name]
+        env.update(self.node_env)
         if self.run_as is not None:
             for path in [work_dir, *work_dir.rglob("*")]:
                 os.chown(path, self.run_as.uid, self.run_as.gid)
@@ -186,7 +196,7 @@ class TrainSupervisor(RunSupervisor):
     def _unpack_checkpoint(self, checkpoint: dict[str, Any], work_dir: Path) -> None:
         assert self.artifacts is not None
         archive = work_dir / "resume.tar"
-        _download(str(checkpoint["url"]), archive)
+        _download(self._url(str(checkpoint["url"])), archive)
         found = _sha256_file(archive)
         if found != checkpoint["sha256"]:
             raise TransferError(f"checkpoint SHA-256 is {found}, {checkpoint['sha256']} expected")
@@ -290,7 +300,7 @@ class TrainSupervisor(RunSupervisor):
                 try:
                     declared = self.client.post(base, body)
                     if not declared.get("present"):
-                        _put(str(declared["url"]), archive)
+                        _put(self._url(str(declared["url"])), archive)
                     self.client.post(
                         f"{base}/{declared['id']}/commit", {"attempt": self.attempt}, timeout=300
                     )

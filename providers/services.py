@@ -109,15 +109,20 @@ class CreatedAgentKey:
 
 
 @transaction.atomic
-def agent_key_create(*, organization: Organization, name: str) -> CreatedAgentKey:
+def agent_key_create(
+    *, organization: Organization, name: str, node: Node | None = None
+) -> CreatedAgentKey:
     """An API key for one node's agent: scope ``agent`` (it reaches only the agent API,
-    for the node its first registration binds it to). Role ``member``, which an agent
-    key never uses: the scope decides what it may do."""
+    for the node its first registration binds it to, or ``node``, one of the
+    organization's registered nodes, at once). Role ``member``, which an agent key
+    never uses: the scope decides what it may do."""
+    if node is not None and node.organization_id != organization.pk:
+        raise InvalidInput(f"node {node.pk} is not one of {organization.name}'s nodes")
     created = core_services.api_key_create(
         organization=organization, name=f"agent: {name}"[:100], role="member", scope="agent"
     )
     agent_key = AgentKey.objects.create(
-        organization=organization, api_key=created.api_key, name=name
+        organization=organization, api_key=created.api_key, name=name, node=node
     )
     return CreatedAgentKey(agent_key=agent_key, raw_key=created.raw_key)
 

@@ -189,8 +189,12 @@ class RunEventsAnswerSerializer(serializers.Serializer):
 
 
 def _base_url(request: Request) -> str:
-    """This server as the agent reached it: signed URLs point back at it."""
-    return request.build_absolute_uri("/").rstrip("/")
+    """The filesystem store's signed URLs are paths on this server, which the agent
+    joins with the server address it was given (behind a proxy or NAT, the address
+    this request came to may not be one the node can reach); a bucket store's are
+    absolute."""
+    del request
+    return ""
 
 
 def _renew_seconds(ttl_seconds: int) -> int:

@@ -5,19 +5,22 @@ served by an inference deployment of the buyer (``serve``).
 ``load(buyer=..., provider=...)`` needs the provider's offers listed (the supply
 demo) and the buyer's credit granted. It runs the real path: upload and check the
 sample dataset, price and create the job, a matching round leases the provider's
-GPUs, and the runtime's training actor runs in this process (a few seconds on a
-CPU). Safe to run again: a demo job that already succeeded is returned as it is.
+GPUs (on the demo node, northlake-gpu-01), and the job's training is queued for
+that node. Nothing trains in this process: it serves the API on a loopback port
+for a moment (a WSGI server thread) and runs the node agent's own train code
+(providers.agent_train) against it with the demo node's agent key, which claims
+the assignment, runs ``python -m runtime.launch`` as a subprocess (a few seconds
+on a CPU), reports its steps and uploads its checkpoints and model, exactly as
+``make run``'s agent would. Safe to run again: a demo job that already succeeded
+is returned as it is.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import dramatiq
-
 from core.followers import followers_run_until_idle
 from core.models import Organization
-from marketplace.workloads import ports as external
 from marketplace.workloads import services
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import Deployment, FineTuneJob
@@ -51,28 +54,94 @@ def load(*, buyer: Organization, provider: Organization) -> FineTuneJob:
             seed=42,
         ),
     )
-    _lease_and_train(job)
+    _lease_and_train(job, provider)
     job.refresh_from_db()
+    if job.status != FineTuneJob.Status.SUCCEEDED:
+        raise RuntimeError(f"the demo job {job.public_id} ended {job.status}: {job.error}")
     return job
 
 
-def _lease_and_train(job: FineTuneJob) -> None:
+def _train_on_the_demo_node(job: FineTuneJob, provider: Organization) -> None:
+    """The demo node's agent, for one run: claim the job's train assignment over
+    HTTP and run it to its end (see the module doc)."""
+    import tempfile
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+
+    from marketplace.assignments.models import Assignment
+    from providers import services as supply_services
+    from providers.agent import Client
+    from providers.agent_drivers import SubprocessDriver
+    from providers.agent_runs import WorkRoot
+    from providers.agent_train import TrainSupervisor
+
+    assignment = Assignment.objects.select_related("node").get(
+        kind=Assignment.Kind.TRAIN, workload_id=job.public_id, state=Assignment.State.QUEUED
+    )
+    # The leased node's agent key for this one run (make run's agent runs
+    # northlake-gpu-01; the market may lease the job elsewhere, as here the L40S node).
+    key = supply_services.agent_key_create(
+        organization=provider,
+        name=f"demo training on {assignment.node.hostname}",
+        node=assignment.node,
+    ).raw_key
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    application = get_wsgi_application()
+
+    def loopback(environ: dict, start_response):  # type: ignore[no-untyped-def,type-arg]
+        # Plain HTTP on loopback, for this process only: not a reason to redirect.
+        environ["wsgi.url_scheme"] = "https"
+        return application(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, loopback, server_class=Server, handler_class=Quiet)
+    serving = threading.Thread(target=server.serve_forever, name="demo-api", daemon=True)
+    serving.start()
+    try:
+        client = Client(server=f"http://127.0.0.1:{server.server_port}", key=key)
+        claim = client.post(
+            f"/api/v1/agent/nodes/{assignment.node_id}/assignments/{assignment.pk}/claim", {}
+        )
+        with tempfile.TemporaryDirectory(prefix="tandem-demo-node-") as work:
+            run = TrainSupervisor(
+                client=client,
+                node_id=assignment.node_id,
+                claim=claim,
+                root=WorkRoot(work),
+                driver=SubprocessDriver(),
+                run_as=None,
+                node_env={"TANDEM_MODEL_DIR": str(settings.RUNTIME_MODEL_DIR)},
+            )
+            run.start()
+            run.join()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _lease_and_train(job: FineTuneJob, provider: Organization) -> None:
     from marketplace.services import matching_round
 
     follower = WorkloadsFollower()
     matching_round()
-    followers_run_until_idle([follower])  # LeaseStarted: the job is running
+    followers_run_until_idle([follower])  # LeaseStarted: the job's training is queued
     job.refresh_from_db()
     if job.status != FineTuneJob.Status.RUNNING:
         raise RuntimeError(
             f"the demo job {job.public_id} found no GPUs (is the provider demo loaded?)"
         )
-    # No worker runs while the demo loads: run the runtime's actor here, by name.
-    spec = services.work_spec(job)
-    dramatiq.get_broker().get_actor(external.TRAIN_ACTOR).fn(
-        job.public_id, job.organization_id, spec
-    )
-    followers_run_until_idle([follower])
+    _train_on_the_demo_node(job, provider)
+    followers_run_until_idle([follower])  # the run's events: the job succeeded
 
 
 def serve(*, job: FineTuneJob) -> Deployment:

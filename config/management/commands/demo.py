@@ -67,7 +67,7 @@ class Command(BaseCommand):
     help = "Load the demo: organizations, offers, credits, leases, a fine-tune, invoices."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        # The demo runs the runtime's training actor in this process, by name.
+        # Actors the demo's services send to are declared (none of them trains).
         autodiscover_modules(*settings.DRAMATIQ_AUTODISCOVER_MODULES)
         with transaction.atomic():
             operator = _org(OPERATOR, "both", is_operator=True)
@@ -84,7 +84,9 @@ class Command(BaseCommand):
         payments.load(buyer=buyer, provider=provider)
         # An L40S lease that ran its hour and was settled; an H100 lease running now.
         market.load(buyer=buyer, provider=provider)
-        # A fine-tune of the tiny model: ordered, leased, trained, metered per step.
+        # A fine-tune of the tiny model: ordered, leased, trained by the leased node's
+        # agent code (runtime.launch as a subprocess, reporting over loopback HTTP),
+        # metered per step.
         job = workloads.load(buyer=buyer, provider=provider)
         # The fine-tuned model served: an inference deployment of the buyer, leased on
         # the provider's GPUs and ready.
