@@ -515,7 +515,7 @@ def _reap_one(assignment_id: int, now: datetime) -> bool:
         .first()
     )
     if assignment is None:  # renewed or ended meanwhile
-        return False
+        return _reap_unclaimed(assignment_id, now)
     expired = assignment.locked_until
     train = assignment.kind == Assignment.Kind.TRAIN
     if assignment.stop_requested:
@@ -539,14 +539,48 @@ def _reap_one(assignment_id: int, now: datetime) -> bool:
     return True
 
 
+def _reap_unclaimed(assignment_id: int, now: datetime) -> bool:
+    """A train run that its node's agent never claimed within two TTLs (no agent runs
+    there, or it is wedged): re-queued elsewhere as if its node had died."""
+    assignment = (
+        Assignment.objects.select_for_update()
+        .filter(
+            pk=assignment_id,
+            kind=Assignment.Kind.TRAIN,
+            state=Assignment.State.QUEUED,
+            created_at__lt=now - 2 * claim_ttl(),
+        )
+        .first()
+    )
+    if assignment is None:
+        return False
+    reason = (
+        f"node {assignment.node_id} did not claim it within {2 * claim_ttl().seconds} s "
+        "(re-queued for another node)"
+    )
+    _end(assignment, state=Assignment.State.FAILED, now=now, reason=reason, lost=True)
+    assignment.save()
+    training.train_lost(assignment, now=now)
+    _index_bump(assignment.node_id)
+    return True
+
+
 def assignments_reap(*, now: datetime | None = None) -> int:
     """End every claim past its ``locked_until``: its node stopped renewing (it died,
     or lost the network). Command runs end ``failed`` and are not retried (see the
-    module doc). Cheap when there is nothing to do: one indexed read."""
+    module doc); train runs are re-queued, and so is one its node never claimed
+    within two TTLs. Cheap when there is nothing to do: two indexed reads."""
     now = now or timezone.now()
     due = list(
         Assignment.objects.filter(
             state__in=Assignment.CLAIMED_STATES, locked_until__lt=now
+        ).values_list("pk", flat=True)[:500]
+    )
+    due += list(
+        Assignment.objects.filter(
+            kind=Assignment.Kind.TRAIN,
+            state=Assignment.State.QUEUED,
+            created_at__lt=now - 2 * claim_ttl(),
         ).values_list("pk", flat=True)[:500]
     )
     return sum(1 for assignment_id in due if _reap_one(assignment_id, now))

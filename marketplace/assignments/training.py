@@ -21,7 +21,8 @@ control-plane process.
 - **Ends**: exit 0 with the final model committed → TrainingSucceeded; a failure on
   the node → TrainingFailed (for good); stopped on request → TrainingCancelled when
   the job was cancelled, else (its lease ended under it) it waits for the next lease.
-- **Lost** (the reaper: no renewal within the TTL): the run is re-queued
+- **Lost** (the reaper: no renewal within the TTL, or never claimed within two
+  TTLs, as on a node no agent runs): the run is re-queued
   (TrainingFailed, will_retry), the dead node's lease fails at the claim's last
   renewal (the provider is paid to there; the order goes back in the book) and the
   node is marked unhealthy until its agent heartbeats again, so the order is matched
@@ -260,8 +261,9 @@ def train_lost(assignment: Assignment, *, now: datetime) -> None:
     from providers import services as supply
     from providers.models import NodeLeaseOutcome
 
-    renewed = assignment.renewed_at or assignment.claimed_at or now
     lease = Lease.objects.get(pk=assignment.lease_id)
+    # Never claimed: nothing was delivered after the lease's start.
+    renewed = assignment.renewed_at or lease.started_at or now
     if lease.state in Lease.LIVE_STATES:
         market.lease_end(
             lease=lease,
@@ -276,7 +278,9 @@ def train_lost(assignment: Assignment, *, now: datetime) -> None:
     supply.node_health_lost(
         node_id=assignment.node_id,
         reason=f"stopped renewing its claim on assignment {assignment.pk} "
-        f"(last renewal {renewed.isoformat()})",
+        f"(last renewal {renewed.isoformat()})"
+        if assignment.renewed_at
+        else f"never claimed assignment {assignment.pk}",
         now=now,
     )
 
