@@ -124,7 +124,9 @@ class RunEventInputSerializer(serializers.Serializer):
         help_text="started | log | finished | failed; train runs also training_started | "
         "step | evaluation (with data)",
     )
-    data = serializers.DictField(
+    # The metaclass takes declared fields out of the class, so ``Serializer.data``
+    # stays the property; only the type checker sees a clash.
+    data = serializers.DictField(  # type: ignore[assignment]
         required=False,
         help_text="training_started: {total_steps, resumed_from_step, examples, "
         "tokens_per_epoch, world_size, device, trainable_parameters}; step: {step, loss, "
