@@ -210,3 +210,23 @@ def test_a_train_run_its_node_never_claims_is_requeued_and_its_lease_billed_noth
     assert lease.state == Lease.State.FAILED and lease.gpu_seconds_billed == 0
     assert Node.objects.get(pk=a.node.pk).health == Node.Health.UNHEALTHY
     assert FineTuneJob.objects.get(pk=job.pk).status == "queued"
+
+
+def test_an_upload_larger_than_the_request_cap_streams_through(claimed, client, settings):
+    a, _, job, run, agent, _claim = claimed
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+    body = _tar({"COMPLETE": b"final", "model.safetensors": bytes(range(256)) * 13_000})
+    assert len(body) > 3 * 1024 * 1024
+    upload = agent.post(
+        f"/api/v1/agent/nodes/{a.node.pk}/runs/{run.pk}/uploads",
+        {
+            "attempt": 1,
+            "key": f"jobs/{job.public_id}/final",
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "size": len(body),
+        },
+        format="json",
+    ).json()
+    put = client.put(_path(upload["url"]), body, content_type="application/octet-stream")
+    assert put.status_code == 200, put.content
+    assert blobs.blob_store().stat(blobs.blob_key(upload["sha256"])) == len(body)
