@@ -236,3 +236,35 @@ def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
         f"kill -> B claimed {(run_b.claimed_at - killed).total_seconds():.2f} s, "
         f"kill -> resumed training started {(resumed_at - killed).total_seconds():.2f} s"
     )
+
+
+def test_cancelling_a_running_fine_tune_kills_its_trainer_on_the_node(
+    cast, start_agent, model_root
+):
+    from marketplace.workloads import services as workloads
+
+    # given: a fine-tune training on node A
+    a = agent_node(cast.provider_a, "train-c", f"{cast.provider_a.pk}-tc")
+    offer(a.node, count=2)
+    fund(cast.buyer_a, 50_000_000)
+    agent = start_agent(a, env=_agent_env(model_root))
+    job = finetune_job(cast.buyer_a, examples=800, epochs=2, batch_size=1, checkpoints=4)
+    with platform_running():
+        wait_for(lambda: _events(job.public_id, "TrainingProgressed"), timeout=60)
+        trainers = [pid for pid, parent in _trainers().items() if parent == agent.process.pid]
+        assert trainers
+        # when: the buyer cancels it
+        workloads.finetune_job_cancel(job=FineTuneJob.objects.get(pk=job.pk))
+        done = wait_for(
+            lambda: (j := FineTuneJob.objects.get(pk=job.pk)).is_terminal and j, timeout=30
+        )
+    # then: the trainer is gone, the job cancelled, its lease ended, its steps billed
+    assert done.status == "cancelled", agent.output()[-3000:]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in trainers)
+    run = Assignment.objects.get(kind="train", workload_id=job.public_id)
+    assert run.state == "cancelled"
+    assert _events(job.public_id, "TrainingCancelled")
+    assert Lease.objects.get(pk=run.lease_id).state == Lease.State.ENDED
+    billed = _billed_steps(job.public_id)
+    total = _events(job.public_id, "TrainingStarted")[0]["total_steps"]
+    assert 1 <= len(billed) < total
