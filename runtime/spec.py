@@ -1,8 +1,9 @@
 """The work spec: everything a training run needs, as plain data.
 
-A fine-tune job (the API, another app) hands the runtime a spec as JSON through a
-dramatiq message; a provider node's agent or ``torchrun -m runtime.launch`` reads the
-same JSON from a file. ``WorkSpec.from_dict`` checks every field and raises
+A fine-tune job (the API, another app) hands the runtime a spec as JSON through the
+job's train assignment; the leased node's agent writes it to ``spec.json`` (its
+datasets' paths made local) and ``runtime.launch`` (under torchrun for several GPUs)
+reads it from there. ``WorkSpec.from_dict`` checks every field and raises
 ``InvalidInput`` naming it, so a bad job is refused before any GPU is touched.
 
 Hyperparameters follow what Together and OpenAI expose: epochs, batch size, learning

@@ -25,13 +25,13 @@ node behind NAT works.
    past ``locked_until``: its node stopped renewing. A command run ends ``failed``
    and is **not retried**: a buyer's command may have effects outside its work
    directory (uploads, writes to the buyer's own services), so running it a second
-   time is not ours to decide. Training will be re-queued from its checkpoint instead.
+   time is not ours to decide. Training is re-queued from its checkpoint instead.
 
-Kinds: ``command`` now (a buyer's command on a raw lease). A fine-tune becomes kind
-``train`` (the spec names the job and its checkpoint; re-queued by the reaper with
-the next attempt) and an inference deployment kind ``serve`` (long-lived, renewed
-while the deployment lives); the index, claim, attempt, renewals and stop are the
-same for every kind.
+Kinds: ``command`` (a buyer's command on a raw lease) and ``train`` (a fine-tune's
+training: marketplace/assignments/training.py adds signed URLs to its claim, its own
+reports, uploads, and its re-queueing by the reaper); an inference deployment becomes
+kind ``serve`` next (long-lived, renewed while the deployment lives). The index,
+claim, attempt, renewals and stop are the same for every kind.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """What each kind of assignment asks a node to run, checked: the bounds and names a
-node relies on (the API's serializers check types). Kind ``command`` now: a buyer's
-program, its environment and its files; ``train`` and ``serve`` will get theirs here."""
+node relies on (the API's serializers check types). Kind ``command``: a buyer's
+program, its environment and its files. Kind ``train`` is made by the platform, not
+sent by a buyer: its spec (the runtime's work spec, checked by runtime.spec, and the
+control plane's plan) is built in marketplace/assignments/training.py."""
 
 from __future__ import annotations
 
