@@ -170,6 +170,10 @@ class _Outbox:
 class RunSupervisor(threading.Thread):
     """Runs one claimed assignment and reports it until it ends (see the module doc)."""
 
+    # A run the agent stops for its own reasons is reported failed; True: reported as
+    # given back, so the server moves it to another node (train runs resume there).
+    give_back_on_agent_stop = False
+
     def __init__(
         self,
         *,
@@ -371,7 +375,10 @@ class RunSupervisor(threading.Thread):
             return
         if self._stop_requested.is_set() and not self.stopped_by_server:
             reason = f"{self.stop_reason}: killed (exit code {code})"
-            self.outbox.add({"type": "failed", "reason": reason[:500]})
+            failed: dict[str, Any] = {"type": "failed", "reason": reason[:500]}
+            if self.give_back_on_agent_stop:
+                failed["retry"] = True
+            self.outbox.add(failed)
         else:
             self.outbox.add({"type": "finished", "exit_code": max(-255, min(255, code))})
         self._drain()
@@ -523,7 +530,10 @@ class WorkLoop(threading.Thread):
                 {
                     "attempt": claim["attempt"],
                     "batch": 1,
-                    "events": [{"type": "failed", "reason": reason}],
+                    "events": [
+                        {"type": "failed", "reason": reason}
+                        | ({"retry": True} if claim.get("kind") == "train" else {})
+                    ],
                 },
             )
 

@@ -24,7 +24,9 @@ whose command is the trainer:
    trainer waits at its next line; the events before it are sent first, so the
    server sees a checkpoint after the steps it follows.
 5. The run's end is reported only once its output is read to the end, so the final
-   model is committed before ``finished``.
+   model is committed before ``finished``. A run the agent stops for its own reasons
+   (it is stopping, an upload kept failing) is reported ``failed`` with ``retry``: the
+   server moves it to another node, which resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def pack(directory: Path, target: Path) -> None:
 
 class TrainSupervisor(RunSupervisor):
     """Runs one claimed train assignment (see the module doc)."""
+
+    give_back_on_agent_stop = True  # the agent stopping is no fault of the job
 
     def __init__(self, *, node_env: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -146,6 +146,11 @@ class RunEventInputSerializer(serializers.Serializer):
     reason = serializers.CharField(
         required=False, allow_blank=True, max_length=services.MAX_REASON_CHARS, help_text="failed"
     )
+    retry = serializers.BooleanField(
+        required=False,
+        help_text="failed, train runs: the node gives the run back (it is stopping); the "
+        "run moves to another node",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         needed = {

@@ -418,12 +418,17 @@ def assignment_report(
     moved = _live_lease_check(assignment, now)
     applied = batch > assignment.events_batch
     if applied:
-        moved = _apply(assignment, items, now) or moved
+        requeue: list[Assignment] = []
+        moved = _apply(assignment, items, now, requeue) or moved
         assignment.events_batch = batch
+    else:
+        requeue = []
     if assignment.state in Assignment.CLAIMED_STATES:
         assignment.locked_until = now + ttl
         assignment.renewed_at = now
     assignment.save()
+    for given_back in requeue:
+        training.train_lost(given_back, now=now)
     if moved:
         _index_bump(node_id)
     return Report(
@@ -434,8 +439,14 @@ def assignment_report(
     )
 
 
-def _apply(assignment: Assignment, items: list[dict[str, Any]], now: datetime) -> bool:
-    """Apply checked events in order; True when the state changed."""
+def _apply(
+    assignment: Assignment,
+    items: list[dict[str, Any]],
+    now: datetime,
+    requeue: list[Assignment],
+) -> bool:
+    """Apply checked events in order; True when the state changed. A train run its
+    node gave back (``failed`` with ``retry``) is added to ``requeue``."""
     moved = False
     lines: list[AssignmentLogLine] = []
     for position, item in enumerate(items):
@@ -497,7 +508,18 @@ def _apply(assignment: Assignment, items: list[dict[str, Any]], now: datetime) -
             state = (
                 Assignment.State.CANCELLED if assignment.stop_requested else Assignment.State.FAILED
             )
-            _end(assignment, state=state, now=now, reason=item["reason"] or "failed on the node")
+            # A train run its agent gave up for its own reasons (stopping, uploads
+            # failing) goes to another node, as if the node had died.
+            lost = (
+                bool(item.get("retry"))
+                and assignment.kind == Assignment.Kind.TRAIN
+                and state == Assignment.State.FAILED
+            )
+            reason = item["reason"] or "failed on the node"
+            _end(assignment, state=state, now=now, reason=reason, lost=lost)
+            if lost:
+                assignment.renewed_at = now
+                requeue.append(assignment)
             moved = True
     if lines:
         AssignmentLogLine.objects.bulk_create(lines)

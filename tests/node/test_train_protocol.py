@@ -230,3 +230,30 @@ def test_an_upload_larger_than_the_request_cap_streams_through(claimed, client, 
     put = client.put(_path(upload["url"]), body, content_type="application/octet-stream")
     assert put.status_code == 200, put.content
     assert blobs.blob_store().stat(blobs.blob_key(upload["sha256"])) == len(body)
+
+
+def test_a_run_its_agent_gives_back_moves_to_another_node(claimed):
+    from marketplace.workloads.models import FineTuneJob
+
+    a, _, job, run, agent, _claim = claimed
+    url = f"/api/v1/agent/nodes/{a.node.pk}/runs/{run.pk}/events"
+    given_back = agent.post(
+        url,
+        {
+            "attempt": 1,
+            "batch": 1,
+            "events": [
+                {"type": "started"},
+                {"type": "failed", "reason": "the agent is stopping: killed", "retry": True},
+            ],
+        },
+        format="json",
+    )
+    assert given_back.status_code == 200 and given_back.json()["stop"] is True
+    followers_run_until_idle([WorkloadsFollower()])
+    run.refresh_from_db()
+    assert run.state == "failed"
+    failed = [e for e in training_events(job_id=job.public_id) if e.type == "TrainingFailed"]
+    assert failed[0].payload["will_retry"] is True
+    assert Lease.objects.get(pk=run.lease_id).state == Lease.State.FAILED
+    assert FineTuneJob.objects.get(pk=job.pk).status == "queued"
