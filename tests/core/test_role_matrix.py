@@ -99,6 +99,11 @@ TABLE: dict[tuple[str, str], Row] = {
     ("agent-node-assignments", "GET"): agent_api(query={"wait": "0"}),  # no long poll
     ("agent-node-assignment-claim", "POST"): agent_api(),
     ("agent-node-run-events", "POST"): agent_api(),
+    ("agent-node-run-uploads", "POST"): agent_api(),
+    ("agent-node-run-upload-commit", "POST"): agent_api(),
+    # signed URLs: the signature is the credential (a request without one is a 400)
+    ("agent-blob", "GET"): public(extra={AGENT: THROUGH}),
+    ("agent-blob", "PUT"): public(extra={AGENT: THROUGH}),
     # tenancy
     ("organization-detail", "GET"): anyone(),
     ("api-keys", "GET"): anyone(),
