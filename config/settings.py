@@ -213,8 +213,17 @@ INFERENCE_IDLE_SECONDS = env_int("INFERENCE_IDLE_SECONDS", 900, minimum=10)
 # The most a managed job's order pays a provider per GPU-hour (the platform's cost:
 # buyers pay per token), in micro-units of TANDEM_CURRENCY.
 WORKLOADS_GPU_HOUR_LIMIT_MICROS = env_int("WORKLOADS_GPU_HOUR_LIMIT_MICROS", 10_000_000, minimum=1)
-# How long a first request waits for a cold deployment's lease and engine.
-INFERENCE_START_TIMEOUT_SECONDS = env_int("INFERENCE_START_TIMEOUT_SECONDS", 120, minimum=1)
+# How long a request for a cold deployment waits for its lease and engine before
+# answering 503 with Retry-After. Bounded below the official clients' read timeouts
+# (Together's: 60 s; OpenAI's: 600 s), so the client gets the 503 and retries rather
+# than giving up on a held connection.
+INFERENCE_START_TIMEOUT_SECONDS = env_int("INFERENCE_START_TIMEOUT_SECONDS", 20, minimum=1)
+INFERENCE_START_TIMEOUT_MAX_SECONDS = 45
+if INFERENCE_START_TIMEOUT_SECONDS > INFERENCE_START_TIMEOUT_MAX_SECONDS:
+    raise ImproperlyConfigured(
+        f"INFERENCE_START_TIMEOUT_SECONDS={INFERENCE_START_TIMEOUT_SECONDS} must be at most "
+        f"{INFERENCE_START_TIMEOUT_MAX_SECONDS}: Together's client gives up after 60 s"
+    )
 
 # --- runtime (training and inference) ----------------------------------------
 # Model weights on this machine (HF layout, one directory per model name) and

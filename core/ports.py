@@ -178,7 +178,16 @@ class ModelRegistryPort(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One completion: ``prompt`` (text completion) or ``messages`` (chat)."""
+    """One completion: ``prompt`` (text completion) or ``messages`` (chat).
+
+    ``json_schema`` (canonical JSON text) constrains the output to documents that
+    schema accepts; ``json_schema_field`` names the request field it came from (for
+    the 400 when it cannot be followed); ``json_schema_strict`` false lets the model
+    add properties the schema does not forbid. ``tools`` are the function
+    definitions the chat template shows the model (``{"type": "function",
+    "function": {...}}``); ``tool_choice`` (none | auto | required | function) is how
+    the API reads the answer: required and function constrain it to a call (through
+    ``json_schema``), auto reads a call when the text is one."""
 
     prompt: str | None = None
     messages: list[dict] | None = None
@@ -187,6 +196,19 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    json_schema: str | None = None
+    json_schema_field: str = "response_format"
+    json_schema_strict: bool = True
+    tools: list[dict] | None = None
+    tool_choice: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """One L2-normalized vector per input, in order, and the tokens read."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +231,8 @@ class InferencePort(Protocol):
     def generate(
         self, *, deployment_id: str, request: GenerationRequest
     ) -> Iterator[GenerationChunk]: ...
+
+    def embed(self, *, deployment_id: str, texts: list[str]) -> EmbeddingResult: ...
 
     def unload(self, *, deployment_id: str) -> None: ...
 

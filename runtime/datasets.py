@@ -142,6 +142,10 @@ class TextTokenizer:
             template = jinja_file.read_text()
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self.chat_template = env.from_string(template) if isinstance(template, str) else None
+        # Whether the template renders tool definitions, calls and results (the
+        # Hugging Face convention: a ``tools`` variable, ``message.tool_calls``, the
+        # ``tool`` role); a chat request that uses tools on one that does not is refused.
+        self.renders_tools = isinstance(template, str) and "tool" in template
         self.vocab_size = self.tokenizer.get_vocab_size()
         # Template text already carries the special tokens it wants.
         self.end_ids = {
@@ -165,7 +169,13 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def render_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         if self.chat_template is None:
             raise DatasetInvalid(
                 "this model has no chat template; use the text or prompt/completion format",
@@ -176,6 +186,7 @@ class TextTokenizer:
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
+            tools=tools or None,
         )
 
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -183,8 +194,10 @@ class TextTokenizer:
         ids = self.encode(prompt)
         return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
 
-    def chat_prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        return self.encode(self.render_chat(messages, add_generation_prompt=True))
+    def chat_prompt_ids(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return self.encode(self.render_chat(messages, add_generation_prompt=True, tools=tools))
 
     def example_text(self, text: str) -> Example:
         ids = self.prompt_ids(text) + ([self.eos_id] if self.eos_id is not None else [])

@@ -17,6 +17,14 @@ adapter loaded once, serving completions and chat completions.
   caller's 400, anything else is ours), and a forward pass that fails for a batch is
   redone request by request from where each stood, so only the request that trips it
   again fails.
+- **Structured output.** A request may carry a ``Constraint`` (a JSON schema): its
+  tokens are masked per step to those the schema's grammar allows (runtime/structured.py,
+  xgrammar), one bitmask row per constrained request; free requests in the same batch
+  are untouched. The grammar is compiled in the caller's thread, so a schema that
+  cannot be followed is that caller's 400 before the request joins a batch.
+- **Embeddings.** ``embed`` mean-pools the last hidden states over each input's
+  tokens and L2-normalizes them, in the caller's thread (one forward pass, no
+  decoding, nothing shared with the batch but the weights).
 - **Streaming.** ``stream`` yields text as it is decided: held back only while it
   could still turn into a stop string or ends inside a UTF-8 character, so the
   joined chunks equal the non-streamed text exactly.
@@ -42,6 +50,7 @@ import torch
 from core.errors import InvalidInput
 from runtime.datasets import TextTokenizer, tokenizer_for
 from runtime.registry import model_info
+from runtime.structured import Constraint, Grammars, closing_reserve
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +163,14 @@ class _Request:
     cancelled: bool = False
     generator: torch.Generator | None = None
     budget: int = 0
+    matcher: Any = None  # xgrammar's GrammarMatcher of a constrained request
+    reserve: int = 0  # its last tokens, steered to close the document
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
 
 
 class Engine:
@@ -192,6 +209,11 @@ class Engine:
             loaded = PeftModel.from_pretrained(loaded, adapter_path).merge_and_unload()
         self.model = loaded.to(self.device).eval()
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+        config = getattr(self.model, "config", None)
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or self.tokenizer.vocab_size)
+        self.hidden_size = int(getattr(config, "hidden_size", 0) or 0)
+        self._grammars: Grammars | None = None
+        self._grammars_lock = threading.Lock()
         self.end_ids = set(self.tokenizer.end_ids)
         self._pending: queue.Queue[_Request | object] = queue.Queue()
         self._closed = False
@@ -204,7 +226,11 @@ class Engine:
     # --- the caller's side -------------------------------------------------------
 
     def prompt_ids(
-        self, *, prompt: str | None = None, messages: list[dict] | None = None
+        self,
+        *,
+        prompt: str | None = None,
+        messages: list[dict] | None = None,
+        tools: list[dict] | None = None,
     ) -> list[int]:
         if (prompt is None) == (messages is None):
             raise InvalidInput("give either prompt or messages", details={"field": "prompt"})
@@ -213,19 +239,79 @@ class Engine:
                 raise InvalidInput(
                     "messages: must be a non-empty list", details={"field": "messages"}
                 )
+            uses_tools = bool(tools)
             for index, message in enumerate(messages):
                 if not isinstance(message, dict) or message.get("role") not in (
                     "system",
                     "user",
                     "assistant",
+                    "tool",
                 ):
                     raise InvalidInput(
-                        f"messages[{index}]: needs a role (system, user, assistant) and content",
+                        f"messages[{index}]: needs a role (system, user, assistant, tool) "
+                        "and content",
                         details={"field": f"messages[{index}]"},
                     )
-                text_check(message.get("content"), field=f"messages[{index}].content")
-            return self.tokenizer.chat_prompt_ids(messages)
+                if message.get("tool_calls") or message["role"] == "tool":
+                    uses_tools = True
+                if message.get("content") is not None or not message.get("tool_calls"):
+                    text_check(message.get("content"), field=f"messages[{index}].content")
+            if uses_tools and not self.tokenizer.renders_tools:
+                raise InvalidInput(
+                    f"tools: {self.model_name}'s chat template does not render tools, "
+                    "tool calls or tool results",
+                    details={"field": "tools"},
+                )
+            return self.tokenizer.chat_prompt_ids(messages, tools=tools)
+        if tools:
+            raise InvalidInput(
+                "tools: only a chat request can use tools", details={"field": "tools"}
+            )
         return self.tokenizer.prompt_ids(text_check(prompt, field="prompt"))
+
+    def grammars(self) -> Grammars:
+        """The engine's grammar compiler, made on the first constrained request."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = Grammars(
+                    tokenizer_path=str(self.info.path / "tokenizer.json"),
+                    vocab_size=self.vocab_size,
+                    end_ids=self.end_ids,
+                )
+            return self._grammars
+
+    def embed(self, texts: list[str], *, field: str = "input") -> Embeddings:
+        """One L2-normalized vector per text: the mean of the last hidden states over
+        the text's tokens (the model's own tokenizer; BOS where the model wants it)."""
+        if not isinstance(texts, list) or not texts:
+            raise InvalidInput(f"{field}: must be a non-empty list", details={"field": field})
+        ids = []
+        for index, text in enumerate(texts):
+            where = f"{field}[{index}]"
+            row = self.tokenizer.prompt_ids(text_check(text, field=where))
+            if not text or len(row) > self.info.context_length:
+                raise InvalidInput(
+                    f"{where}: must be 1 to {self.info.context_length} tokens "
+                    f"(the model's context), not {len(row) if text else 0}",
+                    details={"field": where},
+                )
+            ids.append(row)
+        longest = max(len(row) for row in ids)
+        batch = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for i, row in enumerate(ids):
+            batch[i, : len(row)] = torch.tensor(row)  # right-padded: positions from 0
+            mask[i, : len(row)] = 1
+        batch, mask = batch.to(self.device), mask.to(self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=batch, attention_mask=mask, output_hidden_states=True)
+            hidden = out.hidden_states[-1].float()
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            vectors = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+        return Embeddings(
+            vectors=vectors.cpu().tolist(), prompt_tokens=sum(len(row) for row in ids)
+        )
 
     def submit(
         self,
@@ -234,12 +320,14 @@ class Engine:
         messages: list[dict] | None = None,
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        constraint: Constraint | None = None,
+        tools: list[dict] | None = None,
     ) -> _Request:
         if self._closed:
             raise RuntimeError("the engine is closed")
         params = params or SamplingParams()
         params.check()
-        ids = self.prompt_ids(prompt=prompt, messages=messages)
+        ids = self.prompt_ids(prompt=prompt, messages=messages, tools=tools)
         room = self.info.context_length - len(ids)
         if room < 1:
             raise InvalidInput(
@@ -247,13 +335,18 @@ class Engine:
                 f"{self.info.context_length}-token context",
                 details={"field": "prompt", "prompt_tokens": len(ids)},
             )
+        budget = min(params.max_tokens, room)
         request = _Request(
             id=request_id or f"req-{uuid.uuid4().hex}",
             prompt_ids=ids,
             params=params,
-            budget=min(params.max_tokens, room),
+            budget=budget,
             generator=self._generator(params),
         )
+        if constraint is not None:
+            # Compiled (or found in the cache) here: a bad schema is this caller's 400.
+            request.matcher = self.grammars().matcher(constraint)
+            request.reserve = closing_reserve(budget)
         self._pending.put(request)
         return request
 
@@ -413,8 +506,12 @@ class Engine:
         )
         next_positions = positions[:, -1:] + 1
         active = [i for i, r in enumerate(requests) if r.finish is None]
+        constrained = any(r.matcher is not None for r in requests)
+        bitmask = self.grammars().bitmask(size) if constrained else None
         while active:
             chosen = torch.full((size, 1), self.pad_id, dtype=torch.long, device=self.device)
+            if bitmask is not None:
+                self._constrain(requests, active, logits, bitmask)
             for i in list(active):
                 request = requests[i]
                 if request.cancelled:
@@ -444,8 +541,39 @@ class Engine:
             )
             next_positions = next_positions + 1
 
+    def _constrain(
+        self,
+        requests: list[_Request],
+        active: list[int],
+        logits: torch.Tensor,
+        bitmask: torch.Tensor,
+    ) -> None:
+        """Mask each active constrained request's row of ``logits`` to the tokens its
+        grammar allows (one bitmask fill per request, one masking call for all rows);
+        a request whose matcher fails ends alone."""
+        rows = []
+        for i in list(active):
+            request = requests[i]
+            if request.matcher is None or request.cancelled:
+                continue
+            try:
+                request.matcher.fill_next_token_bitmask(bitmask, i)
+            except Exception as exc:
+                self._fail(request, exc)
+                active.remove(i)
+                continue
+            rows.append(i)
+        if rows:
+            self.grammars().apply(logits, bitmask, rows)
+
     def _sample(self, logits: torch.Tensor, request: _Request) -> int:
         params = request.params
+        if request.matcher is not None and request.budget - len(request.generated) <= (
+            request.reserve
+        ):
+            steered = self.grammars().steer(logits)
+            if steered is not None:
+                return steered
         if params.greedy or request.generator is None:
             return int(torch.argmax(logits).item())
         probs = torch.softmax(logits / params.temperature, dim=-1)
@@ -457,6 +585,8 @@ class Engine:
         return int(torch.multinomial(probs, 1, generator=request.generator).item())
 
     def _advance(self, request: _Request, token: int) -> None:
+        if request.matcher is not None and not request.matcher.accept_token(token):
+            raise RuntimeError(f"token {token} was sampled outside the request's grammar")
         request.generated.append(token)
         finish = None
         if token in self.end_ids:

@@ -15,7 +15,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from core.errors import NotFound
-from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard
+from core.ports import (
+    DatasetCheck,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    ModelCard,
+)
 from runtime.datasets import DatasetInvalid, dataset_load
 from runtime.registry import models_list
 
@@ -78,10 +84,18 @@ class RuntimeInference:
         self, *, deployment_id: str, request: GenerationRequest
     ) -> Iterator[GenerationChunk]:
         from runtime.inference import SamplingParams
+        from runtime.structured import Constraint
 
-        engine = self._engines.get(deployment_id)
-        if engine is None:
-            raise NotFound(f"deployment {deployment_id} is not loaded on this node")
+        engine = self._engine(deployment_id)
+        constraint = (
+            Constraint(
+                schema=request.json_schema,
+                field=request.json_schema_field,
+                strict=request.json_schema_strict,
+            )
+            if request.json_schema is not None
+            else None
+        )
         params = SamplingParams(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
@@ -89,7 +103,13 @@ class RuntimeInference:
             stop=tuple(request.stop),
             seed=request.seed,
         )
-        stream = engine.stream(prompt=request.prompt, messages=request.messages, params=params)
+        stream = engine.stream(
+            prompt=request.prompt,
+            messages=request.messages,
+            params=params,
+            constraint=constraint,
+            tools=request.tools,
+        )
         return (
             GenerationChunk(
                 text=chunk.text,
@@ -99,6 +119,16 @@ class RuntimeInference:
             )
             for chunk in stream
         )
+
+    def embed(self, *, deployment_id: str, texts: list[str]) -> EmbeddingResult:
+        result = self._engine(deployment_id).embed(texts)
+        return EmbeddingResult(vectors=result.vectors, prompt_tokens=result.prompt_tokens)
+
+    def _engine(self, deployment_id: str) -> Engine:
+        engine = self._engines.get(deployment_id)
+        if engine is None:
+            raise NotFound(f"deployment {deployment_id} is not loaded on this node")
+        return engine
 
     def unload(self, *, deployment_id: str) -> None:
         with self._lock:

@@ -34,7 +34,7 @@ from core.errors import InvalidInput
 
 TINY_MODEL = "tandem/tiny-llama"
 # Bumped when the built-in model's recipe changes, so an old cached copy is rebuilt.
-TINY_MODEL_REVISION = "2"
+TINY_MODEL_REVISION = "3"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -185,9 +185,22 @@ def safetensors_parameters(path: Path) -> int:
 # --- the built-in tiny model ---------------------------------------------------
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# Tools as the Hugging Face convention passes them (a ``tools`` list of
+# ``{"type": "function", "function": {...}}``; assistant ``tool_calls`` with
+# ``arguments`` as objects; ``tool`` messages): the definitions in a system turn first,
+# a call as the JSON object the constrained decoder writes. Without tools the text is
+# what revision 2 rendered.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{{ bos_token }}"
+    "{% if tools %}<|system|>\nFunctions you may call, answering with "
+    '{"name": ..., "arguments": {...}}:\n'
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}<|end|>\n{% endif %}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n"
+    "{% if message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
+    '{"name": {{ call.function.name | tojson }}, "arguments": '
+    "{{ call.function.arguments | tojson }}}{% endfor %}"
+    "{% else %}{{ message['content'] }}{% endif %}<|end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 TINY_CONFIG: dict[str, Any] = {

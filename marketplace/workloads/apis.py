@@ -37,6 +37,7 @@ from core.errors import ApplicationError
 from core.idempotency import idempotent
 from core.parsers import JSONParser
 from core.permissions import IsBuyerMember, IsBuyerOperatorForWrites
+from core.ports import GenerationRequest
 from core.schema import openai_error_responses
 from core.tenancy import get_caller
 from marketplace.workloads import inputs, selectors, services, shapes
@@ -48,6 +49,7 @@ from marketplace.workloads.errors import (
     openai_exception_handler,
 )
 from marketplace.workloads.storage import file_storage
+from marketplace.workloads.structured import tool_calls_from
 
 UPLOAD_SALT = "workloads.file-upload"
 UPLOAD_URL_MAX_AGE = 3600
@@ -628,6 +630,14 @@ def _sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def _together_caller(request: Request) -> bool:
+    """Whether Together's official client sent the request (its User-Agent is
+    ``Together/Python <version>``). Its types differ from OpenAI's where the two APIs
+    differ: usage rides on a stream's last chunk (it sends no ``stream_options``), a
+    text completion is ``text.completion`` (a chunk ``completion.chunk``)."""
+    return request.headers.get("User-Agent", "").startswith("Together/")
+
+
 class _CompletionApi(V1Api):
     chat: bool = True
 
@@ -641,6 +651,7 @@ class _CompletionApi(V1Api):
         generation = inputs.generation_request(body, chat=self.chat)
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
+        together = _together_caller(request)
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         served = services.model_resolve(organization=organization, name=model_name)
         request_id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -650,7 +661,15 @@ class _CompletionApi(V1Api):
         )
         if stream:
             response = StreamingHttpResponse(
-                self._stream(chunks, request_id, created, served.name, include_usage),
+                self._stream(
+                    chunks,
+                    request_id,
+                    created,
+                    served.name,
+                    include_usage=include_usage,
+                    together=together,
+                    generation=generation,
+                ),
                 content_type="text/event-stream",
             )
             response["Cache-Control"] = "no-cache"
@@ -665,32 +684,56 @@ class _CompletionApi(V1Api):
         content = "".join(text)
         choice: dict[str, Any]
         if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
-                "finish_reason": finish,
-                "logprobs": None,
-            }
+            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+            calls = _tool_calls(content, finish, generation)
+            if calls is not None:
+                message = {**message, "content": None, "tool_calls": calls}
+                finish = "tool_calls"
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
         else:
             choice = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
-        return Response(
-            {
-                "id": request_id,
-                "object": "chat.completion" if self.chat else "text_completion",
-                "created": created,
-                "model": served.name,
-                "choices": [choice],
-                "usage": _usage(*usage),
-                "system_fingerprint": None,
-            }
-        )
+        if self.chat:
+            kind = "chat.completion"
+        else:
+            kind = "text.completion" if together else "text_completion"
+        answer: dict[str, Any] = {
+            "id": request_id,
+            "object": kind,
+            "created": created,
+            "model": served.name,
+            "choices": [choice],
+            "usage": _usage(*usage),
+            "system_fingerprint": None,
+        }
+        if together and not self.chat:
+            answer["prompt"] = []  # Together's field for echo, which is not offered
+        return Response(answer)
 
     def _stream(
-        self, chunks: Iterator[Any], request_id: str, created: int, model: str, include_usage: bool
+        self,
+        chunks: Iterator[Any],
+        request_id: str,
+        created: int,
+        model: str,
+        *,
+        include_usage: bool,
+        together: bool,
+        generation: GenerationRequest,
     ) -> Iterator[bytes]:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        """Server-sent events in the caller's client's shape. Chat: every delta
+        carries ``role`` (Together's type requires it; OpenAI's allows it). Usage: on
+        the chunk that finishes for Together's client; for OpenAI's, with
+        ``stream_options.include_usage``, a last chunk with no choices. A request that
+        may answer with a tool call is held until it ends (a call is only known
+        whole), then sent as one delta: ``tool_calls`` or ``content``."""
+        if self.chat:
+            kind = "chat.completion.chunk"
+        else:
+            kind = "completion.chunk" if together else "text_completion"
         base = {"id": request_id, "object": kind, "created": created, "model": model}
         usage = (0, 0)
+        hold = self.chat and generation.tools is not None and generation.tool_choice != "none"
+        held: list[str] = []
         if self.chat:
             first = {
                 "index": 0,
@@ -701,31 +744,56 @@ class _CompletionApi(V1Api):
         try:
             for chunk in chunks:
                 finish = chunk.finish_reason
+                text = chunk.text
                 if finish is not None:
                     usage = (chunk.prompt_tokens or 0, chunk.completion_tokens or 0)
+                extra: dict[str, Any] = {}
+                if include_usage:
+                    extra["usage"] = None
+                if together and finish is not None:
+                    extra["usage"] = _usage(*usage)
                 if self.chat:
-                    delta = {"content": chunk.text} if chunk.text else {}
+                    delta: dict[str, Any] = {"role": "assistant"}
+                    if hold:
+                        held.append(text)
+                        text = "" if finish is None else "".join(held)
+                        calls = _tool_calls(text, finish, generation) if finish else None
+                        if calls is not None:
+                            delta["tool_calls"] = [{"index": 0, **call} for call in calls]
+                            finish, text = "tool_calls", ""
+                    if text:
+                        delta["content"] = text
                     choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
                 else:
                     choice = {
                         "index": 0,
-                        "text": chunk.text,
+                        "text": text,
                         "finish_reason": finish,
                         "logprobs": None,
                     }
-                if chunk.text or finish is not None:
-                    yield _sse(
-                        {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
-                    )
+                    if together:
+                        extra["finish_reason"] = finish
+                if text or finish is not None:
+                    yield _sse({**base, "choices": [choice], **extra})
         except ApplicationError as exc:
             # The 200 is out: the error goes as an event in OpenAI's shape, which both
             # clients raise, and the stream ends.
             yield _sse(openai_error_body(exc))
             return
-        if include_usage:
+        if include_usage and not together:
             # OpenAI's last chunk: no choices, the request's exact usage.
             yield _sse({**base, "choices": [], "usage": _usage(*usage)})
         yield b"data: [DONE]\n\n"
+
+
+def _tool_calls(
+    text: str, finish: str | None, generation: GenerationRequest
+) -> list[dict[str, Any]] | None:
+    """The answer as tool calls, when the request allowed them and the text is one
+    (a call cut by max_tokens stays text, with finish_reason length)."""
+    if finish != "stop" or generation.tool_choice == "none":
+        return None
+    return tool_calls_from(text, generation.tools)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -754,6 +822,68 @@ class CompletionApi(_CompletionApi):
     )
     def post(self, request: Request) -> Any:
         return super().post(request)
+
+
+# The inputs one embeddings request may carry (each within the model's context).
+EMBEDDING_INPUTS_MAX = 128
+
+
+class EmbeddingsApi(V1Api):
+    """``POST /v1/embeddings``: one L2-normalized vector per input from the served
+    model (its last hidden states mean-pooled over the input's tokens), billed as
+    the deployment's prompt tokens."""
+
+    @extend_schema(
+        summary="Create embeddings (OpenAI/Together)",
+        request=None,
+        responses={
+            200: OpenApiResponse(
+                response=OpenApiTypes.OBJECT, description="the vectors in OpenAI's list shape"
+            ),
+            **openai_error_responses(400, 401, 402, 403, 404, 413, 429, 503),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        organization = get_caller(request).organization
+        body = inputs.body_object(request.data, nul_ok=True)
+        model_name = inputs.text(body.get("model"), param="model")
+        if not model_name:
+            raise invalid("model is required", param="model", code="missing_model")
+        texts, encoding = inputs.embedding_request(body, max_inputs=EMBEDDING_INPUTS_MAX)
+        served = services.model_resolve(organization=organization, name=model_name)
+        result = services.embeddings_create(
+            organization=organization,
+            served=served,
+            texts=texts,
+            request_id=f"emb-{uuid.uuid4().hex}",
+        )
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _base64_floats(vector) if encoding == "base64" else vector,
+            }
+            for index, vector in enumerate(result.vectors)
+        ]
+        return Response(
+            {
+                "object": "list",
+                "data": data,
+                "model": served.name,
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "total_tokens": result.prompt_tokens,
+                },
+            }
+        )
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: the little-endian float32 bytes, base64."""
+    import base64
+    import struct
+
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 class ModelListApi(V1Api):

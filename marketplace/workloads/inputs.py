@@ -11,10 +11,12 @@ naming the field as the client wrote it (``messages[2].content``, ``seed``).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from core.ports import GenerationRequest
 from marketplace.workloads.errors import invalid
+from marketplace.workloads.structured import structure
 
 # Our deepest field is a hyperparameter (``method.supervised.hyperparameters.n_epochs``);
 # metadata and content parts add a level or two.
@@ -133,10 +135,113 @@ def _stops(value: Any) -> list[str]:
     return list(value)
 
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+
+# Every field a generation request may carry. Each one works; those in
+# ``_DEFAULT_ONLY`` are accepted only at the value that changes nothing (the
+# sampler has no penalties, logprobs or logit bias yet), and anything else is a 400
+# naming it — a parameter is never silently ignored.
+_COMMON_FIELDS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "stream",
+        "stream_options",
+        "user",
+    }
+)
+_CHAT_FIELDS = _COMMON_FIELDS | {
+    "messages",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
+_COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt"}
+_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "repetition_penalty": (1, 1.0),
+    "logprobs": (False, 0),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "echo": (False,),
+}
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _known_fields(body: dict[str, Any], *, chat: bool) -> None:
+    fields = _CHAT_FIELDS if chat else _COMPLETION_FIELDS
+    for name, value in body.items():
+        if name in fields or value is None:
+            continue
+        if name in _DEFAULT_ONLY:
+            defaults = _DEFAULT_ONLY[name]
+            if not isinstance(value, bool | int | float | dict) or not any(
+                type(value) is type(d) and value == d for d in defaults
+            ):
+                shown = ", ".join(json.dumps(d) for d in defaults[:1])
+                raise invalid(
+                    f"{name} is not supported by this server (only {shown}, which changes "
+                    "nothing); remove it",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+            continue
+        raise invalid(
+            f"{name} is not a parameter of {'chat completions' if chat else 'completions'} "
+            "here; remove it",
+            param=name,
+            code="unknown_parameter",
+        )
+
+
+def _tool_calls(value: Any, *, where: str) -> list[dict[str, Any]]:
+    """An assistant message's earlier calls, with ``arguments`` read as JSON objects
+    (what chat templates render)."""
+    if not isinstance(value, list) or not value:
+        raise invalid(f"{where} must be a non-empty list of calls", param=where)
+    calls = []
+    for index, call in enumerate(value):
+        place = f"{where}[{index}]"
+        if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+            raise invalid(f"{place} must be an object with a function", param=place)
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id:
+            raise invalid(f"{place}.id must be a non-empty string", param=f"{place}.id")
+        name = call["function"].get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid(
+                f"{place}.function.name must be a non-empty string", param=f"{place}.function.name"
+            )
+        raw = call["function"].get("arguments")
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise invalid(
+                f"{place}.function.arguments must be a JSON object as a string",
+                param=f"{place}.function.arguments",
+            )
+        calls.append(
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        )
+    return calls
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise invalid("messages must be a non-empty list", param="messages")
     clean = []
@@ -147,10 +252,16 @@ def _messages(value: Any) -> list[dict[str, str]]:
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:
             raise invalid(
-                "each message needs a role of system, developer, user or assistant",
+                "each message needs a role of system, developer, user, assistant or tool",
                 param=f"{where}.role",
             )
         content = message.get("content")
+        if role == "assistant" and message.get("tool_calls") is not None:
+            calls = _tool_calls(message["tool_calls"], where=f"{where}.tool_calls")
+            if content is not None and not isinstance(content, str):
+                raise invalid(f"{where}.content must be a string or null", param=f"{where}.content")
+            clean.append({"role": "assistant", "content": content, "tool_calls": calls})
+            continue
         if isinstance(content, list):  # content parts: the text ones are read
             pieces = []
             for part_index, part in enumerate(content):
@@ -158,7 +269,12 @@ def _messages(value: Any) -> list[dict[str, str]]:
                 if not isinstance(part, dict):
                     raise invalid(f"{part_where} must be an object", param=part_where)
                 if part.get("type", "text") != "text":
-                    continue
+                    # Images, audio, files: not read by these models, so refused
+                    # rather than dropped without a word.
+                    raise invalid(
+                        f"{part_where}.type must be text: this server's models read text only",
+                        param=f"{part_where}.type",
+                    )
                 if not isinstance(part.get("text"), str):
                     raise invalid(f"{part_where}.text must be a string", param=f"{part_where}.text")
                 pieces.append(part["text"])
@@ -168,6 +284,15 @@ def _messages(value: Any) -> list[dict[str, str]]:
                 f"{where}.content must be a string or a list of text parts",
                 param=f"{where}.content",
             )
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise invalid(
+                    f"{where}.tool_call_id must name the call this answers",
+                    param=f"{where}.tool_call_id",
+                )
+            clean.append({"role": "tool", "content": content, "tool_call_id": call_id})
+            continue
         clean.append({"role": _ROLES[role], "content": content})
     return clean
 
@@ -175,6 +300,10 @@ def _messages(value: Any) -> list[dict[str, str]]:
 def generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
     """The generation fields of a (chat) completion body, every one checked; the body
     itself has been through ``body_object``."""
+    _known_fields(body, chat=chat)
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise invalid("user must be a string of up to 256 characters", param="user")
     max_tokens = body.get("max_completion_tokens")
     param = "max_completion_tokens"
     if max_tokens is None:
@@ -198,11 +327,71 @@ def generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise invalid("stream_options must be an object", param="stream_options")
+    if options is not None and set(options) - {"include_usage"}:
+        name = sorted(set(options) - {"include_usage"})[0]
+        raise invalid(
+            f"stream_options.{name} is not supported: only include_usage",
+            param=f"stream_options.{name}",
+        )
+    if options is not None and options.get("include_usage") not in (None, True, False):
+        raise invalid(
+            "stream_options.include_usage must be true or false",
+            param="stream_options.include_usage",
+        )
     if chat:
-        return GenerationRequest(messages=_messages(body.get("messages")), **common)
+        messages = _messages(body.get("messages"))
+        form = structure(body)
+        return GenerationRequest(
+            messages=messages,
+            json_schema=form.json_schema,
+            json_schema_field=form.json_schema_field,
+            json_schema_strict=form.json_schema_strict,
+            tools=form.tools,
+            tool_choice=form.tool_choice,
+            **common,
+        )
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise invalid("prompt must be a string (or a list of one string)", param="prompt")
     return GenerationRequest(prompt=prompt, **common)
+
+
+def embedding_request(body: dict[str, Any], *, max_inputs: int) -> tuple[list[str], str]:
+    """The texts and encoding of an embeddings body, every field checked. ``input``
+    is a string or a list of 1 to ``max_inputs`` non-empty strings (token arrays are
+    not taken: the vectors are of text); ``dimensions`` is refused, the model's
+    hidden size being the only one it has."""
+    allowed = {"model", "input", "encoding_format", "user"}
+    for name, value in body.items():
+        if value is None or name in allowed:
+            continue
+        if name == "dimensions":
+            raise invalid(
+                "dimensions is not supported: the vectors have the model's hidden size",
+                param="dimensions",
+                code="unsupported_parameter",
+            )
+        raise invalid(
+            f"{name} is not a parameter of embeddings here; remove it",
+            param=name,
+            code="unknown_parameter",
+        )
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise invalid("user must be a string of up to 256 characters", param="user")
+    value = body.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not 1 <= len(texts) <= max_inputs:
+        raise invalid(
+            f"input must be a string or a list of 1 to {max_inputs} strings", param="input"
+        )
+    for index, text in enumerate(texts):
+        where = "input" if isinstance(value, str) else f"input[{index}]"
+        if not isinstance(text, str) or not text:
+            raise invalid(f"{where} must be a non-empty string", param=where)
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise invalid("encoding_format must be float or base64", param="encoding_format")
+    return list(texts), str(encoding)

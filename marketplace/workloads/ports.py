@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import ports
-from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard, UsageRecord
+from core.ports import (
+    DatasetCheck,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    ModelCard,
+    UsageRecord,
+)
 
 # --- runtime ----------------------------------------------------------------
 
@@ -46,6 +53,10 @@ def engine_load(*, deployment_id: str, base_model: str, adapter_path: str | None
 
 def engine_generate(*, deployment_id: str, request: GenerationRequest) -> Iterator[GenerationChunk]:
     return ports.get("inference").generate(deployment_id=deployment_id, request=request)
+
+
+def engine_embed(*, deployment_id: str, texts: list[str]) -> EmbeddingResult:
+    return ports.get("inference").embed(deployment_id=deployment_id, texts=texts)
 
 
 def engine_unload(*, deployment_id: str) -> None:

@@ -15,6 +15,8 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
@@ -28,7 +30,14 @@ from django.utils.text import slugify
 from core.errors import ApplicationError
 from core.eventstore import event_append, stream_version
 from core.models import Organization
-from core.ports import DatasetCheck, GenerationChunk, GenerationRequest, ModelCard, UsageRecord
+from core.ports import (
+    DatasetCheck,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    ModelCard,
+    UsageRecord,
+)
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import (
@@ -1181,40 +1190,67 @@ RETRY_AFTER_SECONDS = 10
 
 # Engines this process holds, by deployment id. The runtime's engine registry is per
 # process, so each serving process loads a deployment's engine once, for the first
-# request it serves, and unloads it when it finds the deployment stopped. The lock
-# makes concurrent requests share one load (the runtime loads one at a time too).
+# request it serves, and unloads it when it finds the deployment stopped. A load runs
+# on one loader thread (the runtime loads one at a time too); concurrent requests
+# share its future, and each waits for it only until its own deadline, so a slow
+# load (large weights) is a 503 with Retry-After in time, never a held connection:
+# the load carries on and a later request finds the engine.
 _engines: set[str] = set()
 _engines_load_lock = threading.Lock()
+_engine_loads: dict[str, Future[None]] = {}
+_engine_loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-load")
 
 
-def _engine_ensure(deployment: Deployment) -> None:
-    """Load the deployment's engine in this process unless it holds it already.
-    Concurrent requests wait for the one load (outside any transaction)."""
-    if deployment.public_id in _engines:
+def _engine_ensure(deployment: Deployment, *, deadline: float | None = None) -> None:
+    """Load the deployment's engine in this process unless it holds it already, and
+    wait for the load until ``deadline`` (``time.monotonic()``; None: as long as it
+    takes). Outside any transaction."""
+    deployment_id = deployment.public_id
+    if deployment_id in _engines:
         return
     with _engines_load_lock:
-        if deployment.public_id in _engines:
+        if deployment_id in _engines:
             return
-        try:
-            external.engine_load(
-                deployment_id=deployment.public_id,
+        future = _engine_loads.get(deployment_id)
+        if future is None:
+            future = _engine_loader.submit(
+                external.engine_load,
+                deployment_id=deployment_id,
                 base_model=deployment.base_model,
                 adapter_path=deployment.adapter_path or None,
             )
-        except Exception as exc:
-            # The weights would not load (missing, corrupt, out of memory): the caller
-            # gets a 503 that says so; the next request tries the load again.
-            logger.exception("engine load failed", extra={"deployment": deployment.public_id})
-            raise _unavailable(
-                deployment,
-                f"{deployment.model} could not be loaded on its deployment "
-                f"{deployment.public_id} ({type(exc).__name__}: {str(exc)[:200]}); "
-                f"retry in {RETRY_AFTER_SECONDS} seconds",
-            ) from exc
-        _engines.add(deployment.public_id)
+            _engine_loads[deployment_id] = future
+    wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    try:
+        future.result(timeout=wait)
+    except FutureTimeout:
+        raise _unavailable(
+            deployment,
+            f"{deployment.model} is loading on its deployment {deployment_id}; "
+            f"retry in {RETRY_AFTER_SECONDS} seconds",
+        ) from None
+    except Exception as exc:
+        # The weights would not load (missing, corrupt, out of memory): the caller
+        # gets a 503 that says so; the next request tries the load again.
+        with _engines_load_lock:
+            if _engine_loads.get(deployment_id) is future:
+                del _engine_loads[deployment_id]
+        logger.exception("engine load failed", extra={"deployment": deployment_id})
+        raise _unavailable(
+            deployment,
+            f"{deployment.model} could not be loaded on its deployment "
+            f"{deployment_id} ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"retry in {RETRY_AFTER_SECONDS} seconds",
+        ) from exc
+    with _engines_load_lock:
+        _engines.add(deployment_id)
+        if _engine_loads.get(deployment_id) is future:
+            del _engine_loads[deployment_id]
 
 
 def _engine_drop(deployment_id: str) -> None:
+    with _engines_load_lock:
+        _engine_loads.pop(deployment_id, None)
     _engines.discard(deployment_id)
     try:
         external.engine_unload(deployment_id=deployment_id)
@@ -1315,7 +1351,7 @@ def deployment_acquire(*, organization: Organization, served: ServedModel) -> De
                 pk=deployment.pk, status=Deployment.Status.READY
             ).update(last_request_at=timezone.now())
             if in_use:
-                _engine_ensure(deployment)
+                _engine_ensure(deployment, deadline=deadline)
                 return deployment
         elif deployment.status == Deployment.Status.STOPPED:
             # Its lease ended before it served (preempted, node failed): start another.
@@ -1324,7 +1360,7 @@ def deployment_acquire(*, organization: Organization, served: ServedModel) -> De
             deployment = _deployment_live(organization=organization, served=served)
             continue
         elif deployment.lease_ref:
-            deployment_start(deployment=deployment)
+            deployment_start(deployment=deployment, deadline=deadline)
         else:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -1357,7 +1393,7 @@ def _unavailable(deployment: Deployment, message: str) -> ApplicationError:
     )
 
 
-def deployment_start(*, deployment: Deployment) -> bool:
+def deployment_start(*, deployment: Deployment, deadline: float | None = None) -> bool:
     """The deployment has its lease: load the engine and mark it ready. Returns
     whether this call marked it.
 
@@ -1367,9 +1403,10 @@ def deployment_start(*, deployment: Deployment) -> bool:
     it holds, so neither the follower that records the lease nor a worker could load
     it for the web process. The load waits for the lease, so no engine runs on GPUs
     nobody leased; it runs outside any transaction, and concurrent requests in one
-    process share one load (``_engine_ensure``). Another serving process loads its own
-    engine on the first request it serves for the deployment."""
-    _engine_ensure(deployment)
+    process share one load (``_engine_ensure``), each waiting until its ``deadline``.
+    Another serving process loads its own engine on the first request it serves for
+    the deployment."""
+    _engine_ensure(deployment, deadline=deadline)
     with transaction.atomic():
         updated = (
             Deployment.objects.filter(
@@ -1457,6 +1494,34 @@ def _generation(
             completion_tokens=completion_tokens,
             complete=finished,
         )
+
+
+def embeddings_create(
+    *, organization: Organization, served: ServedModel, texts: list[str], request_id: str
+) -> EmbeddingResult:
+    """Embed ``texts`` with the model's deployment (acquired as a completion's is,
+    so a cold model answers 503 in time) and meter the tokens read as the
+    deployment's ``tokens.prompt``, exactly as a completion's prompt."""
+    deployment = deployment_acquire(organization=organization, served=served)
+    try:
+        result = external.engine_embed(deployment_id=deployment.public_id, texts=texts)
+    except ApplicationError:
+        raise
+    except Exception as exc:
+        logger.exception("embedding failed", extra={"request_id": request_id})
+        raise GenerationFailed(
+            f"embedding {request_id} failed on {deployment.public_id}; retry the request",
+            details={"request_id": request_id},
+        ) from exc
+    inference_usage_record(
+        organization=organization,
+        deployment=deployment,
+        request_id=request_id,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=0,
+        complete=True,
+    )
+    return result
 
 
 def inference_usage_record(

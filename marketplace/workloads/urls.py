@@ -93,6 +93,7 @@ urlpatterns = [
     # inference
     path("chat/completions", apis.ChatCompletionApi.as_view(), name="chat-completions"),
     path("completions", apis.CompletionApi.as_view(), name="completions"),
+    path("embeddings", apis.EmbeddingsApi.as_view(), name="embeddings"),
     path("models", apis.ModelListApi.as_view(), name="models"),
     path(
         "models/<path:model>",

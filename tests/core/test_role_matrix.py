@@ -231,6 +231,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("together-download", "GET"): buyer(),  # ?ft_id= is checked first
     ("chat-completions", "POST"): buyer(WRITERS),
     ("completions", "POST"): buyer(WRITERS),
+    ("embeddings", "POST"): buyer(WRITERS),
     ("models", "GET"): buyer(),
     ("model-detail", "GET"): buyer(),
     ("model-detail", "DELETE"): buyer(WRITERS, other=404),
