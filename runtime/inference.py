@@ -50,7 +50,7 @@ import torch
 from core.errors import InvalidInput
 from runtime.datasets import TextTokenizer, tokenizer_for
 from runtime.registry import model_info
-from runtime.structured import Constraint, Grammars, closing_reserve
+from runtime.structured import Constraint, Grammars, closing_reserve, inside_string
 
 logger = logging.getLogger(__name__)
 
@@ -571,7 +571,9 @@ class Engine:
         if request.matcher is not None and request.budget - len(request.generated) <= (
             request.reserve
         ):
-            steered = self.grammars().steer(logits)
+            steered = self.grammars().steer(
+                logits, request.matcher, in_string=inside_string(request.text)
+            )
             if steered is not None:
                 return steered
         if params.greedy or request.generator is None:

@@ -15,7 +15,8 @@ request decodes exactly as it would without neighbours.
   stop a run of digits by itself, and a document cut by ``max_tokens`` does not parse.
   So in the last ``closing_reserve`` tokens of its budget a constrained request is
   steered: among the tokens the grammar allows it takes the model's best that ends
-  the document (an end token), else one made only of closing characters (``"]}``),
+  the document (an end token), else the longest one that writes what the grammar
+  forces next (a required key), else one made only of closing characters (``"]}``),
   else one made only of JSON punctuation; only when the grammar allows none of these
   does the model choose freely. The output still matches the schema (every token is
   one the grammar allows); it is shorter than the model would have written. If even
@@ -54,7 +55,7 @@ _PUNCTUATION = frozenset('"]},:[{ ')
 
 def closing_reserve(budget: int) -> int:
     """How many of a constrained request's last tokens are steered to close it."""
-    return min(max(budget // 4, 8), 64, max(budget - 1, 0))
+    return min(max(budget // 4, 16), 64, max(budget - 1, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +102,12 @@ class Grammars:
         self.compiles = 0  # cache misses, for the benchmark and tests
         # 0: an end token; 1: only closing characters; 2: only JSON punctuation; 3: other.
         ranks = torch.full((vocab_size,), 3, dtype=torch.int8)
-        vocab = hf.convert_ids_to_tokens(list(range(min(len(hf), vocab_size))))
-        for token_id, _ in enumerate(vocab):
+        self.texts: list[str] = [""] * vocab_size
+        quote_first = torch.zeros((vocab_size,), dtype=torch.bool)
+        for token_id in range(min(len(hf), vocab_size)):
             text = hf.decode([token_id])
+            self.texts[token_id] = text
+            quote_first[token_id] = text.startswith('"')
             if text and set(text) <= _CLOSERS:
                 ranks[token_id] = 1
             elif text and set(text) <= _PUNCTUATION:
@@ -112,6 +116,7 @@ class Grammars:
             if 0 <= end < vocab_size:
                 ranks[end] = 0
         self.ranks = ranks
+        self.quote_first = quote_first
 
     def compile(self, constraint: Constraint) -> xgrammar.CompiledGrammar:
         key = (constraint.schema, constraint.strict)
@@ -148,13 +153,47 @@ class Grammars:
         device_mask = bitmask.to(logits.device, non_blocking=True)
         self.xgr.apply_token_bitmask_inplace(logits, device_mask, indices=rows)
 
-    def steer(self, logits: torch.Tensor) -> int | None:
-        """In the closing reserve: the best allowed token of the most closing rank
-        (end, closer, punctuation), or None to let the model choose."""
+    def steer(
+        self, logits: torch.Tensor, matcher: xgrammar.GrammarMatcher, *, in_string: bool
+    ) -> int | None:
+        """In the closing reserve: an allowed end token; else the longest allowed
+        token writing what the grammar forces next; else the model's best allowed
+        closer (inside a string one that starts with its closing quote, outside one
+        that does not open another), then punctuation; or None to let the model
+        choose."""
         allowed = torch.isfinite(logits)
         ranks = self.ranks.to(logits.device)
-        for rank in (0, 1, 2):
-            candidates = allowed & (ranks == rank)
+        ends = allowed & (ranks == 0)
+        if bool(ends.any()):
+            return int(torch.where(ends, logits, float("-inf")).argmax().item())
+        forced = matcher.find_jump_forward_string()
+        if forced:
+            ids = allowed.nonzero().flatten().tolist()
+            best = max(
+                (i for i in ids if self.texts[i] and forced.startswith(self.texts[i])),
+                key=lambda i: len(self.texts[i]),
+                default=None,
+            )
+            if best is not None:
+                return int(best)
+        quote = self.quote_first.to(logits.device)
+        closers = allowed & (ranks == 1)
+        first, then = (quote, ~quote) if in_string else (~quote, quote)
+        for candidates in (closers & first, closers & then, allowed & (ranks == 2)):
             if bool(candidates.any()):
                 return int(torch.where(candidates, logits, float("-inf")).argmax().item())
         return None
+
+
+def inside_string(text: str) -> bool:
+    """Whether JSON ``text`` (a valid prefix) ends inside a string: an odd number of
+    quotes that no backslash escapes."""
+    inside = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and inside:
+            escaped = True
+        elif char == '"':
+            inside = not inside
+    return inside
