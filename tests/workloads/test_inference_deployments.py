@@ -321,3 +321,41 @@ def test_an_engine_that_will_not_load_is_a_503_and_the_next_request_loads_again(
     assert "MemoryError" in error["message"] and refused["Retry-After"]
     assert served.status_code == 200, served.json()
     assert engines.loads == Counter({Deployment.objects.get().public_id: 1})
+
+
+def test_a_slow_engine_load_is_a_503_in_time_and_the_load_carries_on(cast, engines, settings):
+    # given GPUs, weights that take longer to load than a request may wait
+    settings.INFERENCE_START_TIMEOUT_SECONDS = 2
+    provider_with_capacity(cast.provider_a)
+    client = cast.client(cast.buyer_a)
+    real_load, release = engines.load, threading.Event()
+
+    def slow_load(**kwargs):  # type: ignore[no-untyped-def]
+        release.wait(timeout=60)
+        real_load(**kwargs)
+
+    engines.load = slow_load  # type: ignore[method-assign]
+
+    with platform_running():
+        began = time.monotonic()
+        waiting = chat(client)
+        waited = time.monotonic() - began
+        # then the client hears 503 with Retry-After within the bound, the
+        # connection not held for the load
+        assert waiting.status_code == 503
+        error = waiting.json()["error"]
+        assert error["code"] == "model_unavailable" and "is loading" in error["message"]
+        assert waiting["Retry-After"] == str(services.RETRY_AFTER_SECONDS)
+        assert 2 <= waited < 2 + 8
+        # and the load carries on: once done, the next request is served, loaded once
+        release.set()
+        served = chat(client)
+
+    assert served.status_code == 200, served.json()
+    assert engines.loads == Counter({Deployment.objects.get().public_id: 1})
+
+
+def test_the_start_wait_is_bounded_below_the_clients_timeouts(settings):
+    # Together's client gives up after 60 s: the wait is at most 45 s by configuration
+    assert settings.INFERENCE_START_TIMEOUT_SECONDS <= settings.INFERENCE_START_TIMEOUT_MAX_SECONDS
+    assert settings.INFERENCE_START_TIMEOUT_MAX_SECONDS < 60

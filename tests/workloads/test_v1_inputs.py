@@ -77,6 +77,58 @@ CHAT_CASES = [
     ),
     ({"messages": [{"role": "user", "content": "x", "\ud800": 1}]}, "messages[0]"),
     ({"user": {"a": [{"b": [{"c": [[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]}]}]}}, None),
+    # nothing is silently ignored: an unknown field, or one only at its no-op value
+    ({"guided_json": {"type": "object"}}, "guided_json"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"presence_penalty": -1}, "presence_penalty"),
+    ({"logprobs": True}, "logprobs"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"stream_options": {"include_usage": True, "continuous_usage_stats": True}}, None),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, None),
+    # structured output and tools
+    ({"response_format": "json"}, "response_format"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}},
+        "response_format.json_schema.name",
+    ),
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": []}}},
+        "response_format.json_schema.schema",
+    ),
+    ({"tools": []}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, None),
+    ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    (
+        {
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        "tool_choice.function.name",
+    ),
+    (
+        {
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "required",
+            "response_format": {"type": "json_object"},
+        },
+        "response_format",
+    ),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}],
+                },
+            ]
+        },
+        "messages[1].tool_calls[0].function.arguments",
+    ),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
 ]
 
 
@@ -286,3 +338,25 @@ def test_an_engine_error_is_that_requests_500_in_openai_shape(cast, failing_engi
     # a stream whose 200 is out ends with the error as an event, in the same shape
     events = b"".join(streamed.streaming_content).decode()
     assert '"code":"generation_failed"' in events
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"dimensions": 64}, "dimensions"),
+        ({"input": []}, "input"),
+        ({"input": ["a", ""]}, "input[1]"),
+        ({"input": [[1, 2, 3]]}, "input[0]"),
+        ({"input": "x\ud800"}, "input"),
+        ({"encoding_format": "int8"}, "encoding_format"),
+        ({"truncate": "END"}, "truncate"),
+        ({"model": ""}, "model"),
+    ],
+)
+def test_embeddings_fields_are_checked_at_the_edge(cast, change, param):
+    buyer = cast.client(cast.buyer_a)
+    body = {"model": TINY, "input": "hello", **change}
+
+    error = _refused(_post(buyer, "/v1/embeddings", body), param)
+
+    assert error["message"]
