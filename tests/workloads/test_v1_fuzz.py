@@ -125,6 +125,33 @@ GENERATION_EXTRAS = {
 }
 
 
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+STRUCTURED = st.sampled_from(
+    [
+        {"response_format": {"type": "json_object"}},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "person",
+                    "schema": {"type": "object", "properties": {"a": {"type": "integer"}}},
+                    "strict": True,
+                },
+            }
+        },
+        {"tools": [TOOL], "tool_choice": "required"},
+        {"tools": [TOOL], "tool_choice": "auto", "parallel_tool_calls": False},
+        {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    ]
+)
+
+
 def _chat_bodies() -> st.SearchStrategy[Any]:
     with_messages = st.builds(
         lambda messages, body: (
@@ -135,7 +162,8 @@ def _chat_bodies() -> st.SearchStrategy[Any]:
         st.lists(_message(), min_size=1, max_size=3),
         _body({**CHAT, **GENERATION_EXTRAS}),
     )
-    return st.one_of(with_messages, _body({**CHAT, **GENERATION_EXTRAS}))
+    structured = STRUCTURED.flatmap(lambda extra: _body({**CHAT, **GENERATION_EXTRAS, **extra}))
+    return st.one_of(with_messages, _body({**CHAT, **GENERATION_EXTRAS}), structured)
 
 
 OPENAI_JOB = {
@@ -246,6 +274,15 @@ def test_chat_completions_never_answer_5xx(buyer, ready_deployment, body):
 )
 def test_completions_never_answer_5xx(buyer, ready_deployment, body):
     _assert_answer(_post(buyer, "/v1/completions", body), "completions", body)
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    body=_body({"model": TINY, "input": ["Hello", "world"], "encoding_format": "float"})
+    | _body({"model": TINY, "input": "Hello", "encoding_format": "base64", "user": "u-1"})
+)
+def test_embeddings_never_answer_5xx(buyer, ready_deployment, body):
+    _assert_answer(_post(buyer, "/v1/embeddings", body), "embeddings", body)
 
 
 @FUZZ
