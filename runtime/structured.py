@@ -105,7 +105,7 @@ class Grammars:
         self.texts: list[str] = [""] * vocab_size
         quote_first = torch.zeros((vocab_size,), dtype=torch.bool)
         for token_id in range(min(len(hf), vocab_size)):
-            text = hf.decode([token_id])
+            text = str(hf.decode([token_id]))
             self.texts[token_id] = text
             quote_first[token_id] = text.startswith('"')
             if text and set(text) <= _CLOSERS:

@@ -217,10 +217,10 @@ def structure(body: dict[str, Any]) -> Structure:
         )
     chosen = [t for t in tools if t["function"]["name"] == named] if named else tools
     schemas = [_call_schema(tool) for tool in chosen]
-    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    call: dict[str, Any] = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     strict = all(t["function"].get("strict") is not False for t in chosen)
     return Structure(
-        json_schema=_canonical(schema, param="tools"),
+        json_schema=_canonical(call, param="tools"),
         json_schema_field="tools",
         json_schema_strict=strict,
         tools=tools,
