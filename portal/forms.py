@@ -20,11 +20,24 @@ KIND_CHOICES = [
 
 
 def add_service_error(form: forms.Form, error: ApplicationError) -> None:
-    """A service's refusal, shown beside the field it names (``details["field"]``,
-    renamed through the form's ``service_fields`` where the names differ), or above
-    the form when the form has no such field."""
+    """A service's refusal, shown beside the field it names (``details["field"]``, or
+    each of ``details["fields"]``), renamed through the form's ``service_fields`` where
+    the names differ, or above the form, in the service's own words, when the form has
+    no such field."""
+    renamed = getattr(form, "service_fields", {})
+    named = error.details.get("fields")
+    if isinstance(named, dict) and named:
+        # The supply side's services name theirs as {"field": ["message", ...]}.
+        for field, messages in named.items():
+            field = renamed.get(field, field)
+            if field not in form.fields:
+                form.add_error(None, error.message)
+                continue
+            for message in messages if isinstance(messages, list) else [messages]:
+                form.add_error(field, str(message))
+        return
     field = error.details.get("field")
-    field = getattr(form, "service_fields", {}).get(field, field)
+    field = renamed.get(field, field)
     form.add_error(field if field in form.fields else None, error.message)
 
 

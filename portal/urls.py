@@ -6,7 +6,7 @@ from django.contrib.auth import views as auth
 from django.urls import path, reverse_lazy
 
 from portal.forms import SignInForm
-from portal.views import account, buyer, keys, provider, team
+from portal.views import account, buyer, keys, provider, provider_offers, provider_supply, team
 
 app_name = "portal"
 
@@ -63,4 +63,48 @@ urlpatterns = [
     path("team/<id:membership_id>/remove", team.member_remove, name="member-remove"),
     path("console/", buyer.dashboard, name="console"),
     path("provider/", provider.overview, name="provider"),
+    path("provider/sites/", provider_supply.site_list, name="provider-sites"),
+    path("provider/sites/new", provider_supply.site_create, name="provider-site-create"),
+    path("provider/nodes/", provider_supply.node_list, name="provider-nodes"),
+    path("provider/nodes/<id:node_id>/", provider_supply.node_detail, name="provider-node"),
+    path(
+        "provider/nodes/<id:node_id>/telemetry",
+        provider_supply.node_telemetry,
+        name="provider-node-telemetry",
+    ),
+    path("provider/offers/", provider_offers.offer_list, name="provider-offers"),
+    path("provider/offers/new", provider_offers.offer_create, name="provider-offer-create"),
+    path("provider/offers/<id:offer_id>/", provider_offers.offer_detail, name="provider-offer"),
+    path(
+        "provider/offers/<id:offer_id>/pause",
+        provider_offers.offer_pause,
+        name="provider-offer-pause",
+    ),
+    path(
+        "provider/offers/<id:offer_id>/resume",
+        provider_offers.offer_resume,
+        name="provider-offer-resume",
+    ),
+    path(
+        "provider/offers/<id:offer_id>/reprice",
+        provider_offers.offer_reprice,
+        name="provider-offer-reprice",
+    ),
+    path(
+        "provider/offers/<id:offer_id>/withdraw",
+        provider_offers.offer_withdraw,
+        name="provider-offer-withdraw",
+    ),
+    path("provider/leases/", provider_offers.lease_list, name="provider-leases"),
+    path("provider/agent-keys/", provider_supply.agent_key_list, name="provider-agent-keys"),
+    path(
+        "provider/agent-keys/new",
+        provider_supply.agent_key_create,
+        name="provider-agent-key-create",
+    ),
+    path(
+        "provider/agent-keys/<id:agent_key_id>/revoke",
+        provider_supply.agent_key_revoke,
+        name="provider-agent-key-revoke",
+    ),
 ]

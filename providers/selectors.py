@@ -44,6 +44,13 @@ def agent_keys_for_org(*, organization: Organization) -> QuerySet[AgentKey]:
     return AgentKey.objects.filter(organization=organization).select_related("api_key")
 
 
+def agent_key_get(*, organization: Organization, agent_key_id: int) -> AgentKey:
+    agent_key = agent_keys_for_org(organization=organization).filter(pk=agent_key_id).first()
+    if agent_key is None:
+        raise NotFound(f"agent key {agent_key_id} not found")
+    return agent_key
+
+
 def nodes_for_org(*, organization: Organization) -> QuerySet[Node]:
     gpus = Gpu.objects.filter(present=True).select_related("sample").order_by("index")
     return (
