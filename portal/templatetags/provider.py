@@ -37,3 +37,23 @@ def watts(milliwatts: int | None) -> str:
     if not isinstance(milliwatts, int):
         return "—"
     return f"{(int(milliwatts) + 500) // 1000} W"
+
+
+MEASUREMENTS = ("utilization_pct", "memory_used_mib", "temperature_c", "power_mw")
+
+
+def _measured(gpu: object) -> bool:
+    sample = getattr(gpu, "sample", None)  # absent: the GPU never reported
+    return sample is not None and any(getattr(sample, m) is not None for m in MEASUREMENTS)
+
+
+@register.filter
+def measured(gpu: object) -> bool:
+    """Whether the GPU's latest sample holds any measurement (an inventory file's
+    heartbeats say the node is alive and measure nothing)."""
+    return _measured(gpu)
+
+
+@register.filter
+def any_measured(gpus: list) -> bool:
+    return any(_measured(gpu) for gpu in gpus)
