@@ -11,6 +11,7 @@ from axe_playwright_python.sync_playwright import Axe
 from billing.pricebook import welcome_credit_grant
 from core import services
 from providers import demo as supply
+from providers.models import Node, Offer
 from tests.portal.conftest import SCREENSHOTS, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,6 +66,7 @@ def test_every_page_passes_axe_and_is_photographed(live_server, new_context, per
         check(page, name, size, scheme, errors)
     page.goto(live_server.url + "/sign-up/")
     page.get_by_role("button", name="Create account").click()  # every field refused
+    page.locator(".errorlist").first.wait_for()  # the answer, not the page it replaces
     check(page, "sign-up-errors", size, scheme, errors)
 
     # the buyer admin
@@ -88,6 +90,34 @@ def test_every_page_passes_axe_and_is_photographed(live_server, new_context, per
     page, errors = visit(provider)
     page.goto(live_server.url + "/provider/")
     check(page, "provider-overview", size, scheme, errors)
+    node = Node.objects.get(organization=provider.organization)
+    offer = Offer.objects.filter(organization=provider.organization).order_by("pk").first()
+    for name, path in [
+        ("provider-sites", "/provider/sites/"),
+        ("provider-nodes", "/provider/nodes/"),
+        ("provider-node", f"/provider/nodes/{node.pk}/"),
+        ("provider-offers", "/provider/offers/?status=active"),
+        ("provider-offer", f"/provider/offers/{offer.pk}/"),
+        ("provider-leases", "/provider/leases/"),
+        ("provider-agent-keys", "/provider/agent-keys/"),
+    ]:
+        page.goto(live_server.url + path)
+        check(page, name, size, scheme, errors)
+    page.goto(live_server.url + "/provider/sites/")
+    page.get_by_role("button", name="Create site").click()  # every field refused
+    page.locator("#id_name_error").wait_for()
+    check(page, "provider-site-errors", size, scheme, errors)
+    page.goto(live_server.url + "/provider/offers/new")
+    check(page, "provider-offer-new", size, scheme, errors)
+    page.get_by_label("Price per GPU-hour").fill("0")
+    page.get_by_role("button", name="List offer").click()
+    page.locator("#id_price_error").wait_for()
+    check(page, "provider-offer-errors", size, scheme, errors)
+    page.goto(live_server.url + "/provider/agent-keys/")
+    page.get_by_label("Name").fill("rack 1")
+    page.get_by_role("button", name="Create agent key").click()
+    page.get_by_role("button", name="Copy").wait_for()
+    check(page, "provider-agent-key-created", size, scheme, errors)
     page, errors = visit(finance)
     page.goto(live_server.url + "/")
     check(page, "finance-home", size, scheme, errors)
