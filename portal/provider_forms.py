@@ -139,6 +139,13 @@ class OfferCreateForm(forms.Form):
         node_field.label_from_instance = lambda node: (
             f"{node.hostname} ({node.site.name})" if node.site else node.hostname
         )
+        # The models the organization's nodes have come first (the rest of the catalog
+        # stays choosable: the service says which node lacks them).
+        present = set(supply.gpu_models_for_org(organization=organization))
+        models = sorted(catalog.CATALOG, key=lambda model: model.slug not in present)
+        model_field = self.fields["gpu_model"]
+        assert isinstance(model_field, forms.ChoiceField)
+        model_field.choices = [(model.slug, model.name) for model in models]
 
     def service_arguments(self) -> dict[str, Any]:
         """The cleaned form as ``providers.services.offer_create``'s keywords."""

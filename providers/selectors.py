@@ -60,6 +60,17 @@ def nodes_for_org(*, organization: Organization) -> QuerySet[Node]:
     )
 
 
+def gpu_models_for_org(*, organization: Organization) -> list[str]:
+    """The catalog slugs of the GPUs present on the organization's nodes."""
+    return list(
+        Gpu.objects.filter(node__organization=organization, present=True)
+        .exclude(model="")
+        .values_list("model", flat=True)
+        .distinct()
+        .order_by("model")
+    )
+
+
 def node_get(*, organization: Organization, node_id: int) -> Node:
     node = nodes_for_org(organization=organization).filter(pk=node_id).first()
     if node is None:
