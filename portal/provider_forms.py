@@ -15,7 +15,7 @@ from core.models import Organization
 from core.money import Money, MoneyError
 from providers import catalog
 from providers import selectors as supply
-from providers.models import Offer
+from providers.models import Node, Offer
 
 MAX_PRICE_MICROS = 10**12  # as the API's input serializer
 REGION_HELP = "Lower-case letters, digits and dashes, e.g. us-east or eu-central."
@@ -77,8 +77,15 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+class NodeChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Node) -> str:  # type: ignore[override]
+        return f"{obj.hostname} ({obj.site.name})" if obj.site else obj.hostname
+
+
 class OfferCreateForm(forms.Form):
-    node = forms.ModelChoiceField(queryset=None, empty_label=None, help_text="Where the GPUs are.")
+    node = NodeChoiceField(
+        queryset=Node.objects.none(), empty_label=None, help_text="Where the GPUs are."
+    )
     gpu_model = forms.ChoiceField(
         label="GPU model", choices=[(model.slug, model.name) for model in catalog.CATALOG]
     )
@@ -136,9 +143,6 @@ class OfferCreateForm(forms.Form):
         node_field = self.fields["node"]
         assert isinstance(node_field, forms.ModelChoiceField)
         node_field.queryset = nodes.order_by("hostname", "pk")
-        node_field.label_from_instance = lambda node: (
-            f"{node.hostname} ({node.site.name})" if node.site else node.hostname
-        )
         # The models the organization's nodes have come first (the rest of the catalog
         # stays choosable: the service says which node lacks them).
         present = set(supply.gpu_models_for_org(organization=organization))
