@@ -257,6 +257,9 @@ STRIPE_CONNECT_DEFAULT_COUNTRY = env_str("STRIPE_CONNECT_DEFAULT_COUNTRY", "US")
 if len(STRIPE_CONNECT_DEFAULT_COUNTRY) != 2 or not STRIPE_CONNECT_DEFAULT_COUNTRY.isalpha():
     raise ImproperlyConfigured("STRIPE_CONNECT_DEFAULT_COUNTRY must be an ISO 3166 code (US)")
 STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0)
+# Stripe.js, which the portal's checkout page loads (its origin is allowed by that
+# page's Content-Security-Policy, and by no other page's).
+STRIPE_JS_URL = env_url("STRIPE_JS_URL", "https://js.stripe.com/v3/", schemes={"https"})
 # Dunning for postpaid invoices: days after finalization to retry a failed charge,
 # then the invoice is uncollectible.
 DUNNING_RETRY_DAYS = env_int_list("DUNNING_RETRY_DAYS", [1, 3, 5, 7])

@@ -6,7 +6,18 @@ from django.contrib.auth import views as auth
 from django.urls import path, reverse_lazy
 
 from portal.forms import SignInForm
-from portal.views import account, buyer, keys, provider, provider_offers, provider_supply, team
+from portal.views import (
+    account,
+    buyer,
+    buyer_checkout,
+    buyer_invoices,
+    buyer_recharge,
+    keys,
+    provider,
+    provider_offers,
+    provider_supply,
+    team,
+)
 
 app_name = "portal"
 
@@ -62,6 +73,17 @@ urlpatterns = [
     path("team/<id:membership_id>/role", team.member_role_change, name="member-role"),
     path("team/<id:membership_id>/remove", team.member_remove, name="member-remove"),
     path("console/", buyer.dashboard, name="console"),
+    path("console/top-up", buyer_checkout.top_up, name="top-up"),
+    path("console/top-ups/<id:top_up_id>/", buyer_checkout.top_up_return, name="top-up-return"),
+    path("console/auto-recharge", buyer_recharge.auto_recharge, name="auto-recharge"),
+    path(
+        "console/auto-recharge/change",
+        buyer_recharge.auto_recharge_change,
+        name="auto-recharge-change",
+    ),
+    path("console/invoices/", buyer_invoices.invoice_list, name="invoices"),
+    path("console/invoices/<id:invoice_id>/", buyer_invoices.invoice_detail, name="invoice"),
+    path("console/invoices/<id:invoice_id>.pdf", buyer_invoices.invoice_pdf, name="invoice-pdf"),
     path("provider/", provider.overview, name="provider"),
     path("provider/sites/", provider_supply.site_list, name="provider-sites"),
     path("provider/sites/new", provider_supply.site_create, name="provider-site-create"),
