@@ -28,14 +28,15 @@ def signed_in(who) -> Client:
     return client
 
 
+def money(micros: int) -> dict:
+    """An amount as an invoice document holds it."""
+    return {"micros": micros, "text": f"{micros // 1_000_000}.{micros % 1_000_000 // 10_000:02d}"}
+
+
 def make_invoice(org: Organization, n: int, *, total: int = 12_340_000) -> Invoice:
     start = (timezone.now() - timedelta(days=31 * (n + 1))).replace(
         day=1, hour=0, minute=0, second=0, microsecond=0
     )
-    money = lambda micros: {
-        "micros": micros,
-        "text": f"{micros // 1_000_000}.{micros % 1_000_000 // 10_000:02d}",
-    }  # noqa: E501, E731
     number = f"TDM-{org.pk}-{n:05d}"
     return Invoice.objects.create(
         key=f"monthly:{org.pk}:{n}:USD",
