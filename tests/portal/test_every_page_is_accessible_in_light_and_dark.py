@@ -8,11 +8,13 @@ from __future__ import annotations
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 
+from billing.payments.models import TopUp
 from billing.pricebook import welcome_credit_grant
 from core import services
 from providers import demo as supply
 from providers.models import Node, Offer
 from tests.portal.conftest import SCREENSHOTS, sign_in
+from tests.portal.test_buyer_money_pages import make_credit_note, make_invoice
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,6 +40,15 @@ def test_every_page_passes_axe_and_is_photographed(live_server, new_context, per
     welcome_credit_grant(organization=buyer.organization)
     services.api_key_create(organization=buyer.organization, name="CI runner", role="member")
     person(org=buyer.organization, role="finance")
+    invoice = make_invoice(buyer.organization, 1)
+    make_credit_note(invoice, 1)
+    top_up = TopUp.objects.create(
+        organization=buyer.organization,
+        amount_micros=50_000_000,
+        currency="USD",
+        source=TopUp.Source.PAYMENT_ELEMENT,
+        request_key="axe",
+    )
     provider = person("provider")
     supply.load(provider=provider.organization)
     operator = services.org_create(name="Operator", kind="both", is_operator=True)
@@ -74,6 +85,28 @@ def test_every_page_passes_axe_and_is_photographed(live_server, new_context, per
     for name, path in [("console", "/console/"), ("keys", "/keys/"), ("team", "/team/")]:
         page.goto(live_server.url + path)
         check(page, name, size, scheme, errors)
+    for name, path in [
+        ("top-up", "/console/top-up"),
+        ("top-up-waiting", f"/console/top-ups/{top_up.pk}/?redirect_status=succeeded"),
+        ("auto-recharge", "/console/auto-recharge"),
+        ("invoices", "/console/invoices/"),
+        ("invoice", f"/console/invoices/{invoice.pk}/"),
+    ]:
+        page.goto(live_server.url + path)
+        check(page, name, size, scheme, errors)
+    page.goto(live_server.url + "/console/top-up")
+    page.get_by_label("Another amount").check()
+    page.get_by_role("button", name="Continue to payment").click()  # no amount typed
+    page.locator(".errorlist").first.wait_for()
+    page.wait_for_load_state()
+    check(page, "top-up-errors", size, scheme, errors=[])  # a 400, logged in the console
+    page.goto(live_server.url + "/console/auto-recharge")
+    page.get_by_label("Add this much (USD)").fill("1.00")
+    page.get_by_role("button", name="Save").click()
+    page.locator(".errorlist").first.wait_for()
+    page.wait_for_load_state()
+    check(page, "auto-recharge-errors", size, scheme, errors=[])
+    errors.clear()  # the two 400s above
     page.goto(live_server.url + "/keys/")
     page.get_by_role("link", name="Create API key").click()
     check(page, "key-dialog", size, scheme, errors)
