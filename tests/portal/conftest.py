@@ -22,6 +22,11 @@ from django.test.utils import override_settings
 from core import services
 from core.models import Membership, Organization
 
+# localstripe (a subprocess, once per session) and ``stripe_on``, the settings that
+# point payments at it, exactly as the payments tests have them: the checkout journey
+# makes its PaymentIntents there.
+from tests.payments.conftest import localstripe, stripe_on  # noqa: F401
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

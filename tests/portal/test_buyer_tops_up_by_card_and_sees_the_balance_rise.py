@@ -24,7 +24,7 @@ from billing.payments.models import StripeEvent, TopUp
 from billing.payments.webhooks import stripe_event_process
 from billing.pricebook import welcome_credit_grant
 from core.money import Money
-from tests.payments.conftest import localstripe, make_event, signed, stripe_on  # noqa: F401
+from tests.payments.conftest import make_event, signed
 from tests.portal.conftest import sign_in
 from tests.portal.test_keyboard_only_sign_in_and_api_key import tab_to
 
@@ -35,7 +35,7 @@ WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
 
 
 @pytest.fixture
-def checkout_page(new_context, stripe_on):  # noqa: F811
+def checkout_page(new_context, stripe_on):
     """A page whose Stripe.js is the fake, with localstripe behind the server."""
     context = new_context()
     context.route(
@@ -80,7 +80,7 @@ def test_a_buyer_tops_up_50_by_card_and_the_page_shows_the_balance_risen(
     live_server,
     checkout_page,
     stripe_on,
-    person,  # noqa: F811
+    person,
 ):
     page = checkout_page
     buyer = person("buyer")
@@ -143,7 +143,7 @@ def test_a_declined_card_shows_its_message_and_adds_nothing(live_server, checkou
     assert TopUp.objects.get(organization=buyer.organization).status != TopUp.Status.SUCCEEDED
 
 
-def test_the_checkout_works_from_the_keyboard(live_server, checkout_page, stripe_on, person):  # noqa: F811
+def test_the_checkout_works_from_the_keyboard(live_server, checkout_page, stripe_on, person):
     page = checkout_page
     buyer = person("buyer")
     sign_in(page, live_server, buyer)
