@@ -54,7 +54,9 @@ class TopUpForm(forms.Form):
         kwargs.setdefault("initial", {"preset": "50", "request_key": uuid.uuid4().hex})
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.currency = currency
-        self.fields["preset"].choices = [
+        preset = self.fields["preset"]
+        assert isinstance(preset, forms.ChoiceField)
+        preset.choices = [
             *((p, f"{p}.00 {currency}") for p in PRESETS),
             (CUSTOM, "Another amount"),
         ]
