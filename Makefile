@@ -72,6 +72,7 @@ bench: install
 	$(TEST_ENV) $(PY) bench/node.py
 	$(PY) bench/matching.py
 	$(PY) bench/train.py
+	$(PY) bench/inference.py
 
 clean:
 	rm -rf $(VENV) var
