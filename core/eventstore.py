@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from django.db import IntegrityError, connection, transaction
@@ -52,6 +52,19 @@ class NewEvent:
     type: str
     payload: dict[str, Any]
     schema_version: int = 1
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """The base of the apps' event types: a frozen dataclass whose fields are the
+    payload and whose class name is the event's type."""
+
+    schema_version: ClassVar[int] = 1
+
+    def to_new_event(self) -> NewEvent:
+        return NewEvent(
+            type=type(self).__name__, payload=asdict(self), schema_version=self.schema_version
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,29 +11,19 @@ Times are ISO 8601 UTC strings; money is integer micro-units with its currency.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from core.eventstore import NewEvent
+from core.eventstore import DomainEvent
 
 ORDER_STREAM = "order"
 LEASE_STREAM = "lease"
-
-
-@dataclass(frozen=True)
-class _Event:
-    schema_version: ClassVar[int] = 1
-
-    def to_new_event(self) -> NewEvent:
-        return NewEvent(
-            type=type(self).__name__, payload=asdict(self), schema_version=self.schema_version
-        )
 
 
 # --- orders -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class OrderPlaced(_Event):
+class OrderPlaced(DomainEvent):
     order_id: int
     organization_id: int
     kind: str
@@ -51,7 +41,7 @@ class OrderPlaced(_Event):
 
 
 @dataclass(frozen=True)
-class OrderFilled(_Event):
+class OrderFilled(DomainEvent):
     order_id: int
     organization_id: int
     lease_ids: list[int]
@@ -59,7 +49,7 @@ class OrderFilled(_Event):
 
 
 @dataclass(frozen=True)
-class OrderRequeued(_Event):
+class OrderRequeued(DomainEvent):
     """A standing order back in the book after its lease was preempted or failed."""
 
     order_id: int
@@ -71,14 +61,14 @@ class OrderRequeued(_Event):
 
 
 @dataclass(frozen=True)
-class OrderCompleted(_Event):
+class OrderCompleted(DomainEvent):
     order_id: int
     organization_id: int
     at: str
 
 
 @dataclass(frozen=True)
-class OrderCancelled(_Event):
+class OrderCancelled(DomainEvent):
     order_id: int
     organization_id: int
     released_micros: int
@@ -86,7 +76,7 @@ class OrderCancelled(_Event):
 
 
 @dataclass(frozen=True)
-class OrderExpired(_Event):
+class OrderExpired(DomainEvent):
     order_id: int
     organization_id: int
     reason: str
@@ -97,7 +87,7 @@ class OrderExpired(_Event):
 
 
 @dataclass(frozen=True)
-class LeaseAllocated(_Event):
+class LeaseAllocated(DomainEvent):
     """Pending: the GPUs are the lease's from now; it starts at ``starts_at``."""
 
     lease_id: int
@@ -119,7 +109,7 @@ class LeaseAllocated(_Event):
 
 
 @dataclass(frozen=True)
-class LeaseStarted(_Event):
+class LeaseStarted(DomainEvent):
     lease_id: int
     order_id: int
     organization_id: int
@@ -134,7 +124,7 @@ class LeaseStarted(_Event):
 
 
 @dataclass(frozen=True)
-class LeaseRenewed(_Event):
+class LeaseRenewed(DomainEvent):
     """An open-ended lease's billing window settled and the next one held."""
 
     lease_id: int
@@ -149,7 +139,7 @@ class LeaseRenewed(_Event):
 
 
 @dataclass(frozen=True)
-class LeasePreemptionNoticed(_Event):
+class LeasePreemptionNoticed(DomainEvent):
     """The runtime should checkpoint: the lease ends at ``preempt_at``."""
 
     lease_id: int
@@ -162,7 +152,7 @@ class LeasePreemptionNoticed(_Event):
 
 
 @dataclass(frozen=True)
-class _LeaseClosed(_Event):
+class _LeaseClosed(DomainEvent):
     lease_id: int
     order_id: int
     organization_id: int
@@ -196,5 +186,5 @@ class LeaseCancelled(_LeaseClosed):
     pass
 
 
-def payload(event: _Event) -> dict[str, Any]:
+def payload(event: DomainEvent) -> dict[str, Any]:
     return asdict(event)

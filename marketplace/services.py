@@ -49,7 +49,7 @@ from django.utils import timezone
 from core import ports
 from core.db import is_postgres, retry_transaction
 from core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput
-from core.eventstore import event_append, stream_version
+from core.eventstore import DomainEvent, event_append, stream_version
 from core.models import Organization
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS, Money
 from core.ports import CreditPort, GpuTimeCost
@@ -91,9 +91,7 @@ def _field_error(name: str, message: str) -> InvalidInput:
     return InvalidInput(f"{name}: {message}", details={"fields": {name: [message]}})
 
 
-def _append(
-    *, stream_type: str, stream_id: str, tenant_id: int, items: list[events._Event]
-) -> None:
+def _append(*, stream_type: str, stream_id: str, tenant_id: int, items: list[DomainEvent]) -> None:
     # Callers hold the row lock of the order or lease, so the version is stable.
     event_append(
         stream_type=stream_type,
@@ -104,7 +102,7 @@ def _append(
     )
 
 
-def _order_event(order: Order, *items: events._Event) -> None:
+def _order_event(order: Order, *items: DomainEvent) -> None:
     _append(
         stream_type=events.ORDER_STREAM,
         stream_id=order.stream_id,
@@ -113,7 +111,7 @@ def _order_event(order: Order, *items: events._Event) -> None:
     )
 
 
-def _lease_event(lease: Lease, *items: events._Event) -> None:
+def _lease_event(lease: Lease, *items: DomainEvent) -> None:
     _append(
         stream_type=events.LEASE_STREAM,
         stream_id=lease.stream_id,

@@ -8,26 +8,15 @@ on the assignment's rows). Times are ISO 8601 UTC strings.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import ClassVar
+from dataclasses import dataclass
 
-from core.eventstore import NewEvent
+from core.eventstore import DomainEvent
 
 ASSIGNMENT_STREAM = "assignment"
 
 
 @dataclass(frozen=True)
-class _Event:
-    schema_version: ClassVar[int] = 1
-
-    def to_new_event(self) -> NewEvent:
-        return NewEvent(
-            type=type(self).__name__, payload=asdict(self), schema_version=self.schema_version
-        )
-
-
-@dataclass(frozen=True)
-class AssignmentQueued(_Event):
+class AssignmentQueued(DomainEvent):
     assignment_id: int
     kind: str
     lease_id: int
@@ -37,7 +26,7 @@ class AssignmentQueued(_Event):
 
 
 @dataclass(frozen=True)
-class AssignmentClaimed(_Event):
+class AssignmentClaimed(DomainEvent):
     assignment_id: int
     node_id: int
     attempt: int
@@ -46,21 +35,21 @@ class AssignmentClaimed(_Event):
 
 
 @dataclass(frozen=True)
-class AssignmentStarted(_Event):
+class AssignmentStarted(DomainEvent):
     assignment_id: int
     attempt: int
     at: str
 
 
 @dataclass(frozen=True)
-class AssignmentStopRequested(_Event):
+class AssignmentStopRequested(DomainEvent):
     assignment_id: int
     reason: str
     at: str
 
 
 @dataclass(frozen=True)
-class AssignmentEnded(_Event):
+class AssignmentEnded(DomainEvent):
     assignment_id: int
     attempt: int
     state: str  # succeeded | failed | cancelled

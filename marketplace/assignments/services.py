@@ -47,7 +47,7 @@ from django.utils import timezone
 
 from core.db import is_postgres, retry_transaction
 from core.errors import Conflict, InvalidInput, NotFound
-from core.eventstore import event_append, stream_version
+from core.eventstore import DomainEvent, event_append, stream_version
 from marketplace.assignments import events, specs, training
 from marketplace.assignments.models import (
     Assignment,
@@ -89,7 +89,7 @@ def _field_error(name: str, message: str) -> InvalidInput:
     return InvalidInput(f"{name}: {message}", details={"fields": {name: [message]}})
 
 
-def _append(assignment: Assignment, *items: events._Event) -> None:
+def _append(assignment: Assignment, *items: DomainEvent) -> None:
     # Callers hold the assignment's row lock (or just created it): the version is stable.
     stream_id = f"assignment-{assignment.pk}"
     event_append(
