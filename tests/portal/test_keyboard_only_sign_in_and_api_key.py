@@ -45,6 +45,9 @@ def test_sign_in_and_the_api_key_dialog_work_from_the_keyboard(live_server, page
     tab_to(page, "API keys")
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/keys/$"))
+    # The URL changes before portal.js has run; without it the button opens the key
+    # page of its own (the no-JavaScript path) rather than the dialog.
+    page.wait_for_load_state("load")
     tab_to(page, "Create API key")
     page.keyboard.press("Enter")
     dialog = page.get_by_role("dialog")
