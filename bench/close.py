@@ -149,9 +149,9 @@ def usage_of(org: int, n: int, row_id: int, provider: int) -> tuple:
 
 
 def make_providers(count: int) -> list[int]:
-    from billing.models import Account
-    from billing.services import account_open, platform_account
     from core import services as core
+    from ledger.models import Account
+    from ledger.services import account_open, platform_account
 
     for kind in ("revenue", "fees", "promo"):
         platform_account(kind=kind, currency="USD")
@@ -175,16 +175,16 @@ def real_sample(
     sizes: list[int], providers: list[int], at: datetime, period_end: datetime
 ) -> list[int]:
     """Sample orgs through org creation, terms, grants, ingestion, rating and accrual."""
-    from billing.accrual import usage_accruals
-    from billing.models import BillingProfile
-    from billing.pricing import billing_terms_set
-    from billing.rating import usage_rating
-    from billing.services import credits_grant
     from core import services as core
     from core.followers import followers_run_until_idle
+    from invoicing.accruals import usage_accruals
+    from invoicing.models import BillingProfile
+    from ledger.services import credits_grant
     from metering.models import UsageEvent
     from metering.schema import SubjectIn, UsageEventIn
     from metering.services import usage_record
+    from pricing.rating import usage_rating
+    from pricing.terms import billing_terms_set
 
     orgs = []
     for index, size in enumerate(sizes):
@@ -273,8 +273,9 @@ def sample_subjects(org, provider_id: int, started_at: datetime) -> dict[str, st
 def bulk_orgs(first_index: int, sizes: list[int], now: datetime) -> list[int]:
     """Buyer orgs with the events, accounts, terms and profiles their creation and
     set-up would have written; prepaid floats through the ledger itself."""
-    from billing.models import Account
-    from billing.services import EntryRequest, ledger_execute, platform_account
+    from ledger.engine import EntryRequest, ledger_execute
+    from ledger.models import Account
+    from ledger.services import platform_account
 
     indexes = list(range(first_index, first_index + len(sizes)))
     with transaction.atomic(), connection.cursor() as cursor:
@@ -352,7 +353,7 @@ def bulk_orgs(first_index: int, sizes: list[int], now: datetime) -> list[int]:
 
 def rate_table(at: datetime) -> list[dict]:
     """The rates of every (type, model, training type) the month uses, from the price book."""
-    from billing.pricing import rate_for
+    from pricing.book import rate_for
 
     rows = []
     for model in MODELS:
@@ -582,8 +583,8 @@ def bulk_month(
 ) -> int:
     """Usage rows, UsageRecorded events, rating's entries and postings, balances and
     accruals for the bulk orgs. Returns the batches written."""
-    from billing.models import Account
-    from billing.services import platform_account
+    from ledger.models import Account
+    from ledger.services import platform_account
 
     rng = random.Random(seed)
     batches = []
@@ -697,13 +698,13 @@ def bulk_month(
 
 def check_sample(org_ids: list[int], samples: int, seed: int) -> int:
     """The real rating and accrual code, run over bulk batches, must give what is stored."""
-    from billing.accrual import accrue_batch
-    from billing.models import UsageAccrual
-    from billing.pricing import billing_terms_for
-    from billing.rating import _Accounts, _entry, _without_lease_settled, groups_for
     from core.eventstore import _recorded
     from core.models import Event
+    from invoicing.accruals import accrue_batch
+    from invoicing.models import UsageAccrual
     from metering.selectors import usage_for_rating
+    from pricing.rating import _Accounts, _entry, _without_lease_settled, groups_for
+    from pricing.terms import billing_terms_for
 
     rng = random.Random(seed)
     candidates = list(
@@ -753,7 +754,7 @@ def check_sample(org_ids: list[int], samples: int, seed: int) -> int:
 
 
 def check_close(period: date, buyers: int) -> tuple[int, int]:
-    from billing.models import Invoice, ProviderStatement
+    from invoicing.models import Invoice, ProviderStatement
 
     invoices = Invoice.objects.filter(period_start__date=period, kind="monthly")
     assert invoices.count() == buyers, (invoices.count(), buyers)
@@ -828,7 +829,8 @@ def main() -> None:
     if connection.vendor != "postgresql":
         sys.exit("bench/close.py measures PostgreSQL: set DATABASE_URL=postgres://...")
 
-    from billing.invoicing import month_bounds, period_close
+    from invoicing.month_close import period_close
+    from invoicing.periods import month_bounds
 
     now = timezone.now()
     period = previous_month(now)

@@ -65,8 +65,8 @@ def database_url() -> str:
 
 
 def make_cast():
-    from billing import services as billing
     from core import services as core
+    from ledger import services as billing
 
     operator = core.org_create(name="bench operator", kind="both", is_operator=True)
     provider = core.org_create(name="bench provider", kind="provider")
@@ -229,9 +229,9 @@ def run_load(port: int, key: str, bodies: list[bytes], clients: int) -> tuple[fl
 
 def probe_latency(port: int, key: str, probe, provider, stop: threading.Event) -> list[float]:
     """Small batches for a buyer of its own: HTTP 200 -> its balance shows the amount."""
-    from billing import services as billing
-    from billing.models import Account, Balance
-    from billing.rating import rate_usage
+    from ledger import services as billing
+    from ledger.models import Account, Balance
+    from pricing.rating import rate_usage
 
     account = billing.account_open(organization=probe, kind=Account.Kind.CREDIT, currency="USD")
     client = Client(port, key)

@@ -35,9 +35,9 @@ HOT_ACCOUNTS = 10
 
 
 def make_accounts() -> list[int]:
-    from billing import services
-    from billing.models import Account
     from core.models import Organization
+    from ledger import services
+    from ledger.models import Account
 
     ids = []
     for n in range(HOT_ACCOUNTS):
@@ -55,7 +55,7 @@ def make_accounts() -> list[int]:
 
 
 def transfers(accounts: list[int], count: int, tag: str, seed: int):
-    from billing.services import EntryRequest
+    from ledger.engine import EntryRequest
 
     rng = random.Random(seed)
     for n in range(count):
@@ -69,7 +69,7 @@ def transfers(accounts: list[int], count: int, tag: str, seed: int):
 
 
 def bench_batched(accounts: list[int], total: int, batch: int) -> float:
-    from billing.services import ledger_execute
+    from ledger.engine import ledger_execute
 
     work = list(transfers(accounts, total, "batched", 1))
     start = time.perf_counter()
@@ -80,7 +80,7 @@ def bench_batched(accounts: list[int], total: int, batch: int) -> float:
 
 
 def bench_single(accounts: list[int], total: int, threads: int) -> float:
-    from billing.services import ledger_execute
+    from ledger.engine import ledger_execute
 
     per_thread = total // threads
     failures: list[BaseException] = []
@@ -107,7 +107,7 @@ def bench_single(accounts: list[int], total: int, threads: int) -> float:
 
 
 def _single_process(args: tuple[list[int], int, int]) -> int:
-    from billing.services import ledger_execute
+    from ledger.engine import ledger_execute
 
     accounts, count, index = args
     connections.close_all()  # a fresh connection per process
@@ -202,8 +202,8 @@ def main() -> None:
         raw_batched = bench_raw_batched(accounts, batched_total, batch)
         raw_single = bench_raw_single(accounts, single_total)
 
-        from billing.ledger import replay
-        from billing.models import Balance
+        from ledger.models import Balance
+        from ledger.projection import replay
 
         live = {
             b.account_id: (

@@ -1,22 +1,15 @@
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
 class BillingConfig(AppConfig):
+    """The billing tables' migration history, and nothing else.
+
+    The models moved to ``ledger``, ``pricing``, ``invoicing`` and ``exports`` (their
+    tables keep the ``billing_`` names: ``Meta.db_table``). These migrations create
+    the tables on a new database, and an existing one migrates forward through them;
+    the last one hands the models' state to their new apps."""
+
     name = "billing"
-
-    def ready(self) -> None:
-        # Registers the rating follower, so `manage.py run_follower` runs it.
-        # The accrual and welcome-credit followers, and the price book's port.
-        from billing import (  # noqa: F401
-            accrual,
-            pricebook,
-            rating,
-        )
-        from billing.exports import tasks as _export_tasks  # noqa: F401  (the export actor)
-        from core import ports as _ports
-
-        _ports.register("pricebook", pricebook.PriceBookPort())
-        from billing.credit import BillingCredit
-        from core import ports
-
-        ports.register("credit", BillingCredit())
+    verbose_name = "Billing (migration history)"

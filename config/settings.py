@@ -78,8 +78,12 @@ INSTALLED_APPS = [
     "marketplace.assignments",
     "runtime",
     "metering",
-    "billing",
-    "billing.payments",
+    "billing",  # the billing tables' migration history (billing/apps.py)
+    "ledger",
+    "pricing",
+    "invoicing",
+    "payments",
+    "exports",
     "portal",
 ]
 
@@ -317,7 +321,7 @@ SPECTACULAR_SETTINGS = {
     },
     # Choice sets that share a field name across apps get names of their own.
     "ENUM_NAME_OVERRIDES": {
-        "TopUpStatusEnum": "billing.payments.models.TopUp.Status",
+        "TopUpStatusEnum": "payments.models.TopUp.Status",
     },
 }
 

@@ -312,12 +312,6 @@ class PriceBookPort(Protocol):
         """Raises core.errors.InvalidInput naming the field for a bad argument."""
         ...
 
-    def fine_tune_job_closed(self, *, organization_id: int, job: str) -> int:
-        """Call when a job succeeds: tops its bill up to the minimum; returns what was
-        added (0 when its usage reached the minimum, or when it has no rated usage: a
-        job billed nothing owes no minimum). Idempotent per job."""
-        ...
-
 
 # --- usage provenance (consumer: metering; provider: marketplace) ----------------
 # Registered as "usage_provenance" by marketplace (marketplace/provenance.py). Usage is

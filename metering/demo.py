@@ -13,13 +13,13 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from billing.rating import usage_rating
 from core import ports
 from core.followers import followers_run_until_idle
 from core.models import Organization
 from core.ports import UsageProvenancePort
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
+from pricing.rating import usage_rating
 
 
 def load(

@@ -75,7 +75,7 @@ def cast(db: None) -> Cast:
 def _clear_cache() -> Iterator[None]:
     """Rate-limit counters, the price book (and anything else cached) never leak
     between tests."""
-    from billing.pricing import price_book_forget
+    from pricing.book import price_book_forget
 
     cache.clear()
     price_book_forget()

@@ -10,7 +10,7 @@ SEEDED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def seed(apps, schema_editor):
-    from billing.pricing import DEFAULT_BOOK
+    from pricing.book import DEFAULT_BOOK
 
     Price = apps.get_model("billing", "Price")
     now = datetime.now(UTC)

@@ -9,7 +9,7 @@ PostgreSQL only: on SQLite a JSONField is text already."""
 
 from django.db import migrations
 
-import billing.models
+import invoicing.models
 from core.migration_ops import compression_set
 
 
@@ -42,7 +42,7 @@ class Migration(migrations.Migration):
                 migrations.AlterField(
                     model_name="invoice",
                     name="document",
-                    field=billing.models.JSONTextField(blank=True, null=True),
+                    field=invoicing.models.JSONTextField(blank=True, null=True),
                 ),
             ],
             database_operations=[migrations.RunPython(_json, _jsonb)],

@@ -14,13 +14,13 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from billing.pricing import price_at, size_tier
 from core.idempotency import idempotent
 from core.schema import openai_error_responses
 from core.tenancy import get_caller
 from marketplace.together import clusters, projects, shapes, usage
 from marketplace.workloads import inputs
 from marketplace.workloads.apis import V1Api
+from pricing.book import price_at, size_tier
 
 # --- serializers (what the schema declares; the clients' own shapes) ---------------
 

@@ -27,12 +27,12 @@ from django.db.models import Sum
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Trunc
 
-from billing.pricing import rate_for
 from core.models import Organization
 from core.money import Money, rate_amount
 from marketplace.models import Lease
 from marketplace.workloads.errors import invalid
 from metering.models import UsageEvent
+from pricing.book import rate_for
 
 GRANULARITIES = ("day", "hour")
 LIMIT_MAX = 1000

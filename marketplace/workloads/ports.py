@@ -125,13 +125,6 @@ def finetune_estimate(
     )
 
 
-def finetune_bill_close(*, organization_id: int, job_id: str) -> int:
-    """A succeeded job's final bill: the price book tops its rated usage up to the
-    per-job minimum. Returns what was added."""
-    book = ports.get("pricebook")
-    return int(book.fine_tune_job_closed(organization_id=organization_id, job=job_id))
-
-
 def usage_record(records: list[UsageRecord]) -> list[str]:
     """Metering's ingestion (port ``usage``): one status per record."""
     return list(ports.get(ports.USAGE).record(records))

@@ -1130,11 +1130,6 @@ def finetune_job_finish(
             source_position=source_position,
         )
         _finished_event(job)
-        if status == FineTuneJob.Status.SUCCEEDED:
-            # Only a finished job owes the minimum; a cancelled or failed one pays its
-            # completed steps (rated as they were metered), and a job that was billed
-            # nothing owes nothing (the price book answers 0 for it).
-            external.finetune_bill_close(organization_id=job.organization_id, job_id=job.public_id)
         lease_ref = job.lease_ref
     if lease_ref:
         _lease_end(lease_ref, f"fine-tune job {status}")

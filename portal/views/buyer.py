@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from billing import selectors as books
+from ledger import selectors as books
 from portal.access import BUYER_KINDS, member_page
 
 

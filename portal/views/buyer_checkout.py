@@ -24,14 +24,14 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from billing import selectors as books
-from billing.payments import selectors as payments
-from billing.payments import services as paying
-from billing.payments.models import TopUp
-from billing.payments.stripe_client import PaymentsUnavailable, stripe_configured
 from core.errors import ApplicationError, NotFound
 from core.models import Membership
 from core.tenancy import Caller
+from ledger import selectors as books
+from payments import selectors as payments
+from payments import services as paying
+from payments.models import TopUp
+from payments.stripe_client import PaymentsUnavailable, stripe_configured
 from portal.access import ADMIN, BUYER_KINDS, member_page
 from portal.buyer_forms import TopUpForm
 from portal.forms import add_service_error

@@ -10,10 +10,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from billing import documents
-from billing import selectors as books
-from billing.models import Invoice
 from core.errors import NotFound
+from invoicing import documents
+from invoicing import selectors as books
+from invoicing.models import Invoice
 from portal.access import BUYER_KINDS, member_page
 from portal.views.buyer_checkout import member_caller
 from portal.views.paging import page_of

@@ -12,11 +12,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing import selectors as books
-from billing.payments import selectors as payments
-from billing.payments import services as paying
 from core.errors import ApplicationError
 from core.money import Money
+from ledger import selectors as books
+from payments import selectors as payments
+from payments import services as paying
 from portal.access import BUYER_KINDS, member_page
 from portal.buyer_forms import AutoRechargeForm
 from portal.forms import add_service_error

@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from billing import selectors as books
+from ledger import selectors as books
 from marketplace import selectors as market
 from portal.access import PROVIDER_KINDS, member_page
 from portal.views.paging import page_of

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from billing import services
-from billing.models import Account
 from core.models import Organization
+from ledger import services
+from ledger.models import Account
 
 
 @pytest.fixture

@@ -12,15 +12,16 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from itertools import count
 
-from billing import services
-from billing.accrual import usage_accruals
-from billing.models import Account, Balance, BillingProfile
-from billing.pricing import price_book_forget
-from billing.rating import usage_rating
 from core.followers import followers_run_until_idle
+from invoicing.accruals import usage_accruals
+from invoicing.models import BillingProfile
+from ledger import services
+from ledger.models import Account, Balance
 from marketplace.workloads.models import FineTuneJob
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
+from pricing.book import price_book_forget
+from pricing.rating import usage_rating
 from tests.subjects import deployment_for, job_of, lease_unheld
 
 PERIOD = date(2026, 10, 1)

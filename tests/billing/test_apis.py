@@ -13,12 +13,12 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from billing import selectors, services
-from billing.ledger import BalanceState
-from billing.models import Account, Balance, Hold, Posting
-from billing.services import EntryRequest, ledger_execute
 from core.models import Event, IdempotentRequest
 from core.tenancy import Caller
+from ledger import selectors, services
+from ledger.engine import EntryRequest, ledger_execute
+from ledger.models import Account, Balance, Hold, Posting
+from ledger.projection import BalanceState
 
 pytestmark = pytest.mark.django_db
 

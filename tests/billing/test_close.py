@@ -12,15 +12,11 @@ import os
 import pytest
 from django.db import connections
 
-from billing import invoicing
-from billing.invoicing import invoices_rebuild, period_close
-from billing.models import (
-    Account,
-    BillingProfile,
-    DocumentSequence,
-    Invoice,
-    ProviderStatement,
-)
+from invoicing import month_close
+from invoicing.models import BillingProfile, DocumentSequence, Invoice, ProviderStatement
+from invoicing.month_close import period_close
+from invoicing.replay import invoices_rebuild
+from ledger.models import Account
 from tests.billing.invoicing_world import (
     CLOSE_AT,
     PERIOD,
@@ -54,14 +50,14 @@ def _exactly_what_rating_charged(cast) -> None:
 
 def test_chunks_finalized_in_two_processes_close_the_month_exactly(month, monkeypatch, tmp_path):
     # given one org per chunk, and a record of which process computes each chunk
-    monkeypatch.setattr(invoicing, "CLOSE_CHUNK", 1)
-    compute_ahead = invoicing._compute_ahead
+    monkeypatch.setattr(month_close, "CLOSE_CHUNK", 1)
+    compute_ahead = month_close._compute_ahead
 
     def spy(*args):
         (tmp_path / f"{args[0][0]}").write_text(str(os.getpid()))
         return compute_ahead(*args)
 
-    monkeypatch.setattr(invoicing, "_compute_ahead", spy)
+    monkeypatch.setattr(month_close, "_compute_ahead", spy)
 
     # when
     result = period_close(period=PERIOD, now=CLOSE_AT)
@@ -86,8 +82,8 @@ def test_chunks_finalized_in_two_processes_close_the_month_exactly(month, monkey
 def test_a_number_taken_elsewhere_during_the_close_leaves_no_gap(month, monkeypatch, caplog):
     # given a finalization elsewhere that takes the next number just before the first
     # chunk confirms the numbers it predicted
-    monkeypatch.setattr(invoicing, "CLOSE_CHUNK", 1)
-    confirm = invoicing._numbers_confirm
+    monkeypatch.setattr(month_close, "CLOSE_CHUNK", 1)
+    confirm = month_close._numbers_confirm
 
     def taken_meanwhile(series, first, count):
         if first == 1:
@@ -103,7 +99,7 @@ def test_a_number_taken_elsewhere_during_the_close_leaves_no_gap(month, monkeypa
                 elsewhere.close()
         return confirm(series, first, count)
 
-    monkeypatch.setattr(invoicing, "_numbers_confirm", taken_meanwhile)
+    monkeypatch.setattr(month_close, "_numbers_confirm", taken_meanwhile)
 
     # when
     result = period_close(period=PERIOD, now=CLOSE_AT)
@@ -119,15 +115,15 @@ def test_a_number_taken_elsewhere_during_the_close_leaves_no_gap(month, monkeypa
 
 def test_a_close_that_fails_in_a_process_is_finished_by_running_it_again(month, monkeypatch):
     # given a close whose second chunk fails
-    monkeypatch.setattr(invoicing, "CLOSE_CHUNK", 1)
-    compute_ahead = invoicing._compute_ahead
+    monkeypatch.setattr(month_close, "CLOSE_CHUNK", 1)
+    compute_ahead = month_close._compute_ahead
 
     def failing(org_ids, *args):
         if org_ids == [month.buyer_b.pk]:
             raise ValueError("the second chunk fails")
         return compute_ahead(org_ids, *args)
 
-    monkeypatch.setattr(invoicing, "_compute_ahead", failing)
+    monkeypatch.setattr(month_close, "_compute_ahead", failing)
 
     # when it runs, it fails, saying why
     with pytest.raises(RuntimeError, match="the second chunk fails"):
@@ -136,7 +132,7 @@ def test_a_close_that_fails_in_a_process_is_finished_by_running_it_again(month, 
     # then what was committed is whole (the first chunk at most), and running it again
     # finishes the month without a gap
     assert Invoice.objects.exclude(status="draft").count() <= 1
-    monkeypatch.setattr(invoicing, "_compute_ahead", compute_ahead)
+    monkeypatch.setattr(month_close, "_compute_ahead", compute_ahead)
     result = period_close(period=PERIOD, now=CLOSE_AT)
     assert result.finalized + result.already_final == 2
     assert _numbers() == [1, 2]

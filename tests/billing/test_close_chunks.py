@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing import invoicing
-from billing.invoicing import CLOSE_ORG_WEIGHT, _close_chunks
+from invoicing import month_close as invoicing
+from invoicing.month_close import CLOSE_ORG_WEIGHT, _close_chunks
 
 
 def _orgs(count: int) -> list[int]:

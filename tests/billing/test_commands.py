@@ -9,10 +9,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from billing import selectors, services
-from billing.models import Account, Balance, Hold, Posting
-from billing.services import HoldRequest, ledger_execute
 from core.models import Event
+from ledger import selectors, services
+from ledger.engine import HoldRequest, ledger_execute
+from ledger.models import Account, Balance, Hold, Posting
 
 pytestmark = pytest.mark.django_db
 

@@ -18,27 +18,20 @@ from django.db import connections
 from django.db.models import Q, Sum
 from dramatiq import Worker
 
-from billing import services as ledger
-from billing.exports import builders, report, services
-from billing.invoicing import (
-    credit_note_issue,
-    invoice_mark_paid,
-    outstanding,
-    period_close,
-)
-from billing.models import (
-    Account,
-    Balance,
-    BillingProfile,
-    FinanceExport,
-    Invoice,
-    UsageAccrual,
-)
-from billing.payments.models import ConnectedAccount, Payout, TopUp
-from billing.payments.services import payout_plan, payout_record_paid
-from billing.statements import statement_compute
 from core.money import Money
+from exports import builders, report, services
+from exports.models import FinanceExport
+from invoicing.credit_notes import credit_note_issue
+from invoicing.lifecycle import invoice_mark_paid
+from invoicing.models import BillingProfile, Invoice, UsageAccrual
+from invoicing.month_close import period_close
+from invoicing.settlement import outstanding
+from invoicing.statements import statement_compute
+from ledger import services as ledger
+from ledger.models import Account, Balance
 from metering.models import UsageEvent
+from payments.models import ConnectedAccount, Payout, TopUp
+from payments.services import payout_plan, payout_record_paid
 from tests.billing.invoicing_world import (
     CLOSE_AT,
     PERIOD,

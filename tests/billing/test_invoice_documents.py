@@ -10,23 +10,19 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.invoicing import (
-    PRODUCT_ORDER,
-    Computed,
+from core.money import CURRENCIES, MICROS, Money, rate_amount
+from invoicing.amounts import _money_of, cents, money_text
+from invoicing.calculations import PRODUCT_ORDER, Computed, _Line
+from invoicing.documents import (
     _document,
     _document_json,
     _document_lines,
     _document_lines_json,
     _JsonStrings,
-    _Line,
-    _money_of,
     canonical,
-    cents,
-    money_text,
-    totals_of,
 )
-from billing.models import Invoice
-from core.money import CURRENCIES, MICROS, Money, rate_amount
+from invoicing.models import Invoice
+from invoicing.settlement import totals_of
 
 
 def _reference(document: object) -> bytes:

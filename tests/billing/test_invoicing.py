@@ -11,21 +11,19 @@ from datetime import timedelta
 import pytest
 from pypdf import PdfReader
 
-from billing import services
-from billing.documents import invoice_html, invoice_json, invoice_pdf
-from billing.invoicing import (
-    credit_note_issue,
-    invoice_draft_refresh,
-    invoice_mark_paid,
-    invoice_void,
-    invoices_rebuild,
-    outstanding,
-    period_close,
-)
-from billing.models import Account, Invoice, InvoiceLineEntry, Posting, UsageAccrual
 from core.errors import Conflict
 from core.models import Event
 from core.money import Money
+from invoicing.credit_notes import credit_note_issue
+from invoicing.documents import invoice_html, invoice_json, invoice_pdf
+from invoicing.drafts import invoice_draft_refresh
+from invoicing.lifecycle import invoice_mark_paid, invoice_void
+from invoicing.models import Invoice, InvoiceLineEntry, UsageAccrual
+from invoicing.month_close import period_close
+from invoicing.replay import invoices_rebuild
+from invoicing.settlement import outstanding
+from ledger import services
+from ledger.models import Account, Posting
 from tests.billing.invoicing_world import (
     CLOSE_AT,
     PERIOD,
@@ -221,7 +219,7 @@ def test_voiding_an_open_invoice_reverses_everything_it_posted(month):
 
 
 def test_a_price_change_mid_month_bills_each_side_at_its_own_price(cast):
-    from billing.pricebook import price_schedule
+    from pricing.schedule import price_schedule
 
     price_schedule(
         item="inference",
@@ -270,8 +268,8 @@ def test_numbers_have_no_gaps_under_concurrent_finalization(cast):
 
     from django.db import connection
 
-    from billing.invoicing import invoice_finalize
     from core import services as core
+    from invoicing.finalization import invoice_finalize
 
     buyers = [core.org_create(name=f"Concurrent {n}", kind="buyer") for n in range(6)]
     record(
@@ -317,7 +315,7 @@ def test_numbers_have_no_gaps_under_concurrent_finalization(cast):
 def test_lines_and_their_links_must_name_rows_that_exist(month):
     from django.db import IntegrityError, connection, transaction
 
-    from billing.models import InvoiceLine
+    from invoicing.models import InvoiceLine
 
     # given a closed month (its lines and links checked per statement, not per row)
     period_close(period=PERIOD, now=CLOSE_AT)

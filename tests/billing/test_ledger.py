@@ -8,10 +8,6 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from billing import services
-from billing.ledger import replay
-from billing.models import Account, Balance, Hold, Posting
-from billing.services import EntryRequest, HoldPostRequest, HoldVoidRequest, ledger_execute
 from core.errors import (
     Conflict,
     IdempotencyConflict,
@@ -20,6 +16,10 @@ from core.errors import (
     NotFound,
 )
 from core.models import Event
+from ledger import services
+from ledger.engine import EntryRequest, HoldPostRequest, HoldVoidRequest, ledger_execute
+from ledger.models import Account, Balance, Hold, Posting
+from ledger.projection import replay
 
 pytestmark = pytest.mark.django_db
 

@@ -9,13 +9,14 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, connections
+from django.utils import timezone
 
-from billing import services
-from billing.ledger import replay
-from billing.models import Account, Balance, Posting
-from billing.services import EntryRequest, HoldPostRequest, HoldRequest, HoldVoidRequest
 from core.errors import IdempotencyConflict
 from core.models import Event, Organization
+from ledger import services
+from ledger.engine import EntryRequest, HoldPostRequest, HoldRequest, HoldVoidRequest
+from ledger.models import Account, Balance, Posting
+from ledger.projection import replay
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -107,7 +108,7 @@ def test_bank_invariant_holds_under_32_concurrent_writers_and_readers():
                 ]
             else:
                 hold_id = f"w{index}-h{n}"
-                timeout = services.timezone.now() + timedelta(minutes=10)
+                timeout = timezone.now() + timedelta(minutes=10)
                 finish = (
                     HoldPostRequest(hold_id, rng.randint(1, amount))
                     if roll < 0.85

@@ -22,11 +22,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from billing import services
-from billing.ledger import replay
-from billing.models import Account, Balance
-from billing.services import EntryRequest, HoldPostRequest, HoldRequest, HoldVoidRequest
 from core.models import Organization
+from ledger import services
+from ledger.engine import EntryRequest, HoldPostRequest, HoldRequest, HoldVoidRequest
+from ledger.models import Account, Balance
+from ledger.projection import replay
 
 _ids = itertools.count()
 

@@ -8,15 +8,16 @@ from itertools import count
 import msgspec
 import pytest
 
-from billing import services
-from billing.events import CREDIT_EXHAUSTED
-from billing.models import Account, Balance
-from billing.pricing import billing_terms_set, model_tier, rate_for
-from billing.rating import rate_usage, usage_rating, usage_transfer_id
 from core.followers import follower_position, followers_run_until_idle
 from core.models import Event, FollowerPosition
+from ledger import services
+from ledger.models import Account, Balance
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
+from pricing.book import model_tier, rate_for
+from pricing.events import CREDIT_EXHAUSTED
+from pricing.rating import rate_usage, usage_rating, usage_transfer_id
+from pricing.terms import billing_terms_set
 from tests.subjects import job_for, lease_for
 
 pytestmark = pytest.mark.django_db
@@ -308,7 +309,7 @@ def _recorded(events):
 
 
 def test_summed_rating_gives_what_rating_row_by_row_gives(cast):
-    from billing.rating import _groups_per_row, batch_groups
+    from pricing.rating import _groups_per_row, batch_groups
 
     rng = __import__("random").Random(7)
     models = ("llama-3.1-8b", "x-70b", "y-405b")
@@ -335,8 +336,8 @@ def test_summed_rating_gives_what_rating_row_by_row_gives(cast):
 def test_a_batch_across_a_price_change_is_rated_row_by_row(cast):
     from datetime import timedelta
 
-    from billing.pricebook import price_schedule
-    from billing.rating import _groups_per_row, batch_groups
+    from pricing.rating import _groups_per_row, batch_groups
+    from pricing.schedule import price_schedule
 
     now = datetime.now(UTC)
     price_schedule(
@@ -364,7 +365,7 @@ def test_a_batch_across_a_price_change_is_rated_row_by_row(cast):
 
 
 def test_batches_rated_together_post_what_each_batch_posts_alone(cast):
-    from billing.rating import _groups_per_row
+    from pricing.rating import _groups_per_row
 
     grant(cast.buyer_a, 10**12, "g1")
     grant(cast.buyer_b, 10**12, "g2")

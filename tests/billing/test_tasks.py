@@ -9,11 +9,11 @@ import pytest
 from django.utils import timezone
 from dramatiq import Worker
 
-from billing import services
-from billing.models import Account, Balance, Hold
-from billing.services import HoldRequest
-from billing.tasks import holds_expire_task
 from core.models import Organization
+from ledger import services
+from ledger.engine import HoldRequest
+from ledger.models import Account, Balance, Hold
+from ledger.tasks import holds_expire_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -127,8 +127,8 @@ class World:
     stored: dict[Path, bytes]
 
     def __init__(self) -> None:
-        from billing.invoicing import invoice_draft_current
         from core import services as core_services
+        from invoicing.drafts import invoice_draft_current
         from marketplace import services as market
         from marketplace.models import Lease, Order
         from tests.billing.invoicing_world import settle

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from billing import services as ledger
-from billing.models import Account, Balance, Hold
 from core.models import Organization
+from ledger import services as ledger
+from ledger.models import Account, Balance, Hold
 from providers import services as supply
 from providers.models import Node, Offer, Site
 

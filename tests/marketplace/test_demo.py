@@ -18,7 +18,7 @@ from core import services as core
 from marketplace import demo
 from marketplace.models import Lease
 from providers import demo as supply
-from billing.models import Hold
+from ledger.models import Hold
 provider = core.org_create(name="P", kind="provider")
 buyer = core.org_create(name="B", kind="buyer")
 supply.load(provider=provider)

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from billing.models import Account, Hold
 from core.errors import InsufficientFunds, InvalidInput
 from core.eventstore import stream_read
+from ledger.models import Account, Hold
 from marketplace import services
 from marketplace.models import Lease, LeaseGpu, Order
 from marketplace.services import OrderSpec

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from django.db import connection, connections
 
-from billing.models import Hold
+from ledger.models import Hold
 from marketplace import services
 from marketplace.models import Lease, LeaseGpu, Order
 from marketplace.services import OrderSpec

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from billing.models import Account, Hold, Posting
 from core.eventstore import stream_read
 from core.followers import followers_run_until_idle
+from ledger.models import Account, Hold, Posting
 from marketplace import services
 from marketplace.followers import supply_follower
 from marketplace.models import Lease, Order

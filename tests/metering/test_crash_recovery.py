@@ -19,14 +19,14 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 
-from billing import services
-from billing.models import Account, Balance
-from billing.rating import groups_for, rate_usage, usage_rating, usage_transfer_id
 from core.followers import follower_position, followers_run_until_idle
 from core.models import Event
+from ledger import services
+from ledger.models import Account, Balance
 from metering.events import USAGE_STREAM
 from metering.models import UsageEvent
 from metering.selectors import usage_for_rating
+from pricing.rating import groups_for, rate_usage, usage_rating, usage_transfer_id
 from tests.subjects import deployment_of, lease_unheld
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from billing import services
-from billing.models import Account, Balance
+from ledger import services
+from ledger.models import Account, Balance
 from metering.demo import load
 from metering.models import UsageEvent
 from tests.subjects import deployment_of, job_of, lease_unheld

@@ -12,11 +12,11 @@ import pytest
 from django.db import connections
 from django.db.models import Sum
 
-from billing import services
-from billing.models import Account, Balance
-from billing.rating import rate_usage, usage_rating
 from core.followers import followers_run_until_idle
+from ledger import services
+from ledger.models import Account, Balance
 from metering.models import UsageEvent
+from pricing.rating import rate_usage, usage_rating
 from tests.subjects import job_of, lease_unheld
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,14 +10,14 @@ from itertools import count
 import pytest
 from django.utils import timezone
 
-from billing import services as ledger
-from billing.models import Account, Balance
-from billing.rating import usage_rating
 from core.followers import followers_run_until_idle
+from ledger import services as ledger
+from ledger.models import Account, Balance
 from marketplace.models import Lease
 from metering.models import UsageEvent
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import Sender, usage_ingest, usage_record
+from pricing.rating import usage_rating
 from tests.subjects import (
     deployment_of,
     job_of,

@@ -34,7 +34,7 @@ def _dirs(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
     if not ports.registered("pricebook"):
-        from billing.pricebook import PriceBookPort
+        from pricing.quotes import PriceBookPort
 
         ports.register("pricebook", PriceBookPort())
 

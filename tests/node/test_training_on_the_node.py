@@ -41,7 +41,7 @@ def _dirs(settings, model_root: Path, tmp_path: Path) -> None:  # type: ignore[n
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
     tiny_model_ensure()
     if not ports.registered("pricebook"):
-        from billing.pricebook import PriceBookPort
+        from pricing.quotes import PriceBookPort
 
         ports.register("pricebook", PriceBookPort())
 

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from billing.payments import stripe_client
+from payments import stripe_client
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 if not FIXTURES.exists():  # the checkout lives beside shared/

@@ -14,7 +14,7 @@ SCRIPT = """
 import json
 from billing.payments import demo
 from billing.payments.models import ConnectedAccount, StripeEvent, TopUp
-from billing.models import Account, Balance
+from ledger.models import Account, Balance
 from core import services
 from core.models import Organization
 

@@ -19,22 +19,21 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from billing import services as ledger
-from billing.invoicing import (
-    INVOICE_PAID,
-    invoice_draft_refresh,
-    invoice_finalize,
-    outstanding,
-)
-from billing.models import Account, Balance, BillingProfile, Invoice
-from billing.payments import collection, services
-from billing.payments import events as pev
-from billing.payments.models import InvoiceCollection, InvoicePayment, StripeCustomer, StripeEvent
-from billing.payments.reconciliation import reconciliation_run
-from billing.payments.webhooks import stripe_event_process
-from billing.pricing import billing_terms_set
 from core.followers import followers_run_until_idle
 from core.models import Event
+from invoicing.drafts import invoice_draft_refresh
+from invoicing.events import INVOICE_PAID
+from invoicing.finalization import invoice_finalize
+from invoicing.models import BillingProfile, Invoice
+from invoicing.settlement import outstanding
+from ledger import services as ledger
+from ledger.models import Account, Balance
+from payments import collection, services
+from payments import events as pev
+from payments.models import InvoiceCollection, InvoicePayment, StripeCustomer, StripeEvent
+from payments.reconciliation import reconciliation_run
+from payments.webhooks import stripe_event_process
+from pricing.terms import billing_terms_set
 from tests.payments.conftest import make_event, signed
 
 _charges = count(1)

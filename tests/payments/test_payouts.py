@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from billing import services as ledger
-from billing.models import Account, Balance
-from billing.payments import services
-from billing.payments.models import ConnectedAccount, Payout, StripeEvent
-from billing.payments.reconciliation import reconciliation_run
-from billing.payments.webhooks import stripe_event_process
 from core import services as core_services
+from ledger import services as ledger
+from ledger.models import Account, Balance
+from payments import services
+from payments.models import ConnectedAccount, Payout, StripeEvent
+from payments.reconciliation import reconciliation_run
+from payments.webhooks import stripe_event_process
 from tests.payments.conftest import make_event, signed
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from billing import services as ledger
-from billing.models import Account
-from billing.payments import services
-from billing.payments.models import AutoRecharge, StripeCustomer, TopUp
-from billing.payments.recharge import auto_recharge_follower
-from billing.payments.webhooks import stripe_event_process
 from core.followers import followers_run_until_idle
+from ledger import services as ledger
+from ledger.models import Account
+from payments import services
+from payments.models import AutoRecharge, StripeCustomer, TopUp
+from payments.recharge import auto_recharge_follower
+from payments.webhooks import stripe_event_process
 from tests.payments.conftest import make_event, signed
 
 

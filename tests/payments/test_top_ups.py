@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 
-from billing import services as ledger
-from billing.models import Account, Balance
-from billing.payments import services
-from billing.payments.models import Refund, StripeEvent, TopUp
-from billing.payments.webhooks import stripe_event_process, stripe_events_process_pending
+from ledger import services as ledger
+from ledger.models import Account, Balance
+from payments import services
+from payments.models import Refund, StripeEvent, TopUp
+from payments.webhooks import stripe_event_process, stripe_events_process_pending
 from tests.payments.conftest import make_event, signed
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from billing.models import Account, Balance, Posting
-from billing.payments import services
-from billing.payments.models import Dispute, Refund, StripeEvent, TopUp
-from billing.payments.webhooks import stripe_event_process, stripe_events_process_pending
 from core import services as core_services
 from core.models import Event
+from ledger.models import Account, Balance, Posting
+from payments import services
+from payments.models import Dispute, Refund, StripeEvent, TopUp
+from payments.webhooks import stripe_event_process, stripe_events_process_pending
 from tests.payments.conftest import WEBHOOK_SECRET, make_event, signed
 
 URL = "/api/v1/stripe/webhook"

@@ -14,10 +14,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from billing import services as ledger
-from billing.models import Account, CreditNote, Invoice
-from billing.payments.models import AutoRecharge, StripeCustomer, TopUp
 from core.models import Organization
+from invoicing.models import CreditNote, Invoice
+from ledger import services as ledger
+from ledger.models import Account
+from payments.models import AutoRecharge, StripeCustomer, TopUp
 
 pytestmark = pytest.mark.django_db
 

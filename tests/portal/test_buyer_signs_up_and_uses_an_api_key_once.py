@@ -11,11 +11,11 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from billing import selectors as books
-from billing.pricebook import welcome_credits
 from core.followers import followers_run_until_idle
 from core.models import Organization
 from core.money import Money
+from ledger import selectors as books
+from pricing.welcome import welcome_credits
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,11 +19,11 @@ from axe_playwright_python.sync_playwright import Axe
 from django.conf import settings
 from playwright.sync_api import expect
 
-from billing import selectors as books
-from billing.payments.models import StripeEvent, TopUp
-from billing.payments.webhooks import stripe_event_process
-from billing.pricebook import welcome_credit_grant
 from core.money import Money
+from ledger import selectors as books
+from payments.models import StripeEvent, TopUp
+from payments.webhooks import stripe_event_process
+from pricing.welcome import welcome_credit_grant
 from tests.payments.conftest import make_event, signed
 from tests.portal.conftest import sign_in
 from tests.portal.test_keyboard_only_sign_in_and_api_key import tab_to

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 
-from billing.payments.models import TopUp
-from billing.pricebook import welcome_credit_grant
 from core import services
+from payments.models import TopUp
+from pricing.welcome import welcome_credit_grant
 from providers import demo as supply
 from providers.models import Node, Offer
 from tests.portal.conftest import SCREENSHOTS, sign_in

@@ -11,10 +11,10 @@ from django.core import mail
 from django.test import Client
 from django.urls import reverse
 
-from billing.pricebook import welcome_credit_grant
 from core import services
 from core.models import ApiKey, Membership
 from core.money import Money
+from pricing.welcome import welcome_credit_grant
 
 PAGES = ["portal:keys", "portal:team"]
 
@@ -263,7 +263,7 @@ def test_the_console_shows_credit_spend_and_runway(person):
 
     from django.utils import timezone
 
-    from billing import selectors as books
+    from ledger import selectors as books
 
     buyer = person("buyer")
     welcome_credit_grant(organization=buyer.organization)
@@ -333,9 +333,9 @@ def test_the_demos_people_sign_in_with_the_password_printed_each_run():
 def test_the_provider_overview_counts_leased_gpu_hours_and_net_earnings(person):
     from datetime import timedelta
 
-    from billing import selectors as books
-    from billing import services as billing
     from core.followers import followers_run_until_idle
+    from ledger import selectors as books
+    from ledger import services as billing
     from marketplace import demo as market
     from marketplace import selectors as leases
     from marketplace.models import Lease

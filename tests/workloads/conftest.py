@@ -60,7 +60,7 @@ def _price_book() -> None:
     """The price book registers itself in billing's AppConfig once that lands; until
     then the real implementation is put in place here."""
     if not ports.registered("pricebook"):
-        from billing.pricebook import PriceBookPort
+        from pricing.quotes import PriceBookPort
 
         ports.register("pricebook", PriceBookPort())
 

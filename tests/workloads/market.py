@@ -24,7 +24,7 @@ def provider_with_capacity(provider: Organization) -> None:
 
 
 def buyer_credit(buyer: Organization, amount_micros: int) -> None:
-    from billing import services as billing
+    from ledger import services as billing
 
     billing.credits_grant(
         organization=buyer,

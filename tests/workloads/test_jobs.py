@@ -7,18 +7,19 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from billing.accrual import usage_accruals
-from billing.events import entry_stream_id
-from billing.invoicing import minimum_transfer_id
-from billing.pricing import price_at
-from billing.rating import usage_rating
 from core import ports
 from core.eventstore import NewEvent, event_append, stream_version
 from core.followers import followers_run_until_idle
 from core.models import Event
 from core.ports import UsageRecord
+from invoicing.accruals import usage_accruals
+from invoicing.job_invoices import fine_tune_minimums
+from invoicing.periods import minimum_transfer_id
+from ledger.events import entry_stream_id
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import File, FineTuneJob
+from pricing.book import price_at
+from pricing.rating import usage_rating
 from tests.workloads.market import buyer_credit
 
 pytestmark = pytest.mark.django_db
@@ -357,9 +358,9 @@ def test_a_succeeded_job_is_billed_the_minimum_once(cast, chat_bytes):
     _trained(job, 2, 400)
     _runtime(job.public_id, "TrainingSucceeded", steps=2, final_loss=0.5, model_location="")
 
-    # when the follower sees the job end (twice: a replay bills nothing more)
-    followers_run_until_idle([WorkloadsFollower()])
-    followers_run_until_idle([WorkloadsFollower()])
+    # when the followers see the job end (twice: a replay bills nothing more)
+    followers_run_until_idle([WorkloadsFollower(), fine_tune_minimums])
+    followers_run_until_idle([WorkloadsFollower(), fine_tune_minimums])
 
     # then the job's bill is the minimum: its rated steps topped up, once
     job.refresh_from_db()
@@ -392,7 +393,7 @@ def test_only_a_succeeded_job_with_usage_owes_the_minimum(cast, chat_bytes, endi
     }[ending]
 
     _runtime(job.public_id, ending, **payload)
-    followers_run_until_idle([WorkloadsFollower()])
+    followers_run_until_idle([WorkloadsFollower(), fine_tune_minimums])
     followers_run_until_idle([usage_rating, usage_accruals])
 
     job.refresh_from_db()

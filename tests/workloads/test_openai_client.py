@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from billing.events import entry_stream_id
-from billing.pricebook import welcome_transfer_id
-from billing.pricing import price_at
 from core import ports
 from core.models import Event
+from ledger.events import entry_stream_id
+from pricing.book import price_at
+from pricing.welcome import welcome_transfer_id
 from tests.workloads.conftest import openai_client
 from tests.workloads.market import buyer_credit, platform_running, provider_with_capacity, wait_for
 

@@ -22,17 +22,17 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
 
-from billing import invoicing
-from billing.payments import demo as payments
-from billing.pricebook import welcome_credit_grant
 from core import services as core
 from core.followers import followers_run_until_idle
 from core.models import Organization
+from invoicing import services as invoicing
 from marketplace import demo as market
 from marketplace.assignments import demo as runs
 from marketplace.models import Lease
 from marketplace.workloads import demo as workloads
 from metering import demo as usage
+from payments import demo as payments
+from pricing.welcome import welcome_credit_grant
 from providers import demo as supply
 
 OPERATOR = "Tandem Operations"

@@ -1,0 +1,140 @@
+"""Selectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+
+from core.errors import NotFound
+from core.models import Organization
+from core.tenancy import Caller
+from invoicing.models import (
+    BillingProfile,
+    CreditNote,
+    Invoice,
+    InvoiceLine,
+    InvoiceLineEntry,
+    ProviderStatement,
+)
+from invoicing.periods import month_bounds
+from invoicing.statements import statement_compute, statement_document, statement_key
+
+# --- invoices -----------------------------------------------------------------
+
+
+def _visible_invoices(caller: Caller) -> QuerySet[Invoice]:
+    if caller.is_platform_finance:
+        return Invoice.objects.all()
+    return Invoice.objects.filter(organization=caller.organization)
+
+
+def invoices_for_caller(
+    *,
+    caller: Caller,
+    status: str | None = None,
+    kind: str | None = None,
+    period: date | None = None,
+    organization_id: int | None = None,
+) -> QuerySet[Invoice]:
+    """The caller organization's invoices, drafts included; every organization's for
+    operator finance (``organization_id`` narrows it to one). ``period``: invoices
+    whose period starts in that month (a job invoice's period is its issue time)."""
+    invoices = _visible_invoices(caller)
+    if organization_id is not None:
+        invoices = invoices.filter(organization_id=organization_id)
+    if status is not None:
+        invoices = invoices.filter(status=status)
+    if kind is not None:
+        invoices = invoices.filter(kind=kind)
+    if period is not None:
+        start, end = month_bounds(period)
+        invoices = invoices.filter(period_start__gte=start, period_start__lt=end)
+    return invoices
+
+
+def invoice_get(*, caller: Caller, invoice_id: int) -> Invoice:
+    """One invoice the caller may see, with its lines, their journal entries and its
+    credit notes; another organization's is a 404."""
+    invoice = (
+        _visible_invoices(caller)
+        .select_related("organization")
+        .prefetch_related(
+            Prefetch("lines", queryset=InvoiceLine.objects.order_by("ordinal")),
+            Prefetch("lines__entries", queryset=InvoiceLineEntry.objects.order_by("pk")),
+            "credit_notes",
+        )
+        .filter(pk=invoice_id)
+        .first()
+    )
+    if invoice is None:
+        raise NotFound(
+            f"no invoice {invoice_id} in your organization", details={"invoice": invoice_id}
+        )
+    return invoice
+
+
+def credit_notes_of(*, invoice: Invoice) -> QuerySet[CreditNote]:
+    return CreditNote.objects.filter(invoice=invoice)
+
+
+def organization_for_caller(*, caller: Caller, organization_id: int) -> Organization:
+    """The caller's own organization, or for operator finance any organization;
+    anything else is a 404 (ids do not tell what exists)."""
+    if caller.is_platform_finance:
+        organization = Organization.objects.filter(pk=organization_id).first()
+    else:
+        organization = caller.organization if caller.organization.pk == organization_id else None
+    if organization is None:
+        raise NotFound(
+            f"no organization {organization_id} visible to you",
+            details={"organization": organization_id},
+        )
+    return organization
+
+
+def billing_profile_of(*, organization: Organization) -> BillingProfile:
+    """The organization's billing profile; an unsaved default one when none was set."""
+    found = BillingProfile.objects.filter(organization=organization).first()
+    return found or BillingProfile(organization=organization)
+
+
+# --- provider statements ------------------------------------------------------
+
+
+def statements_for_caller(
+    *, caller: Caller, organization_id: int | None = None
+) -> QuerySet[ProviderStatement]:
+    """Stored statements of closed months: the caller's, or every provider's for
+    operator finance (``organization_id`` narrows it to one)."""
+    statements = ProviderStatement.objects.all()
+    if not caller.is_platform_finance:
+        statements = statements.filter(organization=caller.organization)
+    if organization_id is not None:
+        statements = statements.filter(organization_id=organization_id)
+    return statements
+
+
+@dataclass(frozen=True, slots=True)
+class StatementView:
+    organization_id: int
+    period: date
+    closed: bool  # True: the statement written when the month closed
+    generated_at: datetime
+    document: dict[str, Any]
+
+
+def statement_for_period(
+    *, provider: Organization, period: date, now: datetime, currency: str
+) -> StatementView:
+    """A provider's month: the statement stored when the month closed, or, for a month
+    not closed yet (the current one), computed from the journal now."""
+    stored = ProviderStatement.objects.filter(
+        key=statement_key(provider.pk, period, currency)
+    ).first()
+    if stored is not None:
+        return StatementView(provider.pk, period, True, stored.generated_at, stored.document)
+    computed = statement_compute(provider=provider, period=period, currency=currency)
+    return StatementView(provider.pk, period, False, now, statement_document(computed, provider))

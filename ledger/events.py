@@ -1,0 +1,97 @@
+"""The ledger's event types. Each journal entry and each hold change is one event
+in the core event store; the tables in billing.models are projections of them.
+
+Payloads are plain JSON: legs are ``[account_id, "D" | "C", amount_micros]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ENTRY_STREAM = "ledger.entry"  # one stream per journal entry: version 1 only
+HOLD_STREAM = "ledger.hold"  # one stream per hold: created (1), then resolved (2)
+
+ENTRY_POSTED = "EntryPosted"
+HOLD_CREATED = "HoldCreated"
+HOLD_POSTED = "HoldPosted"
+HOLD_VOIDED = "HoldVoided"
+HOLD_EXPIRED = "HoldExpired"
+HOLD_RESOLUTIONS = (HOLD_POSTED, HOLD_VOIDED, HOLD_EXPIRED)
+
+Leg = tuple[int, str, int]
+
+
+def entry_stream_id(transfer_id: str) -> str:
+    return f"entry:{transfer_id}"
+
+
+def hold_stream_id(hold_id: str) -> str:
+    return f"hold:{hold_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPosted:
+    schema_version = 1
+    transfer_id: str
+    currency: str
+    kind: str
+    description: str
+    legs: tuple[Leg, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "transfer_id": self.transfer_id,
+            "currency": self.currency,
+            "kind": self.kind,
+            "description": self.description,
+            "legs": [list(leg) for leg in self.legs],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HoldCreated:
+    schema_version = 1
+    hold_id: str
+    currency: str
+    debit_account: int
+    credit_account: int
+    amount_micros: int
+    expires_at: str  # ISO 8601, UTC
+    description: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "hold_id": self.hold_id,
+            "currency": self.currency,
+            "debit_account": self.debit_account,
+            "credit_account": self.credit_account,
+            "amount_micros": self.amount_micros,
+            "expires_at": self.expires_at,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResolved:
+    """HoldPosted (with the legs actually posted), HoldVoided or HoldExpired.
+    ``released_micros`` is the whole pending amount, freed in every case."""
+
+    schema_version = 1
+    type: str
+    hold_id: str
+    currency: str
+    debit_account: int
+    credit_account: int
+    released_micros: int
+    legs: tuple[Leg, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "hold_id": self.hold_id,
+            "currency": self.currency,
+            "debit_account": self.debit_account,
+            "credit_account": self.credit_account,
+            "released_micros": self.released_micros,
+            "legs": [list(leg) for leg in self.legs],
+        }
