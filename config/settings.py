@@ -70,7 +70,6 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "django_dramatiq",
-    "config",  # management commands that span apps (demo)
     "core",
     "providers",
     "marketplace",
@@ -85,6 +84,9 @@ INSTALLED_APPS = [
     "payments",
     "exports",
     "portal",
+    # Last, so its ready() starts the in-process workers once every app is ready;
+    # also the management commands that span apps (demo).
+    "config.apps.ProjectConfig",
 ]
 
 MIDDLEWARE = [

@@ -14,7 +14,4 @@ class CoreConfig(AppConfig):
         bound_integer_fields()
         register_converter(DatabaseIdConverter, "id")
 
-        from config import broker
         from core import schema  # noqa: F401  (registers the OpenAPI extensions)
-
-        broker.start_inprocess_worker_if_configured()

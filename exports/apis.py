@@ -36,7 +36,7 @@ from core.schema import error_responses
 from core.tenancy import get_caller
 from exports import report, services
 from exports.models import FinanceExport
-from invoicing.periods import parse_period
+from invoicing.selectors import parse_period
 
 # --- serializers ---------------------------------------------------------------------
 

@@ -44,14 +44,13 @@ from django.db.models.fields.json import KeyTextTransform
 
 from core.models import Organization
 from core.money import Money
-from invoicing.accruals import PRODUCT_OF
 from invoicing.models import Invoice, UsageAccrual
-from invoicing.periods import month_bounds
-from invoicing.settlement import outstanding
+from invoicing.selectors import month_bounds, outstanding
+from invoicing.services import PRODUCT_OF
 from ledger.models import Account, Posting
 from metering.models import UsageEvent
-from pricing.book import rate_for
-from pricing.rating import rate_usage
+from pricing.selectors import rate_for
+from pricing.services import rate_usage
 
 CHUNK_ROWS = 50_000
 AGING_BUCKETS = ("0-30", "31-60", "61-90", "90+")

@@ -48,9 +48,9 @@ from django.utils import timezone
 
 from core.models import Event
 from core.money import Money
-from exports.builders import Line, invoice_outstanding, journal, revenue_frame
+from exports.builders import Line, invoice_outstanding, invoices_by_status, journal, revenue_frame
 from invoicing.models import CreditNote, Invoice, InvoiceLineEntry
-from invoicing.periods import month_bounds
+from invoicing.selectors import month_bounds
 from ledger import events as ev
 from ledger.models import Account, Posting
 from payments.models import Dispute, Payout, Refund, TopUp
@@ -588,7 +588,6 @@ Unexplained difference: {{ unexplained }}</p>
 def monthly_report_html(*, period: date, currency: str | None = None) -> str:
     """The month's finance report: the revenue chart (embedded), revenue by product,
     the month's invoices by status, and the reconciliation as of now."""
-    from exports.builders import invoices_by_status
 
     currency = currency or settings.TANDEM_CURRENCY
 

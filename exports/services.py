@@ -1,5 +1,5 @@
 """Writes of the finance exports: checking a request, recording it, and filling in
-its file chunk by chunk (the dramatiq actor in billing.exports.tasks calls
+its file chunk by chunk (the dramatiq actor in exports.tasks calls
 ``export_run``; ``manage.py export_finance`` calls it in-process).
 
 A run writes ``<EXPORT_DIR>/<id>/<kind>-<id>.<format>.part`` and renames it when it
@@ -23,7 +23,6 @@ from typing import Any
 
 import pandas as pd
 from django.conf import settings
-from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -31,9 +30,12 @@ from django.utils.dateparse import parse_date, parse_datetime
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import Organization
 from core.money import CURRENCIES
+from core.queue import task_send_on_commit
 from exports.builders import Column, source_for
 from exports.models import FinanceExport
-from invoicing.periods import parse_period
+from invoicing.selectors import parse_period
+
+FINANCE_EXPORT_TASK = "finance_export_task"  # the actor in exports/tasks.py
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +181,7 @@ def export_create(
         created_at=timezone.now(),
     )
     if enqueue:
-        from exports.tasks import finance_export_task
-
-        export_id = export.pk
-        transaction.on_commit(lambda: finance_export_task.send(export_id))
+        task_send_on_commit(FINANCE_EXPORT_TASK, export.pk)
     return export
 
 

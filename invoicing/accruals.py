@@ -39,8 +39,8 @@ from ledger import events as ev
 from ledger.models import Account
 from metering import events as metering_events
 from metering.models import UsageEvent
-from pricing.book import rate_for
-from pricing.rating import rate_quantity, usage_rating, usage_transfer_id
+from pricing.selectors import rate_for
+from pricing.services import leases_settled_by_hold, rate_quantity, usage_rating, usage_transfer_id
 
 USAGE_TABLE = UsageEvent._meta.db_table
 _DIMS = (
@@ -109,10 +109,6 @@ def _lease_settled(rows: list[_Row]) -> set[str]:
     """Lease subjects billed by settling their holds (rating leaves them out)."""
     subjects = {r.subject for r in rows if r.type == "gpu.seconds"}
     if not subjects:
-        return set()
-    try:
-        from pricing.lease_holds import leases_settled_by_hold
-    except ImportError:  # pragma: no cover - lease holds not installed
         return set()
     return leases_settled_by_hold(subjects)
 

@@ -11,5 +11,6 @@ class InvoicingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the accrual and fine-tune minimum followers, so `manage.py run_follower` runs it.
+        # Registers the accrual and fine-tune minimum followers, so
+        # `manage.py run_follower` runs them.
         from invoicing import accruals, job_invoices  # noqa: F401

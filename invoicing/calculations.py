@@ -28,7 +28,7 @@ from invoicing.models import (
 from invoicing.periods import minimum_transfer_id, month_bounds
 from ledger import events as ev
 from ledger.models import Account, Posting
-from pricing.book import BPS, SECONDS_PER_HOUR, TOKENS_UNIT
+from pricing.selectors import BPS, SECONDS_PER_HOUR, TOKENS_UNIT
 
 PRODUCT_ORDER = {"fine_tune": 0, "inference": 1, "gpu_lease": 2, "other": 3}
 CHARGE_KINDS = {Account.Kind.REVENUE, Account.Kind.FEES, Account.Kind.PAYABLE}

@@ -24,7 +24,7 @@ from invoicing.numbering import _next_number
 from invoicing.settlement import outstanding
 from ledger.models import Account
 from ledger.services import account_open, platform_account
-from pricing.book import BPS
+from pricing.selectors import BPS
 
 
 @retry_transaction

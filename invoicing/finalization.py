@@ -22,6 +22,8 @@ from core.eventstore import (
     event_append,
     stream_version,
 )
+from core.followers import followers_run_until_idle
+from invoicing.accruals import usage_accruals
 from invoicing.calculations import BUYER_KINDS, Computed, _any, _select, invoice_compute
 from invoicing.documents import _document, _profile, canonical
 from invoicing.events import INVOICE_FINALIZED, INVOICE_STREAM
@@ -32,9 +34,10 @@ from invoicing.numbering import _next_number
 from invoicing.periods import due_after
 from invoicing.settlement import Totals, totals_of
 from invoicing.writers import _write_lines
-from ledger.engine import EntryRequest, ledger_execute, raise_for
 from ledger.models import Account, Balance
-from ledger.services import account_open, platform_account
+from ledger.services import EntryRequest, account_open, ledger_execute, platform_account, raise_for
+from metering.services import usage_period_close
+from pricing.services import usage_rating
 
 
 def _append(invoice: Invoice, event_type: str, payload: dict[str, Any], actor: str) -> int:
@@ -78,9 +81,6 @@ def _post(
 
 def _catch_up() -> None:
     """Rate and accrue every usage batch committed so far."""
-    from core.followers import followers_run_until_idle
-    from invoicing.accruals import usage_accruals
-    from pricing.rating import usage_rating
 
     followers_run_until_idle([usage_rating, usage_accruals])
 
@@ -97,8 +97,6 @@ def invoice_finalize(
     last time, take the next number, post rounding, tax and prepaid credit, and record
     the event. ``close_usage=False``: the caller closed the month and caught up."""
     if close_usage and invoice.kind == Invoice.Kind.MONTHLY:
-        from metering.services import usage_period_close
-
         usage_period_close(organization=invoice.organization, period=invoice.period_start.date())
         _catch_up()
     return _finalize(invoice=invoice, actor=actor, now=now or timezone.now())

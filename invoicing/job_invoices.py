@@ -24,12 +24,11 @@ from invoicing.models import (
     UsageAccrual,
 )
 from invoicing.periods import issuer, job_key, minimum_transfer_id
-from ledger.engine import EntryRequest, ledger_execute, raise_for
 from ledger.models import Account
-from ledger.services import account_open, platform_account
+from ledger.services import EntryRequest, account_open, ledger_execute, platform_account, raise_for
 from marketplace.workloads.events import JOB_STREAM, FineTuneJobFinished, job_stream_id
-from pricing.quotes import fine_tune_quote
-from pricing.terms import billing_terms_for
+from pricing.selectors import fine_tune_quote
+from pricing.services import billing_terms_for
 
 # --- fine-tune jobs -----------------------------------------------------------------
 

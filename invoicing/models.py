@@ -312,8 +312,8 @@ class ProviderStatement(models.Model):
     document = models.JSONField()
     generated_at = models.DateTimeField()
 
-    def __str__(self) -> str:
-        return self.key
-
     class Meta:
         db_table = "billing_providerstatement"
+
+    def __str__(self) -> str:
+        return self.key

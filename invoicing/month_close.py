@@ -60,10 +60,11 @@ from invoicing.numbering import (
 )
 from invoicing.periods import due_after, grace, issuer, month_bounds, monthly_key
 from invoicing.settlement import Totals, totals_of
+from invoicing.statements import statements_close
 from invoicing.writers import _invoices_write, _write_lines_many
-from ledger.engine import EntryRequest, ledger_execute, raise_for
 from ledger.models import Account, Balance
-from ledger.services import platform_account
+from ledger.services import EntryRequest, ledger_execute, platform_account, raise_for
+from metering.services import usage_periods_close
 
 logger = logging.getLogger(__name__)
 
@@ -481,7 +482,6 @@ def _period_close(
     if finalize:
         # Close every buyer's usage month first, then rate and accrue what came in
         # before: nothing can join the month after this, so the drafts are final.
-        from metering.services import usage_periods_close
 
         usage_periods_close(organization_ids=org_ids, period=period)
         _catch_up()
@@ -528,7 +528,6 @@ def _finalize_chunks(
     than one chunk: in ``CLOSE_WORKERS`` processes at once (``_finalize_in_processes``);
     otherwise here, in order, on this connection (inside a caller's transaction in
     particular, whose rows another connection could not see)."""
-    from invoicing.statements import statements_close
 
     finalized_there = 0
     if len(chunks) > 1 and is_postgres() and not connection.in_atomic_block:
@@ -665,8 +664,6 @@ def _finalize_in_processes(
     import traceback
 
     from django.db import connections
-
-    from invoicing.statements import statements_close
 
     context = multiprocessing.get_context("fork")
     numbering = _Numbering(len(chunks), context)

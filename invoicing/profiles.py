@@ -15,7 +15,7 @@ from core.models import Organization
 from invoicing.models import (
     BillingProfile,
 )
-from pricing.book import BPS
+from pricing.selectors import BPS
 
 BILLING_PROFILE_STREAM = "billing.profile"
 BILLING_PROFILE_SET = "BillingProfileSet"

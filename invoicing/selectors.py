@@ -11,6 +11,11 @@ from django.db.models import Prefetch, QuerySet
 from core.errors import NotFound
 from core.models import Organization
 from core.tenancy import Caller
+
+# The app's public surface for the apps above it:
+from invoicing.documents import invoice_html as invoice_html
+from invoicing.documents import invoice_json as invoice_json
+from invoicing.documents import invoice_pdf as invoice_pdf
 from invoicing.models import (
     BillingProfile,
     CreditNote,
@@ -20,6 +25,8 @@ from invoicing.models import (
     ProviderStatement,
 )
 from invoicing.periods import month_bounds
+from invoicing.periods import parse_period as parse_period
+from invoicing.settlement import outstanding as outstanding
 from invoicing.statements import statement_compute, statement_document, statement_key
 
 # --- invoices -----------------------------------------------------------------

@@ -10,7 +10,7 @@ from invoicing.calculations import Computed
 from invoicing.models import (
     Invoice,
 )
-from pricing.book import BPS
+from pricing.selectors import BPS
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,11 @@ from core.tenancy import Caller
 from ledger import events as ev
 from ledger.models import Account, Balance, Hold, Posting
 
+# The app's public surface for the apps above it:
+from ledger.projection import BalanceState as BalanceState
+from ledger.projection import accounts_in as accounts_in
+from ledger.projection import apply_event as apply_event
+
 
 def available_credit(*, organization_id: int, currency: str) -> int:
     """Posted minus pending on the buyer's prepaid credit, plus its credit limit."""

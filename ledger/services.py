@@ -1,4 +1,7 @@
-"""Services."""
+"""The ledger's public writes: accounts, transfers, two-phase holds, credit grants,
+adjustments and the balances' rebuild. Every write goes through one engine,
+``ledger_execute`` (ledger/engine.py), re-exported here with its request and result
+types for the apps above."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from core.models import Organization
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS
 from ledger import events as ev
 from ledger.engine import (
+    MAX_LEGS,
+    TRANSFER_ID,
     EntryRequest,
     HoldPostRequest,
     HoldRequest,
@@ -296,7 +301,28 @@ def balances_rebuild() -> int:
     return changed
 
 
-# The app's public surface: other apps import these names from here.
-from ledger.engine import MAX_LEGS, TRANSFER_ID  # noqa: E402
-
-__all__ = ["MAX_LEGS", "TRANSFER_ID", "EntryRequest", "ledger_execute"]
+__all__ = [
+    "ACCOUNT_STREAM",
+    "CREDIT_LIMIT_SET",
+    "MAX_LEGS",
+    "TRANSFER_ID",
+    "EntryRequest",
+    "HoldPostRequest",
+    "HoldRequest",
+    "HoldVoidRequest",
+    "LedgerResult",
+    "account_open",
+    "account_set_overdraft_limit",
+    "adjustment_post",
+    "balances_rebuild",
+    "credits_grant",
+    "entry_post",
+    "hold_create",
+    "hold_post",
+    "hold_void",
+    "holds_expire",
+    "ledger_execute",
+    "platform_account",
+    "raise_for",
+    "transfer_create",
+]

@@ -14,12 +14,10 @@ from datetime import timedelta
 from django.utils import timezone
 
 from core import ports
-from core.followers import followers_run_until_idle
 from core.models import Organization
 from core.ports import UsageProvenancePort
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
-from pricing.rating import usage_rating
 
 
 def load(
@@ -100,4 +98,3 @@ def load(
     if deployment is None:
         events = [e for e in events if e.subject.deployment is None]
     usage_record(events=events)
-    followers_run_until_idle([usage_rating])

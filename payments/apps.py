@@ -12,4 +12,4 @@ class PaymentsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the auto-recharge and invoice-collection followers, so
         # `manage.py run_follower` runs them.
-        from payments import collection, recharge  # noqa: F401
+        from payments import collection, recharge, tasks  # noqa: F401

@@ -62,19 +62,21 @@ from core.db import retry_transaction
 from core.errors import Conflict, InvalidInput
 from core.eventstore import NewEvent, RecordedEvent, event_append, stream_version
 from core.followers import Follower, register
-from invoicing.credit_notes import credit_note_issue
+from core.queue import task_send_on_commit
 from invoicing.events import INVOICE_FINALIZED, INVOICE_STREAM
-from invoicing.lifecycle import (
+from invoicing.models import Invoice
+from invoicing.selectors import outstanding
+from invoicing.services import (
+    credit_note_issue,
     invoice_mark_paid,
     invoice_mark_past_due,
     invoice_mark_uncollectible,
 )
-from invoicing.models import Invoice
-from invoicing.settlement import outstanding
 from ledger import services as ledger
 from ledger.models import Account
 from payments import events as pev
 from payments.models import InvoiceCollection, InvoicePayment, InvoiceRefund, StripeCustomer
+from payments.services import INVOICE_PAYMENT_SUBMIT_TASK, top_up_claw_back
 from payments.stripe_client import (
     as_dict,
     from_minor,
@@ -177,9 +179,8 @@ def _attempt_record(
 
 
 def _send_after_commit(payment: InvoicePayment) -> None:
-    from payments import tasks  # the actor module imports this one
 
-    transaction.on_commit(lambda: tasks.invoice_payment_submit_task.send(payment.pk))
+    task_send_on_commit(INVOICE_PAYMENT_SUBMIT_TASK, payment.pk)
 
 
 # --- starting a collection ------------------------------------------------------------
@@ -945,11 +946,10 @@ def invoice_refund_apply_from_stripe(
         return f"refund {refund_id} {stripe_refund.get('status')} at Stripe; nothing to claw back"
     if payment.status != InvoicePayment.Status.SUCCEEDED:
         raise RefundNotReady(f"refund {refund_id}: invoice payment {payment.pk} is not applied yet")
-    from payments.services import _claw_back  # the top-ups' claw-back, shared
 
     amount = from_minor(int(stripe_refund.get("amount") or 0), payment.currency)
     invoice = Invoice.objects.get(pk=payment.invoice_id)
-    from_credit, owed = _claw_back(
+    from_credit, owed = top_up_claw_back(
         transfer_id=f"refund:{refund_id}",
         organization=invoice.organization,
         amount_micros=amount,

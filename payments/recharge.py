@@ -20,7 +20,7 @@ from core.eventstore import RecordedEvent
 from core.followers import Follower, register
 from ledger import events as ledger_events
 from ledger.models import Account
-from ledger.projection import accounts_in
+from ledger.selectors import accounts_in
 from payments import services
 
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import stripe
 from django.conf import settings
-from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -36,9 +35,10 @@ from core.db import retry_transaction
 from core.errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
 from core.eventstore import NewEvent, event_append, stream_version
 from core.models import Organization
+from core.queue import task_send_on_commit
 from ledger import services as ledger
 from ledger.models import Account, Balance
-from ledger.projection import BalanceState, apply_event
+from ledger.selectors import BalanceState, apply_event
 from payments import events as pev
 from payments.models import (
     AutoRecharge,
@@ -47,6 +47,7 @@ from payments.models import (
     Payout,
     Refund,
     StripeCustomer,
+    StripeEvent,
     TopUp,
 )
 from payments.stripe_client import (
@@ -62,6 +63,15 @@ from payments.stripe_client import (
     to_minor,
     unavailable,
 )
+
+# The app's public surface for the apps above it:
+from payments.stripe_client import PaymentsUnavailable as PaymentsUnavailable
+from payments.stripe_client import stripe_configured as stripe_configured
+
+# The actors in payments/tasks.py, sent by name (core/queue.py).
+STRIPE_EVENT_PROCESS_TASK = "stripe_event_process_task"
+TOP_UP_SUBMIT_TASK = "top_up_submit_task"
+INVOICE_PAYMENT_SUBMIT_TASK = "invoice_payment_submit_task"
 
 logger = logging.getLogger(__name__)
 
@@ -356,18 +366,13 @@ def checkout_session_create(*, top_up: TopUp, success_url: str, cancel_url: str)
 
 def _wake_waiting(top_up_id: int) -> None:
     """Send again, after this commit, the events that waited for this top-up."""
-    from payments import tasks
-    from payments.models import StripeEvent
-
     waiting = list(
         StripeEvent.objects.filter(waiting_for_id=top_up_id, processed_at__isnull=True)
         .order_by("pk")
         .values_list("event_id", flat=True)
     )
     for event_id in waiting:
-        transaction.on_commit(
-            lambda event_id=event_id: tasks.stripe_event_process_task.send(event_id)  # type: ignore[misc]
-        )
+        task_send_on_commit(STRIPE_EVENT_PROCESS_TASK, event_id)
 
 
 def _find_top_up(metadata: Any, payment_intent_id: str = "", charge_id: str = "") -> TopUp | None:
@@ -495,7 +500,7 @@ def top_up_apply_checkout_session(*, session: dict[str, Any], event_type: str) -
 # --- claw-backs (refunds and disputes) ----------------------------------------------
 
 
-def _claw_back(
+def top_up_claw_back(
     *, transfer_id: str, organization: Organization, amount_micros: int, currency: str, why: str
 ) -> tuple[int, int]:
     """Take ``amount`` back from a buyer into Stripe clearing: from unused credit as
@@ -708,7 +713,7 @@ def refund_apply_from_stripe(*, stripe_refund: dict[str, Any], charge: dict | No
             f"refund {refund_id}: top-up {top_up.pk} is not credited yet", top_up_id=top_up.pk
         )
     amount = from_minor(int(stripe_refund.get("amount") or 0), top_up.currency)
-    from_credit, owed = _claw_back(
+    from_credit, owed = top_up_claw_back(
         transfer_id=f"refund:{refund_id}",
         organization=top_up.organization,
         amount_micros=amount,
@@ -773,7 +778,7 @@ def dispute_apply(*, dispute: dict[str, Any]) -> str:
     top_up = row.top_up
     notes = []
     if top_up is not None and _dispute_takes_funds(row.status) and not row.withdrawn:
-        row.credit_micros, row.receivable_micros = _claw_back(
+        row.credit_micros, row.receivable_micros = top_up_claw_back(
             transfer_id=f"dispute:{dispute_id}",
             organization=top_up.organization,
             amount_micros=row.amount_micros,
@@ -966,9 +971,8 @@ def auto_recharge_check(
         ),
         tenant_id=organization_id,
     )
-    from payments import tasks  # the actor module imports these services
 
-    transaction.on_commit(lambda: tasks.top_up_submit_task.send(top_up.pk))
+    task_send_on_commit(TOP_UP_SUBMIT_TASK, top_up.pk)
     return top_up
 
 

@@ -10,14 +10,22 @@ from payments import collection, services, webhooks
 from payments.models import TopUp
 
 
-@dramatiq.actor(queue_name="payments", max_retries=8, min_backoff=1_000, max_backoff=300_000)
+@dramatiq.actor(
+    actor_name=services.STRIPE_EVENT_PROCESS_TASK,
+    queue_name="payments",
+    max_retries=8,
+    min_backoff=1_000,
+    max_backoff=300_000,
+)
 def stripe_event_process_task(event_id: str) -> None:
     """Apply one stored Stripe event; a failure is retried with backoff (and the
     ``process_stripe_events`` sweep catches anything this loses)."""
     webhooks.stripe_event_process(event_id=event_id)
 
 
-@dramatiq.actor(queue_name="payments", max_retries=5, min_backoff=5_000)
+@dramatiq.actor(
+    actor_name=services.TOP_UP_SUBMIT_TASK, queue_name="payments", max_retries=5, min_backoff=5_000
+)
 def top_up_submit_task(top_up_id: int) -> None:
     """Charge the saved method for a top-up recorded by auto-recharge."""
     top_up = TopUp.objects.select_related("organization").filter(pk=top_up_id).first()
@@ -34,7 +42,12 @@ def payouts_run_task() -> None:
     services.payouts_run()
 
 
-@dramatiq.actor(queue_name="payments", max_retries=5, min_backoff=5_000)
+@dramatiq.actor(
+    actor_name=services.INVOICE_PAYMENT_SUBMIT_TASK,
+    queue_name="payments",
+    max_retries=5,
+    min_backoff=5_000,
+)
 def invoice_payment_submit_task(payment_id: int) -> None:
     """Charge the saved method for an invoice's collection attempt. A decline is
     recorded on the attempt (and moves the dunning on); Stripe not answering leaves

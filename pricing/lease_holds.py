@@ -27,17 +27,18 @@ from core.errors import InsufficientFunds
 from core.models import Organization
 from core.money import Money, rate_amount
 from core.ports import GpuTimeCost
-from ledger.engine import (
+from ledger.models import Account, Hold
+from ledger.selectors import available_credit
+from ledger.services import (
     HoldPostRequest,
     HoldRequest,
     HoldVoidRequest,
     LedgerResult,
+    account_open,
     ledger_execute,
+    platform_account,
     raise_for,
 )
-from ledger.models import Account, Hold
-from ledger.selectors import available_credit
-from ledger.services import account_open, platform_account
 from pricing.book import BPS, rate_for
 
 ACTOR = "marketplace"

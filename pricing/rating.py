@@ -50,9 +50,8 @@ from core.eventstore import NewEvent, RecordedEvent, event_append, stream_versio
 from core.followers import Follower, register
 from core.models import Event, Organization
 from core.money import rate_amount
-from ledger.engine import EntryRequest, LedgerResult, ledger_execute
 from ledger.models import Account, Balance
-from ledger.services import account_open
+from ledger.services import EntryRequest, LedgerResult, account_open, ledger_execute
 from metering import events as metering_events
 from metering.models import UsageEvent
 from metering.selectors import (

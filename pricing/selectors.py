@@ -6,8 +6,16 @@ from datetime import datetime
 
 from django.db.models import QuerySet
 
+# The app's public surface for the apps above it:
+from pricing.book import BPS as BPS
 from pricing.book import DEFAULT_BOOK, PriceVersion, price_book
+from pricing.book import SECONDS_PER_HOUR as SECONDS_PER_HOUR
+from pricing.book import TOKENS_UNIT as TOKENS_UNIT
+from pricing.book import price_at as price_at
+from pricing.book import rate_for as rate_for
+from pricing.book import size_tier as size_tier
 from pricing.models import Price
+from pricing.quotes import fine_tune_quote as fine_tune_quote
 
 MONEY_ITEMS = frozenset(
     {

@@ -1,9 +1,27 @@
-"""The public surface."""
+"""Pricing's public writes and rating, for the apps above it (marketplace, invoicing,
+payments, exports): scheduling prices, billing terms, rating usage into journal
+entries, and the lease holds behind raw GPU leases. Reads are in ``selectors``."""
 
 from __future__ import annotations
 
-# The app's public surface: other apps import these names from here.
+from pricing.lease_holds import BillingCredit, leases_settled_by_hold
 from pricing.quotes import fine_tune_quote
+from pricing.rating import rate_quantity, rate_usage, usage_rating, usage_transfer_id
 from pricing.schedule import price_schedule
+from pricing.terms import billing_terms_for, billing_terms_set
+from pricing.welcome import promo_credits_expire, welcome_credit_grant
 
-__all__ = ["fine_tune_quote", "price_schedule"]
+__all__ = [
+    "BillingCredit",
+    "billing_terms_for",
+    "billing_terms_set",
+    "fine_tune_quote",
+    "leases_settled_by_hold",
+    "price_schedule",
+    "promo_credits_expire",
+    "rate_quantity",
+    "rate_usage",
+    "usage_rating",
+    "usage_transfer_id",
+    "welcome_credit_grant",
+]

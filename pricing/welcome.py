@@ -12,10 +12,9 @@ from core.eventstore import RecordedEvent
 from core.followers import Follower, register
 from core.models import Event, Organization
 from ledger import events as ev
-from ledger.engine import EntryRequest, ledger_execute, raise_for
 from ledger.models import Account, Posting
 from ledger.selectors import available_credit_posted
-from ledger.services import account_open, platform_account
+from ledger.services import EntryRequest, account_open, ledger_execute, platform_account, raise_for
 from pricing.book import (
     price_at,
 )

@@ -20,7 +20,7 @@ from core.tenancy import get_caller
 from marketplace.together import clusters, projects, shapes, usage
 from marketplace.workloads import inputs
 from marketplace.workloads.apis import V1Api
-from pricing.book import price_at, size_tier
+from pricing.selectors import price_at, size_tier
 
 # --- serializers (what the schema declares; the clients' own shapes) ---------------
 

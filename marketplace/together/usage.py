@@ -32,7 +32,7 @@ from core.money import Money, rate_amount
 from marketplace.models import Lease
 from marketplace.workloads.errors import invalid
 from metering.models import UsageEvent
-from pricing.book import rate_for
+from pricing.selectors import rate_for
 
 GRANULARITIES = ("day", "hour")
 LIMIT_MAX = 1000

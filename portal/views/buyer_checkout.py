@@ -31,7 +31,7 @@ from ledger import selectors as books
 from payments import selectors as payments
 from payments import services as paying
 from payments.models import TopUp
-from payments.stripe_client import PaymentsUnavailable, stripe_configured
+from payments.services import PaymentsUnavailable, stripe_configured
 from portal.access import ADMIN, BUYER_KINDS, member_page
 from portal.buyer_forms import TopUpForm
 from portal.forms import add_service_error

@@ -11,9 +11,9 @@ from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
 from core.errors import NotFound
-from invoicing import documents
 from invoicing import selectors as books
 from invoicing.models import Invoice
+from invoicing import selectors as invoice_documents
 from portal.access import BUYER_KINDS, member_page
 from portal.views.buyer_checkout import member_caller
 from portal.views.paging import page_of
@@ -66,7 +66,7 @@ def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
 @member_page(kinds=BUYER_KINDS)
 def invoice_pdf(request: HttpRequest, invoice_id: int) -> HttpResponse:
     invoice = _invoice(request, invoice_id)
-    response = HttpResponse(documents.invoice_pdf(invoice), content_type="application/pdf")
+    response = HttpResponse(invoice_documents.invoice_pdf(invoice), content_type="application/pdf")
     name = invoice.number or f"draft-{invoice.pk}"
     response["Content-Disposition"] = f'inline; filename="{name}.pdf"'
     return response

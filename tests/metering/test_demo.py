@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import pytest
 
+from core.followers import followers_run_until_idle
 from ledger import services
 from ledger.models import Account, Balance
 from metering.demo import load
 from metering.models import UsageEvent
+from pricing.services import usage_rating
 from tests.subjects import deployment_of, job_of, lease_unheld
 
 pytestmark = pytest.mark.django_db
@@ -29,8 +31,10 @@ def test_the_demo_usage_loads_twice_and_is_rated_once(cast):
         "lease": lease_unheld(cast.buyer_a, cast.provider_a, price=2_500_000).usage_subject,
     }
     load(buyer=cast.buyer_a, **subjects)
+    followers_run_until_idle([usage_rating])  # rated by pricing's follower
     first = Balance.objects.get(account=credit).debits_posted
     load(buyer=cast.buyer_a, **subjects)
+    followers_run_until_idle([usage_rating])  # rated by pricing's follower
     assert UsageEvent.objects.count() == 6
     # 2.55M training/eval tokens at $0.48/M, 420k prompt at $0.10/M, 96k completion at
     # $0.20/M, 30 GPU-minutes at $2.50/h plus 10%
