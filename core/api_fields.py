@@ -1,4 +1,6 @@
-"""Api fields."""
+"""Fields and query-parameter readers the apps' APIs share: money and decimal text,
+debit/credit sides, list errors that name their place, ids, datetimes and currencies
+from the query string, and the actor written on what a caller changes."""
 
 from __future__ import annotations
 
@@ -16,16 +18,16 @@ from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from core.converters import BIGINT_MAX, query_id
+from core.converters import BIGINT_MAX
 from core.errors import InvalidInput
 from core.money import CURRENCIES, Money, MoneyError
 from core.tenancy import Caller
 
 MAX_REASON_LENGTH = 500
 # Signed decimal digits, no exponent: "1e30" or "0x10" is not an amount anyone types.
-_DECIMAL_TEXT = re.compile(r"^[+-]?\d{1,40}(?:\.\d{1,40})?$")
-_MAX_DB_ID = BIGINT_MAX
-_SIDE_NAMES = {"D": "debit", "C": "credit"}
+DECIMAL_TEXT = re.compile(r"^[+-]?\d{1,40}(?:\.\d{1,40})?$")
+MAX_DB_ID = BIGINT_MAX
+SIDE_NAMES = {"D": "debit", "C": "credit"}
 
 
 # --- fields -----------------------------------------------------------------
@@ -60,7 +62,7 @@ class SideField(serializers.Field):
         self.fail("invalid")
 
     def to_representation(self, value: Any) -> str:
-        return _SIDE_NAMES.get(value, value)
+        return SIDE_NAMES.get(value, value)
 
 
 # Documented without an enum: drf-spectacular names enums after fields, and the same
@@ -88,12 +90,12 @@ class DecimalTextField(serializers.Field):
         if "\x00" in data:
             self.fail("null_characters")
         text = data.strip()
-        if not _DECIMAL_TEXT.match(text):
+        if not DECIMAL_TEXT.match(text):
             self.fail("format")
         return text
 
 
-def _parse_amount(text: str, currency: str, *, allow_zero: bool = False) -> int:
+def parse_amount(text: str, currency: str, *, allow_zero: bool = False) -> int:
     """Micro-units of ``text`` in ``currency``; a MoneyError says what is wrong."""
     amount = Money.parse(text, currency).amount_micros  # at most 6 places, bounded
     if amount < 0 or (amount == 0 and not allow_zero):
@@ -104,7 +106,7 @@ def _parse_amount(text: str, currency: str, *, allow_zero: bool = False) -> int:
 # --- input serializers ------------------------------------------------------
 
 
-class _ListSerializer(serializers.ListSerializer):
+class PlacedListSerializer(serializers.ListSerializer):
     """Errors name their place the way the API does elsewhere: ``legs`` for the list
     as a whole (not DRF's ``legs.non_field_errors``) and ``legs[1].side`` for an item
     (DRF 3.18 keys item errors by index, which core.errors would spell ``legs.1``)."""
@@ -126,11 +128,7 @@ class _ListSerializer(serializers.ListSerializer):
 # --- query parameters -------------------------------------------------------
 
 
-def _query_id(request: Request, name: str) -> int | None:
-    return query_id(request, name)
-
-
-def _query_datetime(request: Request, name: str) -> datetime | None:
+def query_datetime(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
@@ -176,7 +174,7 @@ def actor_for(caller: Caller) -> str:
 # along their lifecycle. Another organization's ids answer 404.
 
 
-class _MoneyText(serializers.Field):
+class MoneyTextBase(serializers.Field):
     """Read only: ``micros_attr`` of the object as exact decimal text in the currency
     found at the dotted ``currency_path`` (lines and entries carry their invoice's)."""
 
@@ -195,10 +193,10 @@ class _MoneyText(serializers.Field):
 
 
 MoneyText = extend_schema_field({"type": "string", "example": "12.34", "nullable": True})(
-    _MoneyText
+    MoneyTextBase
 )
 
 
-class _ChoiceText(serializers.CharField):
+class ChoiceText(serializers.CharField):
     """A plain string in the schema: an enum here would collide with other apps'
     enums of the same field name (``status``, ``kind``) and warn."""

@@ -33,14 +33,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api_fields import (
-    _MAX_DB_ID,
+    MAX_DB_ID,
     MAX_REASON_LENGTH,
+    ChoiceText,
     DecimalTextField,
     MoneyText,
-    _ChoiceText,
-    _query_id,
     actor_for,
 )
+from core.converters import query_id
 from core.errors import InvalidInput, NotFound
 from core.idempotency import idempotency_key, idempotent
 from core.money import Money, MoneyError
@@ -68,7 +68,7 @@ class InvoiceLineEntrySerializer(serializers.Serializer):
 
 class InvoiceLineSerializer(serializers.Serializer):
     ordinal = serializers.IntegerField(read_only=True)
-    product = _ChoiceText(read_only=True, help_text="fine_tune, inference, gpu_lease or other")
+    product = ChoiceText(read_only=True, help_text="fine_tune, inference, gpu_lease or other")
     description = serializers.CharField(read_only=True)
     job = serializers.CharField(read_only=True)
     model = serializers.CharField(read_only=True)
@@ -93,8 +93,8 @@ class InvoiceSerializer(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     number = serializers.CharField(read_only=True, allow_null=True, help_text="null: a draft")
     organization = serializers.IntegerField(source="organization_id", read_only=True)
-    kind = _ChoiceText(read_only=True, help_text="monthly or job")
-    status = _ChoiceText(
+    kind = ChoiceText(read_only=True, help_text="monthly or job")
+    status = ChoiceText(
         read_only=True, help_text="draft, open, past_due, paid, void or uncollectible"
     )
     currency = serializers.CharField(read_only=True)
@@ -206,7 +206,7 @@ class MarkPaidInputSerializer(serializers.Serializer):
 
 
 class JobInvoiceInputSerializer(serializers.Serializer):
-    organization = serializers.IntegerField(min_value=1, max_value=_MAX_DB_ID)
+    organization = serializers.IntegerField(min_value=1, max_value=MAX_DB_ID)
     job = serializers.CharField(max_length=200, help_text="the fine-tune job's id")
 
 
@@ -288,7 +288,7 @@ class InvoiceListApi(APIView):
             status=_query_choice(request, "status", Invoice.Status.values),
             kind=_query_choice(request, "kind", Invoice.Kind.values),
             period=_query_period(request),
-            organization_id=_query_id(request, "organization"),
+            organization_id=query_id(request, "organization"),
         )
         return paginated_response(
             queryset=invoices, serializer_class=InvoiceSerializer, request=request, view=self
@@ -717,7 +717,7 @@ class ProviderStatementListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         statements = selectors.statements_for_caller(
-            caller=get_caller(request), organization_id=_query_id(request, "organization")
+            caller=get_caller(request), organization_id=query_id(request, "organization")
         )
         return paginated_response(
             queryset=statements,
@@ -769,7 +769,7 @@ class ProviderStatementDetailApi(APIView):
         now = timezone.now()
         if month > now.date():
             raise InvalidInput(f"{period} has not begun yet", details={"parameter": "period"})
-        wanted = _query_id(request, "organization") or caller.organization.pk
+        wanted = query_id(request, "organization") or caller.organization.pk
         provider = selectors.organization_for_caller(caller=caller, organization_id=wanted)
         if not provider.is_provider:
             raise NotFound(

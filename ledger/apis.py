@@ -17,19 +17,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api_fields import (
-    _MAX_DB_ID,
+    MAX_DB_ID,
     MAX_REASON_LENGTH,
     DecimalTextField,
     MoneyTextField,
     NormalSideField,
+    PlacedListSerializer,
     SideField,
-    _ListSerializer,
-    _parse_amount,
-    _query_datetime,
-    _query_id,
     actor_for,
+    parse_amount,
     query_currency,
+    query_datetime,
 )
+from core.converters import query_id
 from core.errors import IdempotencyConflict, InvalidInput
 from core.idempotency import idempotency_key, idempotent
 from core.money import CURRENCIES, Money, MoneyError
@@ -158,9 +158,9 @@ class TrialBalanceSerializer(serializers.Serializer):
 
 class AdjustmentLegInputSerializer(serializers.Serializer):
     class Meta:
-        list_serializer_class = _ListSerializer
+        list_serializer_class = PlacedListSerializer
 
-    account = serializers.IntegerField(min_value=1, max_value=_MAX_DB_ID)
+    account = serializers.IntegerField(min_value=1, max_value=MAX_DB_ID)
     side = SideField()
     amount = DecimalTextField(help_text="positive, at most 6 decimals")
 
@@ -194,7 +194,7 @@ class AdjustmentInputSerializer(serializers.Serializer):
                 ]
             first_leg_of.setdefault(account_id, index)
             try:
-                leg["amount_micros"] = _parse_amount(leg["amount"], currency)
+                leg["amount_micros"] = parse_amount(leg["amount"], currency)
             except MoneyError as exc:
                 problems[index]["amount"] = [str(exc)]
                 continue
@@ -229,7 +229,7 @@ class CreditLimitInputSerializer(serializers.Serializer):
         if value is None:
             return None
         try:
-            return _parse_amount(value, self.context["currency"], allow_zero=True)
+            return parse_amount(value, self.context["currency"], allow_zero=True)
         except MoneyError as exc:
             raise serializers.ValidationError(str(exc)) from None
 
@@ -331,9 +331,9 @@ class JournalLineListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         caller = get_caller(request)
-        account_id = _query_id(request, "account")
-        since = _query_datetime(request, "since")
-        until = _query_datetime(request, "until")
+        account_id = query_id(request, "account")
+        since = query_datetime(request, "since")
+        until = query_datetime(request, "until")
         if since is not None and until is not None and since >= until:
             raise InvalidInput(
                 "until must be later than since (the period is [since, until))",

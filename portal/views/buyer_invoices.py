@@ -12,8 +12,8 @@ from django.views.decorators.http import require_http_methods
 
 from core.errors import NotFound
 from invoicing import selectors as books
-from invoicing.models import Invoice
 from invoicing import selectors as invoice_documents
+from invoicing.models import Invoice
 from portal.access import BUYER_KINDS, member_page
 from portal.views.buyer_checkout import member_caller
 from portal.views.paging import page_of
