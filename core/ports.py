@@ -1,142 +1,64 @@
-"""Ports: interfaces one app needs from another that it may not import.
+"""Ports: the interfaces an app needs from another across a real boundary.
 
-The package table in ARCHITECTURE.md fixes who may import whom (marketplace and
-runtime import only ``core`` and, for marketplace, ``providers``). Where a consumer
-needs an answer synchronously — the buyer's available credit before an order is
-accepted, a hold placed in the same transaction as a lease, a usage event recorded by
-the runtime in-process — the consumer's interface is declared here as a ``Protocol``
-and the owning app registers its implementation in ``AppConfig.ready()``:
+Apps import the public services and selectors of the apps below them
+(docs/architecture.md). A port remains only where the boundary is real: the node
+runtime (dataset checks, models, inference, training run where torch is, not in the
+control plane's imports), usage recorded from the runtime into metering, usage
+provenance (metering asks the marketplace above it about the subjects it made), and
+the node an agent key is bound to (core asks providers). The consumer declares the
+``Protocol`` it calls; the owning app registers its implementation in
+``AppConfig.ready()``, keyed by that protocol, and the consumer gets it back typed:
 
-    # billing/apps.py
-    ports.register("credit", BillingCredit())
+    # runtime/apps.py
+    ports.register(InferencePort, RuntimeInference())
 
-    # marketplace/services.py
-    ports.get("credit").available(organization_id=..., currency="USD")
+    # marketplace/workloads/ports.py
+    ports.get(InferencePort).generate(...)   # mypy knows it is an InferencePort
 
-Everything else between apps goes through the event store. A port looked up before
-its provider registered raises ``LookupError`` naming it, so a missing app in
-``INSTALLED_APPS`` fails loudly at the first call rather than silently doing nothing.
+A port looked up before its provider registered raises ``LookupError`` naming it, so
+a missing app in ``INSTALLED_APPS`` fails loudly at the first call rather than
+silently doing nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
-_registry: dict[str, Any] = {}
-
-
-def register(name: str, implementation: Any) -> None:
-    """Register ``implementation`` for port ``name`` (the newest registration wins, so
-    a test may swap one in and restore the old one)."""
-    _registry[name] = implementation
+_Port = TypeVar("_Port")
+_registry: dict[type, object] = {}
 
 
-def get(name: str) -> Any:
+def register(port: type[_Port], implementation: _Port) -> None:
+    """Register ``implementation`` for ``port`` (the newest registration wins, so a
+    test may swap one in and restore the old one)."""
+    _registry[port] = implementation
+
+
+def get(port: type[_Port]) -> _Port:
     try:
-        return _registry[name]
+        return cast(_Port, _registry[port])
     except KeyError:
         raise LookupError(
-            f"port {name!r} has no implementation registered; is the app that provides it "
-            "in INSTALLED_APPS?"
+            f"port {port.__name__} has no implementation registered; is the app that "
+            "provides it in INSTALLED_APPS?"
         ) from None
 
 
-def registered(name: str) -> bool:
-    return name in _registry
+def registered(port: type) -> bool:
+    return port in _registry
 
 
 # --- Port protocols -------------------------------------------------------------
-# Each consumer declares the Protocol it calls below, in its own section, with the
-# name it is registered under.
-
-
-# --- credit: the buyer's ledger, for the marketplace (and managed workloads) ----
-# Registered as "credit" by billing (billing/credit.py). Amounts are integer
-# micro-units of ``currency``. Every call joins the caller's database transaction,
-# so a hold and the order or lease row it backs commit together or not at all.
-# Hold ids are the caller's: the same id with the same body is a replay (no effect).
-# A GPU lease's holds are named ``<usage subject>:w<window>`` (marketplace leases:
-# ``lease-<id>:w1``): rating skips ``gpu.seconds`` usage of a lease that has one,
-# because settling the hold is that lease's bill.
-
-
-@dataclass(frozen=True, slots=True)
-class GpuTimeCost:
-    """What ``gpu_seconds`` at a price per GPU-hour cost: the provider's share is
-    ``gpu_seconds * price / 3600`` rounded half-even once; the buyer pays it plus the
-    platform fee (managed work: the platform pays the provider, no fee)."""
-
-    gpu_seconds: int
-    provider_micros: int
-    fee_micros: int
-
-    @property
-    def buyer_micros(self) -> int:
-        return self.provider_micros + self.fee_micros
-
-
-class CreditPort(Protocol):
-    def available(self, *, organization_id: int, currency: str) -> int:
-        """Posted minus pending on the org's prepaid credit, plus any credit limit."""
-        ...
-
-    def gpu_time_cost(
-        self, *, gpu_seconds: int, price_micros_per_gpu_hour: int, currency: str, managed: bool
-    ) -> GpuTimeCost: ...
-
-    def reserve(
-        self,
-        *,
-        hold_id: str,
-        organization_id: int,
-        amount_micros: int,
-        currency: str,
-        expires_at: datetime,
-        description: str,
-    ) -> None:
-        """Reserve the org's credit (a pending hold that is only ever released, e.g.
-        an order waiting in the book). Raises core.errors.InsufficientFunds with
-        ``details.missing_micros`` when available credit does not cover it."""
-        ...
-
-    def release(self, *, hold_id: str) -> bool:
-        """Release a reservation or hold; False if it was already resolved (expired)."""
-        ...
-
-    def lease_hold_place(
-        self,
-        *,
-        hold_id: str,
-        buyer_organization_id: int | None,
-        provider_organization_id: int,
-        amount_micros: int,
-        currency: str,
-        expires_at: datetime,
-        description: str,
-    ) -> None:
-        """The two-phase hold behind one billing window of a GPU lease. With a buyer:
-        reserves the buyer's credit (InsufficientFunds as ``reserve``). With
-        ``buyer_organization_id=None`` (managed work, billed per token): reserves the
-        platform's cost of revenue, which has no limit."""
-        ...
-
-    def lease_hold_settle(
-        self, *, hold_id: str, provider_organization_id: int, cost: GpuTimeCost
-    ) -> None:
-        """Post ``cost`` from the hold in one journal entry — the provider's payable
-        and the platform fee as its credit legs — and release the rest. A hold
-        resolves once: settling it again with the same cost is a no-op."""
-        ...
+# Each consumer declares the Protocol it calls below, in its own section; the
+# protocol is the key its implementation is registered under.
 
 
 # --- workloads: what marketplace.workloads (the /v1/ API) needs from the runtime ---
 # Registered by the runtime. The training itself goes through dramatiq actors by
 # name; these are the answers the API needs within a request.
-
-from collections.abc import Iterator  # noqa: E402
-from dataclasses import field  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,13 +166,6 @@ class InferencePort(Protocol):
 # Ids must stay the same when work is retried (``f"{job}:{step}:train"``): metering
 # de-duplicates on them, so a resumed job is never billed twice for one step.
 
-from collections.abc import Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from datetime import datetime  # noqa: E402, F811
-from typing import Protocol  # noqa: E402
-
-USAGE = "usage"
-
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
@@ -275,54 +190,14 @@ class UsagePort(Protocol):
         ...
 
 
-# --- pricebook: fine-tune prices, for the fine-tune job API (marketplace.workloads) ---
-# Registered as "pricebook" by billing (billing/pricebook.py, PriceBookPort). The estimate
-# is the function the job's final bill uses: (training tokens × epochs + validation
-# tokens × evaluations) × the rate in force, at least the per-job minimum.
-
-
-class FineTuneQuoteShape(Protocol):
-    billable_tokens: int
-    rate_micros: int  # per 1M tokens
-    usage_micros: int
-    minimum_micros: int
-    amount_micros: int
-    currency: str
-    available_micros: int | None
-
-    @property
-    def minimum_applied(self) -> bool: ...
-
-    @property
-    def covered(self) -> bool | None: ...
-
-
-class PriceBookPort(Protocol):
-    def fine_tune_estimate(
-        self,
-        *,
-        organization_id: int,
-        model: str,
-        training_type: str,
-        training_tokens: int,
-        epochs: int,
-        validation_tokens: int = 0,
-        evaluations: int = 0,
-    ) -> FineTuneQuoteShape:
-        """Raises core.errors.InvalidInput naming the field for a bad argument."""
-        ...
-
-
 # --- usage provenance (consumer: metering; provider: marketplace) ----------------
-# Registered as "usage_provenance" by marketplace (marketplace/provenance.py). Usage is
+# Registered by marketplace (marketplace/provenance.py). Usage is
 # billed only for what the platform's own records prove happened: GPU-seconds on a
 # lease it made, tokens of a job or deployment it runs. Metering asks here, once per
 # subject kind per batch, for the facts of the subjects a batch names; it judges the
 # events against them itself (who sent them, when, at what price). Subject ids are
 # the usage subjects (``lease-<id>``, a job's or deployment's public id); an id not
 # found is absent from the answer.
-
-USAGE_PROVENANCE = "usage_provenance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +241,7 @@ class UsageProvenancePort(Protocol):
 
 
 # --- training: the runtime's record of a run on a node, for the assignments ------
-# Registered as "training" by the runtime (runtime/node_training.py). The node's agent
+# Registered by the runtime (runtime/node_training.py). The node's agent
 # trains; the control plane records what it reports. Every call joins the caller's
 # transaction (the report that carries it).
 

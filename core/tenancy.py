@@ -13,7 +13,7 @@ from core.models import Organization
 
 
 class AgentNodes(Protocol):
-    """Port ``agent_nodes``, registered by providers: the node an agent key is bound
+    """A port registered by providers: the node an agent key is bound
     to (declared here, beside its one consumer, Caller.agent_node_id)."""
 
     def node_of(self, *, api_key_id: int) -> int | None: ...
@@ -46,7 +46,7 @@ class Caller:
         checks the binding and finds the node in one query."""
         if not self.is_agent or self.api_key_id is None:
             return None
-        agent_nodes: AgentNodes = ports.get("agent_nodes")
+        agent_nodes = ports.get(AgentNodes)
         return agent_nodes.node_of(api_key_id=self.api_key_id)
 
     @property

@@ -1,4 +1,5 @@
-"""Models."""
+"""A finance export's record: what was asked (kind, format, parameters), its state
+and the file it produced. The table keeps its ``billing_`` name (``Meta.db_table``)."""
 
 from __future__ import annotations
 

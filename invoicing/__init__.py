@@ -3,7 +3,7 @@ closing a month for every organization.
 
 What an invoice bills is what the ledger charged the buyer, never a second opinion:
 
-- usage rated by billing.rating, read from the accrual projection (billing.accrual):
+- usage rated by pricing.rating, read from the accrual projection (invoicing.accruals):
   one line per fine-tune job and price, per inference model and token kind, per GPU
   model and lease price; each line keeps the journal entries it carries
   (``InvoiceLineEntry``: entry position, transfer id, amount);

@@ -18,7 +18,7 @@ It runs after rating: a batch rating has not reached yet is rated first, in the 
 transaction (both followers are exactly-once, so whichever commits first wins).
 
 Closing a period then reads these rows (thousands per month per busy buyer) rather
-than the usage events (millions): see billing.invoicing and bench/close.py.
+than the usage events (millions): see invoicing.calculations and bench/close.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Amounts."""
+"""Money as an invoice shows it: an exact micro-unit amount rounded half-even to the
+currency's minor unit (``cents``) and written as decimal text (``money_text``)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ trial balance and finance's manual corrections; the price book, invoices and cre
 notes, billing profiles, and providers' monthly statements.
 
 One view per operation: parse input, check permission, call one selector or service,
-serialize output. Tenancy is decided in billing.selectors from ``request.caller``.
+serialize output. Tenancy is decided in invoicing.selectors from ``request.caller``.
 Amounts go out twice: exact integer micro-units (``*_micros``) and the same as
 decimal text (``"25.00"``). They come in as decimal text only (``"12.34"``), never as
 JSON numbers, which many clients turn into binary floats.

@@ -1,4 +1,11 @@
-"""Calculations."""
+"""What an invoice bills, computed from the books as of one event-store position:
+the month's usage accruals grouped into lines by product, model and price, the
+ledger charges that are not usage (fees, minimums, adjustments), and what prepaid
+credit already paid. ``invoice_compute`` for one buyer, ``_compute_monthly`` for
+many at once (the month close), both giving the same ``Computed``.
+
+Per-invoice work is batched: one query per kind of row for a whole chunk of
+buyers, so the month close holds its ratio to a plain GROUP BY (bench/close.py)."""
 
 from __future__ import annotations
 

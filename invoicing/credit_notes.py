@@ -1,4 +1,5 @@
-"""Credit notes."""
+"""Credit notes: a finalized invoice is corrected by a numbered credit note (never by
+editing it), credited back to prepaid credit or to the receivable."""
 
 from __future__ import annotations
 

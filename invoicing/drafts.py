@@ -1,4 +1,5 @@
-"""Drafts."""
+"""The running month's draft invoice: recomputed on request and by the month close,
+never numbered; a draft's document is a preview, not a final one."""
 
 from __future__ import annotations
 

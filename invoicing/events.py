@@ -1,4 +1,6 @@
-"""Events."""
+"""The invoices' event stream (``billing.invoice:<key>``) and its event types:
+finalized, paid, past due, uncollectible, voided, and credit notes issued. The
+stream's name predates the apps' split and stays: the stored events carry it."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""Finalization."""
+"""Finalizing one invoice (``invoice_finalize``): recompute it as of now, number it
+from the gap-free sequence, settle it by the one rule (settlement.py) and post that
+entry, write its lines and its document, append ``InvoiceFinalized``. The month
+close finalizes many at once (month_close.py) through the same rule."""
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
@@ -32,9 +34,10 @@ from invoicing.models import (
 )
 from invoicing.numbering import _next_number
 from invoicing.periods import due_after
-from invoicing.settlement import Totals, totals_of
+from invoicing.settlement import Totals, settle, settlement_legs
 from invoicing.writers import _write_lines
 from ledger.models import Account, Balance
+from ledger.selectors import account_for_org
 from ledger.services import EntryRequest, account_open, ledger_execute, platform_account, raise_for
 from metering.services import usage_period_close
 from pricing.services import usage_rating
@@ -118,31 +121,41 @@ def _finalize(*, invoice: Invoice, actor: str, now: datetime) -> Invoice:
     if not computed.lines:
         raise Conflict(f"invoice {locked.key} has nothing to bill", details={"invoice": locked.key})
     buyer = _profile(organization)
-    totals = totals_of(computed, locked.currency, buyer["tax_rate_bps"])
     number = _next_number("INV")
     currency = locked.currency
-    receivable = account_open(
-        organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency
+    credit = account_for_org(organization=organization, kind=Account.Kind.CREDIT, currency=currency)
+    available = (
+        Balance.objects.select_for_update().get(account=credit).credit_side_available
+        if credit is not None
+        else 0
     )
-    credit = account_open(organization=organization, kind=Account.Kind.CREDIT, currency=currency)
-    # Apply what prepaid credit is left to what the charges left owed.
-    owed = totals.total - computed.prepaid_micros
-    available = Balance.objects.select_for_update().get(account=credit).credit_side_available
-    apply = max(0, min(owed, available))
-    signed: dict[int, int] = defaultdict(int)
-    signed[receivable.pk] += totals.rounding + totals.tax - apply
-    signed[platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk] -= totals.rounding
-    signed[platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk] -= totals.tax
-    signed[credit.pk] += apply
+    settlement = settle(
+        computed,
+        currency=currency,
+        tax_rate_bps=buyer["tax_rate_bps"],
+        available_credit_micros=available,
+    )
+    totals, apply, prepaid = settlement.totals, settlement.applied_micros, settlement.prepaid_micros
+    receivable = (
+        account_open(organization=organization, kind=Account.Kind.RECEIVABLE, currency=currency)
+        if settlement.needs_receivable
+        else None
+    )
+    legs = settlement_legs(
+        settlement,
+        receivable=receivable.pk if receivable is not None else None,
+        credit=credit.pk if credit is not None else None,
+        rounding=platform_account(kind=Account.Kind.ROUNDING, currency=currency).pk,
+        tax_payable=platform_account(kind=Account.Kind.TAX_PAYABLE, currency=currency).pk,
+    )
     _post(
         f"invoice:{locked.key}",
         currency,
-        signed,
+        legs,
         "invoice",
         f"invoice {number}: rounding to cents, tax, prepaid credit applied",
         actor,
     )
-    prepaid = computed.prepaid_micros + apply
     finalized_at = now.isoformat()
     due_at = (now + due_after()).isoformat()
     document = _document(

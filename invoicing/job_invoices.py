@@ -1,4 +1,6 @@
-"""Job invoices."""
+"""A fine-tune job's bill and its own invoice: the per-job minimum charged when a job
+succeeds (the ``FineTuneMinimums`` follower of the marketplace's
+``FineTuneJobFinished``), and a job's invoice issued on request once it has ended."""
 
 from __future__ import annotations
 

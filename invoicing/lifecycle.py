@@ -1,4 +1,5 @@
-"""Lifecycle."""
+"""A finalized invoice's life after finalization: paid, past due, uncollectible
+(written off), voided — each a conditional change and an event on its stream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,13 @@
-"""Month close."""
+"""The month close (``period_close``): every buyer's monthly invoice finalized, in
+chunks, and the providers' statements closed.
+
+This module is the close's machinery, kept apart from the rules it applies (those
+are calculations.py, settlement.py, documents.py): chunks sized by their accruals,
+invoices computed ahead of each chunk's transaction, rows written with COPY, and
+chunks finalized in worker processes whose invoice numbers are predicted and
+confirmed under the sequence's lock, so numbering stays gap-free and in order
+(bench/close.py holds it to <= 2x a plain GROUP BY). It is long because these
+parts only make sense together."""
 
 from __future__ import annotations
 
@@ -59,7 +68,7 @@ from invoicing.numbering import (
     _NumbersTaken,
 )
 from invoicing.periods import due_after, grace, issuer, month_bounds, monthly_key
-from invoicing.settlement import Totals, totals_of
+from invoicing.settlement import Settlement, settle, settlement_legs
 from invoicing.statements import statements_close
 from invoicing.writers import _invoices_write, _write_lines_many
 from ledger.models import Account, Balance
@@ -206,16 +215,21 @@ def _finalize_month(
     # Each invoice's totals, and what prepaid credit left it applies to what the charges
     # left owed; the rest (rounding and tax not covered) goes to the receivable, which
     # is opened here if missing, and only then: a prepaid buyer's is not.
-    settled: dict[int, tuple[Totals, int, int]] = {}  # org -> totals, applied, owed
+    settled: dict[int, Settlement] = {}
     missing: list[tuple[int, str]] = []
     for organization in todo:
-        found = computed[organization.id]
-        totals = totals_of(found, currency, buyers[organization.id]["tax_rate_bps"])
         credit = accounts.get((organization.id, Account.Kind.CREDIT))
-        apply = max(0, min(totals.total - found.prepaid_micros, available.get(credit, 0)))
-        owed = totals.rounding + totals.tax - apply
-        settled[organization.id] = (totals, apply, owed)
-        if owed and (organization.id, Account.Kind.RECEIVABLE) not in accounts:
+        settlement = settle(
+            computed[organization.id],
+            currency=currency,
+            tax_rate_bps=buyers[organization.id]["tax_rate_bps"],
+            available_credit_micros=available.get(credit, 0),
+        )
+        settled[organization.id] = settlement
+        if (
+            settlement.needs_receivable
+            and (organization.id, Account.Kind.RECEIVABLE) not in accounts
+        ):
             missing.append((organization.id, str(Account.Kind.RECEIVABLE)))
     accounts.update(_buyer_accounts_open(missing, currency))
     rounding, tax_payable = ahead.platform if ahead is not None else _platform(currency)
@@ -241,7 +255,8 @@ def _finalize_month(
             key = keys[organization.id]
             found = computed[organization.id]
             buyer = buyers[organization.id]
-            totals, apply, owed = settled[organization.id]
+            settlement = settled[organization.id]
+            totals, apply = settlement.totals, settlement.applied_micros
             invoice = existing.get(key) or _invoice_new(
                 key=key,
                 organization_id=organization.id,
@@ -253,13 +268,13 @@ def _finalize_month(
                 grace_ends_at=grace_ends_at,
             )
             invoice.generated_at = now
-            signed: dict[int, int] = defaultdict(int)
-            if owed:
-                signed[accounts[(organization.id, Account.Kind.RECEIVABLE)]] += owed
-            signed[rounding] -= totals.rounding
-            signed[tax_payable] -= totals.tax
-            if apply:
-                signed[accounts[(organization.id, Account.Kind.CREDIT)]] += apply
+            signed = settlement_legs(
+                settlement,
+                receivable=accounts.get((organization.id, Account.Kind.RECEIVABLE)),
+                credit=accounts.get((organization.id, Account.Kind.CREDIT)),
+                rounding=rounding,
+                tax_payable=tax_payable,
+            )
             entry = _entry_request(
                 f"invoice:{key}",
                 currency,
@@ -269,7 +284,7 @@ def _finalize_month(
             )
             if entry is not None:
                 entries.append(entry)
-            prepaid = found.prepaid_micros + apply
+            prepaid = settlement.prepaid_micros
             text = _document_json(
                 invoice=invoice,
                 computed=found,

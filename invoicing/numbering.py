@@ -1,4 +1,5 @@
-"""Numbering."""
+"""Gap-free invoice numbers (``INV-000123``), one sequence per series, taken under the
+sequence row's lock; a batch takes a run of numbers at once."""
 
 from __future__ import annotations
 

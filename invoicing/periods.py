@@ -1,4 +1,6 @@
-"""Periods."""
+"""Billing periods and the keys of what is billed in them: a month's half-open UTC
+bounds, the monthly and job invoice keys, the issuer, the grace and due delays,
+and the transfer id of a job's minimum charge."""
 
 from __future__ import annotations
 

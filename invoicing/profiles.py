@@ -1,4 +1,5 @@
-"""Profiles."""
+"""A buyer's billing profile (legal name, address, tax id and rate), set by its
+admins and copied into every invoice finalized after."""
 
 from __future__ import annotations
 

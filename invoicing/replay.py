@@ -1,4 +1,6 @@
-"""Replay."""
+"""Replay: the accruals and every invoice rebuilt from the event store alone, each
+finalized invoice recomputed as of its finalization, settled by the same rule
+(invoicing/settlement.py) and checked against the hash its event recorded."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from datetime import datetime
 
 from django.db import transaction
 
+from core.followers import followers_run_until_idle
 from core.models import Event, FollowerPosition, Organization
+from invoicing.accruals import usage_accruals
 from invoicing.calculations import invoice_compute
 from invoicing.documents import _document, canonical
 from invoicing.events import (
@@ -28,7 +32,7 @@ from invoicing.models import (
     UsageAccrual,
 )
 from invoicing.periods import grace
-from invoicing.settlement import totals_of
+from invoicing.settlement import settle
 from invoicing.writers import _write_lines
 from ledger import events as ev
 
@@ -40,8 +44,6 @@ def invoices_rebuild() -> int:
     follower replays the usage batches from position 0, then each invoice's events
     are applied in order, a finalized invoice recomputed as of its finalization and
     checked against the hash its event recorded. Returns the invoices rebuilt."""
-    from core.followers import followers_run_until_idle
-    from invoicing.accruals import usage_accruals
 
     with transaction.atomic():
         InvoiceLineEntry.objects.all().delete()
@@ -87,8 +89,18 @@ def _replay_one(event: Event) -> None:
             as_of_position=payload["as_of_position"],
         )
         buyer = payload["buyer"]
-        totals = totals_of(computed, invoice.currency, buyer["tax_rate_bps"])
-        prepaid = payload["prepaid_applied_micros"]
+        # The finalization rule again, with the credit it found to apply then.
+        applied = payload.get(
+            "credit_applied_at_finalize_micros",
+            payload["prepaid_applied_micros"] - computed.prepaid_micros,
+        )
+        settlement = settle(
+            computed,
+            currency=invoice.currency,
+            tax_rate_bps=buyer["tax_rate_bps"],
+            available_credit_micros=applied,
+        )
+        totals, prepaid = settlement.totals, settlement.prepaid_micros
         document = _document(
             invoice=invoice,
             computed=computed,

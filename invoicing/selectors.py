@@ -1,4 +1,6 @@
-"""Selectors."""
+"""Reads of invoices, credit notes, billing profiles and provider statements, scoped
+to the caller's organization; with the invoice documents and the period helpers
+other apps read."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Writers."""
+"""Bulk writers for the month close: invoice and line rows written with PostgreSQL
+COPY (plain inserts elsewhere), ids taken ahead from their sequences."""
 
 from __future__ import annotations
 

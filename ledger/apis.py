@@ -1,4 +1,6 @@
-"""Apis."""
+"""The ledger's API: accounts and their balances, the journal, adjustments, credit
+limits and the trial balance (``/api/v1/accounts/``, ``/journal/``,
+``/trial-balance/``)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ style, with one result per command. Inside it:
    with the same body is a replay (the first result, no effect), with a
    different body it is refused;
 3. commands are applied in order to the in-memory balances with
-   ``billing.ledger.apply_event`` — the same function a replay uses — and a
+   ``ledger.projection.apply_event`` — the same function a replay uses — and a
    command that would break an account's limit is rejected alone;
 4. the events, postings, holds and new balances are written (COPY on PostgreSQL).
 

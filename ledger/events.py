@@ -1,5 +1,5 @@
 """The ledger's event types. Each journal entry and each hold change is one event
-in the core event store; the tables in billing.models are projections of them.
+in the core event store; the tables in ledger.models are projections of them.
 
 Payloads are plain JSON: legs are ``[account_id, "D" | "C", amount_micros]``.
 """

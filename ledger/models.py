@@ -1,4 +1,7 @@
-"""Models."""
+"""The ledger's tables: accounts, their balances (a projection of the journal),
+postings and two-phase holds. The journal entries themselves are events in the
+core event store (``ledger.entry:<transfer id>``). Tables keep their ``billing_``
+names (``Meta.db_table``): they predate the apps' split."""
 
 from __future__ import annotations
 
@@ -112,7 +115,7 @@ class Balance(models.Model):
     def credit_side_available(self) -> int:
         """For an account whose normal side is credit (a buyer's prepaid credit, a
         provider's payable): posted, less what pending debits hold. The rule of
-        ``billing.ledger.BalanceState.available`` for that side."""
+        ``ledger.projection.BalanceState.available`` for that side."""
         return self.credits_posted - self.debits_posted - self.debits_pending
 
 

@@ -1,6 +1,6 @@
-"""Reads of the ledger: accounts with their balances, the journal's lines, the trial
-balance; and of what is made from it: the price book, invoices and credit notes,
-billing profiles, provider statements.
+"""Reads of the ledger: accounts with their balances, a buyer's credit overview and a
+provider's earnings, the journal's lines, the trial balance; and the projection
+(``BalanceState``, ``apply_event``) the apps above read balances with.
 
 Who may see what is decided here, from the caller, so no view can forget it: a
 tenant sees its own accounts and the postings on them; finance staff of the operator
@@ -49,8 +49,8 @@ def available_credit_posted(account_id: int) -> int:
 
 # --- accounts ---------------------------------------------------------------
 
-# The same arithmetic as billing.ledger.BalanceState.posted / .available, in SQL so
-# that a page of accounts is one query. tests/billing/test_apis.py holds the two
+# The same arithmetic as ledger.projection.BalanceState.posted / .available, in SQL so
+# that a page of accounts is one query. tests/invoicing/test_apis.py holds the two
 # side by side.
 _POSTED = Case(
     When(

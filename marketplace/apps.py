@@ -10,4 +10,4 @@ class MarketplaceConfig(AppConfig):
         from marketplace.provenance import MarketplaceProvenance
 
         # Metering proves usage's subjects (leases, jobs, deployments) through this.
-        ports.register(ports.USAGE_PROVENANCE, MarketplaceProvenance())
+        ports.register(ports.UsageProvenancePort, MarketplaceProvenance())

@@ -46,16 +46,15 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from core import ports
 from core.db import is_postgres, retry_transaction
 from core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput
 from core.eventstore import DomainEvent, event_append, stream_version
 from core.models import Organization
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS, Money
-from core.ports import CreditPort, GpuTimeCost
 from marketplace import engine, events
 from marketplace.assignments import services as assignments
 from marketplace.models import Lease, LeaseGpu, Order
+from pricing.services import LEASE_CREDIT, GpuTimeCost, LeaseCredit
 from providers import catalog
 from providers import services as provider_services
 from providers.models import Gpu, Node, NodeLeaseOutcome, Offer
@@ -79,8 +78,9 @@ def order_max_wait() -> timedelta:
     )
 
 
-def credit() -> CreditPort:
-    return ports.get("credit")  # type: ignore[no-any-return]
+def credit() -> LeaseCredit:
+    """The buyer's credit, reservations and the GPU lease holds (pricing)."""
+    return LEASE_CREDIT
 
 
 def _iso(value: datetime | None) -> str | None:

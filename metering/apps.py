@@ -8,4 +8,4 @@ class MeteringConfig(AppConfig):
         from core import ports
         from metering.ports import MeteringUsage
 
-        ports.register(ports.USAGE, MeteringUsage())
+        ports.register(ports.UsagePort, MeteringUsage())

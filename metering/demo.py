@@ -28,7 +28,7 @@ def load(
     deployment, its events are left out. A job named must still be running: a
     finished job's bill (its per-job minimum) is closed when it finishes."""
     at = timezone.now() - timedelta(hours=1)
-    provenance: UsageProvenancePort = ports.get(ports.USAGE_PROVENANCE)
+    provenance = ports.get(UsageProvenancePort)
     started = provenance.leases(subject_ids=[lease])[lease].started_at
     # 1,800 GPU-seconds of one GPU, reported when they have been used: half an hour
     # into the lease (a lease's GPU-seconds may not outrun its GPUs' live time).

@@ -259,7 +259,7 @@ _LEASE_DIMENSIONS = (
 
 
 def _provenance() -> UsageProvenancePort:
-    return ports.get(ports.USAGE_PROVENANCE)
+    return ports.get(ports.UsageProvenancePort)
 
 
 def _proven(

@@ -1,7 +1,7 @@
 """Collecting finalized invoices from the buyer's saved payment method, and dunning.
 
 Who is charged: every finalized invoice that leaves an amount owed, of a buyer with a
-saved payment method. For postpaid buyers (``billing.pricing`` terms: usage debits the
+saved payment method. For postpaid buyers (``pricing.terms``: usage debits the
 receivable) that is every invoice. A prepaid buyer's invoice normally owes nothing —
 prepaid credit paid the usage and it is finalized ``paid`` — but when credit ran out
 and the rest went to the receivable, that rest is owed on the same footing, so it is

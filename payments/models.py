@@ -1,7 +1,7 @@
 """Payments' tables: what Tandem asked Stripe to do and what Stripe said happened.
 
 Money never lives here: every amount that moves is a journal entry in the ledger
-(billing.services), keyed by an id derived from the row or the Stripe object, so a
+(ledger.services), keyed by an id derived from the row or the Stripe object, so a
 replayed webhook or a re-run job is answered "replayed" by the ledger and moves
 nothing twice. These rows hold the state machines around those entries.
 """

@@ -6,7 +6,7 @@ Two habits run through the module:
   intends (a row, a ledger hold), commits, calls Stripe with an idempotency key
   derived from that row, then records the answer in a second transaction. A crash
   between the steps leaves a row that the next run (or the webhook) completes.
-- Every movement of money is a journal entry through billing.services with an id
+- Every movement of money is a journal entry through ledger.services with an id
   derived from our row or Stripe's object (``topup:<id>``, ``refund:<id>``,
   ``dispute:<dp_…>``, ``payout:<id>``), so doing a step twice moves nothing twice.
 

@@ -109,7 +109,7 @@ Handler = Callable[[dict[str, Any], str, Any], str]
 
 
 def _payment_intent(obj: dict[str, Any], event_type: str, fetched: Any) -> str:
-    # An invoice's collection attempt (billing.payments.collection), else a top-up.
+    # An invoice's collection attempt (payments.collection), else a top-up.
     if collection.is_invoice_payment(obj):
         return collection.invoice_payment_apply_intent(intent=obj, event_type=event_type)
     return services.top_up_apply_payment_intent(intent=obj, event_type=event_type)
@@ -120,7 +120,7 @@ def _checkout_session(obj: dict[str, Any], event_type: str, fetched: Any) -> str
 
 
 def _one_refund(stripe_refund: dict[str, Any], charge: dict[str, Any] | None = None) -> str:
-    # A refund of an invoice payment (billing.payments.collection), else of a top-up.
+    # A refund of an invoice payment (payments.collection), else of a top-up.
     outcome = collection.invoice_refund_apply_from_stripe(
         stripe_refund=stripe_refund, charge=charge
     )

@@ -1,4 +1,5 @@
-"""Apis."""
+"""The price book's API: public prices, the operator's price schedule, and the
+fine-tune estimate (``/api/v1/prices/…``)."""
 
 from __future__ import annotations
 

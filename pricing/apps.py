@@ -11,11 +11,5 @@ class PricingConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the rating and welcome-credit followers, so `manage.py run_follower`
-        # runs them, and the price book's and the credit's ports.
-        from core import ports
+        # runs them.
         from pricing import rating, welcome  # noqa: F401
-        from pricing.lease_holds import BillingCredit
-        from pricing.quotes import PriceBookPort
-
-        ports.register("pricebook", PriceBookPort())
-        ports.register("credit", BillingCredit())

@@ -1,9 +1,9 @@
 """The price book: versioned prices, looked up at the time usage happened.
 
 ``rate_for(usage_type, dimensions, at)`` is what rating (billing.rating) and the lease
-holds (billing.credit) call: an integer rate in micro-units per ``unit`` of the usage's
+holds (pricing.lease_holds) call: an integer rate in micro-units per ``unit`` of the usage's
 quantity, who is paid, and the platform fee on top. The price comes from the version
-in force at ``at`` — a price change is a new ``billing.models.Price`` row with a later
+in force at ``at`` — a price change is a new ``pricing.models.Price`` row with a later
 ``effective_from`` (scheduled only into the future: billing.pricebook), so rating a
 month again, or rating late usage, always uses the prices of its own time.
 

@@ -1,4 +1,5 @@
-"""Events."""
+"""Pricing's events: a buyer's credit ran out while usage was being rated
+(``CreditExhausted``, on ``billing.credit:<account>``; the name predates the split)."""
 
 from __future__ import annotations
 

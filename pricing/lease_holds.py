@@ -1,5 +1,9 @@
-"""Billing's side of the ``credit`` port (core.ports.CreditPort): the marketplace's
-reservations and GPU lease holds, on top of the ledger (billing.services).
+"""The buyer's credit as the marketplace uses it (``LEASE_CREDIT``): available
+credit, an order's reservation, and the two-phase holds behind GPU leases, priced
+with the lease price and the platform fee, on top of the ledger (ledger.services).
+A GPU lease's holds are named ``<usage subject>:w<window>`` (``lease_hold_id``):
+rating skips ``gpu.seconds`` usage of a lease that has one, because settling the
+hold is that lease's bill (``leases_settled_by_hold``).
 
 Accounts:
 
@@ -19,6 +23,7 @@ and the lease row it backs commit together or not at all.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.utils import timezone
@@ -26,7 +31,6 @@ from django.utils import timezone
 from core.errors import InsufficientFunds
 from core.models import Organization
 from core.money import Money, rate_amount
-from core.ports import GpuTimeCost
 from ledger.models import Account, Hold
 from ledger.selectors import available_credit
 from ledger.services import (
@@ -43,6 +47,21 @@ from pricing.book import BPS, rate_for
 
 ACTOR = "marketplace"
 SECONDS_PER_HOUR = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTimeCost:
+    """What ``gpu_seconds`` at a price per GPU-hour cost: the provider's share is
+    ``gpu_seconds * price / 3600`` rounded half-even once; the buyer pays it plus the
+    platform fee (managed work: the platform pays the provider, no fee)."""
+
+    gpu_seconds: int
+    provider_micros: int
+    fee_micros: int
+
+    @property
+    def buyer_micros(self) -> int:
+        return self.provider_micros + self.fee_micros
 
 
 def lease_hold_id(subject_id: str, window: int) -> str:
@@ -88,8 +107,8 @@ def _place(request: HoldRequest) -> None:
     raise_for(result)
 
 
-class BillingCredit:
-    """Registered as ``ports.register("credit", BillingCredit())`` in BillingConfig."""
+class LeaseCredit:
+    """The marketplace's one instance is ``LEASE_CREDIT`` (pricing.services)."""
 
     def available(self, *, organization_id: int, currency: str) -> int:
         return available_credit(organization_id=organization_id, currency=currency)
@@ -200,3 +219,6 @@ class BillingCredit:
             legs.append((fees.pk, cost.fee_micros))
         request = HoldPostRequest(hold_id, cost.buyer_micros, tuple(legs))
         raise_for(ledger_execute([request], actor=ACTOR)[0])
+
+
+LEASE_CREDIT = LeaseCredit()

@@ -1,4 +1,5 @@
-"""Models."""
+"""The price book's table: one row per price version, in force from its
+``effective_at``. The table keeps its ``billing_`` name (``Meta.db_table``)."""
 
 from __future__ import annotations
 

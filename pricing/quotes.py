@@ -1,4 +1,6 @@
-"""Quotes."""
+"""Quotes and estimates: a fine-tune job's price before it runs, ``(training tokens x
+epochs + validation tokens x evaluations) x rate`` with the price book's per-job
+minimum, checked against the buyer's available credit."""
 
 from __future__ import annotations
 
@@ -112,28 +114,3 @@ def fine_tune_quote(
         available_micros=available,
         priced_at=at,
     )
-
-
-class PriceBookPort:
-    """Registered as ``ports.register("pricebook", PriceBookPort())`` (core.ports)."""
-
-    def fine_tune_estimate(
-        self,
-        *,
-        organization_id: int,
-        model: str,
-        training_type: str,
-        training_tokens: int,
-        epochs: int,
-        validation_tokens: int = 0,
-        evaluations: int = 0,
-    ) -> FineTuneQuote:
-        return fine_tune_quote(
-            model=model,
-            training_type=training_type,
-            training_tokens=training_tokens,
-            epochs=epochs,
-            validation_tokens=validation_tokens,
-            evaluations=evaluations,
-            organization_id=organization_id,
-        )

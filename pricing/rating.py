@@ -6,7 +6,7 @@ usage table). For each, in the follower's transaction (so the tracking position 
 the journal entries commit together, or neither does):
 
 1. the batch's usage rows are loaded and each is rated alone by ``rate_usage``: the
-   price table gives an integer rate (``billing.pricing.rate_for``) and the amount is
+   price table gives an integer rate (``pricing.book.rate_for``) and the amount is
    ``quantity * rate / unit`` rounded half-even to a micro-unit, once. (On
    PostgreSQL the rows come summed up by what prices them, with their quantities, so
    one rate lookup serves many rows; each quantity is still rounded alone.)
@@ -16,7 +16,7 @@ the journal entries commit together, or neither does):
    id ``usage:<first usage row id of the group>``: a replay after a crash, or after the
    tracking row was rewound, is answered ``replayed`` by the ledger and posts nothing;
 4. the buyer side is the prepaid credit account, or the receivable for postpaid orgs
-   (``billing.pricing.billing_terms_for``). When prepaid credit cannot cover an
+   (``pricing.terms.billing_terms_for``). When prepaid credit cannot cover an
    entry, what it can cover comes from credit and the rest goes to the receivable,
    owed and invoiced — usage that happened is never dropped, and the credit account
    never passes its limit (no silent overdraft);
@@ -309,7 +309,7 @@ def rate_batches(events: Sequence[RecordedEvent]) -> int:
 
 def _without_lease_settled(lines: list[UsageForRating]) -> list[UsageForRating]:
     """GPU-seconds of a marketplace lease are billed when the lease's hold is settled
-    (billing.credit): rating them too would bill them twice. A lease is known by its
+    (pricing.lease_holds): rating them too would bill them twice. A lease is known by its
     usage subject having a lease hold; the usage rows stay, for meters and reports."""
     gpu_ids = [line.id for line in lines if line.type == "gpu.seconds"]
     if not gpu_ids:

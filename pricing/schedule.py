@@ -1,21 +1,13 @@
-"""Price book services: scheduling price changes, the fine-tune estimate, and the
-welcome credits a new buyer organization gets.
+"""Scheduling the price book's changes.
 
-Reading prices (and rating with them) is billing.pricing; this module writes.
+Reading prices (and rating with them) is pricing.book; this module writes.
 
 - ``price_schedule``: finance schedules a new version of a price. Only into the
   future (at least ``PRICE_CHANGE_LEAD`` ahead), so usage already rated — or still
   arriving for the past — is never re-priced. Each change is also an event
   (``PriceScheduled`` on the ``pricebook`` stream) so who changed what is on record.
-- ``fine_tune_quote``: ``(training tokens × epochs + validation tokens × evaluations)
-  × rate`` with the job minimum applied, and whether the buyer's available credit
-  covers it. The estimate endpoint and the final bill of a job (billing.invoicing)
-  both call it.
-- ``welcome_credit_grant``: the promo grant of a new buyer, once per organization
-  (transfer id ``welcome:<org>``), from the promo account; the ``billing.welcome``
-  follower calls it for every ``OrganizationCreated`` event of a buyer.
-  ``promo_credits_expire``: what is left of a grant when it expires goes back to the
-  promo account (promo credit is spent first).
+
+The fine-tune estimate is quotes.py; the welcome credits, welcome.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Selectors."""
+"""Reads of the price book: the public prices in force, the scheduled versions, and
+the rates and units the apps above price with."""
 
 from __future__ import annotations
 

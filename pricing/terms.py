@@ -1,4 +1,5 @@
-"""Terms."""
+"""A buyer's billing terms: prepaid or postpaid, and what happens when prepaid credit
+runs out (pause or stop)."""
 
 from __future__ import annotations
 

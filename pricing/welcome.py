@@ -1,4 +1,5 @@
-"""Welcome."""
+"""Welcome credits: the price book's promotional credit granted once to every new
+buyer organization (a follower of ``OrganizationCreated``), and its expiry."""
 
 from __future__ import annotations
 

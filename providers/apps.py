@@ -6,6 +6,7 @@ class ProvidersConfig(AppConfig):
 
     def ready(self) -> None:
         from core import ports
+        from core.tenancy import AgentNodes as CallerAgentNodes
         from providers.permissions import AgentNodes
 
-        ports.register("agent_nodes", AgentNodes())
+        ports.register(CallerAgentNodes, AgentNodes())

@@ -9,10 +9,10 @@ class RuntimeConfig(AppConfig):
         from core import ports
         from runtime.ports import RuntimeDatasets, RuntimeInference, RuntimeModels
 
-        ports.register("datasets", RuntimeDatasets())
-        ports.register("models", RuntimeModels())
-        ports.register("inference", RuntimeInference())
+        ports.register(ports.DatasetsPort, RuntimeDatasets())
+        ports.register(ports.ModelRegistryPort, RuntimeModels())
+        ports.register(ports.InferencePort, RuntimeInference())
         # The record of runs that train on nodes (the assignments call it).
         from runtime import node_training
 
-        ports.register("training", node_training)
+        ports.register(ports.TrainingPort, node_training)

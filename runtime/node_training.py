@@ -120,7 +120,7 @@ def _run(job_id: str) -> TrainingRun:
 
 
 def _usage(run: TrainingRun, record_id: str, kind: str, quantity: int) -> None:
-    statuses = ports.get(ports.USAGE).record(
+    statuses = ports.get(ports.UsagePort).record(
         [
             UsageRecord(
                 id=record_id,

@@ -122,7 +122,7 @@ def inference_usage_sink(
 ) -> Callable[[str, int, int], None]:
     """A usage sink for an engine serving one buyer's deployment: each request's
     prompt and completion tokens as two usage events named after the request."""
-    usage = ports.get(ports.USAGE)
+    usage = ports.get(ports.UsagePort)
 
     def record(request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
         now = timezone.now()

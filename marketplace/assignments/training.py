@@ -51,7 +51,7 @@ _STEP_KEY = re.compile(r"^checkpoints/step-(\d{6,9})$")
 
 
 def _training() -> Any:
-    return ports.get("training")
+    return ports.get(ports.TrainingPort)
 
 
 def _field_error(name: str, message: str) -> InvalidInput:

@@ -1,10 +1,10 @@
-"""Every call this app makes into apps it may not import, in one place.
+"""Every call this app makes into its neighbours, in one place.
 
 - the runtime: dataset checks and token counts, the model registry, inference
-  engines (core.ports ``datasets``, ``models``, ``inference``);
+  engines (typed ports: ``DatasetsPort``, ``ModelRegistryPort``, ``InferencePort``);
 - training on the leased node: the assignments (marketplace.assignments.training);
-- billing: the price book's fine-tune estimate (port ``pricebook``) and the buyer's
-  available credit (port ``credit``).
+- pricing and the ledger (apps below this one, imported directly): the price book's
+  fine-tune estimate and the buyer's available credit.
 
 Keeping them here means the services read in the domain's words, and a change in a
 neighbour's interface is a change to one module.
@@ -25,20 +25,22 @@ from core.ports import (
     ModelCard,
     UsageRecord,
 )
+from ledger.selectors import available_credit
+from pricing.selectors import fine_tune_quote
 
 # --- runtime ----------------------------------------------------------------
 
 
 def dataset_check(*, path: str, purpose: str) -> DatasetCheck:
-    return ports.get("datasets").check(path=path, purpose=purpose)
+    return ports.get(ports.DatasetsPort).check(path=path, purpose=purpose)
 
 
 def dataset_tokens(*, path: str, model: str) -> int:
-    return int(ports.get("datasets").count_tokens(path=path, model=model))
+    return int(ports.get(ports.DatasetsPort).count_tokens(path=path, model=model))
 
 
 def base_models() -> list[ModelCard]:
-    return list(ports.get("models").base_models())
+    return list(ports.get(ports.ModelRegistryPort).base_models())
 
 
 def base_model(name: str) -> ModelCard | None:
@@ -46,21 +48,21 @@ def base_model(name: str) -> ModelCard | None:
 
 
 def engine_load(*, deployment_id: str, base_model: str, adapter_path: str | None) -> None:
-    ports.get("inference").load(
+    ports.get(ports.InferencePort).load(
         deployment_id=deployment_id, base_model=base_model, adapter_path=adapter_path
     )
 
 
 def engine_generate(*, deployment_id: str, request: GenerationRequest) -> Iterator[GenerationChunk]:
-    return ports.get("inference").generate(deployment_id=deployment_id, request=request)
+    return ports.get(ports.InferencePort).generate(deployment_id=deployment_id, request=request)
 
 
 def engine_embed(*, deployment_id: str, texts: list[str]) -> EmbeddingResult:
-    return ports.get("inference").embed(deployment_id=deployment_id, texts=texts)
+    return ports.get(ports.InferencePort).embed(deployment_id=deployment_id, texts=texts)
 
 
 def engine_unload(*, deployment_id: str) -> None:
-    ports.get("inference").unload(deployment_id=deployment_id)
+    ports.get(ports.InferencePort).unload(deployment_id=deployment_id)
 
 
 # Training runs on the leased node: an assignment of kind ``train`` that the node's
@@ -108,7 +110,7 @@ def finetune_estimate(
 ) -> Estimate:
     """The price book's figure: ``(training tokens x epochs + validation tokens x
     evaluations) x rate``, with its per-job minimum."""
-    quote = ports.get("pricebook").fine_tune_estimate(
+    quote = fine_tune_quote(
         organization_id=organization_id,
         model=model,
         training_type=f"{training_type}-{method}",  # the price book's lora-sft, full-dpo...
@@ -127,8 +129,8 @@ def finetune_estimate(
 
 def usage_record(records: list[UsageRecord]) -> list[str]:
     """Metering's ingestion (port ``usage``): one status per record."""
-    return list(ports.get(ports.USAGE).record(records))
+    return list(ports.get(ports.UsagePort).record(records))
 
 
 def credit_available(*, organization_id: int, currency: str) -> int:
-    return int(ports.get("credit").available(organization_id=organization_id, currency=currency))
+    return available_credit(organization_id=organization_id, currency=currency)

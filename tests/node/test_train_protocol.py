@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from core import ports
 from core.followers import followers_run_until_idle
 from marketplace import services as market
 from marketplace.assignments import blobs
@@ -33,10 +32,6 @@ def _dirs(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings.RUNTIME_ARTIFACT_DIR = tmp_path / "artifacts"
     settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
-    if not ports.registered("pricebook"):
-        from pricing.quotes import PriceBookPort
-
-        ports.register("pricebook", PriceBookPort())
 
 
 @pytest.fixture

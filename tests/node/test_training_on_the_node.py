@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from core import ports
 from marketplace.assignments.models import Assignment, AssignmentUpload
 from marketplace.models import Lease
 from marketplace.workloads.models import FineTuneJob
@@ -40,10 +39,6 @@ def _dirs(settings, model_root: Path, tmp_path: Path) -> None:  # type: ignore[n
     settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
     tiny_model_ensure()
-    if not ports.registered("pricebook"):
-        from pricing.quotes import PriceBookPort
-
-        ports.register("pricebook", PriceBookPort())
 
 
 def _agent_env(model_root: Path) -> dict[str, str]:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from core import ports
-
 SAMPLE_CHAT = [
     {
         "messages": [
@@ -53,16 +51,6 @@ def _storage(tmp_path: Path, settings) -> Iterator[Path]:  # type: ignore[no-unt
     root = tmp_path / "files"
     settings.WORKLOADS_STORAGE_DIR = root
     yield root
-
-
-@pytest.fixture(autouse=True)
-def _price_book() -> None:
-    """The price book registers itself in billing's AppConfig once that lands; until
-    then the real implementation is put in place here."""
-    if not ports.registered("pricebook"):
-        from pricing.quotes import PriceBookPort
-
-        ports.register("pricebook", PriceBookPort())
 
 
 @pytest.fixture

@@ -73,11 +73,11 @@ class CountingEngines:
 
 @pytest.fixture
 def engines() -> Iterator[CountingEngines]:
-    previous = ports.get("inference")
+    previous = ports.get(ports.InferencePort)
     counting = CountingEngines()
-    ports.register("inference", counting)
+    ports.register(ports.InferencePort, counting)
     yield counting
-    ports.register("inference", previous)
+    ports.register(ports.InferencePort, previous)
 
 
 def chat(client):  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from invoicing.accruals import usage_accruals
 from invoicing.job_invoices import fine_tune_minimums
 from invoicing.periods import minimum_transfer_id
 from ledger.events import entry_stream_id
+from ledger.selectors import available_credit
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import File, FineTuneJob
 from pricing.book import price_at
@@ -317,7 +318,7 @@ def test_cancelled_run_keeps_its_completed_steps_only(cast, chat_bytes):
 
 def _trained(job: FineTuneJob, step: int, tokens: int) -> None:
     """What the runtime meters after each training step."""
-    ports.get(ports.USAGE).record(
+    ports.get(ports.UsagePort).record(
         [
             UsageRecord(
                 id=f"{job.public_id}:{step}:train",
@@ -341,7 +342,7 @@ def _minimum_charged(job: FineTuneJob) -> int:
 
 
 def _available(org) -> int:  # type: ignore[no-untyped-def]
-    return ports.get("credit").available(organization_id=org.pk, currency="USD")
+    return available_credit(organization_id=org.pk, currency="USD")
 
 
 def _minimum() -> int:

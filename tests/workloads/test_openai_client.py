@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from core import ports
 from core.models import Event
 from ledger.events import entry_stream_id
+from ledger.selectors import available_credit
 from pricing.book import price_at
 from pricing.welcome import welcome_transfer_id
 from tests.workloads.conftest import openai_client
@@ -21,7 +21,7 @@ TINY = "tandem/tiny-llama"
 
 
 def available(buyer) -> int:  # type: ignore[no-untyped-def]
-    return ports.get("credit").available(organization_id=buyer.pk, currency="USD")
+    return available_credit(organization_id=buyer.pk, currency="USD")
 
 
 def welcome_granted(buyer) -> int:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 
+from pricing.selectors import fine_tune_quote
 from tests.workloads.conftest import openai_client, together_client
 from tests.workloads.market import buyer_credit, platform_running, provider_with_capacity, wait_for
 
@@ -21,8 +22,6 @@ def test_together_journey_with_estimate_and_download(
 ):
     from together import Together
 
-    from core import ports
-
     provider_with_capacity(cast.provider_a)
     demo_node_agent(cast.provider_a)  # the job trains there
     buyer_credit(cast.buyer_a, 25_000_000)
@@ -35,7 +34,7 @@ def test_together_journey_with_estimate_and_download(
         estimate = client.fine_tuning.estimate_price(
             training_file=uploaded.id, model=TINY, n_epochs=2
         )
-        book = ports.get("pricebook").fine_tune_estimate(
+        book = fine_tune_quote(
             organization_id=cast.buyer_a.pk,
             model=TINY,
             training_type="lora-sft",

@@ -302,8 +302,8 @@ def failing_engines(cast):  # type: ignore[no-untyped-def]
 
     from marketplace.workloads.models import Deployment
 
-    previous = ports.get("inference")
-    ports.register("inference", _FailingEngines())
+    previous = ports.get(ports.InferencePort)
+    ports.register(ports.InferencePort, _FailingEngines())
     now = timezone.now()
     Deployment.objects.create(
         public_id="dep-failing",
@@ -319,7 +319,7 @@ def failing_engines(cast):  # type: ignore[no-untyped-def]
     from marketplace.workloads import services
 
     services._engines.discard("dep-failing")
-    ports.register("inference", previous)
+    ports.register(ports.InferencePort, previous)
 
 
 def test_an_engine_error_is_that_requests_500_in_openai_shape(cast, failing_engines):

@@ -1,5 +1,5 @@
 """``manage.py close_period --period 2026-10 [--finalize | --no-finalize] [--now ISO]``:
-close a month for every buyer charged in it (billing.invoicing.period_close).
+close a month for every buyer charged in it (invoicing.month_close.period_close).
 
 Drafts are refreshed from the journal; once the month's grace days have passed (or
 with ``--finalize``) they are finalized and the providers' statements written.
