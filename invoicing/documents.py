@@ -125,7 +125,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
 
 def canonical(document: dict[str, Any]) -> bytes:
     """The document as canonical JSON: json.dumps's sorted, compact, unescaped text
-    (tests/billing/test_invoice_documents.py holds the two equal)."""
+    (tests/invoicing/test_invoice_documents.py holds the two equal)."""
     return CANONICAL_JSON.encode(document)
 
 
@@ -219,7 +219,7 @@ def _document_json(
     the document is encoded with a placeholder for its lines, which the lines' text
     then replaces. The placeholder, ``"lines":0``, cannot occur elsewhere: a quote
     inside a string value is escaped, and no other object of the document has a key
-    ``lines``. (tests/billing/test_invoice_documents.py holds the two equal.)"""
+    ``lines``. (tests/invoicing/test_invoice_documents.py holds the two equal.)"""
     lines = computed.document_lines_json
     if lines is None:
         lines = CANONICAL_JSON.encode(_document_lines(computed, invoice.currency))
@@ -251,7 +251,7 @@ def _document_lines_json(computed: Computed, currency: str, strings: _JsonString
     written in sorted order, strings encoded by ``canonical`` (``strings``), numbers
     as Python writes integers, amounts' texts digits, sign and point only. A month
     close makes some 60,000 lines: a dict per line, amount and entry, then encoded,
-    cost it several times more. (tests/billing/test_invoice_documents.py holds the
+    cost it several times more. (tests/invoicing/test_invoice_documents.py holds the
     two equal.)"""
     text = _money_texts(currency)
     positions = computed.positions

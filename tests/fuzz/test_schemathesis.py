@@ -131,8 +131,8 @@ class World:
         from invoicing.drafts import invoice_draft_current
         from marketplace import services as market
         from marketplace.models import Lease, Order
-        from tests.billing.invoicing_world import settle
         from tests.conftest import Cast
+        from tests.invoicing.world import settle
         from tests.marketplace.conftest import fund, healthy_node, offer
 
         cast = Cast()

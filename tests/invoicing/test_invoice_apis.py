@@ -25,7 +25,7 @@ from invoicing.statements import statements_close
 from pricing.book import price_book_forget
 from pricing.models import Price
 from pricing.schedule import price_schedule
-from tests.billing.invoicing_world import (
+from tests.invoicing.world import (
     CLOSE_AT,
     PERIOD,
     balance,
@@ -443,7 +443,7 @@ def test_a_buyer_sees_the_months_draft_refreshed_from_the_journal(month):
     assert draft["subtotal_exact_micros"] == sum(line["exact_micros"] for line in draft["lines"])
     assert draft["subtotal_exact_micros"] > 0
     # late usage of October shows up on the next look
-    from tests.billing.invoicing_world import START, event
+    from tests.invoicing.world import START, event
 
     record(
         [

@@ -17,14 +17,14 @@ from invoicing.models import BillingProfile, DocumentSequence, Invoice, Provider
 from invoicing.month_close import period_close
 from invoicing.replay import invoices_rebuild
 from ledger.models import Account
-from tests.billing.invoicing_world import (
+from tests.invoicing.test_invoicing import _usage_debits
+from tests.invoicing.world import (
     CLOSE_AT,
     PERIOD,
     grant,
     platform,
     taxed_month,
 )
-from tests.billing.test_invoicing import _usage_debits
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -24,7 +24,7 @@ from invoicing.replay import invoices_rebuild
 from invoicing.settlement import outstanding
 from ledger import services
 from ledger.models import Account, Posting
-from tests.billing.invoicing_world import (
+from tests.invoicing.world import (
     CLOSE_AT,
     PERIOD,
     START,

@@ -32,7 +32,7 @@ from ledger.models import Account, Balance
 from metering.models import UsageEvent
 from payments.models import ConnectedAccount, Payout, TopUp
 from payments.services import payout_plan, payout_record_paid
-from tests.billing.invoicing_world import (
+from tests.invoicing.world import (
     CLOSE_AT,
     PERIOD,
     balance,
