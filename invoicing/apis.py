@@ -145,7 +145,7 @@ class InvoiceDetailSerializer(InvoiceSerializer):
     def get_outstanding_micros(self, invoice: Invoice) -> int | None:
         if invoice.status == Invoice.Status.DRAFT:
             return None
-        return invoicing.outstanding(invoice)
+        return selectors.outstanding(invoice)
 
     @extend_schema_field({"type": "string", "nullable": True})
     def get_outstanding(self, invoice: Invoice) -> str | None:
