@@ -56,15 +56,31 @@ class NewEvent:
 
 @dataclass(frozen=True)
 class DomainEvent:
-    """The base of the apps' event types: a frozen dataclass whose fields are the
-    payload and whose class name is the event's type."""
+    """The one base of the apps' event types: a frozen dataclass whose fields are the
+    payload, whose ``type`` is its class name (unless it names one) and whose
+    ``schema_version`` says which shape it is (old shapes are upcast on read).
+    Consumers import the producer's event types and compare ``event.type`` with
+    ``TheEvent.type``, never a string of their own."""
 
+    type: ClassVar[str] = ""
     schema_version: ClassVar[int] = 1
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("type"):
+            cls.type = cls.__name__
+
+    def payload(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
     def to_new_event(self) -> NewEvent:
-        return NewEvent(
-            type=type(self).__name__, payload=asdict(self), schema_version=self.schema_version
-        )
+        return NewEvent(type=self.type, payload=self.payload(), schema_version=self.schema_version)
+
+
+def stream_id(kind: str, key: object) -> str:
+    """The one stream-id convention: ``<kind>:<key>`` (``entry:<transfer id>``,
+    ``invoice:<key>``, ``finetune_job:<job id>``)."""
+    return f"{kind}:{key}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,7 +93,7 @@ def normalize_email(email: str) -> str:
 def org_sign_up(*, email: str, password: str, organization_name: str, kind: str) -> Membership:
     """A person and their new organization, with them as its admin. Buyer
     organizations get their welcome credits from billing's follower of
-    ``OrganizationCreated`` (billing.pricebook.WelcomeCredits), not from here."""
+    ``OrganizationCreated`` (pricing.welcome.WelcomeCredits), not from here."""
     email = normalize_email(email)
     if not email:
         raise InvalidInput("email must not be empty", details={"field": "email"})

@@ -839,7 +839,7 @@ class _Applier:
             amount = 0
             legs = ()
         payload = ev.HoldResolved(
-            type=event_type,
+            resolution=event_type,
             hold_id=hold_id,
             currency=hold.currency,
             debit_account=hold.debit_account,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.eventstore import DomainEvent, NewEvent, stream_id
+
 ENTRY_STREAM = "ledger.entry"  # one stream per journal entry: version 1 only
 HOLD_STREAM = "ledger.hold"  # one stream per hold: created (1), then resolved (2)
 
@@ -23,15 +25,15 @@ Leg = tuple[int, str, int]
 
 
 def entry_stream_id(transfer_id: str) -> str:
-    return f"entry:{transfer_id}"
+    return stream_id("entry", transfer_id)
 
 
 def hold_stream_id(hold_id: str) -> str:
-    return f"hold:{hold_id}"
+    return stream_id("hold", hold_id)
 
 
 @dataclass(frozen=True, slots=True)
-class EntryPosted:
+class EntryPosted(DomainEvent):
     schema_version = 1
     transfer_id: str
     currency: str
@@ -50,7 +52,7 @@ class EntryPosted:
 
 
 @dataclass(frozen=True, slots=True)
-class HoldCreated:
+class HoldCreated(DomainEvent):
     schema_version = 1
     hold_id: str
     currency: str
@@ -73,18 +75,23 @@ class HoldCreated:
 
 
 @dataclass(frozen=True, slots=True)
-class HoldResolved:
+class HoldResolved(DomainEvent):
     """HoldPosted (with the legs actually posted), HoldVoided or HoldExpired.
     ``released_micros`` is the whole pending amount, freed in every case."""
 
     schema_version = 1
-    type: str
+    resolution: str  # the event's type: HoldPosted, HoldVoided or HoldExpired
     hold_id: str
     currency: str
     debit_account: int
     credit_account: int
     released_micros: int
     legs: tuple[Leg, ...]
+
+    def to_new_event(self) -> NewEvent:
+        return NewEvent(
+            type=self.resolution, payload=self.payload(), schema_version=self.schema_version
+        )
 
     def payload(self) -> dict[str, Any]:
         return {

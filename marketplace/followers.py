@@ -18,8 +18,15 @@ from datetime import datetime
 from core.eventstore import RecordedEvent
 from core.followers import Follower, register
 from marketplace import services
+from providers.events import (
+    NodeHealthChanged,
+    OfferListed,
+    OfferRepriced,
+    OfferResumed,
+    OfferWithdrawn,
+)
 
-_NEW_SUPPLY = {"OfferListed", "OfferResumed", "OfferRepriced"}
+_NEW_SUPPLY = {OfferListed.type, OfferResumed.type, OfferRepriced.type}
 
 
 def _at(text: str | None) -> datetime | None:
@@ -32,7 +39,7 @@ class SupplyFollower(Follower):
 
     def handle(self, event: RecordedEvent) -> None:
         payload = event.payload
-        if event.type == "NodeHealthChanged":
+        if event.type == NodeHealthChanged.type:
             if payload["health"] == "unhealthy":
                 services.node_failover(
                     node_id=payload["node_id"],
@@ -41,7 +48,7 @@ class SupplyFollower(Follower):
                 )
             elif payload["health"] == "healthy":
                 services.matching_request()
-        elif event.type == "OfferWithdrawn" and payload.get("forced"):
+        elif event.type == OfferWithdrawn.type and payload.get("forced"):
             at = _at(payload.get("forced_end_at")) or _at(payload["at"])
             assert at is not None
             services.offer_forced_end(offer_id=payload["offer_id"], at=at)

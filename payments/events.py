@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from core.eventstore import DomainEvent
 
 PAYMENTS_STREAM = "payments"
 
@@ -46,13 +47,8 @@ def invoice_collection_stream(invoice_id: int) -> str:
     return f"invoice-collection:{invoice_id}"
 
 
-class _Payload:
-    def payload(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-
 @dataclass(frozen=True, slots=True)
-class TopUpCredited(_Payload):
+class TopUpCredited(DomainEvent):
     schema_version = 1
     organization: int
     top_up: int
@@ -62,7 +58,7 @@ class TopUpCredited(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class RefundIssued(_Payload):
+class RefundIssued(DomainEvent):
     schema_version = 1
     organization: int
     top_up: int
@@ -75,7 +71,7 @@ class RefundIssued(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class DisputeChanged(_Payload):
+class DisputeChanged(DomainEvent):
     schema_version = 1
     organization: int | None
     dispute: str
@@ -87,7 +83,7 @@ class DisputeChanged(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class PayoutPaid(_Payload):
+class PayoutPaid(DomainEvent):
     schema_version = 1
     organization: int
     payout: int
@@ -97,7 +93,7 @@ class PayoutPaid(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class PayoutFailed(_Payload):
+class PayoutFailed(DomainEvent):
     schema_version = 1
     organization: int
     payout: int
@@ -107,7 +103,7 @@ class PayoutFailed(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class AutoRechargeTriggered(_Payload):
+class AutoRechargeTriggered(DomainEvent):
     schema_version = 1
     organization: int
     top_up: int
@@ -117,7 +113,7 @@ class AutoRechargeTriggered(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class AutoRechargeSkipped(_Payload):
+class AutoRechargeSkipped(DomainEvent):
     schema_version = 1
     organization: int
     reason: str
@@ -126,7 +122,7 @@ class AutoRechargeSkipped(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class InvoiceCollectionSkipped(_Payload):
+class InvoiceCollectionSkipped(DomainEvent):
     schema_version = 1
     organization: int
     invoice: int
@@ -137,7 +133,7 @@ class InvoiceCollectionSkipped(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class InvoicePaymentAttempted(_Payload):
+class InvoicePaymentAttempted(DomainEvent):
     schema_version = 1
     organization: int
     invoice: int
@@ -150,7 +146,7 @@ class InvoicePaymentAttempted(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class InvoicePaymentSucceeded(_Payload):
+class InvoicePaymentSucceeded(DomainEvent):
     schema_version = 1
     organization: int
     invoice: int
@@ -164,7 +160,7 @@ class InvoicePaymentSucceeded(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class InvoicePaymentFailed(_Payload):
+class InvoicePaymentFailed(DomainEvent):
     schema_version = 1
     organization: int
     invoice: int
@@ -177,7 +173,7 @@ class InvoicePaymentFailed(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class InvoicePaymentReminderSent(_Payload):
+class InvoicePaymentReminderSent(DomainEvent):
     schema_version = 1
     organization: int
     invoice: int
@@ -191,7 +187,7 @@ class InvoicePaymentReminderSent(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
-class InvoicePaymentRefunded(_Payload):
+class InvoicePaymentRefunded(DomainEvent):
     schema_version = 1
     organization: int
     invoice: int

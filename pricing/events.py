@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.eventstore import DomainEvent
+
 # --- buyers' credit -----------------------------------------------------------
 
 CREDIT_STREAM = "billing.credit"  # one stream per credit account: its exhaustions
@@ -13,7 +15,7 @@ CREDIT_EXHAUSTED = "CreditExhausted"
 
 
 @dataclass(frozen=True, slots=True)
-class CreditExhausted:
+class CreditExhausted(DomainEvent):
     """A prepaid buyer's credit can cover no more usage. ``action`` is the buyer's
     setting: ``pause`` or ``stop`` its running work."""
 

@@ -12,6 +12,7 @@ from core.errors import InvalidInput, NotFound
 from core.eventstore import RecordedEvent
 from core.followers import Follower, register
 from core.models import Event, Organization
+from core.services import ORGANIZATION_CREATED
 from ledger import events as ev
 from ledger.models import Account, Posting
 from ledger.selectors import available_credit_posted
@@ -123,7 +124,7 @@ class WelcomeCredits(Follower):
     stream_types = ("core.organization",)
 
     def handle(self, event: RecordedEvent) -> None:
-        if event.type != "OrganizationCreated":
+        if event.type != ORGANIZATION_CREATED:
             return
         if event.payload["kind"] not in (Organization.Kind.BUYER, Organization.Kind.BOTH):
             return

@@ -7,28 +7,14 @@ Times are ISO 8601 UTC strings; money is integer micro-units with its currency.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
-from core.eventstore import NewEvent
-
-
-@dataclass(frozen=True)
-class _Event:
-    schema_version: ClassVar[int] = 1
-
-    def to_new_event(self) -> NewEvent:
-        return NewEvent(
-            type=type(self).__name__, payload=asdict(self), schema_version=self.schema_version
-        )
-
-    @staticmethod
-    def payload_of(event: Any) -> dict[str, Any]:
-        return dict(event.payload)
+from core.eventstore import DomainEvent
 
 
 @dataclass(frozen=True)
-class NodeRegistered(_Event):
+class NodeRegistered(DomainEvent):
     node_id: int
     organization_id: int
     hostname: str
@@ -42,7 +28,7 @@ class NodeRegistered(_Event):
 
 
 @dataclass(frozen=True)
-class NodeInventoryChanged(_Event):
+class NodeInventoryChanged(DomainEvent):
     node_id: int
     organization_id: int
     site_id: int | None
@@ -53,7 +39,7 @@ class NodeInventoryChanged(_Event):
 
 
 @dataclass(frozen=True)
-class NodeHealthChanged(_Event):
+class NodeHealthChanged(DomainEvent):
     node_id: int
     organization_id: int
     previous: str
@@ -64,7 +50,7 @@ class NodeHealthChanged(_Event):
 
 
 @dataclass(frozen=True)
-class OfferListed(_Event):
+class OfferListed(DomainEvent):
     offer_id: int
     organization_id: int
     node_id: int
@@ -83,7 +69,7 @@ class OfferListed(_Event):
 
 
 @dataclass(frozen=True)
-class OfferRepriced(_Event):
+class OfferRepriced(DomainEvent):
     offer_id: int
     organization_id: int
     previous_price_per_gpu_hour_micros: int
@@ -94,21 +80,21 @@ class OfferRepriced(_Event):
 
 
 @dataclass(frozen=True)
-class OfferPaused(_Event):
+class OfferPaused(DomainEvent):
     offer_id: int
     organization_id: int
     at: str
 
 
 @dataclass(frozen=True)
-class OfferResumed(_Event):
+class OfferResumed(DomainEvent):
     offer_id: int
     organization_id: int
     at: str
 
 
 @dataclass(frozen=True)
-class OfferWithdrawn(_Event):
+class OfferWithdrawn(DomainEvent):
     offer_id: int
     organization_id: int
     forced: bool

@@ -7,34 +7,25 @@ sees a cancel request, billing may close a job's invoice on its terminal event.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from core.eventstore import NewEvent
+from core.eventstore import DomainEvent, stream_id
 
 JOB_STREAM = "finetune_job"
 DEPLOYMENT_STREAM = "deployment"
 
 
 def job_stream_id(job_id: str) -> str:
-    return f"{JOB_STREAM}:{job_id}"
+    return stream_id(JOB_STREAM, job_id)
 
 
 def deployment_stream_id(deployment_id: str) -> str:
-    return f"{DEPLOYMENT_STREAM}:{deployment_id}"
+    return stream_id(DEPLOYMENT_STREAM, deployment_id)
 
 
 @dataclass(frozen=True)
-class _Event:
-    type: ClassVar[str]
-    schema_version: ClassVar[int] = 1
-
-    def to_new_event(self) -> NewEvent:
-        return NewEvent(type=self.type, payload=asdict(self), schema_version=self.schema_version)
-
-
-@dataclass(frozen=True)
-class FineTuneJobCreated(_Event):
+class FineTuneJobCreated(DomainEvent):
     type: ClassVar[str] = "FineTuneJobCreated"
     job_id: str
     organization_id: int
@@ -50,21 +41,21 @@ class FineTuneJobCreated(_Event):
 
 
 @dataclass(frozen=True)
-class FineTuneJobStarted(_Event):
+class FineTuneJobStarted(DomainEvent):
     type: ClassVar[str] = "FineTuneJobStarted"
     job_id: str
     lease_ref: str
 
 
 @dataclass(frozen=True)
-class FineTuneJobCancelRequested(_Event):
+class FineTuneJobCancelRequested(DomainEvent):
     type: ClassVar[str] = "FineTuneJobCancelRequested"
     job_id: str
     status_before: str
 
 
 @dataclass(frozen=True)
-class FineTuneJobFinished(_Event):
+class FineTuneJobFinished(DomainEvent):
     """The job reached a terminal status: succeeded, failed or cancelled."""
 
     type: ClassVar[str] = "FineTuneJobFinished"
@@ -78,7 +69,7 @@ class FineTuneJobFinished(_Event):
 
 
 @dataclass(frozen=True)
-class DeploymentStarted(_Event):
+class DeploymentStarted(DomainEvent):
     type: ClassVar[str] = "DeploymentStarted"
     deployment_id: str
     model: str
@@ -86,7 +77,7 @@ class DeploymentStarted(_Event):
 
 
 @dataclass(frozen=True)
-class DeploymentStopped(_Event):
+class DeploymentStopped(DomainEvent):
     type: ClassVar[str] = "DeploymentStopped"
     deployment_id: str
     reason: str
