@@ -38,15 +38,15 @@ def job_key(organization_id: int, job: str, currency: str) -> str:
 
 
 def issuer() -> str:
-    return getattr(settings, "INVOICE_ISSUER", "TDM")
+    return settings.INVOICE_ISSUER
 
 
 def grace() -> timedelta:
-    return timedelta(days=getattr(settings, "INVOICE_GRACE_DAYS", 3))
+    return timedelta(days=settings.INVOICE_GRACE_DAYS)
 
 
 def due_after() -> timedelta:
-    return timedelta(days=getattr(settings, "INVOICE_DUE_DAYS", 14))
+    return timedelta(days=settings.INVOICE_DUE_DAYS)
 
 
 def minimum_transfer_id(organization_id: int, job: str) -> str:
