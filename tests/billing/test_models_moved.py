@@ -28,7 +28,7 @@ def test_a_database_from_before_the_split_migrates_forward_with_its_rows():
     old = _migrate(BEFORE).loader.project_state(BEFORE).apps
     organization = old.get_model("core", "Organization").objects.create(name="Acme", kind="buyer")
     account = old.get_model("billing", "Account").objects.create(
-        organization_id=organization.pk, kind="credit", currency="USD"
+        organization_id=organization.pk, kind="credit", currency="USD", normal_side="C"
     )
     old.get_model("billing", "Balance").objects.create(account_id=account.pk)
     invoice = old.get_model("billing", "Invoice").objects.create(
