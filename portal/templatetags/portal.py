@@ -35,3 +35,15 @@ def days_hours(duration: timedelta) -> str:
         [f"{hours} hour{'s' if hours != 1 else ''}"] if hours else []
     )
     return " ".join(parts)
+
+
+# The buyer console's pages, under which its section navigation shows.
+CONSOLE_PAGES = frozenset(
+    {"console", "top-up", "top-up-return", "auto-recharge", "invoices", "invoice"}
+)
+
+
+@register.filter
+def console_page(url_name: str) -> bool:
+    """Whether the page named ``url_name`` is one of the buyer console's."""
+    return url_name in CONSOLE_PAGES or url_name.startswith("console-")
