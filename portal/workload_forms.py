@@ -86,9 +86,6 @@ class JobCreateForm(forms.Form):
         max_length=40,
         help_text="Part of the fine-tuned model's name: letters, digits, '-', '_' or '.'.",
     )
-    # The services name the epochs "n_epochs" too; the file "training_file".
-    service_fields = {"hyperparameters": "n_epochs"}
-
     def __init__(
         self, *args: Any, models: list[str], files: list[tuple[str, str]], **kwargs: Any
     ) -> None:

@@ -162,7 +162,12 @@ def test_usage_is_shown_by_day_and_product_with_its_cost_and_the_csv_says_the_sa
             "USD",
         ],
     ]
-    # filtered to another product: nothing
+    # filtered to the model: the same rows; to another product: nothing
+    by_model = client.get(reverse("portal:console-usage"), {**period, "model": TINY})
+    assert [r.quantity for r in by_model.context["report"].rows] == [5_000, 30_000]
+    other_model = client.get(reverse("portal:console-usage"), {**period, "model": "gpt-9"})
+    assert other_model.context["report"].rows == []
+
     other = client.get(reverse("portal:console-usage"), {**period, "product": "tokens.prompt"})
     assert other.context["report"].rows == []
     assert "No usage in this period" in other.content.decode()
@@ -196,6 +201,10 @@ def test_an_upload_is_checked_as_the_api_checks_it_and_a_bad_line_is_named(perso
     assert (stored.status, stored.examples) == ("processed", len(SAMPLE_CHAT))
     listing = client.get(reverse("portal:console-files")).content.decode()
     assert stored.public_id in listing and "8 examples" in listing
+    start_here = f"{reverse('portal:console-job-create')}?file={stored.public_id}"
+    assert f'href="{start_here}"' in listing
+    new_job = client.get(start_here).content.decode()
+    assert f'<option value="{stored.public_id}" selected>' in new_job
 
     bad_lines = jsonl([*SAMPLE_CHAT[:2], {"messages": [{"role": "user", "content": "Hi"}]}])
     bad = client.post(
