@@ -86,6 +86,7 @@ class JobCreateForm(forms.Form):
         max_length=40,
         help_text="Part of the fine-tuned model's name: letters, digits, '-', '_' or '.'.",
     )
+
     def __init__(
         self, *args: Any, models: list[str], files: list[tuple[str, str]], **kwargs: Any
     ) -> None:
