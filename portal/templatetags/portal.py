@@ -47,3 +47,10 @@ CONSOLE_PAGES = frozenset(
 def console_page(url_name: str) -> bool:
     """Whether the page named ``url_name`` is one of the buyer console's."""
     return url_name in CONSOLE_PAGES or url_name.startswith("console-")
+
+
+@register.filter
+def significant(value: float) -> str:
+    """A measurement (a learning rate, a loss) to four significant digits: ``7.5e-05``,
+    not ``0.00007500000000000001``."""
+    return f"{float(value):.4g}"

@@ -25,12 +25,13 @@ from billing.pricing import price_book_forget, rate_for
 from billing.rating import rate_quantity
 from core.money import Money
 from marketplace import services as market
-from marketplace.models import Order
+from marketplace.models import Lease, Order
 from marketplace.services import OrderSpec
 from marketplace.workloads import services as workloads
 from marketplace.workloads.models import Deployment, File, FineTuneJob
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
+from tests.marketplace.conftest import fund, healthy_node, offer
 from tests.workloads.conftest import SAMPLE_CHAT, jsonl
 
 pytestmark = pytest.mark.django_db
@@ -173,6 +174,46 @@ def test_usage_is_shown_by_day_and_product_with_its_cost_and_the_csv_says_the_sa
     other = client.get(reverse("portal:console-usage"), {**period, "product": "tokens.prompt"})
     assert other.context["report"].rows == []
     assert "No usage in this period" in other.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)  # matching runs its own transactions
+def test_gpu_time_is_the_raw_leases_as_billed_and_managed_leases_are_not_in_it(person):
+    # given a raw lease that ran its hour two hours ago, settled through its hold
+    buyer, provider = person("buyer"), person("provider")
+    node = healthy_node(provider.organization, "n1")
+    past = timezone.now() - timedelta(hours=2)
+    offer(node, price=2_000_000, window_start=past - timedelta(hours=1))
+    fund(buyer.organization, 100_000_000)
+    order = market.order_place(
+        organization=buyer.organization,
+        spec=OrderSpec(
+            gpus_per_node=2,
+            gpu_models=["h100-sxm-80gb"],
+            limit_price_per_gpu_hour_micros=3_000_000,
+            duration_seconds=3600,
+        ),
+        now=past,
+    )
+    market.matching_round(now=past)
+    market.leases_tick(now=past + timedelta(hours=1))
+    lease = Lease.objects.get(order=order)
+    assert (lease.state, lease.gpu_seconds_billed) == ("ended", 7200)
+    assert lease.billed_until is not None
+    # and a fine-tune job's lease would be paid per token: not GPU time
+    start_job(buyer.organization)
+    client = signed_in(buyer)
+
+    page = client.get(reverse("portal:console-usage"), {"product": "gpu.seconds"})
+
+    assert [(r.day, r.model, r.quantity, r.amount_micros) for r in page.context["report"]] == [
+        (lease.billed_until.date(), "h100-sxm-80gb", 7200, lease.billed_micros)
+    ]
+    assert lease.billed_micros == 4_400_000  # 2 GPUs x 1 h x $2.00, plus the 10% fee
+    assert "4.40 USD" in page.content.decode() and "2.0 GPU-hours" in page.content.decode()
+    tokens_only = client.get(reverse("portal:console-usage"), {"product": "tokens.training"})
+    assert tokens_only.context["report"].rows == []
+    other_gpu = client.get(reverse("portal:console-usage"), {"model": "l40s-48gb"})
+    assert other_gpu.context["report"].rows == []
 
 
 def test_a_bad_usage_period_is_refused_beside_its_field(person):
