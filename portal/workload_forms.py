@@ -6,6 +6,7 @@ they name (portal.forms.add_service_error)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, timedelta
 from typing import Any
 
@@ -86,10 +87,15 @@ class JobCreateForm(forms.Form):
         max_length=40,
         help_text="Part of the fine-tuned model's name: letters, digits, '-', '_' or '.'.",
     )
+    # One job per form shown: a resubmitted form (a double click, the back button)
+    # finds the job it started instead of starting another.
+    request_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
     def __init__(
         self, *args: Any, models: list[str], files: list[tuple[str, str]], **kwargs: Any
     ) -> None:
+        initial = kwargs.setdefault("initial", {})
+        initial.setdefault("request_key", uuid.uuid4().hex)
         super().__init__(*args, **kwargs)
         model_field = self.fields["model"]
         file_field = self.fields["training_file"]

@@ -28,6 +28,7 @@ from portal.workload_forms import JobCreateForm
 # at a time; a few seconds is live enough and cheap).
 PROGRESS_POLL_SECONDS = 3
 EVENTS_SHOWN = 50
+PORTAL_REQUEST = "portal_request"
 STEPS_SHOWN = 200  # at most this many steps in the loss table, spread evenly
 
 
@@ -66,17 +67,24 @@ def job_create(request: HttpRequest) -> HttpResponse:
     context: dict[str, object] = {"form": form}
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        # The form's key rides in the job's metadata (as an API client's own keys do),
+        # where a resubmitted form finds the job it started.
+        marker = {PORTAL_REQUEST: data["request_key"]}
         job_request = workload_writes.JobRequest(
             model=data["model"],
             training_file=data["training_file"],
             training_type=data["training_type"],
             n_epochs=data["n_epochs"],
             suffix=data["suffix"],
-            requested={k: v for k, v in data.items() if v not in (None, "")},
+            metadata=marker,
+            requested={k: v for k, v in data.items() if v not in (None, "") and k != "request_key"},
         )
         organization = _organization(request)
         try:
             if request.POST.get("action") == "start":
+                started = workloads.job_list(organization=organization, metadata=marker).first()
+                if started is not None:
+                    return redirect("portal:console-job", job_id=started.public_id)
                 job = workload_writes.finetune_job_create(
                     organization=organization, request=job_request
                 )

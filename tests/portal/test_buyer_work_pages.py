@@ -314,7 +314,13 @@ def test_a_new_job_shows_its_estimate_before_it_starts_and_then_starts(person):
     welcome_credit_grant(organization=buyer.organization)
     file = upload(buyer.organization)
     client = signed_in(buyer)
-    form = {"model": TINY, "training_file": file.public_id, "training_type": "lora", "n_epochs": 1}
+    form = {
+        "model": TINY,
+        "training_file": file.public_id,
+        "training_type": "lora",
+        "n_epochs": 1,
+        "request_key": "k1",
+    }
 
     estimate = client.post(reverse("portal:console-job-create"), {**form, "action": "estimate"})
 
@@ -330,6 +336,9 @@ def test_a_new_job_shows_its_estimate_before_it_starts_and_then_starts(person):
     assert started.status_code == 302
     assert started["Location"] == reverse("portal:console-job", args=[job.public_id])
     assert (job.status, job.estimate_micros) == ("queued", quote.total_micros)
+    again = client.post(reverse("portal:console-job-create"), {**form, "action": "start"})
+    assert again["Location"] == started["Location"]  # the same form starts one job
+    assert FineTuneJob.objects.filter(organization=buyer.organization).count() == 1
 
 
 def test_a_job_short_of_credit_is_refused_with_the_missing_amount(person):
@@ -341,6 +350,7 @@ def test_a_job_short_of_credit_is_refused_with_the_missing_amount(person):
             "model": TINY,
             "training_file": file.public_id,
             "training_type": "lora",
+            "request_key": "k",
             "action": "start",
         },
     )
@@ -362,6 +372,7 @@ def test_a_bad_job_choice_is_refused_beside_its_field(person):
             "training_file": file.public_id,
             "training_type": "lora",
             "suffix": "bad suffix!",
+            "request_key": "k",
             "action": "start",
         },
     )
@@ -374,6 +385,7 @@ def test_a_bad_job_choice_is_refused_beside_its_field(person):
             "model": TINY,
             "training_file": other_file.public_id,
             "training_type": "lora",
+            "request_key": "k",
             "action": "start",
         },
     )
