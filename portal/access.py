@@ -3,8 +3,9 @@ page makes before it reads or writes anything.
 
 A page is wrapped in ``member_page``: signed-out visitors go to sign-in; the member's
 organization is the one chosen in the session (``ORGANIZATION_SESSION_KEY``) or,
-when none is, their oldest membership. ``request.member`` then holds the membership
-with its organization, and every read is scoped to it. The services' own errors
+when none is, their oldest membership (``portal.views.account.organization_switch``
+changes the choice). ``request.member`` then holds the membership with its
+organization, and every read is scoped to it. The services' own errors
 become pages: ``NotFound`` a 404 (another organization's id is as good as absent),
 ``Forbidden`` a 403.
 """
@@ -30,12 +31,16 @@ View = Callable[..., HttpResponse]
 
 
 def current_membership(request: HttpRequest) -> Membership | None:
+    """The membership the session chose, else the oldest. Every membership of the
+    person is read in the one query (few people are in many organizations) and kept
+    as ``request.memberships`` for the organization switcher in the page header."""
+    memberships = list(tenancy.memberships_for_user(user=request.user))
+    request.memberships = memberships  # type: ignore[attr-defined]
     chosen = request.session.get(ORGANIZATION_SESSION_KEY)
-    if isinstance(chosen, int):
-        found = tenancy.membership_for_user(user=request.user, organization_id=chosen)
-        if found is not None:
-            return found
-    return tenancy.memberships_for_user(user=request.user).first()
+    for membership in memberships:
+        if membership.organization_id == chosen:
+            return membership
+    return memberships[0] if memberships else None
 
 
 def member_page(
@@ -76,4 +81,7 @@ def member_page(
 
 
 BUYER_KINDS = (Organization.Kind.BUYER, Organization.Kind.BOTH)
+# Who may start, change and stop a buyer's work (jobs, orders, files, deployments), as
+# in the API (core.permissions.IsBuyerOperator); finance staff read.
+OPERATORS = (Membership.Role.ADMIN, Membership.Role.MEMBER)
 PROVIDER_KINDS = (Organization.Kind.PROVIDER, Organization.Kind.BOTH)

@@ -36,7 +36,8 @@ def add_service_error(form: forms.Form, error: ApplicationError) -> None:
             for message in messages if isinstance(messages, list) else [messages]:
                 form.add_error(field, str(message))
         return
-    field = error.details.get("field")
+    # The /v1/ surface's services name theirs "param", as OpenAI's errors do.
+    field = error.details.get("field") or error.details.get("param")
     field = renamed.get(field, field)
     form.add_error(field if field in form.fields else None, error.message)
 
@@ -88,3 +89,21 @@ class InviteForm(forms.Form):
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+
+class OrganizationSwitchForm(forms.Form):
+    """One of the person's own organizations (their memberships are the choices)."""
+
+    organization = forms.TypedChoiceField(coerce=int, label="Organization")
+
+    def __init__(self, *args: object, memberships: list[Membership], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.memberships = {m.organization_id: m for m in memberships}
+        field = self.fields["organization"]
+        assert isinstance(field, forms.TypedChoiceField)
+        field.choices = [
+            (m.organization_id, f"{m.organization.name} ({m.role})") for m in memberships
+        ]
+
+    def clean_organization(self) -> Membership:
+        return self.memberships[self.cleaned_data["organization"]]

@@ -9,7 +9,13 @@ from django.db.models import Model, QuerySet
 
 from core.models import Organization
 from marketplace.workloads.errors import invalid, not_found
-from marketplace.workloads.models import File, FineTuneCheckpoint, FineTuneEvent, FineTuneJob
+from marketplace.workloads.models import (
+    Deployment,
+    File,
+    FineTuneCheckpoint,
+    FineTuneEvent,
+    FineTuneJob,
+)
 
 MAX_PAGE = 100
 
@@ -66,6 +72,21 @@ def fine_tuned_models(*, organization: Organization) -> QuerySet[FineTuneJob]:
     return FineTuneJob.objects.filter(
         organization=organization, status=FineTuneJob.Status.SUCCEEDED
     ).order_by("-pk")
+
+
+def deployments_for_org(*, organization: Organization) -> QuerySet[Deployment]:
+    """The organization's own deployments (of its fine-tuned models), newest first.
+    The platform's shared deployments of base models belong to no buyer."""
+    return Deployment.objects.filter(organization=organization).order_by("-pk")
+
+
+def deployment_get(*, organization: Organization, deployment_id: str) -> Deployment:
+    deployment = Deployment.objects.filter(
+        organization=organization, public_id=deployment_id
+    ).first()
+    if deployment is None:
+        raise not_found("deployment", deployment_id, param="deployment_id")
+    return deployment
 
 
 @dataclass(frozen=True, slots=True)

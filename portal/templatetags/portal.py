@@ -35,3 +35,22 @@ def days_hours(duration: timedelta) -> str:
         [f"{hours} hour{'s' if hours != 1 else ''}"] if hours else []
     )
     return " ".join(parts)
+
+
+# The buyer console's pages, under which its section navigation shows.
+CONSOLE_PAGES = frozenset(
+    {"console", "top-up", "top-up-return", "auto-recharge", "invoices", "invoice"}
+)
+
+
+@register.filter
+def console_page(url_name: str) -> bool:
+    """Whether the page named ``url_name`` is one of the buyer console's."""
+    return url_name in CONSOLE_PAGES or url_name.startswith("console-")
+
+
+@register.filter
+def significant(value: float) -> str:
+    """A measurement (a learning rate, a loss) to four significant digits: ``7.5e-05``,
+    not ``0.00007500000000000001``."""
+    return f"{float(value):.4g}"

@@ -3,16 +3,23 @@ Sign-in, sign-out and password reset are Django's own views (portal.urls)."""
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth import login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from core import services as tenancy
 from core.errors import ApplicationError
 from core.models import Membership
-from portal.access import BUYER_KINDS, PROVIDER_KINDS, current_membership, member_page
-from portal.forms import SignUpForm, add_service_error
+from portal.access import (
+    BUYER_KINDS,
+    ORGANIZATION_SESSION_KEY,
+    PROVIDER_KINDS,
+    current_membership,
+    member_page,
+)
+from portal.forms import OrganizationSwitchForm, SignUpForm, add_service_error
 
 
 @require_http_methods(["GET", "POST"])
@@ -56,3 +63,24 @@ def home(request: HttpRequest) -> HttpResponse:
 def overview(request: HttpRequest) -> HttpResponse:
     """The home of a member with no dashboard yet (the operator's finance staff)."""
     return render(request, "portal/everyone/home.html")
+
+
+@require_POST
+@member_page()
+def organization_switch(request: HttpRequest) -> HttpResponse:
+    """Make another of the person's organizations the session's own: every page then
+    reads and writes in it. Only organizations they are a member of are choices, so
+    another one's id is refused like any bad choice."""
+    form = OrganizationSwitchForm(
+        request.POST,
+        memberships=request.memberships,  # type: ignore[attr-defined]
+    )
+    if not form.is_valid():
+        messages.error(request, " ".join(str(e) for e in form.errors.get("organization", [])))
+        return redirect("portal:home")
+    membership = form.cleaned_data["organization"]
+    request.session[ORGANIZATION_SESSION_KEY] = membership.organization_id
+    messages.success(
+        request, f"Now working in {membership.organization.name} as {membership.role}."
+    )
+    return redirect("portal:home")

@@ -5,8 +5,11 @@ screenshot of each is written to var/screenshots/ (the README shows a few)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from django.utils import timezone
 
 from core import services
 from payments.models import TopUp
@@ -15,6 +18,7 @@ from providers import demo as supply
 from providers.models import Node, Offer
 from tests.portal.conftest import SCREENSHOTS, sign_in
 from tests.portal.test_buyer_money_pages import make_credit_note, make_invoice
+from tests.portal.test_buyer_work_pages import raw_order, start_job, training_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,9 +39,15 @@ def check(page, name: str, size: str, scheme: str, errors: list[str]) -> None:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("size", ["desktop", "phone"])
-def test_every_page_passes_axe_and_is_photographed(live_server, new_context, person, size, scheme):
+def test_every_page_passes_axe_and_is_photographed(
+    live_server, new_context, person, size, scheme, tmp_path, settings
+):
+    settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
     buyer = person("buyer")
     welcome_credit_grant(organization=buyer.organization)
+    job = start_job(buyer.organization)
+    training_tokens(job, n=2, quantity=1_000, at=timezone.now() - timedelta(minutes=1))
+    order = raw_order(buyer.organization)
     services.api_key_create(organization=buyer.organization, name="CI runner", role="member")
     person(org=buyer.organization, role="finance")
     invoice = make_invoice(buyer.organization, 1)
@@ -91,6 +101,15 @@ def test_every_page_passes_axe_and_is_photographed(live_server, new_context, per
         ("auto-recharge", "/console/auto-recharge"),
         ("invoices", "/console/invoices/"),
         ("invoice", f"/console/invoices/{invoice.pk}/"),
+        ("usage", "/console/usage/"),
+        ("jobs", "/console/jobs/"),
+        ("job-new", "/console/jobs/new"),
+        ("job", f"/console/jobs/{job.public_id}/"),
+        ("orders", "/console/orders/"),
+        ("order", f"/console/orders/{order.pk}/"),
+        ("leases", "/console/leases/"),
+        ("files", "/console/files/"),
+        ("models", "/console/models/"),
     ]:
         page.goto(live_server.url + path)
         check(page, name, size, scheme, errors)
