@@ -12,7 +12,7 @@ from typing import Any
 
 from django import forms
 
-from marketplace.usage import MAX_DAYS, PRODUCTS
+from marketplace.selectors import MAX_DAYS, PRODUCTS
 
 PURPOSES = [
     ("fine-tune", "Fine-tune: a training or validation dataset"),

@@ -9,6 +9,9 @@ from django.db.models import Model, QuerySet
 
 from core.models import Organization
 from marketplace.workloads.errors import invalid, not_found
+
+# Public for the apps above: a job's metrics and the base models on offer.
+from marketplace.workloads.metrics import job_metrics as job_metrics
 from marketplace.workloads.models import (
     Deployment,
     File,
@@ -16,6 +19,7 @@ from marketplace.workloads.models import (
     FineTuneEvent,
     FineTuneJob,
 )
+from marketplace.workloads.ports import base_models as base_models
 
 MAX_PAGE = 100
 

@@ -14,10 +14,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from core.errors import ApplicationError, InsufficientFunds
 from core.money import Money
-from marketplace.workloads import ports as runtime
 from marketplace.workloads import selectors as workloads
 from marketplace.workloads import services as workload_writes
-from marketplace.workloads.metrics import job_metrics
 from marketplace.workloads.models import File, FineTuneJob
 from portal.access import BUYER_KINDS, OPERATORS, member_page
 from portal.forms import add_service_error
@@ -51,7 +49,7 @@ def _job_form(request: HttpRequest, data: object = None) -> JobCreateForm:
     )
     return JobCreateForm(
         data,
-        models=[card.name for card in runtime.base_models()],
+        models=[card.name for card in workloads.base_models()],
         files=[(f.public_id, f"{f.filename} ({f.examples} examples)") for f in files[:200]],
         initial={"training_file": request.GET.get("file", "")},
     )
@@ -108,7 +106,7 @@ def job_create(request: HttpRequest) -> HttpResponse:
 def _progress_context(job: FineTuneJob) -> dict[str, object]:
     return {
         "job": job,
-        "steps": job_metrics(job=job, query={"resolution": str(STEPS_SHOWN)}),
+        "steps": workloads.job_metrics(job=job, query={"resolution": str(STEPS_SHOWN)}),
         "events": list(workloads.job_events(job=job)[:EVENTS_SHOWN]),
         "checkpoints": list(workloads.job_checkpoints(job=job)),
         "poll_seconds": PROGRESS_POLL_SECONDS,

@@ -1,5 +1,5 @@
 """Usage: the organization's tokens and GPU-seconds by day and product over a period,
-with their cost (marketplace.usage), filterable by period, product and model; and
+with their cost (marketplace.selectors), filterable by period, product and model; and
 the same rows as CSV. Every member reads it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from core.money import Money
-from marketplace.usage import UsageReport, usage_by_day
+from marketplace.selectors import UsageReport, usage_by_day
 from portal.access import BUYER_KINDS, member_page
 from portal.views.buyer_checkout import member_caller
 from portal.workload_forms import UsageFilterForm

@@ -16,10 +16,10 @@ from axe_playwright_python.sync_playwright import Axe
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from billing.pricing import rate_for
-from billing.rating import rate_quantity
 from core import services as tenancy
 from core.money import Money
+from pricing.book import rate_for
+from pricing.rating import rate_quantity
 from tests.portal.conftest import sign_in
 from tests.portal.test_buyer_work_pages import TINY, start_job, training_tokens
 

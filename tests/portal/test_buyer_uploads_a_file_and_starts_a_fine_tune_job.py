@@ -13,11 +13,11 @@ from axe_playwright_python.sync_playwright import Axe
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from billing.pricebook import welcome_credit_grant
 from core.money import Money
 from marketplace.models import Order
 from marketplace.workloads import services as workloads
 from marketplace.workloads.models import FineTuneJob
+from pricing.welcome import welcome_credit_grant
 from tests.portal.conftest import sign_in
 from tests.workloads.conftest import SAMPLE_CHAT, jsonl
 

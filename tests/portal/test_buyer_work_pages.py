@@ -20,9 +20,6 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.pricebook import welcome_credit_grant
-from billing.pricing import price_book_forget, rate_for
-from billing.rating import rate_quantity
 from core.money import Money
 from marketplace import services as market
 from marketplace.models import Lease, Order
@@ -31,6 +28,9 @@ from marketplace.workloads import services as workloads
 from marketplace.workloads.models import Deployment, File, FineTuneJob
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
+from pricing.book import price_book_forget, rate_for
+from pricing.rating import rate_quantity
+from pricing.welcome import welcome_credit_grant
 from tests.marketplace.conftest import fund, healthy_node, offer
 from tests.workloads.conftest import SAMPLE_CHAT, jsonl
 
