@@ -210,6 +210,24 @@ ASSIGNMENT_WAIT_NOTIFY = env_bool("ASSIGNMENT_WAIT_NOTIFY", True)
 ASSIGNMENT_BLOB_DIR = Path(env_str("ASSIGNMENT_BLOB_DIR", str(VAR_DIR / "blobs")))
 ASSIGNMENT_URL_TTL_SECONDS = env_int("ASSIGNMENT_URL_TTL_SECONDS", 300, minimum=10)
 ASSIGNMENT_UPLOAD_MAX_BYTES = env_int("ASSIGNMENT_UPLOAD_MAX_BYTES", 64 * 1024**3, minimum=1024)
+# Where node uploads live: "filesystem" (ASSIGNMENT_BLOB_DIR, URLs served by this server)
+# or "s3" (a bucket of any S3-compatible store, presigned URLs; ASSIGNMENT_BLOB_DIR is
+# then a cache of the downloads the control plane unpacks). Empty credentials: boto3's
+# own chain (environment, instance role). Empty endpoint: AWS itself.
+TANDEM_BLOB_STORE = env_str("TANDEM_BLOB_STORE", "filesystem")
+if TANDEM_BLOB_STORE not in ("filesystem", "s3"):
+    raise ImproperlyConfigured(f"TANDEM_BLOB_STORE={TANDEM_BLOB_STORE!r}: use filesystem or s3")
+BLOB_S3_BUCKET = env_str("BLOB_S3_BUCKET", "")
+BLOB_S3_ENDPOINT_URL = env_url("BLOB_S3_ENDPOINT_URL", "", schemes={"https", "http"})
+BLOB_S3_REGION = env_str("BLOB_S3_REGION", "us-east-1")
+BLOB_S3_ACCESS_KEY_ID = env_str("BLOB_S3_ACCESS_KEY_ID", "")
+BLOB_S3_SECRET_ACCESS_KEY = env_str("BLOB_S3_SECRET_ACCESS_KEY", "")
+if TANDEM_BLOB_STORE == "s3" and not BLOB_S3_BUCKET:
+    raise ImproperlyConfigured("BLOB_S3_BUCKET must be set when TANDEM_BLOB_STORE=s3")
+if bool(BLOB_S3_ACCESS_KEY_ID) != bool(BLOB_S3_SECRET_ACCESS_KEY):
+    raise ImproperlyConfigured(
+        "BLOB_S3_ACCESS_KEY_ID and BLOB_S3_SECRET_ACCESS_KEY: set both or neither"
+    )
 
 # --- workloads (files, fine-tunes, inference: the /v1/ API) ------------------
 WORKLOADS_STORAGE_DIR = Path(env_str("WORKLOADS_STORAGE_DIR", str(VAR_DIR / "files")))

@@ -143,7 +143,10 @@ class OrderPlaceInputSerializer(serializers.Serializer):
         max_length=64, required=False, default="", help_text="this model or faster (catalog)"
     )
     limit_price_per_gpu_hour = serializers.DecimalField(
-        max_digits=18, decimal_places=6, help_text="decimal text in the currency, e.g. '2.50'"
+        max_digits=18,
+        decimal_places=6,
+        max_value=services.MAX_PRICE_MICROS // 1_000_000,
+        help_text="decimal text in the currency, e.g. '2.50'",
     )
     kind = _choice_in(Order.Kind.values, Order.Kind.ON_DEMAND)
     time_in_force = _choice_in(Order.TimeInForce.values, Order.TimeInForce.STANDING)

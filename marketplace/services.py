@@ -40,17 +40,20 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Literal
 
+import msgspec
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from msgspec import Meta
 
 from core.db import is_postgres, retry_transaction
-from core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput
+from core.errors import Conflict, Forbidden, InsufficientFunds
 from core.eventstore import DomainEvent, event_append, stream_version
 from core.models import Organization
-from core.money import CURRENCIES, MAX_AMOUNT_MICROS, Money
+from core.money import MAX_AMOUNT_MICROS, Money
+from core.validation import field_error, validated
 from marketplace import engine, events
 from marketplace.assignments import services as assignments
 from marketplace.models import Lease, LeaseGpu, Order
@@ -64,18 +67,17 @@ logger = logging.getLogger(__name__)
 MAX_GPUS_PER_NODE = 64
 MAX_NODES = 64
 MAX_DURATION_SECONDS = 366 * 86_400
+MAX_PRICE_MICROS = 10**12  # per GPU-hour: a million units of the currency
 HOLD_MARGIN = timedelta(days=1)  # a hold outlives what it backs by this much
 MATCHING_LOCK = 0x7A6E_6D61  # advisory lock key of matching rounds ("matching")
 
 
 def billing_window() -> timedelta:
-    return timedelta(seconds=int(getattr(settings, "MARKETPLACE_BILLING_WINDOW_SECONDS", 3600)))
+    return timedelta(seconds=settings.MARKETPLACE_BILLING_WINDOW_SECONDS)
 
 
 def order_max_wait() -> timedelta:
-    return timedelta(
-        seconds=int(getattr(settings, "MARKETPLACE_ORDER_MAX_WAIT_SECONDS", 7 * 86_400))
-    )
+    return timedelta(seconds=settings.MARKETPLACE_ORDER_MAX_WAIT_SECONDS)
 
 
 def credit() -> LeaseCredit:
@@ -85,10 +87,6 @@ def credit() -> LeaseCredit:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def _field_error(name: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{name}: {message}", details={"fields": {name: [message]}})
 
 
 def _append(*, stream_type: str, stream_id: str, tenant_id: int, items: list[DomainEvent]) -> None:
@@ -137,47 +135,53 @@ def matching_request() -> None:
 # --- orders -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class OrderSpec:
-    """What a buyer asks for; ``order_place`` checks it."""
-
-    gpus_per_node: int
-    limit_price_per_gpu_hour_micros: int
-    gpu_models: Sequence[str] = ()
-    gpu_model_at_least: str = ""
-    node_count: int = 1
-    kind: str = Order.Kind.ON_DEMAND
-    time_in_force: str = Order.TimeInForce.STANDING
-    min_gpu_memory_gib: int = 0
-    interconnect: str = ""
-    regions: Sequence[str] = ()
-    countries: Sequence[str] = ()
-    min_reliability: float | None = None
-    duration_seconds: int | None = None
-    earliest_start: datetime | None = None
-    deadline: datetime | None = None
+GpuModelSlug = Annotated[str, Meta(min_length=1, max_length=64)]
+CountryCode = Annotated[str, Meta(pattern="^[A-Za-z]{2}$")]
+Aware = Annotated[datetime, Meta(tz=True)]
 
 
-def _int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _field_error(name, f"must be a whole number from {low} to {high}")
-    return value
+class OrderSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a buyer asks for, with the bounds of each field; ``order_place`` checks
+    it (core.validation) and then the rules between fields."""
+
+    gpus_per_node: Annotated[int, Meta(ge=1, le=MAX_GPUS_PER_NODE)]
+    limit_price_per_gpu_hour_micros: Annotated[int, Meta(ge=1, le=MAX_PRICE_MICROS)]
+    gpu_models: Annotated[Sequence[GpuModelSlug], Meta(max_length=256)] = ()
+    gpu_model_at_least: Annotated[str, Meta(max_length=64)] = ""
+    node_count: Annotated[int, Meta(ge=1, le=MAX_NODES)] = 1
+    kind: Order.Kind = Order.Kind.ON_DEMAND
+    time_in_force: Order.TimeInForce = Order.TimeInForce.STANDING
+    min_gpu_memory_gib: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    interconnect: Literal["", "nvlink", "pcie"] = ""  # empty: any
+    regions: Annotated[Sequence[Annotated[str, Meta(max_length=64)]], Meta(max_length=32)] = ()
+    countries: Annotated[Sequence[CountryCode], Meta(max_length=64)] = ()
+    min_reliability: Annotated[float, Meta(ge=0, le=1)] | None = None
+    duration_seconds: Annotated[int, Meta(ge=60, le=MAX_DURATION_SECONDS)] | None = None
+    earliest_start: Aware | None = None
+    deadline: Aware | None = None
+
+
+class OrderWorkload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an order is for: raw capacity, or managed work named by ``workload_id``."""
+
+    workload_kind: Order.Workload = Order.Workload.RAW
+    workload_id: Annotated[str, Meta(max_length=200)] = ""
 
 
 def _checked_models(spec: OrderSpec) -> list[str]:
     models = list(dict.fromkeys(spec.gpu_models))
-    for index, slug in enumerate(models):
+    for index, slug in enumerate(spec.gpu_models):
         if catalog.model_get(slug) is None:
-            raise _field_error(f"gpu_models[{index}]", f"unknown GPU model {slug!r}")
+            raise field_error(f"gpu_models[{index}]", f"unknown GPU model {slug!r}")
     if spec.gpu_model_at_least:
         if catalog.model_get(spec.gpu_model_at_least) is None:
-            raise _field_error(
+            raise field_error(
                 "gpu_model_at_least", f"unknown GPU model {spec.gpu_model_at_least!r}"
             )
         better = [m.slug for m in catalog.models_at_least(spec.gpu_model_at_least)]
         models = [m for m in models if m in better] if models else better
     if not models:
-        raise _field_error(
+        raise field_error(
             "gpu_models", "name at least one acceptable GPU model (or gpu_model_at_least)"
         )
     return sorted(models)
@@ -247,65 +251,42 @@ def order_place(
     now = now or timezone.now()
     if not organization.is_buyer:
         raise Forbidden(f"{organization.name} is not a buyer organization")
-    if workload_kind not in Order.Workload.values:
-        raise _field_error("workload_kind", f"must be one of {', '.join(Order.Workload.values)}")
-    if workload_kind != Order.Workload.RAW and not workload_id:
-        raise _field_error("workload_id", "is required for managed work")
-    if spec.kind not in Order.Kind.values:
-        raise _field_error("kind", f"must be one of {', '.join(Order.Kind.values)}")
-    if spec.time_in_force not in Order.TimeInForce.values:
-        raise _field_error("time_in_force", f"must be one of {', '.join(Order.TimeInForce.values)}")
-    gpus_per_node = _int("gpus_per_node", spec.gpus_per_node, 1, MAX_GPUS_PER_NODE)
-    node_count = _int("node_count", spec.node_count, 1, MAX_NODES)
-    limit = _int("limit_price_per_gpu_hour_micros", spec.limit_price_per_gpu_hour_micros, 1, 10**12)
-    memory = _int("min_gpu_memory_gib", spec.min_gpu_memory_gib, 0, 10_000)
+    spec = validated(OrderSpec, spec)
+    work = validated(OrderWorkload, {"workload_kind": workload_kind, "workload_id": workload_id})
+    # The rules between fields, and against the catalog and the settings:
+    if work.workload_kind != Order.Workload.RAW and not work.workload_id:
+        raise field_error("workload_id", "is required for managed work")
     models = _checked_models(spec)
-    if spec.interconnect not in ("", "nvlink", "pcie"):
-        raise _field_error("interconnect", "must be nvlink or pcie (or empty: any)")
-    if spec.min_reliability is not None and not 0 <= spec.min_reliability <= 1:
-        raise _field_error("min_reliability", "must be from 0 to 1")
     duration = spec.duration_seconds
-    if duration is not None:
-        duration = _int("duration_seconds", duration, 60, MAX_DURATION_SECONDS)
-    start = spec.earliest_start or now
-    if timezone.is_naive(start):
-        raise _field_error("earliest_start", "must carry a time zone")
-    start = max(start, now)
+    start = max(spec.earliest_start or now, now)
     deadline = spec.deadline
     if deadline is not None:
-        if timezone.is_naive(deadline):
-            raise _field_error("deadline", "must carry a time zone")
         if deadline <= start:
-            raise _field_error("deadline", "must be after earliest_start and in the future")
+            raise field_error("deadline", "must be after earliest_start and in the future")
         if duration is not None and start + timedelta(seconds=duration) > deadline:
-            raise _field_error("deadline", "leaves less than duration_seconds after the start")
+            raise field_error("deadline", "leaves less than duration_seconds after the start")
         if deadline - now > order_max_wait() + timedelta(seconds=duration or 0):
-            raise _field_error("deadline", "is further away than orders may wait")
-    regions = sorted({r.strip() for r in spec.regions if r.strip()})
-    countries = sorted({c.strip().upper() for c in spec.countries if c.strip()})
-    if any(len(c) != 2 or not c.isalpha() for c in countries):
-        raise _field_error("countries", "must be ISO 3166-1 alpha-2 codes")
-    currency = settings.TANDEM_CURRENCY
-    if currency not in CURRENCIES:  # pragma: no cover - settings check it at start-up
-        raise _field_error("currency", f"unknown currency {currency!r}")
-    max_cost = gpus_per_node * node_count * (duration or 3600) * limit // 3600
-    if max_cost > MAX_AMOUNT_MICROS:
-        raise _field_error("limit_price_per_gpu_hour_micros", "makes the order's cost too large")
+            raise field_error("deadline", "is further away than orders may wait")
+    gpus_per_node, node_count = spec.gpus_per_node, spec.node_count
+    limit = spec.limit_price_per_gpu_hour_micros
+    if gpus_per_node * node_count * (duration or 3600) * limit // 3600 > MAX_AMOUNT_MICROS:
+        raise field_error("limit_price_per_gpu_hour_micros", "makes the order's cost too large")
+    currency = settings.TANDEM_CURRENCY  # one of core.money.CURRENCIES: settings check it
 
     order = Order.objects.create(
         organization=organization,
         kind=spec.kind,
         time_in_force=spec.time_in_force,
-        workload_kind=workload_kind,
-        workload_id=workload_id[:200],
+        workload_kind=work.workload_kind,
+        workload_id=work.workload_id,
         gpu_models=models,
         gpu_model_at_least=spec.gpu_model_at_least,
         gpus_per_node=gpus_per_node,
         node_count=node_count,
-        min_gpu_memory_gib=memory,
+        min_gpu_memory_gib=spec.min_gpu_memory_gib,
         interconnect=spec.interconnect,
-        regions=regions,
-        countries=countries,
+        regions=sorted({region.strip() for region in spec.regions if region.strip()}),
+        countries=sorted({country.upper() for country in spec.countries}),
         min_reliability=spec.min_reliability,
         duration_seconds=duration,
         earliest_start=start,

@@ -92,14 +92,22 @@ def _download(url: str, target: Path, *, timeout: float = 60.0) -> None:
         raise TransferError(f"download failed: {exc}") from None
 
 
-def _put(url: str, source: Path, *, timeout: float = 300.0) -> None:
+def _put(
+    url: str, source: Path, *, headers: dict[str, str] | None = None, timeout: float = 300.0
+) -> None:
+    """PUT ``source`` to a signed URL with the headers the server said it must carry
+    (a bucket's signed checksum)."""
     size = source.stat().st_size
     with source.open("rb") as body:
         request = urllib.request.Request(  # noqa: S310
             url,
             data=body,
             method="PUT",
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                **(headers or {}),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
@@ -304,7 +312,11 @@ class TrainSupervisor(RunSupervisor):
                 try:
                     declared = self.client.post(base, body)
                     if not declared.get("present"):
-                        _put(self._url(str(declared["url"])), archive)
+                        _put(
+                            self._url(str(declared["url"])),
+                            archive,
+                            headers=dict(declared.get("headers") or {}),
+                        )
                     self.client.post(
                         f"{base}/{declared['id']}/commit", {"attempt": self.attempt}, timeout=300
                     )

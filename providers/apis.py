@@ -52,7 +52,7 @@ from providers.permissions import (
 
 TAG_PORTAL = "provider portal"
 TAG_AGENT = "provider agent"
-MAX_GPUS_PER_NODE = 64
+MAX_GPUS_PER_NODE = services.MAX_GPUS_PER_NODE
 
 # --- serializers: output ----------------------------------------------------
 

@@ -10,19 +10,21 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from msgspec import Meta
 
 from core import services as core_services
 from core.db import as_utc, is_postgres, server_cursor
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import event_append, stream_version
 from core.models import Organization
+from core.validation import field_error, validated
 from providers import catalog, events
 from providers.models import (
     AgentKey,
@@ -65,10 +67,6 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _field_error(field: str, message: str, **extra: Any) -> InvalidInput:
-    return InvalidInput(f"{field}: {message}", details={"fields": {field: [message]}, **extra})
-
-
 def _append(*, stream_type: str, stream_id: str, tenant_id: int, event: events._Event) -> None:
     # Callers hold the row lock of the aggregate, so the version read here is stable.
     event_append(
@@ -96,7 +94,7 @@ def _db_time(moment: datetime | None) -> Any:
 @transaction.atomic
 def site_create(*, organization: Organization, name: str, region: str, country: str) -> Site:
     if Site.objects.filter(organization=organization, name=name).exists():
-        raise _field_error("name", f"your organization already has a site named {name!r}")
+        raise field_error("name", f"your organization already has a site named {name!r}")
     return Site.objects.create(
         organization=organization, name=name, region=region, country=country.upper()
     )
@@ -173,7 +171,7 @@ def node_register(
     if site_name:
         site = Site.objects.filter(organization=organization, name=site_name).first()
         if site is None:
-            raise _field_error(
+            raise field_error(
                 "site", f"your organization has no site named {site_name!r}; create it first"
             )
     reported = inventory["gpus"]
@@ -797,9 +795,9 @@ def node_lease_outcome_record(
     """How a lease on ``node`` ended; for the marketplace to call as leases end.
     Idempotent on ``lease_id``: the first outcome recorded stands."""
     if outcome not in NodeLeaseOutcome.Outcome.values:
-        raise _field_error("outcome", f"must be one of {', '.join(NodeLeaseOutcome.Outcome)}")
+        raise field_error("outcome", f"must be one of {', '.join(NodeLeaseOutcome.Outcome)}")
     if timezone.is_naive(ended_at):
-        raise _field_error("ended_at", "must be timezone-aware")
+        raise field_error("ended_at", "must be timezone-aware")
     found, _ = NodeLeaseOutcome.objects.get_or_create(
         lease_id=lease_id, defaults={"node": node, "outcome": outcome, "ended_at": ended_at}
     )
@@ -834,6 +832,28 @@ def _offer_event(offer: Offer, event: events._Event) -> None:
     )
 
 
+MAX_GPUS_PER_NODE = 64
+MAX_PRICE_MICROS = 10**12  # per GPU-hour: a million units of the currency
+Seconds = Annotated[int, Meta(ge=60, le=10**8)]
+Aware = Annotated[datetime, Meta(tz=True)]
+
+
+class OfferInput(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a provider lists, with the bounds of each field; ``offer_create`` checks it
+    (core.validation) and then the rules against the node and between fields."""
+
+    node_id: Annotated[int, Meta(ge=1)]
+    gpu_model: Annotated[str, Meta(min_length=1, max_length=64)]
+    gpu_count: Annotated[int, Meta(ge=1, le=MAX_GPUS_PER_NODE)]
+    price_per_gpu_hour_micros: Annotated[int, Meta(ge=1, le=MAX_PRICE_MICROS)]
+    kind: Offer.Kind
+    window_start: Aware | None = None
+    window_end: Aware | None = None
+    min_lease_seconds: Seconds = 3600
+    max_lease_seconds: Seconds | None = None
+    preemption_grace_seconds: Annotated[int, Meta(ge=0, le=86_400)] | None = None
+
+
 @transaction.atomic
 def offer_create(
     *,
@@ -850,43 +870,62 @@ def offer_create(
     preemption_grace_seconds: int | None = None,
 ) -> Offer:
     """List capacity on one node. Validation errors are 400s naming the field."""
+    given = validated(
+        OfferInput,
+        {
+            "node_id": node_id,
+            "gpu_model": gpu_model,
+            "gpu_count": gpu_count,
+            "price_per_gpu_hour_micros": price_per_gpu_hour_micros,
+            "kind": kind,
+            "window_start": window_start,
+            "window_end": window_end,
+            "min_lease_seconds": min_lease_seconds,
+            "max_lease_seconds": max_lease_seconds,
+            "preemption_grace_seconds": preemption_grace_seconds,
+        },
+    )
     now = timezone.now()
-    window_start = window_start or now
-    node = Node.objects.select_for_update().filter(organization=organization, pk=node_id).first()
+    window_start, window_end = given.window_start or now, given.window_end
+    gpu_model, gpu_count, kind = given.gpu_model, given.gpu_count, given.kind
+    min_lease_seconds, max_lease_seconds = given.min_lease_seconds, given.max_lease_seconds
+    grace = given.preemption_grace_seconds
+    node = (
+        Node.objects.select_for_update().filter(organization=organization, pk=given.node_id).first()
+    )
     if node is None:
-        raise NotFound(f"node {node_id} not found", details={"fields": {"node_id": ["not found"]}})
-    model = catalog.model_get(gpu_model)
-    if model is None:
-        raise _field_error("gpu_model", f"unknown GPU model {gpu_model!r}; see /gpu-models")
-    on_node = node.gpus.filter(present=True, model=gpu_model).count()
-    if on_node == 0:
-        raise _field_error("gpu_model", f"node {node.hostname} has no {model.name} GPUs")
-    if gpu_count < 1:
-        raise _field_error("gpu_count", "must be at least 1")
-    if gpu_count > on_node:
-        raise _field_error(
-            "gpu_count", f"node {node.hostname} has {on_node} {model.name} GPUs, not {gpu_count}"
+        raise NotFound(
+            f"node {given.node_id} not found", details={"fields": {"node_id": ["not found"]}}
         )
-    if price_per_gpu_hour_micros <= 0:
-        raise _field_error("price_per_gpu_hour_micros", "must be a positive number of micro-units")
+    # The rules between fields:
     if window_end is not None and window_end <= window_start:
-        raise _field_error("window_end", "must be after window_start")
+        raise field_error("window_end", "must be after window_start")
     if window_end is not None and window_end <= now:
-        raise _field_error("window_end", "is in the past")
-    if min_lease_seconds < 60:
-        raise _field_error("min_lease_seconds", "must be at least 60")
+        raise field_error("window_end", "is in the past")
     if max_lease_seconds is not None and max_lease_seconds < min_lease_seconds:
-        raise _field_error("max_lease_seconds", "must be at least min_lease_seconds")
+        raise field_error("max_lease_seconds", "must be at least min_lease_seconds")
     if window_end is not None and (window_end - window_start).total_seconds() < min_lease_seconds:
-        raise _field_error("min_lease_seconds", "is longer than the availability window")
-    if kind == Offer.Kind.INTERRUPTIBLE and preemption_grace_seconds is None:
-        raise _field_error(
+        raise field_error("min_lease_seconds", "is longer than the availability window")
+    interruptible = kind == Offer.Kind.INTERRUPTIBLE
+    if interruptible and grace is None:
+        raise field_error(
             "preemption_grace_seconds", "is required for interruptible offers (seconds of notice)"
         )
-    if kind == Offer.Kind.ON_DEMAND and preemption_grace_seconds is not None:
-        raise _field_error("preemption_grace_seconds", "applies only to interruptible offers")
+    if not interruptible and grace is not None:
+        raise field_error("preemption_grace_seconds", "applies only to interruptible offers")
+    # ... and against the catalog and the node:
+    model = catalog.model_get(gpu_model)
+    if model is None:
+        raise field_error("gpu_model", f"unknown GPU model {gpu_model!r}; see /gpu-models")
+    on_node = node.gpus.filter(present=True, model=gpu_model).count()
+    if on_node == 0:
+        raise field_error("gpu_model", f"node {node.hostname} has no {model.name} GPUs")
+    if gpu_count > on_node:
+        raise field_error(
+            "gpu_count", f"node {node.hostname} has {on_node} {model.name} GPUs, not {gpu_count}"
+        )
     if node.site is None:
-        raise _field_error(
+        raise field_error(
             "node_id", f"node {node.hostname} has no site, so no region: register it with --site"
         )
     # The node row is locked above, so two offers for the same node cannot both pass.
@@ -899,7 +938,7 @@ def offer_create(
     ]
     listed = sum(other.gpu_count for other in overlapping)
     if listed + gpu_count > on_node:
-        raise _field_error(
+        raise field_error(
             "window_start",
             f"overlaps offers {', '.join(str(o.pk) for o in overlapping)} for the same GPUs: "
             f"together they would list {listed + gpu_count} of the node's {on_node} "
@@ -912,14 +951,14 @@ def offer_create(
         node=node,
         gpu_model=gpu_model,
         gpu_count=gpu_count,
-        price_per_gpu_hour_micros=price_per_gpu_hour_micros,
+        price_per_gpu_hour_micros=given.price_per_gpu_hour_micros,
         currency=settings.TANDEM_CURRENCY,
         window_start=window_start,
         window_end=window_end,
         min_lease_seconds=min_lease_seconds,
         max_lease_seconds=max_lease_seconds,
         kind=kind,
-        preemption_grace_seconds=preemption_grace_seconds,
+        preemption_grace_seconds=grace,
         region=node.site.region,
         created_at=now,
     )
@@ -932,14 +971,14 @@ def offer_create(
             node_id=node.pk,
             gpu_model=gpu_model,
             gpu_count=gpu_count,
-            price_per_gpu_hour_micros=price_per_gpu_hour_micros,
+            price_per_gpu_hour_micros=given.price_per_gpu_hour_micros,
             currency=offer.currency,
             window_start=window_start.isoformat(),
             window_end=_iso(window_end),
             min_lease_seconds=min_lease_seconds,
             max_lease_seconds=max_lease_seconds,
             kind=kind,
-            preemption_grace_seconds=preemption_grace_seconds,
+            preemption_grace_seconds=grace,
             region=offer.region,
             at=now.isoformat(),
         ),
@@ -1002,7 +1041,7 @@ def offer_resume(*, offer: Offer) -> Offer:
 def offer_reprice(*, offer: Offer, price_per_gpu_hour_micros: int) -> Offer:
     """A new price for new leases; running leases keep theirs."""
     if price_per_gpu_hour_micros <= 0:
-        raise _field_error("price_per_gpu_hour_micros", "must be a positive number of micro-units")
+        raise field_error("price_per_gpu_hour_micros", "must be a positive number of micro-units")
     offer = _offer_locked(offer=offer)
     if offer.status == Offer.Status.WITHDRAWN:
         raise _withdrawn_conflict(offer, "repriced")

@@ -25,6 +25,7 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -67,28 +68,30 @@ class ModelInfo:
         return "over-70b"
 
 
-def _setting(name: str, env: str, default: str) -> str:
-    """A setting from Django when it is configured, else the environment (a node's
-    ``torchrun`` processes may run without Django)."""
-    try:
-        from django.conf import settings
+def _location(setting: str, env: str, default: Callable[[], Path]) -> Path:
+    """A directory from Django's settings when they are configured (config/settings.py
+    declares each one, read from ``env`` there), else from ``env`` itself: a node's
+    ``torchrun`` processes may run without Django."""
+    from django.conf import settings
 
-        if settings.configured:
-            value = getattr(settings, name, None)
-            if value:
-                return str(value)
-    except ImportError:  # pragma: no cover - Django is always installed here
-        pass
-    return os.environ.get(env) or default
+    if settings.configured:
+        return Path(getattr(settings, setting))
+    value = os.environ.get(env)
+    return Path(value) if value else default()
 
 
 def var_dir() -> Path:
-    default = str(Path(__file__).resolve().parent.parent / "var")
-    return Path(_setting("VAR_DIR", "TANDEM_VAR_DIR", default))
+    return _location(
+        "VAR_DIR", "TANDEM_VAR_DIR", lambda: Path(__file__).resolve().parent.parent / "var"
+    )
 
 
 def model_dir() -> Path:
-    return Path(_setting("RUNTIME_MODEL_DIR", "TANDEM_MODEL_DIR", str(var_dir() / "models")))
+    return _location("RUNTIME_MODEL_DIR", "TANDEM_MODEL_DIR", lambda: var_dir() / "models")
+
+
+def artifact_dir() -> Path:
+    return _location("RUNTIME_ARTIFACT_DIR", "TANDEM_ARTIFACT_DIR", lambda: var_dir() / "artifacts")
 
 
 def _check_name(name: str) -> None:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from runtime.registry import _setting, var_dir
+from runtime.registry import artifact_dir
 
 
 class ArtifactStorage(Protocol):
@@ -98,6 +98,4 @@ class LocalStorage:
 
 
 def default_storage() -> ArtifactStorage:
-    return LocalStorage(
-        _setting("RUNTIME_ARTIFACT_DIR", "TANDEM_ARTIFACT_DIR", str(var_dir() / "artifacts"))
-    )
+    return LocalStorage(artifact_dir())

@@ -331,6 +331,10 @@ class UploadSerializer(serializers.Serializer):
     size = serializers.IntegerField()
     present = serializers.BooleanField(help_text="true: the blob is stored already, no PUT")
     url = serializers.CharField(allow_null=True, help_text="a signed PUT URL (minutes)")
+    headers = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="headers the PUT must carry as they are (a bucket's signed checksum)",
+    )
     committed = serializers.BooleanField()
     location = serializers.CharField()
 
@@ -339,7 +343,9 @@ class CommitInputSerializer(serializers.Serializer):
     attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
 
 
-def _upload_answer(upload: Any, *, present: bool, url: str | None) -> dict[str, Any]:
+def _upload_answer(
+    upload: Any, *, present: bool, url: str | None, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     return UploadSerializer(
         {
             "id": upload.pk,
@@ -350,6 +356,7 @@ def _upload_answer(upload: Any, *, present: bool, url: str | None) -> dict[str, 
             "size": upload.size,
             "present": present,
             "url": url,
+            "headers": headers or {},
             "committed": upload.committed_at is not None,
             "location": upload.location,
         }
@@ -376,13 +383,14 @@ class NodeRunUploadsApi(AgentApi):
         upload, present = training.upload_declare(
             node_id=node.pk, assignment_id=assignment_id, **given.validated_data
         )
-        url = None
+        url: str | None = None
+        headers: dict[str, str] = {}
         if not present:
             lease_id = Assignment.objects.values_list("lease_id", flat=True).get(pk=assignment_id)
-            url = training.upload_put_url(
+            url, headers = training.upload_put_url(
                 upload=upload, lease_id=lease_id, base_url=_base_url(request)
             )
-        return Response(_upload_answer(upload, present=present, url=url))
+        return Response(_upload_answer(upload, present=present, url=url, headers=headers))
 
 
 class NodeRunUploadCommitApi(AgentApi):
@@ -390,10 +398,10 @@ class NodeRunUploadCommitApi(AgentApi):
         operation_id="agent_nodes_runs_uploads_commit",
         summary="Commit an uploaded artifact: checked, recorded (agents)",
         description=(
-            "Checks the blob is stored with the declared size (its hash was checked as "
-            "it was written), and records it: a checkpoint is where the next attempt "
-            "resumes. Committing again answers the same. 409 when nothing was uploaded "
-            "or the attempt is not current."
+            "Checks the blob is stored with the declared size and hash (409 "
+            "size_mismatch or hash_mismatch, nothing recorded), and records it: a "
+            "checkpoint is where the next attempt resumes. Committing again answers the "
+            "same. 409 when nothing was uploaded or the attempt is not current."
         ),
         tags=[TAG_AGENT],
         request=CommitInputSerializer,

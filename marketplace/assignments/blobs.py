@@ -15,22 +15,21 @@ token names the SHA-256 and size declared for the upload: the view hashes the bo
 as it streams it to a temporary file and renames it into place only when both
 match, so a blob under its hash is always those bytes.
 
-An S3-compatible store plugs in behind the same interface: ``url`` becomes
-``client.generate_presigned_url("get_object" | "put_object", Params={"Bucket", "Key",
-"ChecksumSHA256"}, ExpiresIn=ttl)`` (django-storages' ``S3Storage.bucket.meta.client``),
-``stat`` a ``head_object``, ``open`` a ``get_object`` stream; the lease scope is then
-the URL's short life plus the key being one the lease's claim handed out. It is not
-written in this version (nothing here needs boto3 yet).
+An S3-compatible bucket stands behind the same interface when
+``TANDEM_BLOB_STORE=s3`` (``s3blobs.py``): presigned URLs with the same scope, the
+PUT's checksum checked by the store, the commit's by ``head`` and the download.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +61,12 @@ class Grant:
     size: int = -1  # PUT: and be this long
 
 
+@dataclass(frozen=True, slots=True)
+class BlobHead:
+    size: int
+    sha256: str = ""  # the SHA-256 the store keeps for the blob; "" when it keeps none
+
+
 class BlobMismatch(InvalidInput):
     code = "blob_mismatch"
 
@@ -72,11 +77,21 @@ class BlobStore(Protocol):
         minutes (``base_url``: this server, for a store that serves the URL itself)."""
         ...
 
+    def upload_headers(self, grant: Grant) -> dict[str, str]:
+        """Headers a PUT through ``url(grant)`` must carry (a bucket's checksum)."""
+        ...
+
+    def head(self, key: str) -> BlobHead | None:
+        """The blob's size and the hash the store vouches for; None when there is none."""
+        ...
+
     def stat(self, key: str) -> int | None:
         """The blob's size, or None when there is none."""
         ...
 
     def open(self, key: str) -> Iterator[bytes]: ...
+
+    def delete(self, key: str) -> None: ...
 
     def write(self, key: str, chunks: Iterable[bytes], *, sha256: str, size: int) -> None:
         """Store ``chunks`` under ``key`` if they hash to ``sha256`` and are ``size``
@@ -111,9 +126,20 @@ class FileSystemBlobStore:
     def url(self, grant: Grant, *, base_url: str) -> str:
         return f"{base_url.rstrip('/')}{URL_PATH}?token={grant_sign(grant)}"
 
+    def upload_headers(self, grant: Grant) -> dict[str, str]:
+        return {}
+
+    def head(self, key: str) -> BlobHead | None:
+        # No hash kept: the bytes were hashed as they were written (``write``).
+        size = self.stat(key)
+        return None if size is None else BlobHead(size=size)
+
     def stat(self, key: str) -> int | None:
         path = self.local_path(key)
         return path.stat().st_size if path.is_file() else None
+
+    def delete(self, key: str) -> None:
+        self.local_path(key).unlink(missing_ok=True)
 
     def open(self, key: str) -> Iterator[bytes]:
         path = self.local_path(key)
@@ -126,34 +152,87 @@ class FileSystemBlobStore:
     def write(self, key: str, chunks: Iterable[bytes], *, sha256: str, size: int) -> None:
         path = self.local_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        written = 0
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    written += len(chunk)
-                    if written > size:
-                        raise BlobMismatch(f"the body is longer than the {size} bytes declared")
-                    digest.update(chunk)
-                    out.write(chunk)
-            if written != size:
-                raise BlobMismatch(f"the body is {written} bytes, {size} were declared")
-            if digest.hexdigest() != sha256:
-                raise BlobMismatch(
-                    f"the body's SHA-256 is {digest.hexdigest()}, {sha256} was declared"
-                )
+        with spool_checked(chunks, directory=path.parent, sha256=sha256, size=size) as tmp:
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+
+@contextlib.contextmanager
+def spool_checked(
+    chunks: Iterable[bytes], *, directory: Path, sha256: str, size: int
+) -> Iterator[Path]:
+    """``chunks`` in a temporary file in ``directory``, yielded only when they are
+    ``size`` bytes hashing to ``sha256`` (else BlobMismatch); removed afterwards
+    unless the caller moved it."""
+    digest = hashlib.sha256()
+    written = 0
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                written += len(chunk)
+                if written > size:
+                    raise BlobMismatch(f"the body is longer than the {size} bytes declared")
+                digest.update(chunk)
+                out.write(chunk)
+        if written != size:
+            raise BlobMismatch(f"the body is {written} bytes, {size} were declared")
+        if digest.hexdigest() != sha256:
+            raise BlobMismatch(f"the body's SHA-256 is {digest.hexdigest()}, {sha256} was declared")
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def blob_store() -> BlobStore:
-    return FileSystemBlobStore(
+    """The store the settings name (``TANDEM_BLOB_STORE``)."""
+    files = FileSystemBlobStore(
         files_root=Path(settings.WORKLOADS_STORAGE_DIR),
         blobs_root=Path(settings.ASSIGNMENT_BLOB_DIR),
     )
+    if settings.TANDEM_BLOB_STORE != "s3":
+        return files
+    return _s3_store(
+        files_root=files.files_root,
+        cache_root=files.blobs_root,
+        ttl=settings.ASSIGNMENT_URL_TTL_SECONDS,
+        bucket=settings.BLOB_S3_BUCKET,
+        endpoint_url=settings.BLOB_S3_ENDPOINT_URL,
+        region=settings.BLOB_S3_REGION,
+        access_key=settings.BLOB_S3_ACCESS_KEY_ID,
+        secret_key=settings.BLOB_S3_SECRET_ACCESS_KEY,
+    )
+
+
+@lru_cache(maxsize=8)  # one boto3 client per configuration, not one per call
+def _s3_store(
+    *,
+    files_root: Path,
+    cache_root: Path,
+    ttl: int,
+    bucket: str,
+    endpoint_url: str,
+    region: str,
+    access_key: str,
+    secret_key: str,
+) -> BlobStore:
+    from storages.backends.s3 import S3Storage
+
+    from marketplace.assignments.s3blobs import S3BlobStore
+
+    storage = S3Storage(
+        bucket_name=bucket,
+        endpoint_url=endpoint_url or None,
+        region_name=region,
+        access_key=access_key or None,
+        secret_key=secret_key or None,
+        signature_version="s3v4",
+        # a custom endpoint (MinIO, Ceph, R2, a local server) is addressed by path
+        addressing_style="path" if endpoint_url else None,
+        querystring_expire=ttl,
+        file_overwrite=True,
+    )
+    files = FileSystemBlobStore(files_root=files_root, blobs_root=cache_root)
+    return S3BlobStore(storage=storage, files=files, cache_root=cache_root, ttl=ttl)
 
 
 # --- signed grants (the filesystem store's URLs) ------------------------------------

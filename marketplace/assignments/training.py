@@ -14,7 +14,8 @@ control-plane process.
 - **Uploads**: ``POST …/runs/{id}/uploads {attempt, key, sha256, size}`` answers a
   signed PUT URL for ``blobs/sha256/<sha256>`` (none when that blob is already
   stored: content addressed), ``POST …/uploads/{upload}/commit {attempt}`` checks the
-  blob is there with that size (its hash was checked as it was written), unpacks
+  blob is there with that size and hash (blobs.py: the filesystem store hashed it as
+  it was written; a bucket's ``head_object`` and the download for unpacking), unpacks
   it for the job's records and records it: a checkpoint becomes CheckpointSaved and
   the point the next attempt resumes from; the final model is named when the run
   succeeds. Both answer the same on a retry.
@@ -327,7 +328,6 @@ def _fenced(node_id: int, assignment_id: int, attempt: int, *, lock: bool) -> As
     return assignment
 
 
-@retry_transaction
 def upload_declare(
     *,
     node_id: int,
@@ -340,7 +340,31 @@ def upload_declare(
 ) -> tuple[AssignmentUpload, bool]:
     """Declare an upload; returns it and whether its blob is already stored (then no
     PUT is needed). The same declaration again returns the same upload."""
-    now = now or timezone.now()
+    upload = _upload_record(
+        node_id=node_id,
+        assignment_id=assignment_id,
+        attempt=attempt,
+        key=key,
+        sha256=sha256,
+        size=size,
+        now=now or timezone.now(),
+    )
+    # After the commit: a bucket's head_object is a network call.
+    present = blobs.blob_store().stat(blobs.blob_key(sha256)) == size
+    return upload, present
+
+
+@retry_transaction
+def _upload_record(
+    *,
+    node_id: int,
+    assignment_id: int,
+    attempt: int,
+    key: str,
+    sha256: str,
+    size: int,
+    now: datetime,
+) -> AssignmentUpload:
     if not blobs.SHA256.match(sha256):
         raise _field_error("sha256", "must be 64 lowercase hexadecimal digits")
     if not 0 <= size <= settings.ASSIGNMENT_UPLOAD_MAX_BYTES:
@@ -365,11 +389,13 @@ def upload_declare(
     )
     if upload.size != size:
         raise _field_error("size", f"{key} with this SHA-256 was declared as {upload.size} bytes")
-    present = blobs.blob_store().stat(blobs.blob_key(sha256)) == size
-    return upload, present
+    return upload
 
 
-def upload_put_url(*, upload: AssignmentUpload, lease_id: int, base_url: str) -> str:
+def upload_put_url(
+    *, upload: AssignmentUpload, lease_id: int, base_url: str
+) -> tuple[str, dict[str, str]]:
+    """The signed PUT URL for the upload's blob, and the headers the PUT must carry."""
     grant = blobs.Grant(
         lease_id=lease_id,
         key=blobs.blob_key(upload.sha256),
@@ -377,7 +403,8 @@ def upload_put_url(*, upload: AssignmentUpload, lease_id: int, base_url: str) ->
         sha256=upload.sha256,
         size=upload.size,
     )
-    return blobs.blob_store().url(grant, base_url=base_url)
+    store = blobs.blob_store()
+    return store.url(grant, base_url=base_url), store.upload_headers(grant)
 
 
 def upload_commit(
@@ -401,18 +428,31 @@ def upload_commit(
         return upload
     store = blobs.blob_store()
     key = blobs.blob_key(upload.sha256)
-    stored = store.stat(key)
+    stored = store.head(key)
     if stored is None:
         raise Conflict(
             f"upload {upload_id}: nothing was PUT to its URL yet; upload the bytes first",
             details={"upload": upload_id, "reason": "not_uploaded"},
         )
-    if stored != upload.size:
+    if stored.size != upload.size:
         raise Conflict(
-            f"upload {upload_id}: {stored} bytes stored, {upload.size} declared",
+            f"upload {upload_id}: {stored.size} bytes stored, {upload.size} declared",
             details={"upload": upload_id, "reason": "size_mismatch"},
         )
-    location = _training().artifact_unpack(archive=store.local_path(key), sha256=upload.sha256)
+    if stored.sha256 and stored.sha256 != upload.sha256:
+        raise Conflict(
+            f"upload {upload_id}: the store holds SHA-256 {stored.sha256}, "
+            f"{upload.sha256} declared",
+            details={"upload": upload_id, "reason": "hash_mismatch"},
+        )
+    try:
+        archive = store.local_path(key)  # a remote store's download hashes the bytes again
+    except blobs.BlobMismatch as mismatch:
+        raise Conflict(
+            f"upload {upload_id}: {mismatch.message}; upload the bytes again",
+            details={"upload": upload_id, "reason": "hash_mismatch"},
+        ) from None
+    location = _training().artifact_unpack(archive=archive, sha256=upload.sha256)
     return _commit_record(
         node_id, assignment_id, upload_id, attempt, location, now or timezone.now()
     )

@@ -42,6 +42,9 @@ def test_the_test_environment_itself_passes():
         ("API_RATE_LIMIT_PER_MINUTE", "lots"),
         ("MAX_REQUEST_BYTES", "10"),
         ("TANDEM_CURRENCY", "BTC"),
+        ("MARKETPLACE_BILLING_WINDOW_SECONDS", "59"),
+        ("TANDEM_BLOB_STORE", "ftp"),
+        ("BLOB_S3_ENDPOINT_URL", "ftp://storage.example"),
     ],
 )
 def test_a_bad_value_fails_check_naming_the_variable(name, value):
@@ -58,3 +61,18 @@ def test_a_bad_database_url_does_not_print_its_password():
     assert result.returncode != 0
     assert "DATABASE_URL" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"TANDEM_BLOB_STORE": "s3", "BLOB_S3_BUCKET": ""}, "BLOB_S3_BUCKET"),
+        ({"BLOB_S3_ACCESS_KEY_ID": "AKIA1", "BLOB_S3_SECRET_ACCESS_KEY": ""}, "BLOB_S3_SECRET"),
+    ],
+)
+def test_an_incomplete_s3_blob_store_fails_check(overrides, named):
+    result = manage_check(**overrides)
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert named in result.stderr

@@ -222,3 +222,80 @@ def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., Agen
     yield start
     for agent in started:
         agent.stop()
+
+
+# --- the S3-compatible blob store: a real S3 server (moto's) on loopback ----------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server in a thread of this process, on a free loopback port."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_blobs(settings: Any, s3_endpoint: str, tmp_path: Path) -> Any:
+    """TANDEM_BLOB_STORE=s3 on a fresh bucket; returns a boto3 client of that server."""
+    import boto3
+
+    bucket = f"tandem-{tmp_path.name.lower().replace('_', '-')[-40:].strip('-')}"
+    settings.TANDEM_BLOB_STORE = "s3"
+    settings.BLOB_S3_BUCKET = bucket
+    settings.BLOB_S3_ENDPOINT_URL = s3_endpoint
+    settings.BLOB_S3_REGION = "us-east-1"
+    settings.BLOB_S3_ACCESS_KEY_ID = "tandem-test"
+    settings.BLOB_S3_SECRET_ACCESS_KEY = "tandem-test-secret"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="tandem-test",
+        aws_secret_access_key="tandem-test-secret",
+    )
+    client.create_bucket(Bucket=bucket)
+    return client
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def blob_store_kind(request: Any, settings: Any) -> str:
+    """Both stores, for the tests where the store matters."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_blobs")
+    else:
+        settings.TANDEM_BLOB_STORE = "filesystem"
+    return str(request.param)
+
+
+@pytest.fixture
+def claimed(cast):  # type: ignore[no-untyped-def]
+    """A fine-tune job's train run, claimed by node A's agent (node B idle): the
+    nodes, the job, the run, A's agent client and the claim's answer."""
+    from core.followers import followers_run_until_idle
+    from marketplace.assignments.models import Assignment
+    from marketplace.workloads.followers import WorkloadsFollower
+    from tests.node.training import finetune_job
+
+    a = agent_node(cast.provider_a, "proto-a", f"{cast.provider_a.pk}-pa")
+    b = agent_node(cast.provider_a, "proto-b", f"{cast.provider_a.pk}-pb")
+    offer(a.node, count=2)
+    fund(cast.buyer_a, 50_000_000)
+    job = finetune_job(cast.buyer_a, examples=24, epochs=1, batch_size=4, checkpoints=2)
+    market.matching_round()
+    followers_run_until_idle([WorkloadsFollower()])
+    run = Assignment.objects.get(kind="train", workload_id=job.public_id)
+    client = agent_client(a.key)
+    answer = client.post(f"/api/v1/agent/nodes/{a.node.pk}/assignments/{run.pk}/claim")
+    assert answer.status_code == 200, answer.content
+    return a, b, job, run, client, answer.json()

@@ -34,22 +34,6 @@ def _dirs(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
 
 
-@pytest.fixture
-def claimed(cast):  # type: ignore[no-untyped-def]
-    a = agent_node(cast.provider_a, "proto-a", f"{cast.provider_a.pk}-pa")
-    b = agent_node(cast.provider_a, "proto-b", f"{cast.provider_a.pk}-pb")
-    offer(a.node, count=2)
-    fund(cast.buyer_a, 50_000_000)
-    job = finetune_job(cast.buyer_a, examples=24, epochs=1, batch_size=4, checkpoints=2)
-    market.matching_round()
-    followers_run_until_idle([WorkloadsFollower()])
-    run = Assignment.objects.get(kind="train", workload_id=job.public_id)
-    client = agent_client(a.key)
-    answer = client.post(f"/api/v1/agent/nodes/{a.node.pk}/assignments/{run.pk}/claim")
-    assert answer.status_code == 200, answer.content
-    return a, b, job, run, client, answer.json()
-
-
 def _path(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.path}?{parts.query}"
