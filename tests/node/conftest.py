@@ -222,3 +222,38 @@ def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., Agen
     yield start
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def training_dirs(settings: Any, model_root: Path, tmp_path: Path) -> None:
+    """The control plane's directories for training tests, the tiny model built, and
+    the price book's port (a fine-tune's estimate)."""
+    from core import ports
+    from runtime.registry import tiny_model_ensure
+
+    settings.RUNTIME_MODEL_DIR = model_root
+    settings.RUNTIME_ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
+    settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
+    tiny_model_ensure()
+    if not ports.registered("pricebook"):
+        from billing.pricebook import PriceBookPort
+
+        ports.register("pricebook", PriceBookPort())
+
+
+@dataclass
+class Hosts:
+    """Starts each agent on a host of its own (``start(node, env=...)``)."""
+
+    start: Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def hosts(start_agent: Callable[..., AgentProcess]) -> Hosts:
+    return Hosts(start=start_agent)
