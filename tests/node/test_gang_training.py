@@ -71,7 +71,8 @@ def _baseline(job: FineTuneJob, model_root: Path, scratch: Path) -> dict:
 
 
 def test_a_gang_lease_trains_with_ddp_across_two_agents(cast, hosts, model_root, tmp_path):
-    # given: two nodes of one site, each with an agent on its own host
+    # given: two nodes of one site, each with an agent on a host of its own (a network
+    # namespace on a bridge: tests/node/netns.py)
     a = agent_node(cast.provider_a, "gang-a", f"{cast.provider_a.pk}-ga")
     b = agent_node(cast.provider_a, "gang-b", f"{cast.provider_a.pk}-gb")
     offer(a.node, count=1)
@@ -119,6 +120,12 @@ def test_a_gang_lease_trains_with_ddp_across_two_agents(cast, hosts, model_root,
     assert all(m.state == "succeeded" and m.attempt == 1 for m in members)
     # both agents ran torchrun across the nodes with one rendezvous: job and attempt,
     # hosted at member 0's endpoint
+    # (member 0's address: that of its host, reached by the other across the bridge)
+    address_of = {
+        a.node.pk: hosts.addresses[agent_a.process.pid],
+        b.node.pk: hosts.addresses[agent_b.process.pid],
+    }
+    assert members[0].endpoint.rsplit(":", 1)[0] == address_of[members[0].node_id]
     rendezvous = f"'id': '{job.public_id}-a1', 'endpoint': '{members[0].endpoint}'"
     assert rendezvous in agent_a.output() and rendezvous in agent_b.output()
     started = training_events_of(job.public_id, "TrainingStarted")

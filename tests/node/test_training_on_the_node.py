@@ -1,7 +1,7 @@
 """A fine-tune trains on the leased node, in a process of that node's agent (a real
-process over loopback), never in the control plane; when the node dies mid-run, the
-run moves to another node and resumes from its last committed checkpoint, and every
-step is billed once."""
+process), never in the control plane; when the node dies mid-run, the run moves to
+another node (each node a host of its own: a network namespace) and resumes from
+its last committed checkpoint, and every step is billed once."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def _dirs(training_dirs: None) -> None:
     pass
+
+
+def _netns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
 
 
 def test_a_fine_tune_trains_on_the_leased_nodes_agent(cast, start_agent, model_root):
@@ -95,7 +99,7 @@ TTL = 4
 
 
 def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
-    cast, start_agent, model_root, settings
+    cast, hosts, model_root, settings
 ):
     settings.ASSIGNMENT_CLAIM_TTL_SECONDS = TTL
     # given: nodes A and B with agents; only A sells at first, so the job lands there
@@ -103,8 +107,11 @@ def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
     b = agent_node(cast.provider_a, "train-b", f"{cast.provider_a.pk}-fb")
     offer(a.node, count=2)
     fund(cast.buyer_a, 50_000_000)
-    agent_a = start_agent(a, env=agent_env(model_root))
-    agent_b = start_agent(b, env=agent_env(model_root))
+    # (each agent on a host of its own: a network namespace, reaching the server over
+    # its veth and the bridge)
+    agent_a = hosts.start(a, env=agent_env(model_root))
+    agent_b = hosts.start(b, env=agent_env(model_root))
+    assert _netns(agent_a.process.pid) != _netns(agent_b.process.pid) != _netns(os.getpid())
     job = finetune_job(cast.buyer_a, examples=800, epochs=2, batch_size=1, checkpoints=12)
     with platform_running():
         lease_a = wait_for(
