@@ -11,9 +11,15 @@ whose command is the trainer:
    SHA-256) into ``artifacts/<key>``, where the trainer resumes from it.
 2. It runs ``python -m runtime.launch --spec spec.json --artifacts artifacts``, or
    ``python -m torch.distributed.run --standalone --nproc-per-node G -m
-   runtime.launch …`` when the lease has G > 1 GPUs. The Python is the agent's own
-   (``sys.executable``); ``TANDEM_MODEL_DIR`` and a few library settings pass through
-   from the agent's environment, nothing else (the agent key stays out).
+   runtime.launch …`` when the lease has G > 1 GPUs. A gang member (the claim's
+   ``gang_size`` > 1) first waits at the gang's barrier, re-posting its claim until
+   the answer carries the rendezvous, then runs ``torchrun --nnodes N
+   --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint host:port --rdzv-id id``
+   with ``--local-addr`` its node's address, and ``GLOO_SOCKET_IFNAME`` /
+   ``NCCL_SOCKET_IFNAME`` the interface holding it (unless set on the node): in a
+   container or namespace the hostname often resolves elsewhere. The Python is the
+   agent's own (``sys.executable``); ``TANDEM_MODEL_DIR`` and a few library settings
+   pass through from the agent's environment, nothing else (the agent key stays out).
 3. The trainer's JSON lines become run events: ``started`` → ``training_started``,
    ``step`` → ``step``, ``eval`` → ``evaluation``, batched with the attempt like any
    report. Other lines are forwarded as log lines.

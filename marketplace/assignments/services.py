@@ -13,7 +13,10 @@ node behind NAT works.
    index in the transaction that makes it (``NodeAssignmentIndex``).
 2. **Claim.** ``POST …/assignments/{aid}/claim`` is a conditional update from
    ``queued``: one claim wins, the next gets 409. It answers the **attempt** (the
-   fencing token), the spec, the lease's GPU UUIDs and ``locked_until``.
+   fencing token), the spec, the lease's GPU UUIDs and ``locked_until``. A gang
+   member's claim is a barrier (gangs.py): it answers ``wait`` until every member
+   has claimed, and the holder re-posts it with its attempt until the rendezvous
+   comes.
 3. **Events and renewals.** ``POST …/runs/{aid}/events`` carries a batch (started, log
    lines, finished, failed) with its attempt and batch number. Every post renews the
    claim (``locked_until = now + TTL``), and the answer says whether to stop (the run

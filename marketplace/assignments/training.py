@@ -18,9 +18,14 @@ control-plane process.
   it for the job's records and records it: a checkpoint becomes CheckpointSaved and
   the point the next attempt resumes from; the final model is named when the run
   succeeds. Both answer the same on a retry.
-- **Ends**: exit 0 with the final model committed → TrainingSucceeded; a failure on
-  the node → TrainingFailed (for good); stopped on request → TrainingCancelled when
-  the job was cancelled, else (its lease ended under it) it waits for the next lease.
+- **Ends**: exit 0 with the final model committed → TrainingSucceeded; the trainer
+  exiting non-zero by itself (a crash, an OOM kill: not a lost node, not a stop) →
+  TrainingFailed with will_retry and the run queued again on the same lease (it
+  resumes from the last checkpoint), up to ``ASSIGNMENT_TRAIN_RETRIES`` times, then
+  TrainingFailed for good with the trainer's last stderr lines; another failure on
+  the node (it could not start the trainer) → TrainingFailed for good; stopped on
+  request → TrainingCancelled when the job was cancelled, else (its lease ended
+  under it) it waits for the next lease. A gang's members end by gangs.py's rules.
 - **Lost** (the reaper: no renewal within the TTL, or never claimed within two
   TTLs, as on a node no agent runs): the run is re-queued
   (TrainingFailed, will_retry), the dead node's lease fails at the claim's last
