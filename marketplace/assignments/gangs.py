@@ -24,13 +24,15 @@ The flow
    job and step, whichever member reports them; a checkpoint committed by any
    member is where the job's next attempt resumes.
 4. **Ends.** The job succeeds when every member exited 0 and one of them committed
-   the final model. The first member to fail (its node lost: the reaper; or its
-   trainer dying: ``finished`` with a non-zero code) decides for the gang: the other
-   members are told to stop, and the job moves to its next attempt as a whole. A
-   lost node ends its lease, which ends the whole gang's leases (a gang runs
-   together) and puts the order back in the book; a crashed trainer re-queues the
-   gang on the same leases (up to ``ASSIGNMENT_TRAIN_RETRIES``: training.py). A
-   member stopped on request (the job cancelled, its leases ended) stops the rest.
+   the final model. The first member to end otherwise (its node lost: the reaper;
+   its trainer dying: ``finished`` with a non-zero code; stopped on request) has the
+   other members told to stop, and the job moves to its next attempt as a whole. A
+   lost node moves it at once: its lease ends, which ends the whole gang's leases (a
+   gang runs together) and puts the order back in the book. Otherwise the last
+   member's end decides: a crashed trainer re-queues the gang on the same leases (up
+   to ``ASSIGNMENT_TRAIN_RETRIES``: training.py); a stop stops the job's run. Waiting
+   for the last end means a trainer that failed because a peer's node died counts
+   as that loss, not as a crash.
 
 Locks: a report or claim of a gang member locks every member's row, in primary key
 order (``locked``), so two members ending at once are decided one after the other.
@@ -91,25 +93,22 @@ def rendezvous(assignment: Assignment) -> dict[str, Any] | None:
     }
 
 
-def others_stop(assignment: Assignment, *, reason: str, now: datetime) -> list[int]:
-    """Ask the gang's other live members to stop; the nodes whose index must move."""
+def others_stop(assignment: Assignment, *, reason: str, now: datetime) -> tuple[list[int], bool]:
+    """Ask the gang's other live members to stop: the nodes whose index must move,
+    and whether one ended here (a queued member ends at once, and its own end then
+    decides for the gang when it was the last)."""
     from marketplace.assignments import services
 
     nodes: list[int] = []
+    ended = False
     for member in members(assignment, lock=True):
-        others = member.pk != assignment.pk and member.is_live
-        if others and services._stop(member, reason=reason, now=now):
+        if member.pk == assignment.pk or not member.is_live:
+            continue
+        queued = member.state == Assignment.State.QUEUED
+        if services._stop(member, reason=reason, now=now):
             nodes.append(member.node_id)
-    return nodes
-
-
-def decided(assignment: Assignment) -> bool:
-    """Whether another member's end already decided the gang's outcome (a failure or
-    a stop): then this member's end changes nothing for the job."""
-    return any(
-        m.pk != assignment.pk and m.state in (Assignment.State.FAILED, Assignment.State.CANCELLED)
-        for m in members(assignment)
-    )
+            ended = ended or queued
+    return nodes, ended
 
 
 def live_peers(assignment: Assignment) -> bool:

@@ -70,6 +70,9 @@ class Assignment(models.Model):
     stop_reason = models.CharField(max_length=200, blank=True, default="")
     exit_code = models.IntegerField(null=True, blank=True)
     failure_reason = models.CharField(max_length=500, blank=True, default="")
+    # Ended because its node was lost (stopped renewing, never claimed, gave it back),
+    # not by what ran: a train run's next attempt is not a retry of a crash.
+    lost = models.BooleanField(default=False)
     log_lines = models.PositiveIntegerField(default=0)
     log_bytes = models.BigIntegerField(default=0)
     log_lines_dropped = models.PositiveIntegerField(default=0)

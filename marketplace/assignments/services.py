@@ -195,6 +195,7 @@ def _end(
     assignment.finished_at = now
     assignment.locked_until = None
     assignment.exit_code = exit_code
+    assignment.lost = lost
     if reason:
         assignment.failure_reason = reason[:MAX_REASON_CHARS]
     _append(

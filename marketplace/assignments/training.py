@@ -275,42 +275,60 @@ def train_ended(assignment: Assignment, *, state: str, reason: str, lost: bool) 
 
 
 def _member_ended(assignment: Assignment, *, state: str, reason: str, lost: bool) -> None:
+    """A gang member's end. The first member to end otherwise than succeeding stops
+    the others. A lost node moves the job on at once; otherwise the last member's
+    end decides for the gang (so a trainer that failed because a peer's node died
+    counts as that loss, not as a crash)."""
     from marketplace.assignments import services
 
-    if gangs.decided(assignment):
-        return  # another member's end decided the gang (this one was stopped by it)
-    if state == Assignment.State.SUCCEEDED:
-        if gangs.live_peers(assignment):
-            return  # the job succeeds with the last member
-    else:
-        # The first member to fail or stop decides for the gang: the others stop.
-        assignment.save()  # its end is what the others' ends read (``decided``)
+    assignment.save()  # the others' ends read it
+    ended_here = False
+    if state != Assignment.State.SUCCEEDED:
         what = "was lost" if lost else ("stopped" if state == "cancelled" else "failed")
-        now = timezone.now()
-        for node_id in gangs.others_stop(
+        nodes, ended_here = gangs.others_stop(
             assignment,
             reason=f"gang member {assignment.gang_rank} (node {assignment.node_id}) {what}",
-            now=now,
-        ):
+            now=timezone.now(),
+        )
+        for node_id in nodes:
             services._index_bump(node_id)
-    _job_ended(assignment, state=state, reason=reason, lost=lost, members=gangs.members(assignment))
+    gang = gangs.members(assignment)
+    if lost:
+        # The run moves on at once (the reaper ends the gang's leases next): the
+        # first lost member tells the job; the rest of the gang's ends change nothing.
+        if not any(m.lost for m in gang if m.pk != assignment.pk):
+            _training().node_run_failed(
+                job_id=assignment.workload_id,
+                attempt=assignment.attempt,
+                error=reason or "a node of the gang was lost",
+                will_retry=True,
+            )
+        return
+    if ended_here or any(m.is_live for m in gang) or any(m.lost for m in gang):
+        return  # (a member ended by the stop above decided, being the last)
+    failed = [m for m in gang if m.state == Assignment.State.FAILED]
+    crashed = [m for m in failed if m.exit_code not in (None, 0)]
+    decider = (crashed or failed or [assignment])[0]
+    end_state = decider.state if (crashed or failed) else state
+    if end_state == Assignment.State.SUCCEEDED and any(
+        m.state != Assignment.State.SUCCEEDED for m in gang
+    ):
+        end_state = Assignment.State.CANCELLED  # a member was stopped on request
+    _job_ended(decider, state=end_state, reason=decider.failure_reason, lost=False, members=gang)
 
 
 def _crashes(job_id: str) -> int:
     """How many attempts of the job ended with its trainer exiting by itself (a
-    non-zero code, not on request): a gang's members count once per attempt."""
-    return (
-        Assignment.objects.filter(
-            kind=Assignment.Kind.TRAIN,
-            workload_id=job_id,
-            state=Assignment.State.FAILED,
-            exit_code__isnull=False,
-        )
+    non-zero code, not on request); a gang's members count once per attempt, and an
+    attempt that lost a node is not a crash (its peers' trainers fail with it)."""
+    runs = Assignment.objects.filter(kind=Assignment.Kind.TRAIN, workload_id=job_id)
+    crashed = set(
+        runs.filter(state=Assignment.State.FAILED, exit_code__isnull=False)
         .exclude(exit_code=0)
-        .values("attempt")
-        .distinct()
-        .count()
+        .values_list("attempt", flat=True)
     )
+    lost = set(runs.filter(lost=True).values_list("attempt", flat=True))
+    return len(crashed - lost)
 
 
 def _trainer_error(assignment: Assignment, reason: str) -> str:

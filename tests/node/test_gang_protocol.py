@@ -180,3 +180,84 @@ def test_losing_a_member_moves_the_whole_gang_to_its_next_attempt(cast):
     ]
     assert [c["attempt"] for c in claims] == [2, 2]
     assert claims[-1]["rendezvous"]["id"] == f"{job.public_id}-a2"
+
+
+def _running(nodes: list[AgentNode], members: list[Assignment]) -> None:
+    for member in members:
+        body = {"endpoint": "10.0.0.1:29500"} if member.gang_rank == 0 else {}
+        _claim(_by_node(nodes, member), member, body)
+    for member in members:
+        member.refresh_from_db()
+        _report(nodes, member, 1, {"type": "started"})
+
+
+def _report(nodes: list[AgentNode], member: Assignment, batch: int, *events: dict) -> dict:
+    node = _by_node(nodes, member)
+    answer = agent_client(node.key).post(
+        f"/api/v1/agent/nodes/{node.node.pk}/runs/{member.pk}/events",
+        {"attempt": member.attempt, "batch": batch, "events": list(events)},
+        format="json",
+    )
+    assert answer.status_code == 200, answer.content
+    return answer.json()
+
+
+def test_a_members_crashed_trainer_requeues_the_whole_gang_on_its_leases(cast, settings):
+    settings.ASSIGNMENT_TRAIN_RETRIES = 1
+    nodes, job, members = _gang(cast, "gi", "gj")
+    _running(nodes, members)
+    crashed, peer = members
+    # when: member 0's trainer dies by itself
+    _report(nodes, crashed, 2, {"type": "log", "stream": "stderr", "text": "Segmentation fault"})
+    _report(nodes, crashed, 3, {"type": "finished", "exit_code": -11})
+    # then: the other member is told to stop; nothing is decided while it runs
+    peer.refresh_from_db()
+    assert peer.stop_requested and "gang member 0" in peer.stop_reason
+    assert not training_events_of(job.public_id, "TrainingFailed")
+    # when: it ends (killed on request), the gang's outcome is decided: a crash
+    assert _report(nodes, peer, 2, {"type": "finished", "exit_code": -15})["state"] == "cancelled"
+    failed = training_events_of(job.public_id, "TrainingFailed")
+    assert [(f["attempt"], f["will_retry"]) for f in failed] == [(1, True)]
+    assert "Segmentation fault" in failed[0]["error"]
+    again = list(
+        Assignment.objects.filter(workload_id=job.public_id, state="queued").order_by("gang_rank")
+    )
+    assert [(m.lease_id, m.gang_rank, m.attempt) for m in again] == [
+        (crashed.lease_id, 0, 1),
+        (peer.lease_id, 1, 1),
+    ]
+    assert again[0].gang == again[1].gang != crashed.gang
+    assert {
+        lease.state for lease in Lease.objects.filter(pk__in=[crashed.lease_id, peer.lease_id])
+    } == {Lease.State.ACTIVE}
+    # when: attempt 2 crashes too (one retry allowed), the job fails for good
+    _running(nodes, again)
+    _report(nodes, again[1], 2, {"type": "finished", "exit_code": 1})
+    _report(nodes, again[0], 2, {"type": "finished", "exit_code": 1})
+    failed = training_events_of(job.public_id, "TrainingFailed")
+    assert [(f["attempt"], f["will_retry"]) for f in failed] == [(1, True), (2, False)]
+    assert not Assignment.objects.filter(workload_id=job.public_id, state="queued").exists()
+
+
+def test_a_trainer_failing_because_its_peers_node_died_is_not_a_crash(cast, settings):
+    settings.ASSIGNMENT_TRAIN_RETRIES = 0
+    nodes, job, members = _gang(cast, "gk", "gl", "gm")
+    _running(nodes, members)
+    dead, survivor = members
+    # when: member 0's node dies; member 1's trainer fails at once (its peer is gone)
+    _report(nodes, survivor, 2, {"type": "finished", "exit_code": 1})
+    dead.refresh_from_db()
+    assert dead.stop_requested
+    later = timezone.now() + timedelta(seconds=61)
+    assert assignments_reap(now=later) == 1
+    followers_run_until_idle([WorkloadsFollower()])
+    # then: the gang moved on as a loss (no retry was allowed for crashes, yet the
+    # job waits for its next gang), and its leases failed for the order to match again
+    dead.refresh_from_db()
+    assert dead.lost and dead.state == "cancelled"
+    failed = training_events_of(job.public_id, "TrainingFailed")
+    assert [(f["attempt"], f["will_retry"]) for f in failed] == [(1, True)]
+    assert FineTuneJob.objects.get(pk=job.pk).status == "queued"
+    market.matching_round()
+    followers_run_until_idle([WorkloadsFollower()])
+    assert Assignment.objects.filter(workload_id=job.public_id, state="queued").count() == 2
