@@ -1,13 +1,16 @@
 """A fine-tune on a 2-node gang lease trains with DDP (gloo, CPU) across two agents,
-each a real process: every member's claim waits at the gang's barrier, then both
-start torchrun with the same rendezvous (the job and attempt, member 0's address);
-both ranks finish, and the losses are those of the same run on one host with two
-ranks (``torchrun --nproc-per-node 2``, run here first as the baseline)."""
+each a real process on a host of its own (a network namespace): every member's
+claim waits at the gang's barrier, then both start torchrun with the same
+rendezvous (the job and attempt, member 0's address); both ranks finish, and the
+losses are those of the same run on one host with two ranks (``torchrun
+--nproc-per-node 2``, run here first as the baseline). Losing a member's node moves
+the gang to its next attempt on other nodes, resumed from the last checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +148,72 @@ def test_a_gang_lease_trains_with_ddp_across_two_agents(cast, hosts, model_root,
     )
     for step, loss in losses.items():
         assert loss == pytest.approx(baseline["losses"][step - 1], rel=1e-4, abs=1e-5), step
+
+
+def test_losing_a_gang_member_moves_the_gang_to_its_next_attempt_from_the_checkpoint(
+    cast, hosts, model_root, settings
+):
+    settings.ASSIGNMENT_CLAIM_TTL_SECONDS = 4
+    # given: a gang training on nodes A and B; C sells too, but the gang fits on A and B
+    names = ("gang-fa", "gang-fb", "gang-fc")
+    a, b, c = (agent_node(cast.provider_a, n, f"{cast.provider_a.pk}-{n}") for n in names)
+    offer(a.node, count=1)
+    offer(b.node, count=1)
+    fund(cast.buyer_a, 50_000_000)
+    job = finetune_job(cast.buyer_a, examples=300, epochs=1, batch_size=2, checkpoints=10)
+    Order.objects.filter(pk=int(job.order_ref)).update(node_count=2)
+    agents = {n.node.pk: hosts.start(n, env=agent_env(model_root)) for n in (a, b, c)}
+    with platform_running():
+        first = wait_for(
+            lambda: (
+                len(
+                    m := list(
+                        Assignment.objects.filter(kind="train", workload_id=job.public_id).order_by(
+                            "gang_rank"
+                        )
+                    )
+                )
+                == 2
+                and m
+            ),
+            timeout=30,
+        )
+        assert {m.node_id for m in first} == {a.node.pk, b.node.pk}
+        offer(c.node, count=1)  # C sells now: where the gang can re-form
+        wait_for(
+            lambda: AssignmentUpload.objects.filter(
+                workload_id=job.public_id, kind="checkpoint", committed_at__isnull=False
+            ).exists(),
+            timeout=120,
+            every=0.05,
+        )
+        # when: B's node dies (its agent's whole process group, kill -9)
+        os.killpg(agents[b.node.pk].process.pid, signal.SIGKILL)
+        # then: the gang re-forms on A and C at attempt 2 and resumes from the checkpoint
+        done = wait_for(
+            lambda: (j := FineTuneJob.objects.get(pk=job.pk)).is_terminal and j, timeout=300
+        )
+    outputs = [agent.output()[-2000:] for agent in agents.values()]
+    assert done.status == "succeeded", (done.error, outputs)
+    runs = list(Assignment.objects.filter(kind="train", workload_id=job.public_id).order_by("pk"))
+    second = [r for r in runs if r.attempt == 2]
+    assert {r.node_id for r in second} == {a.node.pk, c.node.pk}
+    assert all(r.state == "succeeded" for r in second) and len({r.gang for r in second}) == 1
+    lost = next(r for r in runs if r.node_id == b.node.pk)
+    assert lost.lost and lost.attempt == 1
+    started = training_events_of(job.public_id, "TrainingStarted")
+    resumed = next(s for s in started if s["attempt"] == 2)
+    committed = AssignmentUpload.objects.filter(
+        workload_id=job.public_id, attempt=1, kind="checkpoint", committed_at__isnull=False
+    ).values_list("step", flat=True)
+    assert resumed["resumed_from_step"] == max(committed) > 0 and resumed["world_size"] == 2
+    failed = training_events_of(job.public_id, "TrainingFailed")
+    assert [(f["attempt"], f["will_retry"]) for f in failed] == [(1, True)]
+    total = started[0]["total_steps"]
+    assert billed_steps(job.public_id) == sorted(
+        f"{job.public_id}:{s}:train" for s in range(1, total + 1)
+    )
+    # the first gang's leases failed together; B's was billed to its last renewal
+    lease_b = Lease.objects.get(pk=lost.lease_id)
+    assert lease_b.state == Lease.State.FAILED
+    assert lease_b.billed_until <= lost.renewed_at
