@@ -508,7 +508,8 @@ class WorkLoop(threading.Thread):
         if int(item.get("gang_size") or 1) > 1:
             # A gang member offers host:port for the rendezvous (member 0's hosts it).
             address = self.address or node_address(self.client.server)
-            body["endpoint"] = f"{address}:{free_port(address)}"
+            host = f"[{address}]" if ":" in address else address  # IPv6 in brackets
+            body["endpoint"] = f"{host}:{free_port(address)}"
         try:
             claim = self.client.post(
                 f"/api/v1/agent/nodes/{node_id}/assignments/{assignment_id}/claim", body
