@@ -204,6 +204,12 @@ MARKETPLACE_MATCHING_INTERVAL_SECONDS = env_int(
 # blocking query waits on PostgreSQL's LISTEN/NOTIFY (else it re-reads every 0.25 s).
 ASSIGNMENT_CLAIM_TTL_SECONDS = env_int("ASSIGNMENT_CLAIM_TTL_SECONDS", 30, minimum=3)
 ASSIGNMENT_WAIT_NOTIFY = env_bool("ASSIGNMENT_WAIT_NOTIFY", True)
+# A fine-tune whose trainer dies by itself (a non-zero exit, not a lost node) is
+# re-queued this many times, resuming from its last checkpoint, before the job fails
+# with the trainer's last error lines. A gang's members that have not all claimed
+# within ASSIGNMENT_GANG_BARRIER_SECONDS are released and the order matched again.
+ASSIGNMENT_TRAIN_RETRIES = env_int("ASSIGNMENT_TRAIN_RETRIES", 2, minimum=0)
+ASSIGNMENT_GANG_BARRIER_SECONDS = env_int("ASSIGNMENT_GANG_BARRIER_SECONDS", 120, minimum=5)
 # Blobs that nodes download and upload (marketplace.assignments.blobs): where the
 # filesystem store keeps uploads (checkpoints, final models), how long a signed URL
 # lives, and the largest upload one URL admits.

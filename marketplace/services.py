@@ -576,11 +576,19 @@ def lease_end(
         if member.pk == target.pk:
             _lease_close(member, state=state, until=until, reason=reason, outcome=outcome, now=now)
         else:  # a gang runs together: the others end with it, billed to the same moment
+            # A gang that failed or was preempted failed for every member (what the
+            # workload on any member's lease follows: it resumes on the next gang);
+            # their nodes' records say completed: the fault was not theirs.
+            member_state: str
+            if member.state != Lease.State.ACTIVE:
+                member_state = Lease.State.CANCELLED
+            elif state in (Lease.State.FAILED, Lease.State.PREEMPTED):
+                member_state = state
+            else:
+                member_state = Lease.State.ENDED
             _lease_close(
                 member,
-                state=Lease.State.ENDED
-                if member.state == Lease.State.ACTIVE
-                else Lease.State.CANCELLED,
+                state=member_state,
                 until=until,
                 reason=f"gang member lease {target.pk}: {reason}",
                 outcome=NodeLeaseOutcome.Outcome.COMPLETED,

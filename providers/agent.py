@@ -138,8 +138,10 @@ class Agent:
         work_dir: str | Path | None = None,
         run_as: str | None = None,
         wait_seconds: int = 25,
+        advertise_address: str | None = None,
     ) -> None:
         self.client = Client(server=server, key=key)
+        self.advertise_address = advertise_address
         # Leased work (providers.agent_runs): run when a work directory is given.
         self.work_dir = work_dir
         self.run_as = run_as
@@ -235,6 +237,7 @@ class Agent:
                 run_as=self.run_as,
                 wait_seconds=self.wait_seconds,
                 stop=threading.Event(),
+                address=self.advertise_address,
             )
             self.work.start()
         try:
@@ -300,6 +303,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=25,
         help="seconds each blocking query for assignments may wait (1 to 30)",
     )
+    parser.add_argument(
+        "--advertise-address",
+        help="this node's address as the other nodes of a gang reach it (multi-node "
+        "training's rendezvous); default: the address this node reaches the server from",
+    )
 
 
 def read_key(options: dict[str, Any]) -> str:
@@ -352,6 +360,7 @@ def run_from_options(
             work_dir=options.get("work_dir"),
             run_as=options.get("run_as"),
             wait_seconds=max(1, min(30, int(options.get("wait") or 25))),
+            advertise_address=options.get("advertise_address"),
         )
         _start(agent, float(options.get("start_timeout") or 0))
     except NvmlUnavailable as exc:

@@ -411,9 +411,13 @@ class WorkLoop(threading.Thread):
         flush_seconds: float = 1.0,
         grace_seconds: float = 2.0,
         stop: threading.Event | None = None,
+        address: str | None = None,
     ) -> None:
         super().__init__(name="work-loop", daemon=True)
         self.client = client
+        # This node's address as the other nodes of a gang reach it (its rendezvous
+        # endpoint when it is member 0; torchrun's --local-addr).
+        self.address = address
         self.node_id = node_id
         self.root = WorkRoot(work_dir)
         # The trainer is Tandem's own code (runtime.launch), run as the agent's user
@@ -494,14 +498,21 @@ class WorkLoop(threading.Thread):
                 and not item.get("stop")
                 and assignment_id not in self.runs
             ):
-                self._claim(node_id, assignment_id)
+                self._claim(node_id, assignment_id, item)
 
-    def _claim(self, node_id: int, assignment_id: int) -> None:
+    def _claim(self, node_id: int, assignment_id: int, item: dict[str, Any]) -> None:
         from providers.agent import AgentError
+        from providers.agent_train import free_port, node_address
 
+        body: dict[str, Any] = {}
+        if int(item.get("gang_size") or 1) > 1:
+            # A gang member offers host:port for the rendezvous (member 0's hosts it).
+            address = self.address or node_address(self.client.server)
+            host = f"[{address}]" if ":" in address else address  # IPv6 in brackets
+            body["endpoint"] = f"{host}:{free_port(address)}"
         try:
             claim = self.client.post(
-                f"/api/v1/agent/nodes/{node_id}/assignments/{assignment_id}/claim", {}
+                f"/api/v1/agent/nodes/{node_id}/assignments/{assignment_id}/claim", body
             )
         except AgentError as exc:
             logger.info("assignment %s not claimed: %s", assignment_id, exc)
@@ -540,11 +551,14 @@ class WorkLoop(threading.Thread):
     def _start_run(self, node_id: int, claim: dict[str, Any]) -> None:
         assignment_id = int(claim["id"])
         kind: type[RunSupervisor] = RunSupervisor
+        extra: dict[str, Any] = {}
         if claim.get("kind") == "train":
             from providers.agent_train import TrainSupervisor
 
             kind = TrainSupervisor
+            extra["address"] = self.address
         supervisor = kind(
+            **extra,
             client=self.client,
             node_id=node_id,
             claim=claim,

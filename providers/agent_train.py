@@ -11,9 +11,15 @@ whose command is the trainer:
    SHA-256) into ``artifacts/<key>``, where the trainer resumes from it.
 2. It runs ``python -m runtime.launch --spec spec.json --artifacts artifacts``, or
    ``python -m torch.distributed.run --standalone --nproc-per-node G -m
-   runtime.launch …`` when the lease has G > 1 GPUs. The Python is the agent's own
-   (``sys.executable``); ``TANDEM_MODEL_DIR`` and a few library settings pass through
-   from the agent's environment, nothing else (the agent key stays out).
+   runtime.launch …`` when the lease has G > 1 GPUs. A gang member (the claim's
+   ``gang_size`` > 1) first waits at the gang's barrier, re-posting its claim until
+   the answer carries the rendezvous, then runs ``torchrun --nnodes N
+   --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint host:port --rdzv-id id``
+   with ``--local-addr`` its node's address, and ``GLOO_SOCKET_IFNAME`` /
+   ``NCCL_SOCKET_IFNAME`` the interface holding it (unless set on the node): in a
+   container or namespace the hostname often resolves elsewhere. The Python is the
+   agent's own (``sys.executable``); ``TANDEM_MODEL_DIR`` and a few library settings
+   pass through from the agent's environment, nothing else (the agent key stays out).
 3. The trainer's JSON lines become run events: ``started`` → ``training_started``,
    ``step`` → ``step``, ``eval`` → ``evaluation``, batched with the attempt like any
    report. Other lines are forwarded as log lines.
@@ -35,6 +41,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import struct
 import sys
 import tarfile
 import threading
@@ -62,6 +70,49 @@ PASS_THROUGH_ENV = (
 )
 CHUNK = 1024 * 1024
 UPLOAD_TRIES = 5
+GANG_POLL_SECONDS = 0.5
+SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+
+
+def node_address(server: str) -> str:
+    """The address of this node that the server sees it from: the source address of
+    a route to the server (no packet is sent). A gang's nodes share a site, so the
+    others reach it there too; ``--advertise-address`` overrides it."""
+    parsed = urllib.parse.urlsplit(server)
+    host = parsed.hostname or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, parsed.port or 443))
+        return str(probe.getsockname()[0])
+
+
+def free_port(address: str) -> int:
+    """A TCP port free on ``address`` now (the rendezvous store binds it soon after)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface holding IPv4 ``address`` (Linux), for gloo and NCCL,
+    which otherwise pick the interface the hostname resolves to (in a container or a
+    network namespace, often one the other nodes cannot reach)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(
+                    probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
+                )
+            except OSError:
+                continue
+            if socket.inet_ntoa(raw[20:24]) == address:
+                return name
+    return None
 
 
 class TransferError(RuntimeError):
@@ -130,8 +181,11 @@ class TrainSupervisor(RunSupervisor):
 
     give_back_on_agent_stop = True  # the agent stopping is no fault of the job
 
-    def __init__(self, *, node_env: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, node_env: dict[str, str] | None = None, address: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.address = address  # a gang's: this node's address (None: found from the server)
         # Settings of this node for the trainer (TANDEM_MODEL_DIR…), beside those
         # passed through from the agent's environment.
         self.node_env = dict(node_env or {})
@@ -181,18 +235,6 @@ class TrainSupervisor(RunSupervisor):
         (work_dir / "spec.json").write_text(json.dumps(work))
         gpus = max(1, len(self.claim.get("gpu_uuids") or []))
         launch = ["-m", "runtime.launch", "--spec", "spec.json", "--artifacts", "artifacts"]
-        if gpus > 1:
-            command = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc-per-node",
-                str(gpus),
-                *launch,
-            ]
-        else:
-            command = [sys.executable, *launch]
         env = self._env(work_dir, {})
         env["PYTHONPATH"] = str(PROJECT_ROOT)
         env["PYTHONUNBUFFERED"] = "1"
@@ -200,10 +242,70 @@ class TrainSupervisor(RunSupervisor):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         env.update(self.node_env)
+        torchrun = [sys.executable, "-m", "torch.distributed.run"]
+        if int(self.claim.get("gang_size") or 1) > 1:
+            rendezvous = self._gang_wait()
+            address = self.address or node_address(self.client.server)
+            command = [
+                *torchrun,
+                "--nnodes",
+                str(rendezvous["nnodes"]),
+                "--nproc-per-node",
+                str(gpus),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                str(rendezvous["endpoint"]),
+                "--rdzv-id",
+                str(rendezvous["id"]),
+                # Member 0 hosts the store at the endpoint it offered; the others join.
+                "--rdzv-conf",
+                f"is_host={1 if rendezvous['host'] else 0}",
+                "--local-addr",
+                address,
+                # A failed worker fails the attempt; the server moves the whole gang on.
+                "--max-restarts",
+                "0",
+                *launch,
+            ]
+            interface = interface_of(address)
+            if interface is not None:
+                for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+                    env.setdefault(name, interface)
+        elif gpus > 1:
+            command = [*torchrun, "--standalone", "--nproc-per-node", str(gpus), *launch]
+        else:
+            command = [sys.executable, *launch]
         if self.run_as is not None:
             for path in [work_dir, *work_dir.rglob("*")]:
                 os.chown(path, self.run_as.uid, self.run_as.gid)
         return command, work_dir, env
+
+    def _gang_wait(self) -> dict[str, Any]:
+        """The gang's barrier: re-post the claim with our attempt (each post renews it)
+        until every member has claimed and the answer carries the rendezvous."""
+        from providers.agent import AgentError
+
+        answer = self.claim
+        path = f"/api/v1/agent/nodes/{self.node_id}/assignments/{self.assignment_id}/claim"
+        while True:
+            if answer.get("stop"):
+                self.request_stop("the server said stop")
+            if self._stop_requested.is_set():
+                raise DriverError(f"stopped at the gang's barrier: {self.stop_reason}")
+            if answer.get("rendezvous"):
+                logger.info("run %s: gang complete: %s", self.assignment_id, answer["rendezvous"])
+                return dict(answer["rendezvous"])
+            time.sleep(GANG_POLL_SECONDS)
+            try:
+                answer = self.client.post(path, {"attempt": self.attempt})
+            except AgentError as exc:
+                if exc.status in (404, 409):
+                    self.fenced = True
+                    self.request_stop("the server refused this attempt")
+                    raise DriverError(f"the gang's barrier: {exc}") from None
+                logger.warning("run %s: barrier poll failed: %s", self.assignment_id, exc)
+                answer = {}
 
     def _unpack_checkpoint(self, checkpoint: dict[str, Any], work_dir: Path) -> None:
         assert self.artifacts is not None

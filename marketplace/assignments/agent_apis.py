@@ -58,7 +58,17 @@ class NodeAssignmentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Assignment
-        fields = ["id", "kind", "state", "attempt", "locked_until", "stop", "stop_reason"]
+        fields = [
+            "id",
+            "kind",
+            "state",
+            "attempt",
+            "locked_until",
+            "stop",
+            "stop_reason",
+            "gang_size",
+            "gang_rank",
+        ]
         read_only_fields = fields
 
 
@@ -66,6 +76,29 @@ class NodeAssignmentsSerializer(serializers.Serializer):
     index = serializers.IntegerField(help_text="pass as ?index= in the next query")
     changed = serializers.BooleanField(help_text="false: the wait ran out, nothing changed")
     assignments = NodeAssignmentSerializer(many=True, help_text="the node's live assignments")
+
+
+class ClaimInputSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="re-posting the claim one holds (a gang member at the barrier): renews it",
+    )
+    endpoint = serializers.CharField(
+        required=False,
+        max_length=300,
+        help_text="gang members, first claim: host:port of this node for the rendezvous "
+        "(member 0's hosts it)",
+    )
+
+
+class RendezvousSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="torchrun --rdzv-id: the job and attempt")
+    endpoint = serializers.CharField(help_text="torchrun --rdzv-endpoint: member 0's host:port")
+    nnodes = serializers.IntegerField(help_text="torchrun --nnodes")
+    rank = serializers.IntegerField(help_text="this member's place in the gang")
+    host = serializers.BooleanField(help_text="this member hosts the rendezvous store")
 
 
 class ClaimSerializer(serializers.Serializer):
@@ -83,6 +116,13 @@ class ClaimSerializer(serializers.Serializer):
     locked_until = serializers.DateTimeField()
     ttl_seconds = serializers.IntegerField()
     renew_seconds = serializers.IntegerField(help_text="report at least this often")
+    gang_size = serializers.IntegerField(help_text="nodes in the gang (1: none)")
+    wait = serializers.BooleanField(
+        help_text="a gang member: not every member has claimed yet; re-post the claim "
+        "with its attempt (about every second) until the rendezvous comes"
+    )
+    rendezvous = RendezvousSerializer(allow_null=True)
+    stop = serializers.BooleanField(help_text="stop: the run was cancelled or its lease ended")
 
 
 MAX_STEPS = 10_000_000
@@ -240,14 +280,25 @@ class NodeAssignmentClaimApi(AgentApi):
     @extend_schema(
         operation_id="agent_nodes_assignments_claim",
         summary="Claim one of the node's queued assignments (agents)",
-        description="409 when it is claimed already, ended, or its lease is not active.",
+        description=(
+            "409 when it is claimed already, ended, or its lease is not active. A gang "
+            "member's claim is a barrier: wait=true until every member has claimed; the "
+            "holder re-posts it with its attempt (renewing it) until the rendezvous comes."
+        ),
         tags=[TAG_AGENT],
-        request=None,
-        responses={200: ClaimSerializer, **error_responses(401, 403, 404, 409)},
+        request=ClaimInputSerializer,
+        responses={200: ClaimSerializer, **error_responses(400, 401, 403, 404, 409)},
     )
     def post(self, request: Request, node_id: int, assignment_id: int) -> Response:
         node = _agent_node(request, node_id)
-        claim = services.assignment_claim(node_id=node.pk, assignment_id=assignment_id)
+        given = ClaimInputSerializer(data=request.data or {})
+        given.is_valid(raise_exception=True)
+        claim = services.assignment_claim(
+            node_id=node.pk,
+            assignment_id=assignment_id,
+            attempt=given.validated_data.get("attempt"),
+            endpoint=given.validated_data.get("endpoint", ""),
+        )
         assignment = claim.assignment
         downloads = (
             training.train_claim_downloads(assignment=assignment, base_url=_base_url(request))
@@ -266,6 +317,10 @@ class NodeAssignmentClaimApi(AgentApi):
                     "locked_until": assignment.locked_until,
                     "ttl_seconds": claim.ttl_seconds,
                     "renew_seconds": _renew_seconds(claim.ttl_seconds),
+                    "gang_size": assignment.gang_size,
+                    "wait": claim.wait,
+                    "rendezvous": claim.rendezvous,
+                    "stop": assignment.stop_requested,
                 }
             ).data
         )

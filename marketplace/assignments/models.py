@@ -9,7 +9,7 @@ report from the node names it; a report from an attempt that is not the current 
 from __future__ import annotations
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from core.models import Organization
 from marketplace.models import Lease
@@ -70,11 +70,22 @@ class Assignment(models.Model):
     stop_reason = models.CharField(max_length=200, blank=True, default="")
     exit_code = models.IntegerField(null=True, blank=True)
     failure_reason = models.CharField(max_length=500, blank=True, default="")
+    # Ended because its node was lost (stopped renewing, never claimed, gave it back),
+    # not by what ran: a train run's next attempt is not a retry of a crash.
+    lost = models.BooleanField(default=False)
     log_lines = models.PositiveIntegerField(default=0)
     log_bytes = models.BigIntegerField(default=0)
     log_lines_dropped = models.PositiveIntegerField(default=0)
     # The last batch of events applied from the current attempt (a retry is not applied).
     events_batch = models.PositiveIntegerField(default=0)
+    # A gang (a train run on several nodes' leases, one torchrun per node): the members
+    # queued together share ``gang`` (blank: not in a gang) and, once every member
+    # has claimed, one rendezvous: member 0's ``endpoint`` (host:port its node offered
+    # at the claim) hosts it. See marketplace/assignments/gangs.py.
+    gang = models.CharField(max_length=64, blank=True, default="")
+    gang_size = models.PositiveSmallIntegerField(default=1)
+    gang_rank = models.PositiveSmallIntegerField(default=0)
+    endpoint = models.CharField(max_length=300, blank=True, default="")
 
     class Meta:
         constraints = [
@@ -92,6 +103,15 @@ class Assignment(models.Model):
                 condition=~Q(state__in=["claimed", "running"])
                 | (Q(attempt__gte=1) & Q(locked_until__isnull=False)),
                 name="assignment_claimed_has_lock",
+            ),
+            models.CheckConstraint(
+                condition=Q(gang_size__gte=1) & Q(gang_rank__lt=F("gang_size")),
+                name="assignment_gang_rank_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["gang", "gang_rank"],
+                condition=~Q(gang=""),
+                name="assignment_gang_member_once",
             ),
         ]
         indexes = [

@@ -13,7 +13,10 @@ node behind NAT works.
    index in the transaction that makes it (``NodeAssignmentIndex``).
 2. **Claim.** ``POST …/assignments/{aid}/claim`` is a conditional update from
    ``queued``: one claim wins, the next gets 409. It answers the **attempt** (the
-   fencing token), the spec, the lease's GPU UUIDs and ``locked_until``.
+   fencing token), the spec, the lease's GPU UUIDs and ``locked_until``. A gang
+   member's claim is a barrier (gangs.py): it answers ``wait`` until every member
+   has claimed, and the holder re-posts it with its attempt until the rendezvous
+   comes.
 3. **Events and renewals.** ``POST …/runs/{aid}/events`` carries a batch (started, log
    lines, finished, failed) with its attempt and batch number. Every post renews the
    claim (``locked_until = now + TTL``), and the answer says whether to stop (the run
@@ -36,19 +39,20 @@ claim, attempt, renewals and stop are the same for every kind.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from core.db import is_postgres, retry_transaction
 from core.errors import Conflict, InvalidInput, NotFound
 from core.eventstore import DomainEvent, event_append, stream_version
-from marketplace.assignments import events, specs, training
+from marketplace.assignments import events, gangs, specs, training
 from marketplace.assignments.models import (
     Assignment,
     AssignmentLogLine,
@@ -191,6 +195,7 @@ def _end(
     assignment.finished_at = now
     assignment.locked_until = None
     assignment.exit_code = exit_code
+    assignment.lost = lost
     if reason:
         assignment.failure_reason = reason[:MAX_REASON_CHARS]
     _append(
@@ -289,32 +294,98 @@ class Claim:
     assignment: Assignment
     gpu_uuids: list[str]
     ttl_seconds: int
+    # A gang member: None while the barrier waits for the other members' claims.
+    rendezvous: dict[str, Any] | None = None
+
+    @property
+    def wait(self) -> bool:
+        return bool(self.assignment.gang) and self.rendezvous is None
+
+
+ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):(\d{1,5})$")
+
+
+def _endpoint_check(endpoint: str) -> str:
+    match = ENDPOINT.match(endpoint)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise _field_error("endpoint", "must be host:port (an address the gang's nodes reach)")
+    return endpoint
 
 
 def _node_assignment_locked(node_id: int, assignment_id: int) -> Assignment:
-    assignment = (
-        Assignment.objects.select_for_update().filter(node_id=node_id, pk=assignment_id).first()
-    )
-    if assignment is None:  # another node's, or none: the same answer
-        raise NotFound(f"assignment {assignment_id} not found on node {node_id}")
-    return assignment
+    """The node's assignment under its row lock (a gang member: its gang's rows)."""
+    return gangs.locked(node_id, assignment_id)
 
 
-def assignment_claim(*, node_id: int, assignment_id: int, now: datetime | None = None) -> Claim:
+def assignment_claim(
+    *,
+    node_id: int,
+    assignment_id: int,
+    attempt: int | None = None,
+    endpoint: str = "",
+    now: datetime | None = None,
+) -> Claim:
     """Claim a queued assignment of this node: its attempt goes up by one (the fencing
     token every report must carry) and it is locked for the claim TTL. 409 when it is
     not queued (claimed already, or ended), or its lease is no longer active (then it
-    is cancelled, and that is committed before the 409)."""
-    outcome = _claim(node_id, assignment_id, now or timezone.now())
+    is cancelled, and that is committed before the 409).
+
+    A gang member's claim names ``endpoint`` (``host:port`` for the rendezvous, which
+    member 0's hosts) and is a barrier: the answer waits (``Claim.wait``) until every
+    member has claimed. The holder re-posts it with its ``attempt``: that renews the
+    claim and answers it again, with the rendezvous once the gang is complete. A
+    re-post from another attempt is a 409 (stale_attempt)."""
+    if endpoint:
+        if attempt is not None:
+            raise _field_error("endpoint", "only the first claim names it")
+        _endpoint_check(endpoint)
+    outcome = _claim(node_id, assignment_id, attempt, endpoint, now or timezone.now())
     if isinstance(outcome, Conflict):
         raise outcome
     return outcome
 
 
+def _gpu_uuids(lease_id: int) -> list[str]:
+    return list(
+        LeaseGpu.objects.filter(lease_id=lease_id)
+        .order_by("gpu_uuid")
+        .values_list("gpu_uuid", flat=True)
+    )
+
+
+def _claim_again(assignment: Assignment, attempt: int, now: datetime) -> Claim:
+    """The holder's re-post of its claim (a gang member at the barrier): renewed."""
+    if attempt != assignment.attempt or assignment.state not in Assignment.CLAIMED_STATES:
+        raise StaleAttempt(
+            f"assignment {assignment.pk}: attempt {attempt} is not current (the assignment "
+            f"is {assignment.state} at attempt {assignment.attempt}); stop the work",
+            details={
+                "assignment": assignment.pk,
+                "attempt": assignment.attempt,
+                "state": assignment.state,
+            },
+        )
+    ttl = claim_ttl()
+    _live_lease_check(assignment, now)
+    assignment.locked_until = now + ttl
+    assignment.renewed_at = now
+    assignment.save(update_fields=["locked_until", "renewed_at"])
+    return Claim(
+        assignment=assignment,
+        gpu_uuids=_gpu_uuids(assignment.lease_id),
+        ttl_seconds=int(ttl.total_seconds()),
+        rendezvous=gangs.rendezvous(assignment) if assignment.gang else None,
+    )
+
+
 @retry_transaction
-def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
+def _claim(
+    node_id: int, assignment_id: int, attempt: int | None, endpoint: str, now: datetime
+) -> Claim | Conflict:
     ttl = claim_ttl()
     assignment = _node_assignment_locked(node_id, assignment_id)
+    if attempt is not None:
+        return _claim_again(assignment, attempt, now)
     if assignment.state != Assignment.State.QUEUED:
         detail = (
             f"claimed by attempt {assignment.attempt} until {_iso(assignment.locked_until)}"
@@ -325,6 +396,10 @@ def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
             f"assignment {assignment_id} is not waiting for a claim: {detail}",
             details={"assignment": assignment_id, "state": assignment.state},
         )
+    if assignment.gang and assignment.gang_rank == 0 and not endpoint:
+        raise _field_error(
+            "endpoint", "required: member 0 of a gang hosts its rendezvous at host:port"
+        )
     lease = Lease.objects.get(pk=assignment.lease_id)
     if lease.state != Lease.State.ACTIVE:
         _stop(assignment, reason=f"lease {lease.pk} {lease.state}", now=now)
@@ -333,11 +408,7 @@ def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
             f"assignment {assignment_id}: its lease {lease.pk} is {lease.state}",
             details={"assignment": assignment_id, "state": assignment.state},
         )
-    gpu_uuids = list(
-        LeaseGpu.objects.filter(lease_id=lease.pk)
-        .order_by("gpu_uuid")
-        .values_list("gpu_uuid", flat=True)
-    )
+    gpu_uuids = _gpu_uuids(lease.pk)
     # The claim itself: a conditional update from the state and attempt just read.
     updated = Assignment.objects.filter(
         pk=assignment.pk, state=Assignment.State.QUEUED, attempt=assignment.attempt
@@ -348,6 +419,7 @@ def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
         renewed_at=now,
         locked_until=now + ttl,
         events_batch=0,
+        endpoint=endpoint,
     )
     if updated != 1:  # cannot happen under the row lock; the update checks it anyway
         raise Conflict(f"assignment {assignment_id} was claimed meanwhile")
@@ -365,7 +437,12 @@ def _claim(node_id: int, assignment_id: int, now: datetime) -> Claim | Conflict:
     if assignment.kind == Assignment.Kind.TRAIN:
         training.train_claimed(assignment)
     _index_bump(node_id)
-    return Claim(assignment=assignment, gpu_uuids=gpu_uuids, ttl_seconds=int(ttl.total_seconds()))
+    return Claim(
+        assignment=assignment,
+        gpu_uuids=gpu_uuids,
+        ttl_seconds=int(ttl.total_seconds()),
+        rendezvous=gangs.rendezvous(assignment) if assignment.gang else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +569,7 @@ def _apply(
                 raise _field_error(f"events[{position}]", f"{kind} before started")
             training.train_item_apply(assignment, item)
         elif kind == "finished":
+            _lines_flush(lines)  # the run's last lines are read at its end
             code = int(item["exit_code"])
             if code == 0:
                 state = Assignment.State.SUCCEEDED
@@ -505,6 +583,7 @@ def _apply(
             _end(assignment, state=state, now=now, exit_code=code, reason=reason)
             moved = True
         elif kind == "failed":
+            _lines_flush(lines)
             state = (
                 Assignment.State.CANCELLED if assignment.stop_requested else Assignment.State.FAILED
             )
@@ -521,9 +600,14 @@ def _apply(
                 assignment.renewed_at = now
                 requeue.append(assignment)
             moved = True
+    _lines_flush(lines)
+    return moved
+
+
+def _lines_flush(lines: list[AssignmentLogLine]) -> None:
     if lines:
         AssignmentLogLine.objects.bulk_create(lines)
-    return moved
+        lines.clear()
 
 
 # --- the reaper ---------------------------------------------------------------------
@@ -561,24 +645,33 @@ def _reap_one(assignment_id: int, now: datetime) -> bool:
     return True
 
 
+def _unclaimed(now: datetime) -> Q:
+    """Train runs queued too long: two TTLs; a gang member, the gang's barrier."""
+    barrier = timedelta(seconds=settings.ASSIGNMENT_GANG_BARRIER_SECONDS)
+    return Q(kind=Assignment.Kind.TRAIN, state=Assignment.State.QUEUED) & (
+        Q(gang="", created_at__lt=now - 2 * claim_ttl())
+        | (~Q(gang="") & Q(created_at__lt=now - barrier))
+    )
+
+
 def _reap_unclaimed(assignment_id: int, now: datetime) -> bool:
     """A train run that its node's agent never claimed within two TTLs (no agent runs
-    there, or it is wedged): re-queued elsewhere as if its node had died."""
+    there, or it is wedged), or a gang member not within the gang's barrier: re-queued
+    elsewhere as if its node had died (a gang: released, its order matched again)."""
     assignment = (
-        Assignment.objects.select_for_update()
-        .filter(
-            pk=assignment_id,
-            kind=Assignment.Kind.TRAIN,
-            state=Assignment.State.QUEUED,
-            created_at__lt=now - 2 * claim_ttl(),
-        )
-        .first()
+        Assignment.objects.select_for_update().filter(_unclaimed(now), pk=assignment_id).first()
     )
     if assignment is None:
         return False
-    reason = (
-        f"node {assignment.node_id} did not claim it within {2 * claim_ttl().seconds} s "
-        "(re-queued for another node)"
+    window = (
+        settings.ASSIGNMENT_GANG_BARRIER_SECONDS
+        if assignment.gang
+        else int(2 * claim_ttl().total_seconds())
+    )
+    reason = f"node {assignment.node_id} did not claim it within {window} s " + (
+        "(the gang's barrier: its members are released and the order matched again)"
+        if assignment.gang
+        else "(re-queued for another node)"
     )
     _end(assignment, state=Assignment.State.FAILED, now=now, reason=reason, lost=True)
     assignment.save()
@@ -598,11 +691,5 @@ def assignments_reap(*, now: datetime | None = None) -> int:
             state__in=Assignment.CLAIMED_STATES, locked_until__lt=now
         ).values_list("pk", flat=True)[:500]
     )
-    due += list(
-        Assignment.objects.filter(
-            kind=Assignment.Kind.TRAIN,
-            state=Assignment.State.QUEUED,
-            created_at__lt=now - 2 * claim_ttl(),
-        ).values_list("pk", flat=True)[:500]
-    )
+    due += list(Assignment.objects.filter(_unclaimed(now)).values_list("pk", flat=True)[:500])
     return sum(1 for assignment_id in due if _reap_one(assignment_id, now))

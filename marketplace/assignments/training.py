@@ -19,9 +19,14 @@ control-plane process.
   it for the job's records and records it: a checkpoint becomes CheckpointSaved and
   the point the next attempt resumes from; the final model is named when the run
   succeeds. Both answer the same on a retry.
-- **Ends**: exit 0 with the final model committed → TrainingSucceeded; a failure on
-  the node → TrainingFailed (for good); stopped on request → TrainingCancelled when
-  the job was cancelled, else (its lease ended under it) it waits for the next lease.
+- **Ends**: exit 0 with the final model committed → TrainingSucceeded; the trainer
+  exiting non-zero by itself (a crash, an OOM kill: not a lost node, not a stop) →
+  TrainingFailed with will_retry and the run queued again on the same lease (it
+  resumes from the last checkpoint), up to ``ASSIGNMENT_TRAIN_RETRIES`` times, then
+  TrainingFailed for good with the trainer's last stderr lines; another failure on
+  the node (it could not start the trainer) → TrainingFailed for good; stopped on
+  request → TrainingCancelled when the job was cancelled, else (its lease ended
+  under it) it waits for the next lease. A gang's members end by gangs.py's rules.
 - **Lost** (the reaper: no renewal within the TTL, or never claimed within two
   TTLs, as on a node no agent runs): the run is re-queued
   (TrainingFailed, will_retry), the dead node's lease fails at the claim's last
@@ -43,11 +48,12 @@ from django.utils import timezone
 from core import ports
 from core.db import retry_transaction
 from core.errors import Conflict, InvalidInput, NotFound
-from marketplace.assignments import blobs, events
+from marketplace.assignments import blobs, events, gangs
 from marketplace.assignments.models import Assignment, AssignmentUpload
 from marketplace.models import Lease
 
 MAX_KEY_CHARS = 300
+TRAINER_ERROR_LINES = 20
 _STEP_KEY = re.compile(r"^checkpoints/step-(\d{6,9})$")
 
 
@@ -69,19 +75,23 @@ def train_assign(
     work: dict[str, Any],
     files: dict[str, str | None],
     now: datetime | None = None,
-) -> Assignment:
-    """Queue the job's training for its lease's node (in the caller's transaction).
-    ``work`` is the runtime's work spec; ``files`` the workload file store's keys of
-    its datasets (``training_file``, ``validation_file``). Idempotent per lease."""
-    from marketplace.assignments import services
-
+) -> list[Assignment]:
+    """Queue the job's training for its lease's node (in the caller's transaction):
+    on a gang lease, one member per lease of the gang (gangs.py). ``work`` is the
+    runtime's work spec; ``files`` the workload file store's keys of its datasets
+    (``training_file``, ``validation_file``). Idempotent per lease."""
     now = now or timezone.now()
-    found = Assignment.objects.filter(
-        kind=Assignment.Kind.TRAIN, workload_id=job_id, lease_id=lease_id
-    ).first()
-    if found is not None:
-        return found
     lease = Lease.objects.get(pk=lease_id)
+    gang = list(
+        Lease.objects.filter(order_id=lease.order_id, allocation=lease.allocation).order_by("pk")
+    )
+    found = list(
+        Assignment.objects.filter(
+            kind=Assignment.Kind.TRAIN, workload_id=job_id, lease_id__in=[m.pk for m in gang]
+        ).order_by("pk")
+    )
+    if found:
+        return found
     plan = _training().training_plan(spec=work)
     _training().node_run_submit(spec=work)
     inputs: dict[str, Any] = {}
@@ -94,35 +104,57 @@ def train_assign(
             node_work[name] = inputs[name]["name"]  # the agent puts it beside the spec
         else:
             node_work[name] = None
+    return _queue(
+        gang,
+        job_id=job_id,
+        spec={"work": node_work, "plan": plan, "inputs": inputs},
+        now=now,
+    )
+
+
+def _queue(
+    leases: list[Lease], *, job_id: str, spec: dict[str, Any], now: datetime
+) -> list[Assignment]:
+    """One queued assignment per lease (a gang when several), at the job's last
+    attempt: each claim makes it the next."""
+    from marketplace.assignments import services
+
     previous = (
         Assignment.objects.filter(kind=Assignment.Kind.TRAIN, workload_id=job_id).aggregate(
             last=Max("attempt")
         )["last"]
         or 0
     )
-    assignment = Assignment.objects.create(
-        node_id=lease.node_id,
-        lease=lease,
-        organization_id=lease.organization_id,
-        kind=Assignment.Kind.TRAIN,
-        workload_id=job_id,
-        spec={"work": node_work, "plan": plan, "inputs": inputs, "gpus": lease.gpu_count},
-        attempt=previous,
-        created_at=now,
-    )
-    services._append(
-        assignment,
-        events.AssignmentQueued(
-            assignment_id=assignment.pk,
-            kind=assignment.kind,
-            lease_id=lease.pk,
+    key = gangs.new_key() if len(leases) > 1 else ""
+    queued = []
+    for rank, lease in enumerate(leases):
+        assignment = Assignment.objects.create(
             node_id=lease.node_id,
+            lease=lease,
             organization_id=lease.organization_id,
-            at=now.isoformat(),
-        ),
-    )
-    services._index_bump(lease.node_id)
-    return assignment
+            kind=Assignment.Kind.TRAIN,
+            workload_id=job_id,
+            spec={**spec, "gpus": lease.gpu_count, "nodes": len(leases)},
+            attempt=previous,
+            created_at=now,
+            gang=key,
+            gang_size=len(leases),
+            gang_rank=rank,
+        )
+        services._append(
+            assignment,
+            events.AssignmentQueued(
+                assignment_id=assignment.pk,
+                kind=assignment.kind,
+                lease_id=lease.pk,
+                node_id=lease.node_id,
+                organization_id=lease.organization_id,
+                at=now.isoformat(),
+            ),
+        )
+        services._index_bump(lease.node_id)
+        queued.append(assignment)
+    return queued
 
 
 @retry_transaction
@@ -212,27 +244,112 @@ def train_claimed(assignment: Assignment) -> None:
 
 
 def _committed(assignment: Assignment, kind: str) -> AssignmentUpload | None:
-    return (
-        AssignmentUpload.objects.filter(
-            assignment=assignment,
-            attempt=assignment.attempt,
-            kind=kind,
-            committed_at__isnull=False,
-        )
-        .order_by("-pk")
-        .first()
+    """The run's committed upload of ``kind`` at its attempt: a gang's from any member."""
+    query = AssignmentUpload.objects.filter(
+        attempt=assignment.attempt, kind=kind, committed_at__isnull=False
     )
+    if assignment.gang:
+        query = query.filter(assignment__gang=assignment.gang)
+    else:
+        query = query.filter(assignment=assignment)
+    return query.order_by("-pk").first()
 
 
 def train_end_state(assignment: Assignment, state: str, reason: str) -> tuple[str, str]:
-    """A run that exited 0 without its final model committed did not succeed."""
-    if state == Assignment.State.SUCCEEDED and _committed(assignment, "final") is None:
-        return Assignment.State.FAILED, "the trainer exited 0 but no final model was committed"
-    return state, reason
+    """A run that exited 0 without its final model committed did not succeed (a gang
+    member may: rank 0 may run on another member, which commits it; the last member
+    to end checks the gang has it)."""
+    if state != Assignment.State.SUCCEEDED or _committed(assignment, "final") is not None:
+        return state, reason
+    if assignment.gang and gangs.live_peers(assignment):
+        return state, reason
+    return Assignment.State.FAILED, "the trainer exited 0 but no final model was committed"
 
 
 def train_ended(assignment: Assignment, *, state: str, reason: str, lost: bool) -> None:
-    """The run's end, in the runtime's record (see the module doc)."""
+    """The run's end, in the runtime's record (see the module doc); a gang member's
+    through the gang's rules (gangs.py)."""
+    if assignment.gang:
+        _member_ended(assignment, state=state, reason=reason, lost=lost)
+        return
+    _job_ended(assignment, state=state, reason=reason, lost=lost, members=[assignment])
+
+
+def _member_ended(assignment: Assignment, *, state: str, reason: str, lost: bool) -> None:
+    """A gang member's end. The first member to end otherwise than succeeding stops
+    the others. A lost node moves the job on at once; otherwise the last member's
+    end decides for the gang (so a trainer that failed because a peer's node died
+    counts as that loss, not as a crash)."""
+    from marketplace.assignments import services
+
+    assignment.save()  # the others' ends read it
+    ended_here = False
+    if state != Assignment.State.SUCCEEDED:
+        what = "was lost" if lost else ("stopped" if state == "cancelled" else "failed")
+        nodes, ended_here = gangs.others_stop(
+            assignment,
+            reason=f"gang member {assignment.gang_rank} (node {assignment.node_id}) {what}",
+            now=timezone.now(),
+        )
+        for node_id in nodes:
+            services._index_bump(node_id)
+    gang = gangs.members(assignment)
+    if lost:
+        # The run moves on at once (the reaper ends the gang's leases next): the
+        # first lost member tells the job; the rest of the gang's ends change nothing.
+        if not any(m.lost for m in gang if m.pk != assignment.pk):
+            _training().node_run_failed(
+                job_id=assignment.workload_id,
+                attempt=assignment.attempt,
+                error=reason or "a node of the gang was lost",
+                will_retry=True,
+            )
+        return
+    if ended_here or any(m.is_live for m in gang) or any(m.lost for m in gang):
+        return  # (a member ended by the stop above decided, being the last)
+    failed = [m for m in gang if m.state == Assignment.State.FAILED]
+    crashed = [m for m in failed if m.exit_code not in (None, 0)]
+    decider = (crashed or failed or [assignment])[0]
+    end_state = decider.state if (crashed or failed) else state
+    if end_state == Assignment.State.SUCCEEDED and any(
+        m.state != Assignment.State.SUCCEEDED for m in gang
+    ):
+        end_state = Assignment.State.CANCELLED  # a member was stopped on request
+    _job_ended(decider, state=end_state, reason=decider.failure_reason, lost=False, members=gang)
+
+
+def _crashes(job_id: str) -> int:
+    """How many attempts of the job ended with its trainer exiting by itself (a
+    non-zero code, not on request); a gang's members count once per attempt, and an
+    attempt that lost a node is not a crash (its peers' trainers fail with it)."""
+    runs = Assignment.objects.filter(kind=Assignment.Kind.TRAIN, workload_id=job_id)
+    crashed = set(
+        runs.filter(state=Assignment.State.FAILED, exit_code__isnull=False)
+        .exclude(exit_code=0)
+        .values_list("attempt", flat=True)
+    )
+    lost = set(runs.filter(lost=True).values_list("attempt", flat=True))
+    return len(crashed - lost)
+
+
+def _trainer_error(assignment: Assignment, reason: str) -> str:
+    """The failure and the trainer's last lines on stderr (a traceback's end)."""
+    from marketplace.assignments.models import AssignmentLogLine
+
+    lines = list(
+        AssignmentLogLine.objects.filter(
+            assignment=assignment, attempt=assignment.attempt, stream="stderr"
+        )
+        .order_by("-seq")
+        .values_list("text", flat=True)[:TRAINER_ERROR_LINES]
+    )
+    tail = "\n".join(reversed(lines))
+    return f"{reason}: {tail}"[-2000:] if tail else reason
+
+
+def _job_ended(
+    assignment: Assignment, *, state: str, reason: str, lost: bool, members: list[Assignment]
+) -> None:
     job_id, attempt = assignment.workload_id, assignment.attempt
     if state == Assignment.State.SUCCEEDED:
         final = _committed(assignment, "final")
@@ -249,9 +366,32 @@ def train_ended(assignment: Assignment, *, state: str, reason: str, lost: bool) 
     elif state == Assignment.State.CANCELLED:
         _training().node_run_stopped(job_id=job_id, attempt=attempt)
     elif state == Assignment.State.FAILED:
-        _training().node_run_failed(
-            job_id=job_id, attempt=attempt, error=reason or "failed on the node", will_retry=lost
+        crashed = assignment.exit_code not in (None, 0) and not lost
+        if not crashed:
+            error = reason or "failed on the node"
+            _training().node_run_failed(
+                job_id=job_id, attempt=attempt, error=error, will_retry=lost
+            )
+            return
+        assignment.save()  # counted among the crashes below
+        retries = settings.ASSIGNMENT_TRAIN_RETRIES
+        crashes = _crashes(job_id)
+        error = _trainer_error(assignment, reason or "the trainer failed")
+        leases = list(Lease.objects.filter(pk__in=[m.lease_id for m in members]).order_by("pk"))
+        again = crashes <= retries and all(m.state == Lease.State.ACTIVE for m in leases)
+        note = f" (attempt {attempt}; trainer failure {crashes} of at most {retries + 1}" + (
+            ": re-queued, resuming from the last checkpoint)" if again else ")"
         )
+        _training().node_run_failed(
+            job_id=job_id, attempt=attempt, error=error + note, will_retry=again
+        )
+        if again:
+            _queue(
+                leases,
+                job_id=job_id,
+                spec={k: v for k, v in assignment.spec.items() if k not in ("gpus", "nodes")},
+                now=timezone.now(),
+            )
 
 
 def train_lost(assignment: Assignment, *, now: datetime) -> None:

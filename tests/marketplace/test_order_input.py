@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from billing.models import Hold
 from django.utils import timezone
 
 from core.errors import InvalidInput
 from core.models import Event
+from ledger.models import Hold
 from marketplace import services
 from marketplace.models import Order
 from marketplace.services import OrderSpec

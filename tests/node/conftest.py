@@ -162,61 +162,73 @@ class AgentProcess:
         return self.process.returncode
 
 
+def agent_start(
+    server: str,
+    node: AgentNode,
+    folder: Path,
+    *,
+    wait: int = 5,
+    manage: bool = False,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+) -> AgentProcess:
+    """Start ``python -m providers.agent`` for a node, as its own process group.
+    ``manage``: as ``manage.py run_agent`` with ``--key-file`` (else ``python -m
+    providers.agent --key``); ``env``: added to the agent's environment; ``prefix``:
+    what the command runs under (``ip netns exec NAME``)."""
+    name = node.inventory["hostname"]
+    inventory_file = folder / f"{name}.json"
+    inventory_file.write_text(json.dumps(node.inventory))
+    work_dir = folder / f"work-{name}"
+    log = folder / f"{name}.log"
+    program = (
+        [sys.executable, "manage.py", "run_agent"]
+        if manage
+        else [sys.executable, "-m", "providers.agent"]
+    )
+    key = ["--key", node.key]
+    if manage:
+        key_file = folder / f"{name}.key"
+        key_file.write_text(node.key + "\n")
+        key_file.chmod(0o600)
+        key = ["--key-file", str(key_file)]
+    process = subprocess.Popen(
+        [
+            *(prefix or []),
+            *program,
+            "--server",
+            server,
+            *key,
+            "--inventory",
+            str(inventory_file),
+            "--work-dir",
+            str(work_dir),
+            "--interval",
+            "5",
+            "--wait",
+            str(wait),
+        ],
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    agent = AgentProcess(process=process, log=log, work_dir=work_dir)
+    wait_for(lambda: "registered as" in agent.output() or process.poll() is not None)
+    if process.poll() is not None:
+        raise AssertionError(agent.output())
+    return agent
+
+
 @pytest.fixture
 def start_agent(live_server: Any, tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
-    """Start ``python -m providers.agent`` for a node, as its own process group."""
+    """Start an agent for a node on this host, against the live server (loopback)."""
     started: list[AgentProcess] = []
 
-    def start(
-        node: AgentNode,
-        *,
-        wait: int = 5,
-        manage: bool = False,
-        env: dict[str, str] | None = None,
-    ) -> AgentProcess:
-        """``manage``: as ``manage.py run_agent`` with ``--key-file`` (else
-        ``python -m providers.agent --key``); ``env``: added to the agent's environment."""
-        name = node.inventory["hostname"]
-        inventory_file = tmp_path / f"{name}.json"
-        inventory_file.write_text(json.dumps(node.inventory))
-        work_dir = tmp_path / f"work-{name}"
-        log = tmp_path / f"{name}.log"
-        program = (
-            [sys.executable, "manage.py", "run_agent"]
-            if manage
-            else [sys.executable, "-m", "providers.agent"]
-        )
-        key = ["--key", node.key]
-        if manage:
-            key_file = tmp_path / f"{name}.key"
-            key_file.write_text(node.key + "\n")
-            key_file.chmod(0o600)
-            key = ["--key-file", str(key_file)]
-        process = subprocess.Popen(
-            [
-                *program,
-                "--server",
-                live_server.url,
-                *key,
-                "--inventory",
-                str(inventory_file),
-                "--work-dir",
-                str(work_dir),
-                "--interval",
-                "5",
-                "--wait",
-                str(wait),
-            ],
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-        agent = AgentProcess(process=process, log=log, work_dir=work_dir)
+    def start(node: AgentNode, **options: Any) -> AgentProcess:
+        agent = agent_start(live_server.url, node, tmp_path, **options)
         started.append(agent)
-        wait_for(lambda: "registered as" in agent.output() or process.poll() is not None)
-        assert process.poll() is None, agent.output()
         return agent
 
     yield start
@@ -299,3 +311,69 @@ def claimed(cast):  # type: ignore[no-untyped-def]
     answer = client.post(f"/api/v1/agent/nodes/{a.node.pk}/assignments/{run.pk}/claim")
     assert answer.status_code == 200, answer.content
     return a, b, job, run, client, answer.json()
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def training_dirs(settings: Any, model_root: Path, tmp_path: Path) -> None:
+    """The control plane's directories for training tests, and the tiny model built."""
+    from runtime.registry import tiny_model_ensure
+
+    settings.RUNTIME_MODEL_DIR = model_root
+    settings.RUNTIME_ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
+    settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
+    tiny_model_ensure()
+
+
+@dataclass
+class Hosts:
+    """Starts each agent on a host of its own: ``start(node, env=...)``."""
+
+    start: Callable[..., AgentProcess]
+    server: str  # the server's URL as the hosts reach it
+    addresses: dict[int, str]  # agent pid -> its host's address
+
+
+@pytest.fixture
+def hosts(settings: Any, tmp_path: Path) -> Iterator[Hosts]:
+    """Each agent in a network namespace of its own, on a bridge to this one, where a
+    live server listens on the bridge's address (tests/node/netns.py). Skipped, with
+    the reason, only where ``ip netns add`` is not permitted."""
+    from pytest_django.live_server_helper import LiveServer
+
+    from tests.node import netns
+
+    net = netns.Network()
+    try:
+        net.up()
+    except netns.NetnsUnavailable as exc:
+        net.down()
+        pytest.skip(f"separate hosts need network namespaces: {exc}")
+    started: list[AgentProcess] = []
+    server = None
+    try:
+        settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, net.server_address]
+        server = LiveServer(f"{net.server_address}:0")
+        addresses: dict[int, str] = {}
+
+        def start(node: AgentNode, **options: Any) -> AgentProcess:
+            name = net.host()
+            agent = agent_start(
+                server.url, node, tmp_path, prefix=["ip", "netns", "exec", name], **options
+            )
+            started.append(agent)
+            addresses[agent.process.pid] = net.addresses[name]
+            return agent
+
+        yield Hosts(start=start, server=server.url, addresses=addresses)
+    finally:
+        for agent in started:
+            agent.stop()
+        if server is not None:
+            server.stop()
+        net.down()

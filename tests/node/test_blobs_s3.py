@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from botocore.exceptions import ClientError
 
-from core import ports
 from core.followers import followers_run_until_idle
 from marketplace import services as market
 from marketplace.assignments import blobs
@@ -35,10 +34,6 @@ def _dirs(settings, tmp_path: Path, s3_blobs) -> None:  # type: ignore[no-untype
     settings.RUNTIME_ARTIFACT_DIR = tmp_path / "artifacts"
     settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
-    if not ports.registered("pricebook"):
-        from billing.pricebook import PriceBookPort
-
-        ports.register("pricebook", PriceBookPort())
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

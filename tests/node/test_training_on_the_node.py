@@ -1,7 +1,7 @@
 """A fine-tune trains on the leased node, in a process of that node's agent (a real
-process over loopback), never in the control plane; when the node dies mid-run, the
-run moves to another node and resumes from its last committed checkpoint, and every
-step is billed once."""
+process), never in the control plane; when the node dies mid-run, the run moves to
+another node (each node a host of its own: a network namespace) and resumes from
+its last committed checkpoint, and every step is billed once."""
 
 from __future__ import annotations
 
@@ -21,58 +21,25 @@ from metering.models import UsageEvent
 from runtime.selectors import training_events as training_stream
 from tests.marketplace.conftest import fund, offer
 from tests.node.conftest import agent_client, agent_node, wait_for
-from tests.node.training import finetune_job, platform_running, process_parents
+from tests.node.training import (
+    agent_env,
+    billed_steps,
+    finetune_job,
+    platform_running,
+    trainer_processes,
+    training_events_of,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(scope="session")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
 @pytest.fixture(autouse=True)
-def _dirs(settings, model_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from runtime.registry import tiny_model_ensure
-
-    settings.RUNTIME_MODEL_DIR = model_root
-    settings.RUNTIME_ARTIFACT_DIR = tmp_path / "artifacts"
-    settings.ASSIGNMENT_BLOB_DIR = tmp_path / "blobs"
-    settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
-    tiny_model_ensure()
+def _dirs(training_dirs: None) -> None:
+    pass
 
 
-def _agent_env(model_root: Path) -> dict[str, str]:
-    return {"TANDEM_MODEL_DIR": str(model_root), "OMP_NUM_THREADS": "1"}
-
-
-def _trainers() -> dict[int, int]:
-    """pid -> parent pid of every runtime.launch process on this machine."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"runtime.launch" in cmdline:
-            parents = process_parents(int(entry.name))
-            if parents:
-                found[int(entry.name)] = parents[0]
-    return found
-
-
-def _events(job_id: str, kind: str) -> list[dict]:
-    return [e.payload for e in training_stream(job_id=job_id) if e.type == kind]
-
-
-def _billed_steps(job_id: str) -> list[str]:
-    return list(
-        UsageEvent.objects.filter(subject_id=job_id, type="tokens.training")
-        .order_by("event_id")
-        .values_list("event_id", flat=True)
-    )
+def _netns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
 
 
 def test_a_fine_tune_trains_on_the_leased_nodes_agent(cast, start_agent, model_root):
@@ -80,7 +47,7 @@ def test_a_fine_tune_trains_on_the_leased_nodes_agent(cast, start_agent, model_r
     a = agent_node(cast.provider_a, "train-a", f"{cast.provider_a.pk}-ta")
     offer(a.node, count=2)
     fund(cast.buyer_a, 50_000_000)
-    agent = start_agent(a, env=_agent_env(model_root))
+    agent = start_agent(a, env=agent_env(model_root))
     job = finetune_job(cast.buyer_a, examples=24, epochs=2, batch_size=4, checkpoints=2)
     activated = None
     with platform_running():
@@ -92,18 +59,18 @@ def test_a_fine_tune_trains_on_the_leased_nodes_agent(cast, start_agent, model_r
         activated = lease.started_at
         assert lease.node_id == a.node.pk
         # then: the trainer runs as a child of agent A (not of this process)
-        trainers = wait_for(_trainers, timeout=30, every=0.02)
+        trainers = wait_for(trainer_processes, timeout=30, every=0.02)
         assert set(trainers.values()) == {agent.process.pid}, trainers
         assert os.getpid() not in trainers.values()
         done = wait_for(
             lambda: (j := FineTuneJob.objects.get(pk=job.pk)).is_terminal and j, timeout=60
         )
     assert done.status == "succeeded", (done.error, agent.output()[-3000:])
-    started = _events(job.public_id, "TrainingStarted")
+    started = training_events_of(job.public_id, "TrainingStarted")
     assert started and started[0]["resumed_from_step"] == 0
     assert started[0]["worker"] == f"node-{a.node.pk}"
     total = started[0]["total_steps"]
-    assert _billed_steps(job.public_id) == sorted(
+    assert billed_steps(job.public_id) == sorted(
         f"{job.public_id}:{s}:train" for s in range(1, total + 1)
     )
     # the tokens billed are the control plane's count: an epoch's steps sum to its tokens
@@ -113,7 +80,7 @@ def test_a_fine_tune_trains_on_the_leased_nodes_agent(cast, start_agent, model_r
         )
     )
     assert billed == started[0]["tokens_per_epoch"] * 2
-    succeeded = _events(job.public_id, "TrainingSucceeded")[0]
+    succeeded = training_events_of(job.public_id, "TrainingSucceeded")[0]
     assert Path(succeeded["model_location"], "adapter_model.safetensors").is_file()
     assert done.checkpoints.filter(is_final=True).exists()
     run = Assignment.objects.get(kind="train", workload_id=job.public_id)
@@ -133,18 +100,19 @@ TTL = 4
 
 
 def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
-    cast, start_agent, model_root, settings, blob_store_kind
+    cast, hosts, model_root, settings
 ):
-    # with either blob store: the checkpoints travel through this server's signed URLs,
-    # or straight between the nodes and an S3 bucket through presigned ones
     settings.ASSIGNMENT_CLAIM_TTL_SECONDS = TTL
     # given: nodes A and B with agents; only A sells at first, so the job lands there
     a = agent_node(cast.provider_a, "train-a", f"{cast.provider_a.pk}-fa")
     b = agent_node(cast.provider_a, "train-b", f"{cast.provider_a.pk}-fb")
     offer(a.node, count=2)
     fund(cast.buyer_a, 50_000_000)
-    agent_a = start_agent(a, env=_agent_env(model_root))
-    agent_b = start_agent(b, env=_agent_env(model_root))
+    # (each agent on a host of its own: a network namespace, reaching the server over
+    # its veth and the bridge)
+    agent_a = hosts.start(a, env=agent_env(model_root))
+    agent_b = hosts.start(b, env=agent_env(model_root))
+    assert _netns(agent_a.process.pid) != _netns(agent_b.process.pid) != _netns(os.getpid())
     job = finetune_job(cast.buyer_a, examples=800, epochs=2, batch_size=1, checkpoints=12)
     with platform_running():
         lease_a = wait_for(
@@ -164,8 +132,12 @@ def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
             timeout=60,
             every=0.02,
         )
-        assert not _events(job.public_id, "TrainingSucceeded"), "the run ended before the kill"
-        trainer_a = [pid for pid, parent in _trainers().items() if parent == agent_a.process.pid]
+        assert not training_events_of(job.public_id, "TrainingSucceeded"), (
+            "the run ended before the kill"
+        )
+        trainer_a = [
+            pid for pid, parent in trainer_processes().items() if parent == agent_a.process.pid
+        ]
         os.killpg(agent_a.process.pid, signal.SIGKILL)
         killed = timezone.now()
         agent_a.process.wait(timeout=10)
@@ -183,7 +155,9 @@ def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
             timeout=30,
         )
         resumed = wait_for(
-            lambda: [e for e in _events(job.public_id, "TrainingStarted") if e["attempt"] == 2],
+            lambda: [
+                e for e in training_events_of(job.public_id, "TrainingStarted") if e["attempt"] == 2
+            ],
             timeout=60,
         )[0]
         resumed_at = timezone.now()
@@ -215,7 +189,7 @@ def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
     assert run_a.finished_at - run_a.renewed_at >= timedelta(seconds=TTL)
     # every step billed exactly once, though some ran on both nodes
     total = resumed["total_steps"]
-    steps = _billed_steps(job.public_id)
+    steps = billed_steps(job.public_id)
     assert steps == sorted(f"{job.public_id}:{s}:train" for s in range(1, total + 1))
     # A's lease failed at its claim's last renewal: the provider is paid to there
     lease_a.refresh_from_db()
@@ -254,11 +228,13 @@ def test_cancelling_a_running_fine_tune_kills_its_trainer_on_the_node(
     a = agent_node(cast.provider_a, "train-c", f"{cast.provider_a.pk}-tc")
     offer(a.node, count=2)
     fund(cast.buyer_a, 50_000_000)
-    agent = start_agent(a, env=_agent_env(model_root))
+    agent = start_agent(a, env=agent_env(model_root))
     job = finetune_job(cast.buyer_a, examples=800, epochs=2, batch_size=1, checkpoints=4)
     with platform_running():
-        wait_for(lambda: _events(job.public_id, "TrainingProgressed"), timeout=60)
-        trainers = [pid for pid, parent in _trainers().items() if parent == agent.process.pid]
+        wait_for(lambda: training_events_of(job.public_id, "TrainingProgressed"), timeout=60)
+        trainers = [
+            pid for pid, parent in trainer_processes().items() if parent == agent.process.pid
+        ]
         assert trainers
         # when: the buyer cancels it
         workloads.finetune_job_cancel(job=FineTuneJob.objects.get(pk=job.pk))
@@ -270,8 +246,8 @@ def test_cancelling_a_running_fine_tune_kills_its_trainer_on_the_node(
     assert not any(Path(f"/proc/{pid}").exists() for pid in trainers)
     run = Assignment.objects.get(kind="train", workload_id=job.public_id)
     assert run.state == "cancelled"
-    assert _events(job.public_id, "TrainingCancelled")
+    assert training_events_of(job.public_id, "TrainingCancelled")
     assert Lease.objects.get(pk=run.lease_id).state == Lease.State.ENDED
-    billed = _billed_steps(job.public_id)
-    total = _events(job.public_id, "TrainingStarted")[0]["total_steps"]
+    billed = billed_steps(job.public_id)
+    total = training_events_of(job.public_id, "TrainingStarted")[0]["total_steps"]
     assert 1 <= len(billed) < total

@@ -104,3 +104,42 @@ def process_parents(pid: int) -> list[int]:
         pid = int(fields[1])
         chain.append(pid)
     return chain
+
+
+def agent_env(model_root: Path) -> dict[str, str]:
+    """What an agent's trainer needs on these test nodes: the tiny model's directory."""
+    return {"TANDEM_MODEL_DIR": str(model_root), "OMP_NUM_THREADS": "1"}
+
+
+def trainer_processes() -> dict[int, int]:
+    """pid -> parent pid of every runtime.launch process on this machine (torchrun's
+    own process names runtime.launch too)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"runtime.launch" in cmdline:
+            parents = process_parents(int(entry.name))
+            if parents:
+                found[int(entry.name)] = parents[0]
+    return found
+
+
+def training_events_of(job_id: str, kind: str) -> list[dict]:
+    from runtime.selectors import training_events
+
+    return [e.payload for e in training_events(job_id=job_id) if e.type == kind]
+
+
+def billed_steps(job_id: str) -> list[str]:
+    from metering.models import UsageEvent
+
+    return list(
+        UsageEvent.objects.filter(subject_id=job_id, type="tokens.training")
+        .order_by("event_id")
+        .values_list("event_id", flat=True)
+    )
