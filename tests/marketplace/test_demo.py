@@ -13,7 +13,7 @@ import django
 django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
-from billing import services as billing
+from ledger import services as billing
 from core import services as core
 from marketplace import demo
 from marketplace.models import Lease

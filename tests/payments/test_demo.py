@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import json
-from billing.payments import demo
-from billing.payments.models import ConnectedAccount, StripeEvent, TopUp
+from payments import demo
+from payments.models import ConnectedAccount, StripeEvent, TopUp
 from ledger.models import Account, Balance
 from core import services
 from core.models import Organization

@@ -13,7 +13,8 @@ def test_loading_the_project_does_not_import_torch():
         "import config.urls, runtime.services, runtime.tasks, runtime.selectors, "
         "runtime.ports, runtime.datasets, runtime.registry, runtime.storage, runtime.spec; "
         "from core import ports; "
-        "assert {'usage', 'datasets', 'models', 'inference'} <= set(ports._registry); "
+        "assert {ports.UsagePort, ports.DatasetsPort, ports.ModelRegistryPort, "
+        "ports.InferencePort} <= set(ports._registry); "
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run(
