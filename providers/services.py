@@ -22,7 +22,7 @@ from msgspec import Meta
 from core import services as core_services
 from core.db import as_utc, is_postgres, server_cursor
 from core.errors import Conflict, InvalidInput, NotFound
-from core.eventstore import event_append, stream_version
+from core.eventstore import DomainEvent, event_append, stream_version
 from core.models import Organization
 from core.validation import field_error, validated
 from providers import catalog, events
@@ -67,7 +67,7 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _append(*, stream_type: str, stream_id: str, tenant_id: int, event: events._Event) -> None:
+def _append(*, stream_type: str, stream_id: str, tenant_id: int, event: DomainEvent) -> None:
     # Callers hold the row lock of the aggregate, so the version read here is stable.
     event_append(
         stream_type=stream_type,
@@ -240,7 +240,7 @@ def node_register(
 
     region = node.site.region if node.site is not None else None
     if is_new:
-        event: events._Event = events.NodeRegistered(
+        event: DomainEvent = events.NodeRegistered(
             node_id=node.pk,
             organization_id=organization.pk,
             hostname=hostname,
@@ -823,7 +823,7 @@ def _overlaps(
     return (b_end is None or a_start < b_end) and (a_end is None or b_start < a_end)
 
 
-def _offer_event(offer: Offer, event: events._Event) -> None:
+def _offer_event(offer: Offer, event: DomainEvent) -> None:
     _append(
         stream_type="offer",
         stream_id=f"offer-{offer.pk}",
