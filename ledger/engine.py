@@ -17,6 +17,9 @@ style, with one result per command. Inside it:
 
 The whole block is retried from a fresh read on a serialization failure,
 a deadlock, or a unique-key race with a concurrent duplicate.
+
+On PostgreSQL a lone journal entry is first offered to ``ledger.single_transfer``
+(one round trip, the same rule); what it does not post comes here.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from core.eventstore import (
 from core.middleware import request_id_var
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS
 from ledger import events as ev
+from ledger import single_transfer
 from ledger.models import Account, Balance, Hold, Posting
 from ledger.projection import BalanceState, apply_event
 
@@ -280,6 +284,20 @@ def ledger_execute(
         request_id = request_id_var.get()
         if request_id != "-":
             metadata["correlation_id"] = request_id
+        index, command = valid[0]
+        if len(valid) == 1 and isinstance(command, EntryRequest) and single_transfer.enabled():
+            position = single_transfer.entry_post(
+                transfer_id=command.transfer_id,
+                currency=command.currency,
+                kind=command.kind,
+                description=command.description,
+                legs=command.legs,
+                metadata=metadata,
+                now=now,
+            )
+            if position is not None:
+                results[index] = LedgerResult(status="posted", position=position)
+                return results  # type: ignore[return-value]
         done = retry_transaction(_execute)(valid, metadata, now)
         for index, result in done:
             results[index] = result
