@@ -23,6 +23,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from core import selectors as tenancy
 from core.errors import Forbidden, NotFound
 from core.models import Membership, Organization
+from core.tenancy import Caller
 
 ORGANIZATION_SESSION_KEY = "portal_organization_id"
 ADMIN = Membership.Role.ADMIN
@@ -85,3 +86,34 @@ BUYER_KINDS = (Organization.Kind.BUYER, Organization.Kind.BOTH)
 # in the API (core.permissions.IsBuyerOperator); finance staff read.
 OPERATORS = (Membership.Role.ADMIN, Membership.Role.MEMBER)
 PROVIDER_KINDS = (Organization.Kind.PROVIDER, Organization.Kind.BOTH)
+
+# The operator's finance staff (``Caller.is_platform_finance``): the finance pages.
+FINANCE_ROLES = (Membership.Role.FINANCE, Membership.Role.ADMIN)
+
+
+def finance_page(view: View) -> View:
+    """A page of ``/finance/``: the operator's finance staff and admins only. Another
+    organization's members find no such page (404, as a provider finds no buyer
+    console); the operator's other members are refused (403)."""
+
+    @wraps(view)
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        organization = request.member.organization  # type: ignore[attr-defined]
+        if not organization.is_operator:
+            raise Http404("the finance pages are the operator's")
+        if request.member.role not in FINANCE_ROLES:  # type: ignore[attr-defined]
+            raise PermissionDenied(
+                f"the finance pages need the finance or admin role; yours is {request.member.role}"  # type: ignore[attr-defined]
+            )
+        return view(request, *args, **kwargs)
+
+    return member_page()(checked)
+
+
+def member_caller(request: HttpRequest) -> Caller:
+    """The signed-in member as the services' ``Caller`` (for the operator's finance
+    staff, one that reads every organization's books)."""
+    membership = request.member  # type: ignore[attr-defined]
+    return Caller(
+        organization=membership.organization, role=membership.role, user_id=request.user.pk
+    )

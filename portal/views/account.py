@@ -52,6 +52,8 @@ def home(request: HttpRequest) -> HttpResponse:
     if membership is not None:
         organization = membership.organization
         finance_staff = organization.is_operator and membership.role == Membership.Role.FINANCE
+        if finance_staff:
+            return redirect("portal:finance")
         if organization.kind in BUYER_KINDS and not finance_staff:
             return redirect("portal:console")
         if organization.kind in PROVIDER_KINDS and not finance_staff:
@@ -61,7 +63,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @member_page()
 def overview(request: HttpRequest) -> HttpResponse:
-    """The home of a member with no dashboard yet (the operator's finance staff)."""
+    """The home of a member with no dashboard of their organization's kind."""
     return render(request, "portal/everyone/home.html")
 
 
