@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from django.db.models import Case, CharField, F, Q, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Coalesce, TruncMonth
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.errors import NotFound
@@ -315,62 +315,6 @@ def journal_entry_get(*, position: int) -> JournalEntry:
             for account_id, side, amount in payload["legs"]
         ],
     )
-
-
-# --- revenue by month ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MonthRevenue:
-    month: date
-    revenue_micros: int  # the platform's revenue accounts: credits less debits
-    fees_micros: int  # the platform's fee accounts, likewise
-
-    @property
-    def total_micros(self) -> int:
-        return self.revenue_micros + self.fees_micros
-
-
-def revenue_by_month(
-    *, currency: str, months: int = 12, until: date | None = None
-) -> list[MonthRevenue]:
-    """What the platform earned per month, the last ``months`` months up to
-    ``until`` (a month; the current one when None), oldest first, a month with no
-    entries at zero: the postings on the platform's revenue and fees accounts (the
-    same accounts the revenue export attributes to products), summed by month in
-    one query."""
-    until = (until or timezone.now().date()).replace(day=1)
-    index = until.year * 12 + until.month - 1 - (months - 1)
-    first = date(index // 12, index % 12 + 1, 1)
-    end_index = until.year * 12 + until.month
-    end = datetime(end_index // 12, end_index % 12 + 1, 1, tzinfo=UTC)
-    signed = Case(
-        When(side=Account.Side.CREDIT, then=F("amount_micros")),
-        default=-F("amount_micros"),
-    )
-    sums = (
-        Posting.objects.filter(
-            account__organization__isnull=True,
-            account__kind__in=(Account.Kind.REVENUE, Account.Kind.FEES),
-            account__currency=currency,
-            recorded_at__gte=datetime(first.year, first.month, 1, tzinfo=UTC),
-            recorded_at__lt=end,
-        )
-        .annotate(month=TruncMonth("recorded_at", tzinfo=UTC))
-        .values("month")
-        .annotate(
-            revenue=Coalesce(Sum(signed, filter=Q(account__kind=Account.Kind.REVENUE)), 0),
-            fees=Coalesce(Sum(signed, filter=Q(account__kind=Account.Kind.FEES)), 0),
-        )
-    )
-    found = {row["month"].date(): (row["revenue"], row["fees"]) for row in sums}
-    out = []
-    for n in range(months):
-        month_index = first.year * 12 + first.month - 1 + n
-        month = date(month_index // 12, month_index % 12 + 1, 1)
-        revenue, fees = found.get(month, (0, 0))
-        out.append(MonthRevenue(month, revenue, fees))
-    return out
 
 
 # --- the trial balance ------------------------------------------------------

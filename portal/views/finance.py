@@ -11,6 +11,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
+from exports import selectors as reports
 from invoicing import selectors as invoices
 from ledger import selectors as books
 from portal.access import finance_page, member_caller
@@ -18,26 +19,49 @@ from portal.finance_forms import AccountFilterForm, JournalFilterForm
 from portal.views.paging import page_of
 
 REVENUE_MONTHS = 12
+PRODUCT_NAMES = {
+    "fine_tune": "Fine-tuning",
+    "inference": "Inference",
+    "gpu_lease": "GPU leases",
+    "credit_note": "Credit notes",
+    "invoice_void": "Voided invoices",
+    "adjustment": "Adjustments",
+    "unattributed": "Unattributed",
+    "other": "Other",
+}
 CLOSE_MONTHS = 6
 
 
 @require_http_methods(["GET"])
 @finance_page
 def overview(request: HttpRequest) -> HttpResponse:
-    """Revenue and fees by month (a chart over the table that says the same), and
+    """Revenue and fees by month and product (a chart over the table that says the
+    same; the revenue export's attribution: usage in the month it was used), and
     where the last months' closes stand."""
     currency = settings.TANDEM_CURRENCY
     now = timezone.now()
-    months = books.revenue_by_month(currency=currency, months=REVENUE_MONTHS, until=now.date())
+    pivot = reports.revenue_by_month(currency=currency, months=REVENUE_MONTHS, until=now.date())
+    products = [str(product) for product in pivot.columns]
+    months = [
+        {
+            "month": month,
+            "amounts": [int(pivot.at[month, product]) for product in products],
+            "total_micros": sum(int(pivot.at[month, product]) for product in products),
+        }
+        for month in pivot.index
+    ]
     chart = {
         "type": "bar",
         "stacked": True,
         "unit": currency,
-        "labels": [f"{row.month:%Y-%m}" for row in months],
-        # The picture needs no exactness (the table beside it has the exact amounts).
+        "labels": [month["month"] for month in months],
+        # The picture needs no exactness (the table under it has the exact amounts).
         "datasets": [
-            {"label": "Revenue", "data": [row.revenue_micros / 1_000_000 for row in months]},
-            {"label": "Platform fees", "data": [row.fees_micros / 1_000_000 for row in months]},
+            {
+                "label": PRODUCT_NAMES.get(product, product),
+                "data": [month["amounts"][n] / 1_000_000 for month in months],
+            }
+            for n, product in enumerate(products)
         ],
     }
     return render(
@@ -45,6 +69,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "portal/finance/overview.html",
         {
             "currency": currency,
+            "products": [PRODUCT_NAMES.get(product, product) for product in products],
             "months": list(reversed(months)),
             "chart": chart,
             "closes": invoices.months_close_status(months=CLOSE_MONTHS, now=now),
