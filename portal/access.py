@@ -18,7 +18,8 @@ from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
 
 from core import selectors as tenancy
 from core.errors import Forbidden, NotFound
@@ -28,7 +29,7 @@ from core.tenancy import Caller
 ORGANIZATION_SESSION_KEY = "portal_organization_id"
 ADMIN = Membership.Role.ADMIN
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]  # a page, or a file (FileResponse)
 
 
 def current_membership(request: HttpRequest) -> Membership | None:
@@ -55,7 +56,7 @@ def member_page(
 
     def decorate(view: View) -> View:
         @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             membership = current_membership(request)
@@ -97,7 +98,7 @@ def finance_page(view: View) -> View:
     console); the operator's other members are refused (403)."""
 
     @wraps(view)
-    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         organization = request.member.organization  # type: ignore[attr-defined]
         if not organization.is_operator:
             raise Http404("the finance pages are the operator's")
@@ -117,3 +118,8 @@ def member_caller(request: HttpRequest) -> Caller:
     return Caller(
         organization=membership.organization, role=membership.role, user_id=request.user.pk
     )
+
+
+def member_actor(request: HttpRequest) -> str:
+    """Who did it, as services record an actor: the signed-in person's email."""
+    return getattr(request.user, "email", "") or f"user {request.user.pk}"

@@ -60,7 +60,8 @@ class JournalFilterForm(forms.Form):
     )
 
     def clean(self) -> dict[str, Any]:
-        values = super().clean()
+        super().clean()
+        values = self.cleaned_data
         since, until = values.get("since"), values.get("until")
         if since and until and until < since:
             self.add_error("until", "The last day comes on or after the first.")

@@ -15,7 +15,7 @@ from core.errors import ApplicationError, Conflict, NotFound
 from exports import selectors as reports
 from exports import services as exports
 from invoicing import selectors as statements
-from portal.access import finance_page, member_caller
+from portal.access import finance_page, member_actor, member_caller
 from portal.finance_forms import ExportRequestForm, StatementFilterForm, month_in_url
 from portal.forms import add_service_error
 from portal.views.paging import page_of
@@ -46,7 +46,7 @@ def export_create(request: HttpRequest) -> HttpResponse:
                 kind=form.cleaned_data["kind"],
                 format=form.cleaned_data["format"],
                 params=form.params(),
-                requested_by=request.user.email or f"user {request.user.pk}",
+                requested_by=member_actor(request),
             )
         except ApplicationError as error:
             add_service_error(form, error)
@@ -62,7 +62,7 @@ def export_create(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET"])
 @finance_page
-def export_download(request: HttpRequest, export_id: int) -> HttpResponse:
+def export_download(request: HttpRequest, export_id: int) -> HttpResponse | FileResponse:
     """The finished file; an export not finished yet sends the person back to the
     list, which says so."""
     export = exports.export_get(export_id=export_id)

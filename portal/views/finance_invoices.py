@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods
 from core.errors import ApplicationError
 from invoicing import selectors as books
 from invoicing import services as invoicing
-from portal.access import finance_page, member_caller
+from portal.access import finance_page, member_actor, member_caller
 from portal.finance_forms import InvoiceFilterForm, PeriodCloseForm
 from portal.forms import add_service_error
 from portal.views.finance import CLOSE_MONTHS
@@ -92,7 +92,7 @@ def month_close(request: HttpRequest) -> HttpResponse:
                 period=period,
                 finalize=True if form.cleaned_data["finalize"] else None,
                 now=now,
-                actor=request.user.email or f"user {request.user.pk}",
+                actor=member_actor(request),
             )
         except ApplicationError as error:
             add_service_error(form, error)

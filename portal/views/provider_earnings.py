@@ -169,7 +169,7 @@ def connect_onboarding(request: HttpRequest) -> HttpResponse:
     back = request.build_absolute_uri(reverse("portal:provider-payouts"))
     try:
         account = payments.connected_account_create(
-            organization=organization, email=request.user.email
+            organization=organization, email=getattr(request.user, "email", "")
         )
         link = payments.account_link_create(
             connected_account=account, refresh_url=back, return_url=back
