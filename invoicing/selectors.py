@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
 from core.errors import NotFound
 from core.models import Organization
@@ -26,7 +26,7 @@ from invoicing.models import (
     InvoiceLineEntry,
     ProviderStatement,
 )
-from invoicing.periods import month_bounds
+from invoicing.periods import grace, month_bounds
 from invoicing.periods import parse_period as parse_period
 from invoicing.settlement import outstanding as outstanding
 from invoicing.statements import statement_compute, statement_document, statement_key
@@ -147,3 +147,78 @@ def statement_for_period(
         return StatementView(provider.pk, period, True, stored.generated_at, stored.document)
     computed = statement_compute(provider=provider, period=period, currency=currency)
     return StatementView(provider.pk, period, False, now, statement_document(computed, provider))
+
+
+# --- the month close ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MonthCloseStatus:
+    """Where a month's close stands: its buyers' monthly invoices by status and the
+    providers' statements written. ``closed``: the month has ended, it has
+    invoices, and none of them is still a draft."""
+
+    period: date
+    ended: bool
+    grace_ends_at: datetime
+    drafts: int
+    finalized: int  # open, paid, void or uncollectible
+    statements: int
+
+    @property
+    def closed(self) -> bool:
+        return self.ended and self.finalized > 0 and self.drafts == 0
+
+    @property
+    def state(self) -> str:
+        if not self.ended:
+            return "in progress"
+        if self.closed:
+            return "closed"
+        if self.drafts == 0 and self.finalized == 0:
+            return "nothing to close"
+        return "open"
+
+
+def months_close_status(*, months: int, now: datetime) -> list[MonthCloseStatus]:
+    """The close of each of the last ``months`` months up to the current one, newest
+    first: two queries (invoices and statements counted by month), whatever the
+    months hold."""
+    current = now.date().replace(day=1)
+    index = current.year * 12 + current.month - 1
+    periods = [date((index - n) // 12, (index - n) % 12 + 1, 1) for n in range(months)]
+    since = month_bounds(periods[-1])[0]
+    invoices = (
+        Invoice.objects.filter(kind=Invoice.Kind.MONTHLY, period_start__gte=since)
+        .values("period_start", "status")
+        .annotate(n=Count("pk"))
+        .values_list("period_start", "status", "n")
+    )
+    counts: dict[date, list[int]] = {}
+    for start, status, n in invoices:
+        row = counts.setdefault(start.date().replace(day=1), [0, 0])
+        row[0 if status == Invoice.Status.DRAFT else 1] += n
+    statement_counts: dict[date, int] = {}
+    for start, n in (
+        ProviderStatement.objects.filter(period_start__gte=since)
+        .values("period_start")
+        .annotate(n=Count("pk"))
+        .values_list("period_start", "n")
+    ):
+        month = start.date().replace(day=1)
+        statement_counts[month] = statement_counts.get(month, 0) + n
+    out = []
+    for period in periods:
+        end = month_bounds(period)[1]
+        drafts, finalized = counts.get(period, [0, 0])
+        out.append(
+            MonthCloseStatus(
+                period=period,
+                ended=now >= end,
+                grace_ends_at=end + grace(),
+                drafts=drafts,
+                finalized=finalized,
+                statements=statement_counts.get(period, 0),
+            )
+        )
+    return out

@@ -91,6 +91,20 @@ def accounts_for_caller(*, caller: Caller) -> QuerySet[Account]:
     return _with_balances(Account.objects.filter(scope))
 
 
+def accounts_visible(
+    *, caller: Caller, kind: str | None = None, currency: str | None = None
+) -> QuerySet[Account]:
+    """Every account the caller may see, with balances (for operator finance, every
+    organization's and the platform's), optionally of one kind and currency; ordered
+    by currency, owner and kind."""
+    accounts = _visible_accounts(caller)
+    if kind is not None:
+        accounts = accounts.filter(kind=kind)
+    if currency is not None:
+        accounts = accounts.filter(currency=currency)
+    return _with_balances(accounts).order_by("currency", "organization__name", "kind", "pk")
+
+
 def account_get(*, caller: Caller, account_id: int) -> Account:
     """One account the caller may see, with balances; anything else is a 404."""
     account = _with_balances(_visible_accounts(caller)).filter(pk=account_id).first()

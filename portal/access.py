@@ -18,16 +18,18 @@ from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
 
 from core import selectors as tenancy
 from core.errors import Forbidden, NotFound
 from core.models import Membership, Organization
+from core.tenancy import Caller
 
 ORGANIZATION_SESSION_KEY = "portal_organization_id"
 ADMIN = Membership.Role.ADMIN
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]  # a page, or a file (FileResponse)
 
 
 def current_membership(request: HttpRequest) -> Membership | None:
@@ -54,7 +56,7 @@ def member_page(
 
     def decorate(view: View) -> View:
         @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             membership = current_membership(request)
@@ -85,3 +87,39 @@ BUYER_KINDS = (Organization.Kind.BUYER, Organization.Kind.BOTH)
 # in the API (core.permissions.IsBuyerOperator); finance staff read.
 OPERATORS = (Membership.Role.ADMIN, Membership.Role.MEMBER)
 PROVIDER_KINDS = (Organization.Kind.PROVIDER, Organization.Kind.BOTH)
+
+# The operator's finance staff (``Caller.is_platform_finance``): the finance pages.
+FINANCE_ROLES = (Membership.Role.FINANCE, Membership.Role.ADMIN)
+
+
+def finance_page(view: View) -> View:
+    """A page of ``/finance/``: the operator's finance staff and admins only. Another
+    organization's members find no such page (404, as a provider finds no buyer
+    console); the operator's other members are refused (403)."""
+
+    @wraps(view)
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        organization = request.member.organization  # type: ignore[attr-defined]
+        if not organization.is_operator:
+            raise Http404("the finance pages are the operator's")
+        if request.member.role not in FINANCE_ROLES:  # type: ignore[attr-defined]
+            raise PermissionDenied(
+                f"the finance pages need the finance or admin role; yours is {request.member.role}"  # type: ignore[attr-defined]
+            )
+        return view(request, *args, **kwargs)
+
+    return member_page()(checked)
+
+
+def member_caller(request: HttpRequest) -> Caller:
+    """The signed-in member as the services' ``Caller`` (for the operator's finance
+    staff, one that reads every organization's books)."""
+    membership = request.member  # type: ignore[attr-defined]
+    return Caller(
+        organization=membership.organization, role=membership.role, user_id=request.user.pk
+    )
+
+
+def member_actor(request: HttpRequest) -> str:
+    """Who did it, as services record an actor: the signed-in person's email."""
+    return getattr(request.user, "email", "") or f"user {request.user.pk}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth import login
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -44,7 +45,7 @@ def sign_up(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET"])
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: HttpRequest) -> HttpResponseBase:
     """``/``: the sign-in page for visitors; a member's own part of the portal."""
     if not request.user.is_authenticated:
         return redirect("portal:sign-in")
@@ -52,16 +53,18 @@ def home(request: HttpRequest) -> HttpResponse:
     if membership is not None:
         organization = membership.organization
         finance_staff = organization.is_operator and membership.role == Membership.Role.FINANCE
-        if organization.kind in BUYER_KINDS and not finance_staff:
+        if finance_staff:
+            return redirect("portal:finance")
+        if organization.kind in BUYER_KINDS:
             return redirect("portal:console")
-        if organization.kind in PROVIDER_KINDS and not finance_staff:
+        if organization.kind in PROVIDER_KINDS:
             return redirect("portal:provider")
     return overview(request)
 
 
 @member_page()
 def overview(request: HttpRequest) -> HttpResponse:
-    """The home of a member with no dashboard yet (the operator's finance staff)."""
+    """The home of a member with no dashboard of their organization's kind."""
     return render(request, "portal/everyone/home.html")
 
 

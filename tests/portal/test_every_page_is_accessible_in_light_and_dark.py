@@ -12,6 +12,7 @@ from axe_playwright_python.sync_playwright import Axe
 from django.utils import timezone
 
 from core import services
+from exports.models import FinanceExport
 from payments.models import TopUp
 from pricing.welcome import welcome_credit_grant
 from providers import demo as supply
@@ -63,6 +64,10 @@ def test_every_page_passes_axe_and_is_photographed(
     supply.load(provider=provider.organization)
     operator = services.org_create(name="Operator", kind="both", is_operator=True)
     finance = person(org=operator, role="finance")
+    FinanceExport.objects.create(
+        kind="ar_aging", format="csv", requested_by=finance.email, created_at=timezone.now()
+    )
+    this_month = f"{timezone.now():%Y-%m}"
 
     def visit(who=None):
         context = new_context(viewport=SIZES[size], color_scheme=scheme)
@@ -152,6 +157,9 @@ def test_every_page_passes_axe_and_is_photographed(
         ("provider-offer", f"/provider/offers/{offer.pk}/"),
         ("provider-leases", "/provider/leases/"),
         ("provider-agent-keys", "/provider/agent-keys/"),
+        ("provider-earnings", "/provider/earnings/"),
+        ("provider-statement", f"/provider/earnings/{this_month}/"),
+        ("provider-payouts", "/provider/payouts/"),
     ]:
         page.goto(live_server.url + path)
         check(page, name, size, scheme, errors)
@@ -173,5 +181,29 @@ def test_every_page_passes_axe_and_is_photographed(
     page, errors = visit(finance)
     page.goto(live_server.url + "/")
     check(page, "finance-home", size, scheme, errors)
+    for name, path in [
+        ("finance-trial-balance", "/finance/trial-balance/"),
+        ("finance-journal", "/finance/journal/"),
+        ("finance-accounts", "/finance/accounts/"),
+        ("finance-invoices", "/finance/invoices/"),
+        ("finance-invoice", f"/finance/invoices/{invoice.pk}/"),
+        ("finance-close", "/finance/close/"),
+        ("finance-exports", "/finance/exports/"),
+        ("finance-statements", "/finance/statements/"),
+        ("finance-statement", f"/finance/statements/{provider.organization.pk}/{this_month}/"),
+    ]:
+        page.goto(live_server.url + path)
+        check(page, name, size, scheme, errors)
+    page.goto(live_server.url + "/finance/close/")
+    page.get_by_role("button", name="Close the month").click()  # every field refused
+    page.locator("#id_confirm_error").wait_for()
+    check(page, "finance-close-errors", size, scheme, errors=[])  # a 400, logged
+    errors.clear()
+    page.goto(live_server.url + "/finance/exports/")
+    page.get_by_label("Kind").select_option("usage_detail")
+    page.get_by_role("button", name="Request export").click()
+    page.locator(".errorlist").first.wait_for()
+    check(page, "finance-export-errors", size, scheme, errors=[])
+    errors.clear()
     page.goto(live_server.url + "/keys/new")
     check(page, "forbidden", size, scheme, errors=[])  # a 403, logged likewise

@@ -25,6 +25,8 @@ from django.utils.module_loading import autodiscover_modules
 from core import services as core
 from core.followers import followers_run_until_idle
 from core.models import Organization
+from exports import selectors as finance_exports
+from exports import services as exports
 from invoicing import services as invoicing
 from marketplace import demo as market
 from marketplace.assignments import demo as runs
@@ -110,6 +112,18 @@ class Command(BaseCommand):
             draft = invoicing.invoice_draft_refresh(
                 organization=buyer, period=now.date().replace(day=1), now=now
             )
+
+        # A finance export of the month's invoice register, written here (a worker
+        # would), so the finance pages list one ready to download (once).
+        if not finance_exports.exports_recent().exists():
+            register = exports.export_create(
+                kind="invoice_register",
+                format="csv",
+                params={"period": f"{now:%Y-%m}"},
+                requested_by="demo",
+                enqueue=False,
+            )
+            exports.export_run(export_id=register.pk)
 
         # The demo node's agent key in a file (make run's agent reads it), and a command
         # on the running H100 lease for that agent to run.

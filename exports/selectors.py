@@ -1,0 +1,15 @@
+"""Reads of the finance exports, for the apps above (the portal's finance pages)."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from exports.models import FinanceExport
+
+# The app's public surface for the apps above it:
+from exports.report import revenue_by_month as revenue_by_month
+
+
+def exports_recent() -> QuerySet[FinanceExport]:
+    """Every finance export, newest first."""
+    return FinanceExport.objects.order_by("-created_at", "-pk")
