@@ -1,6 +1,6 @@
 """Writes of payments: top-ups, refunds, disputes, connected accounts, payouts.
 
-Two habits run through the module:
+Two habits run through these modules:
 
 - Stripe is never called inside a database transaction. A service records what it
   intends (a row, a ledger hold), commits, calls Stripe with an idempotency key
