@@ -495,7 +495,7 @@ SELECT a.b, a.provider, sum(a.amount)::bigint AS amount,
 """
 
 # The UsageRecorded event of each batch, then the EntryPosted events of its entries:
-# payloads and metadata as metering.services._store and billing.rating write them.
+# payloads and metadata as metering.storage._store and billing.rating write them.
 EVENTS_SQL = """
 INSERT INTO core_event (position, tenant_id, stream_type, stream_id, version, type,
                         schema_version, payload, metadata, idempotency_key, recorded_at)

@@ -34,7 +34,7 @@ from core.pagination import page_serializer, paginated_response
 from core.permissions import IsPlatformFinance
 from core.schema import error_responses
 from core.tenancy import get_caller
-from exports import report, services
+from exports import services
 from exports.models import FinanceExport
 from invoicing.selectors import parse_period
 
@@ -128,7 +128,7 @@ class ReconciliationSerializer(serializers.Serializer):
     unexplained = serializers.SerializerMethodField()
     sections = SectionSerializer(many=True)
 
-    def get_unexplained(self, value: report.Reconciliation) -> str:
+    def get_unexplained(self, value: services.Reconciliation) -> str:
         return Money(value.unexplained_micros, value.currency).format()
 
 
@@ -253,7 +253,7 @@ class ReconciliationApi(APIView):
         responses={200: ReconciliationSerializer, **error_responses(400, 401, 403, 429)},
     )
     def get(self, request: Request) -> Response:
-        result = report.reconciliation_compute(currency=query_currency(request))
+        result = services.reconciliation_compute(currency=query_currency(request))
         return Response(ReconciliationSerializer(result).data)
 
 
@@ -273,7 +273,7 @@ class MonthlyReportApi(APIView):
     def get(self, request: Request) -> HttpResponse:
         period = _period(request, "period", required=True)
         assert period is not None
-        html = report.monthly_report_html(period=period, currency=query_currency(request))
+        html = services.monthly_report_html(period=period, currency=query_currency(request))
         return HttpResponse(html, content_type="text/html; charset=utf-8")
 
 
@@ -295,7 +295,7 @@ class RevenueChartApi(APIView):
         },
     )
     def get(self, request: Request) -> HttpResponse:
-        png = report.revenue_chart_png(
+        png = services.revenue_chart_png(
             currency=query_currency(request) or settings.TANDEM_CURRENCY,
             months=_months(request),
             until=_period(request, "until", required=False),

@@ -7,6 +7,9 @@ is complete, so a download never sees half a file. Progress (``rows_written`` of
 ``rows_total``) is committed after each chunk. A run that dies is run again from the
 start by the next delivery of its message (the actor retries); a finished export is
 never run twice (the claim is a conditional update).
+
+The reports (``reconciliation``, ``monthly_report``) are re-exported here, the
+app's surface for its apis and commands.
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ from core.money import CURRENCIES
 from core.queue import task_send_on_commit
 from exports.builders import Column, source_for
 from exports.models import FinanceExport
+from exports.monthly_report import monthly_report_html, revenue_chart_png
+from exports.reconciliation import Reconciliation, reconciliation_compute
 from invoicing.selectors import parse_period
+
+# The reports, for the app's apis and commands:
+__all__ = ["Reconciliation", "monthly_report_html", "reconciliation_compute", "revenue_chart_png"]
 
 FINANCE_EXPORT_TASK = "finance_export_task"  # the actor in exports/tasks.py
 

@@ -17,11 +17,12 @@ from core.eventstore import (
 )
 from core.models import Organization
 from invoicing.amounts import _money_of, _money_texts, cents
-from invoicing.calculations import Computed, _any, _select
+from invoicing.lines import Computed
 from invoicing.models import (
     BillingProfile,
     Invoice,
 )
+from invoicing.queries import _any, _select
 from invoicing.settlement import Totals
 
 

@@ -15,8 +15,9 @@ from core.db import (
 )
 from core.errors import InvalidInput
 from core.models import Organization
-from invoicing.calculations import Computed, invoice_compute
+from invoicing.calculations import invoice_compute
 from invoicing.documents import _document, _profile, canonical
+from invoicing.lines import Computed
 from invoicing.models import (
     Invoice,
 )

@@ -26,14 +26,17 @@ from core.eventstore import (
 )
 from core.followers import followers_run_until_idle
 from invoicing.accruals import usage_accruals
-from invoicing.calculations import BUYER_KINDS, Computed, _any, _select, invoice_compute
+from invoicing.calculations import invoice_compute
+from invoicing.charges import BUYER_KINDS
 from invoicing.documents import _document, _profile, canonical
 from invoicing.events import INVOICE_FINALIZED, INVOICE_STREAM
+from invoicing.lines import Computed
 from invoicing.models import (
     Invoice,
 )
 from invoicing.numbering import _next_number
 from invoicing.periods import due_after
+from invoicing.queries import _any, _select
 from invoicing.settlement import Totals, settle, settlement_legs
 from invoicing.writers import _write_lines
 from ledger.models import Account, Balance

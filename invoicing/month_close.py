@@ -42,7 +42,7 @@ from core.eventstore import (
     events_insert,
 )
 from core.models import Event, Organization
-from invoicing.calculations import Computed, _any, _compute_monthly, _jobs_alone, _select
+from invoicing.calculations import _compute_monthly, _jobs_alone
 from invoicing.documents import _document_json, _document_lines_json, _JsonStrings, _profiles
 from invoicing.drafts import invoice_draft_refresh
 from invoicing.events import INVOICE_FINALIZED, INVOICE_STREAM
@@ -56,6 +56,7 @@ from invoicing.finalization import (
     _set_final,
     invoice_finalize,
 )
+from invoicing.lines import Computed
 from invoicing.models import (
     Invoice,
     UsageAccrual,
@@ -68,6 +69,7 @@ from invoicing.numbering import (
     _NumbersTaken,
 )
 from invoicing.periods import due_after, grace, issuer, month_bounds, monthly_key
+from invoicing.queries import _any, _select
 from invoicing.settlement import Settlement, settle, settlement_legs
 from invoicing.statements import statements_close
 from invoicing.writers import _invoices_write, _write_lines_many

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from core.money import rate_amount
 from invoicing.amounts import cents
-from invoicing.calculations import Computed
+from invoicing.lines import Computed
 from invoicing.models import (
     Invoice,
 )

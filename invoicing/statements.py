@@ -26,9 +26,9 @@ from django.utils import timezone
 
 from core.models import Event, Organization
 from core.money import Money
-from invoicing.calculations import _any, _select
 from invoicing.models import ProviderStatement, UsageAccrual
 from invoicing.periods import month_bounds
+from invoicing.queries import _any, _select
 from ledger import events as ev
 from ledger.models import Account, Posting
 

@@ -6,24 +6,18 @@ from __future__ import annotations
 from django.urls import path
 
 from core.routing import by_method
-from invoicing.apis import (
-    BillingProfileGetApi,
-    BillingProfileSetApi,
-    CreditNoteCreateApi,
-    CreditNoteListApi,
-    InvoiceDetailApi,
-    InvoiceDraftApi,
+from invoicing.apis.credit_notes import CreditNoteCreateApi, CreditNoteListApi
+from invoicing.apis.invoice_documents import InvoiceHtmlApi, InvoicePdfApi
+from invoicing.apis.invoices import InvoiceDetailApi, InvoiceDraftApi, InvoiceListApi
+from invoicing.apis.lifecycle import (
     InvoiceFinalizeApi,
-    InvoiceHtmlApi,
-    InvoiceListApi,
     InvoiceMarkPaidApi,
     InvoiceMarkUncollectibleApi,
-    InvoicePdfApi,
     InvoiceVoidApi,
     JobInvoiceIssueApi,
-    ProviderStatementDetailApi,
-    ProviderStatementListApi,
 )
+from invoicing.apis.profiles import BillingProfileGetApi, BillingProfileSetApi
+from invoicing.apis.statements import ProviderStatementDetailApi, ProviderStatementListApi
 
 urlpatterns = [
     # invoices and credit notes

@@ -13,12 +13,13 @@ from core.db import (
     server_cursor,
 )
 from invoicing.amounts import cents
-from invoicing.calculations import Computed, _chunks
+from invoicing.lines import Computed
 from invoicing.models import (
     Invoice,
     InvoiceLine,
     InvoiceLineEntry,
 )
+from invoicing.queries import _chunks
 
 
 def _write_lines(invoice: Invoice, computed: Computed) -> None:

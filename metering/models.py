@@ -67,7 +67,7 @@ class UsageEvent(models.Model):
         indexes = [
             models.Index(fields=["buyer", "occurred_at"], name="usage_buyer_time"),
             # A lease's GPU-seconds so far and their latest time, for the bound on what
-            # a lease may be billed (metering.services._leases_within_bounds): read
+            # a lease may be billed (metering.lease_bounds._leases_within_bounds): read
             # from the index alone. Only lease rows (a tenth of the usual usage).
             models.Index(
                 fields=["subject_id", "quantity", "occurred_at"],

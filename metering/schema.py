@@ -82,7 +82,7 @@ USAGE_TYPES: dict[str, UsageType] = {
     "tokens.prompt": UsageType("token", frozenset({"job", "deployment"}), ("model",)),
     "tokens.completion": UsageType("token", frozenset({"job", "deployment"}), ("model",)),
     # gpu_model, provider and lease_price_micros_per_hour are the lease's own: filled in
-    # from the lease at ingestion (metering.services._proven), refused if sent otherwise.
+    # from the lease at ingestion (metering.provenance._proven), refused if sent otherwise.
     "gpu.seconds": UsageType("gpu_second", frozenset({"lease"})),
 }
 

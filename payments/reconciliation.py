@@ -23,7 +23,7 @@ on both days as a difference that the next day's run explains.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -42,7 +42,6 @@ from payments.models import (
     Refund,
     TopUp,
 )
-from payments.services import day_bounds
 from payments.stripe_client import (
     as_dict,
     from_minor,
@@ -50,6 +49,11 @@ from payments.stripe_client import (
     object_id,
     stripe_client,
 )
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
 
 
 def _ledger_side(day: date, currency: str) -> tuple[dict[str, int], dict[str, list[str]]]:

@@ -6,7 +6,7 @@ import contextlib
 
 import dramatiq
 
-from payments import collection, services, webhooks
+from payments import services, webhooks
 from payments.models import TopUp
 
 
@@ -52,10 +52,10 @@ def invoice_payment_submit_task(payment_id: int) -> None:
     """Charge the saved method for an invoice's collection attempt. A decline is
     recorded on the attempt (and moves the dunning on); Stripe not answering leaves
     it pending for ``run_dunning``."""
-    collection.invoice_payment_submit(payment_id=payment_id)
+    services.invoice_payment_submit(payment_id=payment_id)
 
 
 @dramatiq.actor(queue_name="payments", max_retries=0, time_limit=3_600_000)
 def invoice_dunning_run_task() -> None:
     """The scheduled dunning run (also: ``manage.py run_dunning``)."""
-    collection.invoice_dunning_run()
+    services.invoice_dunning_run()

@@ -2,21 +2,25 @@ from __future__ import annotations
 
 from django.urls import path
 
-from payments.apis import (
-    AccountLinkApi,
-    AutoRechargeApi,
-    ConnectedAccountApi,
+from payments.apis.invoice_payments import (
     InvoiceCollectionApi,
     InvoicePaymentDetailApi,
     InvoicePaymentListApi,
     InvoicePaymentRefundApi,
     InvoicePaymentRetryApi,
-    PaymentMethodSaveApi,
+)
+from payments.apis.payouts import (
+    AccountLinkApi,
+    ConnectedAccountApi,
     PayoutDetailApi,
     PayoutListApi,
-    ReconciliationApi,
+)
+from payments.apis.reconciliation import ReconciliationApi
+from payments.apis.stripe_webhook import StripeWebhookApi
+from payments.apis.top_ups import (
+    AutoRechargeApi,
+    PaymentMethodSaveApi,
     RefundCreateApi,
-    StripeWebhookApi,
     TopUpCheckoutApi,
     TopUpDetailApi,
     TopUpListCreateApi,

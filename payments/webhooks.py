@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from core.db import retry_transaction
 from core.errors import InvalidInput
-from payments import collection, services
+from payments import services
 from payments.models import StripeEvent, TopUp
 from payments.stripe_client import as_dict, object_id, stripe_client, stripe_configured
 
@@ -109,9 +109,9 @@ Handler = Callable[[dict[str, Any], str, Any], str]
 
 
 def _payment_intent(obj: dict[str, Any], event_type: str, fetched: Any) -> str:
-    # An invoice's collection attempt (payments.collection), else a top-up.
-    if collection.is_invoice_payment(obj):
-        return collection.invoice_payment_apply_intent(intent=obj, event_type=event_type)
+    # An invoice's collection attempt (payments.invoice_payments), else a top-up.
+    if services.is_invoice_payment(obj):
+        return services.invoice_payment_apply_intent(intent=obj, event_type=event_type)
     return services.top_up_apply_payment_intent(intent=obj, event_type=event_type)
 
 
@@ -120,10 +120,8 @@ def _checkout_session(obj: dict[str, Any], event_type: str, fetched: Any) -> str
 
 
 def _one_refund(stripe_refund: dict[str, Any], charge: dict[str, Any] | None = None) -> str:
-    # A refund of an invoice payment (payments.collection), else of a top-up.
-    outcome = collection.invoice_refund_apply_from_stripe(
-        stripe_refund=stripe_refund, charge=charge
-    )
+    # A refund of an invoice payment (payments.invoice_refunds), else of a top-up.
+    outcome = services.invoice_refund_apply_from_stripe(stripe_refund=stripe_refund, charge=charge)
     if outcome is not None:
         return outcome
     return services.refund_apply_from_stripe(stripe_refund=stripe_refund, charge=charge)

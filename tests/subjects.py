@@ -1,6 +1,6 @@
 """Usage subjects that exist, for tests and benches that send usage: usage is only
 accepted for a lease, fine-tune job or deployment the platform made, of the buyer the
-event names (metering.services._proven).
+event names (metering.provenance._proven).
 
 - ``lease_matched``: a lease made by the market itself (a node, an offer, an order and
   a matching round, all through their services). Its GPU time is billed by settling

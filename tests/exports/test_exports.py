@@ -19,7 +19,7 @@ from django.db.models import Q, Sum
 from dramatiq import Worker
 
 from core.money import Money
-from exports import builders, report, services
+from exports import builders, monthly_report, reconciliation, services
 from exports.models import FinanceExport
 from invoicing.credit_notes import credit_note_issue
 from invoicing.lifecycle import invoice_mark_paid
@@ -211,7 +211,7 @@ def test_reading_the_journal_in_small_chunks_gives_the_same_frames(month, monkey
         builders.provider_earnings_frame(currency="USD"),
         builders.deferred_revenue_frame(as_of=now),
     ]
-    monkeypatch.setattr(builders, "CHUNK_ROWS", 1)  # every posting a chunk of its own
+    monkeypatch.setattr("exports.journal.CHUNK_ROWS", 1)  # every posting a chunk of its own
     assert len(builders.journal(Q(kind__in=["revenue", "fees", "payable", "credit"]))) > 10
     chunked = [
         builders.revenue_frame(currency="USD"),
@@ -259,7 +259,7 @@ def test_aging_puts_an_invoice_in_the_bucket_of_its_days_past_due(month, tmp_pat
 def test_reconciliation_finds_nothing_unexplained_on_the_generated_month(month):
     cast = month
     # as closed: receivables, tax and rounding each equal the invoices
-    result = report.reconciliation_compute(currency="USD")
+    result = reconciliation.reconciliation_compute(currency="USD")
     sections = {s.name: s for s in result.sections}
     assert result.unexplained_micros == 0
     owed_now = balance(cast.buyer_a, "receivable") + balance(cast.buyer_b, "receivable")
@@ -285,7 +285,7 @@ def test_reconciliation_finds_nothing_unexplained_on_the_generated_month(month):
         reason="late fee",
         actor="test",
     )
-    result = report.reconciliation_compute(currency="USD")
+    result = reconciliation.reconciliation_compute(currency="USD")
     sections = {s.name: s for s in result.sections}
     assert result.unexplained_micros == 0
     received = sections["payments_received"]
@@ -294,7 +294,7 @@ def test_reconciliation_finds_nothing_unexplained_on_the_generated_month(month):
     assert sent.ledger_micros == sent.documents_micros == payout.amount_micros > 0
     explained = sections["receivables"].differences
     assert [(d.cause, d.amount_micros, d.explained) for d in explained] == [
-        (report.EXPLAINED_KINDS["adjustment"], 1_230_000, True)
+        (reconciliation.EXPLAINED_KINDS["adjustment"], 1_230_000, True)
     ]
     assert sections["tax"].documents_micros == owed.tax_micros - 380_000  # 19% of 2.00
 
@@ -320,7 +320,7 @@ def test_reconciliation_lists_a_difference_put_in_on_purpose(month):
     # and a payout whose record says more than the ledger paid out
     payout = _pay_out(cast.provider_a)
     Payout.objects.filter(pk=payout.pk).update(amount_micros=payout.amount_micros + 10_000)
-    result = report.reconciliation_compute(currency="USD")
+    result = reconciliation.reconciliation_compute(currency="USD")
     found = {(d.section, d.reference): d for d in result.unexplained}
     assert set(found) == {
         ("receivables", owed.number),
@@ -361,11 +361,11 @@ def test_reconciliation_over_the_api_and_the_command(month, capsys):
 def test_the_revenue_chart_is_a_png_and_the_monthly_report_embeds_it(month):
     from matplotlib import image
 
-    png = report.revenue_chart_png(currency="USD", months=3, until=PERIOD)
+    png = monthly_report.revenue_chart_png(currency="USD", months=3, until=PERIOD)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     pixels = image.imread(io.BytesIO(png), format="png")
     assert pixels.shape[:2] == (450, 900)
-    pivot = report.revenue_by_month(currency="USD", months=3, until=PERIOD)
+    pivot = monthly_report.revenue_by_month(currency="USD", months=3, until=PERIOD)
     assert list(pivot.index) == ["2026-08", "2026-09", "2026-10"]
     assert int(pivot.loc["2026-10"].sum()) == platform("revenue") + platform("fees")
 

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from core.money import CURRENCIES, MICROS, Money, rate_amount
 from invoicing.amounts import _money_of, cents, money_text
-from invoicing.calculations import PRODUCT_ORDER, Computed, _Line
 from invoicing.documents import (
     _document,
     _document_json,
@@ -21,6 +20,7 @@ from invoicing.documents import (
     _JsonStrings,
     canonical,
 )
+from invoicing.lines import PRODUCT_ORDER, Computed, _Line
 from invoicing.models import Invoice
 from invoicing.settlement import totals_of
 

@@ -2,7 +2,7 @@
 several buyers (fine-tunes, inference, raw GPU leases on two providers) ingested
 through metering, rated and accrued by the real followers, with top-ups, a refund
 and a voided hold on the side. Usage is accepted only for subjects the platform made
-(metering.services._proven), so the world's jobs, deployments and leases are real
+(metering.provenance._proven), so the world's jobs, deployments and leases are real
 rows of their buyer (tests/subjects.py): a lease per provider, GPU model and price,
 running since before the month, billed by its usage (no hold)."""
 

@@ -144,7 +144,7 @@ def test_a_postpaid_invoice_is_charged_to_the_saved_card_and_paid_once(
     assert collection.invoice_collection_start(invoice=invoice) is None
 
     # and the actor sends it: an off-session PaymentIntent confirmed on the saved card
-    sent = collection.invoice_payment_submit(payment_id=payment.pk)
+    sent = services.invoice_payment_submit(payment_id=payment.pk)
     assert sent.status == InvoicePayment.Status.PROCESSING
     intent = stripe_on.get(f"/v1/payment_intents/{sent.payment_intent_id}")
     assert intent["amount"] == 12345 and intent["currency"] == "usd"
@@ -152,7 +152,7 @@ def test_a_postpaid_invoice_is_charged_to_the_saved_card_and_paid_once(
     assert intent["metadata"]["tandem_invoice_payment"] == str(payment.pk)
     assert intent["customer"] == StripeCustomer.objects.get(organization=org).customer_id
     # sending again (a redelivered actor message) makes no second PaymentIntent
-    assert collection.invoice_payment_submit(payment_id=payment.pk).sends == 1
+    assert services.invoice_payment_submit(payment_id=payment.pk).sends == 1
     # nothing is paid on the create call's word: the webhook decides
     invoice.refresh_from_db()
     assert invoice.status == Invoice.Status.OPEN
@@ -208,7 +208,7 @@ def test_a_postpaid_invoice_is_charged_to_the_saved_card_and_paid_once(
 
     # a dunning run much later finds nothing to do for it
     later = timezone.now() + timedelta(days=30)
-    run = collection.invoice_dunning_run(now=later)
+    run = services.invoice_dunning_run(now=later)
     assert (run.started, run.resent, run.refreshed) == ([], [], [])
 
 
@@ -225,7 +225,7 @@ def test_a_declining_card_is_retried_on_schedule_then_written_off(cast, stripe_o
 
     # when: the first charge is declined on confirmation
     t0 = timezone.now()
-    declined = collection.invoice_payment_submit(payment_id=first.pk, now=t0)
+    declined = services.invoice_payment_submit(payment_id=first.pk, now=t0)
 
     # then: the invoice is past due, a reminder names the first retry
     assert declined.status == InvoicePayment.Status.FAILED
@@ -242,15 +242,15 @@ def test_a_declining_card_is_retried_on_schedule_then_written_off(cast, stripe_o
     _ledger_balances()
 
     # nothing is due before the first retry's time
-    early = collection.invoice_dunning_run(now=t0 + timedelta(hours=23))
+    early = services.invoice_dunning_run(now=t0 + timedelta(hours=23))
     assert early.started == [] and InvoicePayment.objects.filter(invoice=invoice).count() == 1
 
     # each retry on its day: one attempt, declined, reminded of the next
     for n, day in enumerate(days):
         at = t0 + timedelta(days=day)
-        run = collection.invoice_dunning_run(now=at)
+        run = services.invoice_dunning_run(now=at)
         assert len(run.started) == 1, (day, run)
-        again = collection.invoice_dunning_run(now=at)  # a second run claims nothing
+        again = services.invoice_dunning_run(now=at)  # a second run claims nothing
         assert again.started == []
         attempt = InvoicePayment.objects.get(pk=run.started[0])
         assert (attempt.attempt, attempt.trigger, attempt.status) == (n + 2, "scheduled", "failed")
@@ -279,7 +279,7 @@ def test_a_declining_card_is_retried_on_schedule_then_written_off(cast, stripe_o
     ours = [i for i in intents if i["metadata"].get("tandem_invoice") == str(invoice.pk)]
     assert sorted(int(i["metadata"]["tandem_attempt"]) for i in ours) == [1, 2, 3, 4, 5]
     assert all(i["status"] == "requires_payment_method" for i in ours)
-    final = collection.invoice_dunning_run(now=t0 + timedelta(days=60))
+    final = services.invoice_dunning_run(now=t0 + timedelta(days=60))
     assert final.started == [] and InvoicePayment.objects.filter(invoice=invoice).count() == 5
 
 
@@ -326,7 +326,7 @@ def test_a_failure_reported_by_webhook_moves_the_dunning_once(cast, webhook_secr
     assert InvoiceCollection.objects.get(invoice=invoice).status == "retry_scheduled"
     _receivable_is_what_invoices_owe(org)
     # and a top-up's PaymentIntent still goes to the top-ups
-    assert not collection.is_invoice_payment({"id": "pi_other", "metadata": {"tandem_top_up": "1"}})
+    assert not services.is_invoice_payment({"id": "pi_other", "metadata": {"tandem_top_up": "1"}})
 
 
 @pytest.mark.django_db
@@ -378,7 +378,7 @@ def test_buyers_see_their_own_attempts_and_only_finance_retries(cast, stripe_on)
     invoice = _finalized_invoice(org, 42_000_000)
     followers_run_until_idle([collection.invoice_collection_follower])
     [first] = InvoicePayment.objects.filter(invoice=invoice)
-    collection.invoice_payment_submit(payment_id=first.pk)
+    services.invoice_payment_submit(payment_id=first.pk)
 
     # buyer A's members see the attempt and the dunning state
     member = cast.client(org, role="member")
@@ -428,7 +428,7 @@ def test_buyers_see_their_own_attempts_and_only_finance_retries(cast, stripe_on)
     assert InvoiceCollection.objects.get(invoice=invoice).next_retry_at is not None
 
     # when the forced charge succeeds (Stripe re-read: the webhook is late), it is paid
-    run = collection.invoice_dunning_run(now=timezone.now() + timedelta(hours=2))
+    run = services.invoice_dunning_run(now=timezone.now() + timedelta(hours=2))
     assert run.refreshed == [body["id"]]
     invoice.refresh_from_db()
     assert invoice.status == Invoice.Status.PAID
@@ -448,7 +448,7 @@ def test_refunding_an_invoice_payment_issues_a_credit_note_and_returns_its_total
     assert invoice.amount_due_micros == 119_000_000
     followers_run_until_idle([collection.invoice_collection_follower])
     [payment] = InvoicePayment.objects.filter(invoice=invoice)
-    payment = collection.invoice_payment_submit(payment_id=payment.pk)
+    payment = services.invoice_payment_submit(payment_id=payment.pk)
     intent = stripe_on.get(f"/v1/payment_intents/{payment.payment_intent_id}")
     _deliver(cast.anonymous, make_event("evt_inv_paid", "payment_intent.succeeded", intent))
     stripe_event_process(event_id="evt_inv_paid")
@@ -529,7 +529,7 @@ def test_two_dunning_runs_at_once_start_each_due_retry_once(cast, stripe_on):
     followers_run_until_idle([collection.invoice_collection_follower])
     t0 = timezone.now()
     for payment in InvoicePayment.objects.order_by("pk"):
-        assert collection.invoice_payment_submit(payment_id=payment.pk, now=t0).status == "failed"
+        assert services.invoice_payment_submit(payment_id=payment.pk, now=t0).status == "failed"
 
     # when: two runners run the dunning at the same moment, in their own connections
     barrier = threading.Barrier(2)
@@ -538,7 +538,7 @@ def test_two_dunning_runs_at_once_start_each_due_retry_once(cast, stripe_on):
     def runner() -> None:
         try:
             barrier.wait(timeout=10)
-            run = collection.invoice_dunning_run(now=t0 + timedelta(days=1))
+            run = services.invoice_dunning_run(now=t0 + timedelta(days=1))
             started.append(run.started)
         finally:
             connection.close()
@@ -574,7 +574,7 @@ def test_an_amount_due_to_the_micro_unit_is_charged_to_the_cent_above(cast, stri
     [payment] = InvoicePayment.objects.filter(invoice=invoice)
 
     # when: it is charged and Stripe confirms
-    payment = collection.invoice_payment_submit(payment_id=payment.pk)
+    payment = services.invoice_payment_submit(payment_id=payment.pk)
     intent = stripe_on.get(f"/v1/payment_intents/{payment.payment_intent_id}")
     assert intent["amount"] == 688
     _deliver(cast.anonymous, make_event("evt_odd_paid", "payment_intent.succeeded", intent))

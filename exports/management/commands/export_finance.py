@@ -90,7 +90,7 @@ class Command(BaseCommand):
         self.stdout.write(f"export {export.pk}: {export.rows_written} rows -> {path}")
 
     def _report(self, options: dict[str, Any]) -> None:
-        from exports import report
+        from exports import services
         from exports.services import period_check
 
         currency = options["currency"] or settings.TANDEM_CURRENCY
@@ -100,7 +100,7 @@ class Command(BaseCommand):
             def money(micros: int) -> str:
                 return Money(micros, currency).format()
 
-            result = report.reconciliation_compute(currency=currency)
+            result = services.reconciliation_compute(currency=currency)
             for section in result.sections:
                 self.stdout.write(
                     f"{section.name:22} ledger {money(section.ledger_micros):>16}"
@@ -120,13 +120,13 @@ class Command(BaseCommand):
         if what == "report":
             if not options["period"]:
                 raise CommandError("report needs --period YYYY-MM")
-            body = report.monthly_report_html(
+            body = services.monthly_report_html(
                 period=period_check(options["period"]), currency=currency
             )
             data = body.encode()
         else:
             until = period_check(options["period"]) if options["period"] else None
-            data = report.revenue_chart_png(
+            data = services.revenue_chart_png(
                 currency=currency, months=options["months"], until=until
             )
         if not options["output"]:

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils.dateparse import parse_datetime
 
-from payments.collection import invoice_dunning_run
+from payments.services import invoice_dunning_run
 from payments.stripe_client import PaymentsUnavailable
 
 
