@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from exports.models import FinanceExport
 
 # The app's public surface for the apps above it:
-from exports.report import revenue_by_month as revenue_by_month
+from exports.monthly_report import revenue_by_month as revenue_by_month
 
 
 def exports_recent() -> QuerySet[FinanceExport]:
