@@ -20,6 +20,12 @@ a deadlock, or a unique-key race with a concurrent duplicate.
 
 On PostgreSQL a lone journal entry is first offered to ``ledger.single_transfer``
 (one round trip, the same rule); what it does not post comes here.
+
+Why one module of ~900 lines: the four steps share one in-memory state (the
+``_Applier``: locked balances, holds, results, rows to write) and one invariant —
+what is written is exactly what ``apply_event`` decided. The PostgreSQL read and
+write statements are shaped by the applier's rows and nothing else uses them;
+splitting them out would put the invariant's two halves in different files.
 """
 
 from __future__ import annotations
