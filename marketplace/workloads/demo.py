@@ -21,7 +21,8 @@ from pathlib import Path
 
 from core.followers import followers_run_until_idle
 from core.models import Organization
-from marketplace.workloads import services
+from marketplace.workloads import files as workload_files
+from marketplace.workloads import inference, jobs
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import Deployment, FineTuneJob
 
@@ -36,15 +37,15 @@ def load(*, buyer: Organization, provider: Organization) -> FineTuneJob:
     ).first()
     if done is not None:
         return done
-    file = services.file_upload(
+    file = workload_files.file_upload(
         organization=buyer,
         purpose="fine-tune",
         filename=SAMPLE.name,
         chunks=[SAMPLE.read_bytes()],
     )
-    job = services.finetune_job_create(
+    job = jobs.finetune_job_create(
         organization=buyer,
-        request=services.JobRequest(
+        request=jobs.JobRequest(
             model=MODEL,
             training_file=file.public_id,
             n_epochs=3,
@@ -162,10 +163,10 @@ def serve(*, job: FineTuneJob) -> Deployment:
     if found is not None:
         return found
     assert job.fine_tuned_model, "the demo serves the job it trained to the end"
-    served = services.model_resolve(organization=job.organization, name=job.fine_tuned_model)
+    served = inference.model_resolve(organization=job.organization, name=job.fine_tuned_model)
     # What deployment_acquire does first, without its wait for the lease: nothing
     # else runs matching or the follower while the demo loads, so they run here.
-    deployment = services._deployment_live(organization=job.organization, served=served)
+    deployment = inference._deployment_live(organization=job.organization, served=served)
     matching_round()
     followers_run_until_idle([WorkloadsFollower()])  # LeaseStarted: the lease recorded
     deployment.refresh_from_db()
@@ -174,4 +175,4 @@ def serve(*, job: FineTuneJob) -> Deployment:
             f"the demo deployment {deployment.public_id} found no GPUs "
             "(is the provider demo loaded?)"
         )
-    return services.deployment_acquire(organization=job.organization, served=served)
+    return inference.deployment_acquire(organization=job.organization, served=served)

@@ -26,7 +26,7 @@ from core.models import Event
 from core.ports import GenerationChunk, GenerationRequest
 from marketplace import services as market
 from marketplace.models import Lease, Order
-from marketplace.workloads import services
+from marketplace.workloads import inference
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import Deployment
 from metering.models import UsageEvent
@@ -166,7 +166,7 @@ def test_no_gpus_on_the_market_is_a_503_within_the_start_timeout(cast, engines, 
     error = response.json()["error"]
     assert error["code"] == "model_unavailable" and error["param"] == "model"
     assert "no GPUs were found" in error["message"] and TINY in error["message"]
-    assert response["Retry-After"] == str(services.RETRY_AFTER_SECONDS)
+    assert response["Retry-After"] == str(inference.RETRY_AFTER_SECONDS)
     assert 1 <= waited < 1 + 10  # it waited for the timeout, and not much longer
     # the deployment keeps waiting in the book; no engine was loaded without a lease
     deployment = Deployment.objects.get()
@@ -192,8 +192,8 @@ def test_a_deployment_nobody_asks_for_while_it_waits_is_stopped_and_its_order_ca
     deployment = Deployment.objects.get()
     idle = timedelta(seconds=deployment.idle_timeout_seconds)
 
-    assert services.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
-    assert services.deployments_stop_idle(now=deployment.last_request_at + idle * 2) == 1
+    assert inference.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
+    assert inference.deployments_stop_idle(now=deployment.last_request_at + idle * 2) == 1
 
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.STOPPED
@@ -213,11 +213,11 @@ def test_an_idle_deployment_is_stopped_its_lease_settled_and_the_next_request_st
     assert deployment.last_request_at is not None
 
     # not yet idle for its whole timeout: kept warm
-    assert services.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
+    assert inference.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
     # idle past it: stopped
     later = deployment.last_request_at + idle + timedelta(seconds=1)
-    assert services.deployments_stop_idle(now=later) == 1
-    assert services.deployments_stop_idle(now=later) == 0
+    assert inference.deployments_stop_idle(now=later) == 1
+    assert inference.deployments_stop_idle(now=later) == 0
 
     deployment.refresh_from_db()
     lease.refresh_from_db()
@@ -270,7 +270,7 @@ def test_a_second_delivery_of_the_lease_start_changes_nothing(cast, engines):
     deployment = Deployment.objects.get()
     order = inference_orders().get()
 
-    assert not services.deployment_lease_started(
+    assert not inference.deployment_lease_started(
         deployment_id=deployment.public_id, lease_ref=deployment.lease_ref, order_ref=str(order.pk)
     )
     assert Lease.objects.get(pk=int(deployment.lease_ref)).state == Lease.State.ACTIVE
@@ -345,7 +345,7 @@ def test_a_slow_engine_load_is_a_503_in_time_and_the_load_carries_on(cast, engin
         assert waiting.status_code == 503
         error = waiting.json()["error"]
         assert error["code"] == "model_unavailable" and "is loading" in error["message"]
-        assert waiting["Retry-After"] == str(services.RETRY_AFTER_SECONDS)
+        assert waiting["Retry-After"] == str(inference.RETRY_AFTER_SECONDS)
         assert 2 <= waited < 2 + 8
         # and the load carries on: once done, the next request is served, loaded once
         release.set()

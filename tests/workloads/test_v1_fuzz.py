@@ -19,7 +19,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from marketplace.workloads import services
+from marketplace.workloads import inference
 from marketplace.workloads.models import Deployment
 
 from .conftest import SAMPLE_CHAT, jsonl
@@ -237,7 +237,7 @@ def ready_deployment(cast) -> Iterator[str]:  # type: ignore[no-untyped-def]
         last_request_at=now,
     )
     yield deployment.public_id
-    services._engine_drop(deployment.public_id)
+    inference._engine_drop(deployment.public_id)
 
 
 def _post(client, path: str, body: Any):  # type: ignore[no-untyped-def]

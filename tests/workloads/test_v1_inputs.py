@@ -316,9 +316,9 @@ def failing_engines(cast):  # type: ignore[no-untyped-def]
         last_request_at=now,
     )
     yield
-    from marketplace.workloads import services
+    from marketplace.workloads import inference
 
-    services._engines.discard("dep-failing")
+    inference._engines.discard("dep-failing")
     ports.register(ports.InferencePort, previous)
 
 
