@@ -41,6 +41,7 @@ class DriverError(RuntimeError):
 
 class RunHandle(Protocol):
     pgid: int
+    stdin: Any  # the run's standard input (a binary pipe) when started with stdin_pipe
 
     def wait(self, timeout: float) -> int | None:
         """The exit code once the run's first process has exited (-N: killed by signal
@@ -63,6 +64,7 @@ class Driver(Protocol):
         env: dict[str, str],
         run_as: RunAs | None,
         on_line: Callable[[str, str], None],
+        stdin_pipe: bool = False,
     ) -> RunHandle: ...
 
 
@@ -117,6 +119,7 @@ class _SubprocessHandle:
         self.process = process
         self.pgid = process.pid  # a new session: its leader's pid is the group's id
         self.readers = readers
+        self.stdin = process.stdin
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -142,6 +145,9 @@ class _SubprocessHandle:
         self.wait(5.0)
 
     def close(self) -> None:
+        if self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
         self._signal_group(signal.SIGKILL)
         self.wait(5.0)
         for reader in self.readers:
@@ -179,7 +185,10 @@ class SubprocessDriver:
         env: dict[str, str],
         run_as: RunAs | None,
         on_line: Callable[[str, str], None],
+        stdin_pipe: bool = False,
     ) -> RunHandle:
+        """``stdin_pipe``: the run reads what the agent writes to ``handle.stdin``
+        (a serve run's requests); else its standard input is empty."""
         extra: dict[str, Any] = {}
         if run_as is not None:
             extra.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
@@ -188,7 +197,7 @@ class SubprocessDriver:
                 command,
                 cwd=work_dir,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,

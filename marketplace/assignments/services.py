@@ -32,8 +32,9 @@ node behind NAT works.
 
 Kinds: ``command`` (a buyer's command on a raw lease) and ``train`` (a fine-tune's
 training: marketplace/assignments/training.py adds signed URLs to its claim, its own
-reports, uploads, and its re-queueing by the reaper); an inference deployment becomes
-kind ``serve`` next (long-lived, renewed while the deployment lives). The index,
+reports, uploads, and its re-queueing by the reaper) and ``serve`` (an inference
+deployment's engine: marketplace/assignments/serving.py; long-lived, renewed while
+the deployment lives, its requests relayed to it). The index,
 claim, attempt, renewals and stop are the same for every kind.
 """
 
@@ -634,6 +635,8 @@ def _reap_one(assignment_id: int, now: datetime) -> bool:
             + (
                 " (re-queued: the next node resumes from the last checkpoint)"
                 if train
+                else " (the deployment starts anew on its next request)"
+                if assignment.kind == Assignment.Kind.SERVE
                 else " (command runs are not retried)"
             )
         )

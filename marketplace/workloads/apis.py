@@ -41,7 +41,7 @@ from core.ports import GenerationRequest
 from core.schema import openai_error_responses
 from core.tenancy import get_caller
 from marketplace.workloads import files as workload_files
-from marketplace.workloads import inference, inputs, jobs, selectors, shapes
+from marketplace.workloads import gateway, inference, inputs, jobs, selectors, shapes
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import (
     invalid,
@@ -657,7 +657,7 @@ class _CompletionApi(V1Api):
         served = inference.model_resolve(organization=organization, name=model_name)
         request_id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
-        chunks = inference.inference_stream(
+        chunks = gateway.inference_stream(
             organization=organization, served=served, request=generation, request_id=request_id
         )
         if stream:
@@ -852,7 +852,7 @@ class EmbeddingsApi(V1Api):
             raise invalid("model is required", param="model", code="missing_model")
         texts, encoding = inputs.embedding_request(body, max_inputs=EMBEDDING_INPUTS_MAX)
         served = inference.model_resolve(organization=organization, name=model_name)
-        result = inference.embeddings_create(
+        result = gateway.embeddings_create(
             organization=organization,
             served=served,
             texts=texts,

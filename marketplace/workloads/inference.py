@@ -9,11 +9,7 @@ transaction of its own.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,10 +20,10 @@ from django.utils import timezone
 
 from core.errors import ApplicationError
 from core.models import Organization
-from core.ports import EmbeddingResult, GenerationChunk, GenerationRequest, UsageRecord
+from core.ports import UsageRecord
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
-from marketplace.workloads.errors import GenerationFailed, invalid, not_found
+from marketplace.workloads.errors import invalid, not_found
 from marketplace.workloads.models import Deployment, FineTuneJob, new_public_id
 from marketplace.workloads.services import (
     append_event,
@@ -75,98 +71,23 @@ def model_resolve(*, organization: Organization, name: str) -> ServedModel:
 
 # A deployment's life. The first request for a cold model creates it (``starting``)
 # and, in the same transaction, places its marketplace order: managed work, open-ended
-# and on demand (``_order_place_managed``). Matching leases GPUs; the workloads
-# follower records the lease on the deployment (LeaseStarted); a serving process then
-# loads the engine and marks it ``ready`` (``deployment_start``). Requests reuse it
-# until no request came for its idle timeout (``deployments_stop_idle``, run by each
-# pass of the matching loop) or its lease ends under it; then it is ``stopped``, its
-# lease ended and settled, and the next request starts a new one.
+# and on demand (``order_place_managed``). Matching leases GPUs; the workloads
+# follower records the lease on the deployment (LeaseStarted) and, in the same
+# transaction, queues its engine for the leased node (an assignment of kind
+# ``serve``). The node's agent claims it, starts the engine on the leased GPUs and
+# reports it started once the engine has loaded; the next request to look then marks
+# the deployment ``ready`` (``deployment_start``). Requests reach the engine through
+# the relay (marketplace/workloads/gateway.py) until no request came for its idle
+# timeout (``deployments_stop_idle``, run by each pass of the matching loop), its
+# lease ends under it, or its node stops serving (lost, or the engine failed); then
+# it is ``stopped``, its lease ended and settled (which stops the engine on the
+# node), and the next request starts a new one.
 
 # A 503 model_unavailable asks the client to come back after this many seconds; the
 # deployment's order keeps waiting in the book meanwhile.
 RETRY_AFTER_SECONDS = 10
-
-# Engines this process holds, by deployment id. The runtime's engine registry is per
-# process, so each serving process loads a deployment's engine once, for the first
-# request it serves, and unloads it when it finds the deployment stopped. A load runs
-# on one loader thread (the runtime loads one at a time too); concurrent requests
-# share its future, and each waits for it only until its own deadline, so a slow
-# load (large weights) is a 503 with Retry-After in time, never a held connection:
-# the load carries on and a later request finds the engine.
-_engines: set[str] = set()
-_engines_load_lock = threading.Lock()
-_engine_loads: dict[str, Future[None]] = {}
-_engine_loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-load")
-
-
-def _engine_ensure(deployment: Deployment, *, deadline: float | None = None) -> None:
-    """Load the deployment's engine in this process unless it holds it already, and
-    wait for the load until ``deadline`` (``time.monotonic()``; None: as long as it
-    takes). Outside any transaction."""
-    deployment_id = deployment.public_id
-    if deployment_id in _engines:
-        return
-    with _engines_load_lock:
-        if deployment_id in _engines:
-            return
-        future = _engine_loads.get(deployment_id)
-        if future is None:
-            future = _engine_loader.submit(
-                external.engine_load,
-                deployment_id=deployment_id,
-                base_model=deployment.base_model,
-                adapter_path=deployment.adapter_path or None,
-            )
-            _engine_loads[deployment_id] = future
-    wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-    try:
-        future.result(timeout=wait)
-    except FutureTimeout:
-        raise _unavailable(
-            deployment,
-            f"{deployment.model} is loading on its deployment {deployment_id}; "
-            f"retry in {RETRY_AFTER_SECONDS} seconds",
-        ) from None
-    except Exception as exc:
-        # The weights would not load (missing, corrupt, out of memory): the caller
-        # gets a 503 that says so; the next request tries the load again.
-        with _engines_load_lock:
-            if _engine_loads.get(deployment_id) is future:
-                del _engine_loads[deployment_id]
-        logger.exception("engine load failed", extra={"deployment": deployment_id})
-        raise _unavailable(
-            deployment,
-            f"{deployment.model} could not be loaded on its deployment "
-            f"{deployment_id} ({type(exc).__name__}: {str(exc)[:200]}); "
-            f"retry in {RETRY_AFTER_SECONDS} seconds",
-        ) from exc
-    with _engines_load_lock:
-        _engines.add(deployment_id)
-        if _engine_loads.get(deployment_id) is future:
-            del _engine_loads[deployment_id]
-
-
-def _engine_drop(deployment_id: str) -> None:
-    with _engines_load_lock:
-        _engine_loads.pop(deployment_id, None)
-    _engines.discard(deployment_id)
-    try:
-        external.engine_unload(deployment_id=deployment_id)
-    except Exception:  # the engine may be gone with its process already
-        logger.warning("engine unload failed", exc_info=True, extra={"deployment": deployment_id})
-
-
-def _engines_reap() -> None:
-    """Unload this process's engines of deployments stopped elsewhere (by the matching
-    loop's idle check, or by the follower when their lease ended)."""
-    if not _engines:
-        return
-    held = frozenset(_engines)  # one step under the GIL: safe while others add
-    stopped = Deployment.objects.filter(
-        public_id__in=sorted(held), status=Deployment.Status.STOPPED
-    ).values_list("public_id", flat=True)
-    for deployment_id in stopped:
-        _engine_drop(deployment_id)
+# Requests in one serve process's batches at most (runtime/inference.py).
+MAX_BATCH = 16
 
 
 def _order_organization(*, organization: Organization, served: ServedModel) -> Organization:
@@ -231,25 +152,33 @@ def _deployment_live(*, organization: Organization, served: ServedModel) -> Depl
 
 
 def deployment_acquire(*, organization: Organization, served: ServedModel) -> Deployment:
-    """The ready deployment of ``served``, its engine loaded in this process. For a
-    cold model the request starts one (a deployment and its order) and waits for the
-    lease and the engine, up to ``INFERENCE_START_TIMEOUT_SECONDS``, polling the row:
-    no transaction is held while it waits, so the follower's and the matcher's commits
-    are seen. No GPUs in time: a 503 ``model_unavailable`` with ``Retry-After``; the
-    order stays in the book, and a later request finds the deployment it started."""
+    """The ready deployment of ``served``: its engine running on its leased node. For
+    a cold model the request starts one (a deployment and its order) and waits for
+    the lease and the node's engine, up to ``INFERENCE_START_TIMEOUT_SECONDS``,
+    polling the rows: no transaction is held while it waits, so the follower's, the
+    matcher's and the node's commits are seen. No GPUs in time, or an engine still
+    loading: a 503 ``model_unavailable`` with ``Retry-After``; the order stays in the
+    book (the engine keeps loading), and a later request finds the deployment it
+    started. A deployment whose node stopped serving is stopped and started anew."""
     timeout = float(settings.INFERENCE_START_TIMEOUT_SECONDS)
     deadline = time.monotonic() + timeout
     pause = 0.05
-    _engines_reap()
     deployment = _deployment_live(organization=organization, served=served)
     while True:
         if deployment.status == Deployment.Status.READY:
+            serving = external.serving_state(deployment_id=deployment.public_id)
+            if serving is None or not serving.live:
+                reason = serving.failure_reason if serving is not None else "no engine"
+                deployment_stop(
+                    deployment=deployment, reason=f"its node stopped serving ({reason})"[:200]
+                )
+                deployment.refresh_from_db()
+                continue  # stopped: the branch below starts another in time
             # In use from now: an idle stop that looked before cannot claim it.
             in_use = Deployment.objects.filter(
                 pk=deployment.pk, status=Deployment.Status.READY
             ).update(last_request_at=timezone.now())
             if in_use:
-                _engine_ensure(deployment, deadline=deadline)
                 return deployment
         elif deployment.status == Deployment.Status.STOPPED:
             # Its lease ended before it served (preempted, node failed): start another.
@@ -258,7 +187,33 @@ def deployment_acquire(*, organization: Organization, served: ServedModel) -> De
             deployment = _deployment_live(organization=organization, served=served)
             continue
         elif deployment.lease_ref:
-            deployment_start(deployment=deployment, deadline=deadline)
+            serving = external.serving_state(deployment_id=deployment.public_id)
+            if serving is not None and serving.serving:
+                deployment_start(deployment=deployment)
+            elif serving is not None and not serving.live:
+                # The node could not start the engine (weights missing, out of
+                # memory) or was lost before it did: a 503 that says so; the next
+                # request starts a new deployment.
+                deployment_stop(
+                    deployment=deployment,
+                    reason=f"its engine did not start ({serving.failure_reason})"[:200],
+                )
+                raise _unavailable(
+                    deployment,
+                    f"{deployment.model} could not be started on its deployment "
+                    f"{deployment.public_id} ({serving.failure_reason[:200]}); "
+                    f"retry in {RETRY_AFTER_SECONDS} seconds",
+                )
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _unavailable(
+                        deployment,
+                        f"{deployment.model} is loading on its deployment "
+                        f"{deployment.public_id}; retry in {RETRY_AFTER_SECONDS} seconds",
+                    )
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, 0.5)
         else:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -291,20 +246,10 @@ def _unavailable(deployment: Deployment, message: str) -> ApplicationError:
     )
 
 
-def deployment_start(*, deployment: Deployment, deadline: float | None = None) -> bool:
-    """The deployment has its lease: load the engine and mark it ready. Returns
-    whether this call marked it.
-
-    Where the engine loads: in the serving process, by the request that finds the
-    lease recorded (the one that started the deployment, waiting for it, or any later
-    one). The engine registry is per process: a process generates only with an engine
-    it holds, so neither the follower that records the lease nor a worker could load
-    it for the web process. The load waits for the lease, so no engine runs on GPUs
-    nobody leased; it runs outside any transaction, and concurrent requests in one
-    process share one load (``_engine_ensure``), each waiting until its ``deadline``.
-    Another serving process loads its own engine on the first request it serves for
-    the deployment."""
-    _engine_ensure(deployment, deadline=deadline)
+def deployment_start(*, deployment: Deployment) -> bool:
+    """The deployment's engine is running on its leased node (its serve assignment
+    runs: the node reported the engine loaded): mark it ready. Returns whether this
+    call marked it."""
     with transaction.atomic():
         updated = (
             Deployment.objects.filter(
@@ -324,102 +269,7 @@ def deployment_start(*, deployment: Deployment, deadline: float | None = None) -
                 ),
                 deployment.organization_id,
             )
-    if not updated:
-        live = Deployment.objects.filter(pk=deployment.pk).exclude(status=Deployment.Status.STOPPED)
-        if not live.exists():
-            _engine_drop(deployment.public_id)  # it stopped while the engine loaded
     return bool(updated)
-
-
-@dataclass
-class Completion:
-    """A finished or streaming completion's text and exact usage."""
-
-    text: str = ""
-    finish_reason: str = "stop"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-def inference_stream(
-    *, organization: Organization, served: ServedModel, request: GenerationRequest, request_id: str
-) -> Iterator[GenerationChunk]:
-    """Chunks from the model's deployment; usage is recorded when the last chunk is
-    produced (server-side counts, streamed or not) — and, when the client goes away
-    mid-stream, for the tokens generated until then. The deployment is acquired
-    before this returns, so a model that cannot start answers 503 before a stream's
-    200 goes out."""
-    deployment = deployment_acquire(organization=organization, served=served)
-    return _generation(
-        organization=organization, deployment=deployment, request=request, request_id=request_id
-    )
-
-
-def _generation(
-    *,
-    organization: Organization,
-    deployment: Deployment,
-    request: GenerationRequest,
-    request_id: str,
-) -> Iterator[GenerationChunk]:
-    prompt_tokens = completion_tokens = 0
-    finished = False
-    try:
-        for chunk in external.engine_generate(deployment_id=deployment.public_id, request=request):
-            if chunk.prompt_tokens is not None:
-                prompt_tokens = chunk.prompt_tokens
-            if chunk.completion_tokens is not None:
-                completion_tokens = chunk.completion_tokens
-            if chunk.finish_reason is not None:
-                finished = True
-            yield chunk
-    except ApplicationError:
-        raise  # the request's own fault (a 400 naming the field), or a known state
-    except Exception as exc:
-        # The engine failed this request alone (its neighbours in the batch carry
-        # on): a 500 for this one, in the API's shape, with the engine's log behind it.
-        logger.exception("generation failed", extra={"request_id": request_id})
-        raise GenerationFailed(
-            f"generating {request_id} failed on {deployment.public_id}; retry the request",
-            details={"request_id": request_id},
-        ) from exc
-    finally:
-        inference_usage_record(
-            organization=organization,
-            deployment=deployment,
-            request_id=request_id,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            complete=finished,
-        )
-
-
-def embeddings_create(
-    *, organization: Organization, served: ServedModel, texts: list[str], request_id: str
-) -> EmbeddingResult:
-    """Embed ``texts`` with the model's deployment (acquired as a completion's is,
-    so a cold model answers 503 in time) and meter the tokens read as the
-    deployment's ``tokens.prompt``, exactly as a completion's prompt."""
-    deployment = deployment_acquire(organization=organization, served=served)
-    try:
-        result = external.engine_embed(deployment_id=deployment.public_id, texts=texts)
-    except ApplicationError:
-        raise
-    except Exception as exc:
-        logger.exception("embedding failed", extra={"request_id": request_id})
-        raise GenerationFailed(
-            f"embedding {request_id} failed on {deployment.public_id}; retry the request",
-            details={"request_id": request_id},
-        ) from exc
-    inference_usage_record(
-        organization=organization,
-        deployment=deployment,
-        request_id=request_id,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=0,
-        complete=True,
-    )
-    return result
 
 
 def inference_usage_record(
@@ -494,9 +344,8 @@ def deployment_stop(
     now: datetime | None = None,
 ) -> bool:
     """Stop a live deployment: its lease ends, the provider's GPU-seconds settled to
-    ``now``; an order still in the book is cancelled; the engine is unloaded in this
-    process once that commits (other serving processes unload theirs at their next
-    request). With ``idle_since`` it is claimed only if no request came since it was
+    ``now`` (and the lease's end tells its node to stop the engine); an order still in
+    the book is cancelled. With ``idle_since`` it is claimed only if no request came since it was
     read (a conditional update). Returns whether this call stopped it."""
     now = now or timezone.now()
     with transaction.atomic():
@@ -525,13 +374,13 @@ def deployment_stop(
             ),
             stopped.organization_id,
         )
-        transaction.on_commit(lambda: _engine_drop(stopped.public_id))
     return True
 
 
 def deployment_lease_started(*, deployment_id: str, lease_ref: str, order_ref: str) -> bool:
     """The deployment's order got its lease (the follower, on LeaseStarted): record
-    it; the waiting request, or the next one, loads the engine. A lease that serves no
+    it and queue its engine for the leased node (a serve assignment, in this
+    transaction). A lease that serves no
     starting deployment (it stopped meanwhile, or it is not its order's) ends at once.
     Idempotent: a second delivery of the same lease changes nothing."""
     with transaction.atomic():
@@ -548,7 +397,35 @@ def deployment_lease_started(*, deployment_id: str, lease_ref: str, order_ref: s
             return False
         deployment.lease_ref = lease_ref
         deployment.save(update_fields=["lease_ref"])
+        external.serving_assign(
+            lease_id=int(lease_ref),
+            deployment_id=deployment.public_id,
+            spec=serve_spec(deployment),
+        )
     return True
+
+
+def serve_spec(deployment: Deployment) -> dict[str, str | int]:
+    """What the node's engine loads: the base model and, for a fine-tuned model, the
+    job whose trained adapter the node downloads (a signed URL in its claim)."""
+    adapter_job = ""
+    if deployment.organization_id is not None:
+        job = (
+            FineTuneJob.objects.filter(
+                organization_id=deployment.organization_id,
+                fine_tuned_model=deployment.model,
+                status=FineTuneJob.Status.SUCCEEDED,
+            )
+            .values_list("public_id", flat=True)
+            .first()
+        )
+        adapter_job = job or ""
+    return {
+        "deployment_id": deployment.public_id,
+        "base_model": deployment.base_model,
+        "adapter_job": adapter_job,
+        "max_batch": MAX_BATCH,
+    }
 
 
 def deployment_lease_ended(*, lease_ref: str, reason: str) -> bool:
