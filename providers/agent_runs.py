@@ -392,8 +392,12 @@ class RunSupervisor(threading.Thread):
                 failed["retry"] = True
             self.outbox.add(failed)
         else:
-            self.outbox.add({"type": "finished", "exit_code": max(-255, min(255, code))})
+            self.outbox.add(self._end_event(code))
         self._drain()
+
+    def _end_event(self, code: int) -> dict[str, Any]:
+        """The event that reports the run's end by itself (exit code ``code``)."""
+        return {"type": "finished", "exit_code": max(-255, min(255, code))}
 
     def _drain(self) -> None:
         """Report what is left, the end included; give up after a TTL without success

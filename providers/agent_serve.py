@@ -70,6 +70,8 @@ class ServeSupervisor(RunSupervisor):
         self._gathered = threading.Condition()
         self._stdin_lock = threading.Lock()
         self._relaying = False
+        self._ready = False
+        self._last_error = ""  # the engine's last line on stderr, for a failed start
         base = f"/api/v1/agent/nodes/{self.node_id}/serve/{self.assignment_id}"
         self._requests_path = f"{base}/requests"
         self._replies_path = f"{base}/replies"
@@ -147,10 +149,21 @@ class ServeSupervisor(RunSupervisor):
                     line.get("model"),
                     line.get("device"),
                 )
+                self._ready = True
                 self.outbox.add({"type": "started"})
                 self._relay_start()
                 return
+        if stream == "stderr" and text.strip():
+            self._last_error = text.strip()
         super()._on_line(stream, text)
+
+    def _end_event(self, code: int) -> dict[str, Any]:
+        if self._ready:
+            return super()._end_event(code)
+        # The engine never became ready (weights missing, out of memory): the
+        # deployment's next request hears why.
+        reason = f"the engine did not start (exit code {code}): {self._last_error}"
+        return {"type": "failed", "reason": reason[:500]}
 
     # -- the relay --
 

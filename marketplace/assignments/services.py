@@ -642,7 +642,9 @@ def _reap_one(assignment_id: int, now: datetime) -> bool:
         )
     _end(assignment, state=state, now=now, reason=reason, lost=train)
     assignment.save()
-    if train:
+    if train or assignment.kind == Assignment.Kind.SERVE:
+        # The dead node's lease fails at the last renewal (a deployment on it stops
+        # with it) and the node is unhealthy until it heartbeats again.
         training.train_lost(assignment, now=now)
     _index_bump(assignment.node_id)
     return True

@@ -13,8 +13,11 @@ control-plane process.
   agent takes batches of its deployment's requests and posts their replies; both
   endpoints check the node and the attempt here (``serve_assignment_current``).
 - **Ends** when the deployment stops (its lease ends: every assignment of the lease is
-  asked to stop) or its node is lost (the reaper: no renewal within the TTL); it is
-  not re-queued: the deployment is stopped, and the next request starts a new one.
+  asked to stop) or its node is lost (the reaper: no renewal within the TTL; the
+  lease fails at the last renewal and the node is unhealthy until it heartbeats
+  again, as for a lost train run, so the deployment is stopped and the next request
+  starts a new one elsewhere). An engine that failed to load on a live node is
+  queued again on the same lease by the next request (``serve_assign``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from core.errors import NotFound
@@ -37,16 +41,32 @@ def serve_assign(
     """Queue the deployment's engine for its lease's node (in the caller's
     transaction). ``spec``: ``{deployment_id, base_model, adapter_job, max_batch}``
     (``adapter_job``: the fine-tune job whose trained adapter it serves, or "").
-    Idempotent per lease."""
+    Idempotent per lease while one is live; after one ended (its engine failed to
+    load) a new one is queued on the same lease: the node tries the load again. The
+    lease's row lock orders concurrent callers."""
     from marketplace.assignments import services
 
     now = now or timezone.now()
-    found = Assignment.objects.filter(
-        kind=Assignment.Kind.SERVE, workload_id=deployment_id, lease_id=lease_id
-    ).first()
-    if found is not None:
-        return found
-    lease = Lease.objects.get(pk=lease_id)
+    with transaction.atomic():
+        lease = Lease.objects.select_for_update().get(pk=lease_id)
+        found = (
+            Assignment.objects.filter(
+                kind=Assignment.Kind.SERVE,
+                workload_id=deployment_id,
+                lease_id=lease_id,
+                state__in=Assignment.LIVE_STATES,
+            )
+            .order_by("-pk")
+            .first()
+        )
+        if found is not None:
+            return found
+        return _serve_queue(lease, deployment_id, spec, now, services)
+
+
+def _serve_queue(
+    lease: Lease, deployment_id: str, spec: dict[str, Any], now: datetime, services: Any
+) -> Assignment:
     assignment = Assignment.objects.create(
         node_id=lease.node_id,
         lease=lease,

@@ -192,15 +192,17 @@ def deployment_acquire(*, organization: Organization, served: ServedModel) -> De
                 deployment_start(deployment=deployment)
             elif serving is not None and not serving.live:
                 # The node could not start the engine (weights missing, out of
-                # memory) or was lost before it did: a 503 that says so; the next
-                # request starts a new deployment.
-                deployment_stop(
-                    deployment=deployment,
-                    reason=f"its engine did not start ({serving.failure_reason})"[:200],
+                # memory): a 503 that says so, and the engine is queued again on the
+                # same lease, so the next request finds it loading (or loaded). A
+                # node lost meanwhile fails its lease, which stops the deployment.
+                external.serving_assign(
+                    lease_id=int(deployment.lease_ref),
+                    deployment_id=deployment.public_id,
+                    spec=serve_spec(deployment),
                 )
                 raise _unavailable(
                     deployment,
-                    f"{deployment.model} could not be started on its deployment "
+                    f"{deployment.model} could not be loaded on its deployment "
                     f"{deployment.public_id} ({serving.failure_reason[:200]}); "
                     f"retry in {RETRY_AFTER_SECONDS} seconds",
                 )

@@ -1,10 +1,14 @@
 """Inference deployments on the market: the first request for a cold model places one
-managed order and waits for its lease, concurrent first requests share it, a model
-with no GPUs to be had is a 503 in time, an idle deployment is stopped (its lease
-ended and settled) and a lease that ends under a deployment stops it.
+managed order and waits for its lease and its node's engine, concurrent first
+requests share it, a model with no GPUs to be had is a 503 in time, an idle
+deployment is stopped (its lease ended and settled, its engine stopped on the node)
+and a lease that ends under a deployment stops it.
 
-The engine is a stand-in that counts its loads; the real one is exercised by the
-official clients' journeys (test_openai_client.py, test_together_client.py)."""
+The node is a stand-in that speaks the node's protocol in this process (claims the
+serve assignment, reports the engine started, takes requests from the relay and
+answers "Five."), counting its engine loads; the real node (the agent and its engine
+as processes) is exercised by tests/node/test_inference_relay.py and the official
+clients' journeys (test_openai_client.py, test_together_client.py)."""
 
 from __future__ import annotations
 
@@ -16,74 +20,153 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from core import ports
-from core.errors import NotFound
 from core.followers import followers_run_until_idle
 from core.models import Event
-from core.ports import GenerationChunk, GenerationRequest
 from marketplace import services as market
+from marketplace.assignments import services as assignments
+from marketplace.assignments.models import Assignment
 from marketplace.models import Lease, Order
 from marketplace.workloads import inference
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import Deployment
+from marketplace.workloads.relay import relay
 from metering.models import UsageEvent
 from tests.workloads.market import platform_running, provider_with_capacity
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TINY = "tandem/tiny-llama"
-PROMPT_TOKENS, COMPLETION_TOKENS = 7, 2
+QUESTION = [{"role": "user", "content": "What is 2 plus 3?"}]
 
 
-class CountingEngines:
-    """The ``inference`` port: engines that answer "Five." and count their loads."""
+def _counts() -> tuple[int, int]:
+    """The gateway's counts of a request and its answer, with the model's tokenizer."""
+    from runtime.datasets import tokenizer_for
+
+    tokenizer = tokenizer_for(TINY)
+    return len(tokenizer.chat_prompt_ids(QUESTION)), len(tokenizer.encode("Five."))
+
+
+class StandInNode:
+    """The leased node, in a thread: claims each queued serve assignment (an engine
+    load), reports the engine started (``fail_next``: reports it failed to load
+    instead; ``hold``: waits for it before starting), renews, answers each relayed
+    request "Five." in two chunks, and stops the engine when told to (an unload)."""
 
     def __init__(self) -> None:
         self.loads: Counter[str] = Counter()
         self.unloads: Counter[str] = Counter()
-        self._loaded: set[str] = set()
-        self._lock = threading.Lock()
+        self.fail_next: list[str] = []
+        self.hold: threading.Event | None = None
+        self._stop = threading.Event()
+        self._serving: dict[int, dict] = {}
+        self._thread = threading.Thread(target=self._loop, name="stand-in-node", daemon=True)
 
-    def load(self, *, deployment_id: str, base_model: str, adapter_path: str | None) -> None:
-        with self._lock:
-            self.loads[deployment_id] += 1
-            self._loaded.add(deployment_id)
+    def start(self) -> None:
+        self._thread.start()
 
-    def generate(
-        self, *, deployment_id: str, request: GenerationRequest
-    ) -> Iterator[GenerationChunk]:
-        if deployment_id not in self._loaded:
-            raise NotFound(f"deployment {deployment_id} is not loaded on this node")
-        yield GenerationChunk(text="Five")
-        yield GenerationChunk(
-            text=".",
-            finish_reason="stop",
-            prompt_tokens=PROMPT_TOKENS,
-            completion_tokens=COMPLETION_TOKENS,
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _report(self, run: dict, items: list[dict]) -> assignments.Report:
+        run["batch"] += 1
+        return assignments.assignment_report(
+            node_id=run["node_id"],
+            assignment_id=run["id"],
+            attempt=run["attempt"],
+            batch=run["batch"],
+            items=items,
         )
 
-    def unload(self, *, deployment_id: str) -> None:
-        with self._lock:
-            self._loaded.discard(deployment_id)
-            self.unloads[deployment_id] += 1
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                close_old_connections()
+                self._step()
+                self._stop.wait(0.02)
+        finally:
+            connection.close()
+
+    def _step(self) -> None:
+        queued = Assignment.objects.filter(
+            kind=Assignment.Kind.SERVE, state=Assignment.State.QUEUED
+        ).order_by("pk")
+        for assignment in queued:
+            claim = assignments.assignment_claim(
+                node_id=assignment.node_id, assignment_id=assignment.pk
+            )
+            deployment_id = assignment.workload_id
+            run = {
+                "id": assignment.pk,
+                "node_id": assignment.node_id,
+                "attempt": claim.assignment.attempt,
+                "batch": 0,
+                "deployment": deployment_id,
+                "renewed": time.monotonic(),
+                "started": False,
+            }
+            if self.fail_next:
+                self._report(run, [{"type": "failed", "reason": self.fail_next.pop()}])
+                continue
+            self._serving[assignment.pk] = run
+        for run in list(self._serving.values()):
+            if not run["started"]:
+                if self.hold is not None and not self.hold.is_set():
+                    if time.monotonic() - run["renewed"] > 0.5:
+                        self._report(run, [])
+                        run["renewed"] = time.monotonic()
+                    continue
+                self._report(run, [{"type": "started"}])
+                run["started"] = True
+                self.loads[run["deployment"]] += 1
+            if time.monotonic() - run["renewed"] > 0.5:
+                answer = self._report(run, [])
+                run["renewed"] = time.monotonic()
+                if answer.stop:
+                    self._report(run, [{"type": "finished", "exit_code": 0}])
+                    self.unloads[run["deployment"]] += 1
+                    del self._serving[run["id"]]
+                    continue
+            queues = relay()
+            for item in queues.take(deployment_id=run["deployment"], limit=16, wait=0):
+                queues.reply(
+                    deployment_id=run["deployment"],
+                    replies=[
+                        {"request": item["id"], "accepted": True},
+                        {"request": item["id"], "text": "Five", "finish_reason": None},
+                        {"request": item["id"], "text": ".", "finish_reason": "stop"},
+                    ],
+                )
+
+    def settle(self) -> None:
+        """Let the node see every stop asked so far (its renewals answer them)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            live = Assignment.objects.filter(
+                kind=Assignment.Kind.SERVE, state__in=Assignment.LIVE_STATES, stop_requested=True
+            )
+            if not live.exists():
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture
-def engines() -> Iterator[CountingEngines]:
-    previous = ports.get(ports.InferencePort)
-    counting = CountingEngines()
-    ports.register(ports.InferencePort, counting)
-    yield counting
-    ports.register(ports.InferencePort, previous)
+def engines(settings) -> Iterator[StandInNode]:  # type: ignore[no-untyped-def]
+    settings.INFERENCE_START_TIMEOUT_SECONDS = 20
+    node = StandInNode()
+    node.start()
+    yield node
+    node.close()
 
 
 def chat(client):  # type: ignore[no-untyped-def]
     return client.post(
         "/v1/chat/completions",
-        {"model": TINY, "messages": [{"role": "user", "content": "What is 2 plus 3?"}]},
+        {"model": TINY, "messages": QUESTION},
         format="json",
     )
 
@@ -120,6 +203,7 @@ def test_the_first_request_places_one_order_and_serves_on_its_lease(cast, engine
     usage = UsageEvent.objects.filter(
         buyer=cast.buyer_a, subject_kind="deployment", subject_id=deployment.public_id
     )
+    PROMPT_TOKENS, COMPLETION_TOKENS = _counts()
     assert sum(u.quantity for u in usage.filter(type="tokens.prompt")) == 2 * PROMPT_TOKENS
     assert sum(u.quantity for u in usage.filter(type="tokens.completion")) == 2 * COMPLETION_TOKENS
     assert second.json()["usage"]["completion_tokens"] == COMPLETION_TOKENS
@@ -222,6 +306,7 @@ def test_an_idle_deployment_is_stopped_its_lease_settled_and_the_next_request_st
     deployment.refresh_from_db()
     lease.refresh_from_db()
     assert deployment.status == Deployment.Status.STOPPED and deployment.stopped_at == later
+    engines.settle()  # the node hears the stop at its next renewal
     assert engines.unloads == Counter({deployment.public_id: 1})
     # its lease ended then, and the provider's GPU-seconds up to then were settled
     assert lease.state == Lease.State.ENDED and lease.ended_at == later
@@ -255,6 +340,7 @@ def test_a_lease_that_fails_under_a_deployment_stops_it(cast, engines):
     # then the deployment is stopped, its engine unloaded, its order not re-leased
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.STOPPED
+    engines.settle()  # the node hears the stop at its next renewal
     assert engines.unloads == Counter({deployment.public_id: 1})
     assert inference_orders().get().state == Order.State.CANCELLED
     # and the next request starts a new one
@@ -301,14 +387,7 @@ def test_an_engine_that_will_not_load_is_a_503_and_the_next_request_loads_again(
     # given GPUs, and weights that fail to load once
     provider_with_capacity(cast.provider_a)
     client = cast.client(cast.buyer_a)
-    real_load, failures = engines.load, [MemoryError("CUDA out of memory")]
-
-    def load_once_failing(**kwargs):  # type: ignore[no-untyped-def]
-        if failures:
-            raise failures.pop()
-        real_load(**kwargs)
-
-    engines.load = load_once_failing  # type: ignore[method-assign]
+    engines.fail_next.append("the engine did not start: MemoryError: CUDA out of memory")
 
     with platform_running():
         refused = chat(client)
@@ -328,13 +407,7 @@ def test_a_slow_engine_load_is_a_503_in_time_and_the_load_carries_on(cast, engin
     settings.INFERENCE_START_TIMEOUT_SECONDS = 2
     provider_with_capacity(cast.provider_a)
     client = cast.client(cast.buyer_a)
-    real_load, release = engines.load, threading.Event()
-
-    def slow_load(**kwargs):  # type: ignore[no-untyped-def]
-        release.wait(timeout=60)
-        real_load(**kwargs)
-
-    engines.load = slow_load  # type: ignore[method-assign]
+    release = engines.hold = threading.Event()
 
     with platform_running():
         began = time.monotonic()
