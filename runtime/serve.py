@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from core.errors import InvalidInput
 _out = threading.Lock()
 
 
-def emit(line: dict[str, Any]) -> None:
+def emit_stdout(line: dict[str, Any]) -> None:
     text = json.dumps(line, separators=(",", ":"))
     with _out:
         sys.stdout.write(text + "\n")
@@ -71,8 +72,11 @@ def _error(request_id: str, exc: BaseException) -> dict[str, Any]:
 
 
 class Server:
-    def __init__(self, engine: Any) -> None:
+    """Requests into the engine, replies out through ``emit`` (stdout by default)."""
+
+    def __init__(self, engine: Any, emit: Callable[[dict[str, Any]], None] = emit_stdout) -> None:
         self.engine = engine
+        self.emit = emit
         self.live: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.embedder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="embed")
@@ -121,17 +125,17 @@ class Server:
                 tools=given.get("tools"),
             )
         except Exception as exc:
-            emit(_error(request_id, exc))
+            self.emit(_error(request_id, exc))
             return
         with self.lock:
             self.live[request_id] = request
-        emit({"request": request_id, "accepted": True})
+        self.emit({"request": request_id, "accepted": True})
         threading.Thread(target=self._relay_chunks, args=(request_id, request), daemon=True).start()
 
     def _relay_chunks(self, request_id: str, request: Any) -> None:
         try:
             for chunk in self.engine.chunks(request):
-                emit(
+                self.emit(
                     {
                         "request": request_id,
                         "text": chunk.text,
@@ -139,7 +143,7 @@ class Server:
                     }
                 )
         except Exception as exc:
-            emit(_error(request_id, exc))
+            self.emit(_error(request_id, exc))
         finally:
             with self.lock:
                 self.live.pop(request_id, None)
@@ -148,9 +152,9 @@ class Server:
         try:
             result = self.engine.embed(texts)
         except Exception as exc:
-            emit(_error(request_id, exc))
+            self.emit(_error(request_id, exc))
             return
-        emit({"request": request_id, "vectors": result.vectors, "finish_reason": "stop"})
+        self.emit({"request": request_id, "vectors": result.vectors, "finish_reason": "stop"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         on_batch=lambda size: log(f"engine batch: {size} requests"),
     )
     server = Server(engine)
-    emit({"event": "ready", "model": engine.model_name, "device": str(engine.device)})
+    emit_stdout({"event": "ready", "model": engine.model_name, "device": str(engine.device)})
     for raw in sys.stdin:
         raw = raw.strip()
         if not raw:

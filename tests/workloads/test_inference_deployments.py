@@ -20,21 +20,19 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.utils import timezone
 
 from core.followers import followers_run_until_idle
 from core.models import Event
 from marketplace import services as market
-from marketplace.assignments import services as assignments
-from marketplace.assignments.models import Assignment
 from marketplace.models import Lease, Order
 from marketplace.workloads import inference
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import Deployment
-from marketplace.workloads.relay import relay
 from metering.models import UsageEvent
 from tests.workloads.market import platform_running, provider_with_capacity
+from tests.workloads.stand_in_node import StandInNode
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,110 +46,6 @@ def _counts() -> tuple[int, int]:
 
     tokenizer = tokenizer_for(TINY)
     return len(tokenizer.chat_prompt_ids(QUESTION)), len(tokenizer.encode("Five."))
-
-
-class StandInNode:
-    """The leased node, in a thread: claims each queued serve assignment (an engine
-    load), reports the engine started (``fail_next``: reports it failed to load
-    instead; ``hold``: waits for it before starting), renews, answers each relayed
-    request "Five." in two chunks, and stops the engine when told to (an unload)."""
-
-    def __init__(self) -> None:
-        self.loads: Counter[str] = Counter()
-        self.unloads: Counter[str] = Counter()
-        self.fail_next: list[str] = []
-        self.hold: threading.Event | None = None
-        self._stop = threading.Event()
-        self._serving: dict[int, dict] = {}
-        self._thread = threading.Thread(target=self._loop, name="stand-in-node", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _report(self, run: dict, items: list[dict]) -> assignments.Report:
-        run["batch"] += 1
-        return assignments.assignment_report(
-            node_id=run["node_id"],
-            assignment_id=run["id"],
-            attempt=run["attempt"],
-            batch=run["batch"],
-            items=items,
-        )
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                close_old_connections()
-                self._step()
-                self._stop.wait(0.02)
-        finally:
-            connection.close()
-
-    def _step(self) -> None:
-        queued = Assignment.objects.filter(
-            kind=Assignment.Kind.SERVE, state=Assignment.State.QUEUED
-        ).order_by("pk")
-        for assignment in queued:
-            claim = assignments.assignment_claim(
-                node_id=assignment.node_id, assignment_id=assignment.pk
-            )
-            deployment_id = assignment.workload_id
-            run = {
-                "id": assignment.pk,
-                "node_id": assignment.node_id,
-                "attempt": claim.assignment.attempt,
-                "batch": 0,
-                "deployment": deployment_id,
-                "renewed": time.monotonic(),
-                "started": False,
-            }
-            if self.fail_next:
-                self._report(run, [{"type": "failed", "reason": self.fail_next.pop()}])
-                continue
-            self._serving[assignment.pk] = run
-        for run in list(self._serving.values()):
-            if not run["started"]:
-                if self.hold is not None and not self.hold.is_set():
-                    if time.monotonic() - run["renewed"] > 0.5:
-                        self._report(run, [])
-                        run["renewed"] = time.monotonic()
-                    continue
-                self._report(run, [{"type": "started"}])
-                run["started"] = True
-                self.loads[run["deployment"]] += 1
-            if time.monotonic() - run["renewed"] > 0.5:
-                answer = self._report(run, [])
-                run["renewed"] = time.monotonic()
-                if answer.stop:
-                    self._report(run, [{"type": "finished", "exit_code": 0}])
-                    self.unloads[run["deployment"]] += 1
-                    del self._serving[run["id"]]
-                    continue
-            queues = relay()
-            for item in queues.take(deployment_id=run["deployment"], limit=16, wait=0):
-                queues.reply(
-                    deployment_id=run["deployment"],
-                    replies=[
-                        {"request": item["id"], "accepted": True},
-                        {"request": item["id"], "text": "Five", "finish_reason": None},
-                        {"request": item["id"], "text": ".", "finish_reason": "stop"},
-                    ],
-                )
-
-    def settle(self) -> None:
-        """Let the node see every stop asked so far (its renewals answer them)."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            live = Assignment.objects.filter(
-                kind=Assignment.Kind.SERVE, state__in=Assignment.LIVE_STATES, stop_requested=True
-            )
-            if not live.exists():
-                return
-            time.sleep(0.05)
 
 
 @pytest.fixture
