@@ -65,6 +65,7 @@ class Driver(Protocol):
         run_as: RunAs | None,
         on_line: Callable[[str, str], None],
         stdin_pipe: bool = False,
+        whole_stdout_lines: bool = False,
     ) -> RunHandle: ...
 
 
@@ -165,13 +166,17 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def _pump(stream: Any, name: str, on_line: Callable[[str, str], None]) -> None:
-    """Read a pipe line by line; long lines are cut into pieces the server takes."""
+def _pump(stream: Any, name: str, on_line: Callable[[str, str], None], limit: int | None) -> None:
+    """Read a pipe line by line; long lines are cut into pieces of ``limit`` characters
+    (the server's bound on a log line), or passed whole with ``limit`` None."""
     with stream:
         for raw in iter(stream.readline, b""):
             text = raw.decode("utf-8", errors="replace").rstrip("\n").replace("\x00", "\ufffd")
-            for start in range(0, max(len(text), 1), MAX_LINE_CHARS):
-                on_line(name, text[start : start + MAX_LINE_CHARS])
+            if limit is None:
+                on_line(name, text)
+                continue
+            for start in range(0, max(len(text), 1), limit):
+                on_line(name, text[start : start + limit])
 
 
 class SubprocessDriver:
@@ -186,9 +191,12 @@ class SubprocessDriver:
         run_as: RunAs | None,
         on_line: Callable[[str, str], None],
         stdin_pipe: bool = False,
+        whole_stdout_lines: bool = False,
     ) -> RunHandle:
         """``stdin_pipe``: the run reads what the agent writes to ``handle.stdin``
-        (a serve run's requests); else its standard input is empty."""
+        (a serve run's requests); else its standard input is empty.
+        ``whole_stdout_lines``: standard output lines reach ``on_line`` whole (a serve
+        run's replies, JSON of any length); else cut to the server's log line bound."""
         extra: dict[str, Any] = {}
         if run_as is not None:
             extra.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
@@ -209,9 +217,15 @@ class SubprocessDriver:
             raise DriverError(f"could not start {command[0]!r}: {exc}") from None
         readers = [
             threading.Thread(
-                target=_pump, args=(pipe, name, on_line), name=f"run-{name}", daemon=True
+                target=_pump,
+                args=(pipe, name, on_line, limit),
+                name=f"run-{name}",
+                daemon=True,
             )
-            for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))
+            for pipe, name, limit in (
+                (process.stdout, "stdout", None if whole_stdout_lines else MAX_LINE_CHARS),
+                (process.stderr, "stderr", MAX_LINE_CHARS),
+            )
         ]
         for reader in readers:
             reader.start()

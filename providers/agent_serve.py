@@ -55,13 +55,40 @@ logger = logging.getLogger(__name__)
 TAKE_MAX = 32  # requests taken at once (the engine batches up to its own max_batch)
 TAKE_WAIT_SECONDS = 10
 MAX_REPLIES_PER_POST = 2000
+MAX_LOG_LINE_CHARS = 4096  # the server's bound on a log line (stdout comes whole here)
+
+
+def coalesce(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One reply per request where the engine's chunks of a request gathered while a
+    post was out: their texts joined (in order), the finish reason of the last. The
+    joined text is the same; a stream's pieces are coarser only when the relay is
+    behind the engine."""
+    merged: list[dict[str, Any]] = []
+    open_chunk: dict[str, int] = {}  # request -> index in merged of its unfinished chunk
+    for reply in replies:
+        request_id = str(reply.get("request"))
+        at = open_chunk.get(request_id) if "text" in reply else None
+        if at is not None:
+            merged[at] = {
+                **merged[at],
+                "text": merged[at]["text"] + str(reply["text"]),
+                "finish_reason": reply.get("finish_reason"),
+            }
+        else:
+            merged.append(dict(reply))
+            at = len(merged) - 1
+        if "text" in reply and reply.get("finish_reason") is None:
+            open_chunk[request_id] = at
+        else:
+            open_chunk.pop(request_id, None)
+    return merged
 
 
 class ServeSupervisor(RunSupervisor):
     """Runs one claimed serve assignment (see the module doc)."""
 
     started_on_spawn = False
-    driver_options: ClassVar[dict[str, Any]] = {"stdin_pipe": True}
+    driver_options: ClassVar[dict[str, Any]] = {"stdin_pipe": True, "whole_stdout_lines": True}
 
     def __init__(self, *, node_env: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -155,7 +182,7 @@ class ServeSupervisor(RunSupervisor):
                 return
         if stream == "stderr" and text.strip():
             self._last_error = text.strip()
-        super()._on_line(stream, text)
+        super()._on_line(stream, text[:MAX_LOG_LINE_CHARS])
 
     def _end_event(self, code: int) -> dict[str, Any]:
         if self._ready:
@@ -231,8 +258,8 @@ class ServeSupervisor(RunSupervisor):
                     self._gathered.wait(0.5)
                 if self._stopping():
                     return
-                batch = self._replies[:MAX_REPLIES_PER_POST]
-                del self._replies[: len(batch)]
+                batch = coalesce(self._replies[:MAX_REPLIES_PER_POST])
+                del self._replies[:MAX_REPLIES_PER_POST]
             try:
                 answer = self.client.post(
                     self._replies_path, {"attempt": self.attempt, "replies": batch}

@@ -40,6 +40,7 @@ from marketplace.workloads.models import RelayReply, RelayRequest
 # A request the gateway no longer reads expires from Redis after this long.
 KEY_TTL_SECONDS = 600
 MAX_TAKE = 64
+SOCKET_TIMEOUT_SECONDS = 60
 
 
 class RelayQueue(Protocol):
@@ -69,7 +70,9 @@ class RedisRelay:
     def __init__(self, url: str) -> None:
         import redis
 
-        self.redis: Any = redis.Redis.from_url(url)
+        # Long polls block in BLPOP for up to a take's wait (25 s at most): the read
+        # timeout must be above it (redis-py's default is 5 s).
+        self.redis: Any = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS)
 
     @staticmethod
     def _queue(deployment_id: str) -> str:

@@ -320,3 +320,59 @@ def test_concurrent_takers_never_take_one_request_twice(relay_kind):
     assert sorted(taken) == sorted(ids)  # every request once, none twice
     for request_id in ids:
         queues.forget(deployment_id=deployment_id, request_id=request_id)
+
+
+def test_a_serve_assignment_no_agent_claims_fails_its_lease_and_stops_the_deployment(cast):
+    from datetime import timedelta
+
+    from core.followers import followers_run_until_idle
+    from marketplace.assignments import services as assignments
+    from marketplace.models import Lease
+    from marketplace.services import matching_round
+    from marketplace.workloads import inference
+    from marketplace.workloads.followers import WorkloadsFollower
+
+    # given: a deployment leased on a node whose agent never comes
+    a = agent_node(cast.provider_a, "silent-a", f"{cast.provider_a.pk}-sa")
+    offer(a.node, count=2)
+    served = inference.model_resolve(organization=cast.buyer_a, name=TINY)
+    deployment = inference._deployment_live(organization=cast.buyer_a, served=served)
+    matching_round()
+    followers_run_until_idle([WorkloadsFollower()])
+    queued = Assignment.objects.get(kind=Assignment.Kind.SERVE)
+    ttl = assignments.claim_ttl()
+
+    # when: the reaper passes before, then after two claim TTLs
+    assert assignments.assignments_reap(now=queued.created_at + ttl) == 0
+    assert assignments.assignments_reap(now=queued.created_at + 2 * ttl + timedelta(seconds=1))
+    followers_run_until_idle([WorkloadsFollower()])
+
+    # then: the lease failed, the node is unhealthy, the deployment stopped
+    queued.refresh_from_db()
+    deployment.refresh_from_db()
+    assert queued.state == Assignment.State.FAILED
+    assert Lease.objects.get(pk=int(deployment.lease_ref)).state == Lease.State.FAILED
+    assert deployment.status == Deployment.Status.STOPPED
+    a.node.refresh_from_db()
+    assert a.node.health != "healthy"
+
+
+def test_the_agent_joins_a_requests_chunks_gathered_while_a_post_was_out():
+    from providers.agent_serve import coalesce
+
+    gathered = [
+        {"request": "a", "accepted": True},
+        {"request": "a", "text": "x", "finish_reason": None},
+        {"request": "b", "text": "1", "finish_reason": None},
+        {"request": "a", "text": "y", "finish_reason": None},
+        {"request": "a", "text": "z", "finish_reason": "stop"},
+        {"request": "b", "error": {"status": 500, "code": "generation_failed"}},
+        {"request": "c", "text": "", "finish_reason": None},
+    ]
+    assert coalesce(gathered) == [
+        {"request": "a", "accepted": True},
+        {"request": "a", "text": "xyz", "finish_reason": "stop"},
+        {"request": "b", "text": "1", "finish_reason": None},
+        {"request": "b", "error": {"status": 500, "code": "generation_failed"}},
+        {"request": "c", "text": "", "finish_reason": None},
+    ]
