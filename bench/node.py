@@ -295,8 +295,15 @@ def _chat(port: int, key: str, index: int, max_tokens: int) -> tuple[int, str]:
     return 200, data["choices"][0]["message"]["content"]
 
 
-def _round(generate: Any, concurrency: int, count_tokens: Any) -> float:
-    """Completion tokens per second of ``concurrency`` requests at once."""
+def _round(
+    generate: Any, concurrency: int, count_tokens: Any, cpu: dict[str, Any] | None = None
+) -> float:
+    """Completion tokens per second of ``concurrency`` requests at once. ``cpu``: the
+    processes to account ({name: pids function}); their CPU seconds and the tokens
+    are added to ``cpu["spent"]`` and ``cpu["tokens"]``."""
+    from bench.procstat import cpu_seconds
+
+    before = {name: cpu_seconds(pids()) for name, pids in (cpu or {}).get("pids", {}).items()}
     texts: list[str] = [""] * concurrency
     failures: list[BaseException] = []
 
@@ -315,7 +322,13 @@ def _round(generate: Any, concurrency: int, count_tokens: Any) -> float:
     elapsed = time.monotonic() - started
     if failures:
         raise failures[0]
-    return sum(count_tokens(text) for text in texts) / elapsed
+    tokens = sum(count_tokens(text) for text in texts)
+    if cpu is not None:
+        for name, pids in cpu["pids"].items():
+            spent = cpu_seconds(pids()) - before[name]
+            cpu["spent"][name] = cpu["spent"].get(name, 0.0) + spent
+        cpu["tokens"] += tokens
+    return tokens / elapsed
 
 
 def measure_relay(rounds: int, max_tokens: int) -> dict[str, Any]:
@@ -394,11 +407,36 @@ def measure_relay(rounds: int, max_tokens: int) -> dict[str, Any]:
         def count(text: str) -> int:
             return len(tokenizer.encode(text))
 
+        from bench.procstat import worker_pids
+
+        def children(pid: int) -> list[int]:
+            """Children of every thread of ``pid`` (the agent starts the engine from a
+            supervisor thread)."""
+            found: list[int] = []
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    found += [int(child) for child in (task / "children").read_text().split()]
+                except FileNotFoundError:
+                    continue
+            return found
+
+        # CPU of the 16-request rounds, per process (the engine's process is the
+        # agent's child): where the relay's CPU goes, beside the engine's own.
+        processes = {
+            "server": lambda: worker_pids(server.pid),
+            "agent": lambda: [agent.pid],
+            "node_engine": lambda: children(agent.pid),
+            "bench_process": lambda: [os.getpid()],
+        }
+        accounts = {
+            name: {"pids": processes, "spent": {}, "tokens": 0} for name in ("direct", "relay")
+        }
         figures: dict[str, list[float]] = {}
-        for _ in range(rounds + 1):  # the first round warms both paths: not counted
+        for round_number in range(rounds + 1):  # the first round warms both paths
             for concurrency in (1, 16):
                 for name, generate in (("direct", direct), ("relay", relayed)):
-                    rate = _round(generate, concurrency, count)
+                    account = accounts[name] if concurrency == 16 and round_number else None
+                    rate = _round(generate, concurrency, count, account)
                     figures.setdefault(f"{name}_{concurrency}", []).append(rate)
         result: dict[str, Any] = {
             f"{name}_tokens_per_s": round(statistics.median(rates[1:]), 1)
@@ -411,6 +449,20 @@ def measure_relay(rounds: int, max_tokens: int) -> dict[str, Any]:
             result["relay_16_tokens_per_s"] / result["direct_16_tokens_per_s"], 3
         )
         result["ratio"] = min(result["ratio_1"], result["ratio_16"])
+        # How each engine batched the 16-request rounds (sizes of the batches it ran).
+        result["direct_batches_16"] = [size for size in engine.batch_sizes if size > 1][-6:]
+        result["relay_batches_16"] = [
+            int(line.split()[2])
+            for line in AssignmentLogLine.objects.filter(
+                text__startswith="engine batch:"
+            ).values_list("text", flat=True)
+            if int(line.split()[2]) > 1
+        ][-6:]
+        for name, account in accounts.items():
+            result[f"{name}_16_cpu_ms_per_token"] = {
+                process: round(1000 * spent / max(account["tokens"], 1), 3)
+                for process, spent in account["spent"].items()
+            }
         result["relay"] = settings.INFERENCE_RELAY
         result["max_tokens"] = max_tokens
         result["rounds"] = rounds
@@ -444,7 +496,7 @@ def main() -> None:
     if args.relay:
         try:
             quick = args.quick
-            result = measure_relay(rounds=3 if quick else 7, max_tokens=48 if quick else 96)
+            result = measure_relay(rounds=3 if quick else 7, max_tokens=160 if quick else 256)
         finally:
             creation.destroy_test_db(original, verbosity=0)
         print("RESULT " + json.dumps(result))

@@ -10,8 +10,9 @@ loaded once and kept for the life of the process — the per-deployment engine o
 node — and batches whatever requests are pending, as it always has.
 
 Lines in, on stdin (one JSON object each):
-- ``{"id", "kind": "generate", "request": {...}}``: a completion; ``request`` has the
-  fields of core.ports.GenerationRequest;
+- ``{"id", "kind": "generate", "stream", "request": {...}}``: a completion;
+  ``request`` has the fields of core.ports.GenerationRequest; ``stream`` false: its
+  text comes back in one reply when it finishes;
 - ``{"id", "kind": "embed", "texts": [...]}``: embeddings;
 - ``{"cancel": id}``: nobody waits for it any more: stop spending on it.
 
@@ -92,9 +93,10 @@ class Server:
         if line.get("kind") == "embed":
             self.embedder.submit(self._embed, request_id, line.get("texts"))
             return
-        self._generate(request_id, line.get("request") or {})
+        stream = line.get("stream") is not False
+        self._generate(request_id, line.get("request") or {}, stream=stream)
 
-    def _generate(self, request_id: str, given: dict[str, Any]) -> None:
+    def _generate(self, request_id: str, given: dict[str, Any], *, stream: bool) -> None:
         from runtime.inference import SamplingParams
         from runtime.structured import Constraint
 
@@ -130,15 +132,27 @@ class Server:
         with self.lock:
             self.live[request_id] = request
         self.emit({"request": request_id, "accepted": True})
-        threading.Thread(target=self._relay_chunks, args=(request_id, request), daemon=True).start()
+        threading.Thread(
+            target=self._relay_chunks,
+            args=(request_id, request),
+            kwargs={"stream": stream},
+            daemon=True,
+        ).start()
 
-    def _relay_chunks(self, request_id: str, request: Any) -> None:
+    def _relay_chunks(self, request_id: str, request: Any, *, stream: bool) -> None:
+        """The request's chunks as the engine decides them; for a request that is not
+        streamed, one reply with the whole text when it finishes (nothing reads the
+        pieces: fewer replies to carry)."""
+        pieces: list[str] = []
         try:
             for chunk in self.engine.chunks(request):
+                if not stream and chunk.finish_reason is None:
+                    pieces.append(chunk.text)
+                    continue
                 self.emit(
                     {
                         "request": request_id,
-                        "text": chunk.text,
+                        "text": "".join(pieces) + chunk.text,
                         "finish_reason": chunk.finish_reason,
                     }
                 )

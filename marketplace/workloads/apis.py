@@ -658,7 +658,11 @@ class _CompletionApi(V1Api):
         request_id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         chunks = gateway.inference_stream(
-            organization=organization, served=served, request=generation, request_id=request_id
+            organization=organization,
+            served=served,
+            request=generation,
+            request_id=request_id,
+            stream=stream,
         )
         if stream:
             response = StreamingHttpResponse(

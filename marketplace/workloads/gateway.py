@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 # How long one read of the replies waits before the node's claim is looked at.
 REPLY_WAIT_SECONDS = 1.0
+# A node that still renews but says nothing about a request for this long has lost
+# it (its engine wedged): the request fails rather than waiting for ever.
+STALL_SECONDS = 120
 FINISH_REASONS = frozenset({"stop", "length"})
 
 
@@ -66,15 +70,29 @@ def _node_check(deployment: Deployment, request_id: str) -> None:
 
 
 def _replies(deployment: Deployment, request_id: str) -> Iterator[dict[str, Any]]:
-    """The node's replies to the request, in order, for as long as its node serves."""
+    """The node's replies to the request, in order, for as long as its node serves and
+    says something at least every STALL_SECONDS."""
     queues = relay()
+    last = time.monotonic()
     while True:
         found = queues.replies(
             deployment_id=deployment.public_id, request_id=request_id, wait=REPLY_WAIT_SECONDS
         )
-        if not found:
-            _node_check(deployment, request_id)
-        yield from found
+        if found:
+            last = time.monotonic()
+            yield from found
+            continue
+        _node_check(deployment, request_id)
+        if time.monotonic() - last > STALL_SECONDS:
+            logger.error(
+                "the node went quiet on a request",
+                extra={"request_id": request_id, "deployment": deployment.public_id},
+            )
+            raise GenerationFailed(
+                f"{request_id} got no answer from {deployment.public_id} for "
+                f"{STALL_SECONDS} seconds; retry the request",
+                details={"request_id": request_id},
+            )
 
 
 def _reply_error(reply: dict[str, Any], deployment: Deployment, request_id: str) -> Exception:
@@ -110,19 +128,31 @@ def _protocol_error(deployment: Deployment, request_id: str, what: str) -> Gener
 
 
 def inference_stream(
-    *, organization: Organization, served: ServedModel, request: GenerationRequest, request_id: str
+    *,
+    organization: Organization,
+    served: ServedModel,
+    request: GenerationRequest,
+    request_id: str,
+    stream: bool = True,
 ) -> Iterator[GenerationChunk]:
     """Chunks of the completion, relayed from the deployment's node. Returns once the
     node's engine accepted the request (a cold model, or a request the engine
     refuses, raises here, before a stream's 200); the last chunk carries the
     gateway's token counts, and usage is recorded when the iterator ends, however it
-    ends (see the module doc)."""
+    ends (see the module doc). ``stream`` false: the client reads the text whole, so
+    the node sends it in one reply at the end (a node lost before then has sent no
+    completion tokens, and none are billed)."""
     deployment = deployment_acquire(organization=organization, served=served)
     queues = relay()
     queues.submit(
         deployment_id=deployment.public_id,
         request_id=request_id,
-        payload={"id": request_id, "kind": "generate", "request": dataclasses.asdict(request)},
+        payload={
+            "id": request_id,
+            "kind": "generate",
+            "stream": stream,
+            "request": dataclasses.asdict(request),
+        },
     )
     replies = _replies(deployment, request_id)
     try:
