@@ -464,6 +464,7 @@ def measure_relay(rounds: int, max_tokens: int) -> dict[str, Any]:
                 for process, spent in account["spent"].items()
             }
         result["relay"] = settings.INFERENCE_RELAY
+        result["load_average"] = round(os.getloadavg()[0], 2)
         result["max_tokens"] = max_tokens
         result["rounds"] = rounds
         return result

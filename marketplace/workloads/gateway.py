@@ -194,7 +194,7 @@ def _relayed(
     prompt_tokens: int,
 ) -> Iterator[GenerationChunk]:
     received: list[str] = []
-    finished = False
+    completion: int | None = None  # counted once the last chunk is in
     try:
         for reply in replies:
             if "error" in reply:
@@ -206,12 +206,12 @@ def _relayed(
             if finish is None:
                 yield GenerationChunk(text=text)
                 continue
-            finished = True
+            completion = _completion_tokens(deployment, request, received)
             yield GenerationChunk(
                 text=text,
                 finish_reason=finish,
                 prompt_tokens=prompt_tokens,
-                completion_tokens=_completion_tokens(deployment, request, received),
+                completion_tokens=completion,
             )
             return
     finally:
@@ -221,8 +221,12 @@ def _relayed(
             deployment=deployment,
             request_id=request_id,
             prompt_tokens=prompt_tokens,
-            completion_tokens=_completion_tokens(deployment, request, received),
-            complete=finished,
+            completion_tokens=(
+                completion
+                if completion is not None
+                else _completion_tokens(deployment, request, received)
+            ),
+            complete=completion is not None,
         )
 
 
