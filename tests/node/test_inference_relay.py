@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from core import ports
 from marketplace.assignments.models import Assignment, AssignmentLogLine
 from marketplace.workloads.models import Deployment
 from metering.models import UsageEvent
 from tests.marketplace.conftest import offer
-from tests.node.conftest import AgentNode, agent_node, agent_client, wait_for
+from tests.node.conftest import AgentNode, agent_client, agent_node, wait_for
 from tests.workloads.conftest import openai_client
 from tests.workloads.market import platform_running
 
@@ -45,10 +44,6 @@ def _dirs(settings, model_root: Path, tmp_path: Path) -> None:  # type: ignore[n
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
     settings.INFERENCE_START_TIMEOUT_SECONDS = 5
     tiny_model_ensure()
-    if not ports.registered("pricebook"):
-        from billing.pricebook import PriceBookPort
-
-        ports.register("pricebook", PriceBookPort())
 
 
 def _agent_env(model_root: Path) -> dict[str, str]:
