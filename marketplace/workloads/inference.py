@@ -24,8 +24,7 @@ from core.ports import UsageRecord
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import invalid, not_found
-from marketplace.workloads.models import Deployment, FineTuneJob, new_public_id
-from marketplace.workloads.services import (
+from marketplace.workloads.managed import (
     append_event,
     gpus_for,
     lease_end,
@@ -33,6 +32,7 @@ from marketplace.workloads.services import (
     order_live,
     order_place_managed,
 )
+from marketplace.workloads.models import Deployment, FineTuneJob, new_public_id
 
 logger = logging.getLogger(__name__)
 

@@ -21,19 +21,19 @@ from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import conflict, insufficient_credit, invalid, not_found
 from marketplace.workloads.files import file_check, file_tokens
+from marketplace.workloads.managed import (
+    append_event,
+    gpus_for,
+    lease_end,
+    order_cancel,
+    order_place_managed,
+)
 from marketplace.workloads.models import (
     File,
     FineTuneCheckpoint,
     FineTuneEvent,
     FineTuneJob,
     new_public_id,
-)
-from marketplace.workloads.services import (
-    append_event,
-    gpus_for,
-    lease_end,
-    order_cancel,
-    order_place_managed,
 )
 from marketplace.workloads.storage import file_storage
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('assignments', '0002_train_runs_and_uploads'),
+        ('assignments', '0003_gangs'),
         ('core', '0006_apikey_scope'),
         ('marketplace', '0001_initial'),
         ('providers', '0002_agentkey_node'),
