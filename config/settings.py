@@ -255,6 +255,15 @@ if INFERENCE_START_TIMEOUT_SECONDS > INFERENCE_START_TIMEOUT_MAX_SECONDS:
         f"{INFERENCE_START_TIMEOUT_MAX_SECONDS}: Together's client gives up after 60 s"
     )
 
+# The inference relay's per-deployment queues (marketplace/workloads/relay.py):
+# Redis lists when REDIS_URL is set, else a table of the database (SKIP LOCKED on
+# PostgreSQL); INFERENCE_RELAY=database|redis chooses explicitly.
+INFERENCE_RELAY = env_str("INFERENCE_RELAY", "redis" if REDIS_URL else "database")
+if INFERENCE_RELAY not in ("redis", "database"):
+    raise ImproperlyConfigured(f"INFERENCE_RELAY={INFERENCE_RELAY!r}: redis or database")
+if INFERENCE_RELAY == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("INFERENCE_RELAY=redis needs REDIS_URL")
+
 # --- runtime (training and inference) ----------------------------------------
 # Model weights on this machine (HF layout, one directory per model name) and
 # artifacts (checkpoints and finished adapters, unpacked from the nodes' uploads).

@@ -17,6 +17,8 @@ urlpatterns = [
     path("api/v1/agent/", include("providers.agent_urls")),
     # The node protocol (leased work): marketplace owns it, providers cannot import it.
     path("api/v1/agent/", include("marketplace.assignments.agent_urls")),
+    # The inference relay's node side (a serve assignment's requests and replies).
+    path("api/v1/agent/", include("marketplace.workloads.agent_urls")),
     path("api/v1/", include("core.urls")),
     path("api/v1/", include("ledger.urls")),
     path("api/v1/", include("pricing.urls")),

@@ -5,7 +5,8 @@ and one running now.
 providers/demo.py) and a buyer with credits. It registers a second node of the
 provider (2x L40S, from an inventory like the agent's) with an offer listed three
 hours ago, places an order that matched there two hours ago and ran its hour (its
-hold settled: GPU time to the provider's payable, the platform fee), then places a
+hold settled: GPU time to the provider's payable, the platform fee; the offer is
+withdrawn after it), then places a
 standing order for an H100 that a matching round fills now. Idempotent: it does
 nothing once the buyer has orders.
 """
@@ -91,6 +92,11 @@ def load(*, buyer: Organization, provider: Organization) -> None:
     )
     services.matching_round(now=past)
     services.leases_tick(now=past + timedelta(hours=1))
+    # The L40S node left the market after that hour: no agent runs it in make run,
+    # so the demo's managed work (its fine-tune and its deployment) runs on the node
+    # whose agent make run starts (northlake-gpu-01).
+    for listed in Offer.objects.filter(node=node).exclude(status=Offer.Status.WITHDRAWN):
+        supply.offer_withdraw(offer=listed)
 
     # A standing order for an H100 (or better), filled by the next round: running now.
     services.order_place(

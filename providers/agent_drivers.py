@@ -41,6 +41,7 @@ class DriverError(RuntimeError):
 
 class RunHandle(Protocol):
     pgid: int
+    stdin: Any  # the run's standard input (a binary pipe) when started with stdin_pipe
 
     def wait(self, timeout: float) -> int | None:
         """The exit code once the run's first process has exited (-N: killed by signal
@@ -63,6 +64,8 @@ class Driver(Protocol):
         env: dict[str, str],
         run_as: RunAs | None,
         on_line: Callable[[str, str], None],
+        stdin_pipe: bool = False,
+        whole_stdout_lines: bool = False,
     ) -> RunHandle: ...
 
 
@@ -117,6 +120,7 @@ class _SubprocessHandle:
         self.process = process
         self.pgid = process.pid  # a new session: its leader's pid is the group's id
         self.readers = readers
+        self.stdin = process.stdin
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -142,6 +146,9 @@ class _SubprocessHandle:
         self.wait(5.0)
 
     def close(self) -> None:
+        if self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
         self._signal_group(signal.SIGKILL)
         self.wait(5.0)
         for reader in self.readers:
@@ -159,13 +166,17 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def _pump(stream: Any, name: str, on_line: Callable[[str, str], None]) -> None:
-    """Read a pipe line by line; long lines are cut into pieces the server takes."""
+def _pump(stream: Any, name: str, on_line: Callable[[str, str], None], limit: int | None) -> None:
+    """Read a pipe line by line; long lines are cut into pieces of ``limit`` characters
+    (the server's bound on a log line), or passed whole with ``limit`` None."""
     with stream:
         for raw in iter(stream.readline, b""):
             text = raw.decode("utf-8", errors="replace").rstrip("\n").replace("\x00", "\ufffd")
-            for start in range(0, max(len(text), 1), MAX_LINE_CHARS):
-                on_line(name, text[start : start + MAX_LINE_CHARS])
+            if limit is None:
+                on_line(name, text)
+                continue
+            for start in range(0, max(len(text), 1), limit):
+                on_line(name, text[start : start + limit])
 
 
 class SubprocessDriver:
@@ -179,7 +190,13 @@ class SubprocessDriver:
         env: dict[str, str],
         run_as: RunAs | None,
         on_line: Callable[[str, str], None],
+        stdin_pipe: bool = False,
+        whole_stdout_lines: bool = False,
     ) -> RunHandle:
+        """``stdin_pipe``: the run reads what the agent writes to ``handle.stdin``
+        (a serve run's requests); else its standard input is empty.
+        ``whole_stdout_lines``: standard output lines reach ``on_line`` whole (a serve
+        run's replies, JSON of any length); else cut to the server's log line bound."""
         extra: dict[str, Any] = {}
         if run_as is not None:
             extra.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
@@ -188,7 +205,7 @@ class SubprocessDriver:
                 command,
                 cwd=work_dir,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -200,9 +217,15 @@ class SubprocessDriver:
             raise DriverError(f"could not start {command[0]!r}: {exc}") from None
         readers = [
             threading.Thread(
-                target=_pump, args=(pipe, name, on_line), name=f"run-{name}", daemon=True
+                target=_pump,
+                args=(pipe, name, on_line, limit),
+                name=f"run-{name}",
+                daemon=True,
             )
-            for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))
+            for pipe, name, limit in (
+                (process.stdout, "stdout", None if whole_stdout_lines else MAX_LINE_CHARS),
+                (process.stderr, "stderr", MAX_LINE_CHARS),
+            )
         ]
         for reader in readers:
             reader.start()

@@ -28,6 +28,9 @@ Children die with the agent:
   directories before it claims anything;
 - a SIGTERM or Ctrl-C to the agent stops every run as above before it exits.
 
+Kinds: ``command`` (this module), ``train`` (providers.agent_train) and ``serve``
+(providers.agent_serve: an inference engine, its requests relayed to it).
+
 Drivers (providers.agent_drivers): ``SubprocessDriver`` runs a command as a process
 group of this machine; a container driver plugs in behind the same interface.
 """
@@ -45,7 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from providers.agent_drivers import (
     Driver,
@@ -173,6 +176,11 @@ class RunSupervisor(threading.Thread):
     # A run the agent stops for its own reasons is reported failed; True: reported as
     # given back, so the server moves it to another node (train runs resume there).
     give_back_on_agent_stop = False
+    # True: "started" is reported as the process starts; False: the subclass reports
+    # it when the work is ready (a serve run: once its engine has loaded).
+    started_on_spawn = True
+    # Options for Driver.start (a serve run writes requests to its standard input).
+    driver_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -204,6 +212,7 @@ class RunSupervisor(threading.Thread):
         self.stopped_by_server = False
         self._stop_requested = threading.Event()
         self.pgid: int | None = None
+        self.handle: RunHandle | None = None
         self.exit_code: int | None = None
         self.fenced = False  # the server refused our attempt: report nothing more
 
@@ -314,7 +323,9 @@ class RunSupervisor(threading.Thread):
                 env=env,
                 run_as=self.run_as,
                 on_line=self._on_line,
+                **self.driver_options,
             )
+            self.handle = handle
             self.pgid = handle.pgid
             self.root.record_group(self.assignment_id, handle.pgid)
             logger.info(
@@ -323,7 +334,8 @@ class RunSupervisor(threading.Thread):
                 self.attempt,
                 handle.pgid,
             )
-            self.outbox.add({"type": "started"})
+            if self.started_on_spawn:
+                self.outbox.add({"type": "started"})
             self._supervise(handle)
         except DriverError as exc:
             logger.warning("run %s could not start: %s", self.assignment_id, exc)
@@ -380,8 +392,12 @@ class RunSupervisor(threading.Thread):
                 failed["retry"] = True
             self.outbox.add(failed)
         else:
-            self.outbox.add({"type": "finished", "exit_code": max(-255, min(255, code))})
+            self.outbox.add(self._end_event(code))
         self._drain()
+
+    def _end_event(self, code: int) -> dict[str, Any]:
+        """The event that reports the run's end by itself (exit code ``code``)."""
+        return {"type": "finished", "exit_code": max(-255, min(255, code))}
 
     def _drain(self) -> None:
         """Report what is left, the end included; give up after a TTL without success
@@ -524,7 +540,7 @@ class WorkLoop(threading.Thread):
             claim.get("attempt"),
             ",".join(claim.get("gpu_uuids", [])),
         )
-        if claim.get("kind") not in ("command", "train"):  # kinds this agent does not run yet
+        if claim.get("kind") not in ("command", "train", "serve"):  # kinds it does not run yet
             return
         with self._runs_lock:
             if self.stop.is_set():  # claimed as the agent stops: hand it back as failed
@@ -557,6 +573,10 @@ class WorkLoop(threading.Thread):
 
             kind = TrainSupervisor
             extra["address"] = self.address
+        elif claim.get("kind") == "serve":
+            from providers.agent_serve import ServeSupervisor
+
+            kind = ServeSupervisor
         supervisor = kind(
             **extra,
             client=self.client,

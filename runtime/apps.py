@@ -7,11 +7,13 @@ class RuntimeConfig(AppConfig):
     def ready(self) -> None:
         # The control plane imports this app; nothing here may import torch.
         from core import ports
-        from runtime.ports import RuntimeDatasets, RuntimeInference, RuntimeModels
+        from core.tokens import TokensPort
+        from runtime.ports import RuntimeDatasets, RuntimeModels, RuntimeTokens
 
         ports.register(ports.DatasetsPort, RuntimeDatasets())
         ports.register(ports.ModelRegistryPort, RuntimeModels())
-        ports.register(ports.InferencePort, RuntimeInference())
+        # Token counts for the inference gateway (the engines run on the nodes).
+        ports.register(TokensPort, RuntimeTokens())
         # The record of runs that train on nodes (the assignments call it).
         from runtime import node_training
 

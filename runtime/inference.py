@@ -185,6 +185,7 @@ class Engine:
         usage: UsageSink | None = None,
         max_batch: int = 16,
         device: str | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -218,6 +219,7 @@ class Engine:
         self._pending: queue.Queue[_Request | object] = queue.Queue()
         self._closed = False
         self.batch_sizes: list[int] = []  # requests decoded together, batch by batch
+        self.on_batch = on_batch  # told each batch's size as it starts
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{self.deployment_id}", daemon=True
         )
@@ -366,6 +368,11 @@ class Engine:
         """Chunks of one completion as they are decided; the last carries the counts."""
         return self._consume(self.submit(**kwargs))
 
+    def chunks(self, request: _Request) -> Iterator[Chunk]:
+        """Chunks of a request ``submit`` accepted (``stream`` in two steps: a caller
+        that must answer the submit's verdict before the first token)."""
+        return self._consume(request)
+
     def complete(self, **kwargs: Any) -> Completion:
         request = self.submit(**kwargs)
         pieces = []
@@ -426,6 +433,8 @@ class Engine:
             if not requests:
                 continue
             self.batch_sizes.append(len(requests))
+            if self.on_batch is not None:
+                self.on_batch(len(requests))
             self._decode_isolated(requests)
 
     def _fail(self, request: _Request, error: BaseException) -> None:

@@ -1,32 +1,26 @@
 """The runtime's side of the workloads ports (core/ports.py): dataset checks, the
-model registry and inference engines, for the /v1/ API, which may not import the
-runtime. Registered in ``RuntimeConfig.ready()``; nothing here imports torch until
-an engine is loaded.
+model registry and token counts, for the /v1/ API, which may not import the runtime.
+Registered in ``RuntimeConfig.ready()``; nothing here imports torch.
 
-The inference port records no usage itself: the API records each request's exact
-counts from the last chunk, under its own request ids.
+No engine runs in a control-plane process: a deployment's engine runs on its leased
+node (runtime/serve.py, started by the node's agent), and the gateway relays
+requests to it and counts the tokens it bills with ``RuntimeTokens``.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from core.errors import NotFound
 from core.ports import (
     DatasetCheck,
-    EmbeddingResult,
-    GenerationChunk,
-    GenerationRequest,
     ModelCard,
 )
-from runtime.datasets import DatasetInvalid, dataset_load
+from runtime.datasets import DatasetInvalid, dataset_load, tokenizer_for
 from runtime.registry import models_list
 
 if TYPE_CHECKING:
-    from runtime.inference import Engine
+    pass
 
 # Purposes whose files are training data; the rest (batch inputs, results) are
 # stored as they come.
@@ -63,75 +57,28 @@ class RuntimeModels:
         ]
 
 
-class RuntimeInference:
-    """Engines of this process, one per deployment."""
+class RuntimeTokens:
+    """Token counts with a model's own tokenizer and chat template, for the inference
+    gateway, which bills what it counts itself, never a number the node reports. The
+    prompt is counted exactly as the engine reads it (runtime/inference.py
+    ``Engine.prompt_ids``); a completion by tokenizing the text the gateway received."""
 
-    def __init__(self) -> None:
-        self._engines: dict[str, Engine] = {}
-        self._lock = threading.Lock()
+    def prompt_tokens(
+        self,
+        *,
+        model: str,
+        prompt: str | None,
+        messages: list[dict] | None,
+        tools: list[dict] | None,
+    ) -> int:
+        tokenizer = tokenizer_for(model)
+        if messages is not None:
+            return len(tokenizer.chat_prompt_ids(messages, tools=tools))
+        return len(tokenizer.prompt_ids(prompt or ""))
 
-    def load(self, *, deployment_id: str, base_model: str, adapter_path: str | None) -> None:
-        from runtime.inference import Engine
+    def text_tokens(self, *, model: str, text: str) -> int:
+        return len(tokenizer_for(model).encode(text)) if text else 0
 
-        with self._lock:
-            if deployment_id in self._engines:
-                return
-            self._engines[deployment_id] = Engine(
-                model=base_model, adapter_path=adapter_path, deployment_id=deployment_id
-            )
-
-    def generate(
-        self, *, deployment_id: str, request: GenerationRequest
-    ) -> Iterator[GenerationChunk]:
-        from runtime.inference import SamplingParams
-        from runtime.structured import Constraint
-
-        engine = self._engine(deployment_id)
-        constraint = (
-            Constraint(
-                schema=request.json_schema,
-                field=request.json_schema_field,
-                strict=request.json_schema_strict,
-            )
-            if request.json_schema is not None
-            else None
-        )
-        params = SamplingParams(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop=tuple(request.stop),
-            seed=request.seed,
-        )
-        stream = engine.stream(
-            prompt=request.prompt,
-            messages=request.messages,
-            params=params,
-            constraint=constraint,
-            tools=request.tools,
-        )
-        return (
-            GenerationChunk(
-                text=chunk.text,
-                finish_reason=chunk.finish_reason,
-                prompt_tokens=chunk.prompt_tokens,
-                completion_tokens=chunk.completion_tokens,
-            )
-            for chunk in stream
-        )
-
-    def embed(self, *, deployment_id: str, texts: list[str]) -> EmbeddingResult:
-        result = self._engine(deployment_id).embed(texts)
-        return EmbeddingResult(vectors=result.vectors, prompt_tokens=result.prompt_tokens)
-
-    def _engine(self, deployment_id: str) -> Engine:
-        engine = self._engines.get(deployment_id)
-        if engine is None:
-            raise NotFound(f"deployment {deployment_id} is not loaded on this node")
-        return engine
-
-    def unload(self, *, deployment_id: str) -> None:
-        with self._lock:
-            engine = self._engines.pop(deployment_id, None)
-        if engine is not None:
-            engine.close()
+    def embedding_tokens(self, *, model: str, texts: list[str]) -> int:
+        tokenizer = tokenizer_for(model)
+        return sum(len(tokenizer.prompt_ids(text)) for text in texts)

@@ -23,7 +23,7 @@ from core.converters import BIGINT_MAX, query_int
 from core.errors import Forbidden, InvalidInput, NotFound
 from core.schema import error_responses
 from core.tenancy import get_caller
-from marketplace.assignments import blobs, selectors, services, training
+from marketplace.assignments import blobs, selectors, services, serving, training
 from marketplace.assignments.models import Assignment
 from providers.models import Node
 from providers.permissions import IsAgentKey, agent_node_or_404
@@ -106,11 +106,13 @@ class ClaimSerializer(serializers.Serializer):
     kind = serializers.CharField()
     attempt = serializers.IntegerField(help_text="the fencing token: send it with every report")
     spec = serializers.DictField(
-        help_text="command: {command, env, files}; train: {work, plan, inputs, gpus}"
+        help_text="command: {command, env, files}; train: {work, plan, inputs, gpus}; "
+        "serve: {deployment_id, base_model, adapter_job, max_batch, gpus}"
     )
     downloads = serializers.DictField(
         required=False,
-        help_text="train: signed GET URLs {training_file, validation_file, checkpoint}",
+        help_text="train: signed GET URLs {training_file, validation_file, checkpoint}; "
+        "serve: {adapter} (a fine-tuned model's trained adapter)",
     )
     gpu_uuids = serializers.ListField(child=serializers.CharField())
     locked_until = serializers.DateTimeField()
@@ -300,11 +302,15 @@ class NodeAssignmentClaimApi(AgentApi):
             endpoint=given.validated_data.get("endpoint", ""),
         )
         assignment = claim.assignment
-        downloads = (
-            training.train_claim_downloads(assignment=assignment, base_url=_base_url(request))
-            if assignment.kind == Assignment.Kind.TRAIN
-            else {}
-        )
+        downloads: dict[str, Any] = {}
+        if assignment.kind == Assignment.Kind.TRAIN:
+            downloads = training.train_claim_downloads(
+                assignment=assignment, base_url=_base_url(request)
+            )
+        elif assignment.kind == Assignment.Kind.SERVE:
+            downloads = serving.serve_claim_downloads(
+                assignment=assignment, base_url=_base_url(request)
+            )
         return Response(
             ClaimSerializer(
                 {

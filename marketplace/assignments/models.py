@@ -37,7 +37,7 @@ class Assignment(models.Model):
     class Kind(models.TextChoices):
         COMMAND = "command"  # a buyer's command on a raw lease (a "run")
         TRAIN = "train"  # a fine-tune job's runtime.launch (re-queued on another node)
-        # Next: SERVE = "serve" (an inference deployment's engine).
+        SERVE = "serve"  # an inference deployment's engine (runtime.serve), relayed to
 
     class State(models.TextChoices):
         QUEUED = "queued"  # waiting for the node's agent to claim it
@@ -54,7 +54,8 @@ class Assignment(models.Model):
     lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="+")
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=16, choices=Kind.choices)
-    # The managed workload it runs (a fine-tune job's id for kind train; else blank).
+    # The managed workload it runs (a fine-tune job's id for kind train, a deployment's
+    # for kind serve; else blank).
     workload_id = models.CharField(max_length=100, blank=True, default="")
     spec = models.JSONField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
@@ -96,7 +97,7 @@ class Assignment(models.Model):
                 name="assignment_state_valid",
             ),
             models.CheckConstraint(
-                condition=Q(kind__in=["command", "train"]), name="assignment_kind_valid"
+                condition=Q(kind__in=["command", "train", "serve"]), name="assignment_kind_valid"
             ),
             # A claimed or running assignment has a claim: an attempt and a lock.
             models.CheckConstraint(

@@ -32,8 +32,9 @@ node behind NAT works.
 
 Kinds: ``command`` (a buyer's command on a raw lease) and ``train`` (a fine-tune's
 training: marketplace/assignments/training.py adds signed URLs to its claim, its own
-reports, uploads, and its re-queueing by the reaper); an inference deployment becomes
-kind ``serve`` next (long-lived, renewed while the deployment lives). The index,
+reports, uploads, and its re-queueing by the reaper) and ``serve`` (an inference
+deployment's engine: marketplace/assignments/serving.py; long-lived, renewed while
+the deployment lives, its requests relayed to it). The index,
 claim, attempt, renewals and stop are the same for every kind.
 """
 
@@ -67,6 +68,9 @@ MAX_LOG_LINE_CHARS = 4096
 MAX_LOG_LINES_PER_RUN = 50_000
 MAX_LOG_BYTES_PER_RUN = 16 * 1024 * 1024
 MAX_REASON_CHARS = 500
+# Kinds whose assignment, never claimed within two TTLs, fails its lease (the node
+# has no agent): the platform's managed work, which can run elsewhere.
+UNCLAIMED_REAPED = ("train", "serve")
 # A train run's own events (see marketplace/assignments/training.py).
 TRAIN_EVENTS = frozenset({"training_started", "step", "evaluation"})
 
@@ -634,30 +638,37 @@ def _reap_one(assignment_id: int, now: datetime) -> bool:
             + (
                 " (re-queued: the next node resumes from the last checkpoint)"
                 if train
+                else " (the deployment starts anew on its next request)"
+                if assignment.kind == Assignment.Kind.SERVE
                 else " (command runs are not retried)"
             )
         )
     _end(assignment, state=state, now=now, reason=reason, lost=train)
     assignment.save()
-    if train:
+    if train or assignment.kind == Assignment.Kind.SERVE:
+        # The dead node's lease fails at the last renewal (a deployment on it stops
+        # with it) and the node is unhealthy until it heartbeats again.
         training.train_lost(assignment, now=now)
     _index_bump(assignment.node_id)
     return True
 
 
 def _unclaimed(now: datetime) -> Q:
-    """Train runs queued too long: two TTLs; a gang member, the gang's barrier."""
+    """Train and serve runs queued too long: two TTLs; a gang member, the gang's
+    barrier."""
     barrier = timedelta(seconds=settings.ASSIGNMENT_GANG_BARRIER_SECONDS)
-    return Q(kind=Assignment.Kind.TRAIN, state=Assignment.State.QUEUED) & (
+    return Q(kind__in=UNCLAIMED_REAPED, state=Assignment.State.QUEUED) & (
         Q(gang="", created_at__lt=now - 2 * claim_ttl())
         | (~Q(gang="") & Q(created_at__lt=now - barrier))
     )
 
 
 def _reap_unclaimed(assignment_id: int, now: datetime) -> bool:
-    """A train run that its node's agent never claimed within two TTLs (no agent runs
-    there, or it is wedged), or a gang member not within the gang's barrier: re-queued
-    elsewhere as if its node had died (a gang: released, its order matched again)."""
+    """A train or serve run that its node's agent never claimed within two TTLs (no
+    agent runs there, or it is wedged), or a gang member not within the gang's
+    barrier: its lease fails as if its node had died, so a fine-tune is re-queued
+    elsewhere (a gang: released, its order matched again) and a deployment stopped
+    (its next request starts one elsewhere)."""
     assignment = (
         Assignment.objects.select_for_update().filter(_unclaimed(now), pk=assignment_id).first()
     )
@@ -672,6 +683,8 @@ def _reap_unclaimed(assignment_id: int, now: datetime) -> bool:
         "(the gang's barrier: its members are released and the order matched again)"
         if assignment.gang
         else "(re-queued for another node)"
+        if assignment.kind == Assignment.Kind.TRAIN
+        else "(the deployment starts anew elsewhere)"
     )
     _end(assignment, state=Assignment.State.FAILED, now=now, reason=reason, lost=True)
     assignment.save()
@@ -684,7 +697,8 @@ def assignments_reap(*, now: datetime | None = None) -> int:
     """End every claim past its ``locked_until``: its node stopped renewing (it died,
     or lost the network). Command runs end ``failed`` and are not retried (see the
     module doc); train runs are re-queued, and so is one its node never claimed
-    within two TTLs. Cheap when there is nothing to do: two indexed reads."""
+    within two TTLs; a serve run's lease fails (its deployment stops) in both cases.
+    Cheap when there is nothing to do: two indexed reads."""
     now = now or timezone.now()
     due = list(
         Assignment.objects.filter(

@@ -40,7 +40,8 @@ from core.permissions import IsBuyerMember, IsBuyerOperatorForWrites
 from core.ports import GenerationRequest
 from core.schema import openai_error_responses
 from core.tenancy import get_caller
-from marketplace.workloads import inputs, selectors, services, shapes
+from marketplace.workloads import files as workload_files
+from marketplace.workloads import gateway, inference, inputs, jobs, selectors, shapes
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import (
     invalid,
@@ -177,18 +178,18 @@ class FileCreateApi(V1Api):
         purpose = inputs.text(data.get("purpose"), param="purpose")
         upload = request.FILES.get("file")
         if upload is not None:
-            file = services.file_upload(
+            file = workload_files.file_upload(
                 organization=organization,
                 purpose=purpose,
                 filename=upload.name or "upload.jsonl",
                 chunks=upload.chunks(CHUNK),
             )
             return Response(shapes.file_object(file))
-        services.file_purpose_check(purpose)
+        workload_files.file_purpose_check(purpose)
         file_name = inputs.text(data.get("file_name"), param="file_name")
         if not file_name:
             raise invalid("file is required (multipart form field 'file')", param="file")
-        file = services.file_reserve(
+        file = workload_files.file_reserve(
             organization=organization,
             purpose=purpose,
             filename=file_name,
@@ -234,7 +235,7 @@ class FileUploadContentApi(V1Api):
         file = File.objects.filter(public_id=file_id, organization_id=claims["org"]).first()
         if file is None:
             raise not_found("upload", file_id)
-        file = services.file_receive(file=file, chunks=_request_chunks(request))
+        file = workload_files.file_receive(file=file, chunks=_request_chunks(request))
         return Response({"id": file.public_id, "bytes": file.bytes})
 
 
@@ -246,7 +247,7 @@ class FilePreprocessApi(V1Api):
     )
     def post(self, request: Request, file_id: str) -> Response:
         file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
-        file = services.file_preprocess(file=file)
+        file = workload_files.file_preprocess(file=file)
         return Response(shapes.file_object(file))
 
 
@@ -267,7 +268,7 @@ class FileDeleteApi(V1Api):
     )
     def delete(self, request: Request, file_id: str) -> Response:
         file = selectors.file_get(organization=get_caller(request).organization, file_id=file_id)
-        services.file_delete(file=file)
+        workload_files.file_delete(file=file)
         return Response({"id": file.public_id, "object": "file", "deleted": True})
 
 
@@ -326,7 +327,7 @@ class OpenAIJobCreateApi(V1Api):
     )
     @idempotent(required=False)
     def post(self, request: Request) -> Response:
-        job = services.finetune_job_create(
+        job = jobs.finetune_job_create(
             organization=get_caller(request).organization,
             request=shapes.openai_job_request(inputs.body_object(request.data)),
         )
@@ -351,7 +352,7 @@ class OpenAIJobCancelApi(V1Api):
     )
     def post(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
-        job = services.finetune_job_cancel(job=job)
+        job = jobs.finetune_job_cancel(job=job)
         return Response(shapes.openai_job(job))
 
 
@@ -412,7 +413,7 @@ class TogetherJobCreateApi(V1Api):
     )
     @idempotent(required=False)
     def post(self, request: Request) -> Response:
-        job = services.finetune_job_create(
+        job = jobs.finetune_job_create(
             organization=get_caller(request).organization,
             request=shapes.together_job_request(inputs.body_object(request.data)),
         )
@@ -437,7 +438,7 @@ class TogetherJobCancelApi(V1Api):
     )
     def post(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(organization=get_caller(request).organization, job_id=job_id)
-        job = services.finetune_job_cancel(job=job)
+        job = jobs.finetune_job_cancel(job=job)
         return Response(shapes.together_job(job))
 
 
@@ -559,7 +560,7 @@ class TogetherEstimatePriceApi(V1Api):
         job_request = shapes.together_job_request(
             {"n_epochs": 1, "n_evals": 0, **body, "batch_size": "max"}
         )
-        quote = services.finetune_quote(
+        quote = jobs.finetune_quote(
             organization=get_caller(request).organization, request=job_request
         )
         return Response(
@@ -590,7 +591,7 @@ class TogetherModelLimitsApi(V1Api):
         card = external.base_model(name)
         if card is None:
             raise not_found("model", name, param="model_name")
-        limits = services.LIMITS
+        limits = jobs.LIMITS
         batch = {"min_batch_size": 1, "max_batch_size": limits["max_batch_size"]}
         return Response(
             {
@@ -653,11 +654,15 @@ class _CompletionApi(V1Api):
         options = body.get("stream_options") or {}
         together = _together_caller(request)
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        served = services.model_resolve(organization=organization, name=model_name)
+        served = inference.model_resolve(organization=organization, name=model_name)
         request_id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
-        chunks = services.inference_stream(
-            organization=organization, served=served, request=generation, request_id=request_id
+        chunks = gateway.inference_stream(
+            organization=organization,
+            served=served,
+            request=generation,
+            request_id=request_id,
+            stream=stream,
         )
         if stream:
             response = StreamingHttpResponse(
@@ -850,8 +855,8 @@ class EmbeddingsApi(V1Api):
         if not model_name:
             raise invalid("model is required", param="model", code="missing_model")
         texts, encoding = inputs.embedding_request(body, max_inputs=EMBEDDING_INPUTS_MAX)
-        served = services.model_resolve(organization=organization, name=model_name)
-        result = services.embeddings_create(
+        served = inference.model_resolve(organization=organization, name=model_name)
+        result = gateway.embeddings_create(
             organization=organization,
             served=served,
             texts=texts,
@@ -928,7 +933,7 @@ class ModelDetailApi(V1Api):
         responses={200: _JSON_OK, **openai_error_responses(401, 403, 404, 429)},
     )
     def get(self, request: Request, model: str) -> Response:
-        served = services.model_resolve(organization=get_caller(request).organization, name=model)
+        served = inference.model_resolve(organization=get_caller(request).organization, name=model)
         return Response(
             {
                 "id": served.name,

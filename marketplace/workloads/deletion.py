@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from core.models import Organization
-from marketplace.workloads import services
+from marketplace.workloads import inference
 from marketplace.workloads.errors import conflict, not_found
 from marketplace.workloads.models import Deployment, FineTuneCheckpoint, FineTuneJob
 
@@ -38,7 +38,7 @@ def _stop_deployments(model: str | None) -> None:
     for deployment in Deployment.objects.filter(model=model).exclude(
         status=Deployment.Status.STOPPED
     ):
-        services.deployment_stop(deployment=deployment, reason="the model was deleted")
+        inference.deployment_stop(deployment=deployment, reason="the model was deleted")
 
 
 def _weights_remove(checkpoints: list[FineTuneCheckpoint]) -> None:

@@ -1,6 +1,7 @@
 """Demo data for workloads: a finished fine-tune of the built-in tiny model by the
 demo buyer, with its events and checkpoints, and a fine-tuned model to chat with,
-served by an inference deployment of the buyer (``serve``).
+served by an inference deployment of the buyer (``serve``) whose engine runs on the
+leased node, in ``make run``'s agent.
 
 ``load(buyer=..., provider=...)`` needs the provider's offers listed (the supply
 demo) and the buyer's credit granted. It runs the real path: upload and check the
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from core.followers import followers_run_until_idle
 from core.models import Organization
-from marketplace.workloads import services
+from marketplace.workloads import files as workload_files
+from marketplace.workloads import inference, jobs
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import Deployment, FineTuneJob
 
@@ -36,15 +38,15 @@ def load(*, buyer: Organization, provider: Organization) -> FineTuneJob:
     ).first()
     if done is not None:
         return done
-    file = services.file_upload(
+    file = workload_files.file_upload(
         organization=buyer,
         purpose="fine-tune",
         filename=SAMPLE.name,
         chunks=[SAMPLE.read_bytes()],
     )
-    job = services.finetune_job_create(
+    job = jobs.finetune_job_create(
         organization=buyer,
-        request=services.JobRequest(
+        request=jobs.JobRequest(
             model=MODEL,
             training_file=file.public_id,
             n_epochs=3,
@@ -83,7 +85,7 @@ def _train_on_the_demo_node(job: FineTuneJob, provider: Organization) -> None:
         kind=Assignment.Kind.TRAIN, workload_id=job.public_id, state=Assignment.State.QUEUED
     )
     # The leased node's agent key for this one run (make run's agent runs
-    # northlake-gpu-01; the market may lease the job elsewhere, as here the L40S node).
+    # northlake-gpu-01; the market may lease the job on another node).
     key = supply_services.agent_key_create(
         organization=provider,
         name=f"demo training on {assignment.node.hostname}",
@@ -147,11 +149,13 @@ def _lease_and_train(job: FineTuneJob, provider: Organization) -> None:
 def serve(*, job: FineTuneJob) -> Deployment:
     """The inference deployment serving ``job``'s fine-tuned model to its buyer, made
     the way a first request makes one: the deployment and its managed order, a
-    matching round leases a GPU, the follower records the lease, and the engine loads
-    in this process (the deployment is then ready; a serving process loads its own
-    engine on its first request). Needs the provider's offers listed and the job
-    succeeded. Safe to run again: the buyer's deployment of the model, whatever its
-    state since, is returned as it is (the demo's usage names it)."""
+    matching round leases a GPU, and the follower records the lease, which queues the
+    deployment's engine for the leased node (a serve assignment). Nothing loads in
+    this process: ``make run``'s agent (the demo node's) claims it when it starts,
+    loads the engine on the node, and the first request finds the deployment ready.
+    Needs the provider's offers listed and the job succeeded. Safe to run again: the
+    buyer's deployment of the model, whatever its state since, is returned as it is
+    (the demo's usage names it)."""
     from marketplace.services import matching_round
 
     found = (
@@ -162,16 +166,16 @@ def serve(*, job: FineTuneJob) -> Deployment:
     if found is not None:
         return found
     assert job.fine_tuned_model, "the demo serves the job it trained to the end"
-    served = services.model_resolve(organization=job.organization, name=job.fine_tuned_model)
-    # What deployment_acquire does first, without its wait for the lease: nothing
-    # else runs matching or the follower while the demo loads, so they run here.
-    deployment = services._deployment_live(organization=job.organization, served=served)
+    served = inference.model_resolve(organization=job.organization, name=job.fine_tuned_model)
+    # What deployment_acquire does first, without its wait for the node's engine:
+    # nothing else runs matching or the follower while the demo loads, so they run here.
+    deployment = inference._deployment_live(organization=job.organization, served=served)
     matching_round()
-    followers_run_until_idle([WorkloadsFollower()])  # LeaseStarted: the lease recorded
+    followers_run_until_idle([WorkloadsFollower()])  # LeaseStarted: the engine is queued
     deployment.refresh_from_db()
     if not deployment.lease_ref:
         raise RuntimeError(
             f"the demo deployment {deployment.public_id} found no GPUs "
             "(is the provider demo loaded?)"
         )
-    return services.deployment_acquire(organization=job.organization, served=served)
+    return deployment

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.eventstore import RecordedEvent
 from core.followers import Follower, register
-from marketplace.workloads import services
+from marketplace.workloads import inference, jobs
 
 logger = logging.getLogger(__name__)
 
@@ -85,23 +85,23 @@ class WorkloadsFollower(Follower):
             lease_ref = str(payload.get("lease_id", ""))
             reason = str(payload.get("reason") or event.type)
             if event.type == LEASE_STARTED and payload.get("workload_kind") == "inference":
-                services.deployment_lease_started(
+                inference.deployment_lease_started(
                     deployment_id=str(payload.get("workload_id") or ""),
                     lease_ref=lease_ref,
                     order_ref=str(payload.get("order_id", "")),
                 )
                 return
             if event.type in LEASE_CLOSED:
-                services.deployment_lease_ended(lease_ref=lease_ref, reason=reason)
+                inference.deployment_lease_ended(lease_ref=lease_ref, reason=reason)
             if event.type == LEASE_STARTED and payload.get("workload_kind") == "fine_tune":
-                services.finetune_job_start(
+                jobs.finetune_job_start(
                     job_id=str(payload.get("workload_id") or ""), lease_ref=lease_ref
                 )
             elif event.type in LEASE_INTERRUPTED:
                 # Closed-lease events do not name their workload: the job running on
                 # the lease is found by it, and goes back to wait for GPUs to resume.
-                for job_id in services.finetune_jobs_on_lease(lease_ref=lease_ref):
-                    services.finetune_job_interrupt(
+                for job_id in jobs.finetune_jobs_on_lease(lease_ref=lease_ref):
+                    jobs.finetune_job_interrupt(
                         job_id=job_id,
                         lease_ref=lease_ref,
                         reason=reason,
@@ -115,7 +115,7 @@ class WorkloadsFollower(Follower):
         progress = _progress(event)
         if progress is not None:
             kind, message, data = progress
-            services.finetune_job_progress(
+            jobs.finetune_job_progress(
                 job_id=job_id,
                 kind=kind,
                 message=message,
@@ -127,7 +127,7 @@ class WorkloadsFollower(Follower):
                 level="warning" if kind == "job_restarted" else "info",
             )
         elif event.type == "CheckpointSaved":
-            services.finetune_checkpoint_record(
+            jobs.finetune_checkpoint_record(
                 job_id=job_id,
                 step=int(payload["step"]),
                 at=event.recorded_at,
@@ -136,7 +136,7 @@ class WorkloadsFollower(Follower):
                 is_final=bool(payload.get("final")),
             )
         elif event.type == "TrainingSucceeded":
-            services.finetune_checkpoint_merged(
+            jobs.finetune_checkpoint_merged(
                 job_id=job_id,
                 merged_path=str(payload.get("merged_location") or ""),
                 adapter_path=str(payload.get("model_location") or ""),
@@ -144,7 +144,7 @@ class WorkloadsFollower(Follower):
                 loss=payload.get("final_loss"),
                 at=event.recorded_at,
             )
-            services.finetune_job_finish(
+            jobs.finetune_job_finish(
                 job_id=job_id,
                 status="succeeded",
                 at=event.recorded_at,
@@ -152,7 +152,7 @@ class WorkloadsFollower(Follower):
                 steps_completed=payload.get("steps"),
             )
         elif event.type == "TrainingCancelled":
-            services.finetune_job_finish(
+            jobs.finetune_job_finish(
                 job_id=job_id,
                 status="cancelled",
                 at=event.recorded_at,
@@ -160,7 +160,7 @@ class WorkloadsFollower(Follower):
                 steps_completed=payload.get("step"),
             )
         elif event.type == "TrainingFailed" and not payload.get("will_retry"):
-            services.finetune_job_finish(
+            jobs.finetune_job_finish(
                 job_id=job_id,
                 status="failed",
                 at=event.recorded_at,

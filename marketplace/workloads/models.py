@@ -257,3 +257,44 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_id} {self.model} {self.status}"
+
+
+class RelayRequest(models.Model):
+    """An inference request waiting on its deployment's queue in the database (the
+    relay's embedded default; with Redis configured the queue is a Redis list and
+    this table stays empty). ``taken_at`` is set by the claim of the node that
+    serves it; the gateway deletes the row, and its replies, when it is done."""
+
+    deployment_id = models.CharField(max_length=40)
+    request_id = models.CharField(max_length=80, unique=True)
+    payload = models.JSONField()
+    created_at = models.DateTimeField()
+    taken_at = models.DateTimeField(null=True, blank=True)
+    taken_by = models.CharField(max_length=40, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["deployment_id", "id"],
+                condition=Q(taken_at__isnull=True),
+                name="workload_relay_waiting",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} on {self.deployment_id}"
+
+
+class RelayReply(models.Model):
+    """One reply of a node to a relayed request (a chunk, the accept, an error), in
+    the order the node sent them; read and deleted by the gateway."""
+
+    deployment_id = models.CharField(max_length=40)
+    request_id = models.CharField(max_length=80)
+    payload = models.JSONField()
+
+    class Meta:
+        indexes = [models.Index(fields=["request_id", "id"], name="workload_relay_reply")]
+
+    def __str__(self) -> str:
+        return f"reply {self.pk} to {self.request_id}"

@@ -1,8 +1,10 @@
 """Every call this app makes into its neighbours, in one place.
 
-- the runtime: dataset checks and token counts, the model registry, inference
-  engines (typed ports: ``DatasetsPort``, ``ModelRegistryPort``, ``InferencePort``);
-- training on the leased node: the assignments (marketplace.assignments.training);
+- the runtime: dataset checks and token counts, the model registry (typed ports:
+  ``DatasetsPort``, ``ModelRegistryPort``, and core.tokens' ``TokensPort`` for the
+  inference gateway's counts);
+- training and inference on the leased node: the assignments
+  (marketplace.assignments.training, marketplace.assignments.serving);
 - pricing and the ledger (apps below this one, imported directly): the price book's
   fine-tune estimate and the buyer's available credit.
 
@@ -12,19 +14,17 @@ neighbour's interface is a change to one module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from core import ports
 from core.ports import (
     DatasetCheck,
-    EmbeddingResult,
-    GenerationChunk,
     GenerationRequest,
     ModelCard,
     UsageRecord,
 )
+from core.tokens import TokensPort
 from ledger.selectors import available_credit
 from pricing.selectors import fine_tune_quote
 
@@ -47,22 +47,53 @@ def base_model(name: str) -> ModelCard | None:
     return next((card for card in base_models() if card.name == name), None)
 
 
-def engine_load(*, deployment_id: str, base_model: str, adapter_path: str | None) -> None:
-    ports.get(ports.InferencePort).load(
-        deployment_id=deployment_id, base_model=base_model, adapter_path=adapter_path
+# Token counts with the model's own tokenizer: the gateway bills what it counts.
+
+
+def prompt_tokens(*, model: str, request: GenerationRequest) -> int:
+    return int(
+        ports.get(TokensPort).prompt_tokens(
+            model=model, prompt=request.prompt, messages=request.messages, tools=request.tools
+        )
     )
 
 
-def engine_generate(*, deployment_id: str, request: GenerationRequest) -> Iterator[GenerationChunk]:
-    return ports.get(ports.InferencePort).generate(deployment_id=deployment_id, request=request)
+def text_tokens(*, model: str, text: str) -> int:
+    return int(ports.get(TokensPort).text_tokens(model=model, text=text))
 
 
-def engine_embed(*, deployment_id: str, texts: list[str]) -> EmbeddingResult:
-    return ports.get(ports.InferencePort).embed(deployment_id=deployment_id, texts=texts)
+def embedding_tokens(*, model: str, texts: list[str]) -> int:
+    return int(ports.get(TokensPort).embedding_tokens(model=model, texts=texts))
 
 
-def engine_unload(*, deployment_id: str) -> None:
-    ports.get(ports.InferencePort).unload(deployment_id=deployment_id)
+# Inference runs on the leased node too: an assignment of kind ``serve`` whose agent
+# starts the engine and takes the deployment's requests through the relay
+# (marketplace/assignments/serving.py, marketplace/workloads/relay.py).
+
+
+def serving_assign(*, lease_id: int, deployment_id: str, spec: dict[str, Any]) -> None:
+    """Queue the deployment's engine for its lease's node (in the caller's transaction)."""
+    from marketplace.assignments import serving
+
+    serving.serve_assign(lease_id=lease_id, deployment_id=deployment_id, spec=spec)
+
+
+def serving_state(*, deployment_id: str) -> Any:
+    """The deployment's serve assignment (``serving.ServeState``), or None."""
+    from marketplace.assignments import serving
+
+    return serving.serve_state(deployment_id=deployment_id)
+
+
+def serving_current(*, node_id: int, assignment_id: int, attempt: int) -> str:
+    """The deployment a node's current serve claim serves (404: not the node's serve
+    assignment; 409: a stale attempt)."""
+    from marketplace.assignments import serving
+
+    found = serving.serve_assignment_current(
+        node_id=node_id, assignment_id=assignment_id, attempt=attempt
+    )
+    return found.workload_id
 
 
 # Training runs on the leased node: an assignment of kind ``train`` that the node's

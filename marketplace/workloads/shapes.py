@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from marketplace.workloads.errors import invalid
+from marketplace.workloads.jobs import JobRequest
 from marketplace.workloads.models import File, FineTuneCheckpoint, FineTuneEvent, FineTuneJob
-from marketplace.workloads.services import JobRequest
 
 
 def ts(value: datetime | None) -> int | None:

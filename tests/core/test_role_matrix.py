@@ -101,6 +101,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("agent-node-run-events", "POST"): agent_api(),
     ("agent-node-run-uploads", "POST"): agent_api(),
     ("agent-node-run-upload-commit", "POST"): agent_api(),
+    ("agent-node-serve-requests", "POST"): agent_api(),
+    ("agent-node-serve-replies", "POST"): agent_api(),
     # signed URLs: the signature is the credential (a request without one is a 400)
     ("agent-blob", "GET"): public(extra={AGENT: THROUGH}),
     ("agent-blob", "PUT"): public(extra={AGENT: THROUGH}),

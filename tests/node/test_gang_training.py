@@ -19,7 +19,7 @@ import pytest
 
 from marketplace.assignments.models import Assignment, AssignmentUpload
 from marketplace.models import Lease, Order
-from marketplace.workloads import services as workloads
+from marketplace.workloads import jobs
 from marketplace.workloads.models import FineTuneJob
 from tests.marketplace.conftest import fund, offer
 from tests.node.conftest import ROOT, agent_node, wait_for
@@ -45,7 +45,7 @@ def _baseline(job: FineTuneJob, model_root: Path, scratch: Path) -> dict:
     """The same work spec on this host, two ranks under one torchrun."""
     scratch.mkdir()
     spec = scratch / "spec.json"
-    spec.write_text(json.dumps(workloads.work_spec(job)))
+    spec.write_text(json.dumps(jobs.work_spec(job)))
     result = scratch / "result.json"
     done = subprocess.run(
         [

@@ -212,7 +212,7 @@ def test_a_dead_nodes_run_resumes_on_another_node_and_each_step_is_billed_once(
 def test_cancelling_a_running_fine_tune_kills_its_trainer_on_the_node(
     cast, start_agent, model_root
 ):
-    from marketplace.workloads import services as workloads
+    from marketplace.workloads import jobs
 
     # given: a fine-tune training on node A
     a = agent_node(cast.provider_a, "train-c", f"{cast.provider_a.pk}-tc")
@@ -227,7 +227,7 @@ def test_cancelling_a_running_fine_tune_kills_its_trainer_on_the_node(
         ]
         assert trainers
         # when: the buyer cancels it
-        workloads.finetune_job_cancel(job=FineTuneJob.objects.get(pk=job.pk))
+        jobs.finetune_job_cancel(job=FineTuneJob.objects.get(pk=job.pk))
         done = wait_for(
             lambda: (j := FineTuneJob.objects.get(pk=job.pk)).is_terminal and j, timeout=30
         )

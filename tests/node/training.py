@@ -14,7 +14,8 @@ from django.db import close_old_connections, connection
 
 from core.followers import follower_run_once, registered
 from core.models import Organization
-from marketplace.workloads import services as workloads
+from marketplace.workloads import files as workload_files
+from marketplace.workloads import jobs
 from marketplace.workloads.models import FineTuneJob
 
 
@@ -34,15 +35,15 @@ def chat_records(count: int) -> bytes:
 def finetune_job(
     buyer: Organization, *, examples: int, epochs: int, batch_size: int, checkpoints: int
 ) -> FineTuneJob:
-    file = workloads.file_upload(
+    file = workload_files.file_upload(
         organization=buyer,
         purpose="fine-tune",
         filename="train.jsonl",
         chunks=[chat_records(examples)],
     )
-    return workloads.finetune_job_create(
+    return jobs.finetune_job_create(
         organization=buyer,
-        request=workloads.JobRequest(
+        request=jobs.JobRequest(
             model="tandem/tiny-llama",
             training_file=file.public_id,
             n_epochs=epochs,

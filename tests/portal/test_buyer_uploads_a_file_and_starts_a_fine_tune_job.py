@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from core.money import Money
 from marketplace.models import Order
-from marketplace.workloads import services as workloads
+from marketplace.workloads import jobs
 from marketplace.workloads.models import FineTuneJob
 from pricing.welcome import welcome_credit_grant
 from tests.portal.conftest import sign_in
@@ -87,7 +87,7 @@ def test_buyer_uploads_a_file_and_starts_a_fine_tune_job(
     # then the runtime's steps appear while the page is open, without a reload
     FineTuneJob.objects.filter(pk=job.pk).update(status="running")
     for step, loss in [(1, 2.25), (2, 1.5)]:
-        workloads.finetune_job_progress(
+        jobs.finetune_job_progress(
             job_id=job.public_id,
             kind="training_step",
             message=f"Step {step}/4: training loss={loss:.4f}",

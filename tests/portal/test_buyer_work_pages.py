@@ -24,7 +24,8 @@ from core.money import Money
 from marketplace import services as market
 from marketplace.models import Lease, Order
 from marketplace.services import OrderSpec
-from marketplace.workloads import services as workloads
+from marketplace.workloads import files as workload_files
+from marketplace.workloads import jobs
 from marketplace.workloads.models import Deployment, File, FineTuneJob
 from metering.schema import SubjectIn, UsageEventIn
 from metering.services import usage_record
@@ -51,7 +52,7 @@ def signed_in(who) -> Client:
 
 
 def upload(org, content: bytes = b"", name: str = "train.jsonl") -> File:
-    return workloads.file_upload(
+    return workload_files.file_upload(
         organization=org,
         purpose="fine-tune",
         filename=name,
@@ -62,9 +63,9 @@ def upload(org, content: bytes = b"", name: str = "train.jsonl") -> File:
 def start_job(org) -> FineTuneJob:
     welcome_credit_grant(organization=org)
     file = upload(org)
-    return workloads.finetune_job_create(
+    return jobs.finetune_job_create(
         organization=org,
-        request=workloads.JobRequest(model=TINY, training_file=file.public_id, n_epochs=1),
+        request=jobs.JobRequest(model=TINY, training_file=file.public_id, n_epochs=1),
     )
 
 
@@ -398,7 +399,7 @@ def test_the_job_page_shows_loss_per_step_and_its_partial_polls_only_while_runni
     job = start_job(buyer.organization)
     FineTuneJob.objects.filter(pk=job.pk).update(status="running", total_steps=4)
     for step, loss in [(1, 2.5), (2, 1.75)]:
-        workloads.finetune_job_progress(
+        jobs.finetune_job_progress(
             job_id=job.public_id,
             kind="training_step",
             message=f"Step {step}/4: training loss={loss:.4f}",
@@ -584,9 +585,9 @@ def test_work_pages_cost_the_same_queries_with_1_and_25_rows(person, django_asse
         job = start_job(org)
         for n in range(rows - 1):
             upload(org, name=f"train-{n}.jsonl")
-            workloads.finetune_job_create(
+            jobs.finetune_job_create(
                 organization=org,
-                request=workloads.JobRequest(
+                request=jobs.JobRequest(
                     model=TINY, training_file=job.training_file.public_id, n_epochs=1
                 ),
             )
@@ -595,7 +596,7 @@ def test_work_pages_cost_the_same_queries_with_1_and_25_rows(person, django_asse
         FineTuneJob.objects.filter(organization=org).update(status="succeeded")
         for n in range(rows):
             training_tokens(job, n=1, quantity=100, at=timezone.now() - timedelta(days=n % 5))
-            workloads.finetune_job_progress(
+            jobs.finetune_job_progress(
                 job_id=job.public_id,
                 kind="training_step",
                 message="step",

@@ -79,8 +79,10 @@ def together_client(live_server, raw_key: str):  # type: ignore[no-untyped-def]
 def demo_node_agent(live_server, tmp_path: Path, settings):  # type: ignore[no-untyped-def]
     """``start(provider)``: the demo node's agent (``python -m providers.agent``, its own
     process group) against the live server, once the provider's demo supply is loaded
-    (tests.workloads.market.provider_with_capacity). Fine-tunes train in it, on the
-    node their lease names, as on a provider's machine; stopped when the test ends."""
+    (tests.workloads.market.provider_with_capacity). Fine-tunes train in it and
+    inference deployments serve from it (the engine loads there: a first request
+    waits up to the longest start timeout), on the node their lease names, as on a
+    provider's machine; stopped when the test ends."""
     import os
     import signal
     import subprocess
@@ -91,6 +93,8 @@ def demo_node_agent(live_server, tmp_path: Path, settings):  # type: ignore[no-u
 
     started: list[subprocess.Popen[bytes]] = []
     root = Path(__file__).resolve().parents[2]
+
+    settings.INFERENCE_START_TIMEOUT_SECONDS = settings.INFERENCE_START_TIMEOUT_MAX_SECONDS
 
     def start(provider) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
         key_file = demo.agent_key_file(provider=provider, path=tmp_path / "demo-agent.key")

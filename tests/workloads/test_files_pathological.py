@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from marketplace.workloads import services
+from marketplace.workloads import files as workload_files
 from marketplace.workloads.models import File
 from marketplace.workloads.tasks import file_check_task
 from runtime.datasets import MAX_JSON_DEPTH
@@ -102,7 +102,7 @@ def test_a_file_above_the_inline_limit_is_refused_by_the_worker(
     # of text around the bad line
     filler = b'{"text": "' + b"a" * (4 * 1024**2 - 64) + b'"}\n'
     content = filler + filler + CASES[case][0] + filler + filler
-    assert len(content) > services.INLINE_CHECK_BYTES
+    assert len(content) > workload_files.INLINE_CHECK_BYTES
     buyer = cast.client(cast.buyer_a)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:

@@ -1,10 +1,14 @@
 """Inference deployments on the market: the first request for a cold model places one
-managed order and waits for its lease, concurrent first requests share it, a model
-with no GPUs to be had is a 503 in time, an idle deployment is stopped (its lease
-ended and settled) and a lease that ends under a deployment stops it.
+managed order and waits for its lease and its node's engine, concurrent first
+requests share it, a model with no GPUs to be had is a 503 in time, an idle
+deployment is stopped (its lease ended and settled, its engine stopped on the node)
+and a lease that ends under a deployment stops it.
 
-The engine is a stand-in that counts its loads; the real one is exercised by the
-official clients' journeys (test_openai_client.py, test_together_client.py)."""
+The node is a stand-in that speaks the node's protocol in this process (claims the
+serve assignment, reports the engine started, takes requests from the relay and
+answers "Five."), counting its engine loads; the real node (the agent and its engine
+as processes) is exercised by tests/node/test_inference_relay.py and the official
+clients' journeys (test_openai_client.py, test_together_client.py)."""
 
 from __future__ import annotations
 
@@ -19,71 +23,44 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from core import ports
-from core.errors import NotFound
 from core.followers import followers_run_until_idle
 from core.models import Event
-from core.ports import GenerationChunk, GenerationRequest
 from marketplace import services as market
 from marketplace.models import Lease, Order
-from marketplace.workloads import services
+from marketplace.workloads import inference
 from marketplace.workloads.followers import WorkloadsFollower
 from marketplace.workloads.models import Deployment
 from metering.models import UsageEvent
 from tests.workloads.market import platform_running, provider_with_capacity
+from tests.workloads.stand_in_node import StandInNode
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TINY = "tandem/tiny-llama"
-PROMPT_TOKENS, COMPLETION_TOKENS = 7, 2
+QUESTION = [{"role": "user", "content": "What is 2 plus 3?"}]
 
 
-class CountingEngines:
-    """The ``inference`` port: engines that answer "Five." and count their loads."""
+def _counts() -> tuple[int, int]:
+    """The gateway's counts of a request and its answer, with the model's tokenizer."""
+    from runtime.datasets import tokenizer_for
 
-    def __init__(self) -> None:
-        self.loads: Counter[str] = Counter()
-        self.unloads: Counter[str] = Counter()
-        self._loaded: set[str] = set()
-        self._lock = threading.Lock()
-
-    def load(self, *, deployment_id: str, base_model: str, adapter_path: str | None) -> None:
-        with self._lock:
-            self.loads[deployment_id] += 1
-            self._loaded.add(deployment_id)
-
-    def generate(
-        self, *, deployment_id: str, request: GenerationRequest
-    ) -> Iterator[GenerationChunk]:
-        if deployment_id not in self._loaded:
-            raise NotFound(f"deployment {deployment_id} is not loaded on this node")
-        yield GenerationChunk(text="Five")
-        yield GenerationChunk(
-            text=".",
-            finish_reason="stop",
-            prompt_tokens=PROMPT_TOKENS,
-            completion_tokens=COMPLETION_TOKENS,
-        )
-
-    def unload(self, *, deployment_id: str) -> None:
-        with self._lock:
-            self._loaded.discard(deployment_id)
-            self.unloads[deployment_id] += 1
+    tokenizer = tokenizer_for(TINY)
+    return len(tokenizer.chat_prompt_ids(QUESTION)), len(tokenizer.encode("Five."))
 
 
 @pytest.fixture
-def engines() -> Iterator[CountingEngines]:
-    previous = ports.get(ports.InferencePort)
-    counting = CountingEngines()
-    ports.register(ports.InferencePort, counting)
-    yield counting
-    ports.register(ports.InferencePort, previous)
+def engines(settings) -> Iterator[StandInNode]:  # type: ignore[no-untyped-def]
+    settings.INFERENCE_START_TIMEOUT_SECONDS = 20
+    node = StandInNode()
+    node.start()
+    yield node
+    node.close()
 
 
 def chat(client):  # type: ignore[no-untyped-def]
     return client.post(
         "/v1/chat/completions",
-        {"model": TINY, "messages": [{"role": "user", "content": "What is 2 plus 3?"}]},
+        {"model": TINY, "messages": QUESTION},
         format="json",
     )
 
@@ -120,6 +97,7 @@ def test_the_first_request_places_one_order_and_serves_on_its_lease(cast, engine
     usage = UsageEvent.objects.filter(
         buyer=cast.buyer_a, subject_kind="deployment", subject_id=deployment.public_id
     )
+    PROMPT_TOKENS, COMPLETION_TOKENS = _counts()
     assert sum(u.quantity for u in usage.filter(type="tokens.prompt")) == 2 * PROMPT_TOKENS
     assert sum(u.quantity for u in usage.filter(type="tokens.completion")) == 2 * COMPLETION_TOKENS
     assert second.json()["usage"]["completion_tokens"] == COMPLETION_TOKENS
@@ -166,7 +144,7 @@ def test_no_gpus_on_the_market_is_a_503_within_the_start_timeout(cast, engines, 
     error = response.json()["error"]
     assert error["code"] == "model_unavailable" and error["param"] == "model"
     assert "no GPUs were found" in error["message"] and TINY in error["message"]
-    assert response["Retry-After"] == str(services.RETRY_AFTER_SECONDS)
+    assert response["Retry-After"] == str(inference.RETRY_AFTER_SECONDS)
     assert 1 <= waited < 1 + 10  # it waited for the timeout, and not much longer
     # the deployment keeps waiting in the book; no engine was loaded without a lease
     deployment = Deployment.objects.get()
@@ -192,8 +170,8 @@ def test_a_deployment_nobody_asks_for_while_it_waits_is_stopped_and_its_order_ca
     deployment = Deployment.objects.get()
     idle = timedelta(seconds=deployment.idle_timeout_seconds)
 
-    assert services.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
-    assert services.deployments_stop_idle(now=deployment.last_request_at + idle * 2) == 1
+    assert inference.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
+    assert inference.deployments_stop_idle(now=deployment.last_request_at + idle * 2) == 1
 
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.STOPPED
@@ -213,15 +191,16 @@ def test_an_idle_deployment_is_stopped_its_lease_settled_and_the_next_request_st
     assert deployment.last_request_at is not None
 
     # not yet idle for its whole timeout: kept warm
-    assert services.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
+    assert inference.deployments_stop_idle(now=deployment.last_request_at + idle / 2) == 0
     # idle past it: stopped
     later = deployment.last_request_at + idle + timedelta(seconds=1)
-    assert services.deployments_stop_idle(now=later) == 1
-    assert services.deployments_stop_idle(now=later) == 0
+    assert inference.deployments_stop_idle(now=later) == 1
+    assert inference.deployments_stop_idle(now=later) == 0
 
     deployment.refresh_from_db()
     lease.refresh_from_db()
     assert deployment.status == Deployment.Status.STOPPED and deployment.stopped_at == later
+    engines.settle()  # the node hears the stop at its next renewal
     assert engines.unloads == Counter({deployment.public_id: 1})
     # its lease ended then, and the provider's GPU-seconds up to then were settled
     assert lease.state == Lease.State.ENDED and lease.ended_at == later
@@ -255,6 +234,7 @@ def test_a_lease_that_fails_under_a_deployment_stops_it(cast, engines):
     # then the deployment is stopped, its engine unloaded, its order not re-leased
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.STOPPED
+    engines.settle()  # the node hears the stop at its next renewal
     assert engines.unloads == Counter({deployment.public_id: 1})
     assert inference_orders().get().state == Order.State.CANCELLED
     # and the next request starts a new one
@@ -270,7 +250,7 @@ def test_a_second_delivery_of_the_lease_start_changes_nothing(cast, engines):
     deployment = Deployment.objects.get()
     order = inference_orders().get()
 
-    assert not services.deployment_lease_started(
+    assert not inference.deployment_lease_started(
         deployment_id=deployment.public_id, lease_ref=deployment.lease_ref, order_ref=str(order.pk)
     )
     assert Lease.objects.get(pk=int(deployment.lease_ref)).state == Lease.State.ACTIVE
@@ -301,14 +281,7 @@ def test_an_engine_that_will_not_load_is_a_503_and_the_next_request_loads_again(
     # given GPUs, and weights that fail to load once
     provider_with_capacity(cast.provider_a)
     client = cast.client(cast.buyer_a)
-    real_load, failures = engines.load, [MemoryError("CUDA out of memory")]
-
-    def load_once_failing(**kwargs):  # type: ignore[no-untyped-def]
-        if failures:
-            raise failures.pop()
-        real_load(**kwargs)
-
-    engines.load = load_once_failing  # type: ignore[method-assign]
+    engines.fail_next.append("the engine did not start: MemoryError: CUDA out of memory")
 
     with platform_running():
         refused = chat(client)
@@ -328,13 +301,7 @@ def test_a_slow_engine_load_is_a_503_in_time_and_the_load_carries_on(cast, engin
     settings.INFERENCE_START_TIMEOUT_SECONDS = 2
     provider_with_capacity(cast.provider_a)
     client = cast.client(cast.buyer_a)
-    real_load, release = engines.load, threading.Event()
-
-    def slow_load(**kwargs):  # type: ignore[no-untyped-def]
-        release.wait(timeout=60)
-        real_load(**kwargs)
-
-    engines.load = slow_load  # type: ignore[method-assign]
+    release = engines.hold = threading.Event()
 
     with platform_running():
         began = time.monotonic()
@@ -345,7 +312,7 @@ def test_a_slow_engine_load_is_a_503_in_time_and_the_load_carries_on(cast, engin
         assert waiting.status_code == 503
         error = waiting.json()["error"]
         assert error["code"] == "model_unavailable" and "is loading" in error["message"]
-        assert waiting["Retry-After"] == str(services.RETRY_AFTER_SECONDS)
+        assert waiting["Retry-After"] == str(inference.RETRY_AFTER_SECONDS)
         assert 2 <= waited < 2 + 8
         # and the load carries on: once done, the next request is served, loaded once
         release.set()

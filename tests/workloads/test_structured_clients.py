@@ -40,10 +40,11 @@ class Person(BaseModel):
     buyer: bool
 
 
-def test_openai_structured_output_tools_and_embeddings(cast, live_server):
+def test_openai_structured_output_tools_and_embeddings(cast, live_server, demo_node_agent):
     import openai
 
     provider_with_capacity(cast.provider_a)
+    demo_node_agent(cast.provider_a)  # the deployment's engine runs there
     buyer_credit(cast.buyer_a, 25_000_000)
     client = openai_client(live_server, cast.client(cast.buyer_a).raw_key)
 
@@ -151,11 +152,14 @@ def test_openai_structured_output_tools_and_embeddings(cast, live_server):
     )
 
 
-def test_together_stream_carries_usage_on_its_last_chunk_in_the_clients_types(cast, live_server):
+def test_together_stream_carries_usage_on_its_last_chunk_in_the_clients_types(
+    cast, live_server, demo_node_agent
+):
     from together.types.chat import ChatCompletionChunk
     from together.types.completion import Completion
 
     provider_with_capacity(cast.provider_a)
+    demo_node_agent(cast.provider_a)  # the deployment's engine runs there
     buyer_credit(cast.buyer_a, 25_000_000)
     client = together_client(live_server, cast.client(cast.buyer_a).raw_key)
 

@@ -15,12 +15,10 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.utils import timezone
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from marketplace.workloads import services
-from marketplace.workloads.models import Deployment
+from tests.workloads.stand_in_node import served_deployment
 
 from .conftest import SAMPLE_CHAT, jsonl
 
@@ -222,22 +220,16 @@ def training_file(buyer) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def ready_deployment(cast) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The tiny model served by a ready deployment, its real engine loaded on the
-    first request that passes every check."""
-    now = timezone.now()
-    deployment = Deployment.objects.create(
-        public_id="dep-fuzz",
-        model=TINY,
-        base_model=TINY,
-        status=Deployment.Status.READY,
-        lease_ref="lease-fuzz",
-        order_ref="order-fuzz",
-        idle_timeout_seconds=3600,
-        ready_at=now,
-        last_request_at=now,
-    )
-    yield deployment.public_id
-    services._engine_drop(deployment.public_id)
+    """The tiny model served by a ready deployment: its real engine, behind the node's
+    replies (runtime.serve), on a stand-in node in this process."""
+    from runtime.inference import Engine
+
+    engine = Engine(model=TINY)
+    try:
+        with served_deployment(cast, engine=engine) as (deployment_id, _):
+            yield deployment_id
+    finally:
+        engine.close()
 
 
 def _post(client, path: str, body: Any):  # type: ignore[no-untyped-def]
@@ -261,12 +253,14 @@ def _assert_answer(answer, path: str, body: Any) -> None:  # type: ignore[no-unt
 # --- the fuzz ------------------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)
 @FUZZ
 @given(body=_chat_bodies())
 def test_chat_completions_never_answer_5xx(buyer, ready_deployment, body):
     _assert_answer(_post(buyer, "/v1/chat/completions", body), "chat", body)
 
 
+@pytest.mark.django_db(transaction=True)
 @FUZZ
 @given(
     body=_body({**COMPLETION, **GENERATION_EXTRAS, "prompt": "Hello"})
@@ -276,6 +270,7 @@ def test_completions_never_answer_5xx(buyer, ready_deployment, body):
     _assert_answer(_post(buyer, "/v1/completions", body), "completions", body)
 
 
+@pytest.mark.django_db(transaction=True)
 @settings(FUZZ, max_examples=40)
 @given(
     body=_body({"model": TINY, "input": ["Hello", "world"], "encoding_format": "float"})

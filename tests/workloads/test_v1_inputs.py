@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from core import ports
 from core.errors import InvalidInput
 from marketplace.workloads import inputs
 
@@ -276,52 +275,32 @@ def test_together_upload_announcement_fields_are_checked(cast, change, param):
     _refused(_post(buyer, "/v1/files", body), param)
 
 
-class _FailingEngines:
-    """The ``inference`` port of a node whose engine fails one request: the request
-    that says "boom" gets the engine's error, every other one its text."""
+def _boom_or_five(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The node's engine fails a request whose first message is "boom" (after taking
+    it: its neighbours in the batch carry on), and answers "Five." to the rest."""
+    from tests.workloads.stand_in_node import five
 
-    def load(self, **_: Any) -> None:
-        pass
-
-    def generate(self, *, deployment_id: str, request: Any):  # type: ignore[no-untyped-def]
-        from core.ports import GenerationChunk
-
-        if request.messages and request.messages[0]["content"] == "boom":
-            raise RuntimeError("the engine failed this request")
-        yield GenerationChunk(
-            text="Five.", finish_reason="stop", prompt_tokens=3, completion_tokens=2
-        )
-
-    def unload(self, **_: Any) -> None:
-        pass
+    messages = (item.get("request") or {}).get("messages") or [{}]
+    if messages[0].get("content") == "boom":
+        return [
+            {"request": item["id"], "accepted": True},
+            {
+                "request": item["id"],
+                "error": {"status": 500, "code": "generation_failed", "message": "RuntimeError"},
+            },
+        ]
+    return five(item)
 
 
 @pytest.fixture
 def failing_engines(cast):  # type: ignore[no-untyped-def]
-    from django.utils import timezone
+    from tests.workloads.stand_in_node import served_deployment
 
-    from marketplace.workloads.models import Deployment
-
-    previous = ports.get(ports.InferencePort)
-    ports.register(ports.InferencePort, _FailingEngines())
-    now = timezone.now()
-    Deployment.objects.create(
-        public_id="dep-failing",
-        model=TINY,
-        base_model=TINY,
-        status=Deployment.Status.READY,
-        lease_ref="lease-x",
-        idle_timeout_seconds=3600,
-        ready_at=now,
-        last_request_at=now,
-    )
-    yield
-    from marketplace.workloads import services
-
-    services._engines.discard("dep-failing")
-    ports.register(ports.InferencePort, previous)
+    with served_deployment(cast, answer=_boom_or_five) as (deployment_id, _):
+        yield deployment_id
 
 
+@pytest.mark.django_db(transaction=True)
 def test_an_engine_error_is_that_requests_500_in_openai_shape(cast, failing_engines):
     buyer = cast.client(cast.buyer_a)
     body = {"model": TINY, "messages": [{"role": "user", "content": "boom"}], "max_tokens": 2}

@@ -91,7 +91,7 @@ class Command(BaseCommand):
         # metered per step.
         job = workloads.load(buyer=buyer, provider=provider)
         # The fine-tuned model served: an inference deployment of the buyer, leased on
-        # the provider's GPUs and ready.
+        # the provider's GPUs; its engine waits for the demo node's agent (make run).
         deployment = workloads.serve(job=job)
         # Inference tokens of the deployment and GPU-seconds of the settled L40S lease
         # (usage is accepted only for subjects the platform made). The fine-tune's

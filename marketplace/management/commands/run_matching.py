@@ -21,7 +21,7 @@ from core.followers import follower_run_once
 from marketplace import services
 from marketplace.assignments import services as assignments
 from marketplace.followers import supply_follower
-from marketplace.workloads import services as workloads
+from marketplace.workloads import inference
 
 
 class Command(BaseCommand):
@@ -55,7 +55,7 @@ class Command(BaseCommand):
             if reaped:
                 self.stdout.write(f"ended {reaped} assignment(s) whose node stopped renewing")
             # Cheap: the live deployments are at most one per model.
-            stopped = workloads.deployments_stop_idle()
+            stopped = inference.deployments_stop_idle()
             if stopped:
                 self.stdout.write(f"stopped {stopped} idle inference deployment(s)")
             if once:

@@ -1,0 +1,281 @@
+"""The inference gateway: a request for a deployment goes to its node through the
+relay, and the node's replies come back to the client; what is billed is counted
+here.
+
+1. The deployment is acquired (marketplace/workloads/inference.py): a cold model
+   answers 503 in time, before anything is queued.
+2. The request goes on the deployment's queue (relay.py). The node's agent takes it
+   with others (a batch), its engine checks it and answers ``accepted`` or an error:
+   the error is this request's 400 (or 500), before any 200 goes out.
+3. Chunks are read as the node posts them and handed to the API (SSE for a stream,
+   joined otherwise). While none comes, the gateway checks, about once a second,
+   that the deployment's node still serves (its serve claim renewed within the TTL):
+   a node lost mid-request is a 502 ``node_lost`` (an error event in a stream whose
+   200 is out).
+4. Usage is recorded once per request, from the gateway's own counts, never from a
+   number the node reports: the prompt with the model's tokenizer and chat template
+   (exactly what the engine reads), the completion by tokenizing the text the client
+   received (at most the request's ``max_tokens``). A request cut short — the client
+   left, or the node was lost — is billed for the text received until then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from core.errors import ApplicationError, InvalidInput
+from core.models import Organization
+from core.ports import EmbeddingResult, GenerationChunk, GenerationRequest
+from marketplace.workloads import ports as external
+from marketplace.workloads.errors import GenerationFailed
+from marketplace.workloads.inference import (
+    ServedModel,
+    deployment_acquire,
+    inference_usage_record,
+)
+from marketplace.workloads.models import Deployment
+from marketplace.workloads.relay import relay
+
+logger = logging.getLogger(__name__)
+
+# How long one read of the replies waits before the node's claim is looked at.
+REPLY_WAIT_SECONDS = 1.0
+# A node that still renews but says nothing about a request for this long has lost
+# it (its engine wedged): the request fails rather than waiting for ever.
+STALL_SECONDS = 120
+FINISH_REASONS = frozenset({"stop", "length"})
+
+
+class NodeLost(ApplicationError):
+    """The node serving the deployment stopped renewing its claim (it died, or lost
+    the network) while a request waited for it: a 502 for that request."""
+
+    status_code = 502
+    code = "node_lost"
+
+
+def _node_check(deployment: Deployment, request_id: str) -> None:
+    serving = external.serving_state(deployment_id=deployment.public_id)
+    if serving is None or not serving.live:
+        raise NodeLost(
+            f"the node serving {deployment.model} (deployment {deployment.public_id}) "
+            f"stopped answering during {request_id}; retry the request",
+            details={"request_id": request_id, "deployment_id": deployment.public_id},
+        )
+
+
+def _replies(deployment: Deployment, request_id: str) -> Iterator[dict[str, Any]]:
+    """The node's replies to the request, in order, for as long as its node serves and
+    says something at least every STALL_SECONDS."""
+    queues = relay()
+    last = time.monotonic()
+    while True:
+        found = queues.replies(
+            deployment_id=deployment.public_id, request_id=request_id, wait=REPLY_WAIT_SECONDS
+        )
+        if found:
+            last = time.monotonic()
+            yield from found
+            continue
+        _node_check(deployment, request_id)
+        if time.monotonic() - last > STALL_SECONDS:
+            logger.error(
+                "the node went quiet on a request",
+                extra={"request_id": request_id, "deployment": deployment.public_id},
+            )
+            raise GenerationFailed(
+                f"{request_id} got no answer from {deployment.public_id} for "
+                f"{STALL_SECONDS} seconds; retry the request",
+                details={"request_id": request_id},
+            )
+
+
+def _reply_error(reply: dict[str, Any], deployment: Deployment, request_id: str) -> Exception:
+    """The engine's verdict on the request as our error: a 400 naming the field it
+    gave, else a 500 for this request alone."""
+    error = reply.get("error")
+    if isinstance(error, dict) and error.get("status") == 400:
+        field = str(error.get("field") or "")
+        return InvalidInput(
+            str(error.get("message") or "the request was refused")[:2000],
+            details={"field": field} if field else {},
+        )
+    logger.error(
+        "the node failed a request",
+        extra={"request_id": request_id, "deployment": deployment.public_id, "reply": reply},
+    )
+    return GenerationFailed(
+        f"generating {request_id} failed on {deployment.public_id}; retry the request",
+        details={"request_id": request_id},
+    )
+
+
+def _protocol_error(deployment: Deployment, request_id: str, what: str) -> GenerationFailed:
+    logger.error(
+        "the node sent an unreadable reply: %s",
+        what,
+        extra={"request_id": request_id, "deployment": deployment.public_id},
+    )
+    return GenerationFailed(
+        f"generating {request_id} failed on {deployment.public_id}; retry the request",
+        details={"request_id": request_id},
+    )
+
+
+def inference_stream(
+    *,
+    organization: Organization,
+    served: ServedModel,
+    request: GenerationRequest,
+    request_id: str,
+    stream: bool = True,
+) -> Iterator[GenerationChunk]:
+    """Chunks of the completion, relayed from the deployment's node. Returns once the
+    node's engine accepted the request (a cold model, or a request the engine
+    refuses, raises here, before a stream's 200); the last chunk carries the
+    gateway's token counts, and usage is recorded when the iterator ends, however it
+    ends (see the module doc). ``stream`` false: the client reads the text whole, so
+    the node sends it in one reply at the end (a node lost before then has sent no
+    completion tokens, and none are billed)."""
+    deployment = deployment_acquire(organization=organization, served=served)
+    queues = relay()
+    queues.submit(
+        deployment_id=deployment.public_id,
+        request_id=request_id,
+        payload={
+            "id": request_id,
+            "kind": "generate",
+            "stream": stream,
+            "request": dataclasses.asdict(request),
+        },
+    )
+    replies = _replies(deployment, request_id)
+    try:
+        first = next(replies)
+        if "error" in first:
+            raise _reply_error(first, deployment, request_id)
+        if not first.get("accepted"):
+            raise _protocol_error(deployment, request_id, "no accept before the first chunk")
+    except BaseException:
+        queues.forget(deployment_id=deployment.public_id, request_id=request_id)
+        inference_usage_record(
+            organization=organization,
+            deployment=deployment,
+            request_id=request_id,
+            prompt_tokens=0,
+            completion_tokens=0,
+            complete=False,
+        )
+        raise
+    # Accepted: the engine read the prompt, which is billed whatever happens next.
+    prompt_tokens = external.prompt_tokens(model=deployment.base_model, request=request)
+    return _relayed(
+        organization=organization,
+        deployment=deployment,
+        request=request,
+        request_id=request_id,
+        replies=replies,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def _relayed(
+    *,
+    organization: Organization,
+    deployment: Deployment,
+    request: GenerationRequest,
+    request_id: str,
+    replies: Iterator[dict[str, Any]],
+    prompt_tokens: int,
+) -> Iterator[GenerationChunk]:
+    received: list[str] = []
+    completion: int | None = None  # counted once the last chunk is in
+    try:
+        for reply in replies:
+            if "error" in reply:
+                raise _reply_error(reply, deployment, request_id)
+            text, finish = reply.get("text"), reply.get("finish_reason")
+            if not isinstance(text, str) or (finish is not None and finish not in FINISH_REASONS):
+                raise _protocol_error(deployment, request_id, "a chunk without text")
+            received.append(text)
+            if finish is None:
+                yield GenerationChunk(text=text)
+                continue
+            completion = _completion_tokens(deployment, request, received)
+            yield GenerationChunk(
+                text=text,
+                finish_reason=finish,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion,
+            )
+            return
+    finally:
+        relay().forget(deployment_id=deployment.public_id, request_id=request_id)
+        inference_usage_record(
+            organization=organization,
+            deployment=deployment,
+            request_id=request_id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=(
+                completion
+                if completion is not None
+                else _completion_tokens(deployment, request, received)
+            ),
+            complete=completion is not None,
+        )
+
+
+def _completion_tokens(
+    deployment: Deployment, request: GenerationRequest, received: list[str]
+) -> int:
+    """The tokens of the text received, with the model's tokenizer; never more than
+    the request allowed the engine to sample."""
+    counted = external.text_tokens(model=deployment.base_model, text="".join(received))
+    return min(counted, max(int(request.max_tokens), 0))
+
+
+def embeddings_create(
+    *, organization: Organization, served: ServedModel, texts: list[str], request_id: str
+) -> EmbeddingResult:
+    """Embed ``texts`` on the model's deployment (acquired as a completion's is, so a
+    cold model answers 503 in time) and meter the tokens read, counted here with the
+    model's tokenizer, as the deployment's ``tokens.prompt``."""
+    deployment = deployment_acquire(organization=organization, served=served)
+    queues = relay()
+    queues.submit(
+        deployment_id=deployment.public_id,
+        request_id=request_id,
+        payload={"id": request_id, "kind": "embed", "texts": texts},
+    )
+    try:
+        reply = next(_replies(deployment, request_id))
+    finally:
+        queues.forget(deployment_id=deployment.public_id, request_id=request_id)
+    if "error" in reply:
+        raise _reply_error(reply, deployment, request_id)
+    vectors = reply.get("vectors")
+    if (
+        not isinstance(vectors, list)
+        or len(vectors) != len(texts)
+        or not all(
+            isinstance(row, list)
+            and all(isinstance(x, float | int) and math.isfinite(x) for x in row)
+            for row in vectors
+        )
+    ):
+        raise _protocol_error(deployment, request_id, "no vectors, one per input")
+    prompt_tokens = external.embedding_tokens(model=deployment.base_model, texts=texts)
+    inference_usage_record(
+        organization=organization,
+        deployment=deployment,
+        request_id=request_id,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=0,
+        complete=True,
+    )
+    return EmbeddingResult(vectors=vectors, prompt_tokens=prompt_tokens)
