@@ -15,7 +15,8 @@ here.
 4. Usage is recorded once per request, from the gateway's own counts, never from a
    number the node reports: the prompt with the model's tokenizer and chat template
    (exactly what the engine reads), the completion by tokenizing the text the client
-   received (at most the request's ``max_tokens``). A request cut short — the client
+   received, plus one for the end of a completion that stopped (at most the
+   request's ``max_tokens``). A request cut short — the client
    left, or the node was lost — is billed for the text received until then.
 """
 
@@ -206,7 +207,7 @@ def _relayed(
             if finish is None:
                 yield GenerationChunk(text=text)
                 continue
-            completion = _completion_tokens(deployment, request, received)
+            completion = _completion_tokens(deployment, request, received, stopped=finish == "stop")
             yield GenerationChunk(
                 text=text,
                 finish_reason=finish,
@@ -224,19 +225,21 @@ def _relayed(
             completion_tokens=(
                 completion
                 if completion is not None
-                else _completion_tokens(deployment, request, received)
+                else _completion_tokens(deployment, request, received, stopped=False)
             ),
             complete=completion is not None,
         )
 
 
 def _completion_tokens(
-    deployment: Deployment, request: GenerationRequest, received: list[str]
+    deployment: Deployment, request: GenerationRequest, received: list[str], *, stopped: bool
 ) -> int:
-    """The tokens of the text received, with the model's tokenizer; never more than
-    the request allowed the engine to sample."""
+    """The tokens of the text received, with the model's tokenizer, and one for the end
+    when the completion stopped (the model sampled its end token, or a stop string
+    that is cut from the text: at least one token either way); never more than the
+    request allowed the engine to sample."""
     counted = external.text_tokens(model=deployment.base_model, text="".join(received))
-    return min(counted, max(int(request.max_tokens), 0))
+    return min(counted + (1 if stopped else 0), max(int(request.max_tokens), 0))
 
 
 def embeddings_create(

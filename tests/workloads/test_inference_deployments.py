@@ -45,7 +45,8 @@ def _counts() -> tuple[int, int]:
     from runtime.datasets import tokenizer_for
 
     tokenizer = tokenizer_for(TINY)
-    return len(tokenizer.chat_prompt_ids(QUESTION)), len(tokenizer.encode("Five."))
+    # The answer stopped: its end token counts (one more than the text's tokens).
+    return len(tokenizer.chat_prompt_ids(QUESTION)), len(tokenizer.encode("Five.")) + 1
 
 
 @pytest.fixture
