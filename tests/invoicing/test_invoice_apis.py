@@ -5,6 +5,7 @@ checked against the ledger."""
 
 from __future__ import annotations
 
+import importlib
 import io
 from datetime import date, timedelta
 from io import StringIO
@@ -148,7 +149,35 @@ def test_public_prices_are_read_without_a_key_and_hide_what_is_not_public(cast):
     assert member["prices"] == response.json()["prices"]
 
 
+def _default_book_seeded() -> None:
+    """The default book's first versions, as migration billing 0005 writes them: a
+    transactional test that ran earlier on this database flushed them."""
+    from pricing.book import DEFAULT_BOOK
+
+    seeded_from = importlib.import_module("billing.migrations.0005_seed_price_book").SEEDED_FROM
+    Price.objects.bulk_create(
+        [
+            Price(
+                item=item,
+                tier=tier,
+                variant=variant,
+                currency="USD",
+                value=value,
+                effective_from=seeded_from,
+                public=True,
+                reason="default price book",
+                created_by="migration",
+                created_at=timezone.now(),
+            )
+            for (item, tier, variant), value in DEFAULT_BOOK.items()
+        ],
+        ignore_conflicts=True,
+    )
+    price_book_forget()
+
+
 def test_finance_schedules_a_price_change_that_takes_effect_later(cast):
+    _default_book_seeded()
     at = (timezone.now() + timedelta(days=30)).replace(microsecond=0)
     body = {
         "item": "fine_tune",
