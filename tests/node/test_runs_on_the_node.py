@@ -139,7 +139,8 @@ def test_a_long_command_is_killed_with_its_process_group_when_the_run_is_cancell
     ended = wait_for(lambda: _ended(run["id"]), timeout=10)
     assert ended.state == "cancelled" and ended.exit_code is not None and ended.exit_code < 0
     assert ended.failure_reason == "cancelled by the buyer"
-    assert list((agent.work_dir / "runs").iterdir()) == []
+    # the agent wipes the run's directory once it has reported the end (after, not before)
+    wait_for(lambda: list((agent.work_dir / "runs").iterdir()) == [], timeout=10)
     assert agent.process.poll() is None  # the agent goes on
 
 
