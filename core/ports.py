@@ -10,10 +10,10 @@ the node an agent key is bound to (core asks providers). The consumer declares t
 ``AppConfig.ready()``, keyed by that protocol, and the consumer gets it back typed:
 
     # runtime/apps.py
-    ports.register(InferencePort, RuntimeInference())
+    ports.register(DatasetsPort, RuntimeDatasets())
 
     # marketplace/workloads/ports.py
-    ports.get(InferencePort).generate(...)   # mypy knows it is an InferencePort
+    ports.get(DatasetsPort).check(...)   # mypy knows it is a DatasetsPort
 
 A port looked up before its provider registered raises ``LookupError`` naming it, so
 a missing app in ``INSTALLED_APPS`` fails loudly at the first call rather than
@@ -22,7 +22,7 @@ silently doing nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
@@ -142,21 +142,6 @@ class GenerationChunk:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-
-
-class InferencePort(Protocol):
-    """Port ``"inference"``: long-lived engines, one per deployment, loaded once
-    (base model plus an optional adapter) and kept until unloaded."""
-
-    def load(self, *, deployment_id: str, base_model: str, adapter_path: str | None) -> None: ...
-
-    def generate(
-        self, *, deployment_id: str, request: GenerationRequest
-    ) -> Iterator[GenerationChunk]: ...
-
-    def embed(self, *, deployment_id: str, texts: list[str]) -> EmbeddingResult: ...
-
-    def unload(self, *, deployment_id: str) -> None: ...
 
 
 # --- usage (consumer: runtime; provider: metering) -------------------------------

@@ -51,8 +51,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core.db import is_postgres, retry_transaction
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, NotFound
 from core.eventstore import DomainEvent, event_append, stream_version
+from core.validation import field_error
 from marketplace.assignments import events, gangs, specs, training
 from marketplace.assignments.models import (
     Assignment,
@@ -91,10 +92,6 @@ class StaleAttempt(Conflict):
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def _field_error(name: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{name}: {message}", details={"fields": {name: [message]}})
 
 
 def _append(assignment: Assignment, *items: DomainEvent) -> None:
@@ -312,7 +309,7 @@ ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252
 def _endpoint_check(endpoint: str) -> str:
     match = ENDPOINT.match(endpoint)
     if match is None or not 1 <= int(match.group(2)) <= 65535:
-        raise _field_error("endpoint", "must be host:port (an address the gang's nodes reach)")
+        raise field_error("endpoint", "must be host:port (an address the gang's nodes reach)")
     return endpoint
 
 
@@ -341,7 +338,7 @@ def assignment_claim(
     re-post from another attempt is a 409 (stale_attempt)."""
     if endpoint:
         if attempt is not None:
-            raise _field_error("endpoint", "only the first claim names it")
+            raise field_error("endpoint", "only the first claim names it")
         _endpoint_check(endpoint)
     outcome = _claim(node_id, assignment_id, attempt, endpoint, now or timezone.now())
     if isinstance(outcome, Conflict):
@@ -401,7 +398,7 @@ def _claim(
             details={"assignment": assignment_id, "state": assignment.state},
         )
     if assignment.gang and assignment.gang_rank == 0 and not endpoint:
-        raise _field_error(
+        raise field_error(
             "endpoint", "required: member 0 of a gang hosts its rendezvous at host:port"
         )
     lease = Lease.objects.get(pk=assignment.lease_id)
@@ -533,7 +530,7 @@ def _apply(
     for position, item in enumerate(items):
         kind = item["type"]
         if not assignment.is_live:
-            raise _field_error(f"events[{position}]", f"nothing may follow the run's end ({kind})")
+            raise field_error(f"events[{position}]", f"nothing may follow the run's end ({kind})")
         if kind == "started":
             if assignment.state == Assignment.State.CLAIMED:
                 assignment.state = Assignment.State.RUNNING
@@ -568,9 +565,9 @@ def _apply(
             )
         elif kind in TRAIN_EVENTS:
             if assignment.kind != Assignment.Kind.TRAIN:
-                raise _field_error(f"events[{position}]", f"{kind} is for train runs only")
+                raise field_error(f"events[{position}]", f"{kind} is for train runs only")
             if assignment.state == Assignment.State.CLAIMED:
-                raise _field_error(f"events[{position}]", f"{kind} before started")
+                raise field_error(f"events[{position}]", f"{kind} before started")
             training.train_item_apply(assignment, item)
         elif kind == "finished":
             _lines_flush(lines)  # the run's last lines are read at its end

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import InvalidInput
+from core.validation import field_error
 
 MAX_COMMAND_ARGS = 256
 MAX_ARG_CHARS = 4096
@@ -29,13 +29,9 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # no path: one file in
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
 
 
-def _field_error(name: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{name}: {message}", details={"fields": {name: [message]}})
-
-
 def _no_nul(name: str, value: str) -> None:
     if "\x00" in value:
-        raise _field_error(name, "must not contain NUL characters")
+        raise field_error(name, "must not contain NUL characters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,36 +50,36 @@ def command_spec_check(
     """Bounds and names of a run's command, environment and files (the API's serializer
     checks types; these are the rules a node relies on)."""
     if not 1 <= len(command) <= MAX_COMMAND_ARGS:
-        raise _field_error("command", f"must have 1 to {MAX_COMMAND_ARGS} arguments")
+        raise field_error("command", f"must have 1 to {MAX_COMMAND_ARGS} arguments")
     for position, arg in enumerate(command):
         if len(arg) > MAX_ARG_CHARS:
-            raise _field_error(f"command[{position}]", f"longer than {MAX_ARG_CHARS} characters")
+            raise field_error(f"command[{position}]", f"longer than {MAX_ARG_CHARS} characters")
         _no_nul(f"command[{position}]", arg)
     if not command[0]:
-        raise _field_error("command[0]", "the program must not be empty")
+        raise field_error("command[0]", "the program must not be empty")
     if sum(len(arg) for arg in command) > MAX_COMMAND_CHARS:
-        raise _field_error("command", f"longer than {MAX_COMMAND_CHARS} characters in all")
+        raise field_error("command", f"longer than {MAX_COMMAND_CHARS} characters in all")
     if len(env) > MAX_ENV_VARS:
-        raise _field_error("env", f"at most {MAX_ENV_VARS} variables")
+        raise field_error("env", f"at most {MAX_ENV_VARS} variables")
     for name, value in env.items():
         if len(name) > MAX_ENV_NAME_CHARS or not ENV_NAME.match(name):
-            raise _field_error(f"env.{name[:40]}", "a name is letters, digits and _")
+            raise field_error(f"env.{name[:40]}", "a name is letters, digits and _")
         if name in RESERVED_ENV:
-            raise _field_error(f"env.{name}", "is set by the node to the leased GPUs")
+            raise field_error(f"env.{name}", "is set by the node to the leased GPUs")
         if len(value) > MAX_ENV_VALUE_CHARS:
-            raise _field_error(f"env.{name}", f"longer than {MAX_ENV_VALUE_CHARS} characters")
+            raise field_error(f"env.{name}", f"longer than {MAX_ENV_VALUE_CHARS} characters")
         _no_nul(f"env.{name}", value)
     if len(files) > MAX_FILES:
-        raise _field_error("files", f"at most {MAX_FILES} files")
+        raise field_error("files", f"at most {MAX_FILES} files")
     for name, text in files.items():
         if len(name) > MAX_FILE_NAME_CHARS or not FILE_NAME.match(name):
-            raise _field_error(
+            raise field_error(
                 f"files.{name[:40]}",
                 "a file name is letters, digits, '.', '_' and '-' (no directories)",
             )
         if len(text) > MAX_FILE_CHARS:
-            raise _field_error(f"files.{name}", f"longer than {MAX_FILE_CHARS} characters")
+            raise field_error(f"files.{name}", f"longer than {MAX_FILE_CHARS} characters")
         _no_nul(f"files.{name}", text)
     if sum(len(text) for text in files.values()) > MAX_FILES_CHARS:
-        raise _field_error("files", f"longer than {MAX_FILES_CHARS} characters in all")
+        raise field_error("files", f"longer than {MAX_FILES_CHARS} characters in all")
     return CommandSpec(command=list(command), env=dict(env), files=dict(files))

@@ -47,7 +47,8 @@ from django.utils import timezone
 
 from core import ports
 from core.db import retry_transaction
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, NotFound
+from core.validation import field_error
 from marketplace.assignments import blobs, events, gangs
 from marketplace.assignments.models import Assignment, AssignmentUpload
 from marketplace.models import Lease
@@ -59,10 +60,6 @@ _STEP_KEY = re.compile(r"^checkpoints/step-(\d{6,9})$")
 
 def _training() -> Any:
     return ports.get(ports.TrainingPort)
-
-
-def _field_error(name: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{name}: {message}", details={"fields": {name: [message]}})
 
 
 # --- queueing -------------------------------------------------------------------------
@@ -432,13 +429,13 @@ def train_lost(assignment: Assignment, *, now: datetime) -> None:
 def _upload_kind(work: dict[str, Any], key: str) -> tuple[str, int | None]:
     prefix = f"{work['output_dir']}/"
     if len(key) > MAX_KEY_CHARS or not key.startswith(prefix):
-        raise _field_error("key", f"must be under the job's output directory {prefix!r}")
+        raise field_error("key", f"must be under the job's output directory {prefix!r}")
     rest = key.removeprefix(prefix)
     if rest in ("final", "merged"):
         return rest, None
     match = _STEP_KEY.match(rest)
     if match is None:
-        raise _field_error(
+        raise field_error(
             "key", f"must be {prefix}checkpoints/step-NNNNNN, {prefix}final or {prefix}merged"
         )
     return AssignmentUpload.Kind.CHECKPOINT, int(match.group(1))
@@ -506,14 +503,14 @@ def _upload_record(
     now: datetime,
 ) -> AssignmentUpload:
     if not blobs.SHA256.match(sha256):
-        raise _field_error("sha256", "must be 64 lowercase hexadecimal digits")
+        raise field_error("sha256", "must be 64 lowercase hexadecimal digits")
     if not 0 <= size <= settings.ASSIGNMENT_UPLOAD_MAX_BYTES:
-        raise _field_error("size", f"must be 0 to {settings.ASSIGNMENT_UPLOAD_MAX_BYTES} bytes")
+        raise field_error("size", f"must be 0 to {settings.ASSIGNMENT_UPLOAD_MAX_BYTES} bytes")
     assignment = _fenced(node_id, assignment_id, attempt, lock=True)
     kind, step = _upload_kind(assignment.spec["work"], key)
     plan = assignment.spec["plan"]
     if step is not None and not 1 <= step <= plan["total_steps"]:
-        raise _field_error("key", f"step {step} is outside the run's 1 to {plan['total_steps']}")
+        raise field_error("key", f"step {step} is outside the run's 1 to {plan['total_steps']}")
     upload, _ = AssignmentUpload.objects.get_or_create(
         assignment=assignment,
         attempt=attempt,
@@ -528,7 +525,7 @@ def _upload_record(
         },
     )
     if upload.size != size:
-        raise _field_error("size", f"{key} with this SHA-256 was declared as {upload.size} bytes")
+        raise field_error("size", f"{key} with this SHA-256 was declared as {upload.size} bytes")
     return upload
 
 
