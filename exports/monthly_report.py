@@ -10,13 +10,14 @@ from datetime import date
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.template import Context, Engine
 from django.utils import timezone
 
 from core.money import Money
 from exports.receivables import invoices_by_status
 from exports.reconciliation import reconciliation_compute
-from exports.revenue import revenue_frame
+from exports.revenue import revenue_books_version, revenue_frame
 from invoicing.selectors import month_bounds
 
 # --- the revenue chart and the monthly report ----------------------------------------
@@ -30,11 +31,31 @@ PRODUCT_COLORS = {
 
 def revenue_by_month(*, currency: str, months: int = 12, until: date | None = None) -> Any:
     """Revenue and fees per month and product (micro-units), the last ``months``
-    months up to ``until`` (a month), as a pivot table: a row per month, a column per product."""
+    months up to ``until`` (a month), as a pivot table: a row per month, a column per product.
+
+    Kept in the cache under the books' version (``revenue_books_version``): the
+    attribution reads every accrual of the months, which a busy platform has by the
+    hundred thousand, so it is computed once per change of the revenue accounts or
+    the accruals, not once per page view."""
     until = (until or timezone.now().date()).replace(day=1)
     index = until.year * 12 + until.month - 1 - (months - 1)
     first = date(index // 12, index % 12 + 1, 1)
-    df = revenue_frame(currency=currency, period=None)
+    version = revenue_books_version(currency=currency)
+    key = "exports:revenue-by-month:{}:{:%Y-%m}:{:%Y-%m}:{}:{}".format(
+        currency, first, until, *version
+    )
+    pivot = cache.get(key)
+    if pivot is None:
+        pivot = _revenue_pivot(currency=currency, first=first, until=until)
+        cache.set(key, pivot, timeout=REVENUE_CACHE_SECONDS)
+    return pivot
+
+
+REVENUE_CACHE_SECONDS = 24 * 3600  # a version that is not read again expires
+
+
+def _revenue_pivot(*, currency: str, first: date, until: date) -> Any:
+    df = revenue_frame(currency=currency, from_month=first)
     df = df[(df["month"] >= f"{first:%Y-%m}") & (df["month"] <= f"{until:%Y-%m}")]
     pivot = df.pivot_table(
         index="month", columns="product", values="total_micros", aggfunc="sum", fill_value=0

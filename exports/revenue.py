@@ -7,16 +7,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
-from django.db.models import Q
+from django.db.models import Max, Q
 
 from exports.frames import Column, _money_columns, _month, frame
 from exports.journal import Line, _lease_subject, journal_chunks
 from invoicing.models import UsageAccrual
 from invoicing.selectors import month_bounds
-from ledger.models import Account
+from ledger.models import Account, Balance
 
 REVENUE_KINDS = (Account.Kind.REVENUE, Account.Kind.FEES)
 UNATTRIBUTED = "unattributed"
@@ -36,11 +36,33 @@ REVENUE_COLUMNS = [
 ]
 
 
+def revenue_books_version(*, currency: str) -> tuple[int, int]:
+    """What ``revenue_frame`` is a function of, in two index reads: the newest ledger
+    event on the platform's revenue and fees accounts (their balances' position) and
+    the newest usage accrual (accruals are only appended; a replay rebuilds them
+    under new ids). The same version, the same frame."""
+    position = Balance.objects.filter(
+        account__organization__isnull=True,
+        account__kind__in=REVENUE_KINDS,
+        account__currency=currency,
+    ).aggregate(newest=Max("position"))["newest"]
+    accrual = UsageAccrual.objects.aggregate(newest=Max("id"))["newest"]
+    return (position or 0, accrual or 0)
+
+
 def revenue_frame(
-    *, currency: str, period: date | None = None, as_of: datetime | None = None
+    *,
+    currency: str,
+    period: date | None = None,
+    as_of: datetime | None = None,
+    from_month: date | None = None,
 ) -> pd.DataFrame:
-    """Revenue and fees by month x product x model x GPU model x region."""
-    since = month_bounds(period)[0] if period is not None else None
+    """Revenue and fees by month x product x model x GPU model x region: of the month
+    ``period``, or of every month from ``from_month`` on, or of all time. Only what was
+    posted from that month's start is read: usage is rated after it happens, so no
+    earlier posting belongs to a later month."""
+    first = period if period is not None else from_month
+    since = month_bounds(first)[0] if first is not None else None
     kind_of = dict(
         Account.objects.filter(organization__isnull=True, currency=currency).values_list(
             "pk", "kind"
@@ -83,13 +105,32 @@ def revenue_frame(
     return frame(REVENUE_COLUMNS, records)
 
 
+class _Accrual(NamedTuple):
+    transfer_id: str
+    amount_micros: int
+    provider_micros: int
+    fee_micros: int
+    period: date
+    product: str
+    model: str
+    gpu_model: str
+    region: str
+
+
 def _revenue_chunk(
     lines: list[Line], kind_of: dict[int, str], add: Callable[[Any, str, int, int], None]
 ) -> None:
     """Attribute one chunk of revenue and fees postings (see the module's doc)."""
     usage_refs = {line.ref for line in lines if line.ref.startswith("usage:")}
-    by_transfer: dict[str, list[UsageAccrual]] = defaultdict(list)
-    for accrual in UsageAccrual.objects.filter(transfer_id__in=usage_refs).order_by("id"):
+    # Only the fields attribution reads: a busy month has thousands of accruals a
+    # chunk, and whole model instances cost more than the query.
+    by_transfer: dict[str, list[_Accrual]] = defaultdict(list)
+    for row in (
+        UsageAccrual.objects.filter(transfer_id__in=usage_refs)
+        .order_by("id")
+        .values_list(*_Accrual._fields)
+    ):
+        accrual = _Accrual(*row)
         by_transfer[accrual.transfer_id].append(accrual)
     leases = {_lease_subject(line.ref) for line in lines if line.ref.startswith("hold:")}
     lease_dims: dict[str, tuple[str, str]] = {}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 
-from django.db.models import Case, CharField, F, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, CharField, Count, F, Max, Q, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -397,6 +397,84 @@ def trial_balance(*, currency: str | None = None) -> TrialBalance:
         for code, (d, c) in sorted(sums.items())
     ]
     return TrialBalance(position=position, rows=rows, totals=totals)
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalanceGroup:
+    """The accounts of one kind in one currency, summed: the platform's own account
+    of that kind, or every organization's (credit, receivable, payable)."""
+
+    currency: str
+    kind: str
+    platform: bool
+    accounts: int
+    normal_side: str
+    debits_micros: int
+    credits_micros: int
+
+    @property
+    def balance_micros(self) -> int:
+        """On the kind's normal side."""
+        if self.normal_side == Account.Side.CREDIT:
+            return self.credits_micros - self.debits_micros
+        return self.debits_micros - self.credits_micros
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalanceSummary:
+    position: int  # the newest ledger event reflected
+    groups: list[TrialBalanceGroup]
+    totals: list[TrialBalanceTotal]
+
+
+def trial_balance_by_kind(*, currency: str | None = None) -> TrialBalanceSummary:
+    """The trial balance with the organizations' accounts summed by kind (as a
+    general ledger carries a subledger's control account): one row per currency,
+    kind and owner (platform or organizations), whatever the number of buyers.
+    One aggregate query, so its rows and totals come from one snapshot; the
+    accounts page lists the accounts behind each row."""
+    balances = Balance.objects.all()
+    if currency is not None:
+        balances = balances.filter(account__currency=currency)
+    rows = (
+        balances.values(
+            "account__currency",
+            "account__kind",
+            "account__normal_side",
+            platform=Q(account__organization__isnull=True),
+        )
+        .annotate(
+            accounts=Count("account_id"),
+            debits=Coalesce(Sum("debits_posted"), 0),
+            credits=Coalesce(Sum("credits_posted"), 0),
+            newest=Coalesce(Max("position"), 0),
+        )
+        .order_by("account__currency", "-platform", "account__kind")
+    )
+    groups: list[TrialBalanceGroup] = []
+    sums: dict[str, list[int]] = {}
+    position = 0
+    for row in rows:
+        groups.append(
+            TrialBalanceGroup(
+                currency=row["account__currency"],
+                kind=row["account__kind"],
+                platform=row["platform"],
+                accounts=row["accounts"],
+                normal_side=row["account__normal_side"],
+                debits_micros=row["debits"],
+                credits_micros=row["credits"],
+            )
+        )
+        total = sums.setdefault(row["account__currency"], [0, 0])
+        total[0] += row["debits"]
+        total[1] += row["credits"]
+        position = max(position, row["newest"])
+    totals = [
+        TrialBalanceTotal(currency=code, debits_micros=d, credits_micros=c)
+        for code, (d, c) in sorted(sums.items())
+    ]
+    return TrialBalanceSummary(position=position, groups=groups, totals=totals)
 
 
 # --- the price book -----------------------------------------------------------

@@ -81,10 +81,12 @@ def overview(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET"])
 @finance_page
 def trial_balance(request: HttpRequest) -> HttpResponse:
-    """Every account's posted debits and credits, with each currency's totals."""
-    balance = books.trial_balance()
+    """Posted debits and credits by account kind (the organizations' accounts of a
+    kind summed, as a control account: the page stays one screen whatever the
+    number of buyers; the accounts page lists each), with each currency's totals."""
+    balance = books.trial_balance_by_kind()
     by_currency = [
-        (total, [row for row in balance.rows if row.currency == total.currency])
+        (total, [group for group in balance.groups if group.currency == total.currency])
         for total in balance.totals
     ]
     return render(

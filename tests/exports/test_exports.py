@@ -381,6 +381,43 @@ def test_the_revenue_chart_is_a_png_and_the_monthly_report_embeds_it(month):
     assert "Unexplained difference: 0.00" in html
 
 
+def test_revenue_by_month_is_read_again_only_when_the_books_change(month, monkeypatch):
+    # given: the pivot computed once
+    now = datetime.now(UTC).date()
+    first = monthly_report.revenue_by_month(currency="USD", months=3, until=now)
+
+    # when nothing posted since: the same pivot, without reading the journal
+    def unread(**kwargs):
+        raise AssertionError("the journal was read again for unchanged books")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(monthly_report, "revenue_frame", unread)
+        again = monthly_report.revenue_by_month(currency="USD", months=3, until=now)
+    assert again.equals(first)
+
+    # when revenue posts: read again, and the new amount is in this month
+    ledger.ledger_execute(
+        [
+            ledger.EntryRequest(
+                transfer_id="adjust:revenue-1",
+                currency="USD",
+                legs=(
+                    (ledger.platform_account(kind="promo", currency="USD").pk, "D", 5_000_000),
+                    (ledger.platform_account(kind="revenue", currency="USD").pk, "C", 5_000_000),
+                ),
+                kind="adjustment",
+                description="a correction",
+            )
+        ],
+        actor="finance@example.com",
+    )
+    after = monthly_report.revenue_by_month(currency="USD", months=3, until=now)
+    this_month = f"{now:%Y-%m}"
+    before = int(first.loc[this_month].sum()) if this_month in first.index else 0
+    assert int(after.loc[this_month].sum()) == before + 5_000_000
+    assert int(after.loc[this_month, "adjustment"]) == 5_000_000
+
+
 # --- the background export through the broker ---------------------------------------
 
 
