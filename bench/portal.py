@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import close
+from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.test.utils import setup_test_environment
@@ -237,6 +238,7 @@ def main() -> None:
     logging.getLogger("django.request").setLevel(logging.ERROR)
     setup_test_environment()
     connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    cache.clear()  # nothing cached for an earlier run's database
     try:
         set_up = time.perf_counter()
         month = make_month(events=events, invoices=invoices)
