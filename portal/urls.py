@@ -9,6 +9,8 @@ from portal.forms import SignInForm
 from portal.views import (
     account,
     buyer,
+    buyer_billing,
+    buyer_cards,
     buyer_checkout,
     buyer_files,
     buyer_invoices,
@@ -91,6 +93,24 @@ urlpatterns = [
         buyer_recharge.auto_recharge_change,
         name="auto-recharge-change",
     ),
+    path("console/billing-details", buyer_billing.billing_details, name="billing-details"),
+    path(
+        "console/billing-details/change",
+        buyer_billing.billing_details_change,
+        name="billing-details-change",
+    ),
+    path("console/payment-methods", buyer_cards.payment_methods, name="payment-methods"),
+    path(
+        "console/payment-methods/<slug:payment_method_id>/default",
+        buyer_cards.payment_method_make_default,
+        name="payment-method-default",
+    ),
+    path(
+        "console/payment-methods/<slug:payment_method_id>/remove",
+        buyer_cards.payment_method_remove,
+        name="payment-method-remove",
+    ),
+    path("console/orders/new", buyer_orders.order_create, name="console-order-create"),
     path("console/invoices/", buyer_invoices.invoice_list, name="invoices"),
     path("console/invoices/<id:invoice_id>/", buyer_invoices.invoice_detail, name="invoice"),
     path("console/invoices/<id:invoice_id>.pdf", buyer_invoices.invoice_pdf, name="invoice-pdf"),
