@@ -109,9 +109,7 @@ def billing_details_set(
     legal_name = _required(legal_name, "legal_name", MAX_LEGAL_NAME_LENGTH)
     address = _required(address, "address", MAX_ADDRESS_LENGTH)
     tax_id = tax_id_normalize(tax_id)
-    current = (
-        BillingProfile.objects.select_for_update().filter(organization=organization).first()
-    )
+    current = BillingProfile.objects.select_for_update().filter(organization=organization).first()
     return billing_profile_set(
         organization=organization,
         legal_name=legal_name,

@@ -149,6 +149,5 @@ class BillingDetailsForm(forms.Form):
         max_length=64,
         required=False,
         label="VAT or tax id",
-        help_text="Optional. An EU or UK VAT number starts with its country code "
-        "(DE123456789).",
+        help_text="Optional. An EU or UK VAT number starts with its country code (DE123456789).",
     )

@@ -112,9 +112,7 @@ class OrderPlaceForm(forms.Form):
     GPU-hour. marketplace.services.order_place checks the bounds and the credit."""
 
     gpu_model = forms.ChoiceField(label="GPU model")
-    gpu_count = forms.IntegerField(
-        label="GPUs", min_value=1, initial=1, help_text="On one node."
-    )
+    gpu_count = forms.IntegerField(label="GPUs", min_value=1, initial=1, help_text="On one node.")
     length = forms.ChoiceField(
         label="How long",
         choices=[("fixed", "For a set number of hours"), ("open", "Until I cancel it")],
@@ -168,5 +166,7 @@ class OrderPlaceForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if data.get("length") == "fixed" and not data.get("duration_hours"):
-            self.add_error("duration_hours", "Enter the number of hours, or choose “Until I cancel it”.")
+            self.add_error(
+                "duration_hours", "Enter the number of hours, or choose “Until I cancel it”."
+            )
         return data

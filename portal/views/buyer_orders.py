@@ -60,7 +60,9 @@ def _order_form(data: object, lines: list[market.MarketLine], currency: str) -> 
         for m in catalog.CATALOG
         if m.slug in cheapest
     ]
-    others = [(m.slug, f"{m.name}: none offered now") for m in catalog.CATALOG if m.slug not in cheapest]
+    others = [
+        (m.slug, f"{m.name}: none offered now") for m in catalog.CATALOG if m.slug not in cheapest
+    ]
     return OrderPlaceForm(data, models=offered + others, currency=currency)
 
 
