@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.contrib.auth import views as auth
 from django.urls import path, reverse_lazy
 
-from portal.forms import SignInForm
 from portal.views import (
     account,
     buyer,
@@ -28,6 +27,7 @@ from portal.views import (
     provider_offers,
     provider_supply,
     team,
+    two_factor,
 )
 
 app_name = "portal"
@@ -36,14 +36,15 @@ urlpatterns = [
     path("", account.home, name="home"),
     path("home/", account.overview, name="overview"),
     path("sign-up/", account.sign_up, name="sign-up"),
+    path("sign-in/", two_factor.SignInView.as_view(), name="sign-in"),
+    path("sign-in/code", two_factor.sign_in_code, name="sign-in-code"),
+    path("two-factor/", two_factor.two_factor, name="two-factor"),
+    path("two-factor/set-up", two_factor.two_factor_setup, name="two-factor-setup"),
+    path("two-factor/off", two_factor.two_factor_disable, name="two-factor-disable"),
     path(
-        "sign-in/",
-        auth.LoginView.as_view(
-            template_name="portal/auth/sign_in.html",
-            authentication_form=SignInForm,
-            redirect_authenticated_user=True,
-        ),
-        name="sign-in",
+        "two-factor/backup-codes",
+        two_factor.two_factor_backup_codes,
+        name="two-factor-backup-codes",
     ),
     path("sign-out/", auth.LogoutView.as_view(), name="sign-out"),
     path(
