@@ -70,6 +70,11 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "django_dramatiq",
+    # TOTP two-factor sign-in (optional per person) and its backup codes: the
+    # devices' tables and their throttling (core.two_factor).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "core",
     "providers",
     "marketplace",
@@ -103,6 +108,9 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
+
+# The name authenticator apps show beside a person's TOTP entry.
+OTP_TOTP_ISSUER = "Tandem"
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

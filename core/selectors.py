@@ -12,6 +12,9 @@ from core.db import as_utc, server_cursor
 from core.errors import NotFound
 from core.models import ApiKey, Membership, Organization
 from core.services import API_KEY_PREFIX, hash_api_key
+from core.two_factor import TwoFactorStatus as TwoFactorStatus
+from core.two_factor import two_factor_enabled as two_factor_enabled
+from core.two_factor import two_factor_status as two_factor_status
 
 
 def api_key_for_secret(*, raw_key: str) -> ApiKey | None:

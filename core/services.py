@@ -1,5 +1,6 @@
 """Writes of the shared kernel's tenancy part: organizations, memberships, API keys,
-and the claims behind ``Idempotency-Key`` (see core.idempotency)."""
+the claims behind ``Idempotency-Key`` (see core.idempotency), and a person's
+two-factor sign-in (core.two_factor, re-exported here)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from django.utils import timezone
 from core.errors import Conflict, IdempotencyConflict, InvalidInput
 from core.eventstore import NewEvent, event_append
 from core.models import ApiKey, IdempotentRequest, Membership, Organization
+from core.two_factor import two_factor_backup_codes_renew as two_factor_backup_codes_renew
+from core.two_factor import two_factor_disable as two_factor_disable
+from core.two_factor import two_factor_setup_confirm as two_factor_setup_confirm
+from core.two_factor import two_factor_setup_start as two_factor_setup_start
+from core.two_factor import two_factor_verify as two_factor_verify
 
 API_KEY_PREFIX = "tdm"
 ORGANIZATION_STREAM = "core.organization"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from typing import Any
+from xml.sax.saxutils import escape
 
 from django.template.loader import render_to_string
 
@@ -40,6 +41,17 @@ def invoice_html(invoice: Invoice) -> bytes:
     return render_to_string(
         "invoicing/invoice.html", {"doc": doc, "tax_rate": _tax_rate(doc)}
     ).encode()
+
+
+def _bill_to(buyer: dict[str, Any]) -> str:
+    """Who the invoice is addressed to, as reportlab's paragraph markup: the legal
+    name, the tax id with its label, the address line by line. The buyer typed them,
+    so they are escaped (a "&" or "<" in a company name is text, not markup)."""
+    text = f"Bill to: {escape(str(buyer.get('legal_name', '')))}"
+    if buyer.get("tax_id"):
+        text += f" · {escape(str(buyer.get('tax_label') or 'Tax'))} id {escape(buyer['tax_id'])}"
+    lines = [escape(line) for line in str(buyer.get("address", "")).splitlines() if line.strip()]
+    return "<br/>".join([text, *lines])
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:
@@ -75,11 +87,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     story.append(
         Paragraph(f"Issuer {doc.get('issuer')} · {doc.get('currency')} · {scope}", styles["Normal"])
     )
-    story.append(
-        Paragraph(
-            f"Bill to: {buyer.get('legal_name', '')} {buyer.get('tax_id', '')}", styles["Normal"]
-        )
-    )
+    story.append(Paragraph(_bill_to(buyer), styles["Normal"]))
     if doc.get("finalized_at"):
         story.append(
             Paragraph(f"Finalized {doc['finalized_at']} · due {doc['due_at']}", styles["Normal"])

@@ -18,14 +18,21 @@ from invoicing.lifecycle import (
     invoice_void,
 )
 from invoicing.month_close import CloseResult, period_close
-from invoicing.profiles import MAX_ADDRESS_LENGTH, billing_profile_set
+from invoicing.profiles import (
+    MAX_ADDRESS_LENGTH,
+    MAX_LEGAL_NAME_LENGTH,
+    billing_details_set,
+    billing_profile_set,
+)
 from invoicing.replay import invoices_rebuild
 from invoicing.statements import statements_close
 
 __all__ = [
     "MAX_ADDRESS_LENGTH",
+    "MAX_LEGAL_NAME_LENGTH",
     "PRODUCT_OF",
     "CloseResult",
+    "billing_details_set",
     "billing_profile_set",
     "credit_note_issue",
     "invoice_draft_current",

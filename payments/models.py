@@ -29,6 +29,45 @@ class StripeCustomer(models.Model):
         return f"{self.organization_id}:{self.customer_id}"
 
 
+class PaymentMethodChange(models.Model):
+    """A change a buyer asked for to its saved payment methods: make one the default
+    (the one auto-recharge and collection charge), or remove one. Recorded before
+    Stripe is called; its id makes the Stripe request's idempotency key, and the
+    answer is recorded on it after."""
+
+    class Action(models.TextChoices):
+        MAKE_DEFAULT = "make_default"
+        REMOVE = "remove"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # recorded; Stripe not yet answered
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="payment_method_changes"
+    )
+    action = models.CharField(max_length=16, choices=Action.choices)
+    payment_method_id = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    failure_message = models.TextField(blank=True, default="")
+    requested_by = models.CharField(max_length=254)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status="pending", completed_at__isnull=True)
+                | (~Q(status="pending") & Q(completed_at__isnull=False)),
+                name="payment_method_change_completed_when_answered",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.payment_method_id} ({self.status})"
+
+
 class TopUp(models.Model):
     """A purchase of prepaid credit. Credit is granted only when Stripe says the
     payment succeeded (``payment_intent.succeeded`` or a completed Checkout

@@ -32,6 +32,11 @@ from payments.models import (
     TopUp,
 )
 
+# The saved cards are read from Stripe (payments.payment_methods), re-exported here.
+from payments.payment_methods import SavedCard as SavedCard
+from payments.payment_methods import SavedCards as SavedCards
+from payments.payment_methods import payment_methods_list as payment_methods_list
+
 
 def top_ups_for_caller(*, caller: Caller) -> QuerySet[TopUp]:
     if caller.is_platform_finance:

@@ -18,7 +18,8 @@ holds for the platform, which the daily reconciliation checks.
 
 The writes live in modules named for their role, and this module is their public
 surface (for the apps above, and for payments' own apis, tasks and webhooks):
-``customers`` (a buyer's Stripe customer and saved method), ``top_ups``, ``refunds``
+``customers`` (a buyer's Stripe customer and saved method), ``payment_methods``
+(the saved cards: the default, removing one), ``top_ups``, ``refunds``
 (and the claw-back disputes share), ``disputes``, ``auto_recharge``, ``connect``
 (providers' Connect accounts), ``payouts``; collecting invoices in ``collection`` (the
 schedule, starting a collection, its follower), ``invoice_payments`` (an attempt sent
@@ -62,6 +63,7 @@ from payments.invoice_refunds import (
     invoice_refund_apply_from_stripe,
     invoice_refund_settle,
 )
+from payments.payment_methods import payment_method_make_default, payment_method_remove
 from payments.payouts import (
     PAYOUT_HOLD_TIMEOUT,
     Checkpoint,
@@ -137,6 +139,8 @@ __all__ = [
     "invoice_refund_settle",
     "is_invoice_payment",
     "lookup_payout",
+    "payment_method_make_default",
+    "payment_method_remove",
     "payment_method_save",
     "payout_apply_transfer",
     "payout_plan",

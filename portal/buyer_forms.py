@@ -126,3 +126,28 @@ class AutoRechargeForm(forms.Form):
 
     def clean_daily_cap(self) -> int:
         return self._micros("daily_cap")
+
+
+class BillingDetailsForm(forms.Form):
+    """Who the buyer's invoices are addressed to. The shape of a tax id (its
+    country's VAT format) is invoicing's rule (``billing_details_set``); its refusal
+    comes back beside the field."""
+
+    legal_name = forms.CharField(
+        max_length=200,
+        label="Legal name",
+        help_text="The registered name of your company, as your accounts book it.",
+        widget=forms.TextInput(attrs={"autocomplete": "organization"}),
+    )
+    address = forms.CharField(
+        max_length=1000,
+        label="Billing address",
+        help_text="Street, city, postal code and country, one per line.",
+        widget=forms.Textarea(attrs={"rows": 4, "autocomplete": "street-address"}),
+    )
+    tax_id = forms.CharField(
+        max_length=64,
+        required=False,
+        label="VAT or tax id",
+        help_text="Optional. An EU or UK VAT number starts with its country code (DE123456789).",
+    )

@@ -4,6 +4,8 @@ the field they name (``add_service_error``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
@@ -107,3 +109,23 @@ class OrganizationSwitchForm(forms.Form):
 
     def clean_organization(self) -> Membership:
         return self.memberships[self.cleaned_data["organization"]]
+
+
+class TwoFactorCodeForm(forms.Form):
+    """A code from the person's authenticator app (or, except while setting it up,
+    one of their backup codes). core.two_factor checks it and throttles wrong ones."""
+
+    code = forms.CharField(
+        max_length=16,
+        label="Code",
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "autocapitalize": "off", "spellcheck": "false"}
+        ),
+        help_text="The 6 digits your authenticator app shows now, or one of your backup codes.",
+    )
+
+    def __init__(self, *args: Any, setting_up: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if setting_up:
+            self.fields["code"].help_text = "The 6 digits your authenticator app shows now."
+            self.fields["code"].widget.attrs.update({"inputmode": "numeric", "maxlength": "6"})

@@ -5,10 +5,11 @@ from __future__ import annotations
 from django.contrib.auth import views as auth
 from django.urls import path, reverse_lazy
 
-from portal.forms import SignInForm
 from portal.views import (
     account,
     buyer,
+    buyer_billing,
+    buyer_cards,
     buyer_checkout,
     buyer_files,
     buyer_invoices,
@@ -26,6 +27,7 @@ from portal.views import (
     provider_offers,
     provider_supply,
     team,
+    two_factor,
 )
 
 app_name = "portal"
@@ -34,14 +36,15 @@ urlpatterns = [
     path("", account.home, name="home"),
     path("home/", account.overview, name="overview"),
     path("sign-up/", account.sign_up, name="sign-up"),
+    path("sign-in/", two_factor.SignInView.as_view(), name="sign-in"),
+    path("sign-in/code", two_factor.sign_in_code, name="sign-in-code"),
+    path("two-factor/", two_factor.two_factor, name="two-factor"),
+    path("two-factor/set-up", two_factor.two_factor_setup, name="two-factor-setup"),
+    path("two-factor/off", two_factor.two_factor_disable, name="two-factor-disable"),
     path(
-        "sign-in/",
-        auth.LoginView.as_view(
-            template_name="portal/auth/sign_in.html",
-            authentication_form=SignInForm,
-            redirect_authenticated_user=True,
-        ),
-        name="sign-in",
+        "two-factor/backup-codes",
+        two_factor.two_factor_backup_codes,
+        name="two-factor-backup-codes",
     ),
     path("sign-out/", auth.LogoutView.as_view(), name="sign-out"),
     path(
@@ -91,6 +94,24 @@ urlpatterns = [
         buyer_recharge.auto_recharge_change,
         name="auto-recharge-change",
     ),
+    path("console/billing-details", buyer_billing.billing_details, name="billing-details"),
+    path(
+        "console/billing-details/change",
+        buyer_billing.billing_details_change,
+        name="billing-details-change",
+    ),
+    path("console/payment-methods", buyer_cards.payment_methods, name="payment-methods"),
+    path(
+        "console/payment-methods/<slug:payment_method_id>/default",
+        buyer_cards.payment_method_make_default,
+        name="payment-method-default",
+    ),
+    path(
+        "console/payment-methods/<slug:payment_method_id>/remove",
+        buyer_cards.payment_method_remove,
+        name="payment-method-remove",
+    ),
+    path("console/orders/new", buyer_orders.order_create, name="console-order-create"),
     path("console/invoices/", buyer_invoices.invoice_list, name="invoices"),
     path("console/invoices/<id:invoice_id>/", buyer_invoices.invoice_detail, name="invoice"),
     path("console/invoices/<id:invoice_id>.pdf", buyer_invoices.invoice_pdf, name="invoice-pdf"),

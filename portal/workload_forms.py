@@ -12,6 +12,7 @@ from typing import Any
 
 from django import forms
 
+from core.money import Money, MoneyError
 from marketplace.selectors import MAX_DAYS, PRODUCTS
 
 PURPOSES = [
@@ -103,3 +104,69 @@ class JobCreateForm(forms.Form):
         assert isinstance(file_field, forms.ChoiceField)
         model_field.choices = [(name, name) for name in models]
         file_field.choices = files
+
+
+class OrderPlaceForm(forms.Form):
+    """Raw GPUs on the market: one model, how many on one node, for how long (or
+    until cancelled), on demand or interruptible, and the most the buyer pays per
+    GPU-hour. marketplace.services.order_place checks the bounds and the credit."""
+
+    gpu_model = forms.ChoiceField(label="GPU model")
+    gpu_count = forms.IntegerField(label="GPUs", min_value=1, initial=1, help_text="On one node.")
+    length = forms.ChoiceField(
+        label="How long",
+        choices=[("fixed", "For a set number of hours"), ("open", "Until I cancel it")],
+        widget=forms.RadioSelect,
+        initial="fixed",
+    )
+    duration_hours = forms.IntegerField(
+        label="Hours",
+        min_value=1,
+        required=False,
+        initial=1,
+        help_text="With “For a set number of hours”.",
+    )
+    interruptible = forms.BooleanField(
+        required=False,
+        label="Interruptible",
+        help_text="Cheaper capacity that a provider may reclaim with notice.",
+    )
+    max_price = forms.CharField(
+        max_length=20,
+        label="Most you pay per GPU-hour",
+        widget=forms.TextInput(attrs={"inputmode": "decimal"}),
+    )
+    # marketplace.services names its fields by the order's own names.
+    service_fields = {
+        "gpus_per_node": "gpu_count",
+        "gpu_models": "gpu_model",
+        "gpu_models[0]": "gpu_model",
+        "duration_seconds": "duration_hours",
+        "limit_price_per_gpu_hour_micros": "max_price",
+    }
+
+    def __init__(self, *args: Any, models: list[tuple[str, str]], currency: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.currency = currency
+        field = self.fields["gpu_model"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = models
+        self.fields["max_price"].label = f"Most you pay per GPU-hour ({currency})"
+
+    def clean_max_price(self) -> int:
+        text = self.cleaned_data["max_price"].strip()
+        try:
+            micros = Money.parse(text, self.currency).amount_micros
+        except MoneyError as error:
+            raise forms.ValidationError(f"Enter a price like 2.50 ({error}).") from None
+        if micros <= 0:
+            raise forms.ValidationError("Enter a price above zero.")
+        return micros
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("length") == "fixed" and not data.get("duration_hours"):
+            self.add_error(
+                "duration_hours", "Enter the number of hours, or choose “Until I cancel it”."
+            )
+        return data

@@ -39,7 +39,16 @@ def days_hours(duration: timedelta) -> str:
 
 # The buyer console's pages, under which its section navigation shows.
 CONSOLE_PAGES = frozenset(
-    {"console", "top-up", "top-up-return", "auto-recharge", "invoices", "invoice"}
+    {
+        "console",
+        "top-up",
+        "top-up-return",
+        "auto-recharge",
+        "payment-methods",
+        "billing-details",
+        "invoices",
+        "invoice",
+    }
 )
 
 

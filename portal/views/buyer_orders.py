@@ -1,21 +1,28 @@
-"""Orders and leases, the buyer's side: the orders (paged, by state), an order's page
+"""Orders and leases, the buyer's side: place an order for raw GPUs with the market's
+current prices beside the form, the orders (paged, by state), an order's page
 with its leases and what each cost so far, cancel (admins and members, as in the
 API: the reservation is released, live leases end now and are billed to now), and
 every lease. Another organization's order is a 404."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from core.errors import ApplicationError
+from core.errors import ApplicationError, InsufficientFunds
+from core.money import Money
+from ledger import selectors as books
 from marketplace import selectors as market
 from marketplace import services as market_writes
 from marketplace.models import Order
 from portal.access import BUYER_KINDS, OPERATORS, member_page
+from portal.forms import add_service_error
 from portal.views.paging import page_of
+from portal.workload_forms import OrderPlaceForm
+from providers import catalog
 
 
 def _organization(request: HttpRequest):
@@ -38,6 +45,70 @@ def order_list(request: HttpRequest) -> HttpResponse:
             "states": Order.State.choices,
             "pager_query": f"state={state}&" if state else "",
         },
+    )
+
+
+def _order_form(data: object, lines: list[market.MarketLine], currency: str) -> OrderPlaceForm:
+    """Every model in the catalog is a choice; the ones on the market today say from
+    what price, and come first."""
+    cheapest: dict[str, int] = {}
+    for line in lines:
+        low = cheapest.get(line.gpu_model)
+        cheapest[line.gpu_model] = min(low, line.price_min_micros) if low else line.price_min_micros
+    offered = [
+        (m.slug, f"{m.name}: from {Money(cheapest[m.slug], currency)} an hour")
+        for m in catalog.CATALOG
+        if m.slug in cheapest
+    ]
+    others = [
+        (m.slug, f"{m.name}: none offered now") for m in catalog.CATALOG if m.slug not in cheapest
+    ]
+    return OrderPlaceForm(data, models=offered + others, currency=currency)
+
+
+@require_http_methods(["GET", "POST"])
+@member_page(kinds=BUYER_KINDS, roles=OPERATORS)
+def order_create(request: HttpRequest) -> HttpResponse:
+    """The form beside the market: live offers by GPU model and kind, with their price
+    range and free GPUs. A refusal (short of credit, a bound) shows beside the field
+    it is about; short of credit, by how much."""
+    organization = _organization(request)
+    currency = settings.TANDEM_CURRENCY
+    lines = [line for line in market.market_lines() if line.currency == currency]
+    form = _order_form(request.POST or None, lines, currency)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        hours = data["duration_hours"] if data["length"] == "fixed" else None
+        spec = market_writes.OrderSpec(
+            gpu_models=[data["gpu_model"]],
+            gpus_per_node=data["gpu_count"],
+            duration_seconds=hours * 3600 if hours else None,
+            kind=Order.Kind.INTERRUPTIBLE if data["interruptible"] else Order.Kind.ON_DEMAND,
+            limit_price_per_gpu_hour_micros=data["max_price"],
+        )
+        try:
+            order = market_writes.order_place(organization=organization, spec=spec)
+        except InsufficientFunds as error:
+            form.add_error(
+                "max_price",
+                f"Not enough credit to reserve this order's most it can cost: {error.message}. "
+                "Lower the price, the GPUs or the hours, or add credit.",
+            )
+        except ApplicationError as error:
+            add_service_error(form, error)
+        else:
+            messages.success(
+                request,
+                f"Placed order {order.pk}: {Money(order.reserved_micros, order.currency)} of "
+                "credit is reserved while it waits for GPUs.",
+            )
+            return redirect("portal:console-order", order_id=order.pk)
+    available = books.credit_overview(organization=organization, currency=currency)
+    return render(
+        request,
+        "portal/buyer/order_new.html",
+        {"form": form, "lines": lines, "overview": available},
+        status=400 if form.errors else 200,
     )
 
 

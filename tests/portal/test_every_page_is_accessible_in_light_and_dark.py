@@ -5,6 +5,8 @@ screenshot of each is written to var/screenshots/ (the README shows a few)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -17,7 +19,9 @@ from payments.models import TopUp
 from pricing.welcome import welcome_credit_grant
 from providers import demo as supply
 from providers.models import Node, Offer
+from tests.payments.conftest import SECRET_KEY
 from tests.portal.conftest import SCREENSHOTS, sign_in
+from tests.portal.test_buyer_account_pages import card
 from tests.portal.test_buyer_money_pages import make_credit_note, make_invoice
 from tests.portal.test_buyer_work_pages import raw_order, start_job, training_tokens
 
@@ -38,10 +42,20 @@ def check(page, name: str, size: str, scheme: str, errors: list[str]) -> None:
     page.screenshot(path=SCREENSHOTS / f"{name}-{size}-{scheme}.png", full_page=True)
 
 
+@contextmanager
+def stripe_for_a_moment(settings, localstripe) -> Iterator[None]:
+    saved = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
+    settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE = SECRET_KEY, localstripe.url
+    try:
+        yield
+    finally:
+        settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE = saved
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("size", ["desktop", "phone"])
 def test_every_page_passes_axe_and_is_photographed(
-    live_server, new_context, person, size, scheme, tmp_path, settings
+    live_server, new_context, person, size, scheme, tmp_path, settings, localstripe
 ):
     settings.WORKLOADS_STORAGE_DIR = tmp_path / "files"
     buyer = person("buyer")
@@ -104,6 +118,10 @@ def test_every_page_passes_axe_and_is_photographed(
         ("top-up", "/console/top-up"),
         ("top-up-waiting", f"/console/top-ups/{top_up.pk}/?redirect_status=succeeded"),
         ("auto-recharge", "/console/auto-recharge"),
+        ("billing-details", "/console/billing-details"),
+        ("order-new", "/console/orders/new"),
+        ("two-factor", "/two-factor/"),
+        ("two-factor-setup", "/two-factor/set-up"),
         ("invoices", "/console/invoices/"),
         ("invoice", f"/console/invoices/{invoice.pk}/"),
         ("usage", "/console/usage/"),
@@ -131,6 +149,31 @@ def test_every_page_passes_axe_and_is_photographed(
     page.wait_for_load_state()
     check(page, "auto-recharge-errors", size, scheme, errors=[])
     errors.clear()  # the two 400s above
+    # the saved cards, read from localstripe (only for this page: the rest of the
+    # console is photographed as a server without Stripe shows it)
+    with stripe_for_a_moment(settings, localstripe):
+        card(localstripe, buyer.organization)
+        page.goto(live_server.url + "/console/payment-methods")
+        page.locator("[data-card]").first.wait_for()
+        check(page, "payment-methods", size, scheme, errors)
+    page.goto(live_server.url + "/console/payment-methods")
+    check(page, "payment-methods-not-set-up", size, scheme, errors)
+    page.goto(live_server.url + "/console/billing-details")
+    page.get_by_label("VAT or tax id").fill("DE12")
+    page.get_by_role("button", name="Save billing details").click()
+    page.locator("#id_address_error").wait_for()  # no address yet
+    check(page, "billing-details-errors", size, scheme, errors=[])
+    page.goto(live_server.url + "/console/orders/new")
+    page.get_by_label("Most you pay per GPU-hour (USD)").fill("0")
+    page.get_by_role("button", name="Place order").click()
+    page.locator("#id_max_price_error").wait_for()
+    check(page, "order-new-errors", size, scheme, errors=[])
+    page.goto(live_server.url + "/two-factor/set-up")
+    page.get_by_role("textbox", name="Code").fill("1")
+    page.get_by_role("button", name="Confirm and turn on").click()
+    page.locator("#id_code_error").wait_for()
+    check(page, "two-factor-setup-errors", size, scheme, errors=[])
+    errors.clear()  # the 400s above
     page.goto(live_server.url + "/keys/")
     page.get_by_role("link", name="Create API key").click()
     check(page, "key-dialog", size, scheme, errors)

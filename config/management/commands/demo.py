@@ -103,6 +103,15 @@ class Command(BaseCommand):
         # Rating, accruals and the other followers catch up with all of the above.
         followers_run_until_idle()
 
+        # Who the buyer's invoices are addressed to (the console's billing details),
+        # before its first invoice is finalized, so the invoice prints them.
+        invoicing.billing_details_set(
+            organization=buyer,
+            legal_name="Acme AI Ltd",
+            address="1 Example Street\nLondon EC1A 1AA\nUnited Kingdom",
+            tax_id="GB123456789",
+            actor="demo",
+        )
         # The fine-tune's own invoice (finalized and numbered), and the month's draft.
         job_invoice = invoicing.invoice_job_issue(
             organization=buyer, job=job.public_id, actor="demo"
