@@ -136,6 +136,10 @@ class OrderPlaceForm(forms.Form):
         label="Most you pay per GPU-hour",
         widget=forms.TextInput(attrs={"inputmode": "decimal"}),
     )
+    # One order per form shown: a resubmitted form (a double click, the back button)
+    # finds the order it placed; the key is claimed as an API client's
+    # Idempotency-Key is (core.services.idempotent_request_claim).
+    request_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
     # marketplace.services names its fields by the order's own names.
     service_fields = {
         "gpus_per_node": "gpu_count",
@@ -146,6 +150,8 @@ class OrderPlaceForm(forms.Form):
     }
 
     def __init__(self, *args: Any, models: list[tuple[str, str]], currency: str, **kwargs: Any):
+        initial = kwargs.setdefault("initial", {})
+        initial.setdefault("request_key", uuid.uuid4().hex)
         super().__init__(*args, **kwargs)
         self.currency = currency
         field = self.fields["gpu_model"]

@@ -6,13 +6,20 @@ every lease. Another organization's order is a 404."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from core.errors import ApplicationError, InsufficientFunds
+from core import services as tenancy
+from core.errors import ApplicationError, Conflict, IdempotencyConflict, InsufficientFunds
+from core.models import Organization
 from core.money import Money
 from ledger import selectors as books
 from marketplace import selectors as market
@@ -27,6 +34,51 @@ from providers import catalog
 
 def _organization(request: HttpRequest):
     return request.member.organization  # type: ignore[attr-defined]
+
+
+def _place(
+    form: OrderPlaceForm,
+    claim: tenancy.IdempotencyClaim,
+    organization: Organization,
+    spec: market_writes.OrderSpec,
+) -> Order | None:
+    """Place the order under the form's claimed key: kept with the order placed, given
+    back when refused (the corrected form is sent under the same key)."""
+    try:
+        order = market_writes.order_place(organization=organization, spec=spec)
+    except BaseException as error:
+        tenancy.idempotent_request_release(claim=claim.request)
+        if isinstance(error, InsufficientFunds):
+            form.add_error(
+                "max_price",
+                f"Not enough credit to reserve this order's most it can cost: {error.message}. "
+                "Lower the price, the GPUs or the hours, or add credit.",
+            )
+            return None
+        if isinstance(error, ApplicationError):
+            add_service_error(form, error)
+            return None
+        raise
+    tenancy.idempotent_request_complete(
+        claim=claim.request, status_code=201, response_body={"order": order.pk}
+    )
+    return order
+
+
+def _claim(
+    request: HttpRequest, organization: Organization, data: dict[str, Any]
+) -> tenancy.IdempotencyClaim:
+    """The form's key, claimed for these choices. IdempotencyConflict when the key
+    placed an order with other choices; Conflict while the first send still runs."""
+    choices = {k: v for k, v in sorted(data.items()) if k != "request_key"}
+    digest = hashlib.sha256(json.dumps(choices, default=str).encode()).hexdigest()
+    return tenancy.idempotent_request_claim(
+        organization=organization,
+        key=f"portal:order:{data['request_key']}",
+        method="POST",
+        path=request.path,
+        request_hash=digest,
+    )
 
 
 @require_http_methods(["GET"])
@@ -87,22 +139,34 @@ def order_create(request: HttpRequest) -> HttpResponse:
             limit_price_per_gpu_hour_micros=data["max_price"],
         )
         try:
-            order = market_writes.order_place(organization=organization, spec=spec)
-        except InsufficientFunds as error:
+            claim = _claim(request, organization, data)
+        except IdempotencyConflict:
+            # The back button, a choice changed, sent again: a new key for new choices.
+            fresh = request.POST.copy()
+            fresh["request_key"] = uuid.uuid4().hex
+            form = _order_form(fresh, lines, currency)
+            form.is_valid()
             form.add_error(
-                "max_price",
-                f"Not enough credit to reserve this order's most it can cost: {error.message}. "
-                "Lower the price, the GPUs or the hours, or add credit.",
+                None,
+                "This form already placed an order with other choices: "
+                "check them and send it again.",
             )
-        except ApplicationError as error:
-            add_service_error(form, error)
+        except Conflict:
+            form.add_error(None, "This form is being sent already: see Orders in a moment.")
         else:
-            messages.success(
-                request,
-                f"Placed order {order.pk}: {Money(order.reserved_micros, order.currency)} of "
-                "credit is reserved while it waits for GPUs.",
-            )
-            return redirect("portal:console-order", order_id=order.pk)
+            if claim.replay is not None:
+                placed = claim.replay[1]["order"]
+                messages.info(request, f"This form already placed order {placed}.")
+                return redirect("portal:console-order", order_id=placed)
+            placed_order = _place(form, claim, organization, spec)
+            if placed_order is not None:
+                messages.success(
+                    request,
+                    f"Placed order {placed_order.pk}: "
+                    f"{Money(placed_order.reserved_micros, placed_order.currency)} of "
+                    "credit is reserved while it waits for GPUs.",
+                )
+                return redirect("portal:console-order", order_id=placed_order.pk)
     available = books.credit_overview(organization=organization, currency=currency)
     return render(
         request,

@@ -282,6 +282,7 @@ def test_the_order_page_shows_the_market_and_places_an_order(person):
             "duration_hours": "3",
             "interruptible": "on",
             "max_price": "2.50",
+            "request_key": page.context["form"]["request_key"].value(),
         },
     )
 
@@ -293,12 +294,78 @@ def test_the_order_page_shows_the_market_and_places_an_order(person):
     assert order.reserved_micros > 0
 
 
+def test_a_form_sent_twice_places_one_order_and_a_changed_form_gets_a_new_key(person):
+    # given: the page, and its form filled in
+    buyer = person("buyer")
+    fund(buyer.organization, 100_000_000)
+    market(person("provider"))
+    client = signed_in(buyer)
+    key = client.get(reverse("portal:console-order-create")).context["form"]["request_key"]
+    form = {
+        "gpu_model": "h100-sxm-80gb",
+        "gpu_count": "1",
+        "length": "fixed",
+        "duration_hours": "2",
+        "max_price": "2.50",
+        "request_key": key.value(),
+    }
+
+    # when: sent twice (a double click, a reload)
+    first = client.post(reverse("portal:console-order-create"), form)
+    second = client.post(reverse("portal:console-order-create"), form)
+
+    # then: one order, and both land on it
+    order = Order.objects.get(organization=buyer.organization)
+    placed = reverse("portal:console-order", args=[order.pk])
+    assert first["Location"] == second["Location"] == placed
+
+    # when: the back button, a choice changed, the same form sent again
+    changed = client.post(reverse("portal:console-order-create"), {**form, "duration_hours": "3"})
+
+    # then: refused with a reason and a new key for the new choices; sent again, placed
+    assert changed.status_code == 400
+    assert "already placed an order" in str(changed.context["form"].non_field_errors())
+    fresh = changed.context["form"]["request_key"].value()
+    assert fresh != form["request_key"]
+    changed_form = {**form, "duration_hours": "3", "request_key": fresh}
+    again = client.post(reverse("portal:console-order-create"), changed_form)
+    assert again.status_code == 302
+    assert Order.objects.filter(organization=buyer.organization).count() == 2
+
+
+def test_a_refused_form_is_sent_again_under_its_key_once_corrected(person):
+    buyer = person("buyer")
+    fund(buyer.organization, 10_000_000)
+    form = {
+        "gpu_model": "h100-sxm-80gb",
+        "gpu_count": "1",
+        "length": "fixed",
+        "duration_hours": "1",
+        "max_price": "900",
+        "request_key": "k1",
+    }
+    client = signed_in(buyer)
+
+    refused = client.post(reverse("portal:console-order-create"), form)
+    placed = client.post(reverse("portal:console-order-create"), {**form, "max_price": "2.00"})
+
+    assert refused.status_code == 400 and "Not enough credit" in str(refused.context["form"].errors)
+    assert placed.status_code == 302
+    assert Order.objects.filter(organization=buyer.organization).count() == 1
+
+
 def test_an_open_ended_order_needs_no_hours(person):
     buyer = person("buyer")
     welcome_credit_grant(organization=buyer.organization)
     response = signed_in(buyer).post(
         reverse("portal:console-order-create"),
-        {"gpu_model": "l4-24gb", "gpu_count": "1", "length": "open", "max_price": "0.50"},
+        {
+            "gpu_model": "l4-24gb",
+            "gpu_count": "1",
+            "length": "open",
+            "max_price": "0.50",
+            "request_key": "open-ended",
+        },
     )
     assert response.status_code == 302
     order = Order.objects.get()
@@ -327,6 +394,7 @@ def test_refusals_of_an_order_sit_beside_their_field(person, typed, field, messa
         "length": "fixed",
         "duration_hours": "1",
         "max_price": "2.00",
+        "request_key": "refused",
     }
 
     response = signed_in(buyer).post(reverse("portal:console-order-create"), {**form, **typed})
