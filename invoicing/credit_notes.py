@@ -14,7 +14,7 @@ from core.db import (
 from core.errors import Conflict, InvalidInput
 from core.money import CURRENCIES, MICROS, Money, rate_amount
 from invoicing.amounts import cents
-from invoicing.events import CREDIT_NOTE_ISSUED
+from invoicing.events import CreditNoteIssued
 from invoicing.finalization import _append, _post
 from invoicing.lifecycle import _final
 from invoicing.models import (
@@ -126,17 +126,17 @@ def credit_note_issue(
     locked.save(update_fields=["credited_micros"])
     _append(
         locked,
-        CREDIT_NOTE_ISSUED,
-        {
-            "credit_note": number,
-            "note_key": note.key,
-            "amount_micros": amount_micros,
-            "tax_micros": tax,
-            "to_receivable_micros": to_receivable,
-            "to_credit_micros": to_credit,
-            "reason": note.reason,
-            "at": now.isoformat(),
-        },
+        CreditNoteIssued(
+            key=locked.key,
+            credit_note=number,
+            note_key=note.key,
+            amount_micros=amount_micros,
+            tax_micros=tax,
+            to_receivable_micros=to_receivable,
+            to_credit_micros=to_credit,
+            reason=note.reason,
+            at=now.isoformat(),
+        ),
         actor,
     )
     return note

@@ -20,7 +20,6 @@ from core.db import (
 )
 from core.errors import Conflict
 from core.eventstore import (
-    NewEvent,
     event_append,
     stream_version,
 )
@@ -29,7 +28,7 @@ from invoicing.accruals import usage_accruals
 from invoicing.calculations import invoice_compute
 from invoicing.charges import BUYER_KINDS
 from invoicing.documents import _document, _profile, canonical
-from invoicing.events import INVOICE_FINALIZED, INVOICE_STREAM
+from invoicing.events import INVOICE_STREAM, InvoiceEvent, InvoiceFinalized
 from invoicing.lines import Computed
 from invoicing.models import (
     Invoice,
@@ -46,13 +45,13 @@ from metering.services import usage_period_close
 from pricing.services import usage_rating
 
 
-def _append(invoice: Invoice, event_type: str, payload: dict[str, Any], actor: str) -> int:
-    stream_id = f"invoice:{invoice.key}"
+def _append(invoice: Invoice, event: InvoiceEvent, actor: str) -> int:
+    stream_id = event.stream_id()
     recorded = event_append(
         stream_type=INVOICE_STREAM,
         stream_id=stream_id,
         expected_version=stream_version(stream_id),
-        events=[NewEvent(event_type, {"key": invoice.key, **payload})],
+        events=[event.to_new_event()],
         tenant_id=invoice.organization_id,
         metadata={"actor": actor},
     )
@@ -186,25 +185,25 @@ def _finalize(*, invoice: Invoice, actor: str, now: datetime) -> Invoice:
     _write_lines(locked, computed)
     _append(
         locked,
-        INVOICE_FINALIZED,
-        {
-            "number": number,
-            "organization": organization.pk,
-            "kind": locked.kind,
-            "currency": currency,
-            "period_start": locked.period_start.isoformat(),
-            "period_end": locked.period_end.isoformat(),
-            "job": locked.job,
-            "issuer": locked.issuer,
-            "finalized_at": finalized_at,
-            "due_at": due_at,
-            "as_of_position": computed.as_of_position,
-            "buyer": buyer,
-            "prepaid_applied_micros": prepaid,
-            "credit_applied_at_finalize_micros": apply,
-            "total_micros": totals.total,
-            "document_sha256": digest,
-        },
+        InvoiceFinalized(
+            key=locked.key,
+            number=number,
+            organization=organization.pk,
+            kind=locked.kind,
+            currency=currency,
+            period_start=locked.period_start.isoformat(),
+            period_end=locked.period_end.isoformat(),
+            job=locked.job,
+            issuer=locked.issuer,
+            finalized_at=finalized_at,
+            due_at=due_at,
+            as_of_position=computed.as_of_position,
+            buyer=buyer,
+            prepaid_applied_micros=prepaid,
+            credit_applied_at_finalize_micros=apply,
+            total_micros=totals.total,
+            document_sha256=digest,
+        ),
         actor,
     )
     return locked
@@ -242,8 +241,9 @@ def _set_final(
     invoice.document_sha256 = digest
 
 
-def _finalized_payload(
+def _finalized_event(
     invoice: Invoice,
+    number: str,
     computed: Computed,
     totals: Totals,
     buyer: dict[str, Any],
@@ -252,25 +252,26 @@ def _finalized_payload(
     digest: str,
     finalized_at: str,
     due_at: str,
-) -> dict[str, Any]:
-    return {
-        "number": invoice.number,
-        "organization": invoice.organization_id,
-        "kind": invoice.kind,
-        "currency": invoice.currency,
-        "period_start": invoice.period_start.isoformat(),
-        "period_end": invoice.period_end.isoformat(),
-        "job": invoice.job,
-        "issuer": invoice.issuer,
-        "finalized_at": finalized_at,
-        "due_at": due_at,
-        "as_of_position": computed.as_of_position,
-        "buyer": buyer,
-        "prepaid_applied_micros": prepaid,
-        "credit_applied_at_finalize_micros": apply,
-        "total_micros": totals.total,
-        "document_sha256": digest,
-    }
+) -> InvoiceFinalized:
+    return InvoiceFinalized(
+        key=invoice.key,
+        number=number,
+        organization=invoice.organization_id,
+        kind=invoice.kind,
+        currency=invoice.currency,
+        period_start=invoice.period_start.isoformat(),
+        period_end=invoice.period_end.isoformat(),
+        job=invoice.job,
+        issuer=invoice.issuer,
+        finalized_at=finalized_at,
+        due_at=due_at,
+        as_of_position=computed.as_of_position,
+        buyer=buyer,
+        prepaid_applied_micros=prepaid,
+        credit_applied_at_finalize_micros=apply,
+        total_micros=totals.total,
+        document_sha256=digest,
+    )
 
 
 def _buyer_accounts(org_ids: list[int], currency: str) -> dict[tuple[int, str], int]:

@@ -12,7 +12,7 @@ from core.db import (
     retry_transaction,
 )
 from core.errors import Conflict, InvalidInput
-from invoicing.events import INVOICE_PAID, INVOICE_PAST_DUE, INVOICE_UNCOLLECTIBLE, INVOICE_VOIDED
+from invoicing.events import InvoicePaid, InvoicePastDue, InvoiceUncollectible, InvoiceVoided
 from invoicing.finalization import _append, _post, invoice_finalize
 from invoicing.models import (
     Invoice,
@@ -64,8 +64,9 @@ def invoice_mark_paid(
     locked.save()
     _append(
         locked,
-        INVOICE_PAID,
-        {"payment_reference": reference, "amount_micros": amount, "at": now.isoformat()},
+        InvoicePaid(
+            key=locked.key, payment_reference=reference, amount_micros=amount, at=now.isoformat()
+        ),
         actor,
     )
     return locked
@@ -113,7 +114,7 @@ def invoice_mark_past_due(
     locked = _final(current, (Invoice.Status.OPEN,), "marked past due")
     locked.status = Invoice.Status.PAST_DUE
     locked.save(update_fields=["status"])
-    _append(locked, INVOICE_PAST_DUE, {"at": now.isoformat()}, actor)
+    _append(locked, InvoicePastDue(key=locked.key, at=now.isoformat()), actor)
     return locked
 
 
@@ -143,8 +144,12 @@ def invoice_mark_uncollectible(
     locked.save()
     _append(
         locked,
-        INVOICE_UNCOLLECTIBLE,
-        {"amount_micros": amount, "reason": reason.strip()[:500], "at": now.isoformat()},
+        InvoiceUncollectible(
+            key=locked.key,
+            amount_micros=amount,
+            reason=reason.strip()[:500],
+            at=now.isoformat(),
+        ),
         actor,
     )
     return locked
@@ -195,7 +200,7 @@ def invoice_void(
     locked.status = Invoice.Status.VOID
     locked.closed_at = now
     locked.save()
-    _append(locked, INVOICE_VOIDED, {"reason": reason[:500], "at": now.isoformat()}, actor)
+    _append(locked, InvoiceVoided(key=locked.key, reason=reason[:500], at=now.isoformat()), actor)
     return locked
 
 

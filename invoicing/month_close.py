@@ -45,13 +45,13 @@ from core.models import Event, Organization
 from invoicing.calculations import _compute_monthly, _jobs_alone
 from invoicing.documents import _document_json, _document_lines_json, _JsonStrings, _profiles
 from invoicing.drafts import invoice_draft_refresh
-from invoicing.events import INVOICE_FINALIZED, INVOICE_STREAM
+from invoicing.events import INVOICE_STREAM
 from invoicing.finalization import (
     _buyer_accounts,
     _buyer_accounts_open,
     _catch_up,
     _entry_request,
-    _finalized_payload,
+    _finalized_event,
     _invoice_new,
     _set_final,
     invoice_finalize,
@@ -310,27 +310,18 @@ def _finalize_month(
                 digest=digest,
             )
             final.append((invoice, found))
-            stream_id = f"invoice:{key}"
+            finalized = _finalized_event(
+                invoice, number, found, totals, buyer, prepaid, apply, digest, finalized_at, due_at
+            )
+            stream_id = finalized.stream_id()
             events.append(
                 EventRow(
                     stream_type=INVOICE_STREAM,
                     stream_id=stream_id,
                     version=versions.get(stream_id, 0) + 1,
-                    type=INVOICE_FINALIZED,
-                    payload={
-                        "key": key,
-                        **_finalized_payload(
-                            invoice,
-                            found,
-                            totals,
-                            buyer,
-                            prepaid,
-                            apply,
-                            digest,
-                            finalized_at,
-                            due_at,
-                        ),
-                    },
+                    type=finalized.type,
+                    payload=finalized.payload(),
+                    schema_version=finalized.schema_version,
                     tenant_id=organization.id,
                     metadata={"actor": actor, "events_in_append": 1},
                 )

@@ -15,13 +15,13 @@ from invoicing.accruals import usage_accruals
 from invoicing.calculations import invoice_compute
 from invoicing.documents import _document, canonical
 from invoicing.events import (
-    CREDIT_NOTE_ISSUED,
-    INVOICE_FINALIZED,
-    INVOICE_PAID,
-    INVOICE_PAST_DUE,
     INVOICE_STREAM,
-    INVOICE_UNCOLLECTIBLE,
-    INVOICE_VOIDED,
+    CreditNoteIssued,
+    InvoiceFinalized,
+    InvoicePaid,
+    InvoicePastDue,
+    InvoiceUncollectible,
+    InvoiceVoided,
 )
 from invoicing.finalization import _set_final
 from invoicing.models import (
@@ -58,13 +58,13 @@ def invoices_rebuild() -> int:
         events = Event.objects.filter(stream_type=INVOICE_STREAM).order_by("position")
         for event in events.iterator():
             _replay_one(event)
-            rebuilt += event.type == INVOICE_FINALIZED
+            rebuilt += event.type == InvoiceFinalized.type
     return rebuilt
 
 
 def _replay_one(event: Event) -> None:
     payload = event.payload
-    if event.type == INVOICE_FINALIZED:
+    if event.type == InvoiceFinalized.type:
         organization = Organization.objects.get(pk=payload["organization"])
         invoice = Invoice(
             key=payload["key"],
@@ -129,21 +129,21 @@ def _replay_one(event: Event) -> None:
         return
     invoice = Invoice.objects.get(key=payload["key"])
     at = datetime.fromisoformat(payload["at"]) if "at" in payload else event.recorded_at
-    if event.type == INVOICE_PAID:
+    if event.type == InvoicePaid.type:
         invoice.status = Invoice.Status.PAID
         invoice.amount_paid_micros += payload["amount_micros"]
         invoice.payment_reference = payload["payment_reference"]
         invoice.closed_at = at
-    elif event.type == INVOICE_PAST_DUE:
+    elif event.type == InvoicePastDue.type:
         invoice.status = Invoice.Status.PAST_DUE
-    elif event.type == INVOICE_UNCOLLECTIBLE:
+    elif event.type == InvoiceUncollectible.type:
         invoice.status = Invoice.Status.UNCOLLECTIBLE
         invoice.written_off_micros += payload["amount_micros"]
         invoice.closed_at = at
-    elif event.type == INVOICE_VOIDED:
+    elif event.type == InvoiceVoided.type:
         invoice.status = Invoice.Status.VOID
         invoice.closed_at = at
-    elif event.type == CREDIT_NOTE_ISSUED:
+    elif event.type == CreditNoteIssued.type:
         entry = Event.objects.get(stream_id=ev.entry_stream_id(f"cn:{payload['credit_note']}"))
         CreditNote.objects.create(
             invoice=invoice,

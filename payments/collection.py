@@ -61,7 +61,7 @@ from core.errors import Conflict, InvalidInput
 from core.eventstore import NewEvent, RecordedEvent, event_append, stream_version
 from core.followers import Follower, register
 from core.queue import task_send_on_commit
-from invoicing.events import INVOICE_FINALIZED, INVOICE_STREAM
+from invoicing.events import INVOICE_STREAM, InvoiceFinalized
 from invoicing.models import Invoice
 from invoicing.selectors import outstanding
 from payments import events as pev
@@ -309,7 +309,7 @@ class InvoiceCollectionFollower(Follower):
     batch_size = 100
 
     def handle(self, event: RecordedEvent) -> None:
-        if event.type != INVOICE_FINALIZED:
+        if event.type != InvoiceFinalized.type:
             return
         horizon = timedelta(days=max(retry_days(), default=0) + 1)
         if event.recorded_at < timezone.now() - horizon:

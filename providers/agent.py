@@ -36,74 +36,18 @@ import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from providers.nvml import Nvml
+from providers.agent_client import AGENT_VERSION, AgentError, Client
+from providers.agent_work import WorkLoop
+from providers.nvml import Nvml, NvmlUnavailable
 
 logger = logging.getLogger(__name__)
-
-AGENT_VERSION = "0.1.0"
-
-
-class AgentError(RuntimeError):
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class InventoryFileError(AgentError):
     pass
-
-
-@dataclass
-class Client:
-    """JSON over HTTP with a Bearer key."""
-
-    server: str
-    key: str
-    timeout: float = 10.0
-
-    def post(
-        self, path: str, body: dict[str, Any], *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        return self.send("POST", path, body, timeout=timeout)
-
-    def get(self, path: str, *, timeout: float | None = None) -> dict[str, Any]:
-        return self.send("GET", path, None, timeout=timeout)
-
-    def send(
-        self, method: str, path: str, body: dict[str, Any] | None, *, timeout: float | None
-    ) -> dict[str, Any]:
-        headers = {
-            "Authorization": f"Bearer {self.key}",
-            "User-Agent": f"tandem-agent/{AGENT_VERSION}",
-        }
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(  # noqa: S310  (the operator gives the URL)
-            self.server.rstrip("/") + path,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers=headers,
-        )
-        try:
-            with urllib.request.urlopen(  # noqa: S310
-                request, timeout=timeout or self.timeout
-            ) as response:
-                return json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                error = json.loads(exc.read())["error"]
-                message = f"{error['code']}: {error['message']}"
-            except Exception:
-                message = str(exc)
-            raise AgentError(f"{path}: HTTP {exc.code} {message}", status=exc.code) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise AgentError(f"{path}: cannot reach {self.server}: {exc}") from None
 
 
 def load_inventory_file(path: str | Path) -> dict[str, Any]:
@@ -228,8 +172,6 @@ class Agent:
         out every run is stopped (killed, its work directory wiped)."""
         stop = stop or threading.Event()
         if self.work_dir is not None:
-            from providers.agent_runs import WorkLoop
-
             self.work = WorkLoop(
                 client=self.client,
                 node_id=lambda: self.node_id,
@@ -342,7 +284,6 @@ def run_from_options(
     options: dict[str, Any], *, out: Any = sys.stdout, err: Any = sys.stderr
 ) -> int:
     """Register and run until stopped (SIGTERM or Ctrl-C); the process's exit code."""
-    from providers.nvml import NvmlUnavailable
 
     def fail(message: str, code: int) -> int:
         err.write(message + "\n")

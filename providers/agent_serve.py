@@ -40,6 +40,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar
 
+from providers.agent_client import AgentError
 from providers.agent_drivers import DriverError
 from providers.agent_runs import RunSupervisor
 from providers.agent_train import (
@@ -229,8 +230,6 @@ class ServeSupervisor(RunSupervisor):
                 self.request_stop("the engine stopped reading", by_server=False)
 
     def _take_loop(self) -> None:
-        from providers.agent import AgentError
-
         pause = 0.2
         while not self._stopping():
             try:
@@ -250,8 +249,6 @@ class ServeSupervisor(RunSupervisor):
             self._to_engine([item for item in answer.get("requests") or [] if "id" in item])
 
     def _post_loop(self) -> None:
-        from providers.agent import AgentError
-
         pause = 0.2
         while True:
             with self._gathered:

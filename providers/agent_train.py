@@ -41,8 +41,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import struct
 import sys
 import tarfile
 import threading
@@ -53,7 +51,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from providers.agent_client import AgentError
 from providers.agent_drivers import DriverError, RunHandle
+from providers.agent_network import interface_of, node_address
 from providers.agent_runs import RunSupervisor
 
 logger = logging.getLogger(__name__)
@@ -71,48 +71,6 @@ PASS_THROUGH_ENV = (
 CHUNK = 1024 * 1024
 UPLOAD_TRIES = 5
 GANG_POLL_SECONDS = 0.5
-SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
-
-
-def node_address(server: str) -> str:
-    """The address of this node that the server sees it from: the source address of
-    a route to the server (no packet is sent). A gang's nodes share a site, so the
-    others reach it there too; ``--advertise-address`` overrides it."""
-    parsed = urllib.parse.urlsplit(server)
-    host = parsed.hostname or "127.0.0.1"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.connect((host, parsed.port or 443))
-        return str(probe.getsockname()[0])
-
-
-def free_port(address: str) -> int:
-    """A TCP port free on ``address`` now (the rendezvous store binds it soon after)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
-
-
-def interface_of(address: str) -> str | None:
-    """The network interface holding IPv4 ``address`` (Linux), for gloo and NCCL,
-    which otherwise pick the interface the hostname resolves to (in a container or a
-    network namespace, often one the other nodes cannot reach)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for _, name in socket.if_nameindex():
-            try:
-                raw = fcntl.ioctl(
-                    probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
-                )
-            except OSError:
-                continue
-            if socket.inet_ntoa(raw[20:24]) == address:
-                return name
-    return None
 
 
 class TransferError(RuntimeError):
@@ -284,8 +242,6 @@ class TrainSupervisor(RunSupervisor):
     def _gang_wait(self) -> dict[str, Any]:
         """The gang's barrier: re-post the claim with our attempt (each post renews it)
         until every member has claimed and the answer carries the rendezvous."""
-        from providers.agent import AgentError
-
         answer = self.claim
         path = f"/api/v1/agent/nodes/{self.node_id}/assignments/{self.assignment_id}/claim"
         while True:
@@ -393,8 +349,6 @@ class TrainSupervisor(RunSupervisor):
     def _upload(self, key: str) -> None:
         """Pack, declare, PUT and commit ``artifacts/<key>``, retried; a 409 (our
         attempt is no longer current) stops the run."""
-        from providers.agent import AgentError
-
         assert self.artifacts is not None and self.work_dir is not None
         self._report()  # the steps before this checkpoint go first
         source = self.artifacts / key

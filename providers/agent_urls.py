@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from providers import apis
+from providers.apis import heartbeats, registration
 
 urlpatterns = [
-    path("nodes/register", apis.NodeRegisterApi.as_view(), name="agent-node-register"),
+    path("nodes/register", registration.NodeRegisterApi.as_view(), name="agent-node-register"),
     path(
         "nodes/<id:node_id>/heartbeat",
-        apis.node_heartbeat,
+        heartbeats.node_heartbeat,
         name="agent-node-heartbeat",
     ),
 ]

@@ -5,8 +5,8 @@ Telemetry is kept bounded on purpose: one ``GpuSample`` row per GPU (overwritten
 each heartbeat) and one ``GpuMinuteRollup`` row per GPU per minute (counts, sums and
 maxima folded in with an upsert), plus one ``NodeHeartbeatMinute`` row per node per
 minute. A flood of heartbeats changes counters, not the number of rows; rows older
-than their retention (services.TELEMETRY_RETENTION, GPU_ROLLUP_RETENTION) are deleted
-by ``telemetry_prune``.
+than their retention (providers.telemetry: TELEMETRY_RETENTION, GPU_ROLLUP_RETENTION)
+are deleted by ``telemetry_prune``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ feeds the model, so the price estimate and the bill agree with the work done.
 Chat examples are rendered with the model's chat template; the loss covers the
 assistant turns only (and only their content and end marker) unless
 ``train_on_inputs``. The prompt of a prompt/completion pair likewise.
+
+This module reads and checks files; the tokenizer is runtime/tokenizer.py, packing
+runtime/packing.py, and what they share (``Example``, ``IGNORE``, ``DatasetInvalid``)
+runtime/examples.py. Their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -29,14 +33,32 @@ import json
 import re
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidInput
+from runtime.examples import IGNORE, DatasetInvalid, Example
+from runtime.packing import Row, rows_build
 from runtime.registry import model_info
+from runtime.tokenizer import TextTokenizer, tokenizer_for
 
-IGNORE = -100
+# What the trainer, the engine and the ports take from here, wherever it lives.
+__all__ = [
+    "FORMATS",
+    "IGNORE",
+    "MAX_JSON_DEPTH",
+    "DatasetInvalid",
+    "DatasetProblem",
+    "DatasetReport",
+    "Example",
+    "Row",
+    "TextTokenizer",
+    "dataset_load",
+    "dataset_validate",
+    "rows_build",
+    "tokenizer_for",
+]
+
 MAX_FILE_BYTES = 1024**3
 MAX_LINE_BYTES = 4 * 1024**2
 MAX_EXAMPLES = 2_000_000
@@ -51,10 +73,6 @@ MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300
 _BRACKETS_AND_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
-class DatasetInvalid(InvalidInput):
-    code = "invalid_dataset"
-
-
 @dataclass(frozen=True, slots=True)
 class DatasetProblem:
     line: int  # 1-based line of a JSONL file, or row of a Parquet file; 0: the file
@@ -66,16 +84,6 @@ class DatasetProblem:
         return (
             f'{where}: "{self.field}" {self.message}' if self.field else f"{where}: {self.message}"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE where no loss is taken
-
-    @property
-    def tokens(self) -> int:
-        return len(self.input_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,148 +121,6 @@ class _Problems:
                 "error_count": self.total,
             },
         )
-
-
-# --- the tokenizer (no torch: the ``tokenizers`` library and a jinja template) ----
-
-
-class TextTokenizer:
-    """A model's tokenizer as the runtime uses it: ids for text, special tokens,
-    and its chat template split into what is read and what is trained."""
-
-    def __init__(self, path: Path) -> None:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        config_file = path / "tokenizer_config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        self.bos_token = _token_text(config.get("bos_token"))
-        self.eos_token = _token_text(config.get("eos_token"))
-        self.pad_token = _token_text(config.get("pad_token")) or self.eos_token
-        self.bos_id = self._id(self.bos_token)
-        self.eos_id = self._id(self.eos_token)
-        self.pad_id = self._id(self.pad_token)
-        self.add_bos = bool(config.get("add_bos_token", True)) and self.bos_id is not None
-        template = config.get("chat_template")
-        jinja_file = path / "chat_template.jinja"
-        if template is None and jinja_file.is_file():
-            template = jinja_file.read_text()
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self.chat_template = env.from_string(template) if isinstance(template, str) else None
-        # Whether the template renders tool definitions, calls and results (the
-        # Hugging Face convention: a ``tools`` variable, ``message.tool_calls``, the
-        # ``tool`` role); a chat request that uses tools on one that does not is refused.
-        self.renders_tools = isinstance(template, str) and "tool" in template
-        self.vocab_size = self.tokenizer.get_vocab_size()
-        # Template text already carries the special tokens it wants.
-        self.end_ids = {
-            i
-            for i in (
-                self.eos_id,
-                self._id("<|end|>"),
-                self._id("<|eot_id|>"),
-                self._id("<|im_end|>"),
-            )
-            if i is not None
-        }
-
-    def _id(self, token: str | None) -> int | None:
-        return self.tokenizer.token_to_id(token) if token else None
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` as is: no special tokens added (those in the text count)."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        add_generation_prompt: bool,
-        tools: list[dict[str, Any]] | None = None,
-    ) -> str:
-        if self.chat_template is None:
-            raise DatasetInvalid(
-                "this model has no chat template; use the text or prompt/completion format",
-                details={"field": "messages"},
-            )
-        return self.chat_template.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "",
-            eos_token=self.eos_token or "",
-            tools=tools or None,
-        )
-
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """A completion prompt as the model reads it (BOS first where the model wants it)."""
-        ids = self.encode(prompt)
-        return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
-
-    def chat_prompt_ids(
-        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
-    ) -> list[int]:
-        return self.encode(self.render_chat(messages, add_generation_prompt=True, tools=tools))
-
-    def example_text(self, text: str) -> Example:
-        ids = self.prompt_ids(text) + ([self.eos_id] if self.eos_id is not None else [])
-        return Example(ids, list(ids))
-
-    def example_prompt_completion(
-        self, prompt: str, completion: str, *, train_on_inputs: bool
-    ) -> Example:
-        head = self.prompt_ids(prompt)
-        tail = self.encode(completion) + ([self.eos_id] if self.eos_id is not None else [])
-        labels = (list(head) if train_on_inputs else [IGNORE] * len(head)) + list(tail)
-        return Example(head + tail, labels)
-
-    def example_messages(self, messages: list[dict[str, Any]], *, train_on_inputs: bool) -> Example:
-        """Render turn by turn: the text each turn adds to the rendered conversation is
-        tokenized on its own, so the loss mask falls exactly on turn boundaries; an
-        assistant turn is split after its generation prompt (the role header)."""
-        ids: list[int] = []
-        labels: list[int] = []
-        done = ""
-        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-        for index, message in enumerate(messages):
-            if message["role"] == "assistant":
-                header = self.render_chat(turns[:index], add_generation_prompt=True)
-                piece = header[len(done) :]
-                piece_ids = self.encode(piece)
-                ids += piece_ids
-                labels += piece_ids if train_on_inputs else [IGNORE] * len(piece_ids)
-                done = header
-                full = self.render_chat(turns[: index + 1], add_generation_prompt=False)
-                piece_ids = self.encode(full[len(done) :])
-                trained = train_on_inputs or message.get("weight", 1) == 1
-                ids += piece_ids
-                labels += piece_ids if trained else [IGNORE] * len(piece_ids)
-            else:
-                full = self.render_chat(turns[: index + 1], add_generation_prompt=False)
-                piece_ids = self.encode(full[len(done) :])
-                ids += piece_ids
-                labels += piece_ids if train_on_inputs else [IGNORE] * len(piece_ids)
-            done = full
-        return Example(ids, labels)
-
-
-def _token_text(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) and value else None
-
-
-@lru_cache(maxsize=8)
-def _tokenizer_at(path: str, mtime: float) -> TextTokenizer:
-    return TextTokenizer(Path(path))
-
-
-def tokenizer_for(model: str) -> TextTokenizer:
-    path = model_info(model).path
-    return _tokenizer_at(str(path), (path / "tokenizer.json").stat().st_mtime)
 
 
 # --- JSON lines ------------------------------------------------------------------
@@ -658,59 +524,3 @@ def dataset_validate(
     twenty; returns the format, example count and exact token counts."""
     report, _ = dataset_load(path, model=model, format=format, **limits)  # type: ignore[arg-type]
     return report
-
-
-# --- packing -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One training sequence: one example, or several packed end to end. Position ids
-    restart at each example, which is how the attention keeps examples apart (the
-    model builds a block-diagonal causal mask from them), and each example's first
-    label is dropped so no example learns to predict its neighbour's opening."""
-
-    input_ids: list[int]
-    labels: list[int]
-    position_ids: list[int]
-
-
-def rows_build(examples: list[Example], *, max_length: int, packing: bool) -> list[Row]:
-    """Examples longer than ``max_length`` are cut to it. With packing, examples are
-    placed longest first into the fullest row that still has room (best fit
-    decreasing), which fills rows to well above 95% on typical instruction data."""
-    cut = [Example(e.input_ids[:max_length], e.labels[:max_length]) for e in examples]
-    if not packing:
-        return [Row(e.input_ids, [IGNORE, *e.labels[1:]], list(range(e.tokens))) for e in cut]
-    order = sorted(range(len(cut)), key=lambda i: (-cut[i].tokens, i))
-    bins: list[list[int]] = []
-    room: list[int] = []
-    by_room: dict[int, list[int]] = {}
-    for index in order:
-        need = cut[index].tokens
-        chosen = None
-        for space in range(need, max_length + 1):
-            candidates = by_room.get(space)
-            if candidates:
-                chosen = candidates.pop()
-                break
-        if chosen is None:
-            chosen = len(bins)
-            bins.append([])
-            room.append(max_length)
-        bins[chosen].append(index)
-        room[chosen] -= need
-        if room[chosen] > 0:
-            by_room.setdefault(room[chosen], []).append(chosen)
-    rows = []
-    for members in bins:
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for index in members:
-            example = cut[index]
-            ids += example.input_ids
-            labels += [IGNORE, *example.labels[1:]]
-            positions += range(example.tokens)
-        rows.append(Row(ids, labels, positions))
-    return rows

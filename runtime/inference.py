@@ -33,6 +33,9 @@ adapter loaded once, serving completions and chat completions.
   With a usage sink the engine records both per request (ids name the deployment
   and request, so a retried report is not counted twice), also when a stream is
   abandoned midway (what was generated is billed).
+
+What a request carries and gets back (``SamplingParams``, ``Chunk``, ``Completion``,
+``Embeddings``) is runtime/sampling.py, re-exported here; this module is the engine.
 """
 
 from __future__ import annotations
@@ -50,104 +53,31 @@ import torch
 from core.errors import InvalidInput
 from runtime.datasets import TextTokenizer, tokenizer_for
 from runtime.registry import model_info
+from runtime.sampling import (
+    SEED_MAX,
+    Chunk,
+    Completion,
+    Embeddings,
+    SamplingParams,
+    UsageSink,
+    text_check,
+)
 from runtime.structured import Constraint, Grammars, closing_reserve, inside_string
+
+__all__ = [
+    "SEED_MAX",
+    "Chunk",
+    "Completion",
+    "Embeddings",
+    "Engine",
+    "SamplingParams",
+    "UsageSink",
+    "text_check",
+]
 
 logger = logging.getLogger(__name__)
 
 STOP = object()
-# The generator takes a 64-bit seed; OpenAI's wire type is a signed 64-bit integer.
-SEED_MAX = 2**63 - 1
-# Below this a temperature is greedy: dividing logits by a float32 that underflows to
-# 0 gives NaN probabilities, which multinomial refuses.
-MIN_TEMPERATURE = 1e-5
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def text_check(value: object, *, field: str) -> str:
-    """``value`` as text the tokenizer can read: a string encodable as UTF-8 (JSON
-    lets a lone surrogate such as ``"\\ud800"`` through, and the tokenizer cannot)."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field}: must be a string", details={"field": field})
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(
-            f"{field}: is not valid Unicode (a lone surrogate at character {exc.start})",
-            details={"field": field},
-        ) from None
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def check(self) -> None:
-        """Every bound, with the field named, before the request joins a batch."""
-        if (
-            not isinstance(self.max_tokens, int)
-            or isinstance(self.max_tokens, bool)
-            or not 1 <= self.max_tokens <= 100_000
-        ):
-            raise InvalidInput(
-                "max_tokens: must be a whole number from 1 to 100000",
-                details={"field": "max_tokens"},
-            )
-        if not _is_number(self.temperature) or not 0 <= self.temperature <= 2:
-            raise InvalidInput("temperature: must be from 0 to 2", details={"field": "temperature"})
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise InvalidInput("top_p: must be in (0, 1]", details={"field": "top_p"})
-        if not isinstance(self.stop, tuple) or len(self.stop) > 4:
-            raise InvalidInput("stop: at most 4 non-empty strings", details={"field": "stop"})
-        for index, stop in enumerate(self.stop):
-            text_check(stop, field=f"stop[{index}]")
-            if not stop:
-                raise InvalidInput(
-                    f"stop[{index}]: must not be empty", details={"field": f"stop[{index}]"}
-                )
-        if self.seed is not None and (
-            not isinstance(self.seed, int)
-            or isinstance(self.seed, bool)
-            or not 0 <= self.seed <= SEED_MAX
-        ):
-            raise InvalidInput(
-                f"seed: must be a whole number from 0 to {SEED_MAX}", details={"field": "seed"}
-            )
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < MIN_TEMPERATURE
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """A piece of a completion. The last has ``finish_reason`` (stop | length) and the
-    exact token counts."""
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    request_id: str
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    token_ids: list[int]
-
-
-UsageSink = Callable[[str, int, int], None]  # (request id, prompt tokens, completion tokens)
 
 
 @dataclass(slots=True)
@@ -165,12 +95,6 @@ class _Request:
     budget: int = 0
     matcher: Any = None  # xgrammar's GrammarMatcher of a constrained request
     reserve: int = 0  # its last tokens, steered to close the document
-
-
-@dataclass(frozen=True, slots=True)
-class Embeddings:
-    vectors: list[list[float]]
-    prompt_tokens: int
 
 
 class Engine:

@@ -23,6 +23,13 @@ of the whole global batch, so one, two or eight GPUs compute the same update.
 - **Checkpoints** go to artifact storage under ``<output_dir>/checkpoints/step-N``
   (``n_checkpoints`` evenly spaced, the last at the end); the finished adapter (or
   model) under ``<output_dir>/final``, with merged weights in ``merged`` when asked.
+
+Why one module of about 700 lines: the determinism above is a contract between the
+loop, its data order, its checkpoints and the ranks' agreement to stop, and each
+helper here (``_step_rows``, ``_rng_state``, ``_checkpoint``, ``_broadcast_flag``)
+is one clause of it, read beside the loop that relies on it. The reader who checks
+that a resumed run replays the uninterrupted one needs them on one page; the parts
+that stand alone already live elsewhere (datasets, packing, the spec, storage).
 """
 
 from __future__ import annotations

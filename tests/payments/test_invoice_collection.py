@@ -22,7 +22,7 @@ from django.utils import timezone
 from core.followers import followers_run_until_idle
 from core.models import Event
 from invoicing.drafts import invoice_draft_refresh
-from invoicing.events import INVOICE_PAID
+from invoicing.events import InvoicePaid
 from invoicing.finalization import invoice_finalize
 from invoicing.models import BillingProfile, Invoice
 from invoicing.settlement import outstanding
@@ -186,7 +186,7 @@ def test_a_postpaid_invoice_is_charged_to_the_saved_card_and_paid_once(
     assert invoice.status == Invoice.Status.PAID
     assert invoice.amount_paid_micros == 123_450_000
     assert invoice.payment_reference == sent.payment_intent_id
-    paid = Event.objects.filter(stream_id=f"invoice:{invoice.key}", type=INVOICE_PAID)
+    paid = Event.objects.filter(stream_id=f"invoice:{invoice.key}", type=InvoicePaid.type)
     assert paid.count() == 1
     # no credit granted: the receivable is cleared against Stripe clearing, once
     assert _balance(org, Account.Kind.RECEIVABLE) == 0
