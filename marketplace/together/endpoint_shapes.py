@@ -282,13 +282,16 @@ def endpoints_shapes(
 def deployment_shape(
     deployment: DedicatedDeployment, endpoint: DedicatedEndpoint, organization: Organization
 ) -> dict[str, Any]:
+    # Its share of the traffic needs the ready replicas of the deployments in the split.
+    routed = [e.get("deployment_id") for e in endpoint.traffic_split if e.get("weight")]
     siblings = list(
-        DedicatedDeployment.objects.filter(endpoint=endpoint, deleted_at__isnull=True).order_by(
-            "pk"
+        DedicatedDeployment.objects.filter(
+            endpoint=endpoint, deleted_at__isnull=True, public_id__in=routed
         )
+        .exclude(pk=deployment.pk)
+        .order_by("pk")
     )
-    if deployment not in siblings:
-        siblings.append(deployment)
+    siblings.append(deployment)
     views = deployment_views(siblings)
     view = next(v for v in views if v.deployment.pk == deployment.pk)
     return deployment_full(view, endpoint, organization, capacity(views, endpoint))
