@@ -216,7 +216,9 @@ class DeploymentDetailApi(V1Api):
         summary="One deployment, its state and its replicas' leases",
         responses={200: None, **openai_error_responses(401, 403, 404, 429)},
     )
-    def get(self, request: Request, project_id: str, endpoint_id: str, deployment_id: str) -> Response:
+    def get(
+        self, request: Request, project_id: str, endpoint_id: str, deployment_id: str
+    ) -> Response:
         endpoint = _endpoint(request, project_id, endpoint_id)
         found = endpoints.deployment_get(endpoint=endpoint, deployment_id=deployment_id)
         return Response(shapes.deployment_shape(found, endpoint, endpoint.organization))

@@ -66,7 +66,9 @@ def deployment_views(deployments: list[DedicatedDeployment]) -> list[DeploymentV
     ):
         replicas[replica.dedicated_id].append(replica)  # type: ignore[index]
     refs = [int(r.lease_ref) for rs in replicas.values() for r in rs if r.lease_ref]
-    leases = {str(lease.pk): lease for lease in Lease.objects.filter(pk__in=refs).select_related("offer")}
+    leases = {
+        str(lease.pk): lease for lease in Lease.objects.filter(pk__in=refs).select_related("offer")
+    }
     return [
         DeploymentView(
             deployment=d,
@@ -246,9 +248,7 @@ def endpoint_shape(
     return {
         "id": endpoint.public_id,
         "createdAt": iso(endpoint.created_at),
-        "deployments": [
-            deployment_summary(view, endpoint, organization, share) for view in views
-        ],
+        "deployments": [deployment_summary(view, endpoint, organization, share) for view in views],
         "endpointType": "ENDPOINT_TYPE_DEDICATED",
         "etag": etag_of(endpoint.version),
         "name": endpoint_qualified_name(endpoint, organization),

@@ -129,7 +129,9 @@ def _mask(update_mask: str | None, data: dict[str, Any], fields: dict[str, str])
     for part in update_mask.split(","):
         part = part.strip()
         if part not in fields:
-            raise invalid(f"update_mask names {part!r}, which cannot be updated", param="update_mask")
+            raise invalid(
+                f"update_mask names {part!r}, which cannot be updated", param="update_mask"
+            )
         masked.add(fields[part])
     for key in data:
         if key in fields and fields[key] not in masked:
@@ -573,9 +575,7 @@ def deployment_update(
         )
     _known(data, ("etag", "maxConcurrentRequestsPerReplica", *DEPLOYMENT_FIELDS))
     fields = _mask(update_mask, data, DEPLOYMENT_FIELDS)
-    scaling = _scaling(
-        {DEPLOYMENT_FIELDS[k]: v for k, v in data.items() if k in DEPLOYMENT_FIELDS}
-    )
+    scaling = _scaling({DEPLOYMENT_FIELDS[k]: v for k, v in data.items() if k in DEPLOYMENT_FIELDS})
     organization = deployment.organization
     now = timezone.now()
     with transaction.atomic():

@@ -80,8 +80,8 @@ def instance_types() -> list[InstanceType]:
     held = dict(
         Lease.objects.filter(offer_id__in=[o["pk"] for o in offers], state__in=Lease.LIVE_STATES)
         .values("offer_id")
-        .annotate(gpus=Sum("gpu_count"))
-        .values_list("offer_id", "gpus")
+        .annotate(held_gpus=Sum("gpu_count"))
+        .values_list("offer_id", "held_gpus")
     )
     found: dict[tuple[str, int], InstanceType] = {}
     for offer in offers:

@@ -32,8 +32,8 @@ from core.models import Organization
 from core.money import Money, rate_amount
 from marketplace.models import Lease
 from marketplace.workloads.dedicated import WORKLOAD_PREFIX as DEDICATED_PREFIX
-from marketplace.workloads.models import Deployment
 from marketplace.workloads.errors import invalid
+from marketplace.workloads.models import Deployment
 from metering.models import UsageEvent
 from pricing.selectors import rate_for
 

@@ -159,9 +159,7 @@ def dedicated_tick(*, now: datetime | None = None) -> int:
     reconciled. Returns how many replicas changed."""
     now = now or timezone.now()
     changed = 0
-    for deployment in DedicatedDeployment.objects.filter(
-        deleted_at__isnull=True
-    ).order_by("pk"):
+    for deployment in DedicatedDeployment.objects.filter(deleted_at__isnull=True).order_by("pk"):
         for replica in replicas_live(deployment):
             if _replica_ready(replica):
                 continue
@@ -210,7 +208,9 @@ def replica_acquire(*, served: ServedModel) -> Deployment:
         )
         ready = [r for r in replicas if _replica_ready(r)]
         while ready:
-            chosen = random.choices(ready, weights=[weights[r.dedicated_id] for r in ready])[0]  # noqa: S311 - load spreading, not a secret
+            chosen = random.choices(
+                ready, weights=[weights.get(r.dedicated_id or 0, 0.0) for r in ready]
+            )[0]
             serving = external.serving_state(deployment_id=chosen.public_id)
             if serving is not None and serving.live:
                 Deployment.objects.filter(pk=chosen.pk).update(last_request_at=timezone.now())

@@ -23,6 +23,7 @@ from core.models import Organization
 from core.ports import UsageRecord
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
+from marketplace.workloads.endpoint_names import dedicated_route
 from marketplace.workloads.errors import invalid, not_found
 from marketplace.workloads.managed import (
     append_event,
@@ -32,7 +33,6 @@ from marketplace.workloads.managed import (
     order_live,
     order_place_managed,
 )
-from marketplace.workloads.endpoint_names import dedicated_route
 from marketplace.workloads.models import (
     DedicatedDeployment,
     Deployment,

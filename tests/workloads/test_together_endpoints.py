@@ -114,7 +114,9 @@ def test_an_endpoint_serves_on_leased_replicas_scales_and_bills_whole_minutes(ca
     assert (order.gpus_per_node, order.gpu_models) == (1, ["h100-sxm-80gb"])
     assert order.duration_seconds is None and order.reserved_micros > 0
 
-    detail_url = f"/v2/projects/{project}/endpoints/{endpoint['id']}/deployments/{deployment.public_id}"
+    detail_url = (
+        f"/v2/projects/{project}/endpoints/{endpoint['id']}/deployments/{deployment.public_id}"
+    )
     with platform_running():
         wait_for(
             lambda: client.get(detail_url).json()["status"]["state"] == "DEPLOYMENT_STATE_READY",
@@ -178,7 +180,9 @@ def test_an_endpoint_serves_on_leased_replicas_scales_and_bills_whole_minutes(ca
     ]
     assert {line["attributes"]["lease_id"] for line in lines} == {str(ended.pk), str(last.pk)}
     three = next(line for line in lines if line["attributes"]["lease_id"] == str(ended.pk))
-    assert three["quantity"] == "3" and float(three["cost"]) == pytest.approx(ended.billed_micros / 1e6)
+    assert three["quantity"] == "3" and float(three["cost"]) == pytest.approx(
+        ended.billed_micros / 1e6
+    )
     assert three["attributes"]["endpoint_id"] == endpoint["id"]
 
 
@@ -192,8 +196,13 @@ def test_an_idle_deployment_ends_its_leases_and_a_request_wakes_it(cast, engines
     assert created.json()["inactiveTimeout"] == 30
     deployment = DedicatedDeployment.objects.get()
     with platform_running():
-        wait_for(lambda: len(_live_leases(deployment)) == 1 and Deployment.objects.filter(
-            dedicated=deployment, status="ready").exists(), timeout=30)
+        wait_for(
+            lambda: (
+                len(_live_leases(deployment)) == 1
+                and Deployment.objects.filter(dedicated=deployment, status="ready").exists()
+            ),
+            timeout=30,
+        )
     dedicated_tick(now=timezone.now() + timedelta(minutes=31))
     assert _live_leases(deployment) == []
     state = client.get(

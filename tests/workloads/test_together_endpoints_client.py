@@ -56,8 +56,11 @@ def test_a_together_user_serves_a_dedicated_endpoint_billed_per_minute(
     with platform_running():
         ready = wait_for(
             lambda: (
-                (d := client.endpoints.deployments.retrieve(deployment.id, endpoint_id=endpoint.id))
-                .status.state
+                (
+                    d := client.endpoints.deployments.retrieve(
+                        deployment.id, endpoint_id=endpoint.id
+                    )
+                ).status.state
                 == "DEPLOYMENT_STATE_READY"
                 and d
             ),
@@ -122,11 +125,9 @@ def test_another_projects_endpoints_are_404_through_the_client(cast, live_server
         autoscaling={"min_replicas": 1},
     )
     other_key = cast.client(cast.buyer_b).raw_key
-    for project in (own_project, f"proj_{cast.buyer_b.pk}"):
-        other = Together(
-            base_url=live_server.url, api_key=other_key, project_id=project, max_retries=0
-        )
-        for call in (
+
+    def calls(other: Together) -> list:  # type: ignore[type-arg]
+        return [
             lambda: other.endpoints.retrieve(endpoint.id),
             lambda: other.endpoints.update(endpoint.id, name="stolen"),
             lambda: other.endpoints.delete(endpoint.id),
@@ -139,7 +140,13 @@ def test_another_projects_endpoints_are_404_through_the_client(cast, live_server
                 deployment.id, endpoint_id=endpoint.id, autoscaling={"min_replicas": 0}
             ),
             lambda: other.endpoints.deployments.delete(deployment.id, endpoint_id=endpoint.id),
-        ):
+        ]
+
+    for project in (own_project, f"proj_{cast.buyer_b.pk}"):
+        other = Together(
+            base_url=live_server.url, api_key=other_key, project_id=project, max_retries=0
+        )
+        for call in calls(other):
             with pytest.raises(together.NotFoundError):
                 call()
     stranger = Together(
