@@ -13,8 +13,8 @@ from core.idempotency import idempotent
 from core.models import Organization
 from core.schema import openai_error_responses
 from core.tenancy import get_caller
+from marketplace.together import endpoint_inputs, endpoints, instance_types, projects
 from marketplace.together import endpoint_shapes as shapes
-from marketplace.together import endpoints, instance_types, projects
 from marketplace.workloads import inputs
 from marketplace.workloads.apis import V1Api
 from marketplace.workloads.errors import invalid
@@ -93,8 +93,8 @@ class EndpointListApi(V1Api):
     )
     def get(self, request: Request, project_id: str) -> Response:
         organization = _organization(request, project_id)
-        limit, after, order = endpoints.page_args(request.query_params)
-        rows, cursor = endpoints.page(
+        limit, after, order = endpoint_inputs.page_args(request.query_params)
+        rows, cursor = endpoint_inputs.page(
             endpoints.endpoints_of(organization), limit=limit, after=after, order=order
         )
         data = shapes.endpoints_shapes(rows, organization)
@@ -176,8 +176,8 @@ class DeploymentListApi(V1Api):
     )
     def get(self, request: Request, project_id: str, endpoint_id: str) -> Response:
         endpoint = _endpoint(request, project_id, endpoint_id)
-        limit, after, order = endpoints.page_args(request.query_params)
-        rows, cursor = endpoints.page(
+        limit, after, order = endpoint_inputs.page_args(request.query_params)
+        rows, cursor = endpoint_inputs.page(
             endpoints.deployments_of(endpoint), limit=limit, after=after, order=order
         )
         views = shapes.deployment_views(list(endpoints.deployments_of(endpoint).order_by("pk")))
