@@ -30,6 +30,7 @@ _DESCRIPTIONS = {
     403: "your role (or an agent key's scope) does not allow this",
     404: "no such object in your organization",
     409: "conflicts with the current state (or the same Idempotency-Key is still running)",
+    412: "the If-Match etag is not the object's current one",
     413: "request body too large",
     422: "Idempotency-Key reused with a different request",
     429: "rate limited: see Retry-After",

@@ -8,7 +8,8 @@ hours ago, places an order that matched there two hours ago and ran its hour (it
 hold settled: GPU time to the provider's payable, the platform fee; the offer is
 withdrawn after it), then places a
 standing order for an H100 that a matching round fills now. Idempotent: it does
-nothing once the buyer has orders.
+nothing once the buyer has orders. ``endpoint(buyer=...)``: a dedicated endpoint with
+one replica on the demo node's H100s.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from core.models import Organization
 from marketplace import services
 from marketplace.models import Order
 from marketplace.services import OrderSpec
+from marketplace.together import endpoints, projects
+from marketplace.workloads.models import DedicatedEndpoint
 from providers import services as supply
 from providers.models import Offer, Site
 
@@ -109,3 +112,28 @@ def load(*, buyer: Organization, provider: Organization) -> None:
         ),
     )
     services.matching_round()
+
+
+def endpoint(*, buyer: Organization) -> DedicatedEndpoint:
+    """A dedicated endpoint of the buyer (Together's ``client.endpoints``):
+    ``<buyer slug>/demo-assistant``, one deployment of the tiny model on one H100,
+    its replica a lease of the buyer's, billed per minute, that a matching round
+    fills now; its engine waits for the demo node's agent (make run). Idempotent."""
+    found = DedicatedEndpoint.objects.filter(
+        organization=buyer, name="demo-assistant", deleted_at__isnull=True
+    ).first()
+    if found is not None:
+        return found
+    created = endpoints.endpoint_create(organization=buyer, data={"name": "demo-assistant"})
+    endpoints.deployment_create(
+        endpoint=created,
+        data={
+            "name": "main",
+            "model": "projects/public/models/tandem/tiny-llama",
+            "config": f"projects/{projects.project_id(buyer)}/configs/1x_h100-sxm-80gb",
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+            "limit_price_per_gpu_hour": "3.00",
+        },
+    )
+    services.matching_round()
+    return created

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.utils.text import slugify
-
 from core.models import Organization
 from core.ports import ModelCard
 from marketplace.workloads import ports as external
 from marketplace.workloads import selectors as workloads
+from marketplace.workloads.endpoint_names import organization_slug
 from marketplace.workloads.errors import not_found
 from marketplace.workloads.models import FineTuneJob
 
@@ -33,8 +32,9 @@ def organization_public_id(organization: Organization) -> str:
 
 
 def project_slug(organization: Organization) -> str:
-    """The slug fine-tuned model names use too (``ft:<base>:<slug>:...``)."""
-    return slugify(organization.name)[:40] or f"org-{organization.pk}"
+    """The slug fine-tuned model names use too (``ft:<base>:<slug>:...``), and in front
+    of a dedicated endpoint's name."""
+    return organization_slug(organization)
 
 
 def project_check(*, organization: Organization, project: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from core.routing import by_method
-from marketplace.together import apis
+from marketplace.together import apis, endpoint_apis
 
 v1 = [
     path(
@@ -37,6 +37,45 @@ v2 = [
     ),
     path(
         "supported-models", apis.SupportedModelListApi.as_view(), name="together-supported-models"
+    ),
+    # Dedicated endpoints (marketplace/together/endpoints.py).
+    path(
+        "public/inference-instance-types",
+        endpoint_apis.InstanceTypeListApi.as_view(),
+        name="together-instance-types",
+    ),
+    path(
+        "public/inference-instance-types/<str:type_id>",
+        endpoint_apis.InstanceTypeDetailApi.as_view(),
+        name="together-instance-type",
+    ),
+    path(
+        "projects/<str:project_id>/endpoints",
+        by_method(get=endpoint_apis.EndpointListApi, post=endpoint_apis.EndpointCreateApi),
+        name="together-endpoints",
+    ),
+    path(
+        "projects/<str:project_id>/endpoints/<str:endpoint_id>",
+        by_method(
+            get=endpoint_apis.EndpointDetailApi,
+            patch=endpoint_apis.EndpointUpdateApi,
+            delete=endpoint_apis.EndpointDeleteApi,
+        ),
+        name="together-endpoint",
+    ),
+    path(
+        "projects/<str:project_id>/endpoints/<str:endpoint_id>/deployments",
+        by_method(get=endpoint_apis.DeploymentListApi, post=endpoint_apis.DeploymentCreateApi),
+        name="together-endpoint-deployments",
+    ),
+    path(
+        "projects/<str:project_id>/endpoints/<str:endpoint_id>/deployments/<str:deployment_id>",
+        by_method(
+            get=endpoint_apis.DeploymentDetailApi,
+            patch=endpoint_apis.DeploymentUpdateApi,
+            delete=endpoint_apis.DeploymentDeleteApi,
+        ),
+        name="together-endpoint-deployment",
     ),
 ]
 

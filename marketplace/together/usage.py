@@ -7,7 +7,8 @@ Line items, per window:
 - **GPU time** of the organization's raw leases (clusters and orders): what each lease
   has been billed (GPU-seconds at the lease price plus the platform fee, as the ledger
   settled it), reported in the window of its ``billed_until``, the end of the time
-  settled so far. Quantity in GPU-hours.
+  settled so far. Quantity in GPU-hours; for a dedicated endpoint's replica (billed per
+  whole minute), in GPU-minutes, with the endpoint and deployment it served.
 - **Tokens** metered for the organization (``tokens.prompt``, ``tokens.completion``,
   ``tokens.training``, ``tokens.evaluation``), grouped by type and model, rated with
   the price book's rate in force at the window's start (``billing.pricing.rate_for``,
@@ -30,7 +31,9 @@ from django.db.models.functions import Trunc
 from core.models import Organization
 from core.money import Money, rate_amount
 from marketplace.models import Lease
+from marketplace.workloads.dedicated import WORKLOAD_PREFIX as DEDICATED_PREFIX
 from marketplace.workloads.errors import invalid
+from marketplace.workloads.models import Deployment
 from metering.models import UsageEvent
 from pricing.selectors import rate_for
 
@@ -82,15 +85,24 @@ def _window(moment: datetime, granularity: str) -> datetime:
 def _gpu_lines(
     organization: Organization, start: datetime, end: datetime, granularity: str
 ) -> list[tuple[datetime, dict[str, Any]]]:
-    leases = Lease.objects.filter(
-        organization=organization,
-        managed=False,
-        billed_until__gte=start,
-        billed_until__lt=end,
-        gpu_seconds_billed__gt=0,
-    ).order_by("pk")
+    leases = list(
+        Lease.objects.filter(
+            organization=organization,
+            managed=False,
+            billed_until__gte=start,
+            billed_until__lt=end,
+            gpu_seconds_billed__gt=0,
+        )
+        .select_related("order")
+        .order_by("pk")
+    )
+    replicas = _replicas(leases)
     lines = []
     for lease in leases:
+        replica = replicas.get(lease.order.workload_id)
+        if replica is not None:
+            lines.append((_window(lease.billed_until, granularity), _minutes_line(lease, replica)))  # type: ignore[arg-type]
+            continue
         hours = Decimal(lease.gpu_seconds_billed) / 3600
         lines.append(
             (
@@ -117,6 +129,44 @@ def _gpu_lines(
             )
         )
     return lines
+
+
+def _replicas(leases: list[Lease]) -> dict[str, Deployment]:
+    """The dedicated endpoint replicas among ``leases``, by their orders' workload id."""
+    ids = [
+        lease.order.workload_id.removeprefix(DEDICATED_PREFIX)
+        for lease in leases
+        if lease.order.workload_id.startswith(DEDICATED_PREFIX)
+    ]
+    found = Deployment.objects.filter(public_id__in=ids).select_related(
+        "dedicated", "dedicated__endpoint"
+    )
+    return {f"{DEDICATED_PREFIX}{replica.public_id}": replica for replica in found}
+
+
+def _minutes_line(lease: Lease, replica: Deployment) -> dict[str, Any]:
+    minutes = Decimal(lease.gpu_seconds_billed) / 60
+    deployment = replica.dedicated
+    assert deployment is not None
+    return {
+        "product_name": "Dedicated Endpoints - GPU Minutes",
+        "quantity": str(minutes.quantize(Decimal("0.001")).normalize()),
+        "unit_price": _decimal(int(Decimal(lease.billed_micros) / minutes) if minutes else 0),
+        "cost": _amount(lease.billed_micros, lease.currency),
+        "attributes": {
+            "lease_id": str(lease.pk),
+            "order_id": str(lease.order_id),
+            "endpoint_id": deployment.endpoint.public_id,
+            "deployment_id": deployment.public_id,
+            "replica_id": replica.public_id,
+        },
+        "pricing_dimensions": {
+            "gpu_model": lease.gpu_model,
+            "gpu_count": str(lease.gpu_count),
+            "price_per_gpu_hour": _decimal(lease.price_per_gpu_hour_micros),
+        },
+        "applied_credit": {"type": "PREPAID"},
+    }
 
 
 def _token_lines(

@@ -29,6 +29,8 @@ LEASE_INTERRUPTED = frozenset({"LeasePreempted", "LeaseFailed"})
 # Every way a lease closes. Closed-lease events do not name their workload, so an
 # inference deployment's lease is found by its id.
 LEASE_CLOSED = frozenset({"LeaseEnded", "LeasePreempted", "LeaseFailed", "LeaseCancelled"})
+# The workload id of a dedicated endpoint replica's raw order (dedicated.py).
+DEDICATED_PREFIX = "endpoint:"
 
 
 def _job_id(event: RecordedEvent) -> str:
@@ -84,9 +86,14 @@ class WorkloadsFollower(Follower):
         if event.stream_type == LEASE_STREAM:
             lease_ref = str(payload.get("lease_id", ""))
             reason = str(payload.get("reason") or event.type)
-            if event.type == LEASE_STARTED and payload.get("workload_kind") == "inference":
+            workload_id = str(payload.get("workload_id") or "")
+            if event.type == LEASE_STARTED and (
+                payload.get("workload_kind") == "inference"
+                # A dedicated endpoint's replica: a raw lease, billed to the buyer.
+                or workload_id.startswith(DEDICATED_PREFIX)
+            ):
                 inference.deployment_lease_started(
-                    deployment_id=str(payload.get("workload_id") or ""),
+                    deployment_id=workload_id.removeprefix(DEDICATED_PREFIX),
                     lease_ref=lease_ref,
                     order_ref=str(payload.get("order_id", "")),
                 )

@@ -33,6 +33,7 @@ from core.errors import ApplicationError, InvalidInput
 from core.models import Organization
 from core.ports import EmbeddingResult, GenerationChunk, GenerationRequest
 from marketplace.workloads import ports as external
+from marketplace.workloads.dedicated import replica_acquire
 from marketplace.workloads.errors import GenerationFailed
 from marketplace.workloads.inference import (
     ServedModel,
@@ -58,6 +59,14 @@ class NodeLost(ApplicationError):
 
     status_code = 502
     code = "node_lost"
+
+
+def _acquire(organization: Organization, served: ServedModel) -> Deployment:
+    """The deployment that serves the request: a replica of a dedicated endpoint's
+    deployment, or the model's shared deployment (started on demand)."""
+    if served.dedicated is not None:
+        return replica_acquire(served=served)
+    return deployment_acquire(organization=organization, served=served)
 
 
 def _node_check(deployment: Deployment, request_id: str) -> None:
@@ -143,7 +152,7 @@ def inference_stream(
     ends (see the module doc). ``stream`` false: the client reads the text whole, so
     the node sends it in one reply at the end (a node lost before then has sent no
     completion tokens, and none are billed)."""
-    deployment = deployment_acquire(organization=organization, served=served)
+    deployment = _acquire(organization, served)
     queues = relay()
     queues.submit(
         deployment_id=deployment.public_id,
@@ -248,7 +257,7 @@ def embeddings_create(
     """Embed ``texts`` on the model's deployment (acquired as a completion's is, so a
     cold model answers 503 in time) and meter the tokens read, counted here with the
     model's tokenizer, as the deployment's ``tokens.prompt``."""
-    deployment = deployment_acquire(organization=organization, served=served)
+    deployment = _acquire(organization, served)
     queues = relay()
     queues.submit(
         deployment_id=deployment.public_id,

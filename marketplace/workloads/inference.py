@@ -23,6 +23,7 @@ from core.models import Organization
 from core.ports import UsageRecord
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
+from marketplace.workloads.endpoint_names import dedicated_route
 from marketplace.workloads.errors import invalid, not_found
 from marketplace.workloads.managed import (
     append_event,
@@ -32,7 +33,12 @@ from marketplace.workloads.managed import (
     order_live,
     order_place_managed,
 )
-from marketplace.workloads.models import Deployment, FineTuneJob, new_public_id
+from marketplace.workloads.models import (
+    DedicatedDeployment,
+    Deployment,
+    FineTuneJob,
+    new_public_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,10 @@ class ServedModel:
     organization: Organization | None
     adapter_path: str
     created_at: datetime | None
+    # A dedicated endpoint's name (or one of its deployments'): the deployments it
+    # routes to, with their weights (marketplace/workloads/dedicated.py acquires a
+    # replica); None for a base or fine-tuned model served per token.
+    dedicated: tuple[tuple[DedicatedDeployment, float], ...] | None = None
 
 
 def model_resolve(*, organization: Organization, name: str) -> ServedModel:
@@ -60,7 +70,12 @@ def model_resolve(*, organization: Organization, name: str) -> ServedModel:
         organization=organization, fine_tuned_model=name, status=FineTuneJob.Status.SUCCEEDED
     ).first()
     if job is None:
-        raise not_found("model", name, param="model")
+        route = dedicated_route(organization=organization, name=name)
+        if route is None:
+            raise not_found("model", name, param="model")
+        targets, _ = route
+        base = targets[0][0].base_model if targets else ""
+        return ServedModel(name, base, organization, "", None, dedicated=tuple(targets))
     final = (
         job.checkpoints.filter(is_final=True).first() or job.checkpoints.order_by("-step").first()
     )
@@ -290,6 +305,9 @@ def inference_usage_record(
     now = timezone.now()
     # Priced by the base model's tier: a fine-tuned model serves at its base's rate.
     dimensions: dict[str, str | int] = {"model": deployment.base_model}
+    # A dedicated replica's lease is its bill (per minute): its tokens are counted on
+    # the deployment, never metered for a per-token charge as well.
+    metered = deployment.dedicated_id is None
     records = [
         UsageRecord(
             id=f"{request_id}:{kind}",
@@ -303,7 +321,7 @@ def inference_usage_record(
             dimensions=dimensions,
         )
         for kind, quantity in (("prompt", prompt_tokens), ("completion", completion_tokens))
-        if quantity > 0
+        if quantity > 0 and metered
     ]
     if records:
         statuses = external.usage_record(records)
@@ -316,6 +334,8 @@ def inference_usage_record(
         completion_tokens=F("completion_tokens") + completion_tokens,
         last_request_at=now,
     )
+    if deployment.dedicated_id is not None:
+        DedicatedDeployment.objects.filter(pk=deployment.dedicated_id).update(last_request_at=now)
     if not complete:
         logger.info(
             "inference request ended before its last chunk",
@@ -329,7 +349,9 @@ def deployments_stop_idle(*, now: datetime | None = None) -> int:
     deployments are at most one per model, found through their partial index)."""
     now = now or timezone.now()
     stopped = 0
-    for deployment in Deployment.objects.exclude(status=Deployment.Status.STOPPED).order_by("pk"):
+    # A dedicated deployment's replicas stop by its own inactive timeout (dedicated.py).
+    live = Deployment.objects.exclude(status=Deployment.Status.STOPPED).filter(dedicated=None)
+    for deployment in live.order_by("pk"):
         last = deployment.last_request_at or deployment.ready_at or deployment.created_at
         if last + timedelta(seconds=deployment.idle_timeout_seconds) > now:
             continue
@@ -361,7 +383,10 @@ def deployment_stop(
         stopped = Deployment.objects.get(pk=deployment.pk)
         why = f"inference deployment {stopped.public_id} stopped: {reason}"
         if stopped.lease_ref:
-            lease_end(stopped.lease_ref, why, now=now)
+            # A dedicated replica is billed per whole minute (managed.whole_minutes_until).
+            lease_end(
+                stopped.lease_ref, why, now=now, whole_minutes=stopped.dedicated_id is not None
+            )
         if stopped.order_ref:
             # Still in the book (or leased before the lease was recorded): cancelled,
             # so it does not lease GPUs for a deployment that is gone.
@@ -411,11 +436,12 @@ def serve_spec(deployment: Deployment) -> dict[str, str | int]:
     """What the node's engine loads: the base model and, for a fine-tuned model, the
     job whose trained adapter the node downloads (a signed URL in its claim)."""
     adapter_job = ""
+    served = deployment.dedicated.model if deployment.dedicated is not None else deployment.model
     if deployment.organization_id is not None:
         job = (
             FineTuneJob.objects.filter(
                 organization_id=deployment.organization_id,
-                fine_tuned_model=deployment.model,
+                fine_tuned_model=served,
                 status=FineTuneJob.Status.SUCCEEDED,
             )
             .values_list("public_id", flat=True)

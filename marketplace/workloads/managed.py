@@ -7,10 +7,11 @@ use."""
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from core.eventstore import event_append, stream_version
 from core.models import Organization
@@ -100,12 +101,36 @@ def order_live(order_ref: str) -> bool:
     )
 
 
-def lease_end(lease_ref: str, reason: str, *, now: datetime | None = None) -> None:
-    """End a live lease, billed to ``now`` (default: now): the provider's GPU-seconds
-    are settled. A lease already closed is left as it is."""
+def whole_minutes_until(started_at: datetime, now: datetime) -> datetime:
+    """The last whole minute of a lease that started at ``started_at``, at ``now``.
+
+    A dedicated endpoint's replica is billed per minute, rounded down: a lease the
+    buyer ends (scaling down, an idle stop, a delete) is settled to the last whole
+    minute since it started, and the seconds of a minute begun are neither billed
+    nor paid. Down, not up, because a hold settles GPU time already delivered (the
+    order book never bills a moment that has not passed), and a minute the buyer
+    did not get in full is not the buyer's to pay; every charge is then a whole
+    number of minutes at the lease price plus the fee. Its billing windows (an hour
+    by default) renew at whole minutes from the start, so each settlement of a
+    running replica is whole minutes too. A lease the market ends under it
+    (its node lost, its provider withdrew) is billed as every lease is, to the
+    second it was last delivered."""
+    elapsed = max(0, int((now - started_at).total_seconds()))
+    return started_at + timedelta(seconds=elapsed - elapsed % 60)
+
+
+def lease_end(
+    lease_ref: str, reason: str, *, now: datetime | None = None, whole_minutes: bool = False
+) -> None:
+    """End a live lease, billed to ``now`` (default: now), or with ``whole_minutes`` to
+    its last whole minute (``whole_minutes_until``): the provider's GPU-seconds are
+    settled. A lease already closed is left as it is."""
     from marketplace import services as market
     from marketplace.models import Lease
 
     lease = Lease.objects.filter(pk=int(lease_ref)).first()
     if lease is not None and lease.state in Lease.LIVE_STATES:
-        market.lease_end(lease=lease, reason=reason, now=now)
+        until = None
+        if whole_minutes and lease.started_at is not None:
+            until = whole_minutes_until(lease.started_at, now or timezone.now())
+        market.lease_end(lease=lease, reason=reason, until=until, now=now)

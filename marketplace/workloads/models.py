@@ -231,6 +231,15 @@ class Deployment(models.Model):
     ready_at = models.DateTimeField(null=True, blank=True)
     last_request_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # A replica of a dedicated deployment (its lease is the buyer's, billed per
+    # minute); None for the deployments of per-token inference.
+    dedicated = models.ForeignKey(
+        "DedicatedDeployment",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="replicas",
+    )
 
     class Meta:
         constraints = [
@@ -257,6 +266,98 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_id} {self.model} {self.status}"
+
+
+class DedicatedEndpoint(models.Model):
+    """A dedicated endpoint (Together's ``client.endpoints``): a stable name a buyer's
+    requests use as ``model``, routed to the ready replicas of its deployments in
+    proportion to their weights (``traffic_split``: ``[{"deployment_id", "weight"}]``).
+    ``version`` is the etag: every write bumps it, and a write naming an older one is
+    refused. Deleting sets ``deleted_at``: the name is free again."""
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "VISIBILITY_PRIVATE"
+        INTERNAL = "VISIBILITY_INTERNAL"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT)
+    name = models.CharField(max_length=100)
+    visibility = models.CharField(
+        max_length=24, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    traffic_split = models.JSONField(default=list, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "name"],
+                condition=Q(deleted_at__isnull=True),
+                name="workload_endpoint_one_live_name",
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "-id"], name="workload_endpoint_org")]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.name}"
+
+
+class DedicatedDeployment(models.Model):
+    """A model served on pinned hardware under a dedicated endpoint, in replicas.
+
+    Each replica is an inference ``Deployment`` (``replicas``) on its own raw lease:
+    a standing on-demand order for ``gpu_count`` GPUs of ``gpu_model`` (in ``region``
+    when one is named), billed to the buyer per minute at the lease price plus the
+    platform fee (marketplace/workloads/dedicated.py). ``min_replicas`` is how many
+    it keeps leased; 0 stops it. With ``idle_timeout_seconds`` set, a deployment that
+    served no request for that long ends its leases (``idle_stopped_at``) until the
+    next request wakes it."""
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT)
+    endpoint = models.ForeignKey(
+        DedicatedEndpoint, on_delete=models.PROTECT, related_name="deployments"
+    )
+    name = models.CharField(max_length=100)
+    model = models.CharField(max_length=255)
+    base_model = models.CharField(max_length=200)
+    adapter_path = models.CharField(max_length=500, blank=True, default="")
+    gpu_model = models.CharField(max_length=64)
+    gpu_count = models.PositiveSmallIntegerField()
+    region = models.CharField(max_length=64, blank=True, default="")
+    min_replicas = models.PositiveSmallIntegerField()
+    max_replicas = models.PositiveSmallIntegerField()
+    idle_timeout_seconds = models.PositiveIntegerField(default=0)  # 0: never
+    limit_price_per_gpu_hour_micros = models.BigIntegerField()
+    version = models.PositiveIntegerField(default=1)
+    failure_reason = models.CharField(max_length=300, blank=True, default="")
+    last_request_at = models.DateTimeField(null=True, blank=True)
+    idle_stopped_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "name"],
+                condition=Q(deleted_at__isnull=True),
+                name="workload_dedicated_one_live_name",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_replicas__gte=models.F("min_replicas")),
+                name="workload_dedicated_replicas_ordered",
+            ),
+            models.CheckConstraint(
+                condition=Q(gpu_count__gte=1), name="workload_dedicated_gpus_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.model} x{self.min_replicas}"
 
 
 class RelayRequest(models.Model):

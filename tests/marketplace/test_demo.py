@@ -31,6 +31,12 @@ active = Lease.objects.get(state="active")
 held = Hold.objects.get(hold_id=ended.hold_id)
 print(ended.gpu_seconds_billed, held.state, held.posted_micros, active.gpu_model,
       Lease.objects.count())
+first = demo.endpoint(buyer=buyer)
+again = demo.endpoint(buyer=buyer)
+from marketplace.workloads.models import Deployment
+replica = Deployment.objects.get(dedicated__endpoint=first)
+order_lease = Lease.objects.filter(order_id=int(replica.order_ref)).get()
+print(first.pk == again.pk, first.name, order_lease.gpu_model, order_lease.managed)
 """
 
 
@@ -53,4 +59,7 @@ def test_demo_loads_on_sqlite(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # an hour of one L40S at $0.90, plus the 10% fee; one lease running; loaded once
-    assert done.stdout.split()[-5:] == ["3600", "posted", "990000", "h100-sxm-80gb", "2"]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2].split() == ["3600", "posted", "990000", "h100-sxm-80gb", "2"]
+    # a dedicated endpoint, once: its replica leased on an H100, billed to the buyer
+    assert lines[-1].split() == ["True", "demo-assistant", "h100-sxm-80gb", "False"]

@@ -38,12 +38,14 @@ def buyer_credit(buyer: Organization, amount_micros: int) -> None:
 def _platform_step() -> None:
     from marketplace.assignments.services import assignments_reap
     from marketplace.services import matching_round
+    from marketplace.workloads.dedicated import dedicated_tick
 
     matching_round(wait=False)
     for follower in registered():
         while follower_run_once(follower):
             pass
     assignments_reap()
+    dedicated_tick()
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from invoicing import services as invoicing
 from marketplace import demo as market
 from marketplace.assignments import demo as runs
 from marketplace.models import Lease
+from marketplace.together import projects
 from marketplace.workloads import demo as workloads
 from metering import demo as usage
 from payments import demo as payments
@@ -93,6 +94,9 @@ class Command(BaseCommand):
         # The fine-tuned model served: an inference deployment of the buyer, leased on
         # the provider's GPUs; its engine waits for the demo node's agent (make run).
         deployment = workloads.serve(job=job)
+        # A dedicated endpoint (Together's client.endpoints): the tiny model on one H100
+        # replica, a lease of the buyer's billed per minute; served by the same agent.
+        dedicated = market.endpoint(buyer=buyer)
         # Inference tokens of the deployment and GPU-seconds of the settled L40S lease
         # (usage is accepted only for subjects the platform made). The fine-tune's
         # training tokens are the runtime's, metered per step while it trained: its
@@ -156,6 +160,11 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Fine-tuned model: {job.fine_tuned_model}; its invoice {job_invoice.number}"
             + (f"; this month's draft invoice id {draft.pk}" if draft is not None else "")
+        )
+        self.stdout.write(
+            f"Dedicated endpoint: model {projects.project_slug(buyer)}/{dedicated.name} "
+            f"(project {projects.project_id(buyer)}, GET /v2/projects/{projects.project_id(buyer)}"
+            f"/endpoints/{dedicated.public_id})"
         )
         self.stdout.write("API keys (shown once; new ones each run):")
         for org, role, label in keys:

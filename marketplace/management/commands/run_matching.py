@@ -21,7 +21,7 @@ from core.followers import follower_run_once
 from marketplace import services
 from marketplace.assignments import services as assignments
 from marketplace.followers import supply_follower
-from marketplace.workloads import inference
+from marketplace.workloads import dedicated, inference
 
 
 class Command(BaseCommand):
@@ -58,6 +58,10 @@ class Command(BaseCommand):
             stopped = inference.deployments_stop_idle()
             if stopped:
                 self.stdout.write(f"stopped {stopped} idle inference deployment(s)")
+            # Dedicated endpoints: replicas ready, inactive timeouts, replicas placed/ended.
+            changed = dedicated.dedicated_tick()
+            if changed:
+                self.stdout.write(f"placed or ended {changed} dedicated endpoint replica(s)")
             if once:
                 return
             time.sleep(interval)

@@ -1,0 +1,251 @@
+"""Dedicated deployments' replicas on the market: placing them, ending them, routing
+requests to them.
+
+A replica is an inference ``Deployment`` (``dedicated`` set) on a raw lease of its
+own: a standing, open-ended, on-demand order for the deployment's GPUs, marked
+``workload_id = "endpoint:<replica id>"``. Being raw, the order reserves the buyer's
+credit and its lease is billed to the buyer by its holds at the lease price plus the
+platform fee, per whole minute (``managed.whole_minutes_until``); the replica's
+tokens are not metered (inference.inference_usage_record). From there a replica
+lives as any deployment does: the workloads follower records its lease and queues
+its engine on the leased node (a serve assignment); the node reports the engine
+loaded and the replica is ready; requests reach it through the relay.
+
+``dedicated_reconcile`` keeps each deployment at its wanted number of replicas:
+``min_replicas``, or none once deleted or stopped for being idle. More wanted: an
+order each; fewer: the newest replicas (those not ready first) end, their leases
+settled to the last whole minute. A replica lost under it (its node failed) is
+replaced at the next reconcile. A replica whose order left the book unfilled fails
+the deployment (``failure_reason``) rather than being ordered again and again; an
+update of the deployment clears it and tries again. ``dedicated_tick`` (each pass of
+the matching loop) marks replicas ready, applies the inactive timeout and reconciles.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import ApplicationError, InsufficientFunds
+from marketplace import services as market
+from marketplace.models import Order
+from marketplace.workloads import ports as external
+from marketplace.workloads.inference import (
+    RETRY_AFTER_SECONDS,
+    ModelUnavailable,
+    ServedModel,
+    deployment_start,
+    deployment_stop,
+)
+from marketplace.workloads.managed import order_live
+from marketplace.workloads.models import DedicatedDeployment, Deployment, new_public_id
+
+WORKLOAD_PREFIX = "endpoint:"
+
+
+def replicas_live(deployment: DedicatedDeployment) -> list[Deployment]:
+    return list(
+        Deployment.objects.filter(dedicated=deployment)
+        .exclude(status=Deployment.Status.STOPPED)
+        .order_by("pk")
+    )
+
+
+def replicas_wanted(deployment: DedicatedDeployment) -> int:
+    if deployment.deleted_at is not None or deployment.idle_stopped_at is not None:
+        return 0
+    if deployment.failure_reason:
+        return 0
+    return deployment.min_replicas
+
+
+def _replica_place(deployment: DedicatedDeployment, now: datetime) -> Deployment:
+    """A replica and its order, in the caller's transaction. InsufficientFunds (402)
+    and the order book's refusals of the shape come back as they are."""
+    public_id = new_public_id("dep")
+    replica = Deployment.objects.create(
+        public_id=public_id,
+        organization_id=deployment.organization_id,
+        # Unique among live deployments (one per model): the replica's own name.
+        model=f"{deployment.public_id}/{public_id}",
+        base_model=deployment.base_model,
+        adapter_path=deployment.adapter_path,
+        idle_timeout_seconds=deployment.idle_timeout_seconds,
+        last_request_at=now,
+        dedicated=deployment,
+    )
+    order = market.order_place(
+        organization=deployment.organization,
+        spec=market.OrderSpec(
+            gpus_per_node=deployment.gpu_count,
+            gpu_models=[deployment.gpu_model],
+            limit_price_per_gpu_hour_micros=deployment.limit_price_per_gpu_hour_micros,
+            kind=Order.Kind.ON_DEMAND,
+            time_in_force=Order.TimeInForce.STANDING,
+            regions=[deployment.region] if deployment.region else [],
+            duration_seconds=None,
+        ),
+        workload_kind=Order.Workload.RAW,
+        workload_id=f"{WORKLOAD_PREFIX}{public_id}",
+        now=now,
+    )
+    replica.order_ref = str(order.pk)
+    replica.save(update_fields=["order_ref"])
+    return replica
+
+
+def _stop_order(replica: Deployment) -> tuple[int, int]:
+    """Which replicas end first when there are too many: not ready before ready,
+    the newest first."""
+    return (0 if replica.status != Deployment.Status.READY else 1, -replica.pk)
+
+
+def dedicated_reconcile(
+    *, deployment: DedicatedDeployment, now: datetime | None = None, strict: bool = True
+) -> int:
+    """Place or end replicas until the deployment has the number it wants; returns
+    how many changed. One transaction, the deployment's row locked. ``strict``: an
+    order the book refuses (credit, constraints) raises (an API call's answer);
+    otherwise the refusal fails the deployment with its reason (a background pass)."""
+    now = now or timezone.now()
+    changed = 0
+    with transaction.atomic():
+        locked = DedicatedDeployment.objects.select_for_update().get(pk=deployment.pk)
+        live = replicas_live(locked)
+        wanted = replicas_wanted(locked)
+        for replica in sorted(live, key=_stop_order)[: max(0, len(live) - wanted)]:
+            reason = "its endpoint deployment was deleted" if locked.deleted_at else "scaled down"
+            if locked.idle_stopped_at is not None and not locked.deleted_at:
+                reason = "inactive timeout"
+            if deployment_stop(deployment=replica, reason=reason, now=now):
+                changed += 1
+        for _ in range(max(0, wanted - len(live))):
+            if strict:
+                _replica_place(locked, now)
+            else:
+                try:
+                    with transaction.atomic():
+                        _replica_place(locked, now)
+                except (InsufficientFunds, ApplicationError) as error:
+                    locked.failure_reason = f"a replica could not be ordered: {error}"[:300]
+                    locked.save(update_fields=["failure_reason"])
+                    break
+            changed += 1
+    return changed
+
+
+def _replica_ready(replica: Deployment) -> bool:
+    """Whether the replica serves: ready, or its node just reported the engine loaded
+    (then it is marked ready here)."""
+    if replica.status == Deployment.Status.READY:
+        return True
+    if replica.status == Deployment.Status.STARTING and replica.lease_ref:
+        serving = external.serving_state(deployment_id=replica.public_id)
+        if serving is not None and serving.serving:
+            deployment_start(deployment=replica)
+            return True
+    return False
+
+
+def dedicated_tick(*, now: datetime | None = None) -> int:
+    """One pass over the live dedicated deployments: replicas whose engine loaded are
+    marked ready; a replica whose order left the book unfilled stops and fails its
+    deployment; one idle past its inactive timeout stops its replicas; then each is
+    reconciled. Returns how many replicas changed."""
+    now = now or timezone.now()
+    changed = 0
+    for deployment in DedicatedDeployment.objects.filter(deleted_at__isnull=True).order_by("pk"):
+        for replica in replicas_live(deployment):
+            if _replica_ready(replica):
+                continue
+            if not replica.lease_ref and not order_live(replica.order_ref):
+                deployment_stop(deployment=replica, reason="its order left the book unfilled")
+                DedicatedDeployment.objects.filter(pk=deployment.pk).update(
+                    failure_reason=(
+                        f"no {deployment.gpu_count}x {deployment.gpu_model} GPUs were leased "
+                        "in time; update the deployment to try again"
+                    )
+                )
+                changed += 1
+        if deployment.idle_timeout_seconds and deployment.idle_stopped_at is None:
+            last = deployment.last_request_at or deployment.updated_at
+            if last + timedelta(seconds=deployment.idle_timeout_seconds) <= now:
+                DedicatedDeployment.objects.filter(
+                    pk=deployment.pk, idle_stopped_at__isnull=True
+                ).update(idle_stopped_at=now)
+        deployment.refresh_from_db()
+        changed += dedicated_reconcile(deployment=deployment, now=now, strict=False)
+    return changed
+
+
+def replica_acquire(*, served: ServedModel) -> Deployment:
+    """A ready replica for a request naming a dedicated endpoint (or one of its
+    deployments): chosen at random in proportion to its deployment's weight. While
+    replicas are starting it waits for one, up to INFERENCE_START_TIMEOUT_SECONDS,
+    polling the rows (no transaction held); then a 503 with ``Retry-After``. A request
+    to a deployment stopped for being idle wakes it (the next pass places its
+    replicas) and is told to come back."""
+    targets = served.dedicated or ()
+    if not targets:
+        raise _unavailable(
+            served.name,
+            f"{served.name} routes to no deployment: add one and give it a weight in the "
+            "endpoint's traffic_split",
+        )
+    weights = {deployment.pk: weight for deployment, weight in targets}
+    deadline = time.monotonic() + float(settings.INFERENCE_START_TIMEOUT_SECONDS)
+    pause = 0.05
+    while True:
+        replicas = list(
+            Deployment.objects.filter(dedicated_id__in=list(weights))
+            .exclude(status=Deployment.Status.STOPPED)
+            .order_by("pk")
+        )
+        ready = [r for r in replicas if _replica_ready(r)]
+        while ready:
+            chosen = random.choices(
+                ready, weights=[weights.get(r.dedicated_id or 0, 0.0) for r in ready]
+            )[0]
+            serving = external.serving_state(deployment_id=chosen.public_id)
+            if serving is not None and serving.live:
+                Deployment.objects.filter(pk=chosen.pk).update(last_request_at=timezone.now())
+                chosen.status = Deployment.Status.READY
+                return chosen
+            # Its node stopped serving: the replica ends, the next pass replaces it.
+            deployment_stop(deployment=chosen, reason="its node stopped serving")
+            ready.remove(chosen)
+        woken = DedicatedDeployment.objects.filter(
+            pk__in=list(weights), idle_stopped_at__isnull=False, deleted_at__isnull=True
+        ).update(idle_stopped_at=None, last_request_at=timezone.now())
+        if woken:
+            raise _unavailable(
+                served.name,
+                f"{served.name} was stopped for inactivity and is starting again; retry in "
+                f"{RETRY_AFTER_SECONDS} seconds",
+            )
+        remaining = deadline - time.monotonic()
+        if not replicas or remaining <= 0:
+            raise _unavailable(
+                served.name,
+                f"{served.name} has no ready replica"
+                + (
+                    f" yet (starting); retry in {RETRY_AFTER_SECONDS} seconds"
+                    if replicas
+                    else ": its deployments are stopped (minReplicas 0) or failed"
+                ),
+            )
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 2, 0.5)
+
+
+def _unavailable(name: str, message: str) -> ApplicationError:
+    return ModelUnavailable(
+        message,
+        details={"param": "model", "model": name, "retry_after_seconds": RETRY_AFTER_SECONDS},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
