@@ -85,14 +85,18 @@ def _invoice_page(
             "doc": doc,
             "tax_rate": f"{bps // 100}.{bps % 100:02d}%",
             "credit_notes": credit_notes,
-            "issue_form": issue or InvoiceIssueForm()
-            if invoice.status == Invoice.Status.DRAFT
-            else None,
+            # A refused form is shown with its errors even where the invoice's status
+            # no longer offers it (someone acted first).
+            "issue_form": issue
+            or (InvoiceIssueForm() if invoice.status == Invoice.Status.DRAFT else None),
             # An invoice with payments or credit notes is corrected by a credit note.
-            "void_form": void or InvoiceVoidForm()
-            if unpaid and not invoice.amount_paid_micros and not credit_notes
-            else None,
-            "paid_form": paid or InvoiceMarkPaidForm() if unpaid else None,
+            "void_form": void
+            or (
+                InvoiceVoidForm()
+                if unpaid and not invoice.amount_paid_micros and not credit_notes
+                else None
+            ),
+            "paid_form": paid or (InvoiceMarkPaidForm() if unpaid else None),
         },
         status=400 if refused else 200,
     )
