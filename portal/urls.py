@@ -180,16 +180,7 @@ urlpatterns = [
         name="provider-agent-key-revoke",
     ),
     path("provider/earnings/", provider_earnings.earnings, name="provider-earnings"),
-    path(
-        "provider/earnings/<str:period>/",
-        provider_earnings.statement_detail,
-        name="provider-statement",
-    ),
-    path(
-        "provider/earnings/<str:period>.csv",
-        provider_earnings.statement_csv,
-        name="provider-statement-csv",
-    ),
+    # before the statements' <period>: “breakdown” is no month
     path(
         "provider/earnings/breakdown/",
         provider_breakdown.breakdown,
@@ -199,6 +190,16 @@ urlpatterns = [
         "provider/earnings/breakdown.csv",
         provider_breakdown.breakdown_csv,
         name="provider-earnings-breakdown-csv",
+    ),
+    path(
+        "provider/earnings/<str:period>/",
+        provider_earnings.statement_detail,
+        name="provider-statement",
+    ),
+    path(
+        "provider/earnings/<str:period>.csv",
+        provider_earnings.statement_csv,
+        name="provider-statement-csv",
     ),
     path("provider/payouts/", provider_earnings.payout_list, name="provider-payouts"),
     path(
