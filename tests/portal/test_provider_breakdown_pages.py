@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from core.money import Money
 from invoicing.statements import statement_compute
-from providers.models import Gpu, GpuMinuteRollup
+from providers import demo as supply_demo
+from providers.models import Gpu, GpuMinuteRollup, Node
 from tests.invoicing.world import event, grant, record, settle, taxed_month
 from tests.subjects import healthy_node, lease_unheld
 
@@ -217,3 +218,16 @@ def test_the_new_provider_pages_cost_the_same_queries_with_1_and_many_rows(
         assert offers == (1 if rows == 1 else 30)
     for url, (few, many) in counts.items():
         assert few == many, f"{url}: {few} queries with 1 row, {many} with 30"
+
+
+def test_the_demo_nodes_history_shows_its_busy_and_idle_gpus(person):
+    admin = person("provider")
+    supply_demo.load(provider=admin.organization)
+    assert supply_demo.telemetry_history(provider=admin.organization) == 90
+    assert supply_demo.telemetry_history(provider=admin.organization) == 0  # once
+    node = Node.objects.get(organization=admin.organization)
+    page = signed_in(admin).get(reverse("portal:provider-node-history", args=[node.pk]))
+    table = page.content.decode().split('data-telemetry="utilization"', 1)[1]
+    first = table.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r'<td class="num">([^<]+)</td>', first)
+    assert len(cells) == 8 and all(float(c) >= 70 for c in cells[:4]) and cells[4:] == ["0.0"] * 4
