@@ -261,7 +261,7 @@ def credit_liability(*, top: int = LIABILITY_TOP_HOLDERS) -> list[CreditLiabilit
     credit = _with_balances(
         Account.objects.filter(kind=Account.Kind.CREDIT, organization__isnull=False)
     )
-    positive = credit.filter(posted_micros__gt=0)
+    positive = credit.filter(Q(posted_micros__gt=0))  # an annotation: Q, for the type checker
     totals = (
         positive.order_by()
         .values("currency")
@@ -271,9 +271,9 @@ def credit_liability(*, top: int = LIABILITY_TOP_HOLDERS) -> list[CreditLiabilit
     out = []
     for currency, total, pending, holders in sorted(totals):
         largest = list(
-            positive.filter(currency=currency).order_by("-posted_micros", "organization__name")[
-                :top
-            ]
+            positive.filter(currency=currency).order_by(
+                F("posted_micros").desc(), "organization__name"
+            )[:top]
         )
         out.append(CreditLiability(currency, int(total), int(pending or 0), holders, largest))
     return out
