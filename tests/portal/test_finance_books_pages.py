@@ -7,7 +7,7 @@ the figures against the ledger, and query counts the same with 1 row and with ma
 from __future__ import annotations
 
 import re
-from datetime import UTC, timedelta
+from datetime import UTC, date, timedelta
 
 import pytest
 from django.db import connection
@@ -23,7 +23,12 @@ from invoicing.aging import aging_bucket_of
 from invoicing.models import Invoice
 from invoicing.month_close import period_close
 from ledger import services as ledger
-from payments.models import ConnectedAccount, Payout
+from payments.models import (
+    ConnectedAccount,
+    Payout,
+    ReconciliationDifference,
+    ReconciliationRun,
+)
 from tests.invoicing.world import CLOSE_AT, PERIOD, balance, taxed_month
 from tests.portal.test_buyer_money_pages import make_invoice
 
@@ -148,6 +153,33 @@ def test_an_unexplained_difference_is_listed_with_its_cause(finance, person):
     differences = page.split("data-reconciliation-differences", 1)[1]
     assert f"TDM-{buyer.pk}-00000" in differences
     assert "the invoice and the ledger disagree" in differences
+
+
+def test_the_newest_stripe_check_is_shown_with_each_difference_and_its_cause(finance):
+    older = ReconciliationRun.objects.create(
+        day=date(2026, 11, 1), currency="USD", ran_at=timezone.now(), matched=9
+    )
+    ReconciliationDifference.objects.create(run=older, kind="amount_mismatch", source_id="ch_old")
+    run = ReconciliationRun.objects.create(
+        day=date(2026, 11, 2),
+        currency="USD",
+        ledger_micros=50_000_000,
+        stripe_micros=20_000_000,
+        matched=3,
+        ran_at=timezone.now(),
+    )
+    ReconciliationDifference.objects.create(
+        run=run,
+        kind="missing_in_stripe",
+        source_id="ch_demo_7",
+        ledger_micros=30_000_000,
+        transfer_ids=["topup:7"],
+    )
+    page = signed_in(finance).get(reverse("portal:finance-reconciliation")).content.decode()
+    assert "2026-11-02" in page and "3 matched" in page and "ch_old" not in page
+    row = page.split("data-stripe-differences", 1)[1].split("</tr>", 2)[1]
+    assert "ch_demo_7" in row and "in the ledger, not at Stripe" in row
+    assert "30.00 USD" in row and "topup:7" in row
 
 
 # --- payouts due -----------------------------------------------------------------
