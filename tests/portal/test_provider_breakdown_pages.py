@@ -115,6 +115,8 @@ def test_earnings_pages_refuse_bad_periods_and_are_no_buyers_or_finances(cast, p
     csv_url = reverse("portal:provider-earnings-breakdown-csv")
     refused = client.get(csv_url, {"by": "planet"})
     assert refused.status_code == 400 and "by:" in refused.content.decode()
+    page = client.get(url, {"by": "planet"})
+    assert page.status_code == 400 and "not one of the available choices" in page.content.decode()
     empty = client.get(url).content.decode()
     assert "Nothing earned in these days" in empty
     for who in (person("buyer"), person("buyer", role="finance")):
