@@ -87,7 +87,7 @@ def reconciliation(request: HttpRequest) -> HttpResponse:
     """Every difference between the ledger and what the documents say it holds, with
     its cause; unexplained is 0.00 on a correct system. Below it, the newest daily
     reconciliation of Stripe clearing against Stripe's balance transactions."""
-    form = CurrencyForm(request.GET or None)
+    form = CurrencyForm(request.GET or None, initial={"currency": settings.TANDEM_CURRENCY})
     if form.is_bound and not form.is_valid():
         return render(
             request,

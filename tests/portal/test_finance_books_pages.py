@@ -140,6 +140,7 @@ def test_the_reconciliation_of_a_closed_month_has_nothing_unexplained(finance, c
     assert 'data-figure="unexplained">0.00 USD<' in page
     assert "Receivables against invoices still owed" in page
     assert "Stripe has not been reconciled for USD yet" in page
+    assert '<option value="USD" selected>USD</option>' in page  # the currency reconciled
     bad = client.get(reverse("portal:finance-reconciliation"), {"currency": "XYZ"})
     assert bad.status_code == 400
     assert "not one of the available choices" in _field_error(bad.content.decode(), "currency")
