@@ -8,6 +8,8 @@ from exports.models import FinanceExport
 
 # The app's public surface for the apps above it:
 from exports.monthly_report import revenue_by_month as revenue_by_month
+from exports.reconciliation import Reconciliation as Reconciliation
+from exports.reconciliation import reconciliation_compute as reconciliation_compute
 
 
 def exports_recent() -> QuerySet[FinanceExport]:

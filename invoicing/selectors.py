@@ -15,9 +15,15 @@ from core.models import Organization
 from core.tenancy import Caller
 
 # The app's public surface for the apps above it:
+from invoicing.aging import AGING_BUCKETS as AGING_BUCKETS
+from invoicing.aging import BUCKET_NAMES as BUCKET_NAMES
+from invoicing.aging import ReceivablesAging as ReceivablesAging
+from invoicing.aging import receivables_aging as receivables_aging
 from invoicing.documents import invoice_html as invoice_html
 from invoicing.documents import invoice_json as invoice_json
 from invoicing.documents import invoice_pdf as invoice_pdf
+from invoicing.earnings import ProviderEarnings as ProviderEarnings
+from invoicing.earnings import provider_earnings_breakdown as provider_earnings_breakdown
 from invoicing.models import (
     BillingProfile,
     CreditNote,

@@ -234,6 +234,51 @@ def earnings_overview(
     return EarningsOverview(currency, month, unpaid, now)
 
 
+# --- prepaid credit: what the platform owes in service ------------------------
+
+LIABILITY_TOP_HOLDERS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class CreditLiability:
+    """The buyers' unused prepaid credit in one currency: a liability of the platform
+    until the service is used. ``total_micros`` adds the posted balances that are
+    positive (a buyer past its overdraft owes, it is not owed); ``pending_micros`` is
+    what open holds have reserved out of them; ``top`` the largest holders, each an
+    account annotated as ``accounts_visible`` annotates it."""
+
+    currency: str
+    total_micros: int
+    pending_micros: int
+    holders: int
+    top: list[Account]
+
+
+def credit_liability(*, top: int = LIABILITY_TOP_HOLDERS) -> list[CreditLiability]:
+    """Prepaid credit held by buyers, per currency, with the ``top`` largest holders.
+    One query for the totals and one per currency for the holders (currencies are a
+    handful), whatever the number of buyers."""
+    credit = _with_balances(
+        Account.objects.filter(kind=Account.Kind.CREDIT, organization__isnull=False)
+    )
+    positive = credit.filter(Q(posted_micros__gt=0))  # an annotation: Q, for the type checker
+    totals = (
+        positive.order_by()
+        .values("currency")
+        .annotate(total=Sum("posted_micros"), pending=Sum("pending_micros"), n=Count("pk"))
+        .values_list("currency", "total", "pending", "n")
+    )
+    out = []
+    for currency, total, pending, holders in sorted(totals):
+        largest = list(
+            positive.filter(currency=currency).order_by(
+                F("posted_micros").desc(), "organization__name"
+            )[:top]
+        )
+        out.append(CreditLiability(currency, int(total), int(pending or 0), holders, largest))
+    return out
+
+
 # --- the journal ------------------------------------------------------------
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Max, QuerySet
 
 from core.errors import NotFound
 from core.models import Organization
 from core.tenancy import Caller
 from invoicing.models import Invoice
-from ledger.models import Account, Posting
+from ledger.models import Account, Balance, Posting
 from payments.models import (
     AutoRecharge,
     ConnectedAccount,
@@ -110,6 +111,107 @@ def reconciliation_differences(*, day: date, currency: str) -> Reconciliation:
     if run is None:
         return Reconciliation(None, [])
     return Reconciliation(run, list(run.differences.order_by("kind", "source_id")))
+
+
+def reconciliation_latest(*, currency: str) -> Reconciliation:
+    """The newest day's reconciliation of Stripe clearing against Stripe, if any ran."""
+    day = ReconciliationRun.objects.filter(currency=currency).aggregate(d=Max("day"))["d"]
+    if day is None:
+        return Reconciliation(None, [])
+    return reconciliation_differences(day=day, currency=currency)
+
+
+# --- payouts due ------------------------------------------------------------------------
+
+PAYOUTS_RECENT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutDue:
+    """A provider's payable: what it has earned and not been paid (posted, less what
+    a payout in flight reserves), whether the next run pays it, and why not."""
+
+    organization: Organization
+    available_micros: int
+    reserved_micros: int
+    connected_account: ConnectedAccount | None
+    pending: Payout | None
+    minimum_micros: int
+
+    @property
+    def state(self) -> str:
+        if self.pending is not None:
+            return "in flight"
+        if self.connected_account is None:
+            return "no Stripe account"
+        if not self.connected_account.payouts_enabled:
+            return "onboarding"
+        if self.available_micros < self.minimum_micros:
+            return "below the minimum"
+        return "paid next run"
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutsDue:
+    currency: str
+    minimum_micros: int
+    due: list[PayoutDue]  # the largest first
+    recent: list[Payout]  # the newest payouts, any state
+    pending: int  # payouts in flight now
+    failed: int  # payouts Stripe refused (each released back to its payable)
+
+    @property
+    def total_micros(self) -> int:
+        return sum(row.available_micros for row in self.due)
+
+    @property
+    def next_run_micros(self) -> int:
+        return sum(row.available_micros for row in self.due if row.state == "paid next run")
+
+
+def payouts_due(*, currency: str, minimum_micros: int | None = None) -> PayoutsDue:
+    """Every provider's unpaid payable and where the payout run stands: four queries
+    (payables, their connected accounts and payouts in flight, the recent payouts,
+    counts by state), whatever the number of providers."""
+    minimum = settings.PAYOUT_MINIMUM_MICROS if minimum_micros is None else minimum_micros
+    balances = (
+        Balance.objects.filter(
+            account__kind=Account.Kind.PAYABLE,
+            account__currency=currency,
+            account__organization__isnull=False,
+        )
+        .select_related("account__organization__connected_account")
+        .order_by("account__organization__name", "pk")
+    )
+    pending = {
+        payout.organization_id: payout
+        for payout in Payout.objects.filter(status=Payout.Status.PENDING, currency=currency)
+    }
+    due = []
+    for balance in balances:
+        organization = balance.account.organization
+        assert organization is not None
+        available = balance.credit_side_available
+        if available <= 0 and organization.pk not in pending:
+            continue
+        due.append(
+            PayoutDue(
+                organization=organization,
+                available_micros=available,
+                reserved_micros=balance.debits_pending,
+                connected_account=getattr(organization, "connected_account", None),
+                pending=pending.get(organization.pk),
+                minimum_micros=minimum,
+            )
+        )
+    due.sort(key=lambda row: (-row.available_micros, row.organization.name))
+    recent = list(
+        Payout.objects.filter(currency=currency)
+        .select_related("organization")
+        .order_by("-created_at", "-pk")[:PAYOUTS_RECENT]
+    )
+    failed = Payout.objects.filter(currency=currency, status=Payout.Status.FAILED).count()
+    return PayoutsDue(currency, minimum, due, recent, len(pending), failed)
 
 
 # --- invoice collection ---------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 
 from core.errors import NotFound
+from core.money import CURRENCIES
 from exports.models import FinanceExport
 from invoicing.models import Invoice
 from ledger.models import Account
@@ -118,7 +119,9 @@ class ExportRequestForm(forms.Form):
     takes (exports.services.PARAMETERS; one it does not take is refused beside it)."""
 
     kind = forms.ChoiceField(choices=FinanceExport.Kind.choices)
-    format = forms.ChoiceField(choices=FinanceExport.Format.choices)
+    format = forms.ChoiceField(
+        choices=[("csv", "CSV"), ("parquet", "Parquet"), ("xlsx", "XLSX (Excel)")]
+    )
     period = MonthField(required=False, help_text="YYYY-MM; for most kinds")
     as_of = forms.DateField(
         required=False,
@@ -144,3 +147,57 @@ class ExportRequestForm(forms.Form):
 
 class StatementFilterForm(forms.Form):
     organization = forms.IntegerField(required=False, min_value=1, label="Provider id")
+
+
+class AgingForm(forms.Form):
+    as_of = forms.DateField(
+        required=False,
+        label="As of (UTC)",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="through the end of this day; now when empty",
+    )
+
+
+class CurrencyForm(forms.Form):
+    currency = forms.ChoiceField(
+        required=False, choices=[(code, code) for code in sorted(CURRENCIES)]
+    )
+
+
+class InvoiceIssueForm(forms.Form):
+    """Finalize a draft now: it is numbered and its amounts frozen."""
+
+    prefix = "issue"  # three forms share the invoice's page: their ids must differ
+
+    confirm = forms.BooleanField(
+        label="Issue this invoice: number it and freeze its amounts",
+        error_messages={"required": "Tick this to confirm the invoice is to be issued."},
+    )
+
+
+class InvoiceVoidForm(forms.Form):
+    prefix = "void"
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="kept on the invoice's record and the journal entry",
+        error_messages={"required": "Say why the invoice is voided."},
+    )
+    confirm = forms.BooleanField(
+        label="Void this invoice: reverse everything it posted",
+        error_messages={"required": "Tick this to confirm the invoice is to be voided."},
+    )
+
+
+class InvoiceMarkPaidForm(forms.Form):
+    prefix = "paid"
+    payment_reference = forms.CharField(
+        max_length=255,
+        label="Payment reference",
+        help_text="the bank transfer's reference, or where else it was paid",
+        error_messages={"required": "Give the payment's reference."},
+    )
+    confirm = forms.BooleanField(
+        label="Record that everything still owed was paid",
+        error_messages={"required": "Tick this to confirm the payment."},
+    )

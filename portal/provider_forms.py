@@ -189,3 +189,42 @@ OFFER_STATUS_CHOICES = [("", "All"), *Offer.Status.choices]
 
 class OfferFilterForm(forms.Form):
     status = forms.ChoiceField(choices=OFFER_STATUS_CHOICES, required=False)
+
+
+MAX_EARNINGS_DAYS = 366
+EARNINGS_VIEWS = [("day", "By day"), ("node", "By node"), ("offer", "By offer")]
+
+
+class EarningsPeriodForm(forms.Form):
+    """A period of days (UTC, both ends included) to break earnings down over; this
+    month so far when empty. ``by`` chooses the view a CSV download holds."""
+
+    since = forms.DateField(
+        required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        required=False,
+        label="Through (UTC)",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="the whole day counts",
+    )
+    by = forms.ChoiceField(required=False, choices=EARNINGS_VIEWS, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, today: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.today = today
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        values = self.cleaned_data
+        since = values.get("since") or self.today.replace(day=1)
+        until = values.get("until") or self.today
+        if "since" in self.errors or "until" in self.errors:
+            return values
+        if until < since:
+            self.add_error("until", "The last day comes on or after the first.")
+        elif (until - since).days >= MAX_EARNINGS_DAYS:
+            self.add_error("until", f"Choose at most {MAX_EARNINGS_DAYS} days.")
+        values["since"], values["until"] = since, until
+        values["by"] = values.get("by") or "day"
+        return values

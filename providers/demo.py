@@ -5,6 +5,9 @@ Idempotent: the site and node are found by name, the heartbeat is one more
 heartbeat (as a running agent would send), and offers are listed only while the
 node has none that is not withdrawn.
 
+``telemetry_history`` gives the node the last hour and a half of telemetry (the
+portal's history charts), once.
+
 ``agent_key_file`` gives the demo node's agent (which ``make run`` starts) its key in
 a file: the key in the file is kept while it is still the node's live agent key, else
 a new agent key is made, bound to the node, and written (mode 0600).
@@ -13,13 +16,16 @@ a new agent key is made, bound to the node, and written (mode 0600).
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
+
+from django.utils import timezone
 
 from core import selectors as core_selectors
 from core.models import Organization
 from providers import services
 from providers.agent import load_inventory_file
-from providers.models import AgentKey, Node, Offer, Site
+from providers.models import AgentKey, GpuMinuteRollup, Node, Offer, Site
 
 INVENTORY = Path(__file__).parent / "examples" / "inventory.json"
 HOSTNAME = "northlake-gpu-01"  # the inventory's: the node make run's agent runs
@@ -78,6 +84,49 @@ def load(*, provider: Organization) -> None:
         min_lease_seconds=600,
         preemption_grace_seconds=120,
     )
+
+
+HISTORY_MINUTES = 90
+
+
+def telemetry_history(*, provider: Organization, now: datetime | None = None) -> int:
+    """The demo node's last ``HISTORY_MINUTES`` minutes of telemetry, one heartbeat a
+    minute as an NVML agent sends them: the first four GPUs busy with the running
+    H100 lease (utilization and power rising and falling), the rest idle. Recorded
+    once (a node that already has older minutes is left as it is); returns how many
+    heartbeats were recorded."""
+    now = (now or timezone.now()).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=HISTORY_MINUTES)
+    inventory = load_inventory_file(INVENTORY)
+    node = Node.objects.get(organization=provider, hostname=inventory["hostname"])
+    if GpuMinuteRollup.objects.filter(
+        gpu__node=node, minute__lt=now - timedelta(minutes=5)
+    ).exists():
+        return 0
+    for minute in range(HISTORY_MINUTES):
+        wave = (minute * 7) % 30  # a saw-tooth: a training step's load, repeating
+        samples = []
+        for gpu in inventory["gpus"]:
+            busy = gpu["index"] < 4
+            samples.append(
+                {
+                    "uuid": gpu["uuid"],
+                    "utilization_pct": 70 + wave if busy else 0,
+                    "memory_used_mib": 61_000 + 100 * wave if busy else 0,
+                    "temperature_c": 62 + wave // 3 if busy else 34,
+                    "power_mw": (520_000 + 4_000 * wave) if busy else 70_000,
+                    "ecc_corrected": 0,
+                    "ecc_uncorrected": 0,
+                    "xid_events": [],
+                }
+            )
+        services.node_heartbeat_record(
+            organization=provider,
+            node_id=node.pk,
+            samples=samples,
+            now=start + timedelta(minutes=minute, seconds=30),
+        )
+    return HISTORY_MINUTES
 
 
 def agent_key_file(*, provider: Organization, path: Path) -> Path:

@@ -106,6 +106,63 @@ def node_telemetry(*, node: Node, since: datetime, until: datetime) -> QuerySet[
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TelemetryPoint:
+    """One GPU over one bucket of minutes: utilization averaged over its samples, the
+    highest memory use and temperature, power averaged (watts); None where no sample
+    reported it."""
+
+    start: datetime
+    gpu_index: int
+    utilization_pct: float | None
+    memory_used_mib: int | None
+    temperature_c: int | None
+    power_w: float | None
+
+
+def node_telemetry_history(
+    *, node: Node, since: datetime, until: datetime, bucket: timedelta
+) -> list[TelemetryPoint]:
+    """The node's per-GPU telemetry in ``[since, until)`` folded into buckets of
+    ``bucket`` (a whole number of minutes) from the minute rollups: one query. Points
+    come by bucket, then GPU index; a bucket with no sample is absent."""
+    step = int(bucket.total_seconds())
+    folded: dict[tuple[int, int], list[int]] = {}
+    for index, minute, u_samples, u_sum, memory, temperature, p_samples, p_sum in (
+        GpuMinuteRollup.objects.filter(gpu__node=node, minute__gte=since, minute__lt=until)
+        .order_by("minute", "gpu__index")
+        .values_list(
+            "gpu__index",
+            "minute",
+            "utilization_samples",
+            "utilization_sum",
+            "memory_used_max_mib",
+            "temperature_max_c",
+            "power_samples",
+            "power_sum_mw",
+        )
+    ):
+        slot = int((minute - since).total_seconds()) // step
+        acc = folded.setdefault((slot, index), [0, 0, -1, -1000, 0, 0])
+        acc[0] += u_samples
+        acc[1] += u_sum
+        acc[2] = max(acc[2], memory if memory is not None else -1)
+        acc[3] = max(acc[3], temperature if temperature is not None else -1000)
+        acc[4] += p_samples
+        acc[5] += p_sum
+    return [
+        TelemetryPoint(
+            start=since + slot * bucket,
+            gpu_index=index,
+            utilization_pct=round(acc[1] / acc[0], 1) if acc[0] else None,
+            memory_used_mib=acc[2] if acc[2] >= 0 else None,
+            temperature_c=acc[3] if acc[3] > -1000 else None,
+            power_w=round(acc[5] / acc[4] / 1000, 1) if acc[4] else None,
+        )
+        for (slot, index), acc in sorted(folded.items())
+    ]
+
+
 def offers_for_org(*, organization: Organization, status: str | None = None) -> QuerySet[Offer]:
     offers = Offer.objects.filter(organization=organization)
     return offers.filter(status=status) if status else offers

@@ -1,6 +1,7 @@
 """The operator's finance pages for exports and providers' statements: request an
-export (a worker writes it), list them with their state and progress, download one
-that is done; every provider's monthly statements, and one of them line by line."""
+export (a worker writes it, as CSV, Parquet or XLSX), list them with their state and
+progress (the list polls itself with htmx while one runs), download one that is
+done; every provider's monthly statements, and one of them line by line."""
 
 from __future__ import annotations
 
@@ -14,18 +15,30 @@ from django.views.decorators.http import require_http_methods, require_POST
 from core.errors import ApplicationError, Conflict, NotFound
 from exports import selectors as reports
 from exports import services as exports
+from exports.models import FinanceExport
 from invoicing import selectors as statements
 from portal.access import finance_page, member_actor, member_caller
 from portal.finance_forms import ExportRequestForm, StatementFilterForm, month_in_url
 from portal.forms import add_service_error
 from portal.views.paging import page_of
 
+# How often the exports list asks for fresh progress while an export runs.
+EXPORT_POLL_SECONDS = 2
 
-def _export_list(request: HttpRequest, form: ExportRequestForm, status: int) -> HttpResponse:
+
+def _export_list(
+    request: HttpRequest, form: ExportRequestForm | None, status: int, template: str
+) -> HttpResponse:
+    page = page_of(request, reports.exports_recent())
+    running = sum(
+        1
+        for export in page.object_list
+        if export.status in (FinanceExport.Status.QUEUED, FinanceExport.Status.RUNNING)
+    )
     return render(
         request,
-        "portal/finance/exports.html",
-        {"form": form, "page": page_of(request, reports.exports_recent())},
+        template,
+        {"form": form, "page": page, "running": running, "poll_seconds": EXPORT_POLL_SECONDS},
         status=status,
     )
 
@@ -33,7 +46,15 @@ def _export_list(request: HttpRequest, form: ExportRequestForm, status: int) -> 
 @require_http_methods(["GET"])
 @finance_page
 def export_list(request: HttpRequest) -> HttpResponse:
-    return _export_list(request, ExportRequestForm(), 200)
+    return _export_list(request, ExportRequestForm(), 200, "portal/finance/exports.html")
+
+
+@require_http_methods(["GET"])
+@finance_page
+def export_rows(request: HttpRequest) -> HttpResponse:
+    """The list's part that the page polls while an export is queued or running (the
+    swap stops asking once none is)."""
+    return _export_list(request, None, 200, "portal/finance/exports.html#rows")
 
 
 @require_POST
@@ -57,7 +78,7 @@ def export_create(request: HttpRequest) -> HttpResponse:
                 "it is listed below with its progress, and can be downloaded once done.",
             )
             return redirect("portal:finance-exports")
-    return _export_list(request, form, 400)
+    return _export_list(request, form, 400, "portal/finance/exports.html")
 
 
 @require_http_methods(["GET"])

@@ -202,6 +202,8 @@ def test_every_page_passes_axe_and_is_photographed(
         ("provider-agent-keys", "/provider/agent-keys/"),
         ("provider-earnings", "/provider/earnings/"),
         ("provider-statement", f"/provider/earnings/{this_month}/"),
+        ("provider-earnings-breakdown", "/provider/earnings/breakdown/"),
+        ("provider-node-history", f"/provider/nodes/{node.pk}/history?hours=1"),
         ("provider-payouts", "/provider/payouts/"),
     ]:
         page.goto(live_server.url + path)
@@ -231,6 +233,10 @@ def test_every_page_passes_axe_and_is_photographed(
         ("finance-invoices", "/finance/invoices/"),
         ("finance-invoice", f"/finance/invoices/{invoice.pk}/"),
         ("finance-close", "/finance/close/"),
+        ("finance-liability", "/finance/liability/"),
+        ("finance-aging", "/finance/aging/"),
+        ("finance-reconciliation", "/finance/reconciliation/"),
+        ("finance-payouts", "/finance/payouts/"),
         ("finance-exports", "/finance/exports/"),
         ("finance-statements", "/finance/statements/"),
         ("finance-statement", f"/finance/statements/{provider.organization.pk}/{this_month}/"),
@@ -247,6 +253,11 @@ def test_every_page_passes_axe_and_is_photographed(
     page.get_by_role("button", name="Request export").click()
     page.locator(".errorlist").first.wait_for()
     check(page, "finance-export-errors", size, scheme, errors=[])
+    errors.clear()
+    page.goto(live_server.url + f"/finance/invoices/{invoice.pk}/")
+    page.get_by_role("button", name="Mark paid").click()  # no reference, not confirmed
+    page.locator("#id_paid-payment_reference_error").wait_for()
+    check(page, "finance-invoice-mark-paid-errors", size, scheme, errors=[])
     errors.clear()
     page.goto(live_server.url + "/keys/new")
     check(page, "forbidden", size, scheme, errors=[])  # a 403, logged likewise

@@ -77,8 +77,10 @@ class Command(BaseCommand):
             provider = _org(PROVIDER, "provider")
             buyer = _org(BUYER, "buyer")
 
-        # A site, a node of 8x H100 registered from an inventory file, two offers.
+        # A site, a node of 8x H100 registered from an inventory file, two offers,
+        # and its last hour and a half of telemetry (the provider's history charts).
         supply.load(provider=provider)
+        supply.telemetry_history(provider=provider)
         # The price book's welcome credits ($25.00, an expiring promo grant). The
         # follower of new organizations grants them too; the grant's id is fixed.
         welcome_credit_grant(organization=buyer)
