@@ -128,6 +128,11 @@ CHAT_CASES = [
         "messages[1].tool_calls[0].function.arguments",
     ),
     ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
+    # a speaker's name has no place in the models' chat templates: refused, not dropped
+    (
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Yo", "name": "bo"}]},
+        "messages[1].name",
+    ),
 ]
 
 
