@@ -169,7 +169,7 @@ def serve(*, job: FineTuneJob) -> Deployment:
     served = inference.model_resolve(organization=job.organization, name=job.fine_tuned_model)
     # What deployment_acquire does first, without its wait for the node's engine:
     # nothing else runs matching or the follower while the demo loads, so they run here.
-    deployment = inference._deployment_live(organization=job.organization, served=served)
+    deployment = inference.deployment_live(organization=job.organization, served=served)
     matching_round()
     followers_run_until_idle([WorkloadsFollower()])  # LeaseStarted: the engine is queued
     deployment.refresh_from_db()
