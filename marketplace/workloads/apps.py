@@ -9,3 +9,4 @@ class WorkloadsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the follower that turns lease and training events into job state.
         from marketplace.workloads import followers  # noqa: F401
+        from marketplace.workloads import tasks  # noqa: F401  (a batch's runner, sent by name)

@@ -130,7 +130,12 @@ CHAT_CASES = [
     ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
     # a speaker's name has no place in the models' chat templates: refused, not dropped
     (
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Yo", "name": "bo"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "user", "content": "Yo", "name": "bo"},
+            ]
+        },
         "messages[1].name",
     ),
 ]
