@@ -25,6 +25,7 @@ the batch discount.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -220,10 +221,11 @@ def _worker(batch: Batch, deployment: Deployment, token: str, stop: threading.Ev
             request = _request_claim(batch, token)
             if request is None:
                 return
-            _request_run(batch, deployment, request, token)
-    except Exception:
-        logger.exception("a batch worker failed", extra={"batch": batch.public_id})
-        stop.set()
+            try:
+                _request_run(batch, deployment, request, token)
+            except Exception:
+                logger.exception("a batch request failed", extra={"request": request.public_id})
+                _request_retry_or_fail(request, token, GenerationFailed("recording it failed"))
     finally:
         connection.close()
 
@@ -271,23 +273,46 @@ def _request_run(batch: Batch, deployment: Deployment, request: BatchRequest, to
     except Exception as exc:
         if not isinstance(exc, ApplicationError):
             logger.exception("a batch request failed", extra={"request": request.public_id})
-            exc = GenerationFailed(f"generating {request.public_id} failed; it is retried")
-        if request.failures + 1 < MAX_FAILURES and exc.status_code >= 500:
-            _mine(request, token).update(
-                state=BatchRequest.State.PENDING,
-                claimed_by="",
-                claimed_until=None,
-                failures=F("failures") + 1,
-            )
+            exc = GenerationFailed(f"generating {request.public_id} failed")
+        if exc.status_code >= 500:
+            _request_retry_or_fail(request, token, exc)
             return
         status, body, usage = exc.status_code, openai_error_body(exc), (0, 0)
+    _request_record(request, token, status, relay_id, body, usage)
+
+
+def _request_record(
+    request: BatchRequest,
+    token: str,
+    status: int,
+    relay_id: str,
+    body: dict[str, Any],
+    usage: tuple[int, int],
+) -> None:
+    response = {"status_code": status, "request_id": relay_id, "body": body}
     _mine(request, token).update(
         state=BatchRequest.State.COMPLETED if status == 200 else BatchRequest.State.FAILED,
         status_code=status,
-        response={"status_code": status, "request_id": relay_id, "body": body},
+        response=json.dumps(response, separators=(",", ":")),
         prompt_tokens=usage[0],
         completion_tokens=usage[1],
         finished_at=timezone.now(),
+    )
+
+
+def _request_retry_or_fail(request: BatchRequest, token: str, exc: ApplicationError) -> None:
+    """A failure on our side: pending again, to run again, up to MAX_FAILURES times;
+    then failed with the error its online route would have answered."""
+    if request.failures + 1 < MAX_FAILURES:
+        _mine(request, token).update(
+            state=BatchRequest.State.PENDING,
+            claimed_by="",
+            claimed_until=None,
+            failures=F("failures") + 1,
+        )
+        return
+    _request_record(
+        request, token, exc.status_code, request.public_id, openai_error_body(exc), (0, 0)
     )
 
 

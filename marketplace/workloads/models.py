@@ -418,7 +418,9 @@ class BatchRequest(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     failures = models.PositiveIntegerField(default=0)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    response = models.JSONField(null=True, blank=True)
+    # The output file's ``response`` as JSON text, ASCII with escapes: generated text
+    # may hold characters (NUL) that PostgreSQL's jsonb refuses.
+    response = models.TextField(blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)

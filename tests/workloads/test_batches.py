@@ -182,7 +182,7 @@ def test_cancel_stops_pending_requests_and_finalizes_with_an_error_file(cast):
     # one request already ran (as a runner would have recorded it)
     done = BatchRequest.objects.get(batch__public_id=batch_id, line=1)
     done.state, done.status_code = "completed", 200
-    done.response = {"status_code": 200, "request_id": "x", "body": {"id": "chatcmpl-1"}}
+    done.response = json.dumps({"status_code": 200, "request_id": "x", "body": {"id": "c-1"}})
     done.save()
 
     cancelling = buyer.post(f"/v1/batches/{batch_id}/cancel")

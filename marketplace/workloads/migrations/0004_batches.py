@@ -51,7 +51,7 @@ class Migration(migrations.Migration):
                 ('attempts', models.PositiveIntegerField(default=0)),
                 ('failures', models.PositiveIntegerField(default=0)),
                 ('status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('response', models.JSONField(blank=True, null=True)),
+                ('response', models.TextField(blank=True, default='')),
                 ('prompt_tokens', models.PositiveIntegerField(default=0)),
                 ('completion_tokens', models.PositiveIntegerField(default=0)),
                 ('finished_at', models.DateTimeField(blank=True, null=True)),
