@@ -93,6 +93,9 @@ class Command(BaseCommand):
         # The fine-tuned model served: an inference deployment of the buyer, leased on
         # the provider's GPUs; its engine waits for the demo node's agent (make run).
         deployment = workloads.serve(job=job)
+        # A small batch on interruptible capacity (at the batch discount): make run's
+        # matching loop starts its runner, the demo node's agent serves it.
+        demo_batch = workloads.batch(buyer=buyer)
         # Inference tokens of the deployment and GPU-seconds of the settled L40S lease
         # (usage is accepted only for subjects the platform made). The fine-tune's
         # training tokens are the runtime's, metered per step while it trained: its
@@ -147,6 +150,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Fine-tuned model: {job.fine_tuned_model}; its invoice {job_invoice.number}"
             + (f"; this month's draft invoice id {draft.pk}" if draft is not None else "")
+        )
+        self.stdout.write(
+            f"Batch {demo_batch.public_id} ({demo_batch.total} requests, interruptible "
+            "capacity): GET /v1/batches/" + demo_batch.public_id
         )
         self.stdout.write("API keys (shown once; new ones each run):")
         for org, role, label in keys:
