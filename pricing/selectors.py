@@ -10,10 +10,10 @@ from django.db.models import QuerySet
 # The app's public surface for the apps above it:
 from pricing.book import BATCH_SERVICE_TIER as BATCH_SERVICE_TIER
 from pricing.book import BPS as BPS
-from pricing.book import batch_rate as batch_rate
 from pricing.book import DEFAULT_BOOK, PriceVersion, price_book
 from pricing.book import SECONDS_PER_HOUR as SECONDS_PER_HOUR
 from pricing.book import TOKENS_UNIT as TOKENS_UNIT
+from pricing.book import batch_rate as batch_rate
 from pricing.book import price_at as price_at
 from pricing.book import rate_for as rate_for
 from pricing.book import size_tier as size_tier
