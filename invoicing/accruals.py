@@ -51,6 +51,7 @@ _DIMS = (
     "gpu_model",
     "region",
     "node",
+    "service_tier",  # "batch": a batch's tokens, at the batch discount
 )
 PRODUCT_OF = {
     "tokens.training": "fine_tune",

@@ -35,7 +35,13 @@ class UsageForRating:
     dimensions: dict[str, object]  # only what pricing reads
 
 
-_RATED_DIMENSIONS = ("model", "training_type", "provider", "lease_price_micros_per_hour")
+_RATED_DIMENSIONS = (
+    "model",
+    "training_type",
+    "provider",
+    "lease_price_micros_per_hour",
+    "service_tier",  # "batch": tokens of a batch, at the price book's batch discount
+)
 
 
 def usage_for_rating(*, ranges: Sequence[Sequence[int]]) -> list[UsageForRating]:

@@ -11,7 +11,11 @@ month again, or rating late usage, always uses the prices of its own time.
   name: ``…-8b`` is up to 16B parameters) and training type (LoRA/full × SFT/DPO);
   evaluation (validation) tokens at the job's training rate, as in the estimate
   ``(training * epochs + validation * evaluations) * rate``.
-- Inference is priced per 1M prompt and per 1M completion tokens by tier.
+- Inference is priced per 1M prompt and per 1M completion tokens by tier. Tokens of
+  a batch (usage with ``service_tier=batch``: run on interruptible capacity) are
+  priced at the tier's rate less its batch discount (basis points, per tier), the
+  discounted rate rounded half-even to a micro-unit per 1M tokens once, so every
+  amount is still ``quantity x rate / unit`` rounded once.
 - GPU-seconds of a raw lease are priced at the lease's own price per GPU-hour, paid to
   the provider; the platform fee (basis points, from the price book) is added on top.
 
@@ -38,12 +42,15 @@ from functools import lru_cache
 from django.conf import settings
 from django.db.models import Count, Max
 
+from core.money import rate_amount
 from pricing.models import Price
 
 TOKENS_UNIT = 1_000_000
 SECONDS_PER_HOUR = 3600
 BPS = 10_000
 PLATFORM_FEE_BPS = 1_000  # the default: 10% of the lease price, paid by the buyer on top
+BATCH_DISCOUNT_BPS = 5_000  # the default: batch tokens at half the online price
+BATCH_SERVICE_TIER = "batch"  # the usage dimension ``service_tier`` of a batch's tokens
 PRICE_CHANGE_LEAD = timedelta(minutes=15)
 PRICEBOOK_CACHE_SECONDS = 10.0
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -82,6 +89,8 @@ DEFAULT_BOOK: dict[tuple[str, str, str], int] = {
         }.items()
         for variant, value in zip(INFERENCE_VARIANTS, values, strict=True)
     },
+    # Batches run on interruptible capacity: half the online token price, per tier.
+    **{("batch_discount", tier, ""): BATCH_DISCOUNT_BPS for tier in TIER_NAMES},
     ("gpu_lease_fee", "", ""): PLATFORM_FEE_BPS,
     ("fine_tune_minimum", "", ""): 5_000_000,
     ("welcome_credit", "", ""): 25_000_000,
@@ -104,6 +113,13 @@ class Rate:
 def _size_billions(model: str) -> float | None:
     sizes = [float(n) / (1000 if unit.lower() == "m" else 1) for n, unit in _SIZE.findall(model)]
     return max(sizes) if sizes else None
+
+
+def batch_rate(rate_micros: int, discount_bps: int) -> int:
+    """An online token rate less a batch discount in basis points (0 to 10,000),
+    rounded half-even to a micro-unit per 1M tokens: integers throughout."""
+    discount = min(max(discount_bps, 0), BPS)
+    return rate_amount(rate_micros, BPS - discount, BPS)
 
 
 @lru_cache(maxsize=4096)
@@ -223,5 +239,13 @@ def rate_for(usage_type: str, dimensions: Mapping[str, object], at: datetime) ->
     if usage_type in ("tokens.prompt", "tokens.completion"):
         variant = usage_type.split(".", 1)[1]
         version = book.at("inference", tier, variant, currency, at)
+        if dimensions.get("service_tier") == BATCH_SERVICE_TIER:
+            discount = book.at("batch_discount", tier, "", currency, at).value
+            return Rate(
+                batch_rate(version.value, discount),
+                TOKENS_UNIT,
+                currency,
+                label=f"{tier} batch inference {variant}",
+            )
         return Rate(version.value, TOKENS_UNIT, currency, label=f"{tier} inference {variant}")
     raise KeyError(f"no price for usage type {usage_type!r}")

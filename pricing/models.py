@@ -19,6 +19,8 @@ class Price(models.Model):
     class Item(models.TextChoices):
         FINE_TUNE = "fine_tune"  # µ per 1M training or evaluation tokens; tier, variant
         INFERENCE = "inference"  # µ per 1M tokens; tier, variant prompt|completion
+        # basis points off the inference rate for a batch's tokens; tier
+        BATCH_DISCOUNT = "batch_discount"
         GPU_LEASE_FEE = "gpu_lease_fee"  # basis points on top of the lease price
         FINE_TUNE_MINIMUM = "fine_tune_minimum"  # µ per fine-tune job
         WELCOME_CREDIT = "welcome_credit"  # µ granted to a new buyer organization

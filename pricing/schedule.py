@@ -39,12 +39,14 @@ MAX_PASSES = 1000
 ITEM_SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Price.Item.FINE_TUNE: (TIER_NAMES, TRAINING_TYPES),
     Price.Item.INFERENCE: (TIER_NAMES, INFERENCE_VARIANTS),
+    Price.Item.BATCH_DISCOUNT: (TIER_NAMES, ("",)),
     Price.Item.GPU_LEASE_FEE: (("",), ("",)),
     Price.Item.FINE_TUNE_MINIMUM: (("",), ("",)),
     Price.Item.WELCOME_CREDIT: (("",), ("",)),
     Price.Item.WELCOME_CREDIT_DAYS: (("",), ("",)),
 }
 ITEM_LIMITS: dict[str, int] = {
+    Price.Item.BATCH_DISCOUNT: 10_000,
     Price.Item.GPU_LEASE_FEE: 10_000,
     Price.Item.WELCOME_CREDIT_DAYS: 3660,
 }

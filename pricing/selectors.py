@@ -8,10 +8,12 @@ from datetime import datetime
 from django.db.models import QuerySet
 
 # The app's public surface for the apps above it:
+from pricing.book import BATCH_SERVICE_TIER as BATCH_SERVICE_TIER
 from pricing.book import BPS as BPS
 from pricing.book import DEFAULT_BOOK, PriceVersion, price_book
 from pricing.book import SECONDS_PER_HOUR as SECONDS_PER_HOUR
 from pricing.book import TOKENS_UNIT as TOKENS_UNIT
+from pricing.book import batch_rate as batch_rate
 from pricing.book import price_at as price_at
 from pricing.book import rate_for as rate_for
 from pricing.book import size_tier as size_tier
@@ -62,6 +64,7 @@ def price_versions(*, item: str | None = None, currency: str | None = None) -> Q
 PRICE_UNITS: dict[str, str] = {
     Price.Item.FINE_TUNE: "micros per 1M training or evaluation tokens",
     Price.Item.INFERENCE: "micros per 1M tokens",
+    Price.Item.BATCH_DISCOUNT: "basis points off the inference price for batch tokens",
     Price.Item.GPU_LEASE_FEE: "basis points on top of the lease price",
     Price.Item.FINE_TUNE_MINIMUM: "micros per fine-tune job",
     Price.Item.WELCOME_CREDIT: "micros granted to a new buyer",

@@ -183,10 +183,11 @@ def _token_lines(
             window=Trunc("occurred_at", granularity),
             model=KeyTextTransform("model", "dimensions"),
             training=KeyTextTransform("training_type", "dimensions"),
+            tier=KeyTextTransform("service_tier", "dimensions"),
         )
-        .values("window", "type", "model", "training")
+        .values("window", "type", "model", "training", "tier")
         .annotate(quantity=Sum("quantity"))
-        .order_by("window", "type", "model", "training")
+        .order_by("window", "type", "model", "training", "tier")
     )
     lines = []
     for row in rows:
@@ -194,6 +195,8 @@ def _token_lines(
         dimensions = {"model": row["model"] or ""}
         if row["training"]:
             dimensions["training_type"] = row["training"]
+        if row["tier"]:  # a batch's tokens, at the batch discount
+            dimensions["service_tier"] = row["tier"]
         rate = rate_for(row["type"], dimensions, window)
         cost = rate_amount(int(row["quantity"]), rate.rate_micros, rate.unit)
         lines.append(

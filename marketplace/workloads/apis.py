@@ -43,6 +43,13 @@ from core.tenancy import get_caller
 from marketplace.workloads import files as workload_files
 from marketplace.workloads import gateway, inference, inputs, jobs, selectors, shapes
 from marketplace.workloads import ports as external
+from marketplace.workloads.completions import (
+    EMBEDDING_INPUTS_MAX,
+    completion_object,
+    embedding_object,
+    tool_calls_for,
+    usage_object,
+)
 from marketplace.workloads.errors import (
     invalid,
     not_found,
@@ -50,7 +57,6 @@ from marketplace.workloads.errors import (
     openai_exception_handler,
 )
 from marketplace.workloads.storage import file_storage
-from marketplace.workloads.structured import tool_calls_from
 
 UPLOAD_SALT = "workloads.file-upload"
 UPLOAD_URL_MAX_AGE = 3600
@@ -680,39 +686,17 @@ class _CompletionApi(V1Api):
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        text, finish, usage = [], "stop", (0, 0)
-        for chunk in chunks:
-            text.append(chunk.text)
-            if chunk.finish_reason is not None:
-                finish = chunk.finish_reason
-                usage = (chunk.prompt_tokens or 0, chunk.completion_tokens or 0)
-        content = "".join(text)
-        choice: dict[str, Any]
-        if self.chat:
-            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-            calls = _tool_calls(content, finish, generation)
-            if calls is not None:
-                message = {**message, "content": None, "tool_calls": calls}
-                finish = "tool_calls"
-            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-        else:
-            choice = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
-        if self.chat:
-            kind = "chat.completion"
-        else:
-            kind = "text.completion" if together else "text_completion"
-        answer: dict[str, Any] = {
-            "id": request_id,
-            "object": kind,
-            "created": created,
-            "model": served.name,
-            "choices": [choice],
-            "usage": _usage(*usage),
-            "system_fingerprint": None,
-        }
-        if together and not self.chat:
-            answer["prompt"] = []  # Together's field for echo, which is not offered
-        return Response(answer)
+        return Response(
+            completion_object(
+                chunks,
+                request_id=request_id,
+                created=created,
+                model=served.name,
+                chat=self.chat,
+                together=together,
+                generation=generation,
+            )
+        )
 
     def _stream(
         self,
@@ -756,13 +740,13 @@ class _CompletionApi(V1Api):
                 if include_usage:
                     extra["usage"] = None
                 if together and finish is not None:
-                    extra["usage"] = _usage(*usage)
+                    extra["usage"] = usage_object(*usage)
                 if self.chat:
                     delta: dict[str, Any] = {"role": "assistant"}
                     if hold:
                         held.append(text)
                         text = "" if finish is None else "".join(held)
-                        calls = _tool_calls(text, finish, generation) if finish else None
+                        calls = tool_calls_for(text, finish, generation) if finish else None
                         if calls is not None:
                             delta["tool_calls"] = [{"index": 0, **call} for call in calls]
                             finish, text = "tool_calls", ""
@@ -787,26 +771,8 @@ class _CompletionApi(V1Api):
             return
         if include_usage and not together:
             # OpenAI's last chunk: no choices, the request's exact usage.
-            yield _sse({**base, "choices": [], "usage": _usage(*usage)})
+            yield _sse({**base, "choices": [], "usage": usage_object(*usage)})
         yield b"data: [DONE]\n\n"
-
-
-def _tool_calls(
-    text: str, finish: str | None, generation: GenerationRequest
-) -> list[dict[str, Any]] | None:
-    """The answer as tool calls, when the request allowed them and the text is one
-    (a call cut by max_tokens stays text, with finish_reason length)."""
-    if finish != "stop" or generation.tool_choice == "none":
-        return None
-    return tool_calls_from(text, generation.tools)
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
 
 
 class ChatCompletionApi(_CompletionApi):
@@ -827,10 +793,6 @@ class CompletionApi(_CompletionApi):
     )
     def post(self, request: Request) -> Any:
         return super().post(request)
-
-
-# The inputs one embeddings request may carry (each within the model's context).
-EMBEDDING_INPUTS_MAX = 128
 
 
 class EmbeddingsApi(V1Api):
@@ -862,33 +824,7 @@ class EmbeddingsApi(V1Api):
             texts=texts,
             request_id=f"emb-{uuid.uuid4().hex}",
         )
-        data = [
-            {
-                "object": "embedding",
-                "index": index,
-                "embedding": _base64_floats(vector) if encoding == "base64" else vector,
-            }
-            for index, vector in enumerate(result.vectors)
-        ]
-        return Response(
-            {
-                "object": "list",
-                "data": data,
-                "model": served.name,
-                "usage": {
-                    "prompt_tokens": result.prompt_tokens,
-                    "total_tokens": result.prompt_tokens,
-                },
-            }
-        )
-
-
-def _base64_floats(vector: list[float]) -> str:
-    """OpenAI's base64 encoding: the little-endian float32 bytes, base64."""
-    import base64
-    import struct
-
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return Response(embedding_object(result, encoding=encoding, model=served.name))
 
 
 class ModelListApi(V1Api):

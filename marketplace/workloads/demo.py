@@ -18,14 +18,15 @@ is returned as it is.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from core.followers import followers_run_until_idle
 from core.models import Organization
+from marketplace.workloads import batches, inference, jobs
 from marketplace.workloads import files as workload_files
-from marketplace.workloads import inference, jobs
 from marketplace.workloads.followers import WorkloadsFollower
-from marketplace.workloads.models import Deployment, FineTuneJob
+from marketplace.workloads.models import Batch, Deployment, FineTuneJob
 
 SAMPLE = Path(__file__).parent / "samples" / "adder.jsonl"
 MODEL = "tandem/tiny-llama"
@@ -169,7 +170,7 @@ def serve(*, job: FineTuneJob) -> Deployment:
     served = inference.model_resolve(organization=job.organization, name=job.fine_tuned_model)
     # What deployment_acquire does first, without its wait for the node's engine:
     # nothing else runs matching or the follower while the demo loads, so they run here.
-    deployment = inference._deployment_live(organization=job.organization, served=served)
+    deployment = inference.deployment_live(organization=job.organization, served=served)
     matching_round()
     followers_run_until_idle([WorkloadsFollower()])  # LeaseStarted: the engine is queued
     deployment.refresh_from_db()
@@ -179,3 +180,44 @@ def serve(*, job: FineTuneJob) -> Deployment:
             "(is the provider demo loaded?)"
         )
     return deployment
+
+
+BATCH_QUESTIONS = [f"What is {a} plus {b}?" for a, b in [(1, 2), (2, 5), (3, 3), (4, 8), (6, 7)]]
+
+
+def batch(*, buyer: Organization) -> Batch:
+    """A small OpenAI batch of the buyer's (five questions to the tiny model), run on
+    interruptible capacity at the batch discount. Created here, run by ``make run``:
+    the matching loop finds it without a runner and starts one, whose deployment's
+    interruptible order leases spare GPUs on the demo node; the node's agent serves
+    it. Safe to run again: the demo's batch is returned as it is."""
+    found = Batch.objects.filter(organization=buyer, metadata__demo="batch").first()
+    if found is not None:
+        return found
+    lines = "".join(
+        json.dumps(
+            {
+                "custom_id": f"question-{n}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": question}],
+                    "max_tokens": 16,
+                    "seed": n,
+                },
+            }
+        )
+        + "\n"
+        for n, question in enumerate(BATCH_QUESTIONS)
+    )
+    file = workload_files.file_upload(
+        organization=buyer, purpose="batch", filename="questions.jsonl", chunks=[lines.encode()]
+    )
+    return batches.batch_create(
+        organization=buyer,
+        input_file_id=file.public_id,
+        endpoint="/v1/chat/completions",
+        completion_window=batches.COMPLETION_WINDOW,
+        metadata={"demo": "batch"},
+    )

@@ -153,6 +153,29 @@ def inference_stream(
     the node sends it in one reply at the end (a node lost before then has sent no
     completion tokens, and none are billed)."""
     deployment = _acquire(organization, served)
+    return inference_stream_on(
+        organization=organization,
+        deployment=deployment,
+        request=request,
+        request_id=request_id,
+        stream=stream,
+    )
+
+
+def inference_stream_on(
+    *,
+    organization: Organization,
+    deployment: Deployment,
+    request: GenerationRequest,
+    request_id: str,
+    stream: bool = True,
+    service_tier: str = "",
+    usage_id: str = "",
+) -> Iterator[GenerationChunk]:
+    """``inference_stream`` on a deployment already acquired (a batch's runner holds
+    its interruptible one); ``service_tier`` goes on the usage (``batch``), whose ids
+    are ``usage_id``'s when given (a batch request's, the same on every attempt, so it
+    is billed once) and the request's otherwise."""
     queues = relay()
     queues.submit(
         deployment_id=deployment.public_id,
@@ -176,10 +199,11 @@ def inference_stream(
         inference_usage_record(
             organization=organization,
             deployment=deployment,
-            request_id=request_id,
+            request_id=usage_id or request_id,
             prompt_tokens=0,
             completion_tokens=0,
             complete=False,
+            service_tier=service_tier,
         )
         raise
     # Accepted: the engine read the prompt, which is billed whatever happens next.
@@ -191,6 +215,8 @@ def inference_stream(
         request_id=request_id,
         replies=replies,
         prompt_tokens=prompt_tokens,
+        service_tier=service_tier,
+        usage_id=usage_id or request_id,
     )
 
 
@@ -202,6 +228,8 @@ def _relayed(
     request_id: str,
     replies: Iterator[dict[str, Any]],
     prompt_tokens: int,
+    service_tier: str,
+    usage_id: str,
 ) -> Iterator[GenerationChunk]:
     received: list[str] = []
     completion: int | None = None  # counted once the last chunk is in
@@ -229,7 +257,7 @@ def _relayed(
         inference_usage_record(
             organization=organization,
             deployment=deployment,
-            request_id=request_id,
+            request_id=usage_id,
             prompt_tokens=prompt_tokens,
             completion_tokens=(
                 completion
@@ -237,6 +265,7 @@ def _relayed(
                 else _completion_tokens(deployment, request, received, stopped=False)
             ),
             complete=completion is not None,
+            service_tier=service_tier,
         )
 
 
@@ -258,6 +287,22 @@ def embeddings_create(
     cold model answers 503 in time) and meter the tokens read, counted here with the
     model's tokenizer, as the deployment's ``tokens.prompt``."""
     deployment = _acquire(organization, served)
+    return embeddings_create_on(
+        organization=organization, deployment=deployment, texts=texts, request_id=request_id
+    )
+
+
+def embeddings_create_on(
+    *,
+    organization: Organization,
+    deployment: Deployment,
+    texts: list[str],
+    request_id: str,
+    service_tier: str = "",
+    usage_id: str = "",
+) -> EmbeddingResult:
+    """``embeddings_create`` on a deployment already acquired (a batch's); usage as
+    ``inference_stream_on`` records it."""
     queues = relay()
     queues.submit(
         deployment_id=deployment.public_id,
@@ -285,9 +330,10 @@ def embeddings_create(
     inference_usage_record(
         organization=organization,
         deployment=deployment,
-        request_id=request_id,
+        request_id=usage_id or request_id,
         prompt_tokens=prompt_tokens,
         completion_tokens=0,
         complete=True,
+        service_tier=service_tier,
     )
     return EmbeddingResult(vectors=vectors, prompt_tokens=prompt_tokens)

@@ -118,18 +118,25 @@ def _order_organization(*, organization: Organization, served: ServedModel) -> O
     return operator or organization
 
 
-def _deployment_live(*, organization: Organization, served: ServedModel) -> Deployment:
-    """The live deployment of ``served``, counted as asked for now; or a new one,
+def deployment_live(
+    *,
+    organization: Organization,
+    served: ServedModel,
+    capacity: str = Deployment.Capacity.ON_DEMAND,
+) -> Deployment:
+    """The live deployment of ``served`` on ``capacity`` (on demand for online
+    requests, interruptible for batches), counted as asked for now; or a new one,
     created with its order in one transaction. Concurrent first requests meet on the
     unique live-deployment constraint: the losers' inserts (and so their orders) roll
     back, and they share the winner's. A starting deployment whose order left the book
     unfilled (expired, cancelled) is stopped and replaced."""
     now = timezone.now()
-    deployment = Deployment.objects.filter(model=served.name).exclude(status="stopped").first()
+    live = Deployment.objects.filter(model=served.name, capacity=capacity)
+    deployment = live.exclude(status="stopped").first()
     if deployment is not None and deployment.status == Deployment.Status.STARTING:
         if not deployment.lease_ref and not order_live(deployment.order_ref):
             deployment_stop(deployment=deployment, reason="its order left the book unfilled")
-            return _deployment_live(organization=organization, served=served)
+            return deployment_live(organization=organization, served=served, capacity=capacity)
         # Asked for: its idle time starts again (the claim in deployment_stop sees it).
         Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.STARTING).update(
             last_request_at=now
@@ -144,6 +151,7 @@ def _deployment_live(*, organization: Organization, served: ServedModel) -> Depl
                 public_id=public_id,
                 organization=served.organization,
                 model=served.name,
+                capacity=capacity,
                 base_model=served.base_model,
                 adapter_path=served.adapter_path,
                 idle_timeout_seconds=settings.INFERENCE_IDLE_SECONDS,
@@ -156,13 +164,14 @@ def _deployment_live(*, organization: Organization, served: ServedModel) -> Depl
                 gpus=gpus_for(card, "serve") if card else 1,
                 workload_kind="inference",
                 workload_id=public_id,
+                interruptible=capacity == Deployment.Capacity.INTERRUPTIBLE,
             )
             deployment.save(update_fields=["order_ref"])
     except IntegrityError:
         # Another request created it first (and placed its order).
-        if not Deployment.objects.filter(model=served.name).exclude(status="stopped").exists():
+        if not live.exclude(status="stopped").exists():
             raise
-        return _deployment_live(organization=organization, served=served)
+        return deployment_live(organization=organization, served=served, capacity=capacity)
     return deployment
 
 
@@ -178,7 +187,7 @@ def deployment_acquire(*, organization: Organization, served: ServedModel) -> De
     timeout = float(settings.INFERENCE_START_TIMEOUT_SECONDS)
     deadline = time.monotonic() + timeout
     pause = 0.05
-    deployment = _deployment_live(organization=organization, served=served)
+    deployment = deployment_live(organization=organization, served=served)
     while True:
         if deployment.status == Deployment.Status.READY:
             serving = external.serving_state(deployment_id=deployment.public_id)
@@ -199,7 +208,7 @@ def deployment_acquire(*, organization: Organization, served: ServedModel) -> De
             # Its lease ended before it served (preempted, node failed): start another.
             if time.monotonic() >= deadline:
                 raise _model_unavailable(deployment, timeout)
-            deployment = _deployment_live(organization=organization, served=served)
+            deployment = deployment_live(organization=organization, served=served)
             continue
         elif deployment.lease_ref:
             serving = external.serving_state(deployment_id=deployment.public_id)
@@ -297,21 +306,25 @@ def inference_usage_record(
     prompt_tokens: int,
     completion_tokens: int,
     complete: bool,
+    service_tier: str = "",
 ) -> None:
     """Meter the request's exact token counts (the engine's, from its last chunk;
     for a stream the client left, the tokens generated until then) and count it on
     its deployment. The usage ids are the request's, so a retry of the recording is
-    not billed twice."""
+    not billed twice. ``service_tier`` ``batch``: a batch's request, rated at the
+    price book's batch discount."""
     now = timezone.now()
     # Priced by the base model's tier: a fine-tuned model serves at its base's rate.
     dimensions: dict[str, str | int] = {"model": deployment.base_model}
     # A dedicated replica's lease is its bill (per minute): its tokens are counted on
     # the deployment, never metered for a per-token charge as well.
     metered = deployment.dedicated_id is None
+    if service_tier:
+        dimensions["service_tier"] = service_tier
     records = [
         UsageRecord(
             id=f"{request_id}:{kind}",
-            source="api/inference",
+            source="api/batch" if service_tier else "api/inference",
             type=f"tokens.{kind}",
             organization_id=organization.pk,
             subject_kind="deployment",

@@ -255,6 +255,18 @@ def _messages(value: Any) -> list[dict[str, Any]]:
                 "each message needs a role of system, developer, user, assistant or tool",
                 param=f"{where}.role",
             )
+        if message.get("name") is not None:
+            # The served models' chat templates have no place for a participant's
+            # name (runtime/registry.py: role and content only). Dropping it would
+            # answer a prompt the caller did not write (two speakers read as one);
+            # folding it into the content would be a prompt the model was not trained
+            # on. So it is refused, and the caller decides.
+            raise invalid(
+                f"{where}.name is not supported: this server's chat templates render a "
+                "message's role and content only; put the speaker's name in the content",
+                param=f"{where}.name",
+                code="unsupported_parameter",
+            )
         content = message.get("content")
         if role == "assistant" and message.get("tool_calls") is not None:
             calls = _tool_calls(message["tool_calls"], where=f"{where}.tool_calls")

@@ -55,11 +55,14 @@ def order_place_managed(
     gpus: int,
     workload_kind: str,
     workload_id: str,
+    interruptible: bool = False,
 ) -> str:
     """Place the order of managed work (a fine-tune job, an inference deployment):
-    standing, open-ended and on demand, for ``gpus`` GPUs of one node, at most the
-    platform's limit price. The lease is the platform's cost (the buyer pays per
-    token), so the order reserves no buyer credit. Returns the order's id."""
+    standing, open-ended and on demand (``interruptible``: on spare GPUs that an
+    on-demand order may preempt, as a batch's deployment runs), for ``gpus`` GPUs of
+    one node, at most the platform's limit price. The lease is the platform's cost
+    (the buyer pays per token), so the order reserves no buyer credit. Returns the
+    order's id."""
     from marketplace import services as market
     from marketplace.models import Order
     from providers import catalog
@@ -74,7 +77,7 @@ def order_place_managed(
             # Any GPU in the catalog with the memory each GPU's share needs.
             gpu_models=[m.slug for m in catalog.CATALOG],
             min_gpu_memory_gib=max(1, math.ceil(need_gib / gpus)),
-            kind=Order.Kind.ON_DEMAND,
+            kind=Order.Kind.INTERRUPTIBLE if interruptible else Order.Kind.ON_DEMAND,
             time_in_force=Order.TimeInForce.STANDING,
             duration_seconds=None,
         ),

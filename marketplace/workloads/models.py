@@ -215,9 +215,16 @@ class Deployment(models.Model):
         READY = "ready"
         STOPPED = "stopped"
 
+    class Capacity(models.TextChoices):
+        # Online requests: an on-demand lease, never preempted.
+        ON_DEMAND = "on_demand"
+        # Batches: an interruptible lease on spare GPUs, cheaper and preemptible.
+        INTERRUPTIBLE = "interruptible"
+
     public_id = models.CharField(max_length=40, unique=True)
     organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.PROTECT)
     model = models.CharField(max_length=255)
+    capacity = models.CharField(max_length=16, choices=Capacity.choices, default=Capacity.ON_DEMAND)
     base_model = models.CharField(max_length=200)
     adapter_path = models.CharField(max_length=500, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING)
@@ -247,10 +254,15 @@ class Deployment(models.Model):
                 condition=Q(status__in=["starting", "ready", "stopped"]),
                 name="workload_deployment_status_valid",
             ),
-            # At most one live deployment per model: concurrent first requests for a
-            # cold model start one engine, not several.
+            models.CheckConstraint(
+                condition=Q(capacity__in=["on_demand", "interruptible"]),
+                name="workload_deployment_capacity_valid",
+            ),
+            # At most one live deployment per model and capacity: concurrent first
+            # requests for a cold model start one engine, not several (batches run on
+            # the model's interruptible one, online requests on its on-demand one).
             models.UniqueConstraint(
-                fields=["model"],
+                fields=["model", "capacity"],
                 condition=~Q(status="stopped"),
                 name="workload_deployment_one_live_per_model",
             ),
@@ -399,3 +411,141 @@ class RelayReply(models.Model):
 
     def __str__(self) -> str:
         return f"reply {self.pk} to {self.request_id}"
+
+
+class Batch(models.Model):
+    """An OpenAI batch: the requests of one uploaded JSONL file (``purpose=batch``),
+    run on interruptible capacity at the price book's batch discount. The requests
+    are rows (``BatchRequest``), so progress survives any process; the results go
+    to an output and an error file when the batch finalizes."""
+
+    class Status(models.TextChoices):
+        VALIDATING = "validating"
+        FAILED = "failed"
+        IN_PROGRESS = "in_progress"
+        FINALIZING = "finalizing"
+        COMPLETED = "completed"
+        EXPIRED = "expired"
+        CANCELLING = "cancelling"
+        CANCELLED = "cancelled"
+
+    TERMINAL = frozenset({Status.FAILED, Status.COMPLETED, Status.EXPIRED, Status.CANCELLED})
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT)
+    input_file = models.ForeignKey(File, on_delete=models.PROTECT, related_name="+")
+    output_file = models.ForeignKey(
+        File, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    error_file = models.ForeignKey(
+        File, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    endpoint = models.CharField(max_length=40)
+    completion_window = models.CharField(max_length=8, default="24h")
+    model = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    metadata = models.JSONField(null=True, blank=True)
+    # {"object": "list", "data": [{code, line, message, param}]} when it failed.
+    errors = models.JSONField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0)
+    # The one runner working on it: claimed with a conditional update, renewed while
+    # it runs; a runner that died is replaced once ``runner_until`` passes.
+    runner_token = models.CharField(max_length=32, blank=True, default="")
+    runner_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    in_progress_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    finalizing_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+    cancelling_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "validating",
+                        "failed",
+                        "in_progress",
+                        "finalizing",
+                        "completed",
+                        "expired",
+                        "cancelling",
+                        "cancelled",
+                    ]
+                ),
+                name="workload_batch_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "-id"], name="workload_batch_org"),
+            models.Index(
+                fields=["id"],
+                condition=Q(status__in=["in_progress", "finalizing", "cancelling"]),
+                name="workload_batch_live",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.status}"
+
+
+class BatchRequest(models.Model):
+    """One line of a batch's input file. ``pending`` until a runner claims it
+    (``running``, with its token and a deadline: a claim whose runner died is
+    taken again after it); then ``completed`` or ``failed`` with the response the
+    online route would have given, or ``cancelled`` / ``expired`` unrun. Its usage
+    is recorded under its own id, so it is billed once however often it ran."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        EXPIRED = "expired"
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="requests")
+    public_id = models.CharField(max_length=40, unique=True)
+    line = models.PositiveIntegerField()
+    custom_id = models.CharField(max_length=512)
+    body = models.JSONField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    claimed_by = models.CharField(max_length=32, blank=True, default="")
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The output file's ``response`` as JSON text, ASCII with escapes: generated text
+    # may hold characters (NUL) that PostgreSQL's jsonb refuses.
+    response = models.TextField(blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    state__in=["pending", "running", "completed", "failed", "cancelled", "expired"]
+                ),
+                name="workload_batch_request_state_valid",
+            ),
+            models.UniqueConstraint(fields=["batch", "line"], name="workload_batch_request_line"),
+            models.UniqueConstraint(
+                fields=["batch", "custom_id"], name="workload_batch_request_custom_id"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["batch", "line"],
+                condition=Q(state__in=["pending", "running"]),
+                name="workload_batch_request_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id} line {self.line} {self.state}"

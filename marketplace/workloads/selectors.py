@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db.models import Count, Model, Q, QuerySet, Sum
 
 from core.models import Organization
 from marketplace.workloads.errors import invalid, not_found
@@ -13,6 +13,8 @@ from marketplace.workloads.errors import invalid, not_found
 # Public for the apps above: a job's metrics and the base models on offer.
 from marketplace.workloads.metrics import job_metrics as job_metrics
 from marketplace.workloads.models import (
+    Batch,
+    BatchRequest,
     Deployment,
     File,
     FineTuneCheckpoint,
@@ -126,3 +128,56 @@ def page_after(queryset: QuerySet[Any], *, after: str | None, limit_raw: str | N
         queryset = queryset.filter(**{f"{field}__lt" if descending else f"{field}__gt": value})
     items = list(queryset[: limit + 1])
     return Page(items=items[:limit], has_more=len(items) > limit)
+
+
+# --- batches ---------------------------------------------------------------------
+
+
+def batch_get(*, organization: Organization, batch_id: str) -> Batch:
+    batch = (
+        Batch.objects.select_related("input_file", "output_file", "error_file")
+        .filter(organization=organization, public_id=batch_id)
+        .first()
+    )
+    if batch is None:
+        raise not_found("batch", batch_id)
+    return batch
+
+
+def batch_list(*, organization: Organization) -> QuerySet[Batch]:
+    return (
+        Batch.objects.select_related("input_file", "output_file", "error_file")
+        .filter(organization=organization)
+        .order_by("-pk")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    total: int
+    completed: int
+    failed: int  # failed, and (once it ended) cancelled or expired unrun
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def batch_progress(*, batch: Batch) -> BatchProgress:
+    done = BatchRequest.State.COMPLETED
+    not_done = [
+        BatchRequest.State.FAILED,
+        BatchRequest.State.CANCELLED,
+        BatchRequest.State.EXPIRED,
+    ]
+    found = BatchRequest.objects.filter(batch=batch).aggregate(
+        completed=Count("pk", filter=Q(state=done)),
+        failed=Count("pk", filter=Q(state__in=not_done)),
+        prompt=Sum("prompt_tokens", filter=Q(state=done)),
+        completion=Sum("completion_tokens", filter=Q(state=done)),
+    )
+    return BatchProgress(
+        total=batch.total,
+        completed=found["completed"],
+        failed=found["failed"],
+        prompt_tokens=found["prompt"] or 0,
+        completion_tokens=found["completion"] or 0,
+    )

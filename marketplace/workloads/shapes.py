@@ -360,6 +360,17 @@ def openai_job_request(data: Any) -> JobRequest:
 
 def together_job_request(data: Any) -> JobRequest:
     body = _dict(data, param="body")
+    if body.get("from_checkpoint"):
+        # Continuing from another job's checkpoint needs the trainer to start from
+        # that checkpoint's weights with a fresh optimizer and step count (its own
+        # resume restores all three); until it does, refused rather than trained from
+        # the base model as if the field were not there.
+        raise invalid(
+            "from_checkpoint is not supported yet: start from the base model, or keep "
+            "training a job by letting it run longer (more epochs)",
+            param="from_checkpoint",
+            code="unsupported_parameter",
+        )
     training_type = _dict(body.get("training_type"), param="training_type") or {"type": "Lora"}
     kind = training_type.get("type")
     if kind not in ("Lora", "Full"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from core.routing import by_method
-from marketplace.workloads import apis, deletion_apis
+from marketplace.workloads import apis, batch_apis, deletion_apis
 
 app_name = "workloads"
 
@@ -90,6 +90,14 @@ urlpatterns = [
         name="together-job-checkpoints",
     ),
     path("finetune/download", apis.TogetherDownloadApi.as_view(), name="together-download"),
+    # batches (OpenAI), on interruptible capacity
+    path(
+        "batches",
+        by_method(get=batch_apis.BatchListApi, post=batch_apis.BatchCreateApi),
+        name="batches",
+    ),
+    path("batches/<str:batch_id>", batch_apis.BatchDetailApi.as_view(), name="batch"),
+    path("batches/<str:batch_id>/cancel", batch_apis.BatchCancelApi.as_view(), name="batch-cancel"),
     # inference
     path("chat/completions", apis.ChatCompletionApi.as_view(), name="chat-completions"),
     path("completions", apis.CompletionApi.as_view(), name="completions"),

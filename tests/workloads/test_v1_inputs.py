@@ -128,6 +128,16 @@ CHAT_CASES = [
         "messages[1].tool_calls[0].function.arguments",
     ),
     ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
+    # a speaker's name has no place in the models' chat templates: refused, not dropped
+    (
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "user", "content": "Yo", "name": "bo"},
+            ]
+        },
+        "messages[1].name",
+    ),
 ]
 
 
@@ -233,6 +243,8 @@ def test_openai_job_fields_are_checked_at_the_edge(cast, training_file, change, 
         ({"random_seed": 2**70}, "seed"),
         ({"suffix": "\ud800"}, "suffix"),
         ({"wandb_api_key": "\ud800"}, "wandb_api_key"),
+        # not trained from the base model as if it were not there
+        ({"from_checkpoint": "ft-0123456789abcdef01234567:2"}, "from_checkpoint"),
         ({"extra": {"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}, None),
     ],
 )

@@ -99,6 +99,9 @@ class Command(BaseCommand):
         # A dedicated endpoint (Together's client.endpoints): the tiny model on one H100
         # replica, a lease of the buyer's billed per minute; served by the same agent.
         dedicated = market.endpoint(buyer=buyer)
+        # A small batch on interruptible capacity (at the batch discount): make run's
+        # matching loop starts its runner, the demo node's agent serves it.
+        demo_batch = workloads.batch(buyer=buyer)
         # Inference tokens of the deployment and GPU-seconds of the settled L40S lease
         # (usage is accepted only for subjects the platform made). The fine-tune's
         # training tokens are the runtime's, metered per step while it trained: its
@@ -167,6 +170,10 @@ class Command(BaseCommand):
             f"Dedicated endpoint: model {projects.project_slug(buyer)}/{dedicated.name} "
             f"(project {projects.project_id(buyer)}, GET /v2/projects/{projects.project_id(buyer)}"
             f"/endpoints/{dedicated.public_id})"
+        )
+        self.stdout.write(
+            f"Batch {demo_batch.public_id} ({demo_batch.total} requests, interruptible "
+            "capacity): GET /v1/batches/" + demo_batch.public_id
         )
         self.stdout.write("API keys (shown once; new ones each run):")
         for org, role, label in keys:

@@ -2,7 +2,8 @@
 
 Each pass follows the supply side's events (node failures, forced withdrawals), then
 runs one matching round (expire orders, move leases along in time, match), then stops
-inference deployments idle past their timeout (ending their leases), and ends node
+inference deployments idle past their timeout (ending their leases), expires batches
+past their window and restarts batch runners that died, and ends node
 assignments whose claim ran out (marketplace.assignments.services.assignments_reap). Safe to
 run on several machines at once: rounds take turns on an advisory lock, and the
 database refuses a double allocation whatever happens. Dramatiq's ``match_orders``
@@ -21,7 +22,7 @@ from core.followers import follower_run_once
 from marketplace import services
 from marketplace.assignments import services as assignments
 from marketplace.followers import supply_follower
-from marketplace.workloads import dedicated, inference
+from marketplace.workloads import batches, dedicated, inference
 
 
 class Command(BaseCommand):
@@ -62,6 +63,8 @@ class Command(BaseCommand):
             changed = dedicated.dedicated_tick()
             if changed:
                 self.stdout.write(f"placed or ended {changed} dedicated endpoint replica(s)")
+            # Batches past their window expire; a batch whose runner died gets another.
+            batches.batches_tick()
             if once:
                 return
             time.sleep(interval)
