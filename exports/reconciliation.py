@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
@@ -277,6 +278,26 @@ def reconciliation_compute(*, currency: str | None = None) -> Reconciliation:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         return _compute(currency)
+
+
+RECONCILIATION_CACHE_SECONDS = 300
+
+
+def reconciliation_report(*, currency: str | None = None, fresh: bool = False) -> Reconciliation:
+    """The reconciliation as the finance page shows it: computed once per position of
+    the event store (every posting, invoice and credit note is an event; one index
+    read tells whether the books moved) and kept at most
+    ``RECONCILIATION_CACHE_SECONDS``, so what moves without an event (a payment row
+    between its write and its posting) is read again within minutes. ``fresh``:
+    computed now, whatever is kept. The report says the position and time it is of."""
+    currency = currency or settings.TANDEM_CURRENCY
+    position = Event.objects.aggregate(p=Max("position"))["p"] or 0
+    key = f"exports:reconciliation:{currency}:{position}"
+    report = None if fresh else cache.get(key)
+    if report is None:
+        report = reconciliation_compute(currency=currency)
+        cache.set(key, report, timeout=RECONCILIATION_CACHE_SECONDS)
+    return report
 
 
 def _compute(currency: str) -> Reconciliation:

@@ -10,6 +10,7 @@ from exports.models import FinanceExport
 from exports.monthly_report import revenue_by_month as revenue_by_month
 from exports.reconciliation import Reconciliation as Reconciliation
 from exports.reconciliation import reconciliation_compute as reconciliation_compute
+from exports.reconciliation import reconciliation_report as reconciliation_report
 
 
 def exports_recent() -> QuerySet[FinanceExport]:

@@ -97,7 +97,7 @@ def reconciliation(request: HttpRequest) -> HttpResponse:
         )
     currency = form.cleaned_data.get("currency") if form.is_bound else None
     currency = currency or settings.TANDEM_CURRENCY
-    report = reports.reconciliation_compute(currency=currency)
+    report = reports.reconciliation_report(currency=currency, fresh="fresh" in request.GET)
     sections = [
         {"name": SECTION_NAMES.get(section.name, section.name), "section": section}
         for section in report.sections

@@ -418,6 +418,28 @@ def test_revenue_by_month_is_read_again_only_when_the_books_change(month, monkey
     assert int(after.loc[this_month, "adjustment"]) == 5_000_000
 
 
+def test_the_reconciliation_is_worked_out_again_when_the_books_move(month, monkeypatch):
+    # given: a report kept for the books as they are
+    first = reconciliation.reconciliation_report(currency="USD")
+
+    # when nothing moved: the kept report, not worked out again
+    def unread(**kwargs):
+        raise AssertionError("the reconciliation was worked out again for unchanged books")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reconciliation, "reconciliation_compute", unread)
+        assert reconciliation.reconciliation_report(currency="USD") is not None
+        # asked for fresh: worked out now, whatever is kept
+        with pytest.raises(AssertionError, match="worked out again"):
+            reconciliation.reconciliation_report(currency="USD", fresh=True)
+
+    # when the books move (a grant posts): worked out again, of the new position
+    grant(month.buyer_a, 1_000_000, "reconciliation-moves")
+    after = reconciliation.reconciliation_report(currency="USD")
+    assert after.position > first.position
+    assert not after.unexplained
+
+
 # --- the background export through the broker ---------------------------------------
 
 
