@@ -8,4 +8,7 @@ class WorkloadsConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the follower that turns lease and training events into job state.
-        from marketplace.workloads import followers  # noqa: F401
+        from marketplace.workloads import (
+            followers,  # noqa: F401
+            tasks,  # noqa: F401  (the actors, sent by name)
+        )

@@ -15,7 +15,10 @@ from django.conf import settings
 from core.eventstore import event_append, stream_version
 from core.models import Organization
 from core.ports import ModelCard
+from marketplace import services as market
+from marketplace.models import Lease, Order
 from marketplace.workloads import ports as external
+from providers import catalog
 
 # A GPU's memory as the order book sells it; the runtime's figures are per model.
 GPU_MEMORY_GIB = 80
@@ -59,10 +62,6 @@ def order_place_managed(
     standing, open-ended and on demand, for ``gpus`` GPUs of one node, at most the
     platform's limit price. The lease is the platform's cost (the buyer pays per
     token), so the order reserves no buyer credit. Returns the order's id."""
-    from marketplace import services as market
-    from marketplace.models import Order
-    from providers import catalog
-
     card = external.base_model(model)
     need_gib = gpu_memory_need_gib(card, work) if card else GPU_MEMORY_GIB
     order = market.order_place(
@@ -84,17 +83,12 @@ def order_place_managed(
 
 
 def order_cancel(order_ref: str, *, now: datetime | None = None) -> None:
-    from marketplace import services as market
-    from marketplace.models import Order
-
     order = Order.objects.filter(pk=int(order_ref)).first()
     if order is not None and order.state in Order.LIVE_STATES:
         market.order_cancel(order=order, now=now)
 
 
 def order_live(order_ref: str) -> bool:
-    from marketplace.models import Order
-
     return bool(order_ref) and (
         Order.objects.filter(pk=int(order_ref), state__in=Order.LIVE_STATES).exists()
     )
@@ -103,9 +97,6 @@ def order_live(order_ref: str) -> bool:
 def lease_end(lease_ref: str, reason: str, *, now: datetime | None = None) -> None:
     """End a live lease, billed to ``now`` (default: now): the provider's GPU-seconds
     are settled. A lease already closed is left as it is."""
-    from marketplace import services as market
-    from marketplace.models import Lease
-
     lease = Lease.objects.filter(pk=int(lease_ref)).first()
     if lease is not None and lease.state in Lease.LIVE_STATES:
         market.lease_end(lease=lease, reason=reason, now=now)
