@@ -6,7 +6,10 @@ class MarketplaceConfig(AppConfig):
 
     def ready(self) -> None:
         from core import ports
-        from marketplace import followers  # noqa: F401  (registers the supply follower)
+        from marketplace import (
+            followers,  # noqa: F401  (registers the supply follower)
+            tasks,  # noqa: F401  (the matching actor, sent by name)
+        )
         from marketplace.provenance import MarketplaceProvenance
 
         # Metering proves usage's subjects (leases, jobs, deployments) through this.

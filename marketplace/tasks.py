@@ -7,7 +7,7 @@ import dramatiq
 from marketplace import services
 
 
-@dramatiq.actor(queue_name="matching", max_retries=3)
+@dramatiq.actor(actor_name=services.MATCH_ORDERS_TASK, queue_name="matching", max_retries=3)
 def match_orders(order_id: int | None = None) -> None:
     """One matching round, asked for when an order is placed or re-queued, or an
     offer is listed. Rounds take turns (an advisory lock); one that finds another

@@ -25,6 +25,7 @@ from core.schema import error_responses
 from core.tenancy import get_caller
 from marketplace.assignments import blobs, selectors, services, serving, training
 from marketplace.assignments.models import Assignment
+from marketplace.models import Lease
 from providers.models import Node
 from providers.permissions import IsAgentKey, agent_node_or_404
 
@@ -485,8 +486,6 @@ class NodeRunUploadCommitApi(AgentApi):
 
 
 def _granted_lease_live(grant: blobs.Grant) -> None:
-    from marketplace.models import Lease
-
     state = Lease.objects.filter(pk=grant.lease_id).values_list("state", flat=True).first()
     if state != Lease.State.ACTIVE:
         raise Forbidden(

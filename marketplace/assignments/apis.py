@@ -18,10 +18,10 @@ from rest_framework.views import APIView
 from core.converters import BIGINT_MAX, query_int
 from core.idempotency import idempotent
 from core.pagination import page_serializer, paginated_response
+from core.permissions import IsBuyerMember, IsBuyerOperator
 from core.schema import error_responses
 from core.tenancy import get_caller
 from marketplace import selectors as market
-from marketplace.apis import IsBuyerMember, IsBuyerOperator
 from marketplace.assignments import selectors, services, specs
 from marketplace.assignments.models import Assignment, AssignmentLogLine
 

@@ -41,7 +41,6 @@ order (``locked``), so two members ending at once are decided one after the othe
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from core.errors import NotFound
@@ -91,24 +90,6 @@ def rendezvous(assignment: Assignment) -> dict[str, Any] | None:
         "rank": assignment.gang_rank,
         "host": assignment.gang_rank == 0,
     }
-
-
-def others_stop(assignment: Assignment, *, reason: str, now: datetime) -> tuple[list[int], bool]:
-    """Ask the gang's other live members to stop: the nodes whose index must move,
-    and whether one ended here (a queued member ends at once, and its own end then
-    decides for the gang when it was the last)."""
-    from marketplace.assignments import services
-
-    nodes: list[int] = []
-    ended = False
-    for member in members(assignment, lock=True):
-        if member.pk == assignment.pk or not member.is_live:
-            continue
-        queued = member.state == Assignment.State.QUEUED
-        if services._stop(member, reason=reason, now=now):
-            nodes.append(member.node_id)
-            ended = ended or queued
-    return nodes, ended
 
 
 def live_peers(assignment: Assignment) -> bool:

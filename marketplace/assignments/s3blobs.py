@@ -38,7 +38,7 @@ from botocore.exceptions import ClientError, FlexibleChecksumError
 from storages.backends.s3 import S3Storage
 
 from core.errors import NotFound
-from marketplace.assignments.blobs import (
+from marketplace.assignments.blob_files import (
     CHUNK,
     BlobHead,
     BlobMismatch,

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from core.errors import NotFound
 from marketplace.assignments import blobs, events
+from marketplace.assignments.common import StaleAttempt, _append, _index_bump
 from marketplace.assignments.models import Assignment, AssignmentUpload
 from marketplace.models import Lease
 
@@ -44,8 +45,6 @@ def serve_assign(
     Idempotent per lease while one is live; after one ended (its engine failed to
     load) a new one is queued on the same lease: the node tries the load again. The
     lease's row lock orders concurrent callers."""
-    from marketplace.assignments import services
-
     now = now or timezone.now()
     with transaction.atomic():
         lease = Lease.objects.select_for_update().get(pk=lease_id)
@@ -61,11 +60,11 @@ def serve_assign(
         )
         if found is not None:
             return found
-        return _serve_queue(lease, deployment_id, spec, now, services)
+        return _serve_queue(lease, deployment_id, spec, now)
 
 
 def _serve_queue(
-    lease: Lease, deployment_id: str, spec: dict[str, Any], now: datetime, services: Any
+    lease: Lease, deployment_id: str, spec: dict[str, Any], now: datetime
 ) -> Assignment:
     assignment = Assignment.objects.create(
         node_id=lease.node_id,
@@ -76,7 +75,7 @@ def _serve_queue(
         spec={**spec, "gpus": lease.gpu_count},
         created_at=now,
     )
-    services._append(
+    _append(
         assignment,
         events.AssignmentQueued(
             assignment_id=assignment.pk,
@@ -87,7 +86,7 @@ def _serve_queue(
             at=now.isoformat(),
         ),
     )
-    services._index_bump(lease.node_id)
+    _index_bump(lease.node_id)
     return assignment
 
 
@@ -135,8 +134,6 @@ def serve_assignment_current(*, node_id: int, assignment_id: int, attempt: int) 
     """The node's serve assignment, if ``attempt`` is its current claim: another
     node's (or another kind's) is a 404, a stale or ended attempt a 409 (the node
     must stop serving). Reads only."""
-    from marketplace.assignments.services import StaleAttempt
-
     assignment = Assignment.objects.filter(
         node_id=node_id, pk=assignment_id, kind=Assignment.Kind.SERVE
     ).first()

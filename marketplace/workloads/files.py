@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from core.models import Organization
 from core.ports import DatasetCheck
+from core.queue import task_send_on_commit
 from marketplace.workloads import ports as external
 from marketplace.workloads.errors import conflict, invalid
 from marketplace.workloads.models import File, FineTuneJob, new_public_id
@@ -35,6 +36,8 @@ DATASET_PURPOSES = frozenset({"fine-tune", "eval"})
 # Files up to this size are checked within the upload request; larger ones by a worker.
 INLINE_CHECK_BYTES = 16 * 1024 * 1024
 CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
+# The actor in marketplace/workloads/tasks.py, sent by name (core/queue.py).
+FILE_CHECK_TASK = "file_check_task"
 
 
 def file_purpose_check(purpose: str) -> str:
@@ -188,9 +191,7 @@ def _check_now_or_later(file: File) -> File:
         return file
     if file.bytes <= INLINE_CHECK_BYTES:
         return file_check(file=file)
-    from marketplace.workloads.tasks import file_check_task
-
-    transaction.on_commit(lambda: file_check_task.send(file.public_id))
+    task_send_on_commit(FILE_CHECK_TASK, file.public_id)
     return file
 
 

@@ -16,7 +16,10 @@ from django.utils import timezone
 from core.eventstore import event_append, stream_version
 from core.models import Organization
 from core.ports import ModelCard
+from marketplace import services as market
+from marketplace.models import Lease, Order
 from marketplace.workloads import ports as external
+from providers import catalog
 
 # A GPU's memory as the order book sells it; the runtime's figures are per model.
 GPU_MEMORY_GIB = 80
@@ -63,10 +66,6 @@ def order_place_managed(
     one node, at most the platform's limit price. The lease is the platform's cost
     (the buyer pays per token), so the order reserves no buyer credit. Returns the
     order's id."""
-    from marketplace import services as market
-    from marketplace.models import Order
-    from providers import catalog
-
     card = external.base_model(model)
     need_gib = gpu_memory_need_gib(card, work) if card else GPU_MEMORY_GIB
     order = market.order_place(
@@ -88,17 +87,12 @@ def order_place_managed(
 
 
 def order_cancel(order_ref: str, *, now: datetime | None = None) -> None:
-    from marketplace import services as market
-    from marketplace.models import Order
-
     order = Order.objects.filter(pk=int(order_ref)).first()
     if order is not None and order.state in Order.LIVE_STATES:
         market.order_cancel(order=order, now=now)
 
 
 def order_live(order_ref: str) -> bool:
-    from marketplace.models import Order
-
     return bool(order_ref) and (
         Order.objects.filter(pk=int(order_ref), state__in=Order.LIVE_STATES).exists()
     )
@@ -128,9 +122,6 @@ def lease_end(
     """End a live lease, billed to ``now`` (default: now), or with ``whole_minutes`` to
     its last whole minute (``whole_minutes_until``): the provider's GPU-seconds are
     settled. A lease already closed is left as it is."""
-    from marketplace import services as market
-    from marketplace.models import Lease
-
     lease = Lease.objects.filter(pk=int(lease_ref)).first()
     if lease is not None and lease.state in Lease.LIVE_STATES:
         until = None

@@ -26,6 +26,7 @@ from core.ports import (
 )
 from core.tokens import TokensPort
 from ledger.selectors import available_credit
+from marketplace.assignments import serving, training
 from pricing.selectors import fine_tune_quote
 
 # --- runtime ----------------------------------------------------------------
@@ -73,23 +74,17 @@ def embedding_tokens(*, model: str, texts: list[str]) -> int:
 
 def serving_assign(*, lease_id: int, deployment_id: str, spec: dict[str, Any]) -> None:
     """Queue the deployment's engine for its lease's node (in the caller's transaction)."""
-    from marketplace.assignments import serving
-
     serving.serve_assign(lease_id=lease_id, deployment_id=deployment_id, spec=spec)
 
 
 def serving_state(*, deployment_id: str) -> Any:
     """The deployment's serve assignment (``serving.ServeState``), or None."""
-    from marketplace.assignments import serving
-
     return serving.serve_state(deployment_id=deployment_id)
 
 
 def serving_current(*, node_id: int, assignment_id: int, attempt: int) -> str:
     """The deployment a node's current serve claim serves (404: not the node's serve
     assignment; 409: a stale attempt)."""
-    from marketplace.assignments import serving
-
     found = serving.serve_assignment_current(
         node_id=node_id, assignment_id=assignment_id, attempt=attempt
     )
@@ -105,15 +100,11 @@ def training_assign(
     *, lease_id: int, job_id: str, work: dict[str, Any], files: dict[str, str | None]
 ) -> None:
     """Queue the job's training for its lease's node (in the caller's transaction)."""
-    from marketplace.assignments import training
-
     training.train_assign(lease_id=lease_id, job_id=job_id, work=work, files=files)
 
 
 def training_cancel(*, job_id: str) -> None:
     """Stop the job's training on its node (the last checkpoint stays)."""
-    from marketplace.assignments import training
-
     training.train_cancel(job_id=job_id)
 
 

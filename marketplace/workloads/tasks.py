@@ -9,7 +9,7 @@ from marketplace.workloads import files as workload_files
 from marketplace.workloads.models import File
 
 
-@dramatiq.actor(queue_name="workloads", max_retries=3)
+@dramatiq.actor(actor_name=workload_files.FILE_CHECK_TASK, queue_name="workloads", max_retries=3)
 def file_check_task(file_id: str) -> None:
     """Check a dataset too large to check within its upload request."""
     file = File.objects.filter(public_id=file_id, status=File.Status.UPLOADED).first()
