@@ -8,7 +8,11 @@ whose command is the trainer:
 
 1. From the claim's signed URLs it downloads the datasets beside ``spec.json`` and,
    when the job has a committed checkpoint, that checkpoint (checked against its
-   SHA-256) into ``artifacts/<key>``, where the trainer resumes from it.
+   SHA-256) into ``artifacts/<key>``, where the trainer resumes from it. A job that
+   starts from another job's checkpoint (``init_from``) gets that checkpoint too,
+   unpacked into ``init-from/`` beside the spec, whose ``init_from`` then names it:
+   the trainer loads only its weights and starts at step 0 (a resume, when the job
+   has a checkpoint of its own, still wins).
 2. It runs ``python -m runtime.launch --spec spec.json --artifacts artifacts``, or
    ``python -m torch.distributed.run --standalone --nproc-per-node G -m
    runtime.launch …`` when the lease has G > 1 GPUs. A gang member (the claim's
@@ -188,6 +192,19 @@ class TrainSupervisor(RunSupervisor):
             checkpoint = downloads.get("checkpoint")
             if checkpoint is not None:
                 self._unpack_checkpoint(checkpoint, work_dir)
+            if work.get("init_from"):
+                source = downloads.get("init_from")
+                if source is None:
+                    raise TransferError("the checkpoint to start from was not offered")
+                target = work_dir / Path(str(source["name"])).name
+                self._fetch_tar(source, work_dir, target)
+                work["init_from"] = str(target)
+                logger.info(
+                    "run %s: starting from %s (step %s)",
+                    self.assignment_id,
+                    source.get("source"),
+                    source.get("step"),
+                )
         except TransferError as exc:
             raise DriverError(f"could not fetch the run's inputs: {exc}") from None
         (work_dir / "spec.json").write_text(json.dumps(work))
@@ -263,18 +280,21 @@ class TrainSupervisor(RunSupervisor):
                 logger.warning("run %s: barrier poll failed: %s", self.assignment_id, exc)
                 answer = {}
 
-    def _unpack_checkpoint(self, checkpoint: dict[str, Any], work_dir: Path) -> None:
-        assert self.artifacts is not None
-        archive = work_dir / "resume.tar"
-        _download(self._url(str(checkpoint["url"])), archive)
+    def _fetch_tar(self, item: dict[str, Any], work_dir: Path, target: Path) -> None:
+        """Download a checkpoint's tar, check its SHA-256 and unpack it into ``target``."""
+        archive = work_dir / f"{target.name}.tar"
+        _download(self._url(str(item["url"])), archive)
         found = _sha256_file(archive)
-        if found != checkpoint["sha256"]:
-            raise TransferError(f"checkpoint SHA-256 is {found}, {checkpoint['sha256']} expected")
-        target = self.artifacts / str(checkpoint["key"])
+        if found != item["sha256"]:
+            raise TransferError(f"checkpoint SHA-256 is {found}, {item['sha256']} expected")
         target.mkdir(parents=True)
         with tarfile.open(archive, mode="r:") as tar:
             tar.extractall(target, filter="data")
         archive.unlink()
+
+    def _unpack_checkpoint(self, checkpoint: dict[str, Any], work_dir: Path) -> None:
+        assert self.artifacts is not None
+        self._fetch_tar(checkpoint, work_dir, self.artifacts / str(checkpoint["key"]))
         logger.info(
             "run %s: resuming from %s (step %s)",
             self.assignment_id,

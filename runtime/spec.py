@@ -172,6 +172,10 @@ class WorkSpec:
     validation_file: str | None = None
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     lease: LeaseInfo | None = None
+    # A directory holding another job's checkpoint whose weights (the LoRA adapter or
+    # the full weights) this run starts from, with a fresh optimizer at step 0: not a
+    # resume, which restores this job's own checkpoint whole (trainer.py).
+    init_from: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> WorkSpec:
@@ -197,6 +201,9 @@ class WorkSpec:
         validation = raw.get("validation_file")
         if validation is not None and (not isinstance(validation, str) or not validation):
             raise _bad("validation_file", "must be a path or null")
+        init_from = raw.get("init_from")
+        if init_from is not None and (not isinstance(init_from, str) or not init_from):
+            raise _bad("init_from", "must be a checkpoint directory or null")
         lease = raw.get("lease")
         return cls(
             job_id=job_id,
@@ -208,6 +215,7 @@ class WorkSpec:
             validation_file=validation,
             hyperparameters=Hyperparameters.from_dict(raw.get("hyperparameters")),
             lease=LeaseInfo.from_dict(lease) if lease is not None else None,
+            init_from=init_from,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,4 +229,5 @@ class WorkSpec:
             "validation_file": self.validation_file,
             "hyperparameters": self.hyperparameters.to_dict(),
             "lease": asdict(self.lease) if self.lease is not None else None,
+            "init_from": self.init_from,
         }

@@ -23,6 +23,13 @@ of the whole global batch, so one, two or eight GPUs compute the same update.
 - **Checkpoints** go to artifact storage under ``<output_dir>/checkpoints/step-N``
   (``n_checkpoints`` evenly spaced, the last at the end); the finished adapter (or
   model) under ``<output_dir>/final``, with merged weights in ``merged`` when asked.
+- **Resume vs. start from a checkpoint.** A resume is this job's own latest
+  checkpoint: weights, optimizer, scheduler, RNG and step, so the run goes on as if
+  never stopped. ``spec.init_from`` is another job's checkpoint: only its weights
+  (the adapter or the full weights, as that job trained) are loaded, into a model
+  built as usual, and the run starts at step 0 with a fresh optimizer and schedule
+  on its own data. A run that has a checkpoint of its own resumes from it, whether or
+  not it started from another's.
 
 Why one module of about 700 lines: the determinism above is a contract between the
 loop, its data order, its checkpoints and the ranks' agreement to stop, and each
@@ -273,6 +280,21 @@ def _load_weights(model: torch.nn.Module, directory: Path, *, lora: bool) -> Non
         raise RuntimeError(f"checkpoint does not match the model: {missing[:3]} {unexpected[:3]}")
 
 
+def _init_weights(model: torch.nn.Module, directory: Path, spec: WorkSpec) -> None:
+    """Load another job's checkpoint's weights (not its optimizer, step or RNG)."""
+    state_file = directory / TRAINER_STATE
+    if not (directory / COMPLETE).is_file() or not state_file.is_file():
+        raise RuntimeError(f"init_from {directory}: not a complete checkpoint")
+    state = json.loads(state_file.read_text())
+    wanted = {"base_model": spec.base_model, "training_type": spec.hyperparameters.training_type}
+    for name, value in wanted.items():
+        if state.get(name) != value:
+            raise RuntimeError(
+                f"init_from {directory}: trained as {name} {state.get(name)!r}, not {value!r}"
+            )
+    _load_weights(model, directory, lora=spec.hyperparameters.lora)
+
+
 # --- data -------------------------------------------------------------------------
 
 
@@ -467,6 +489,8 @@ def train(
         rng = state["rng"][world.rank] if world.rank < len(state["rng"]) else state["rng"][0]
         _rng_restore(rng, world.device)
     else:
+        if spec.init_from:
+            _init_weights(model, Path(spec.init_from), spec)
         torch.manual_seed(params.seed)
         random.seed(params.seed)
     _barrier(world)

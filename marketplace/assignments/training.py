@@ -66,6 +66,8 @@ from marketplace.models import Lease
 from providers import services as supply
 from providers.models import NodeLeaseOutcome
 
+INIT_FROM_DIR = "init-from"
+
 # --- queueing -------------------------------------------------------------------------
 
 
@@ -75,12 +77,16 @@ def train_assign(
     job_id: str,
     work: dict[str, Any],
     files: dict[str, str | None],
+    init_from: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> list[Assignment]:
     """Queue the job's training for its lease's node (in the caller's transaction):
     on a gang lease, one member per lease of the gang (gangs.py). ``work`` is the
     runtime's work spec; ``files`` the workload file store's keys of its datasets
-    (``training_file``, ``validation_file``). Idempotent per lease."""
+    (``training_file``, ``validation_file``); ``init_from`` another job's checkpoint
+    the weights start from ({job_id, step, label}: not a resume, see
+    workloads/checkpoints.py), which the claim hands over like a resume's checkpoint.
+    Idempotent per lease."""
     now = now or timezone.now()
     lease = Lease.objects.get(pk=lease_id)
     gang = list(
@@ -105,12 +111,11 @@ def train_assign(
             node_work[name] = inputs[name]["name"]  # the agent puts it beside the spec
         else:
             node_work[name] = None
-    return _queue(
-        gang,
-        job_id=job_id,
-        spec={"work": node_work, "plan": plan, "inputs": inputs},
-        now=now,
-    )
+    spec: dict[str, Any] = {"work": node_work, "plan": plan, "inputs": inputs}
+    if init_from is not None:
+        spec["init_from"] = init_from
+        node_work["init_from"] = INIT_FROM_DIR  # the agent unpacks it beside the spec
+    return _queue(gang, job_id=job_id, spec=spec, now=now)
 
 
 @retry_transaction
@@ -145,13 +150,29 @@ def last_checkpoint(job_id: str) -> AssignmentUpload | None:
     )
 
 
+def source_checkpoint(job_id: str, step: int) -> AssignmentUpload | None:
+    """Another job's committed checkpoint at ``step`` (a job starting from it)."""
+    return (
+        AssignmentUpload.objects.filter(
+            workload_id=job_id,
+            kind=AssignmentUpload.Kind.CHECKPOINT,
+            step=step,
+            committed_at__isnull=False,
+        )
+        .order_by("-pk")
+        .first()
+    )
+
+
 def _get_url(assignment: Assignment, key: str, base_url: str) -> str:
     grant = blobs.Grant(lease_id=assignment.lease_id, key=key, method="GET")
     return blobs.blob_store().url(grant, base_url=base_url)
 
 
 def train_claim_downloads(*, assignment: Assignment, base_url: str) -> dict[str, Any]:
-    """Signed GET URLs for the run's datasets and the checkpoint it resumes from."""
+    """Signed GET URLs for the run's datasets, the checkpoint it resumes from (its own
+    last) and the one its weights start from (another job's, for a job that started
+    from a checkpoint: used only while it has none of its own)."""
     downloads: dict[str, Any] = {}
     for name, item in (assignment.spec.get("inputs") or {}).items():
         downloads[name] = {"name": item["name"], "url": _get_url(assignment, item["key"], base_url)}
@@ -163,6 +184,17 @@ def train_claim_downloads(*, assignment: Assignment, base_url: str) -> dict[str,
             "sha256": checkpoint.sha256,
             "size": checkpoint.size,
             "url": _get_url(assignment, blobs.blob_key(checkpoint.sha256), base_url),
+        }
+    source = assignment.spec.get("init_from")
+    found = source_checkpoint(source["job_id"], source["step"]) if source else None
+    if found is not None:
+        downloads["init_from"] = {
+            "name": INIT_FROM_DIR,
+            "source": source["label"],
+            "step": found.step,
+            "sha256": found.sha256,
+            "size": found.size,
+            "url": _get_url(assignment, blobs.blob_key(found.sha256), base_url),
         }
     return downloads
 

@@ -40,8 +40,8 @@ from core.permissions import IsBuyerMember, IsBuyerOperatorForWrites
 from core.ports import GenerationRequest
 from core.schema import openai_error_responses
 from core.tenancy import get_caller
+from marketplace.workloads import checkpoints, gateway, inference, inputs, jobs, selectors, shapes
 from marketplace.workloads import files as workload_files
-from marketplace.workloads import gateway, inference, inputs, jobs, selectors, shapes
 from marketplace.workloads import ports as external
 from marketplace.workloads.completions import (
     EMBEDDING_INPUTS_MAX,
@@ -595,6 +595,12 @@ class TogetherModelLimitsApi(V1Api):
         if not name:
             raise invalid("model_name is required", param="model_name")
         card = external.base_model(name)
+        if card is None:
+            # Asked for a job (or checkpoint) to start from: its base model's limits.
+            source = checkpoints.source_job(
+                organization=get_caller(request).organization, name=name
+            )
+            card = external.base_model(source.model) if source is not None else None
         if card is None:
             raise not_found("model", name, param="model_name")
         limits = jobs.LIMITS

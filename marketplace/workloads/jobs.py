@@ -4,6 +4,7 @@ checkpoints, the end)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import secrets
@@ -19,6 +20,7 @@ from core.models import Organization
 from core.ports import ModelCard
 from marketplace.workloads import events as ev
 from marketplace.workloads import ports as external
+from marketplace.workloads.checkpoints import CheckpointSource, checkpoint_source, inherited
 from marketplace.workloads.errors import conflict, insufficient_credit, invalid, not_found
 from marketplace.workloads.files import file_check, file_tokens
 from marketplace.workloads.managed import (
@@ -71,6 +73,9 @@ class JobRequest:
     seed: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     requested: dict[str, Any] = field(default_factory=dict)
+    # Another job's checkpoint to start from (checkpoints.py); then an empty model or
+    # training_type, and absent LoRA shape, are the source's.
+    from_checkpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class Quote:
     total_micros: int
     currency: str
     available_micros: int
+    source: CheckpointSource | None = None
 
     @property
     def allowed(self) -> bool:
@@ -258,6 +264,18 @@ def finetune_quote(*, organization: Organization, request: JobRequest) -> Quote:
     book function, the same credit check."""
     if request.seed is not None:
         _positive_int(request.seed, param="seed", low=0, high=2**31 - 1)
+    source = None
+    if request.from_checkpoint:
+        source = checkpoint_source(organization=organization, value=request.from_checkpoint)
+        fixed = inherited(
+            source,
+            model=request.model,
+            training_type=request.training_type,
+            lora_r=request.lora_r,
+            lora_alpha=request.lora_alpha,
+            lora_trainable_modules=request.lora_trainable_modules,
+        )
+        request = dataclasses.replace(request, **fixed)
     card = _base_model(request.model)
     training = _dataset(organization, request.training_file, param="training_file")
     assert training is not None  # required: _dataset raises on an unknown id
@@ -289,6 +307,7 @@ def finetune_quote(*, organization: Organization, request: JobRequest) -> Quote:
         total_micros=estimate.total_micros,
         currency=currency,
         available_micros=available,
+        source=source,
     )
 
 
@@ -312,7 +331,8 @@ def finetune_job_create(*, organization: Organization, request: JobRequest) -> F
             currency=quote.currency,
         )
     job_id = new_public_id("ft")
-    gpus = gpus_for(quote.model, request.training_type)
+    training_type = quote.source.job.training_type if quote.source else request.training_type
+    gpus = gpus_for(quote.model, training_type)
     with transaction.atomic():
         job = FineTuneJob.objects.create(
             public_id=job_id,
@@ -321,7 +341,7 @@ def finetune_job_create(*, organization: Organization, request: JobRequest) -> F
             training_file=quote.training_file,
             validation_file=quote.validation_file,
             method=request.method,
-            training_type=request.training_type,
+            training_type=training_type,
             hyperparameters=quote.hyperparameters,
             requested=request.requested,
             suffix=request.suffix,
@@ -334,8 +354,18 @@ def finetune_job_create(*, organization: Organization, request: JobRequest) -> F
             training_tokens=quote.training_tokens,
             validation_tokens=quote.validation_tokens,
             gpu_count=gpus,
+            from_checkpoint=quote.source.label if quote.source else "",
         )
         _job_event(job, "job_pending", f"Created fine-tuning job: {job_id}")
+        if quote.source is not None:
+            _job_event(
+                job,
+                "job_pending",
+                f"Starting from checkpoint {quote.source.label}: the weights of "
+                f"{quote.source.job.public_id} at step {quote.source.step}, with a fresh "
+                "optimizer from step 0",
+                data={"from_checkpoint": quote.source.label, "step": quote.source.step},
+            )
         _job_event(
             job,
             "job_pending",
@@ -511,7 +541,22 @@ def work_spec(job: FineTuneJob) -> dict[str, Any]:
         "output_dir": f"jobs/{job.public_id}",
         "hyperparameters": hyperparameters,
         "lease": _lease_info(job.lease_ref),
+        # The source checkpoint's weights, as the control plane holds them; the node
+        # gets its own copy (training.py's claim downloads).
+        "init_from": _init_from(job)[1] if job.from_checkpoint else None,
     }
+
+
+def _init_from(job: FineTuneJob) -> tuple[dict[str, Any], str]:
+    """The job's source checkpoint: ({job_id, step}, where its weights are unpacked)."""
+    source_id, step = job.from_checkpoint.rsplit(":", 1)
+    checkpoint = FineTuneCheckpoint.objects.get(
+        job__public_id=source_id, job__organization_id=job.organization_id, step=int(step)
+    )
+    return (
+        {"job_id": source_id, "step": int(step), "label": job.from_checkpoint},
+        checkpoint.adapter_path or checkpoint.merged_path,
+    )
 
 
 def _lease_info(lease_ref: str) -> dict[str, Any] | None:
@@ -560,6 +605,7 @@ def finetune_job_start(*, job_id: str, lease_ref: str) -> bool:
                     job.validation_file.storage_key if job.validation_file else None
                 ),
             },
+            init_from=_init_from(job)[0] if job.from_checkpoint else None,
         )
     return True
 

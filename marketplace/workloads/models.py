@@ -115,6 +115,10 @@ class FineTuneJob(models.Model):
     order_ref = models.CharField(max_length=64, blank=True, default="")
     lease_ref = models.CharField(max_length=64, blank=True, default="")
     gpu_count = models.PositiveSmallIntegerField(default=1)
+    # The checkpoint the job's weights start from, "<job id>:<step>" of another job of
+    # the organization (Together's from_checkpoint; workloads/checkpoints.py); "" for
+    # a job that starts from its base model.
+    from_checkpoint = models.CharField(max_length=64, blank=True, default="")
     error = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -97,10 +97,18 @@ def serving_current(*, node_id: int, assignment_id: int, attempt: int) -> str:
 
 
 def training_assign(
-    *, lease_id: int, job_id: str, work: dict[str, Any], files: dict[str, str | None]
+    *,
+    lease_id: int,
+    job_id: str,
+    work: dict[str, Any],
+    files: dict[str, str | None],
+    init_from: dict[str, Any] | None = None,
 ) -> None:
-    """Queue the job's training for its lease's node (in the caller's transaction)."""
-    training.train_assign(lease_id=lease_id, job_id=job_id, work=work, files=files)
+    """Queue the job's training for its lease's node (in the caller's transaction);
+    ``init_from``: the other job's checkpoint its weights start from ({job_id, step})."""
+    training.train_assign(
+        lease_id=lease_id, job_id=job_id, work=work, files=files, init_from=init_from
+    )
 
 
 def training_cancel(*, job_id: str) -> None:

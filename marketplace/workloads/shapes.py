@@ -259,6 +259,7 @@ def together_job(job: FineTuneJob, *, with_events: bool = False) -> dict[str, An
         "queue_depth": None,
         "wandb_project_name": None,
         "wandb_url": None,
+        "from_checkpoint": job.from_checkpoint or None,
     }
     if job.error:
         body["error"] = job.error.get("message")
@@ -360,20 +361,13 @@ def openai_job_request(data: Any) -> JobRequest:
 
 def together_job_request(data: Any) -> JobRequest:
     body = _dict(data, param="body")
-    if body.get("from_checkpoint"):
-        # Continuing from another job's checkpoint needs the trainer to start from
-        # that checkpoint's weights with a fresh optimizer and step count (its own
-        # resume restores all three); until it does, refused rather than trained from
-        # the base model as if the field were not there.
-        raise invalid(
-            "from_checkpoint is not supported yet: start from the base model, or keep "
-            "training a job by letting it run longer (more epochs)",
-            param="from_checkpoint",
-            code="unsupported_parameter",
-        )
-    training_type = _dict(body.get("training_type"), param="training_type") or {"type": "Lora"}
+    # Another job's checkpoint to start from (workloads/checkpoints.py): then the
+    # base model, training type and LoRA shape default to that job's.
+    from_checkpoint = _str(body.get("from_checkpoint"), param="from_checkpoint")
+    given_type = _dict(body.get("training_type"), param="training_type")
+    training_type = given_type or ({} if from_checkpoint else {"type": "Lora"})
     kind = training_type.get("type")
-    if kind not in ("Lora", "Full"):
+    if kind not in ("Lora", "Full") and not (from_checkpoint and not given_type):
         raise invalid("training_type.type must be Lora or Full", param="training_type.type")
     method = _dict(body.get("training_method"), param="training_method") or {"method": "sft"}
     if method.get("method") not in ("sft", "dpo"):
@@ -385,11 +379,11 @@ def together_job_request(data: Any) -> JobRequest:
         scheduler.get("lr_scheduler_args"), param="lr_scheduler.lr_scheduler_args"
     )
     return JobRequest(
-        model=_str(body.get("model"), param="model", required=True),
+        model=_str(body.get("model"), param="model", required=not from_checkpoint),
         training_file=_str(body.get("training_file"), param="training_file", required=True),
         validation_file=_str(body.get("validation_file"), param="validation_file") or None,
         method=method["method"],
-        training_type="lora" if kind == "Lora" else "full",
+        training_type={"Lora": "lora", "Full": "full"}.get(kind or "", ""),
         n_epochs=body.get("n_epochs", 1),
         batch_size=body.get("batch_size", "max"),
         learning_rate=body.get("learning_rate", 1e-5 if kind == "Full" else None),
@@ -403,10 +397,12 @@ def together_job_request(data: Any) -> JobRequest:
         lora_r=training_type.get("lora_r"),
         lora_alpha=training_type.get("lora_alpha"),
         lora_dropout=training_type.get("lora_dropout", 0.0) or 0.0,
-        lora_trainable_modules=training_type.get("lora_trainable_modules") or "all-linear",
+        lora_trainable_modules=training_type.get("lora_trainable_modules")
+        or ("" if from_checkpoint else "all-linear"),
         train_on_inputs=method.get("train_on_inputs", "auto"),
         dpo_beta=method.get("dpo_beta"),
         suffix=_str(body.get("suffix"), param="suffix"),
         seed=body.get("random_seed"),
         requested={k: v for k, v in body.items() if not k.startswith(("wandb", "hf_api"))},
+        from_checkpoint=from_checkpoint,
     )

@@ -243,8 +243,7 @@ def test_openai_job_fields_are_checked_at_the_edge(cast, training_file, change, 
         ({"random_seed": 2**70}, "seed"),
         ({"suffix": "\ud800"}, "suffix"),
         ({"wandb_api_key": "\ud800"}, "wandb_api_key"),
-        # not trained from the base model as if it were not there
-        ({"from_checkpoint": "ft-0123456789abcdef01234567:2"}, "from_checkpoint"),
+        ({"from_checkpoint": ["ft-0123456789abcdef01234567:2"]}, "from_checkpoint"),
         ({"extra": {"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}, None),
     ],
 )
