@@ -635,7 +635,8 @@ def _together_caller(request: Request) -> bool:
     """Whether Together's official client sent the request (its User-Agent is
     ``Together/Python <version>``). Its types differ from OpenAI's where the two APIs
     differ: usage rides on a stream's last chunk (it sends no ``stream_options``), a
-    text completion is ``text.completion`` (a chunk ``completion.chunk``)."""
+    text completion is ``text.completion`` (a chunk ``completion.chunk``), and a
+    stream's chunks each carry the token sampled (``token``)."""
     return request.headers.get("User-Agent", "").startswith("Together/")
 
 
@@ -663,6 +664,7 @@ class _CompletionApi(V1Api):
             request=generation,
             request_id=request_id,
             stream=stream,
+            tokens=together,
         )
         if stream:
             response = StreamingHttpResponse(
@@ -730,7 +732,10 @@ class _CompletionApi(V1Api):
         the chunk that finishes for Together's client; for OpenAI's, with
         ``stream_options.include_usage``, a last chunk with no choices. A request that
         may answer with a tool call is held until it ends (a call is only known
-        whole), then sent as one delta: ``tool_calls`` or ``content``."""
+        whole), then sent as one delta: ``tool_calls`` or ``content``. Together's
+        client gets one chunk per sampled token, each with its ``token`` (id, text,
+        special, logprob; a chat delta also its ``token_id``), and no role-only
+        first chunk (it would carry none)."""
         if self.chat:
             kind = "chat.completion.chunk"
         else:
@@ -739,7 +744,7 @@ class _CompletionApi(V1Api):
         usage = (0, 0)
         hold = self.chat and generation.tools is not None and generation.tool_choice != "none"
         held: list[str] = []
-        if self.chat:
+        if self.chat and not together:
             first = {
                 "index": 0,
                 "delta": {"role": "assistant", "content": ""},
@@ -757,14 +762,26 @@ class _CompletionApi(V1Api):
                     extra["usage"] = None
                 if together and finish is not None:
                     extra["usage"] = _usage(*usage)
+                token = chunk.token
+                if together and token is not None:
+                    extra["token"] = {
+                        "id": token.id,
+                        "text": token.text,
+                        "logprob": token.logprob,
+                        "special": token.special,
+                    }
                 if self.chat:
                     delta: dict[str, Any] = {"role": "assistant"}
+                    if together and token is not None:
+                        delta["token_id"] = token.id
                     if hold:
                         held.append(text)
                         text = "" if finish is None else "".join(held)
                         calls = _tool_calls(text, finish, generation) if finish else None
                         if calls is not None:
-                            delta["tool_calls"] = [{"index": 0, **call} for call in calls]
+                            delta["tool_calls"] = [
+                                {"index": n, **call} for n, call in enumerate(calls)
+                            ]
                             finish, text = "tool_calls", ""
                     if text:
                         delta["content"] = text
@@ -778,7 +795,7 @@ class _CompletionApi(V1Api):
                     }
                     if together:
                         extra["finish_reason"] = finish
-                if text or finish is not None:
+                if text or finish is not None or "token" in extra:
                     yield _sse({**base, "choices": [choice], **extra})
         except ApplicationError as exc:
             # The 200 is out: the error goes as an event in OpenAI's shape, which both
@@ -798,7 +815,7 @@ def _tool_calls(
     (a call cut by max_tokens stays text, with finish_reason length)."""
     if finish != "stop" or generation.tool_choice == "none":
         return None
-    return tool_calls_from(text, generation.tools)
+    return tool_calls_from(text, generation.tools, parallel=generation.parallel_tool_calls)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
