@@ -15,10 +15,12 @@ this module decides which schema:
   call when its text is exactly such an object; ``none``: plain text. The chat
   template shows the model the definitions in every case.
 - ``parallel_tool_calls`` (true unless the request says false, as OpenAI's): the
-  answer may also be several calls, written as a JSON list of two or more such
-  objects, each matching its own tool's parameters (one call stays the bare object,
-  as the chat template renders a single call); false: one call only. Each call
-  gets its own id.
+  answer may also be a JSON list of such objects, each matching its own tool's
+  parameters (the chat template renders several calls so, a single call as the bare
+  object). A list of one is allowed too: a list may be closed after any call, so a
+  model that opened one can still finish within its token budget (the closing
+  reserve, runtime/structured.py); one that had to write a second whole call could
+  not. False: one call only. Each call gets its own id.
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ def structure(body: dict[str, Any]) -> Structure:
     schemas = [_call_schema(tool) for tool in chosen]
     call: dict[str, Any] = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     if parallel:
-        call = {"anyOf": [call, {"type": "array", "items": call, "minItems": 2}]}
+        call = {"anyOf": [call, {"type": "array", "items": call, "minItems": 1}]}
     strict = all(t["function"].get("strict") is not False for t in chosen)
     return Structure(
         json_schema=_canonical(call, param="tools"),

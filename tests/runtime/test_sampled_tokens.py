@@ -191,7 +191,8 @@ def test_the_tool_grammar_allows_several_calls_only_when_parallel(engine):
 
     parallel = _tool_constraint(tool_choice="required")
     single = _tool_constraint(tool_choice="required", parallel_tool_calls=False)
-    assert accepts(parallel, two) and accepts(parallel, one)
+    assert accepts(parallel, two) and accepts(parallel, one) and accepts(parallel, f"[{one}]")
+    assert not accepts(parallel, "[]")
     assert accepts(single, one) and not grammars.matcher(single).accept_string("[")
     # a call whose arguments break its own tool's schema is not in the grammar
     assert not grammars.matcher(parallel).accept_string(
