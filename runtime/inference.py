@@ -55,9 +55,9 @@ from typing import Any
 import torch
 
 from core.errors import InvalidInput
+from core.ports import SampledToken
 from runtime.datasets import TextTokenizer, tokenizer_for
 from runtime.registry import model_info
-from core.ports import SampledToken
 from runtime.sampling import (
     SEED_MAX,
     Chunk,

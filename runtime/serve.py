@@ -21,9 +21,10 @@ Lines out, on stdout: ``{"event": "ready", ...}`` once the engine has loaded; th
 replies, each naming its ``request``: ``accepted`` (the request passed the engine's
 checks and joined the queue), chunks ``{"text", "finish_reason"}`` (the last has a
 finish reason; with ``tokens`` asked, also ``"tokens": [{"id", "text", "logprob",
-"special"}]``, the tokens sampled since the previous chunk, in order), ``{"vectors"}``, or ``{"error": {"status", "code", "message",
-"field"}}``. Diagnostics (each batch's size among them) go to stderr. The process
-ends when stdin closes.
+"special"}]``, the tokens sampled since the previous chunk, in order),
+``{"vectors"}``, or ``{"error": {"status", "code", "message", "field"}}``.
+Diagnostics (each batch's size among them) go to stderr. The process ends when stdin
+closes.
 """
 
 from __future__ import annotations

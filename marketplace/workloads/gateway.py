@@ -10,10 +10,10 @@ here.
 3. Chunks are read as the node posts them and handed to the API (SSE for a stream,
    joined otherwise). A stream may ask for its sampled tokens (Together's client
    types each chunk with one): the node's chunks then carry them (``tokens``), and
-   a chunk carrying several is handed on as one chunk per token. While none comes, the gateway checks, about once a second,
-   that the deployment's node still serves (its serve claim renewed within the TTL):
-   a node lost mid-request is a 502 ``node_lost`` (an error event in a stream whose
-   200 is out).
+   a chunk carrying several is handed on as one chunk per token. While none comes,
+   the gateway checks, about once a second, that the deployment's node still serves
+   (its serve claim renewed within the TTL): a node lost mid-request is a 502
+   ``node_lost`` (an error event in a stream whose 200 is out).
 4. Usage is recorded once per request, from the gateway's own counts, never from a
    number the node reports: the prompt with the model's tokenizer and chat template
    (exactly what the engine reads), the completion by tokenizing the text the client
@@ -272,9 +272,7 @@ def _sampled(value: Any) -> list[SampledToken] | None:
     return found
 
 
-def _per_token(
-    text: str, sampled: list[SampledToken]
-) -> list[tuple[str, SampledToken | None]]:
+def _per_token(text: str, sampled: list[SampledToken]) -> list[tuple[str, SampledToken | None]]:
     """A node's chunk as one piece per token it carries: each token takes the next
     characters of ``text`` as long as its own text (an end token none), the last
     token the rest, so the pieces join to ``text`` exactly (text the engine held

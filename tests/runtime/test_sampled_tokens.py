@@ -101,9 +101,7 @@ def _recomputed(
 def test_each_token_carries_its_logprob_under_the_temperature_and_top_p_drawn_from(engine):
     # given a free request sampled at temperature 0.7 and top_p 0.9
     params = SamplingParams(max_tokens=16, temperature=0.7, top_p=0.9, seed=21)
-    request, tokens, text, finish = _run(
-        engine, prompt="The capital of France is", params=params
-    )
+    request, tokens, text, finish = _run(engine, prompt="The capital of France is", params=params)
 
     # then every sampled token is reported once, in order, with its own text
     assert [t.id for t in tokens] == request.generated
@@ -128,9 +126,7 @@ def test_a_constrained_tokens_logprob_is_under_the_grammar_masked_distribution(e
     }
     constraint = Constraint(schema=canonical(schema), field="response_format")
     params = SamplingParams(max_tokens=60, temperature=1.0, seed=5)
-    request, tokens, text, _ = _run(
-        engine, messages=ASKED, params=params, constraint=constraint
-    )
+    request, tokens, text, _ = _run(engine, messages=ASKED, params=params, constraint=constraint)
     expected = _recomputed(engine, request, request.generated, constraint)
     checked = 0
     for token, (wanted, in_reserve) in zip(tokens, expected, strict=True):
@@ -145,7 +141,7 @@ def test_a_constrained_tokens_logprob_is_under_the_grammar_masked_distribution(e
 
 
 def test_a_greedy_pick_is_certain_and_nothing_is_reported_unless_asked(engine):
-    request, tokens, _, _ = _run(
+    _, tokens, _, _ = _run(
         engine, prompt="Hello", params=SamplingParams(max_tokens=6, temperature=0)
     )
     assert tokens and all(t.logprob == 0.0 for t in tokens)
@@ -199,9 +195,7 @@ def test_the_tool_grammar_allows_several_calls_only_when_parallel(engine):
         '[{"name": "get_time", "arguments": {"city"'
     )
     # a named function: one or more calls to that one only
-    named = _tool_constraint(
-        tool_choice={"type": "function", "function": {"name": "get_time"}}
-    )
+    named = _tool_constraint(tool_choice={"type": "function", "function": {"name": "get_time"}})
     assert accepts(named, f"[{one}, {one}]") and accepts(named, one)
     assert not grammars.matcher(named).accept_string('[{"name": "get_weather"')
     # and the API reads a list as calls only where several were allowed
