@@ -109,7 +109,9 @@ class GenerationRequest:
     definitions the chat template shows the model (``{"type": "function",
     "function": {...}}``); ``tool_choice`` (none | auto | required | function) is how
     the API reads the answer: required and function constrain it to a call (through
-    ``json_schema``), auto reads a call when the text is one."""
+    ``json_schema``), auto reads a call when the text is one. ``parallel_tool_calls``
+    (OpenAI's default: true) lets an answer be several calls (a JSON list of them);
+    false keeps it to one."""
 
     prompt: str | None = None
     messages: list[dict] | None = None
@@ -123,6 +125,7 @@ class GenerationRequest:
     json_schema_strict: bool = True
     tools: list[dict] | None = None
     tool_choice: str = "none"
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +137,30 @@ class EmbeddingResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SampledToken:
+    """One token the engine sampled: its id, its own text (an end token's is its
+    literal, e.g. ``</s>``; a token that ends inside a UTF-8 character has none, the
+    one completing it carries the character), whether it is special (an end token),
+    and its log-probability under the distribution it was drawn from (see
+    runtime/inference.py, ``Engine._sample``)."""
+
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationChunk:
     """A piece of a streamed completion; the last one has ``finish_reason`` and the
-    exact token counts."""
+    exact token counts. ``token``: the sampled token this piece came with, when the
+    caller asked for one chunk per token."""
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    token: SampledToken | None = None
 
 
 # --- usage (consumer: runtime; provider: metering) -------------------------------

@@ -62,20 +62,24 @@ MAX_LOG_LINE_CHARS = 4096  # the server's bound on a log line (stdout comes whol
 
 def coalesce(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One reply per request where the engine's chunks of a request gathered while a
-    post was out: their texts joined (in order), the finish reason of the last. The
-    joined text is the same; a stream's pieces are coarser only when the relay is
-    behind the engine."""
+    post was out: their texts joined (in order), their sampled ``tokens`` (where the
+    request asked for them) joined too, the finish reason of the last. The joined
+    text is the same; a stream's pieces are coarser only when the relay is behind the
+    engine."""
     merged: list[dict[str, Any]] = []
     open_chunk: dict[str, int] = {}  # request -> index in merged of its unfinished chunk
     for reply in replies:
         request_id = str(reply.get("request"))
         at = open_chunk.get(request_id) if "text" in reply else None
         if at is not None:
-            merged[at] = {
+            joined = {
                 **merged[at],
                 "text": merged[at]["text"] + str(reply["text"]),
                 "finish_reason": reply.get("finish_reason"),
             }
+            if "tokens" in merged[at] or "tokens" in reply:
+                joined["tokens"] = [*merged[at].get("tokens", ()), *reply.get("tokens", ())]
+            merged[at] = joined
         else:
             merged.append(dict(reply))
             at = len(merged) - 1

@@ -28,6 +28,10 @@ adapter loaded once, serving completions and chat completions.
 - **Streaming.** ``stream`` yields text as it is decided: held back only while it
   could still turn into a stop string or ends inside a UTF-8 character, so the
   joined chunks equal the non-streamed text exactly.
+- **Tokens.** A request may ask for the tokens it samples (``report_tokens``): each
+  chunk then carries the tokens sampled since the last one, with their text, whether
+  they are special and their log-probability under the distribution actually drawn
+  from (``_sample`` says which).
 - **Usage.** Prompt tokens are counted with the model's own tokenizer and chat
   template, exactly what the model reads; completion tokens are the tokens sampled.
   With a usage sink the engine records both per request (ids name the deployment
@@ -51,6 +55,7 @@ from typing import Any
 import torch
 
 from core.errors import InvalidInput
+from core.ports import SampledToken
 from runtime.datasets import TextTokenizer, tokenizer_for
 from runtime.registry import model_info
 from runtime.sampling import (
@@ -61,6 +66,7 @@ from runtime.sampling import (
     SamplingParams,
     UsageSink,
     text_check,
+    token_piece,
 )
 from runtime.structured import Constraint, Grammars, closing_reserve, inside_string
 
@@ -95,6 +101,10 @@ class _Request:
     budget: int = 0
     matcher: Any = None  # xgrammar's GrammarMatcher of a constrained request
     reserve: int = 0  # its last tokens, steered to close the document
+    report_tokens: bool = False  # its chunks carry the tokens sampled
+    logprob: float = 0.0  # of the token just sampled, when reported
+    sampled: list[SampledToken] = field(default_factory=list)  # not yet in a chunk
+    attributed: int = 0  # characters of the decoded text given to reported tokens
 
 
 class Engine:
@@ -248,6 +258,7 @@ class Engine:
         request_id: str | None = None,
         constraint: Constraint | None = None,
         tools: list[dict] | None = None,
+        report_tokens: bool = False,
     ) -> _Request:
         if self._closed:
             raise RuntimeError("the engine is closed")
@@ -268,6 +279,7 @@ class Engine:
             params=params,
             budget=budget,
             generator=self._generator(params),
+            report_tokens=report_tokens,
         )
         if constraint is not None:
             # Compiled (or found in the cache) here: a bad schema is this caller's 400.
@@ -500,7 +512,16 @@ class Engine:
             self.grammars().apply(logits, bitmask, rows)
 
     def _sample(self, logits: torch.Tensor, request: _Request) -> int:
+        """The next token of ``request`` from its row of ``logits`` (already masked to
+        -inf outside its grammar, for a constrained request). Drawn from
+        softmax(logits / temperature) over the allowed tokens, cut to the smallest
+        set of most likely tokens whose mass reaches top_p and renormalized over it.
+        For a request that reports its tokens, ``request.logprob`` is the natural log
+        of the drawn token's probability under exactly that distribution; a token
+        picked deterministically (temperature 0, or steered to close a document in
+        the closing reserve) was picked with probability 1: log-probability 0."""
         params = request.params
+        request.logprob = 0.0
         if request.matcher is not None and request.budget - len(request.generated) <= (
             request.reserve
         ):
@@ -517,19 +538,31 @@ class Engine:
             keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
             keep[0] = True
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs, 1, generator=request.generator).item())
+        token = int(torch.multinomial(probs, 1, generator=request.generator).item())
+        if request.report_tokens:
+            # multinomial renormalizes the kept mass; so does the reported figure.
+            picked = float(torch.log(probs[token]) - torch.log(probs.sum()))
+            request.logprob = min(picked, 0.0)  # a lone kept token: 0, not a rounding above
+        return token
 
     def _advance(self, request: _Request, token: int) -> None:
         if request.matcher is not None and not request.matcher.accept_token(token):
             raise RuntimeError(f"token {token} was sampled outside the request's grammar")
         request.generated.append(token)
         finish = None
-        if token in self.end_ids:
+        special = token in self.end_ids
+        if special:
             # The end marker was generated and counts, but is not part of the text.
             text = self.tokenizer.decode(request.generated[:-1])
             finish = "stop"
         else:
             text = self.tokenizer.decode(request.generated)
+        if request.report_tokens:
+            if special:
+                piece = self.tokenizer.tokenizer.id_to_token(token) or ""
+            else:
+                piece, request.attributed = token_piece(text, request.attributed)
+            request.sampled.append(SampledToken(token, piece, request.logprob, special))
         cut = None
         for stop in request.params.stop:
             at = text.find(stop)
@@ -547,7 +580,7 @@ class Engine:
             while safe > request.emitted and text[safe - 1] == "\ufffd":
                 safe -= 1
             if safe > request.emitted:
-                request.out.put(Chunk(text[request.emitted : safe]))
+                request.out.put(Chunk(text[request.emitted : safe], tokens=self._taken(request)))
                 request.emitted = safe
             return
         request.finish = finish
@@ -557,7 +590,15 @@ class Engine:
                 finish_reason=finish,
                 prompt_tokens=len(request.prompt_ids),
                 completion_tokens=len(request.generated),
+                tokens=self._taken(request),
             )
         )
         request.emitted = len(text)
         request.out.put(STOP)
+
+    @staticmethod
+    def _taken(request: _Request) -> tuple[SampledToken, ...]:
+        """The reported tokens not yet in a chunk, for the chunk going out now."""
+        taken = tuple(request.sampled)
+        request.sampled.clear()
+        return taken

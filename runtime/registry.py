@@ -35,7 +35,7 @@ from core.errors import InvalidInput
 
 TINY_MODEL = "tandem/tiny-llama"
 # Bumped when the built-in model's recipe changes, so an old cached copy is rebuilt.
-TINY_MODEL_REVISION = "3"
+TINY_MODEL_REVISION = "4"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -191,8 +191,8 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant
 # Tools as the Hugging Face convention passes them (a ``tools`` list of
 # ``{"type": "function", "function": {...}}``; assistant ``tool_calls`` with
 # ``arguments`` as objects; ``tool`` messages): the definitions in a system turn first,
-# a call as the JSON object the constrained decoder writes. Without tools the text is
-# what revision 2 rendered.
+# a call as the JSON object the constrained decoder writes, several calls as a JSON
+# list of them (revision 4). Without tools the text is what revision 2 rendered.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}<|system|>\nFunctions you may call, answering with "
@@ -200,9 +200,12 @@ CHAT_TEMPLATE = (
     "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}<|end|>\n{% endif %}"
     "{% for message in messages %}"
     "<|{{ message['role'] }}|>\n"
-    "{% if message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
+    "{% if message.get('tool_calls') %}"
+    "{% if message['tool_calls'] | length > 1 %}[{% endif %}"
+    "{% for call in message['tool_calls'] %}{% if not loop.first %}, {% endif %}"
     '{"name": {{ call.function.name | tojson }}, "arguments": '
     "{{ call.function.arguments | tojson }}}{% endfor %}"
+    "{% if message['tool_calls'] | length > 1 %}]{% endif %}"
     "{% else %}{{ message['content'] }}{% endif %}<|end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

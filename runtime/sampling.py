@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.errors import InvalidInput
+from core.ports import SampledToken
 
 # The generator takes a 64-bit seed; OpenAI's wire type is a signed 64-bit integer.
 SEED_MAX = 2**63 - 1
@@ -84,12 +85,15 @@ class SamplingParams:
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """A piece of a completion. The last has ``finish_reason`` (stop | length) and the
-    exact token counts."""
+    exact token counts. ``tokens``: for a request that asked for them, the tokens
+    sampled since the previous chunk (text held back, as a possible stop string or a
+    split character, comes in a later chunk than its token)."""
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    tokens: tuple[SampledToken, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,19 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     token_ids: list[int]
+
+
+def token_piece(decoded: str, attributed: int) -> tuple[str, int]:
+    """The text a newly sampled token adds to a completion decoded so far (``decoded``,
+    all tokens up to it), given the characters already attributed to earlier tokens:
+    a token that ends inside a UTF-8 character (decoded as U+FFFD) adds nothing yet,
+    the one completing it adds the character. Answers the piece and the new count."""
+    stable = len(decoded)
+    while stable > attributed and decoded[stable - 1] == "\ufffd":
+        stable -= 1
+    if stable <= attributed:
+        return "", attributed
+    return decoded[attributed:stable], stable
 
 
 UsageSink = Callable[[str, int, int], None]  # (request id, prompt tokens, completion tokens)

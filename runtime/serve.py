@@ -10,18 +10,21 @@ loaded once and kept for the life of the process — the per-deployment engine o
 node — and batches whatever requests are pending, as it always has.
 
 Lines in, on stdin (one JSON object each):
-- ``{"id", "kind": "generate", "stream", "request": {...}}``: a completion;
-  ``request`` has the fields of core.ports.GenerationRequest; ``stream`` false: its
-  text comes back in one reply when it finishes;
+- ``{"id", "kind": "generate", "stream", "tokens", "request": {...}}``: a
+  completion; ``request`` has the fields of core.ports.GenerationRequest; ``stream``
+  false: its text comes back in one reply when it finishes; ``tokens`` true (a
+  stream only): each chunk also carries the tokens sampled for it;
 - ``{"id", "kind": "embed", "texts": [...]}``: embeddings;
 - ``{"cancel": id}``: nobody waits for it any more: stop spending on it.
 
 Lines out, on stdout: ``{"event": "ready", ...}`` once the engine has loaded; then
 replies, each naming its ``request``: ``accepted`` (the request passed the engine's
 checks and joined the queue), chunks ``{"text", "finish_reason"}`` (the last has a
-finish reason), ``{"vectors"}``, or ``{"error": {"status", "code", "message",
-"field"}}``. Diagnostics (each batch's size among them) go to stderr. The process
-ends when stdin closes.
+finish reason; with ``tokens`` asked, also ``"tokens": [{"id", "text", "logprob",
+"special"}]``, the tokens sampled since the previous chunk, in order),
+``{"vectors"}``, or ``{"error": {"status", "code", "message", "field"}}``.
+Diagnostics (each batch's size among them) go to stderr. The process ends when stdin
+closes.
 """
 
 from __future__ import annotations
@@ -94,9 +97,12 @@ class Server:
             self.embedder.submit(self._embed, request_id, line.get("texts"))
             return
         stream = line.get("stream") is not False
-        self._generate(request_id, line.get("request") or {}, stream=stream)
+        tokens = stream and line.get("tokens") is True
+        self._generate(request_id, line.get("request") or {}, stream=stream, tokens=tokens)
 
-    def _generate(self, request_id: str, given: dict[str, Any], *, stream: bool) -> None:
+    def _generate(
+        self, request_id: str, given: dict[str, Any], *, stream: bool, tokens: bool = False
+    ) -> None:
         from runtime.inference import SamplingParams
         from runtime.structured import Constraint
 
@@ -125,6 +131,7 @@ class Server:
                 request_id=request_id,
                 constraint=constraint,
                 tools=given.get("tools"),
+                report_tokens=tokens,
             )
         except Exception as exc:
             self.emit(_error(request_id, exc))
@@ -149,13 +156,17 @@ class Server:
                 if not stream and chunk.finish_reason is None:
                     pieces.append(chunk.text)
                     continue
-                self.emit(
-                    {
-                        "request": request_id,
-                        "text": "".join(pieces) + chunk.text,
-                        "finish_reason": chunk.finish_reason,
-                    }
-                )
+                reply: dict[str, Any] = {
+                    "request": request_id,
+                    "text": "".join(pieces) + chunk.text,
+                    "finish_reason": chunk.finish_reason,
+                }
+                if chunk.tokens:
+                    reply["tokens"] = [
+                        {"id": t.id, "text": t.text, "logprob": t.logprob, "special": t.special}
+                        for t in chunk.tokens
+                    ]
+                self.emit(reply)
         except Exception as exc:
             self.emit(_error(request_id, exc))
         finally:

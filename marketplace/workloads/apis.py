@@ -647,7 +647,8 @@ def _together_caller(request: Request) -> bool:
     """Whether Together's official client sent the request (its User-Agent is
     ``Together/Python <version>``). Its types differ from OpenAI's where the two APIs
     differ: usage rides on a stream's last chunk (it sends no ``stream_options``), a
-    text completion is ``text.completion`` (a chunk ``completion.chunk``)."""
+    text completion is ``text.completion`` (a chunk ``completion.chunk``), and a
+    stream's chunks each carry the token sampled (``token``)."""
     return request.headers.get("User-Agent", "").startswith("Together/")
 
 
@@ -675,6 +676,7 @@ class _CompletionApi(V1Api):
             request=generation,
             request_id=request_id,
             stream=stream,
+            tokens=together,
         )
         if stream:
             response = StreamingHttpResponse(
@@ -720,7 +722,10 @@ class _CompletionApi(V1Api):
         the chunk that finishes for Together's client; for OpenAI's, with
         ``stream_options.include_usage``, a last chunk with no choices. A request that
         may answer with a tool call is held until it ends (a call is only known
-        whole), then sent as one delta: ``tool_calls`` or ``content``."""
+        whole), then sent as one delta: ``tool_calls`` or ``content``. Together's
+        client gets one chunk per sampled token, each with its ``token`` (id, text,
+        special, logprob; a chat delta also its ``token_id``), and no role-only
+        first chunk (it would carry none)."""
         if self.chat:
             kind = "chat.completion.chunk"
         else:
@@ -729,7 +734,7 @@ class _CompletionApi(V1Api):
         usage = (0, 0)
         hold = self.chat and generation.tools is not None and generation.tool_choice != "none"
         held: list[str] = []
-        if self.chat:
+        if self.chat and not together:
             first = {
                 "index": 0,
                 "delta": {"role": "assistant", "content": ""},
@@ -747,14 +752,26 @@ class _CompletionApi(V1Api):
                     extra["usage"] = None
                 if together and finish is not None:
                     extra["usage"] = usage_object(*usage)
+                token = chunk.token
+                if together and token is not None:
+                    extra["token"] = {
+                        "id": token.id,
+                        "text": token.text,
+                        "logprob": token.logprob,
+                        "special": token.special,
+                    }
                 if self.chat:
                     delta: dict[str, Any] = {"role": "assistant"}
+                    if together and token is not None:
+                        delta["token_id"] = token.id
                     if hold:
                         held.append(text)
                         text = "" if finish is None else "".join(held)
                         calls = tool_calls_for(text, finish, generation) if finish else None
                         if calls is not None:
-                            delta["tool_calls"] = [{"index": 0, **call} for call in calls]
+                            delta["tool_calls"] = [
+                                {"index": n, **call} for n, call in enumerate(calls)
+                            ]
                             finish, text = "tool_calls", ""
                     if text:
                         delta["content"] = text
@@ -768,7 +785,7 @@ class _CompletionApi(V1Api):
                     }
                     if together:
                         extra["finish_reason"] = finish
-                if text or finish is not None:
+                if text or finish is not None or "token" in extra:
                     yield _sse({**base, "choices": [choice], **extra})
         except ApplicationError as exc:
             # The 200 is out: the error goes as an event in OpenAI's shape, which both

@@ -24,7 +24,7 @@ def tool_calls_for(
     (a call cut by max_tokens stays text, with finish_reason length)."""
     if finish != "stop" or generation.tool_choice == "none":
         return None
-    return tool_calls_from(text, generation.tools)
+    return tool_calls_from(text, generation.tools, parallel=generation.parallel_tool_calls)
 
 
 def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -8,10 +8,12 @@ here.
    with others (a batch), its engine checks it and answers ``accepted`` or an error:
    the error is this request's 400 (or 500), before any 200 goes out.
 3. Chunks are read as the node posts them and handed to the API (SSE for a stream,
-   joined otherwise). While none comes, the gateway checks, about once a second,
-   that the deployment's node still serves (its serve claim renewed within the TTL):
-   a node lost mid-request is a 502 ``node_lost`` (an error event in a stream whose
-   200 is out).
+   joined otherwise). A stream may ask for its sampled tokens (Together's client
+   types each chunk with one): the node's chunks then carry them (``tokens``), and
+   a chunk carrying several is handed on as one chunk per token. While none comes,
+   the gateway checks, about once a second, that the deployment's node still serves
+   (its serve claim renewed within the TTL): a node lost mid-request is a 502
+   ``node_lost`` (an error event in a stream whose 200 is out).
 4. Usage is recorded once per request, from the gateway's own counts, never from a
    number the node reports: the prompt with the model's tokenizer and chat template
    (exactly what the engine reads), the completion by tokenizing the text the client
@@ -31,7 +33,7 @@ from typing import Any
 
 from core.errors import ApplicationError, InvalidInput
 from core.models import Organization
-from core.ports import EmbeddingResult, GenerationChunk, GenerationRequest
+from core.ports import EmbeddingResult, GenerationChunk, GenerationRequest, SampledToken
 from marketplace.workloads import ports as external
 from marketplace.workloads.dedicated import replica_acquire
 from marketplace.workloads.errors import GenerationFailed
@@ -144,6 +146,7 @@ def inference_stream(
     request: GenerationRequest,
     request_id: str,
     stream: bool = True,
+    tokens: bool = False,
 ) -> Iterator[GenerationChunk]:
     """Chunks of the completion, relayed from the deployment's node. Returns once the
     node's engine accepted the request (a cold model, or a request the engine
@@ -151,7 +154,8 @@ def inference_stream(
     gateway's token counts, and usage is recorded when the iterator ends, however it
     ends (see the module doc). ``stream`` false: the client reads the text whole, so
     the node sends it in one reply at the end (a node lost before then has sent no
-    completion tokens, and none are billed)."""
+    completion tokens, and none are billed). ``tokens`` (a stream): one chunk per
+    sampled token, each carrying it (``GenerationChunk.token``)."""
     deployment = _acquire(organization, served)
     return inference_stream_on(
         organization=organization,
@@ -159,6 +163,7 @@ def inference_stream(
         request=request,
         request_id=request_id,
         stream=stream,
+        tokens=tokens,
     )
 
 
@@ -169,6 +174,7 @@ def inference_stream_on(
     request: GenerationRequest,
     request_id: str,
     stream: bool = True,
+    tokens: bool = False,
     service_tier: str = "",
     usage_id: str = "",
 ) -> Iterator[GenerationChunk]:
@@ -184,6 +190,7 @@ def inference_stream_on(
             "id": request_id,
             "kind": "generate",
             "stream": stream,
+            "tokens": stream and tokens,
             "request": dataclasses.asdict(request),
         },
     )
@@ -240,16 +247,24 @@ def _relayed(
             text, finish = reply.get("text"), reply.get("finish_reason")
             if not isinstance(text, str) or (finish is not None and finish not in FINISH_REASONS):
                 raise _protocol_error(deployment, request_id, "a chunk without text")
+            sampled = _sampled(reply.get("tokens"))
+            if sampled is None:
+                raise _protocol_error(deployment, request_id, "unreadable tokens")
             received.append(text)
+            pieces = _per_token(text, sampled)
+            for piece, token in pieces[:-1]:
+                yield GenerationChunk(text=piece, token=token)
+            piece, token = pieces[-1]
             if finish is None:
-                yield GenerationChunk(text=text)
+                yield GenerationChunk(text=piece, token=token)
                 continue
             completion = _completion_tokens(deployment, request, received, stopped=finish == "stop")
             yield GenerationChunk(
-                text=text,
+                text=piece,
                 finish_reason=finish,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion,
+                token=token,
             )
             return
     finally:
@@ -267,6 +282,52 @@ def _relayed(
             complete=completion is not None,
             service_tier=service_tier,
         )
+
+
+def _sampled(value: Any) -> list[SampledToken] | None:
+    """A chunk's ``tokens`` as sent by the node (none: an empty list), or None when
+    they are not ``{"id", "text", "logprob", "special"}`` objects."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return None
+    found = []
+    for item in value:
+        if not isinstance(item, dict):
+            return None
+        token_id, text = item.get("id"), item.get("text")
+        logprob, special = item.get("logprob"), item.get("special")
+        if (
+            not isinstance(token_id, int)
+            or isinstance(token_id, bool)
+            or not isinstance(text, str)
+            or not isinstance(logprob, float | int)
+            or isinstance(logprob, bool)
+            or not math.isfinite(logprob)
+            or logprob > 0
+            or not isinstance(special, bool)
+        ):
+            return None
+        found.append(SampledToken(token_id, text, float(logprob), special))
+    return found
+
+
+def _per_token(text: str, sampled: list[SampledToken]) -> list[tuple[str, SampledToken | None]]:
+    """A node's chunk as one piece per token it carries: each token takes the next
+    characters of ``text`` as long as its own text (an end token none), the last
+    token the rest, so the pieces join to ``text`` exactly (text the engine held
+    back, as a possible stop string, comes with a later token than its own). A
+    chunk without tokens is one piece."""
+    if not sampled:
+        return [(text, None)]
+    pieces: list[tuple[str, SampledToken | None]] = []
+    at = 0
+    for token in sampled[:-1]:
+        width = 0 if token.special else len(token.text)
+        pieces.append((text[at : at + width], token))
+        at = min(at + width, len(text))
+    pieces.append((text[at:], sampled[-1]))
+    return pieces
 
 
 def _completion_tokens(

@@ -360,6 +360,7 @@ def generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest
             json_schema_strict=form.json_schema_strict,
             tools=form.tools,
             tool_choice=form.tool_choice,
+            parallel_tool_calls=form.parallel_tool_calls,
             **common,
         )
     prompt = body.get("prompt")

@@ -8,12 +8,19 @@ this module decides which schema:
   ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``: that schema
   (``strict`` false lets the model add properties the schema does not forbid);
   ``{"type": "text"}``: no constraint.
-- ``tools`` with ``tool_choice`` ``required``: one call to any of them, written as
+- ``tools`` with ``tool_choice`` ``required``: a call to any of them, written as
   ``{"name": <a tool's name>, "arguments": <its parameters' schema>}``; a named
   function (``{"type": "function", "function": {"name"}}``): a call to that one;
   ``auto`` (the default with tools): the model writes freely and the answer is a
   call when its text is exactly such an object; ``none``: plain text. The chat
   template shows the model the definitions in every case.
+- ``parallel_tool_calls`` (true unless the request says false, as OpenAI's): the
+  answer may also be a JSON list of such objects, each matching its own tool's
+  parameters (the chat template renders several calls so, a single call as the bare
+  object). A list of one is allowed too: a list may be closed after any call, so a
+  model that opened one can still finish within its token budget (the closing
+  reserve, runtime/structured.py); one that had to write a second whole call could
+  not. False: one call only. Each call gets its own id.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class Structure:
     json_schema_strict: bool = True
     tools: list[dict[str, Any]] | None = None
     tool_choice: str = "none"  # none | auto | required | function
+    parallel_tool_calls: bool = True
 
 
 def _canonical(schema: Any, *, param: str) -> str:
@@ -190,6 +198,7 @@ def structure(body: dict[str, Any]) -> Structure:
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise invalid("parallel_tool_calls must be true or false", param="parallel_tool_calls")
+    parallel = parallel is not False
     tools = _tools(body["tools"])
     names = [tool["function"]["name"] for tool in tools]
     choice, named = _tool_choice(body.get("tool_choice"), names)
@@ -201,7 +210,7 @@ def structure(body: dict[str, Any]) -> Structure:
                 param="response_format",
             )
         if formatted is None:
-            return Structure(tools=tools, tool_choice=choice)
+            return Structure(tools=tools, tool_choice=choice, parallel_tool_calls=parallel)
         schema, field, strict = formatted
         return Structure(
             json_schema=schema,
@@ -209,6 +218,7 @@ def structure(body: dict[str, Any]) -> Structure:
             json_schema_strict=strict,
             tools=tools,
             tool_choice=choice,
+            parallel_tool_calls=parallel,
         )
     if formatted is not None:
         raise invalid(
@@ -218,6 +228,8 @@ def structure(body: dict[str, Any]) -> Structure:
     chosen = [t for t in tools if t["function"]["name"] == named] if named else tools
     schemas = [_call_schema(tool) for tool in chosen]
     call: dict[str, Any] = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    if parallel:
+        call = {"anyOf": [call, {"type": "array", "items": call, "minItems": 1}]}
     strict = all(t["function"].get("strict") is not False for t in chosen)
     return Structure(
         json_schema=_canonical(call, param="tools"),
@@ -225,26 +237,37 @@ def structure(body: dict[str, Any]) -> Structure:
         json_schema_strict=strict,
         tools=tools,
         tool_choice=choice,
+        parallel_tool_calls=parallel,
     )
 
 
-def tool_calls_from(text: str, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+def tool_calls_from(
+    text: str, tools: list[dict[str, Any]] | None, *, parallel: bool = True
+) -> list[dict[str, Any]] | None:
     """The text as OpenAI's ``tool_calls`` when it is exactly one call
-    (``{"name": <a tool's name>, "arguments": {...}}``), else None."""
+    (``{"name": <a tool's name>, "arguments": {...}}``) or, with ``parallel``, a
+    non-empty JSON list of such calls; else None. Each call gets its own id."""
     if not tools:
         return None
     try:
-        call = json.loads(text)
+        found = json.loads(text)
     except ValueError:
         return None
-    names = {tool["function"]["name"] for tool in tools}
-    if (
-        not isinstance(call, dict)
-        or set(call) != {"name", "arguments"}
-        or call["name"] not in names
-        or not isinstance(call["arguments"], dict)
-    ):
+    if isinstance(found, list) and parallel and found:
+        calls = found
+    elif isinstance(found, dict):
+        calls = [found]
+    else:
         return None
+    names = {tool["function"]["name"] for tool in tools}
+    for call in calls:
+        if (
+            not isinstance(call, dict)
+            or set(call) != {"name", "arguments"}
+            or call["name"] not in names
+            or not isinstance(call["arguments"], dict)
+        ):
+            return None
     return [
         {
             "id": f"call_{uuid.uuid4().hex[:24]}",
@@ -254,4 +277,5 @@ def tool_calls_from(text: str, tools: list[dict[str, Any]] | None) -> list[dict[
                 "arguments": json.dumps(call["arguments"], ensure_ascii=False),
             },
         }
+        for call in calls
     ]

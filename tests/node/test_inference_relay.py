@@ -373,3 +373,19 @@ def test_the_agent_joins_a_requests_chunks_gathered_while_a_post_was_out():
         {"request": "b", "error": {"status": 500, "code": "generation_failed"}},
         {"request": "c", "text": "", "finish_reason": None},
     ]
+
+
+def test_the_agent_joins_the_sampled_tokens_of_the_chunks_it_joins():
+    from providers.agent_serve import coalesce
+
+    one = {"id": 7, "text": "x", "logprob": -0.5, "special": False}
+    two = {"id": 8, "text": "y", "logprob": -1.5, "special": False}
+    end = {"id": 2, "text": "</s>", "logprob": -0.25, "special": True}
+    gathered = [
+        {"request": "a", "text": "x", "finish_reason": None, "tokens": [one]},
+        {"request": "a", "text": "", "finish_reason": None, "tokens": [two]},
+        {"request": "a", "text": "y", "finish_reason": "stop", "tokens": [end]},
+    ]
+    assert coalesce(gathered) == [
+        {"request": "a", "text": "xy", "finish_reason": "stop", "tokens": [one, two, end]}
+    ]
