@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from core.routing import by_method
-from marketplace.workloads import apis, batch_apis, deletion_apis
+from marketplace.workloads import apis, batch_apis, deletion_apis, inference_apis, job_apis
 
 app_name = "workloads"
 
@@ -29,44 +29,44 @@ urlpatterns = [
     # fine-tuning jobs, OpenAI's shape
     path(
         "fine_tuning/jobs",
-        by_method(get=apis.OpenAIJobListApi, post=apis.OpenAIJobCreateApi),
+        by_method(get=job_apis.OpenAIJobListApi, post=job_apis.OpenAIJobCreateApi),
         name="openai-jobs",
     ),
-    path("fine_tuning/jobs/<str:job_id>", apis.OpenAIJobDetailApi.as_view(), name="openai-job"),
+    path("fine_tuning/jobs/<str:job_id>", job_apis.OpenAIJobDetailApi.as_view(), name="openai-job"),
     path(
         "fine_tuning/jobs/<str:job_id>/cancel",
-        apis.OpenAIJobCancelApi.as_view(),
+        job_apis.OpenAIJobCancelApi.as_view(),
         name="openai-job-cancel",
     ),
     path(
         "fine_tuning/jobs/<str:job_id>/events",
-        apis.OpenAIJobEventsApi.as_view(),
+        job_apis.OpenAIJobEventsApi.as_view(),
         name="openai-job-events",
     ),
     path(
         "fine_tuning/jobs/<str:job_id>/checkpoints",
-        apis.OpenAIJobCheckpointsApi.as_view(),
+        job_apis.OpenAIJobCheckpointsApi.as_view(),
         name="openai-job-checkpoints",
     ),
     # fine-tunes, Together's shape (the fixed paths before the <id> ones)
     path(
         "fine-tunes",
-        by_method(get=apis.TogetherJobListApi, post=apis.TogetherJobCreateApi),
+        by_method(get=job_apis.TogetherJobListApi, post=job_apis.TogetherJobCreateApi),
         name="together-jobs",
     ),
     path(
         "fine-tunes/estimate-price",
-        apis.TogetherEstimatePriceApi.as_view(),
+        job_apis.TogetherEstimatePriceApi.as_view(),
         name="together-estimate-price",
     ),
     path(
         "fine-tunes/models/limits",
-        apis.TogetherModelLimitsApi.as_view(),
+        job_apis.TogetherModelLimitsApi.as_view(),
         name="together-model-limits",
     ),
     path(
         "fine-tunes/<str:job_id>",
-        by_method(get=apis.TogetherJobDetailApi, delete=deletion_apis.TogetherJobDeleteApi),
+        by_method(get=job_apis.TogetherJobDetailApi, delete=deletion_apis.TogetherJobDeleteApi),
         name="together-job",
     ),
     path(
@@ -76,20 +76,20 @@ urlpatterns = [
     ),
     path(
         "fine-tunes/<str:job_id>/cancel",
-        apis.TogetherJobCancelApi.as_view(),
+        job_apis.TogetherJobCancelApi.as_view(),
         name="together-job-cancel",
     ),
     path(
         "fine-tunes/<str:job_id>/events",
-        apis.TogetherJobEventsApi.as_view(),
+        job_apis.TogetherJobEventsApi.as_view(),
         name="together-job-events",
     ),
     path(
         "fine-tunes/<str:job_id>/checkpoints",
-        apis.TogetherJobCheckpointsApi.as_view(),
+        job_apis.TogetherJobCheckpointsApi.as_view(),
         name="together-job-checkpoints",
     ),
-    path("finetune/download", apis.TogetherDownloadApi.as_view(), name="together-download"),
+    path("finetune/download", job_apis.TogetherDownloadApi.as_view(), name="together-download"),
     # batches (OpenAI), on interruptible capacity
     path(
         "batches",
@@ -99,13 +99,13 @@ urlpatterns = [
     path("batches/<str:batch_id>", batch_apis.BatchDetailApi.as_view(), name="batch"),
     path("batches/<str:batch_id>/cancel", batch_apis.BatchCancelApi.as_view(), name="batch-cancel"),
     # inference
-    path("chat/completions", apis.ChatCompletionApi.as_view(), name="chat-completions"),
-    path("completions", apis.CompletionApi.as_view(), name="completions"),
-    path("embeddings", apis.EmbeddingsApi.as_view(), name="embeddings"),
-    path("models", apis.ModelListApi.as_view(), name="models"),
+    path("chat/completions", inference_apis.ChatCompletionApi.as_view(), name="chat-completions"),
+    path("completions", inference_apis.CompletionApi.as_view(), name="completions"),
+    path("embeddings", inference_apis.EmbeddingsApi.as_view(), name="embeddings"),
+    path("models", inference_apis.ModelListApi.as_view(), name="models"),
     path(
         "models/<path:model>",
-        by_method(get=apis.ModelDetailApi, delete=deletion_apis.ModelDeleteApi),
+        by_method(get=inference_apis.ModelDetailApi, delete=deletion_apis.ModelDeleteApi),
         name="model-detail",
     ),
 ]
