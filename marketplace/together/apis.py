@@ -20,6 +20,7 @@ from core.tenancy import get_caller
 from marketplace.together import clusters, projects, shapes, usage
 from marketplace.workloads import inputs
 from marketplace.workloads.apis import V1Api
+from marketplace.workloads.errors import invalid
 from pricing.selectors import price_at, size_tier
 
 # --- serializers (what the schema declares; the clients' own shapes) ---------------
@@ -159,8 +160,6 @@ def _page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
     """Cursor pages over ids (Together's ``after``/``next_cursor``)."""
     raw_limit = request.query_params.get("limit") or "100"
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
-        from marketplace.workloads.errors import invalid
-
         raise invalid("limit must be a whole number from 1 to 1000", param="limit")
     after = request.query_params.get("after")
     if after:

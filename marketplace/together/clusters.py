@@ -31,11 +31,14 @@ from django.utils.dateparse import parse_datetime
 
 from core.errors import Conflict
 from core.models import Organization
+from core.money import Money, MoneyError
 from marketplace import services as market
 from marketplace.models import Lease, Order
+from marketplace.together.projects import project_check
 from marketplace.workloads.errors import invalid, not_found
 from providers import catalog
 from providers.models import Node, Offer
+from providers.selectors import offers_listed
 
 WORKLOAD_PREFIX = "cluster:"
 ID_PREFIX = "cl-"
@@ -118,12 +121,10 @@ def _moment(data: dict[str, Any], name: str) -> datetime | None:
     return moment
 
 
-def _limit_micros(data: dict[str, Any]) -> int:
+def limit_micros(data: dict[str, Any]) -> int:
     raw = data.get("limit_price_per_gpu_hour")
     if raw is None:
         return int(settings.WORKLOADS_GPU_HOUR_LIMIT_MICROS)
-    from core.money import Money, MoneyError
-
     try:
         return Money.parse(str(raw), settings.TANDEM_CURRENCY).amount_micros
     except (MoneyError, ValueError, TypeError) as error:
@@ -243,8 +244,6 @@ def cluster_create(*, organization: Organization, data: dict[str, Any]) -> Clust
         )
     requested_project = _text(data, "project_id")
     if requested_project:
-        from marketplace.together.projects import project_check
-
         project_check(organization=organization, project=requested_project)
     now = timezone.now()
     duration, start = _timing(data, billing_type, now)
@@ -254,7 +253,7 @@ def cluster_create(*, organization: Organization, data: dict[str, Any]) -> Clust
             gpus_per_node=gpus_per_node,
             node_count=nodes,
             gpu_models=[slug],
-            limit_price_per_gpu_hour_micros=_limit_micros(data),
+            limit_price_per_gpu_hour_micros=limit_micros(data),
             kind=Order.Kind.INTERRUPTIBLE if preemptible else Order.Kind.ON_DEMAND,
             time_in_force=Order.TimeInForce.STANDING,
             regions=[region],
@@ -364,7 +363,6 @@ def driver_versions(*, region: str) -> list[dict[str, str]]:
 
 def regions() -> list[dict[str, Any]]:
     """Regions with offers now, each with its GPU types and driver versions."""
-    from providers.selectors import offers_listed
 
     found: dict[str, set[str]] = {}
     for region, model in offers_listed().values_list("region", "gpu_model").distinct():

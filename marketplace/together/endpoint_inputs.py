@@ -9,11 +9,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 
 from core.models import Organization
-from core.money import Money, MoneyError
 from marketplace.together import projects
 from marketplace.together.instance_types import instance_type_parse
 from marketplace.workloads.endpoint_names import bare_name
@@ -235,19 +233,6 @@ def region(data: dict[str, Any]) -> str:
             param="placement.inline.regions[0]",
         )
     return region
-
-
-def limit_micros(data: dict[str, Any]) -> int:
-    raw = data.get("limit_price_per_gpu_hour")
-    if raw is None:
-        return int(settings.WORKLOADS_GPU_HOUR_LIMIT_MICROS)
-    try:
-        return Money.parse(str(raw), settings.TANDEM_CURRENCY).amount_micros
-    except (MoneyError, ValueError, TypeError) as error:
-        raise invalid(
-            f"limit_price_per_gpu_hour must be decimal text such as '3.00': {error}",
-            param="limit_price_per_gpu_hour",
-        ) from error
 
 
 def page_args(params: Any) -> tuple[int, str | None, str]:

@@ -34,6 +34,7 @@ from django.utils import timezone
 from core.errors import ApplicationError, Conflict
 from core.models import Organization
 from marketplace.together import endpoint_inputs as inputs
+from marketplace.together.clusters import limit_micros
 from marketplace.workloads import dedicated
 from marketplace.workloads.errors import invalid, not_found
 from marketplace.workloads.models import DedicatedDeployment, DedicatedEndpoint, new_public_id
@@ -278,7 +279,7 @@ def deployment_create(
     model, base_model, adapter_path = inputs.model(data, organization)
     region = inputs.region(data)
     now = now or timezone.now()
-    limit = inputs.limit_micros(data)
+    limit = limit_micros(data)
     with transaction.atomic():
         locked = DedicatedEndpoint.objects.select_for_update().get(pk=endpoint.pk)
         try:

@@ -3,7 +3,7 @@ Model, SupportedModel, Cluster, ClusterListRegionsResponse."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from core.models import Organization
@@ -206,6 +206,5 @@ def cluster(item: Cluster, organization: Organization) -> dict[str, Any]:
 
 
 def _seconds(value: int | None) -> Any:
-    from datetime import timedelta
 
     return timedelta(seconds=value or 0)
