@@ -12,6 +12,8 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from core import services
 from core.models import ApiKey, IdempotentRequest, Membership, Organization
@@ -84,3 +86,29 @@ class IdempotentRequestAdmin(ReadOnlyAdmin):
     # Deleting an unfinished claim lets the request be retried at once.
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return super(ReadOnlyAdmin, self).has_delete_permission(request, obj)
+
+
+# --- two-factor devices (django-otp) --------------------------------------------------
+#
+# Operators see who has two-factor sign-in and may delete a device (for a person who
+# lost both the device and the backup codes). django-otp's own admins are replaced:
+# theirs show a device's secret as a QR code and its backup codes, on pages whose
+# URLs take an unbounded integer.
+for _device_model in (TOTPDevice, StaticDevice):
+    if admin.site.is_registered(_device_model):
+        admin.site.unregister(_device_model)
+
+
+@admin.register(TOTPDevice, StaticDevice)
+class TwoFactorDeviceAdmin(admin.ModelAdmin):
+    list_display = ("user", "name", "confirmed")
+    list_select_related = ("user",)
+    search_fields = ("user__email", "user__username")
+    fields = ("user", "name", "confirmed")
+    readonly_fields = ("user", "name", "confirmed")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -251,6 +251,24 @@ TABLE: dict[tuple[str, str], Row] = {
     ("together-cluster", "DELETE"): buyer(WRITERS, other=404),
     ("together-regions", "GET"): buyer(),
     ("together-billing-usage", "GET"): buyer(),
+    # dedicated endpoints: hardware from the market; endpoints in the caller's project
+    ("together-instance-types", "GET"): buyer(),
+    ("together-instance-type", "GET"): buyer(),
+    ("together-endpoints", "GET"): buyer(other=404),
+    ("together-endpoints", "POST"): buyer(WRITERS, other=404),
+    ("together-endpoint", "GET"): buyer(other=404),
+    ("together-endpoint", "PATCH"): buyer(WRITERS, other=404),
+    ("together-endpoint", "DELETE"): buyer(WRITERS, other=404),
+    ("together-endpoint-deployments", "GET"): buyer(other=404),
+    ("together-endpoint-deployments", "POST"): buyer(WRITERS, other=404),
+    ("together-endpoint-deployment", "GET"): buyer(other=404),
+    ("together-endpoint-deployment", "PATCH"): buyer(WRITERS, other=404),
+    ("together-endpoint-deployment", "DELETE"): buyer(WRITERS, other=404),
+    # OpenAI batches (on interruptible capacity)
+    ("batches", "GET"): buyer(),
+    ("batches", "POST"): buyer(WRITERS),
+    ("batch", "GET"): buyer(other=404),
+    ("batch-cancel", "POST"): buyer(WRITERS, other=404),
 }
 
 
