@@ -82,6 +82,8 @@ def receivables_aging(*, as_of: datetime) -> ReceivablesAging:
         )
         .select_related("organization")
         .prefetch_related("credit_notes")
+        # Not the frozen documents: a thousand of them cost more than the aging.
+        .defer("document")
         .order_by("due_at", "pk")
     )
     rows: dict[tuple[str, int], AgingRow] = {}
