@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10,000 events, 100 invoices")
     parser.add_argument("--rounds", type=int, help="timed requests per page (default 30)")
     parser.add_argument("--keep", action="store_true", help="leave the database in place")
+    parser.add_argument("--only", metavar="TEXT", help="only the pages whose path contains TEXT")
     args = parser.parse_args()
     events = 10_000 if args.quick else 100_000
     invoices = 100 if args.quick else 1_000
@@ -246,7 +247,11 @@ def main() -> None:
             cursor.execute("VACUUM ANALYZE")
         set_up = time.perf_counter() - set_up
         close.log(f"set-up {set_up:.0f} s")
-        found = pages(month["ids"])
+        found = (
+            [(name, path) for name, path in pages(month["ids"]) if args.only in path]
+            if args.only
+            else pages(month["ids"])
+        )
         rows = measure(month["people"], found, rounds)
     finally:
         if not args.keep:

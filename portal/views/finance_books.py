@@ -21,6 +21,7 @@ from ledger import selectors as books
 from payments import selectors as payments
 from portal.access import finance_page
 from portal.finance_forms import AgingForm, CurrencyForm
+from portal.views.paging import page_of
 
 SECTION_NAMES = {
     "journal": "Journal: debits against credits",
@@ -68,12 +69,18 @@ def aging(request: HttpRequest) -> HttpResponse:
         if day is not None and day < now.date()
         else now
     )
+    aging = invoices.receivables_aging(as_of=as_of) if valid else None
+    day_query = f"as_of={day.isoformat()}&" if day is not None else ""
     return render(
         request,
         "portal/finance/aging.html",
         {
             "form": form,
-            "aging": invoices.receivables_aging(as_of=as_of) if valid else None,
+            "aging": aging,
+            # The buyers page (the totals are of them all): a thousand rows would cost
+            # more to draw than to age.
+            "page": page_of(request, aging.rows) if aging is not None else None,
+            "pager_query": day_query,
             "buckets": [invoices.BUCKET_NAMES[b] for b in invoices.AGING_BUCKETS],
             "as_of": as_of,
         },

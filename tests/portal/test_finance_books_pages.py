@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from core.models import Organization
 from core.money import Money
+from core.services import org_create
 from exports.models import FinanceExport
 from invoicing.aging import aging_bucket_of
 from invoicing.models import Invoice
@@ -127,6 +128,29 @@ def test_aging_buckets_what_each_buyer_owes_by_days_past_due(finance, person):
     assert "Nothing is owed" in before.content.decode()
     bad = signed_in(finance).get(reverse("portal:finance-aging"), {"as_of": "yesterday"})
     assert bad.status_code == 400 and "valid date" in _field_error(bad.content.decode(), "as_of")
+
+
+def test_aging_pages_its_buyers_and_totals_them_all(finance, cast):
+    # given: 30 buyers, each owing on one invoice
+    buyers = [org_create(name=f"Owing {n:02d}", kind="buyer") for n in range(30)]
+    for n, buyer in enumerate(buyers):
+        make_invoice(buyer, 0, total=(n + 1) * 1_000_000)
+    client = signed_in(finance)
+
+    # when: the first page, then the second
+    first = client.get(reverse("portal:finance-aging")).content.decode()
+    second = client.get(reverse("portal:finance-aging"), {"page": 2}).content.decode()
+
+    # then: 25 buyers, then 5, the largest first; the total is of all 30
+    def names(page: str) -> list[str]:
+        return re.findall(r"(Owing \d\d)", page.split('data-aging-rows="USD"', 1)[1])
+
+    assert names(first) == [f"Owing {n:02d}" for n in range(29, 4, -1)]
+    assert names(second) == [f"Owing {n:02d}" for n in range(4, -1, -1)]
+    total = str(Money(sum(range(1, 31)) * 1_000_000, "USD"))
+    assert f'data-figure="aging-USD">{total}<' in first
+    assert f'data-figure="aging-USD">{total}<' in second
+    assert "Page 1 of 2 (30 in all)" in first
 
 
 # --- reconciliation --------------------------------------------------------------
