@@ -161,3 +161,18 @@ def sign_in(page, live_server, who: Person) -> None:
     page.get_by_label("Password").fill(who.password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_load_state()
+
+
+# --- accessibility -----------------------------------------------------------------
+
+WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
+
+
+def accessible(page, errors: list[str] | None = None) -> None:
+    """The page as it stands passes axe-core's WCAG 2.2 A and AA rules, and (given the
+    page's console errors as collected) logged no error."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
+    assert results.violations_count == 0, results.generate_report()
+    assert not errors, errors

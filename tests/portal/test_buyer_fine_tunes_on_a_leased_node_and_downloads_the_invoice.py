@@ -11,25 +11,17 @@ import re
 from pathlib import Path
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from core.models import Organization
 from invoicing import services as invoicing
 from marketplace.workloads.models import FineTuneJob
 from pricing.welcome import welcome_credit_grant
-from tests.portal.conftest import sign_in
+from tests.portal.conftest import accessible, sign_in
 from tests.workloads.conftest import SAMPLE_CHAT, demo_node_agent, jsonl  # noqa: F401 - a fixture
 from tests.workloads.market import buyer_credit, platform_running, provider_with_capacity
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
-
-
-def accessible(page) -> None:
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
-    assert results.violations_count == 0, results.generate_report()
 
 
 def test_buyer_fine_tunes_on_a_leased_node_and_downloads_the_invoice(

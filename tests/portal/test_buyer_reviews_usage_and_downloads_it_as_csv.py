@@ -12,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from django.utils import timezone
 from playwright.sync_api import expect
 
@@ -20,17 +19,10 @@ from core import services as tenancy
 from core.money import Money
 from pricing.book import rate_for
 from pricing.rating import rate_quantity
-from tests.portal.conftest import sign_in
+from tests.portal.conftest import accessible, sign_in
 from tests.portal.test_buyer_work_pages import TINY, start_job, training_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
-
-
-def accessible(page) -> None:
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
-    assert results.violations_count == 0, results.generate_report()
 
 
 def test_buyer_reviews_usage_and_downloads_it_as_csv(live_server, page, person, tmp_path, settings):

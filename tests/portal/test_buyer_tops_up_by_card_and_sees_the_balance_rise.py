@@ -25,13 +25,12 @@ from payments.models import StripeEvent, TopUp
 from payments.webhooks import stripe_event_process
 from pricing.welcome import welcome_credit_grant
 from tests.payments.conftest import make_event, signed
-from tests.portal.conftest import sign_in
+from tests.portal.conftest import WCAG, sign_in
 from tests.portal.test_keyboard_only_sign_in_and_api_key import tab_to
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FAKE_STRIPE_JS = Path(__file__).parent / "fake_stripe" / "stripe.js"
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
 
 
 @pytest.fixture

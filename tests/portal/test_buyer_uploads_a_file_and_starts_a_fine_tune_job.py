@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from django.utils import timezone
 from playwright.sync_api import expect
 
@@ -18,17 +17,10 @@ from marketplace.models import Order
 from marketplace.workloads import jobs
 from marketplace.workloads.models import FineTuneJob
 from pricing.welcome import welcome_credit_grant
-from tests.portal.conftest import sign_in
+from tests.portal.conftest import accessible, sign_in
 from tests.workloads.conftest import SAMPLE_CHAT, jsonl
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
-
-
-def accessible(page) -> None:
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
-    assert results.violations_count == 0, results.generate_report()
 
 
 def test_buyer_uploads_a_file_and_starts_a_fine_tune_job(

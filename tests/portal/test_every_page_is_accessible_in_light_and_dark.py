@@ -20,14 +20,13 @@ from pricing.welcome import welcome_credit_grant
 from providers import demo as supply
 from providers.models import Node, Offer
 from tests.payments.conftest import SECRET_KEY
-from tests.portal.conftest import SCREENSHOTS, sign_in
+from tests.portal.conftest import SCREENSHOTS, WCAG, sign_in
 from tests.portal.test_buyer_account_pages import card
 from tests.portal.test_buyer_money_pages import make_credit_note, make_invoice
 from tests.portal.test_buyer_work_pages import raw_order, start_job, training_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
 SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 
 

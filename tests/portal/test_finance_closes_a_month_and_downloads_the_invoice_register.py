@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from core.money import Money
@@ -21,17 +20,9 @@ from exports import services as exports
 from exports.models import FinanceExport
 from invoicing.models import Invoice
 from tests.invoicing.world import PERIOD, generate_month, platform, record, settle
-from tests.portal.conftest import sign_in
+from tests.portal.conftest import accessible, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
-
-
-def accessible(page, errors: list[str]) -> None:
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
-    assert results.violations_count == 0, results.generate_report()
-    assert not errors, errors
 
 
 def test_finance_closes_a_month_and_downloads_the_invoice_register(

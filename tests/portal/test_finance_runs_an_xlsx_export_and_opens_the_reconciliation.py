@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from openpyxl import load_workbook
 from playwright.sync_api import expect
 
@@ -18,17 +17,9 @@ from core.money import Money
 from exports import services as exports
 from exports.models import FinanceExport
 from tests.invoicing.world import generate_month, platform, record, settle
-from tests.portal.conftest import sign_in
+from tests.portal.conftest import accessible, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
-
-
-def accessible(page, errors: list[str]) -> None:
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
-    assert results.violations_count == 0, results.generate_report()
-    assert not errors, errors
 
 
 def test_finance_runs_an_xlsx_export_and_opens_the_reconciliation(

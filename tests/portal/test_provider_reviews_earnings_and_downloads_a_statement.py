@@ -13,24 +13,15 @@ import re
 from pathlib import Path
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from django.utils import timezone
 from playwright.sync_api import expect
 
 from core.money import Money
 from invoicing.statements import statement_compute
 from tests.invoicing.world import balance, generate_month, record, settle
-from tests.portal.conftest import sign_in
+from tests.portal.conftest import accessible, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
-
-
-def accessible(page, errors: list[str]) -> None:
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
-    assert results.violations_count == 0, results.generate_report()
-    assert not errors, errors
 
 
 def test_provider_reviews_earnings_and_downloads_a_statement(live_server, page, person, cast):
