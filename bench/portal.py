@@ -247,11 +247,7 @@ def main() -> None:
             cursor.execute("VACUUM ANALYZE")
         set_up = time.perf_counter() - set_up
         close.log(f"set-up {set_up:.0f} s")
-        found = (
-            [(name, path) for name, path in pages(month["ids"]) if args.only in path]
-            if args.only
-            else pages(month["ids"])
-        )
+        found = [(name, path) for name, path in pages(month["ids"]) if (args.only or "") in path]
         rows = measure(month["people"], found, rounds)
     finally:
         if not args.keep:

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
 from django.test.utils import override_settings
 
 from core import services
@@ -171,8 +172,6 @@ WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
 def accessible(page, errors: list[str] | None = None) -> None:
     """The page as it stands passes axe-core's WCAG 2.2 A and AA rules, and (given the
     page's console errors as collected) logged no error."""
-    from axe_playwright_python.sync_playwright import Axe
-
     results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
     assert results.violations_count == 0, results.generate_report()
     assert not errors, errors
