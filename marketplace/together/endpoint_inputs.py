@@ -14,6 +14,7 @@ from django.db.models import QuerySet
 from core.models import Organization
 from marketplace.together import projects
 from marketplace.together.instance_types import instance_type_parse
+from marketplace.workloads import autoscaling as scaler
 from marketplace.workloads.endpoint_names import bare_name
 from marketplace.workloads.errors import invalid
 from marketplace.workloads.inference import model_resolve
@@ -23,13 +24,18 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REPLICAS_MAX = 16
 INACTIVE_MINUTES = (30, 1440)  # Together's accepted range (0: never)
 WINDOW = re.compile(r"^(\d{1,6})(s|m|h)$")
-AUTOSCALING_UNSUPPORTED = (
-    "scaleDown",
-    "scaleDownWindow",
-    "scaleUp",
+# Rate policies: a count moves to the stabilized recommendation in one step.
+AUTOSCALING_UNSUPPORTED = ("scaleDown", "scaleUp")
+AUTOSCALING_FIELDS = (
+    "minReplicas",
+    "maxReplicas",
+    "scaleToZeroWindow",
     "scaleUpWindow",
+    "scaleDownWindow",
     "scalingMetrics",
+    *AUTOSCALING_UNSUPPORTED,
 )
+TARGET_MAX = 100_000.0
 
 
 def known(data: dict[str, Any], allowed: tuple[str, ...], where: str = "") -> None:
@@ -75,21 +81,87 @@ def mask(update_mask: str | None, data: dict[str, Any], fields: dict[str, str]) 
     return masked
 
 
-def window_seconds(raw: Any, param: str) -> int:
+def _duration(raw: Any, param: str) -> int:
     match = WINDOW.match(raw) if isinstance(raw, str) else None
     if match is None:
         raise invalid(f"{param} must be a duration such as '300s', '30m' or '1h'", param=param)
-    seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def window_seconds(raw: Any, param: str) -> int:
+    seconds = _duration(raw, param)
     if not 60 <= seconds <= 86_400:
         raise invalid(f"{param} must be from 1 minute to 24 hours", param=param)
     return seconds
 
 
+def stabilization_seconds(raw: Any, param: str) -> int:
+    seconds = _duration(raw, param)
+    if seconds > scaler.WINDOW_MAX_SECONDS:
+        raise invalid(f"{param} must be from 0s to 1 hour", param=param)
+    return seconds
+
+
+def scaling_metrics(raw: Any) -> float | None:
+    """The in-flight target of ``scalingMetrics`` (None: the list is empty, the
+    platform's default applies). The one metric offered is ``inflight_requests``
+    with a per-replica (``METRIC_TARGET_TYPE_AVERAGE_VALUE``) target: any other name
+    or type is refused, naming it, never ignored."""
+    param = "autoscaling.scalingMetrics"
+    if not isinstance(raw, list):
+        raise invalid(f"{param} must be a list", param=param)
+    if len(raw) > 1:
+        raise invalid(f"{param} takes one metric ({scaler.METRIC})", param=f"{param}[1]")
+    if not raw:
+        return None
+    metric, where = raw[0], f"{param}[0]"
+    if not isinstance(metric, dict):
+        raise invalid(f"{where} must be an object", param=where)
+    known(metric, ("name", "type", "target", "percentile"), f"{where}.")
+    if metric.get("name") != scaler.METRIC:
+        raise invalid(
+            f"{where}.name {metric.get('name')!r} is not offered: the autoscaler reads "
+            f"{scaler.METRIC} (concurrent in-flight requests per replica, counted at the "
+            "gateway)",
+            param=f"{where}.name",
+        )
+    if metric.get("type") != scaler.TARGET_TYPE:
+        raise invalid(
+            f"{where}.type {metric.get('type')!r} is not offered for {scaler.METRIC}: "
+            f"{scaler.TARGET_TYPE} (a target per replica)",
+            param=f"{where}.type",
+        )
+    if metric.get("percentile") not in (None, ""):
+        raise invalid(
+            f"{where}.percentile applies to latency metrics, not {scaler.METRIC}",
+            param=f"{where}.percentile",
+        )
+    target = metric.get("target")
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, int | float)
+        or target != target
+        or not 0 < target <= TARGET_MAX
+    ):
+        raise invalid(
+            f"{where}.target must be a number of requests per replica above 0, at most "
+            f"{TARGET_MAX:g}",
+            param=f"{where}.target",
+        )
+    return float(target)
+
+
 @dataclass(slots=True)
 class Scaling:
+    """What an ``autoscaling`` object (and ``inactiveTimeout``) gave; None: not given."""
+
     min_replicas: int | None = None
     max_replicas: int | None = None
     idle_timeout_seconds: int | None = None
+    up_window_seconds: int | None = None
+    down_window_seconds: int | None = None
+    metrics_given: bool = False
+    inflight_target: float | None = None  # None with metrics_given: the default
 
 
 def replicas(value: Any, param: str) -> int:
@@ -107,15 +179,23 @@ def scaling(data: dict[str, Any]) -> Scaling:
         for key in AUTOSCALING_UNSUPPORTED:
             if autoscaling.get(key) not in (None, [], {}):
                 raise invalid(
-                    f"autoscaling.{key} is not offered: a deployment keeps minReplicas "
-                    "replicas leased (scaling is by minReplicas)",
+                    f"autoscaling.{key} is not offered: rate policies are not applied; the "
+                    "replica count moves to the recommendation held through "
+                    f"autoscaling.{key}Window in one step",
                     param=f"autoscaling.{key}",
                 )
-        known(
-            autoscaling,
-            ("minReplicas", "maxReplicas", "scaleToZeroWindow", *AUTOSCALING_UNSUPPORTED),
-            "autoscaling.",
-        )
+        known(autoscaling, AUTOSCALING_FIELDS, "autoscaling.")
+        if autoscaling.get("scaleUpWindow") is not None:
+            scaling.up_window_seconds = stabilization_seconds(
+                autoscaling["scaleUpWindow"], "autoscaling.scaleUpWindow"
+            )
+        if autoscaling.get("scaleDownWindow") is not None:
+            scaling.down_window_seconds = stabilization_seconds(
+                autoscaling["scaleDownWindow"], "autoscaling.scaleDownWindow"
+            )
+        if autoscaling.get("scalingMetrics") is not None:
+            scaling.metrics_given = True
+            scaling.inflight_target = scaling_metrics(autoscaling["scalingMetrics"])
         if "minReplicas" in autoscaling:
             scaling.min_replicas = replicas(autoscaling["minReplicas"], "autoscaling.minReplicas")
         if "maxReplicas" in autoscaling:
@@ -148,11 +228,11 @@ def scaling(data: dict[str, Any]) -> Scaling:
 
 
 def replica_bounds(low: int, high: int | None) -> tuple[int, int]:
+    """``maxReplicas`` defaults to ``minReplicas``; below it is a 400."""
     high = low if high is None else high
-    if high != low:
+    if high < low:
         raise invalid(
-            "autoscaling.maxReplicas must equal minReplicas: load-based autoscaling between "
-            "them is not offered; the deployment keeps minReplicas replicas leased",
+            f"autoscaling.maxReplicas ({high}) must be at least minReplicas ({low})",
             param="autoscaling.maxReplicas",
         )
     return low, high

@@ -7,10 +7,15 @@ A deployment's state, from its replicas (inference deployments on leases):
 
 - ``FAILED``: a replica could not be ordered or leased (``failure_reason``) and none
   serves;
-- ``STOPPED``: it wants no replica (``minReplicas`` 0, or idle past its inactive
-  timeout) and has none; ``STOPPING`` while one is still live;
+- ``STOPPED``: it wants no replica (``maxReplicas`` 0, scaled to zero, or idle past
+  its inactive timeout) and has none; ``STOPPING`` while one is still live;
 - ``PROVISIONING``: none ready yet (waiting for GPUs, or the engine loading on them);
-- ``SCALING``: some ready, fewer than wanted; ``READY``: as many ready as wanted.
+- ``SCALING``: some ready, fewer than wanted, or more live than wanted (the
+  autoscaler ending some); ``READY``: as many ready as wanted.
+
+``desiredReplicas`` is the autoscaler's count (marketplace/workloads/autoscaling.py);
+the message says why the autoscaler could not reach it when the order book refused
+a replica, and Tandem's own ``autoscaler`` block shows the load it last sampled.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from marketplace.together import projects
 from marketplace.together.endpoints import etag_of
 from marketplace.together.instance_types import instance_type_id
 from marketplace.together.shapes import iso
+from marketplace.workloads import autoscaling
 from marketplace.workloads import ports as external
 from marketplace.workloads.dedicated import replicas_wanted
 from marketplace.workloads.endpoint_names import (
@@ -95,7 +101,12 @@ def deployment_state(view: DeploymentView) -> tuple[str, str]:
                 f"{deployment.idle_timeout_seconds // 60} minutes without a request; the next "
                 "request starts it again",
             )
-        return "DEPLOYMENT_STATE_STOPPED", "minReplicas is 0: no replica is leased"
+        if deployment.max_replicas:
+            return (
+                "DEPLOYMENT_STATE_STOPPED",
+                "scaled to zero (minReplicas 0, no load): the next request starts a replica",
+            )
+        return "DEPLOYMENT_STATE_STOPPED", "maxReplicas is 0: no replica is leased"
     if not view.ready:
         leased = sum(1 for r in view.replicas if r.lease_ref)
         if leased:
@@ -104,8 +115,14 @@ def deployment_state(view: DeploymentView) -> tuple[str, str]:
                 f"{leased} of {wanted} replica(s) leased, loading the model",
             )
         return "DEPLOYMENT_STATE_PROVISIONING", f"waiting for GPUs for {wanted} replica(s)"
+    refused = f"; {deployment.scaling_error}" if deployment.scaling_error else ""
     if view.ready < wanted:
-        return "DEPLOYMENT_STATE_SCALING", f"{view.ready} of {wanted} replicas ready"
+        return "DEPLOYMENT_STATE_SCALING", f"{view.ready} of {wanted} replicas ready{refused}"
+    if live > wanted:
+        return (
+            "DEPLOYMENT_STATE_SCALING",
+            f"scaling down to {wanted} replica(s), {live} live",
+        )
     return "DEPLOYMENT_STATE_READY", f"{view.ready} replica(s) ready"
 
 
@@ -113,6 +130,16 @@ def _autoscaling(deployment: DedicatedDeployment) -> dict[str, Any]:
     shape: dict[str, Any] = {
         "minReplicas": deployment.min_replicas,
         "maxReplicas": deployment.max_replicas,
+        "scaleUpWindow": f"{deployment.scale_up_window_seconds}s",
+        "scaleDownWindow": f"{deployment.scale_down_window_seconds}s",
+        # The metric in use, the platform's default included (given or not).
+        "scalingMetrics": [
+            {
+                "name": autoscaling.METRIC,
+                "type": autoscaling.TARGET_TYPE,
+                "target": deployment.inflight_target,
+            }
+        ],
     }
     if deployment.idle_timeout_seconds:
         shape["scaleToZeroWindow"] = f"{deployment.idle_timeout_seconds}s"
@@ -232,6 +259,13 @@ def deployment_full(
         "replicas": [
             _replica(replica, lease) for replica, lease in zip(view.replicas, leases, strict=True)
         ],
+        "autoscaler": {
+            "inflight_requests": deployment.inflight_sampled,
+            "target_per_replica": deployment.inflight_target,
+            "target_is_default": not deployment.inflight_target_given,
+            "desired_replicas": view.wanted,
+            "error": deployment.scaling_error or None,
+        },
         "limit_price_per_gpu_hour": Money(
             deployment.limit_price_per_gpu_hour_micros, settings.TANDEM_CURRENCY
         ).format(),

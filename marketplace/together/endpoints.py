@@ -7,18 +7,21 @@ on marketplace capacity.
   split is empty joins it with weight 1, so one deployment serves at once.
 - A **deployment** serves one model (a base model or the project's fine-tuned one)
   on one hardware instance type (``config`` names it: ``projects/<pid>/configs/<type
-  id>``, the ids of ``/v2/public/inference-instance-types``), in ``minReplicas``
-  replicas, each a lease of its own (marketplace/workloads/dedicated.py): raising it
-  orders more, lowering it ends leases, 0 stops the deployment. ``inactiveTimeout``
-  (minutes) or ``autoscaling.scaleToZeroWindow`` ends the leases after that long
-  without a request; the next request starts them again.
+  id>``, the ids of ``/v2/public/inference-instance-types``), in replicas, each a
+  lease of its own (marketplace/workloads/dedicated.py), from ``minReplicas`` to
+  ``maxReplicas`` as its load asks (marketplace/workloads/autoscaling.py: in-flight
+  requests per replica against the ``scalingMetrics`` target, held through
+  ``scaleUpWindow`` / ``scaleDownWindow``): more replicas order more leases, fewer
+  end leases; both 0 stop the deployment. ``inactiveTimeout`` (minutes) or
+  ``autoscaling.scaleToZeroWindow`` ends the leases after that long without a
+  request; the next request starts them again.
 - Every write names the version it read (``etag`` in the body of an update, in the
   query of a delete, or an ``If-Match`` header): a stale one is refused, 409 (as
   Together's API answers ABORTED) or 412 for ``If-Match``; none given overwrites.
-- What this market has no counterpart for (load-based autoscaling between min and
-  max, scaling rules and metrics, placement profiles, compliance, per-replica
-  concurrency limits, model revisions, list filters) is refused with a 400 naming the
-  field, never ignored.
+- What this market has no counterpart for (scaling rate policies, metrics other
+  than in-flight requests, placement profiles, compliance, per-replica concurrency
+  limits, model revisions, list filters) is refused with a 400 naming the field,
+  never ignored.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from core.errors import ApplicationError, Conflict
 from core.models import Organization
 from marketplace.together import endpoint_inputs as inputs
 from marketplace.together.clusters import limit_micros
-from marketplace.workloads import dedicated
+from marketplace.workloads import autoscaling, dedicated
 from marketplace.workloads.errors import invalid, not_found
 from marketplace.workloads.models import DedicatedDeployment, DedicatedEndpoint, new_public_id
 
@@ -275,6 +278,7 @@ def deployment_create(
     low, high = inputs.replica_bounds(
         scaling.min_replicas if scaling.min_replicas is not None else 1, scaling.max_replicas
     )
+    target = scaling.inflight_target or autoscaling.DEFAULT_TARGET
     gpu_model, gpu_count = inputs.hardware(data, organization)
     model, base_model, adapter_path = inputs.model(data, organization)
     region = inputs.region(data)
@@ -297,6 +301,15 @@ def deployment_create(
                     region=region,
                     min_replicas=low,
                     max_replicas=high,
+                    desired_replicas=low,
+                    inflight_target=target,
+                    inflight_target_given=scaling.inflight_target is not None,
+                    scale_up_window_seconds=_or(
+                        scaling.up_window_seconds, autoscaling.DEFAULT_UP_WINDOW_SECONDS
+                    ),
+                    scale_down_window_seconds=_or(
+                        scaling.down_window_seconds, autoscaling.DEFAULT_DOWN_WINDOW_SECONDS
+                    ),
                     idle_timeout_seconds=scaling.idle_timeout_seconds or 0,
                     limit_price_per_gpu_hour_micros=limit,
                     last_request_at=now,
@@ -317,6 +330,10 @@ def deployment_create(
     return deployment
 
 
+def _or(given: int | None, default: int) -> int:
+    return default if given is None else given
+
+
 DEPLOYMENT_FIELDS = {
     "autoscaling": "autoscaling",
     "inactiveTimeout": "inactiveTimeout",
@@ -332,9 +349,12 @@ def deployment_update(
     update_mask: str | None,
     precondition: Precondition,
 ) -> DedicatedDeployment:
-    """Scale (``autoscaling.minReplicas``; 0 stops it), change the idle stop or the name.
-    Any update also clears a failure and wakes an idle-stopped deployment: its
-    replicas are ordered again, now (a 402 rolls the update back)."""
+    """Scale (``autoscaling``: its bounds, windows and metric; both bounds 0 stop it),
+    change the idle stop or the name. What ``autoscaling`` leaves out keeps its value
+    (Together's rule); ``maxReplicas`` left out of a deployment pinned at one count
+    (min = max) moves with ``minReplicas``. Any update also clears a failure and
+    wakes an idle-stopped deployment: its replicas are ordered again, now (a 402
+    rolls the update back)."""
     if data.get("maxConcurrentRequestsPerReplica") not in (None, ""):
         raise invalid(
             "maxConcurrentRequestsPerReplica is not offered",
@@ -354,13 +374,24 @@ def deployment_update(
             locked.name = inputs.name_of(data, organization)
         if "autoscaling" in fields:
             low = scaling.min_replicas if scaling.min_replicas is not None else locked.min_replicas
-            high = scaling.max_replicas if scaling.max_replicas is not None else None
-            if high is None and scaling.min_replicas is None:
-                high = locked.max_replicas
+            high = scaling.max_replicas
+            if high is None:
+                pinned = locked.min_replicas == locked.max_replicas
+                high = low if pinned and scaling.min_replicas is not None else locked.max_replicas
             locked.min_replicas, locked.max_replicas = inputs.replica_bounds(low, high)
+            locked.desired_replicas = min(high, max(low, locked.desired_replicas))
+            locked.scale_up_window_seconds = _or(
+                scaling.up_window_seconds, locked.scale_up_window_seconds
+            )
+            locked.scale_down_window_seconds = _or(
+                scaling.down_window_seconds, locked.scale_down_window_seconds
+            )
+            if scaling.metrics_given:
+                locked.inflight_target = scaling.inflight_target or autoscaling.DEFAULT_TARGET
+                locked.inflight_target_given = scaling.inflight_target is not None
         if scaling.idle_timeout_seconds is not None:
             locked.idle_timeout_seconds = scaling.idle_timeout_seconds
-        locked.failure_reason = ""
+        locked.failure_reason = locked.scaling_error = ""
         locked.idle_stopped_at = None
         locked.last_request_at = now
         locked.version += 1

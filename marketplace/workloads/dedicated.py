@@ -12,13 +12,19 @@ its engine on the leased node (a serve assignment); the node reports the engine
 loaded and the replica is ready; requests reach it through the relay.
 
 ``dedicated_reconcile`` keeps each deployment at its wanted number of replicas:
-``min_replicas``, or none once deleted or stopped for being idle. More wanted: an
-order each; fewer: the newest replicas (those not ready first) end, their leases
-settled to the last whole minute. A replica lost under it (its node failed) is
-replaced at the next reconcile. A replica whose order left the book unfilled fails
-the deployment (``failure_reason``) rather than being ordered again and again; an
-update of the deployment clears it and tries again. ``dedicated_tick`` (each pass of
-the matching loop) marks replicas ready, applies the inactive timeout and reconciles.
+``desired_replicas`` (``min_replicas`` unless the autoscaler moved it towards
+``max_replicas``: marketplace/workloads/autoscaling.py), or none once deleted or
+stopped for being idle. More wanted: an order each; fewer: the newest replicas
+(those not ready first) end, their leases settled to the last whole minute. A
+replica lost under it (its node failed) is replaced at the next reconcile. A
+replica within ``min_replicas`` that cannot be ordered, or whose order left the book
+unfilled, fails the deployment (``failure_reason``) rather than being ordered again
+and again; an update of the deployment clears it and tries again. One the
+autoscaler wanted above ``min_replicas`` does not: the refusal is recorded
+(``scaling_error``, shown in the deployment's status), the replicas it has keep
+serving, and the next pass tries again. ``dedicated_tick`` (each pass of the
+matching loop) marks replicas ready, applies the inactive timeout, samples the
+in-flight requests for the autoscaler and reconciles.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from core.errors import ApplicationError, InsufficientFunds
 from marketplace import services as market
 from marketplace.models import Order
 from marketplace.workloads import ports as external
+from marketplace.workloads.autoscaling import autoscale, autoscaled, history_write
 from marketplace.workloads.inference import (
     RETRY_AFTER_SECONDS,
     ModelUnavailable,
@@ -42,6 +49,7 @@ from marketplace.workloads.inference import (
     deployment_start,
     deployment_stop,
 )
+from marketplace.workloads.inflight import inflight_counts
 from marketplace.workloads.managed import order_live
 from marketplace.workloads.models import DedicatedDeployment, Deployment, new_public_id
 
@@ -61,7 +69,7 @@ def replicas_wanted(deployment: DedicatedDeployment) -> int:
         return 0
     if deployment.failure_reason:
         return 0
-    return deployment.min_replicas
+    return min(deployment.max_replicas, max(deployment.min_replicas, deployment.desired_replicas))
 
 
 def _replica_place(deployment: DedicatedDeployment, now: datetime) -> Deployment:
@@ -124,6 +132,7 @@ def dedicated_reconcile(
                 reason = "inactive timeout"
             if deployment_stop(deployment=replica, reason=reason, now=now):
                 changed += 1
+        placed = len(live) - changed
         for _ in range(max(0, wanted - len(live))):
             if strict:
                 _replica_place(locked, now)
@@ -132,11 +141,27 @@ def dedicated_reconcile(
                     with transaction.atomic():
                         _replica_place(locked, now)
                 except (InsufficientFunds, ApplicationError) as error:
-                    locked.failure_reason = f"a replica could not be ordered: {error}"[:300]
-                    locked.save(update_fields=["failure_reason"])
+                    if placed >= locked.min_replicas:
+                        _scaling_refused(locked, f"replica {placed + 1} of {wanted}", error)
+                    else:
+                        locked.failure_reason = f"a replica could not be ordered: {error}"[:300]
+                        locked.save(update_fields=["failure_reason"])
                     break
+            placed += 1
             changed += 1
+        if placed >= wanted and locked.scaling_error:
+            locked.scaling_error = ""
+            locked.save(update_fields=["scaling_error"])
     return changed
+
+
+def _scaling_refused(deployment: DedicatedDeployment, what: str, error: object) -> None:
+    """The autoscaler's replica above min_replicas was refused: said on the deployment
+    (its status shows it); it keeps the replicas it has and the next pass retries."""
+    message = f"scaling up: {what} could not be ordered: {error}"[:300]
+    if deployment.scaling_error != message:
+        deployment.scaling_error = message
+        deployment.save(update_fields=["scaling_error"])
 
 
 def _replica_ready(replica: Deployment) -> bool:
@@ -155,30 +180,46 @@ def _replica_ready(replica: Deployment) -> bool:
 def dedicated_tick(*, now: datetime | None = None) -> int:
     """One pass over the live dedicated deployments: replicas whose engine loaded are
     marked ready; a replica whose order left the book unfilled stops and fails its
-    deployment; one idle past its inactive timeout stops its replicas; then each is
-    reconciled. Returns how many replicas changed."""
+    deployment (one above min_replicas only says so); one idle past its inactive
+    timeout stops its replicas; the autoscaled ones sample their in-flight requests
+    (one read of the store for all); then each is reconciled. Returns how many
+    replicas changed."""
     now = now or timezone.now()
     changed = 0
-    for deployment in DedicatedDeployment.objects.filter(deleted_at__isnull=True).order_by("pk"):
-        for replica in replicas_live(deployment):
+    deployments = list(DedicatedDeployment.objects.filter(deleted_at__isnull=True).order_by("pk"))
+    loads = inflight_counts(dedicated_ids=[d.pk for d in deployments if autoscaled(d)])
+    for deployment in deployments:
+        live = replicas_live(deployment)
+        for replica in live:
             if _replica_ready(replica):
                 continue
             if not replica.lease_ref and not order_live(replica.order_ref):
                 deployment_stop(deployment=replica, reason="its order left the book unfilled")
-                DedicatedDeployment.objects.filter(pk=deployment.pk).update(
-                    failure_reason=(
-                        f"no {deployment.gpu_count}x {deployment.gpu_model} GPUs were leased "
-                        "in time; update the deployment to try again"
-                    )
+                unfilled = (
+                    f"no {deployment.gpu_count}x {deployment.gpu_model} GPUs were leased in time"
                 )
+                if len(live) > deployment.min_replicas:
+                    _scaling_refused(deployment, f"replica {len(live)}", unfilled)
+                    live.remove(replica)
+                else:
+                    DedicatedDeployment.objects.filter(pk=deployment.pk).update(
+                        failure_reason=f"{unfilled}; update the deployment to try again"
+                    )
                 changed += 1
         if deployment.idle_timeout_seconds and deployment.idle_stopped_at is None:
             last = deployment.last_request_at or deployment.updated_at
             if last + timedelta(seconds=deployment.idle_timeout_seconds) <= now:
+                # Idle: no load to remember; it wakes at min_replicas.
                 DedicatedDeployment.objects.filter(
                     pk=deployment.pk, idle_stopped_at__isnull=True
-                ).update(idle_stopped_at=now)
+                ).update(
+                    idle_stopped_at=now,
+                    desired_replicas=deployment.min_replicas,
+                    recommendations=[],
+                )
         deployment.refresh_from_db()
+        if deployment.pk in loads:
+            autoscale(deployment=deployment, load=loads[deployment.pk], now=now)
         changed += dedicated_reconcile(deployment=deployment, now=now, strict=False)
     return changed
 
@@ -222,10 +263,22 @@ def replica_acquire(*, served: ServedModel) -> Deployment:
         woken = DedicatedDeployment.objects.filter(
             pk__in=list(weights), idle_stopped_at__isnull=False, deleted_at__isnull=True
         ).update(idle_stopped_at=None, last_request_at=timezone.now())
+        # Scaled to zero (minReplicas 0) with room to grow: the request is load; one
+        # replica now, held through the down window as any recommendation is.
+        at = timezone.now()
+        woken += DedicatedDeployment.objects.filter(
+            pk__in=list(weights),
+            desired_replicas=0,
+            max_replicas__gt=0,
+            idle_stopped_at__isnull=True,
+            deleted_at__isnull=True,
+            failure_reason="",
+        ).update(desired_replicas=1, recommendations=history_write([(at, 1)]), last_request_at=at)
         if woken:
             raise _unavailable(
                 served.name,
-                f"{served.name} was stopped for inactivity and is starting again; retry in "
+                f"{served.name} was stopped (inactive, or scaled to zero) and is starting "
+                "again; retry in "
                 f"{RETRY_AFTER_SECONDS} seconds",
             )
         remaining = deadline - time.monotonic()
@@ -236,7 +289,7 @@ def replica_acquire(*, served: ServedModel) -> Deployment:
                 + (
                     f" yet (starting); retry in {RETRY_AFTER_SECONDS} seconds"
                     if replicas
-                    else ": its deployments are stopped (minReplicas 0) or failed"
+                    else ": its deployments are stopped (maxReplicas 0) or failed"
                 ),
             )
         time.sleep(min(pause, remaining))

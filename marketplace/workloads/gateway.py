@@ -20,6 +20,9 @@ here.
    received, plus one for the end of a completion that stopped (at most the
    request's ``max_tokens``). A request cut short — the client
    left, or the node was lost — is billed for the text received until then.
+5. A request to a dedicated endpoint's replica counts as in flight from its
+   submission to its end, however it ends (marketplace/workloads/inflight.py): the
+   load its deployment's autoscaler samples.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from marketplace.workloads.inference import (
     deployment_acquire,
     inference_usage_record,
 )
+from marketplace.workloads.inflight import request_enter, request_leave
 from marketplace.workloads.models import Deployment
 from marketplace.workloads.relay import relay
 
@@ -183,38 +187,45 @@ def inference_stream_on(
     are ``usage_id``'s when given (a batch request's, the same on every attempt, so it
     is billed once) and the request's otherwise."""
     queues = relay()
-    queues.submit(
-        deployment_id=deployment.public_id,
-        request_id=request_id,
-        payload={
-            "id": request_id,
-            "kind": "generate",
-            "stream": stream,
-            "tokens": stream and tokens,
-            "request": dataclasses.asdict(request),
-        },
-    )
-    replies = _replies(deployment, request_id)
+    # In flight (a dedicated replica's load) from here until _relayed's end; every
+    # way out before that leaves it here.
+    request_enter(deployment=deployment, request_id=request_id)
     try:
-        first = next(replies)
-        if "error" in first:
-            raise _reply_error(first, deployment, request_id)
-        if not first.get("accepted"):
-            raise _protocol_error(deployment, request_id, "no accept before the first chunk")
-    except BaseException:
-        queues.forget(deployment_id=deployment.public_id, request_id=request_id)
-        inference_usage_record(
-            organization=organization,
-            deployment=deployment,
-            request_id=usage_id or request_id,
-            prompt_tokens=0,
-            completion_tokens=0,
-            complete=False,
-            service_tier=service_tier,
+        queues.submit(
+            deployment_id=deployment.public_id,
+            request_id=request_id,
+            payload={
+                "id": request_id,
+                "kind": "generate",
+                "stream": stream,
+                "tokens": stream and tokens,
+                "request": dataclasses.asdict(request),
+            },
         )
+        replies = _replies(deployment, request_id)
+        try:
+            first = next(replies)
+            if "error" in first:
+                raise _reply_error(first, deployment, request_id)
+            if not first.get("accepted"):
+                raise _protocol_error(deployment, request_id, "no accept before the first chunk")
+        except BaseException:
+            queues.forget(deployment_id=deployment.public_id, request_id=request_id)
+            inference_usage_record(
+                organization=organization,
+                deployment=deployment,
+                request_id=usage_id or request_id,
+                prompt_tokens=0,
+                completion_tokens=0,
+                complete=False,
+                service_tier=service_tier,
+            )
+            raise
+        # Accepted: the engine read the prompt, which is billed whatever happens next.
+        prompt_tokens = external.prompt_tokens(model=deployment.base_model, request=request)
+    except BaseException:
+        request_leave(deployment=deployment, request_id=request_id)
         raise
-    # Accepted: the engine read the prompt, which is billed whatever happens next.
-    prompt_tokens = external.prompt_tokens(model=deployment.base_model, request=request)
     return _relayed(
         organization=organization,
         deployment=deployment,
@@ -268,20 +279,23 @@ def _relayed(
             )
             return
     finally:
-        relay().forget(deployment_id=deployment.public_id, request_id=request_id)
-        inference_usage_record(
-            organization=organization,
-            deployment=deployment,
-            request_id=usage_id,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=(
-                completion
-                if completion is not None
-                else _completion_tokens(deployment, request, received, stopped=False)
-            ),
-            complete=completion is not None,
-            service_tier=service_tier,
-        )
+        try:
+            relay().forget(deployment_id=deployment.public_id, request_id=request_id)
+            inference_usage_record(
+                organization=organization,
+                deployment=deployment,
+                request_id=usage_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=(
+                    completion
+                    if completion is not None
+                    else _completion_tokens(deployment, request, received, stopped=False)
+                ),
+                complete=completion is not None,
+                service_tier=service_tier,
+            )
+        finally:
+            request_leave(deployment=deployment, request_id=request_id)
 
 
 def _sampled(value: Any) -> list[SampledToken] | None:
@@ -365,15 +379,19 @@ def embeddings_create_on(
     """``embeddings_create`` on a deployment already acquired (a batch's); usage as
     ``inference_stream_on`` records it."""
     queues = relay()
-    queues.submit(
-        deployment_id=deployment.public_id,
-        request_id=request_id,
-        payload={"id": request_id, "kind": "embed", "texts": texts},
-    )
+    request_enter(deployment=deployment, request_id=request_id)
     try:
-        reply = next(_replies(deployment, request_id))
+        queues.submit(
+            deployment_id=deployment.public_id,
+            request_id=request_id,
+            payload={"id": request_id, "kind": "embed", "texts": texts},
+        )
+        try:
+            reply = next(_replies(deployment, request_id))
+        finally:
+            queues.forget(deployment_id=deployment.public_id, request_id=request_id)
     finally:
-        queues.forget(deployment_id=deployment.public_id, request_id=request_id)
+        request_leave(deployment=deployment, request_id=request_id)
     if "error" in reply:
         raise _reply_error(reply, deployment, request_id)
     vectors = reply.get("vectors")

@@ -327,10 +327,15 @@ class DedicatedDeployment(models.Model):
     Each replica is an inference ``Deployment`` (``replicas``) on its own raw lease:
     a standing on-demand order for ``gpu_count`` GPUs of ``gpu_model`` (in ``region``
     when one is named), billed to the buyer per minute at the lease price plus the
-    platform fee (marketplace/workloads/dedicated.py). ``min_replicas`` is how many
-    it keeps leased; 0 stops it. With ``idle_timeout_seconds`` set, a deployment that
-    served no request for that long ends its leases (``idle_stopped_at``) until the
-    next request wakes it."""
+    platform fee (marketplace/workloads/dedicated.py). It keeps ``desired_replicas``
+    leased, which the autoscaler (marketplace/workloads/autoscaling.py) moves between
+    ``min_replicas`` and ``max_replicas`` with the load: the in-flight requests per
+    replica against ``inflight_target``, a higher recommendation held through
+    ``scale_up_window_seconds``, a lower one through ``scale_down_window_seconds``
+    (``recommendations``: the recent ones, ``[iso time, replicas]`` from when each
+    began). Both bounds 0 stop it. With ``idle_timeout_seconds`` set, a deployment
+    that served no request for that long ends its leases (``idle_stopped_at``) until
+    the next request wakes it."""
 
     public_id = models.CharField(max_length=40, unique=True)
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT)
@@ -347,6 +352,18 @@ class DedicatedDeployment(models.Model):
     min_replicas = models.PositiveSmallIntegerField()
     max_replicas = models.PositiveSmallIntegerField()
     idle_timeout_seconds = models.PositiveIntegerField(default=0)  # 0: never
+    desired_replicas = models.PositiveSmallIntegerField(default=0)
+    # Requests in flight per replica the autoscaler aims at (Together's
+    # inflight_requests metric, METRIC_TARGET_TYPE_AVERAGE_VALUE).
+    inflight_target = models.FloatField(default=16.0)
+    inflight_target_given = models.BooleanField(default=False)  # scalingMetrics named it
+    scale_up_window_seconds = models.PositiveIntegerField(default=0)
+    scale_down_window_seconds = models.PositiveIntegerField(default=300)
+    recommendations = models.JSONField(default=list, blank=True)
+    inflight_sampled = models.PositiveIntegerField(default=0)  # at the last tick
+    # Why the autoscaler could not place a replica it wanted above min_replicas (the
+    # order book refused it: credit, capacity); cleared once it has them all.
+    scaling_error = models.CharField(max_length=300, blank=True, default="")
     limit_price_per_gpu_hour_micros = models.BigIntegerField()
     version = models.PositiveIntegerField(default=1)
     failure_reason = models.CharField(max_length=300, blank=True, default="")
@@ -369,6 +386,9 @@ class DedicatedDeployment(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(gpu_count__gte=1), name="workload_dedicated_gpus_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(inflight_target__gt=0), name="workload_dedicated_target_positive"
             ),
         ]
 
@@ -400,6 +420,29 @@ class RelayRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} on {self.deployment_id}"
+
+
+class InflightRequest(models.Model):
+    """A request on its way through the gateway to a replica of a dedicated
+    deployment (``dedicated_id``), from its submission until its last reply: the
+    autoscaler's load, counted here by the embedded default (with Redis configured,
+    a sorted set per deployment holds them and this table stays empty). Deleted
+    when the request ends, however it ends; a row left by a process that died
+    mid-request stops counting after marketplace/workloads/inflight.py's TTL."""
+
+    dedicated_id = models.BigIntegerField()
+    request_id = models.CharField(max_length=80)
+    started_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dedicated_id", "request_id"], name="workload_inflight_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} in flight on {self.dedicated_id}"
 
 
 class RelayReply(models.Model):

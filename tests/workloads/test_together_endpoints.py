@@ -240,8 +240,11 @@ def test_what_is_not_offered_is_a_400_naming_it(cast):
     project = _project(cast)
     endpoint = _endpoint(client, project)
     cases = {
-        "autoscaling.maxReplicas": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
+        "autoscaling.maxReplicas": {"autoscaling": {"minReplicas": 3, "maxReplicas": 1}},
         "autoscaling.scaleUp": {"autoscaling": {"minReplicas": 1, "scaleUp": {"x": 1}}},
+        "autoscaling.scaleDownWindow": {
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "scaleDownWindow": "2h"}
+        },
         "maxConcurrentRequestsPerReplica": {"maxConcurrentRequestsPerReplica": "8"},
         "placement": {"placement": {"profile": "p-1"}},
         "config": {"config": f"projects/{project}/configs/3x_h100-sxm-80gb"},
