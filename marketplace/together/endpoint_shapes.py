@@ -107,15 +107,18 @@ def deployment_state(view: DeploymentView) -> tuple[str, str]:
                 "scaled to zero (minReplicas 0, no load): the next request starts a replica",
             )
         return "DEPLOYMENT_STATE_STOPPED", "maxReplicas is 0: no replica is leased"
+    refused = f"; {deployment.scaling_error}" if deployment.scaling_error else ""
     if not view.ready:
         leased = sum(1 for r in view.replicas if r.lease_ref)
         if leased:
             return (
                 "DEPLOYMENT_STATE_PROVISIONING",
-                f"{leased} of {wanted} replica(s) leased, loading the model",
+                f"{leased} of {wanted} replica(s) leased, loading the model{refused}",
             )
-        return "DEPLOYMENT_STATE_PROVISIONING", f"waiting for GPUs for {wanted} replica(s)"
-    refused = f"; {deployment.scaling_error}" if deployment.scaling_error else ""
+        return (
+            "DEPLOYMENT_STATE_PROVISIONING",
+            f"waiting for GPUs for {wanted} replica(s){refused}",
+        )
     if view.ready < wanted:
         return "DEPLOYMENT_STATE_SCALING", f"{view.ready} of {wanted} replicas ready{refused}"
     if live > wanted:
