@@ -14,6 +14,14 @@ the assignment, runs ``python -m runtime.launch`` as a subprocess (a few seconds
 on a CPU), reports its steps and uploads its checkpoints and model, exactly as
 ``make run``'s agent would. Safe to run again: a demo job that already succeeded
 is returned as it is.
+
+``continued(job=...)`` is a second fine-tune that starts from the first one's final
+checkpoint (Together's ``from_checkpoint``, marketplace/workloads/checkpoints.py):
+created through the same service as ``POST /v1/fine-tunes`` with
+``from_checkpoint``, so it inherits the base model and LoRA shape and trains the
+sample for one more epoch from the first job's adapter. It is left queued for the
+market, not trained here: the demo's next matching round leases its GPU and queues
+its training for the leased node, which ``make run``'s agent runs.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from marketplace.workloads.models import Batch, Deployment, FineTuneJob
 SAMPLE = Path(__file__).parent / "samples" / "adder.jsonl"
 MODEL = "tandem/tiny-llama"
 SUFFIX = "demo-adder"
+CONTINUED_SUFFIX = "demo-adder-more"
 
 
 def load(*, buyer: Organization, provider: Organization) -> FineTuneJob:
@@ -62,6 +71,35 @@ def load(*, buyer: Organization, provider: Organization) -> FineTuneJob:
     if job.status != FineTuneJob.Status.SUCCEEDED:
         raise RuntimeError(f"the demo job {job.public_id} ended {job.status}: {job.error}")
     return job
+
+
+def continued(*, job: FineTuneJob) -> FineTuneJob:
+    """A fine-tune of the buyer's that continues from ``job``'s final checkpoint (the
+    module doc says how it runs). Needs ``job`` succeeded (``load``). Safe to run
+    again: the demo's continued job, whatever its state since, is returned as it is."""
+    found = (
+        FineTuneJob.objects.filter(organization=job.organization, suffix=CONTINUED_SUFFIX)
+        .order_by("pk")
+        .first()
+    )
+    if found is not None:
+        return found
+    return jobs.finetune_job_create(
+        organization=job.organization,
+        request=jobs.JobRequest(
+            # The base model, training type and LoRA shape are the checkpoint's.
+            model="",
+            training_type="",
+            lora_trainable_modules="",
+            training_file=job.training_file.public_id,
+            n_epochs=1,
+            batch_size=4,
+            n_checkpoints=1,
+            suffix=CONTINUED_SUFFIX,
+            seed=43,
+            from_checkpoint=job.public_id,  # its last checkpoint: the final one
+        ),
+    )
 
 
 def _train_on_the_demo_node(job: FineTuneJob, provider: Organization) -> None:

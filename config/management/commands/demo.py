@@ -93,6 +93,10 @@ class Command(BaseCommand):
         # agent code (runtime.launch as a subprocess, reporting over loopback HTTP),
         # metered per step.
         job = workloads.load(buyer=buyer, provider=provider)
+        # A second fine-tune that continues from the first one's final checkpoint
+        # (from_checkpoint): queued; the next matching round leases its GPU and make
+        # run's agent trains it from the first job's adapter.
+        more = workloads.continued(job=job)
         # The fine-tuned model served: an inference deployment of the buyer, leased on
         # the provider's GPUs; its engine waits for the demo node's agent (make run).
         deployment = workloads.serve(job=job)
@@ -165,6 +169,11 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Fine-tuned model: {job.fine_tuned_model}; its invoice {job_invoice.number}"
             + (f"; this month's draft invoice id {draft.pk}" if draft is not None else "")
+        )
+        more.refresh_from_db()
+        self.stdout.write(
+            f"Continued fine-tune: {more.public_id} from checkpoint {more.from_checkpoint} "
+            f"({more.status}; make run's agent trains it): GET /v1/fine-tunes/{more.public_id}"
         )
         self.stdout.write(
             f"Dedicated endpoint: model {projects.project_slug(buyer)}/{dedicated.name} "
