@@ -24,8 +24,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REPLICAS_MAX = 16
 INACTIVE_MINUTES = (30, 1440)  # Together's accepted range (0: never)
 WINDOW = re.compile(r"^(\d{1,6})(s|m|h)$")
-# Rate policies: a count moves to the stabilized recommendation in one step.
-AUTOSCALING_UNSUPPORTED = ("scaleDown", "scaleUp")
 AUTOSCALING_FIELDS = (
     "minReplicas",
     "maxReplicas",
@@ -33,9 +31,12 @@ AUTOSCALING_FIELDS = (
     "scaleUpWindow",
     "scaleDownWindow",
     "scalingMetrics",
-    *AUTOSCALING_UNSUPPORTED,
+    "scaleUp",
+    "scaleDown",
 )
 TARGET_MAX = 100_000.0
+POLICIES_MAX = 10
+POLICY_VALUE_MAX = 10_000
 
 
 def known(data: dict[str, Any], allowed: tuple[str, ...], where: str = "") -> None:
@@ -151,6 +152,75 @@ def scaling_metrics(raw: Any) -> float | None:
     return float(target)
 
 
+def scaling_rules(raw: Any, param: str) -> dict[str, Any]:
+    """A ``ScalingRules`` object as given, checked: only the keys given are in the
+    answer (an update keeps the others, ``rules_merge``)."""
+    if not isinstance(raw, dict):
+        raise invalid(f"{param} must be an object", param=param)
+    known(raw, ("policies", "selectPolicy"), f"{param}.")
+    rules: dict[str, Any] = {}
+    if "selectPolicy" in raw:
+        select = raw["selectPolicy"]
+        allowed = (scaler.SELECT_MAX, scaler.SELECT_MIN, scaler.SELECT_DISABLED)
+        if select is not None and select not in allowed:
+            raise invalid(
+                f"{param}.selectPolicy must be one of {', '.join(allowed)}",
+                param=f"{param}.selectPolicy",
+            )
+        rules["selectPolicy"] = select
+    if "policies" in raw:
+        policies = raw["policies"] if raw["policies"] is not None else []
+        if not isinstance(policies, list) or len(policies) > POLICIES_MAX:
+            raise invalid(
+                f"{param}.policies must be a list of at most {POLICIES_MAX}",
+                param=f"{param}.policies",
+            )
+        rules["policies"] = [_policy(p, f"{param}.policies[{i}]") for i, p in enumerate(policies)]
+    return rules
+
+
+def _policy(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise invalid(f"{where} must be an object", param=where)
+    known(raw, ("type", "value", "periodSeconds"), f"{where}.")
+    if raw.get("type") not in (scaler.PODS, scaler.PERCENT):
+        raise invalid(
+            f"{where}.type must be {scaler.PODS} or {scaler.PERCENT}", param=f"{where}.type"
+        )
+    value, period = raw.get("value"), raw.get("periodSeconds")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= POLICY_VALUE_MAX:
+        raise invalid(
+            f"{where}.value must be a whole number from 1 to {POLICY_VALUE_MAX}",
+            param=f"{where}.value",
+        )
+    if (
+        isinstance(period, bool)
+        or not isinstance(period, int)
+        or not 1 <= period <= scaler.PERIOD_MAX_SECONDS
+    ):
+        raise invalid(
+            f"{where}.periodSeconds must be a whole number from 1 to {scaler.PERIOD_MAX_SECONDS}",
+            param=f"{where}.periodSeconds",
+        )
+    return {"type": raw["type"], "value": value, "periodSeconds": period}
+
+
+def rules_merge(current: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """Together's update rule: a non-empty ``policies`` replaces them, an empty one
+    clears them; ``selectPolicy`` given (null: reset) replaces it, omitted keeps it;
+    an empty object clears both (the platform's defaults)."""
+    if given is None:
+        return current
+    if not given:
+        return {}
+    merged = {**current, **given}
+    return {
+        key: value
+        for key, value in merged.items()
+        if not (key == "selectPolicy" and value is None) and not (key == "policies" and not value)
+    }
+
+
 @dataclass(slots=True)
 class Scaling:
     """What an ``autoscaling`` object (and ``inactiveTimeout``) gave; None: not given."""
@@ -162,6 +232,8 @@ class Scaling:
     down_window_seconds: int | None = None
     metrics_given: bool = False
     inflight_target: float | None = None  # None with metrics_given: the default
+    up_rules: dict[str, Any] | None = None
+    down_rules: dict[str, Any] | None = None
 
 
 def replicas(value: Any, param: str) -> int:
@@ -176,15 +248,11 @@ def scaling(data: dict[str, Any]) -> Scaling:
     if autoscaling is not None:
         if not isinstance(autoscaling, dict):
             raise invalid("autoscaling must be an object", param="autoscaling")
-        for key in AUTOSCALING_UNSUPPORTED:
-            if autoscaling.get(key) not in (None, [], {}):
-                raise invalid(
-                    f"autoscaling.{key} is not offered: rate policies are not applied; the "
-                    "replica count moves to the recommendation held through "
-                    f"autoscaling.{key}Window in one step",
-                    param=f"autoscaling.{key}",
-                )
         known(autoscaling, AUTOSCALING_FIELDS, "autoscaling.")
+        if autoscaling.get("scaleUp") is not None:
+            scaling.up_rules = scaling_rules(autoscaling["scaleUp"], "autoscaling.scaleUp")
+        if autoscaling.get("scaleDown") is not None:
+            scaling.down_rules = scaling_rules(autoscaling["scaleDown"], "autoscaling.scaleDown")
         if autoscaling.get("scaleUpWindow") is not None:
             scaling.up_window_seconds = stabilization_seconds(
                 autoscaling["scaleUpWindow"], "autoscaling.scaleUpWindow"

@@ -144,6 +144,12 @@ def _autoscaling(deployment: DedicatedDeployment) -> dict[str, Any]:
             }
         ],
     }
+    for key, rules in (
+        ("scaleUp", deployment.scale_up_rules),
+        ("scaleDown", deployment.scale_down_rules),
+    ):
+        if rules:
+            shape[key] = rules
     if deployment.idle_timeout_seconds:
         shape["scaleToZeroWindow"] = f"{deployment.idle_timeout_seconds}s"
     return shape

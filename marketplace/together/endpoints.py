@@ -18,10 +18,9 @@ on marketplace capacity.
 - Every write names the version it read (``etag`` in the body of an update, in the
   query of a delete, or an ``If-Match`` header): a stale one is refused, 409 (as
   Together's API answers ABORTED) or 412 for ``If-Match``; none given overwrites.
-- What this market has no counterpart for (scaling rate policies, metrics other
-  than in-flight requests, placement profiles, compliance, per-replica concurrency
-  limits, model revisions, list filters) is refused with a 400 naming the field,
-  never ignored.
+- What this market has no counterpart for (scaling metrics other than in-flight
+  requests, placement profiles, compliance, per-replica concurrency limits, model
+  revisions, list filters) is refused with a 400 naming the field, never ignored.
 """
 
 from __future__ import annotations
@@ -310,6 +309,8 @@ def deployment_create(
                     scale_down_window_seconds=_or(
                         scaling.down_window_seconds, autoscaling.DEFAULT_DOWN_WINDOW_SECONDS
                     ),
+                    scale_up_rules=inputs.rules_merge({}, scaling.up_rules),
+                    scale_down_rules=inputs.rules_merge({}, scaling.down_rules),
                     idle_timeout_seconds=scaling.idle_timeout_seconds or 0,
                     limit_price_per_gpu_hour_micros=limit,
                     last_request_at=now,
@@ -385,6 +386,10 @@ def deployment_update(
             )
             locked.scale_down_window_seconds = _or(
                 scaling.down_window_seconds, locked.scale_down_window_seconds
+            )
+            locked.scale_up_rules = inputs.rules_merge(locked.scale_up_rules, scaling.up_rules)
+            locked.scale_down_rules = inputs.rules_merge(
+                locked.scale_down_rules, scaling.down_rules
             )
             if scaling.metrics_given:
                 locked.inflight_target = scaling.inflight_target or autoscaling.DEFAULT_TARGET

@@ -24,14 +24,24 @@ tick (dedicated.dedicated_tick) before it reconciles the replicas.
   survives restarts and is shared by every process. A window longer than the
   history known (a new deployment, a restart of the count) holds the count where it
   is until the history covers it.
-- Rate policies (``scaleUp`` / ``scaleDown``) are not offered: a count moves to the
-  stabilized recommendation in one step (endpoint_inputs refuses them, 400).
+- **Rate policies** (``scaleUp`` / ``scaleDown``: ``ScalingRules``), applied after
+  stabilization and before the bounds, as Kubernetes' HPA applies its behavior: a
+  ``SCALING_POLICY_TYPE_PODS`` policy lets the count move by ``value`` replicas from
+  where it stood ``periodSeconds`` ago (the autoscaler's own changes since then count
+  against it: ``scale_events``); a ``SCALING_POLICY_TYPE_PERCENT`` one by ``value``
+  percent of that count (rounded up when growing, down when shrinking).
+  ``SCALING_POLICY_SELECT_MAX`` (the default) takes the policy that allows the
+  largest change, ``…_MIN`` the smallest, ``…_DISABLED`` holds that direction. With no
+  policy the count moves to the stabilized recommendation in one step (this
+  platform's default). A percent policy cannot grow a count of 0: the first replica
+  of a deployment scaled to zero is started by a request (dedicated.replica_acquire).
 """
 
 from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
 
@@ -44,6 +54,12 @@ DEFAULT_TARGET = float(MAX_BATCH)
 DEFAULT_UP_WINDOW_SECONDS = 0
 DEFAULT_DOWN_WINDOW_SECONDS = 300
 WINDOW_MAX_SECONDS = 3600  # Kubernetes' bound on a stabilization window
+PERIOD_MAX_SECONDS = 1800  # Together's bound on a policy's periodSeconds
+PODS = "SCALING_POLICY_TYPE_PODS"
+PERCENT = "SCALING_POLICY_TYPE_PERCENT"
+SELECT_MAX = "SCALING_POLICY_SELECT_MAX"
+SELECT_MIN = "SCALING_POLICY_SELECT_MIN"
+SELECT_DISABLED = "SCALING_POLICY_SELECT_DISABLED"
 
 
 def autoscaled(deployment: DedicatedDeployment) -> bool:
@@ -110,6 +126,49 @@ def stabilized(
     return down if down < current else current
 
 
+def _changed_since(events: History, since: datetime, *, up: bool) -> int:
+    return sum(
+        abs(delta) for at, delta in events if at > since and (delta > 0 if up else delta < 0)
+    )
+
+
+def rate_limited(
+    desired: int, *, current: int, rules: dict[str, Any], events: History, now: datetime
+) -> int:
+    """``desired`` as far as the direction's rules let the count move now (the module
+    doc); ``events``: the autoscaler's changes, ``(time, signed change)``."""
+    if desired == current:
+        return current
+    up = desired > current
+    select = rules.get("selectPolicy") or SELECT_MAX
+    if select == SELECT_DISABLED:
+        return current
+    policies = rules.get("policies") or []
+    if not policies:
+        return desired
+    limits = []
+    for policy in policies:
+        since = now - timedelta(seconds=int(policy["periodSeconds"]))
+        start = (
+            current
+            - _changed_since(events, since, up=True)
+            + _changed_since(events, since, up=False)
+        )
+        value = int(policy["value"])
+        if policy["type"] == PODS:
+            limits.append(start + value if up else start - value)
+        elif up:
+            limits.append(math.ceil(start * (100 + value) / 100))
+        else:
+            limits.append(math.floor(start * (100 - value) / 100))
+    if up:
+        # MAX: the policy allowing the most growth; never below where it stands.
+        limit = max(limits) if select == SELECT_MAX else min(limits)
+        return min(desired, max(limit, current))
+    limit = min(limits) if select == SELECT_MAX else max(limits)
+    return max(desired, min(limit, current))
+
+
 def autoscale(*, deployment: DedicatedDeployment, load: int, now: datetime) -> int:
     """Record the load and the recommendation it makes, move ``desired_replicas``
     as the windows allow; returns it. One transaction, the deployment's row locked
@@ -127,16 +186,36 @@ def autoscale(*, deployment: DedicatedDeployment, load: int, now: datetime) -> i
             value=value,
             keep_seconds=max(locked.scale_up_window_seconds, locked.scale_down_window_seconds),
         )
-        desired = stabilized(
+        wanted = stabilized(
             history,
             now=now,
             current=current,
             up_window_seconds=locked.scale_up_window_seconds,
             down_window_seconds=locked.scale_down_window_seconds,
         )
+        events = [
+            (at, delta)
+            for at, delta in history_read(locked.scale_events)
+            if at > now - timedelta(seconds=PERIOD_MAX_SECONDS)
+        ]
+        rules = locked.scale_up_rules if wanted > current else locked.scale_down_rules
+        desired = min(
+            high,
+            max(low, rate_limited(wanted, current=current, rules=rules, events=events, now=now)),
+        )
+        if desired != current:
+            events.append((now, desired - current))
         locked.recommendations = history_write(history)
+        locked.scale_events = history_write(events)
         locked.inflight_sampled = max(load, 0)
         locked.desired_replicas = desired
-        locked.save(update_fields=["recommendations", "inflight_sampled", "desired_replicas"])
+        locked.save(
+            update_fields=[
+                "recommendations",
+                "scale_events",
+                "inflight_sampled",
+                "desired_replicas",
+            ]
+        )
         deployment.desired_replicas = desired
         return desired

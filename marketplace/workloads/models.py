@@ -360,6 +360,12 @@ class DedicatedDeployment(models.Model):
     scale_up_window_seconds = models.PositiveIntegerField(default=0)
     scale_down_window_seconds = models.PositiveIntegerField(default=300)
     recommendations = models.JSONField(default=list, blank=True)
+    # Together's ScalingRules per direction ({"policies": [...], "selectPolicy": ...};
+    # {}: none, the count moves in one step), and the autoscaler's recent changes
+    # they limit ([iso time, signed change]).
+    scale_up_rules = models.JSONField(default=dict, blank=True)
+    scale_down_rules = models.JSONField(default=dict, blank=True)
+    scale_events = models.JSONField(default=list, blank=True)
     inflight_sampled = models.PositiveIntegerField(default=0)  # at the last tick
     # Why the autoscaler could not place a replica it wanted above min_replicas (the
     # order book refused it: credit, capacity); cleared once it has them all.

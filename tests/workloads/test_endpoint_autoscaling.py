@@ -22,6 +22,7 @@ from core.ports import GenerationRequest
 from marketplace.models import Lease, Order
 from marketplace.services import matching_round
 from marketplace.workloads import gateway
+from marketplace.workloads.autoscaling import rate_limited
 from marketplace.workloads.dedicated import dedicated_tick, replicas_live
 from marketplace.workloads.errors import GenerationFailed
 from marketplace.workloads.inflight import (
@@ -363,12 +364,21 @@ def test_a_metric_or_type_not_offered_is_a_400_naming_it(cast):
         )
         assert answer.status_code == 400, (param, answer.json())
         assert answer.json()["error"]["param"] == param, (param, answer.json())
-    policies = {"policies": [{"type": "SCALING_POLICY_TYPE_PODS", "value": 1, "periodSeconds": 60}]}
-    for key in ("scaleUp", "scaleDown"):
+    pods = {"type": "SCALING_POLICY_TYPE_PODS", "value": 1, "periodSeconds": 60}
+    rules = {
+        "autoscaling.scaleUp.policies[0].type": {"scaleUp": {"policies": [{**pods, "type": "X"}]}},
+        "autoscaling.scaleUp.policies[0].value": {"scaleUp": {"policies": [{**pods, "value": 0}]}},
+        "autoscaling.scaleDown.policies[0].periodSeconds": {
+            "scaleDown": {"policies": [{**pods, "periodSeconds": 1801}]}
+        },
+        "autoscaling.scaleDown.selectPolicy": {"scaleDown": {"selectPolicy": "SOMETIMES"}},
+    }
+    for param, given in rules.items():
         answer = _deploy(
-            client, project, endpoint["id"], {"minReplicas": 1, "maxReplicas": 3, key: policies}
+            client, project, endpoint["id"], {"minReplicas": 1, "maxReplicas": 3, **given}
         )
-        assert answer.status_code == 400 and answer.json()["error"]["param"] == f"autoscaling.{key}"
+        assert answer.status_code == 400, (param, answer.json())
+        assert answer.json()["error"]["param"] == param, (param, answer.json())
     assert not DedicatedDeployment.objects.exists() and not Order.objects.exists()
 
     # a target of its own, and windows, are kept; an update with a bad type is refused
@@ -445,3 +455,79 @@ def test_scaled_to_zero_a_request_starts_a_replica_and_no_load_ends_it(cast):
     assert _replicas(deployment) == 1
     _tick(t0 + timedelta(seconds=301))
     assert _replicas(deployment) == 0
+
+
+def test_rate_policies_limit_each_step_over_their_period(cast):
+    provider_with_capacity(cast.provider_a)
+    buyer_credit(cast.buyer_a, 500_000_000)
+    # up: one replica a minute at most; down: half of them a minute, once stable 0s
+    deployment, url = _autoscaled(
+        cast,
+        maxReplicas=4,
+        scaleDownWindow="0s",
+        scaleUp={
+            "policies": [{"type": "SCALING_POLICY_TYPE_PODS", "value": 1, "periodSeconds": 60}]
+        },
+        scaleDown={
+            "policies": [{"type": "SCALING_POLICY_TYPE_PERCENT", "value": 50, "periodSeconds": 60}],
+            "selectPolicy": "SCALING_POLICY_SELECT_MAX",
+        },
+    )
+    shape = cast.client(cast.buyer_a).get(url).json()["autoscaling"]
+    assert shape["scaleUp"]["policies"][0]["value"] == 1
+    assert shape["scaleDown"]["selectPolicy"] == "SCALING_POLICY_SELECT_MAX"
+    t0 = timezone.now()
+
+    _load(deployment, 200)  # asks for 4 at once
+    _tick(t0)
+    assert _replicas(deployment) == 2
+    _tick(t0 + timedelta(seconds=30))
+    assert _replicas(deployment) == 2  # its one replica of this minute is spent
+    _tick(t0 + timedelta(seconds=61))
+    _tick(t0 + timedelta(seconds=122))
+    assert _replicas(deployment) == 4
+
+    _load(deployment, 0)  # asks for 1: half of the 4 may go this minute
+    _tick(t0 + timedelta(seconds=200))
+    assert _replicas(deployment) == 2
+    _tick(t0 + timedelta(seconds=230))
+    assert _replicas(deployment) == 2
+    _tick(t0 + timedelta(seconds=261))
+    assert _replicas(deployment) == 1
+
+    # an update with an empty rules object restores the default: one step
+    cleared = cast.client(cast.buyer_a).patch(url, {"autoscaling": {"scaleUp": {}}}, format="json")
+    assert cleared.status_code == 200 and "scaleUp" not in cleared.json()["autoscaling"]
+    _load(deployment, 200)
+    _tick(t0 + timedelta(seconds=300))
+    assert _replicas(deployment) == 4
+
+
+def test_the_rate_rules_as_kubernetes_applies_them(db):
+    now = timezone.now()
+    pods = {"type": "SCALING_POLICY_TYPE_PODS", "value": 2, "periodSeconds": 60}
+    percent = {"type": "SCALING_POLICY_TYPE_PERCENT", "value": 100, "periodSeconds": 60}
+    both = {"policies": [pods, percent]}
+    # from 3: pods allows 5, percent 6; MAX takes 6, MIN 5
+    assert rate_limited(10, current=3, rules=both, events=[], now=now) == 6
+    assert (
+        rate_limited(
+            10,
+            current=3,
+            rules={**both, "selectPolicy": "SCALING_POLICY_SELECT_MIN"},
+            events=[],
+            now=now,
+        )
+        == 5
+    )
+    # two added 10 s ago count against the period: it started at 1
+    added = [(now - timedelta(seconds=10), 2)]
+    assert rate_limited(10, current=3, rules={"policies": [pods]}, events=added, now=now) == 3
+    assert rate_limited(10, current=3, rules={"policies": [percent]}, events=added, now=now) == 3
+    # disabled holds the direction; no policies: one step
+    disabled = {"selectPolicy": "SCALING_POLICY_SELECT_DISABLED"}
+    assert rate_limited(10, current=3, rules=disabled, events=[], now=now) == 3
+    assert rate_limited(1, current=3, rules={}, events=[], now=now) == 1
+    # down by percent rounds down the count that may stay: 50% of 5 leaves 2
+    half = {"policies": [{**percent, "value": 50}]}
+    assert rate_limited(0, current=5, rules=half, events=[], now=now) == 2

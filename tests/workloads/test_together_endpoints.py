@@ -241,7 +241,7 @@ def test_what_is_not_offered_is_a_400_naming_it(cast):
     endpoint = _endpoint(client, project)
     cases = {
         "autoscaling.maxReplicas": {"autoscaling": {"minReplicas": 3, "maxReplicas": 1}},
-        "autoscaling.scaleUp": {"autoscaling": {"minReplicas": 1, "scaleUp": {"x": 1}}},
+        "autoscaling.scaleUp.x": {"autoscaling": {"minReplicas": 1, "scaleUp": {"x": 1}}},
         "autoscaling.scaleDownWindow": {
             "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "scaleDownWindow": "2h"}
         },
