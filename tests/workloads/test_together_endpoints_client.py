@@ -2,7 +2,8 @@
 against a live server and the demo node's agent: whoami -> models.list -> hardware
 list -> endpoints.create + a deployment -> chat through the endpoint's name (served
 by the engine on the leased node) -> delete ends the replica's lease -> its whole
-minutes show in /v1/billing/usage. Another project's ids: 404 on every route."""
+minutes show in /v1/billing/usage. Another project's ids: 404 on every route.
+Autoscaling between min and max (metric, windows, policies) set and read back typed."""
 
 from __future__ import annotations
 
@@ -162,3 +163,55 @@ def test_another_projects_endpoints_are_404_through_the_client(cast, live_server
     owner.endpoints.update(endpoint.id, etag=stale, visibility="VISIBILITY_INTERNAL")
     with pytest.raises(together.ConflictError):
         owner.with_options(max_retries=3).endpoints.update(endpoint.id, etag=stale, name="x")
+
+
+def test_a_together_user_sets_autoscaling_between_min_and_max_through_the_client(cast, live_server):
+    import together
+    from together import Together
+
+    provider_with_capacity(cast.provider_a)
+    buyer_credit(cast.buyer_a, 500_000_000)
+    project = f"proj_{cast.buyer_a.pk}"
+    client = Together(
+        base_url=live_server.url,
+        api_key=cast.client(cast.buyer_a).raw_key,
+        project_id=project,
+        max_retries=0,
+    )
+    endpoint = client.endpoints.create(name="scaled")
+    metric = {"name": "inflight_requests", "type": "METRIC_TARGET_TYPE_AVERAGE_VALUE", "target": 8}
+    deployment = client.endpoints.deployments.create(
+        endpoint.id,
+        name="main",
+        model=f"projects/public/models/{TINY}",
+        config=f"projects/{project}/configs/1x_h100-sxm-80gb",
+        autoscaling={
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "scaling_metrics": [metric],
+            "scale_down_window": "2m",
+            "scale_up": {
+                "policies": [{"type": "SCALING_POLICY_TYPE_PODS", "value": 1, "period_seconds": 60}]
+            },
+        },
+    )
+    scaling = deployment.autoscaling
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 3)
+    assert scaling.scaling_metrics[0].name == "inflight_requests"
+    assert scaling.scaling_metrics[0].target == 8
+    assert (scaling.scale_up_window, scaling.scale_down_window) == ("0s", "120s")
+    assert scaling.scale_up.policies[0].period_seconds == 60
+    assert deployment.desired_replicas == 1
+    with pytest.raises(together.BadRequestError) as refused:
+        client.endpoints.deployments.create(
+            endpoint.id,
+            name="other",
+            model=f"projects/public/models/{TINY}",
+            config=f"projects/{project}/configs/1x_h100-sxm-80gb",
+            autoscaling={
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "scaling_metrics": [{**metric, "name": "ttft"}],
+            },
+        )
+    assert refused.value.body["error"]["param"] == "autoscaling.scalingMetrics[0].name"
