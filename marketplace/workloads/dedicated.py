@@ -29,6 +29,7 @@ in-flight requests for the autoscaler and reconciles.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from datetime import datetime, timedelta
@@ -54,6 +55,8 @@ from marketplace.workloads.managed import order_live
 from marketplace.workloads.models import DedicatedDeployment, Deployment, new_public_id
 
 WORKLOAD_PREFIX = "endpoint:"
+
+logger = logging.getLogger(__name__)
 
 
 def replicas_live(deployment: DedicatedDeployment) -> list[Deployment]:
@@ -187,7 +190,13 @@ def dedicated_tick(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     changed = 0
     deployments = list(DedicatedDeployment.objects.filter(deleted_at__isnull=True).order_by("pk"))
-    loads = inflight_counts(dedicated_ids=[d.pk for d in deployments if autoscaled(d)])
+    try:
+        loads = inflight_counts(dedicated_ids=[d.pk for d in deployments if autoscaled(d)])
+    except Exception:
+        # The load's store unreachable (Redis down): no deployment scales this pass,
+        # each keeps its count; the rest of the pass (readiness, idle stops) goes on.
+        logger.exception("the in-flight counts could not be read; not autoscaling this pass")
+        loads = {}
     for deployment in deployments:
         live = replicas_live(deployment)
         for replica in live:

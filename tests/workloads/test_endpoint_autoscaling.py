@@ -531,3 +531,22 @@ def test_the_rate_rules_as_kubernetes_applies_them(db):
     # down by percent rounds down the count that may stay: 50% of 5 leaves 2
     half = {"policies": [{**percent, "value": 50}]}
     assert rate_limited(0, current=5, rules=half, events=[], now=now) == 2
+
+
+def test_an_unreachable_load_store_holds_the_count_and_the_tick_goes_on(cast, monkeypatch):
+    from marketplace.workloads import dedicated
+
+    provider_with_capacity(cast.provider_a)
+    buyer_credit(cast.buyer_a, 500_000_000)
+    deployment, _ = _autoscaled(cast, scaleToZeroWindow="30m")
+    _load(deployment, 40)
+
+    def down(**_: Any) -> dict[int, int]:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(dedicated, "inflight_counts", down)
+    _tick(timezone.now())
+    assert _replicas(deployment) == 1
+    # the rest of the pass still runs: the idle stop ends its replica
+    _tick(timezone.now() + timedelta(minutes=31))
+    assert _replicas(deployment) == 0
