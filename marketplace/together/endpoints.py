@@ -36,6 +36,7 @@ from django.utils import timezone
 from core.errors import ApplicationError, Conflict
 from core.models import Organization
 from marketplace.together import endpoint_inputs as inputs
+from marketplace.together import endpoint_scaling as scaling_inputs
 from marketplace.together.clusters import limit_micros
 from marketplace.workloads import autoscaling, dedicated
 from marketplace.workloads.errors import invalid, not_found
@@ -273,8 +274,8 @@ def deployment_create(
         raise invalid("name must not contain '/'", param="name")
     if data.get("autoscaling") is None:
         raise invalid("autoscaling is required", param="autoscaling")
-    scaling = inputs.scaling(data)
-    low, high = inputs.replica_bounds(
+    scaling = scaling_inputs.scaling(data)
+    low, high = scaling_inputs.replica_bounds(
         scaling.min_replicas if scaling.min_replicas is not None else 1, scaling.max_replicas
     )
     target = scaling.inflight_target or autoscaling.DEFAULT_TARGET
@@ -309,8 +310,8 @@ def deployment_create(
                     scale_down_window_seconds=_or(
                         scaling.down_window_seconds, autoscaling.DEFAULT_DOWN_WINDOW_SECONDS
                     ),
-                    scale_up_rules=inputs.rules_merge({}, scaling.up_rules),
-                    scale_down_rules=inputs.rules_merge({}, scaling.down_rules),
+                    scale_up_rules=scaling_inputs.rules_merge({}, scaling.up_rules),
+                    scale_down_rules=scaling_inputs.rules_merge({}, scaling.down_rules),
                     idle_timeout_seconds=scaling.idle_timeout_seconds or 0,
                     limit_price_per_gpu_hour_micros=limit,
                     last_request_at=now,
@@ -363,7 +364,7 @@ def deployment_update(
         )
     inputs.known(data, ("etag", "maxConcurrentRequestsPerReplica", *DEPLOYMENT_FIELDS))
     fields = inputs.mask(update_mask, data, DEPLOYMENT_FIELDS)
-    scaling = inputs.scaling(
+    scaling = scaling_inputs.scaling(
         {DEPLOYMENT_FIELDS[k]: v for k, v in data.items() if k in DEPLOYMENT_FIELDS}
     )
     organization = deployment.organization
@@ -379,7 +380,7 @@ def deployment_update(
             if high is None:
                 pinned = locked.min_replicas == locked.max_replicas
                 high = low if pinned and scaling.min_replicas is not None else locked.max_replicas
-            locked.min_replicas, locked.max_replicas = inputs.replica_bounds(low, high)
+            locked.min_replicas, locked.max_replicas = scaling_inputs.replica_bounds(low, high)
             locked.desired_replicas = min(high, max(low, locked.desired_replicas))
             locked.scale_up_window_seconds = _or(
                 scaling.up_window_seconds, locked.scale_up_window_seconds
@@ -387,8 +388,10 @@ def deployment_update(
             locked.scale_down_window_seconds = _or(
                 scaling.down_window_seconds, locked.scale_down_window_seconds
             )
-            locked.scale_up_rules = inputs.rules_merge(locked.scale_up_rules, scaling.up_rules)
-            locked.scale_down_rules = inputs.rules_merge(
+            locked.scale_up_rules = scaling_inputs.rules_merge(
+                locked.scale_up_rules, scaling.up_rules
+            )
+            locked.scale_down_rules = scaling_inputs.rules_merge(
                 locked.scale_down_rules, scaling.down_rules
             )
             if scaling.metrics_given:
