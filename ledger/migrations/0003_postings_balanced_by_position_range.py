@@ -27,40 +27,40 @@ from core.migration_ops import vendor_sql
 PG_FORWARD = """
 CREATE OR REPLACE FUNCTION billing_postings_balanced() RETURNS trigger AS $$
 DECLARE
-    positions bigint[];
-    lo bigint;
-    hi bigint;
     bad bigint;
+    missing bigint;
     bad_account bigint;
     bad_currency text;
 BEGIN
-    -- One pass over the new rows grouped by entry: two legs or more, one
-    -- currency, debits equal to credits.
-    SELECT array_agg(g.entry_position), min(g.entry_position), max(g.entry_position),
-           min(g.entry_position) FILTER (WHERE g.legs < 2
-                                            OR g.first_currency <> g.last_currency
-                                            OR g.net <> 0)
-      INTO positions, lo, hi, bad
-      FROM (SELECT n.entry_position, count(*) AS legs,
-                   min(n.currency) AS first_currency, max(n.currency) AS last_currency,
-                   sum(CASE WHEN n.side = 'D' THEN n.amount_micros ELSE -n.amount_micros END)
-                       AS net
-              FROM new_postings n
-             GROUP BY n.entry_position) g;
-    IF positions IS NULL THEN
+    -- One pass over the new rows grouped by entry (two legs or more, one
+    -- currency, debits equal to credits), and whether each entry is an event.
+    -- The events a statement posts to are the ones it has just appended, one
+    -- position after another: when every position of their range is an event,
+    -- so is each entry, and counting them is one index range scan. (No
+    -- variables in these statements: PL/pgSQL plans each once per session.)
+    SELECT g.bad,
+           g.hi - g.lo + 1
+           - (SELECT count(*) FROM core_event e WHERE e.position BETWEEN g.lo AND g.hi)
+      INTO bad, missing
+      FROM (SELECT min(x.entry_position) AS lo, max(x.entry_position) AS hi,
+                   min(x.entry_position) FILTER (WHERE x.legs < 2
+                                                    OR x.first_currency <> x.last_currency
+                                                    OR x.net <> 0) AS bad
+              FROM (SELECT n.entry_position, count(*) AS legs,
+                           min(n.currency) AS first_currency,
+                           max(n.currency) AS last_currency,
+                           sum(CASE WHEN n.side = 'D' THEN n.amount_micros
+                                    ELSE -n.amount_micros END) AS net
+                      FROM new_postings n
+                     GROUP BY n.entry_position) x) g;
+    IF missing IS NULL THEN
         RETURN NULL;  -- a statement that added no postings
     END IF;
-    -- Each entry is an event. The events a statement posts to are the ones it
-    -- has just appended, one position after another: when every position of the
-    -- range is an event, so is each entry (one index range scan). Otherwise look
-    -- each position up (one index probe each).
-    IF bad IS NULL
-       AND (SELECT count(*) FROM core_event e WHERE e.position BETWEEN lo AND hi) < hi - lo + 1
-       AND (SELECT count(*) FROM core_event e WHERE e.position = ANY(positions))
-           < cardinality(positions)
-    THEN
-        SELECT p INTO bad FROM unnest(positions) AS p
-         WHERE NOT EXISTS (SELECT 1 FROM core_event e WHERE e.position = p)
+    IF bad IS NULL AND missing > 0 THEN
+        -- Gaps in the range (entries of several statements): each one looked up.
+        SELECT p INTO bad
+          FROM (SELECT DISTINCT n.entry_position AS p FROM new_postings n) d
+         WHERE NOT EXISTS (SELECT 1 FROM core_event e WHERE e.position = d.p)
          LIMIT 1;
     END IF;
     -- Each posting in its account's currency, checked once per distinct pair.
