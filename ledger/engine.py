@@ -43,9 +43,9 @@ from django.utils import timezone
 from core.db import RetryTransaction, as_utc, is_postgres, retry_transaction, server_cursor
 from core.eventstore import (
     EVENT_TABLE,
-    EVENTS_INSERT_CTE,
     EventRow,
     events_insert,
+    events_insert_cte,
     events_insert_cte_params,
     json_text,
 )
@@ -369,16 +369,17 @@ def _last_event_per_account(applier: Applier) -> dict[int, int]:
     return last
 
 
+# The postings are the new events' legs, read from their payloads as inserted:
+# ``[account, "D" | "C", amount]`` in the payload's currency (an event without
+# legs has none).
 _PG_WRITE = f"""
-WITH ev AS ({EVENTS_INSERT_CTE}),
+WITH ev AS ({events_insert_cte(returning="position, stream_id, version, payload")}),
 po AS (
     INSERT INTO {POSTING_TABLE}
            (entry_position, account_id, currency, side, amount_micros, recorded_at)
-    SELECT ev.position, p.account_id, p.currency, p.side, p.amount_micros, %(ev_recorded_at)s
-      FROM json_to_recordset(%(postings)s::json)
-           AS p(stream_id text, version int, account_id bigint, currency text, side text,
-                amount_micros bigint)
-      JOIN ev ON ev.stream_id = p.stream_id AND ev.version = p.version
+    SELECT ev.position, (leg->>0)::bigint, ev.payload->>'currency', leg->>1,
+           (leg->>2)::bigint, %(ev_recorded_at)s
+      FROM ev CROSS JOIN LATERAL jsonb_array_elements(ev.payload->'legs') AS leg
 ),
 ba AS (
     UPDATE {BALANCE_TABLE} b
@@ -410,20 +411,6 @@ def _write_pg(applier: Applier, metadata: dict, now: datetime) -> list[int]:
     )
     last = _last_event_per_account(applier)
     dirty = [s for s in applier.balances.values() if s.dirty]
-    params["postings"] = json_text(
-        [
-            {
-                "stream_id": stream_id,
-                "version": version,
-                "account_id": leg[0],
-                "currency": payload["currency"],
-                "side": leg[1],
-                "amount_micros": leg[2],
-            }
-            for _, stream_id, version, _, payload in rows
-            for leg in payload.get("legs", ())
-        ]
-    )
     params["balances"] = json_text(
         [
             {
