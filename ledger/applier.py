@@ -85,26 +85,27 @@ class Applier:
         self, event_type: str, payload: dict, ids: Sequence[int]
     ) -> LedgerResult | None:
         """Apply to the balances; undo and reject if any account breaks its limit."""
-        touched = [self.balances[i] for i in ids]
-        if all(state.overdraft_limit_micros is None for state in touched):
-            # No limit to break (breaks_limit is False for every account): nothing
-            # to save for an undo.
-            apply_event(self.balances, event_type, payload, 0)
+        balances = self.balances
+        touched = [balances[i] for i in ids]
+        # Only an account with a limit can break one (BalanceState.breaks_limit).
+        limited = [(s, s.available) for s in touched if s.overdraft_limit_micros is not None]
+        if not limited:
+            apply_event(balances, event_type, payload, 0)
             return None
-        before = [(s.available, s.counters(), s.dirty) for s in touched]
-        apply_event(self.balances, event_type, payload, 0)
-        for state, (available, _counters, _dirty) in zip(touched, before, strict=True):
+        saved = [(s, s.counters(), s.dirty) for s in touched]
+        apply_event(balances, event_type, payload, 0)
+        for state, available in limited:
             if state.breaks_limit(available):
                 after = state.available
                 missing = -(after + (state.overdraft_limit_micros or 0))
-                for undo, (_, saved, was_dirty) in zip(touched, before, strict=True):
+                for undo, counters, was_dirty in saved:
                     (
                         undo.debits_posted,
                         undo.credits_posted,
                         undo.debits_pending,
                         undo.credits_pending,
                         undo.position,
-                    ) = saved
+                    ) = counters
                     undo.dirty = was_dirty
                 return rejected(
                     "exceeds_limit",
