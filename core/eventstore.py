@@ -360,7 +360,12 @@ def events_iter(
 # events' INSERT becomes a CTE whose RETURNING rows the projection joins on.
 # The table's trigger takes the append lock as the statement starts.
 
-EVENTS_INSERT_CTE = f"""
+
+def events_insert_cte(*, returning: str = "position, stream_id, version") -> str:
+    """The events' INSERT for a CTE, returning ``returning`` (columns of the event
+    table) of each row: a projection that reads more of the new rows than their
+    positions (the ledger's postings read the payloads' legs) names them here."""
+    return f"""
 INSERT INTO {EVENT_TABLE} ({", ".join(_COLUMNS)})
 SELECT t.tenant_id, t.stream_type, t.stream_id, t.version, t.type, t.schema_version,
        t.payload::jsonb, t.metadata::jsonb, t.idempotency_key, %(ev_recorded_at)s
@@ -371,8 +376,11 @@ SELECT t.tenant_id, t.stream_type, t.stream_id, t.version, t.type, t.schema_vers
        WITH ORDINALITY AS t(tenant_id, stream_type, stream_id, version, type, schema_version,
                             payload, metadata, idempotency_key, ord)
  ORDER BY t.ord
-RETURNING position, stream_id, version
+RETURNING {returning}
 """
+
+
+EVENTS_INSERT_CTE = events_insert_cte()
 
 
 def events_insert_cte_params(

@@ -10,7 +10,7 @@ ledger 0002), sent outside any transaction, so the statement is the transaction:
 one round trip, and the append lock is held only while the server works.
 
 Which rule it must equal: the plain engine's (``ledger.engine._execute``, whose
-``_Applier`` applies ``ledger.projection.apply_event`` and
+``ledger.applier.Applier`` applies ``ledger.projection.apply_event`` and
 ``BalanceState.breaks_limit``). The function posts only when that engine would
 post, with the same event (type, payload, stream id, version 1, metadata), the
 same postings and the same balance counters and position. Whenever it would not

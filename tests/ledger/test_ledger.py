@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 
 import pytest
@@ -16,7 +17,7 @@ from core.errors import (
     NotFound,
 )
 from core.models import Event
-from ledger import services
+from ledger import engine, services
 from ledger.engine import EntryRequest, HoldPostRequest, HoldVoidRequest, ledger_execute
 from ledger.models import Account, Balance, Hold, Posting
 from ledger.projection import replay
@@ -222,6 +223,87 @@ def test_batch_rejects_bad_commands_alone(make_buyer, revenue):
     ]
     assert results[5].position == results[0].position
     assert available(buyer) == 1_000_000
+
+
+def test_a_transfer_past_a_limit_mid_batch_is_refused_alone_with_what_is_missing(
+    make_buyer, revenue
+):
+    buyer = make_buyer("mid", 3_000_000)
+    payee = make_buyer("payee")
+    batch = [
+        EntryRequest(f"mid-{n}", "USD", ((buyer.pk, "D", 1_000_000), (payee.pk, "C", 1_000_000)))
+        for n in range(2)
+    ]
+    batch.append(
+        EntryRequest("mid-over", "USD", ((buyer.pk, "D", 1_500_000), (payee.pk, "C", 1_500_000)))
+    )
+    batch.append(EntryRequest("mid-fits", "USD", ((buyer.pk, "D", 1), (revenue.pk, "C", 1))))
+    results = ledger_execute(batch)
+    assert [r.status for r in results] == ["posted", "posted", "rejected", "posted"]
+    refused = results[2]
+    assert refused.code == "exceeds_limit"
+    assert refused.message == (
+        f"account {buyer.pk} has 1000000 micro-units available; this needs 1500000 (500000 missing)"
+    )
+    assert refused.details == {
+        "account": buyer.pk,
+        "available_micros": 1_000_000,
+        "missing_micros": 500_000,
+    }
+    assert not Event.objects.filter(stream_id="entry:mid-over").exists()
+    assert available(buyer) == 999_999
+    assert available(payee) == 2_000_000
+    assert [r.position for r in results if r.ok] == sorted(r.position for r in results if r.ok)
+    replayed = {a: s.counters() for a, s in replay().items() if s.counters()[:4] != (0,) * 4}
+    assert replayed == live_counters()
+
+
+def test_a_transfer_id_twice_in_one_batch_replays_with_legs_as_lists_and_refuses_a_new_body(
+    make_buyer, revenue
+):
+    buyer = make_buyer("twice", 5_000_000)
+    legs = ((buyer.pk, "D", 1_000), (revenue.pk, "C", 1_000))
+    results = ledger_execute(
+        [
+            EntryRequest("twice-1", "USD", legs),
+            EntryRequest("twice-1", "USD", tuple(list(leg) for leg in legs)),  # type: ignore[misc]
+            EntryRequest("twice-1", "USD", ((buyer.pk, "D", 999), (revenue.pk, "C", 999))),
+        ]
+    )
+    assert [r.status for r in results] == ["posted", "replayed", "rejected"]
+    assert results[1].position == results[0].position
+    assert results[2].code == "id_reused"
+    stored = Event.objects.get(stream_id="entry:twice-1").payload
+    assert stored["legs"] == [list(leg) for leg in legs]
+    assert available(buyer) == 4_999_000
+
+
+def test_a_batch_leaves_the_garbage_collector_as_it_found_it(make_buyer, revenue, monkeypatch):
+    buyer = make_buyer("gc", 5_000_000)
+
+    def batch(tag: str) -> list[EntryRequest]:
+        return [
+            EntryRequest(f"{tag}-{n}", "USD", ((buyer.pk, "D", 1), (revenue.pk, "C", 1)))
+            for n in range(3)
+        ]
+
+    assert gc.isenabled()
+    ledger_execute(batch("on"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        ledger_execute(batch("off"))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    def lost(*args):
+        raise DatabaseError("the connection went away")
+
+    monkeypatch.setattr(engine, "_execute", lost)
+    with pytest.raises(DatabaseError, match="went away"):
+        ledger_execute(batch("lost"))
+    assert gc.isenabled()
 
 
 def test_multi_leg_entry_splits_one_debit_into_several_credits(make_buyer, revenue):
