@@ -5,7 +5,10 @@ Why our own loop rather than ``transformers.Trainer``: the work is billed per st
 resumed on another node mid-epoch and stopped by a flag, and the loop is short
 enough to own. Owning it also lets the data be packed (several examples per
 sequence, kept apart by position ids) and the loss normalised by the trained tokens
-of the whole global batch, so one, two or eight GPUs compute the same update.
+of the whole global batch, so one, two or eight GPUs compute the same update. It is
+one module of ~740 lines on purpose: the step, its checkpoint and its resume share
+the loop's state (RNG, data position, optimizer), and split apart they would pass it
+all back and forth.
 
 - **Device.** CUDA when present: bf16 autocast (LoRA: base weights held in bf16;
   full: fp32 master weights), SDPA attention (flash kernels where the GPU has them),
