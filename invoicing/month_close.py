@@ -42,6 +42,7 @@ from core.eventstore import (
     events_insert,
 )
 from core.models import Event, Organization
+from invoicing.amounts import _MoneyTexts
 from invoicing.calculations import _compute_monthly, _jobs_alone
 from invoicing.documents import _document_json, _document_lines_json, _JsonStrings, _profiles
 from invoicing.drafts import invoice_draft_refresh
@@ -115,9 +116,9 @@ def _compute_ahead(
     as_of = Event.objects.aggregate(p=Max("position"))["p"] or 0
     jobs_alone = _jobs_alone(org_ids, currency)
     computed = _compute_monthly(org_ids, currency, period, as_of, jobs_alone)
-    strings = _JsonStrings()
+    strings, texts = _JsonStrings(), _MoneyTexts(currency)
     for found in computed.values():
-        found.document_lines_json = _document_lines_json(found, currency, strings)
+        found.document_lines_json = _document_lines_json(found, currency, strings, texts)
     return _Ahead(as_of, jobs_alone, computed, platform)
 
 
