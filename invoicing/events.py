@@ -12,7 +12,6 @@ stored payloads as they are, old shapes included."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Any
 
 from core.eventstore import DomainEvent, stream_id
@@ -34,12 +33,13 @@ class InvoiceEvent(DomainEvent):
         # Shallow (not dataclasses.asdict), by names read once per type (not
         # dataclasses.fields, which filters the class's fields on every call): the
         # month close builds one per invoice.
-        return {name: getattr(self, name) for name in _field_names(type(self))}
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+        return {name: getattr(self, name) for name in names}
 
 
-@cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each event type's fields, in order
 
 
 @dataclass(frozen=True, slots=True)
