@@ -448,7 +448,7 @@ def period_close(
     stops half way is finished by running it again, and a finalized invoice is left
     as it is, so running it twice changes nothing."""
     started = time.monotonic()
-    with _heap_frozen():
+    with _collector_paused():
         result = _period_close(
             period=period,
             finalize=finalize,
@@ -460,7 +460,7 @@ def period_close(
 
 
 @contextmanager
-def _heap_frozen() -> Iterator[None]:
+def _collector_paused() -> Iterator[None]:
     """Keep the cyclic garbage collector out of the close while it runs. The objects
     alive before it are left out of the collector's scans (``gc.freeze``), and its
     automatic collections are paused (``gc.disable``; the processes that finalize
@@ -602,9 +602,10 @@ def _lookup_plans() -> None:
     a few thousand journal entries. With the default cost of a random page read
     (4, for disks that seek; the month's rows are in memory by its close) the
     planner scanned whole tables instead (the journal's events for the entries'
-    legs, the postings for the buyers' charges: three times the time of an
-    index's), in parallel workers that took the cores from the close's own
-    processes; each process of the close is already one core's worth of work."""
+    legs, the postings for the buyers' charges: two to six times the time of
+    reading them by their indexes), in parallel workers that took the cores from
+    the close's own processes; each process of the close is already one core's
+    worth of work."""
     settings_sql = ", ".join(["set_config(%s, %s, false)"] * len(CLOSE_PLANNER_SETTINGS))
     with connection.wrap_database_errors:
         server_cursor().execute(
