@@ -8,7 +8,12 @@ must change nothing) and the timing of that.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test python bench/close.py [--quick]
 
 Runs in a throwaway database (test_<name>), created and dropped here (``--keep``
-leaves it). Ends with one line: RESULT {json}.
+leaves it). Ends with one line: RESULT {json}. To close the same month again without
+its set-up: ``--set-up-only`` (or ``--keep``) also copies the month as set up into
+test_<name>_month, and ``--reuse`` makes test_<name> again from that copy and closes
+it (same sizes; ``bulk_batches_checked`` is then 0: they were checked at the set-up).
+``--profile PATH`` profiles the first close, and each of its worker processes into
+PATH.<process name>.<pid> (by CPU time).
 
 How the month is made. Ten million events through ingestion and rating would take
 hours on a small machine, so most of the month is written straight into the
