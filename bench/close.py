@@ -8,7 +8,12 @@ must change nothing) and the timing of that.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test python bench/close.py [--quick]
 
 Runs in a throwaway database (test_<name>), created and dropped here (``--keep``
-leaves it). Ends with one line: RESULT {json}.
+leaves it). Ends with one line: RESULT {json}. To close the same month again without
+its set-up: ``--set-up-only`` (or ``--keep``) also copies the month as set up into
+test_<name>_month, and ``--reuse`` makes test_<name> again from that copy and closes
+it (same sizes; ``bulk_batches_checked`` is then 0: they were checked at the set-up).
+``--profile PATH`` profiles the first close, and each of its worker processes into
+PATH.<process name>.<pid> (by CPU time).
 
 How the month is made. Ten million events through ingestion and rating would take
 hours on a small machine, so most of the month is written straight into the
@@ -66,6 +71,7 @@ import django
 
 django.setup()
 
+from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
 from django.test.utils import setup_test_environment
 from django.utils import timezone
@@ -809,6 +815,123 @@ def checkpoint(cursor) -> None:
         log(f"no checkpoint before the clock starts ({exc}): a flush may overlap the timing")
 
 
+def month_counts(cursor, period: date) -> tuple[int, int, int]:
+    """The month's usage events, journal entries and usage accruals."""
+    cursor.execute("SELECT count(*) FROM metering_usageevent WHERE period = %s", [period])
+    stored = cursor.fetchone()[0]
+    cursor.execute("SELECT count(*) FROM core_event WHERE stream_type = 'ledger.entry'")
+    entries = cursor.fetchone()[0]
+    cursor.execute("SELECT count(*) FROM billing_usageaccrual")
+    accruals = cursor.fetchone()[0]
+    return stored, entries, accruals
+
+
+# --- a month set up once, closed many times (--set-up-only or --keep, then --reuse) ---
+
+
+def _snapshot_name(db_name: str) -> str:
+    return f"{db_name}_month"
+
+
+def snapshot_take(db_name: str) -> None:
+    """A copy of the set-up month (before any close), for ``--reuse``: a file copy of
+    the database, taken with no connection open to it."""
+    connections.close_all()
+    snapshot = connection.ops.quote_name(_snapshot_name(db_name))
+    with connection._nodb_cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {snapshot}")
+        cursor.execute(
+            f"CREATE DATABASE {snapshot} TEMPLATE {connection.ops.quote_name(db_name)} "
+            "STRATEGY FILE_COPY"
+        )
+    log(f"snapshot of the month: {_snapshot_name(db_name)}")
+
+
+def snapshot_restore() -> str:
+    """The test database made again from the snapshot a set-up took (the close changes
+    it), and this process's connection pointed at it; its name."""
+    db_name = connection.creation._get_test_db_name()
+    snapshot = _snapshot_name(db_name)
+    with connection._nodb_cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [snapshot])
+        if cursor.fetchone() is None:
+            sys.exit(f"--reuse: no snapshot {snapshot}; run with --set-up-only first")
+        cursor.execute(f"DROP DATABASE IF EXISTS {connection.ops.quote_name(db_name)}")
+        cursor.execute(
+            f"CREATE DATABASE {connection.ops.quote_name(db_name)} "
+            f"TEMPLATE {connection.ops.quote_name(snapshot)} STRATEGY FILE_COPY"
+        )
+    connection.close()
+    settings.DATABASES[connection.alias]["NAME"] = db_name
+    connection.settings_dict["NAME"] = db_name
+    return db_name
+
+
+def workers_profiled(path: str) -> None:
+    """cProfile every process the close forks (its finalizing workers), each into
+    ``<path>.<process name>.<pid>``: the parent's own profile shows it waiting on them.
+    Their clock is the process's CPU time, not the wall's: on cores shared with other
+    work, a wall-clock profile charges a function with the time it was descheduled."""
+    import cProfile
+    from multiprocessing.process import BaseProcess
+
+    run = BaseProcess.run
+
+    def profiled_run(self: BaseProcess) -> None:
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        try:
+            run(self)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{path}.{self.name}.{os.getpid()}")
+
+    BaseProcess.run = profiled_run  # type: ignore[method-assign]
+
+
+def set_up_month(
+    args: argparse.Namespace,
+    orgs: int,
+    events: int,
+    provider_count: int,
+    sizes: list[int],
+    sample_index: list[int],
+    now: datetime,
+    period: date,
+) -> tuple[list[int], int, int, int, int]:
+    """The month written (see the module's docstring) and checked; returns the sample
+    orgs' ids, the usage events, journal entries and accruals stored, and the bulk
+    batches checked against rating and accrual."""
+    from invoicing.periods import month_bounds
+
+    start, end = month_bounds(period)
+    bulk_index = [i for i in range(orgs) if i not in set(sample_index)]
+    providers = make_providers(provider_count)
+    sample_events = sum(sizes[i] for i in sample_index)
+    log(f"sample: {len(sample_index)} orgs, {sample_events} events through ingestion")
+    real_ids = real_sample(
+        [sizes[i] for i in sample_index], providers, start + timedelta(minutes=1), end
+    )
+    log("bulk: orgs, accounts, floats")
+    bulk_ids = bulk_orgs(orgs, [sizes[i] for i in bulk_index], now)
+    index_of = {org: orgs + n for n, org in enumerate(bulk_ids)}
+    batches = bulk_month(
+        bulk_ids, [sizes[i] for i in bulk_index], providers, index_of, start, end, period, 1
+    )
+    log(f"bulk: {batches} batches written; vacuum analyze, checkpoint")
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+        # The month's rows written out before the clock starts, as a month's usage
+        # would be by its end: not flushed by a checkpoint running under the
+        # GROUP BY or the close (some 3 GB written here in two minutes).
+        checkpoint(cursor)
+        stored, entries, accruals = month_counts(cursor, period)
+    assert stored == events, (stored, events)
+    checked = check_sample(bulk_ids, 12 if args.quick else 40, 2)
+    return real_ids, stored, entries, accruals, checked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="500 orgs, 200,000 events")
@@ -817,9 +940,22 @@ def main() -> None:
     parser.add_argument("--providers", type=int)
     parser.add_argument("--sample-orgs", type=int, help="orgs sent through the real ingestion path")
     parser.add_argument("--keep", action="store_true", help="leave the database in place")
-    parser.add_argument("--profile", metavar="PATH", help="cProfile the first close into PATH")
     parser.add_argument(
-        "--set-up-only", action="store_true", help="stop before the close and keep the database"
+        "--profile",
+        metavar="PATH",
+        help="cProfile the first close into PATH, and each of its worker processes into "
+        "PATH.<process name>.<pid>",
+    )
+    parser.add_argument(
+        "--set-up-only",
+        action="store_true",
+        help="stop before the close and keep the database (and a snapshot of it for --reuse)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="no set-up: close the month that a run with --set-up-only or --keep (and the "
+        "same sizes) left, its database made again from that run's snapshot first",
     )
     args = parser.parse_args()
     orgs = args.orgs or (500 if args.quick else 10_000)
@@ -830,57 +966,39 @@ def main() -> None:
         sys.exit("bench/close.py measures PostgreSQL: set DATABASE_URL=postgres://...")
 
     from invoicing.month_close import period_close
-    from invoicing.periods import month_bounds
 
     now = timezone.now()
     period = previous_month(now)
-    start, end = month_bounds(period)
     setup_test_environment()
-    db_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    sizes = event_sizes(orgs, events)
+    # The sample: medium-sized orgs (the busiest would take long through ingestion).
+    large, medium = round(orgs * SIZE_CLASSES[0][0]), round(orgs * SIZE_CLASSES[1][0])
+    sample_index = list(range(large, large + sample_orgs // 3)) + list(
+        range(large + medium, large + medium + sample_orgs - sample_orgs // 3)
+    )
+    if args.reuse:
+        db_name = snapshot_restore()
+    else:
+        db_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         set_up = time.perf_counter()
-        sizes = event_sizes(orgs, events)
-        # The sample: medium-sized orgs (the busiest would take long through ingestion).
-        large, medium = round(orgs * SIZE_CLASSES[0][0]), round(orgs * SIZE_CLASSES[1][0])
-        sample_index = list(range(large, large + sample_orgs // 3)) + list(
-            range(large + medium, large + medium + sample_orgs - sample_orgs // 3)
-        )
-        bulk_index = [i for i in range(orgs) if i not in set(sample_index)]
-        providers = make_providers(provider_count)
-        log(
-            f"sample: {sample_orgs} orgs, {sum(sizes[i] for i in sample_index)} events "
-            "through ingestion"
-        )
-        real_ids = real_sample(
-            [sizes[i] for i in sample_index], providers, start + timedelta(minutes=1), end
-        )
-        log("bulk: orgs, accounts, floats")
-        bulk_ids = bulk_orgs(orgs, [sizes[i] for i in bulk_index], now)
-        index_of = {org: orgs + n for n, org in enumerate(bulk_ids)}
-        batches = bulk_month(
-            bulk_ids, [sizes[i] for i in bulk_index], providers, index_of, start, end, period, 1
-        )
-        log(f"bulk: {batches} batches written; vacuum analyze, checkpoint")
-        connection.ensure_connection()
-        with connection.cursor() as cursor:
-            cursor.execute("VACUUM ANALYZE")
-            # The month's rows written out before the clock starts, as a month's usage
-            # would be by its end: not flushed by a checkpoint running under the
-            # GROUP BY or the close (some 3 GB written here in two minutes).
-            checkpoint(cursor)
-            cursor.execute("SELECT count(*) FROM metering_usageevent WHERE period = %s", [period])
-            stored = cursor.fetchone()[0]
-            cursor.execute("SELECT count(*) FROM core_event WHERE stream_type = 'ledger.entry'")
-            entries = cursor.fetchone()[0]
-            cursor.execute("SELECT count(*) FROM billing_usageaccrual")
-            accruals = cursor.fetchone()[0]
-        assert stored == events, (stored, events)
-        checked = check_sample(bulk_ids, 12 if args.quick else 40, 2)
+        if args.reuse:
+            real_ids, checked = sample_index, 0  # checked when the month was set up
+            with connection.cursor() as cursor:
+                checkpoint(cursor)
+                stored, entries, accruals = month_counts(cursor, period)
+            assert stored == events, (stored, events)
+        else:
+            real_ids, stored, entries, accruals, checked = set_up_month(
+                args, orgs, events, provider_count, sizes, sample_index, now, period
+            )
         set_up = time.perf_counter() - set_up
         log(
             f"set-up {set_up:.0f} s: {stored} events, {entries} journal entries, "
             f"{accruals} accruals; {checked} bulk batches checked against rating and accrual"
         )
+        if (args.keep or args.set_up_only) and not args.reuse:
+            snapshot_take(db_name)
 
         if args.set_up_only:
             args.keep = True
@@ -894,6 +1012,7 @@ def main() -> None:
 
             profiler = cProfile.Profile()
             profiler.enable()
+            workers_profiled(args.profile)
         cpu_before = python_cpu()
         began = time.perf_counter()
         result = period_close(period=period, finalize=True, now=now)

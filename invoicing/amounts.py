@@ -50,3 +50,16 @@ def _money_of(currency: str) -> Callable[[int], dict[str, Any]]:
     document."""
     text = _money_texts(currency)
     return lambda micros: {"micros": micros, "text": text(micros)}
+
+
+class _MoneyTexts(dict[int, str]):
+    """``money_text(m, currency)`` of each distinct amount, made once: a close's
+    document lines repeat a few unit prices tens of thousands of times."""
+
+    def __init__(self, currency: str) -> None:
+        super().__init__()
+        self._text = _money_texts(currency)
+
+    def __missing__(self, micros: int) -> str:
+        text = self[micros] = self._text(micros)
+        return text

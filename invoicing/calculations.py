@@ -163,7 +163,11 @@ def _compute_monthly(
         [*orgs_params, currency, *kinds_params],
     ):
         mine_by_org[org][pk] = kind
-    charges_by_org = _ledger_charges_many(mine_by_org, start, end, as_of)
+    # The usage entries' facts first: their positions are entries the charges need
+    # not read again (rated usage charges nothing there).
+    facts = _entry_facts(row.transfer_id for rows in accruals.values() for row in rows)
+    rated = [position for position, _ in facts.values()]
+    charges_by_org = _ledger_charges_many(mine_by_org, start, end, as_of, rated)
     for org, charges in charges_by_org.items():
         alone = jobs_alone.get(org) or set()
         charges_by_org[org] = [
@@ -184,5 +188,9 @@ def _compute_monthly(
         if charges_by_org.get(org):
             lines.update(_charge_lines(org, charges_by_org[org], currency, gpu.get(org, {})))
         ordered[org] = _ordered(lines)
-    facts = _entry_facts(t for lines in ordered.values() for line in lines for t in line.entries)
+    missing = {
+        t for lines in ordered.values() for line in lines for t in line.entries if t not in facts
+    }
+    if missing:
+        facts.update(_entry_facts(missing))
     return {org: _computed(ordered[org], facts, mine_by_org.get(org, {}), as_of) for org in org_ids}

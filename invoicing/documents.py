@@ -17,7 +17,7 @@ from core.eventstore import (
     json_text,
 )
 from core.models import Organization
-from invoicing.amounts import _money_of, _money_texts, cents
+from invoicing.amounts import _money_of, _MoneyTexts, cents
 from invoicing.lines import Computed
 from invoicing.models import (
     BillingProfile,
@@ -255,14 +255,17 @@ class _JsonStrings(dict[str, str]):
         return encoded
 
 
-def _document_lines_json(computed: Computed, currency: str, strings: _JsonStrings) -> bytes:
+def _document_lines_json(
+    computed: Computed, currency: str, strings: _JsonStrings, texts: _MoneyTexts | None = None
+) -> bytes:
     """``canonical(_document_lines(computed, currency))``, made as text: the keys
     written in sorted order, strings encoded by ``canonical`` (``strings``), numbers
     as Python writes integers, amounts' texts digits, sign and point only. A month
     close makes some 60,000 lines: a dict per line, amount and entry, then encoded,
     cost it several times more. (tests/invoicing/test_invoice_documents.py holds the
-    two equal.)"""
-    text = _money_texts(currency)
+    two equal.) ``texts``: the amounts' texts in ``currency`` made so far, shared by
+    the invoices of a close's chunk as ``strings`` is."""
+    text = texts if texts is not None else _MoneyTexts(currency)
     positions = computed.positions
     out = []
     for index, line in enumerate(computed.lines, start=1):
@@ -275,14 +278,14 @@ def _document_lines_json(computed: Computed, currency: str, strings: _JsonString
             ]
         )
         out.append(
-            f'{{"amount":{{"micros":{amount},"text":"{text(amount)}"}},'
+            f'{{"amount":{{"micros":{amount},"text":"{text[amount]}"}},'
             f'"description":{strings[line.description]},"entries":[{entries}],'
-            f'"exact":{{"micros":{line.exact_micros},"text":"{text(line.exact_micros)}"}},'
+            f'"exact":{{"micros":{line.exact_micros},"text":"{text[line.exact_micros]}"}},'
             f'"gpu_model":{strings[line.gpu_model]},"job":{strings[line.job]},'
             f'"model":{strings[line.model]},"ordinal":{index},"price_unit":{line.price_unit},'
             f'"product":{strings[line.product]},"quantity":{line.quantity},'
             f'"unit":{strings[line.unit]},"unit_price":{{"micros":{line.unit_price_micros},'
-            f'"text":"{text(line.unit_price_micros)}"}}}}'
+            f'"text":"{text[line.unit_price_micros]}"}}}}'
         )
     return f"[{','.join(out)}]".encode()
 

@@ -4,6 +4,7 @@ COPY (plain inserts elsewhere), ids taken ahead from their sequences."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import attrgetter
 
 from django.db import connection, models
 
@@ -114,13 +115,13 @@ def _write_lines_many(invoices: list[tuple[Invoice, Computed]], *, replacing: li
     lines: list[str] = []
     links: list[str] = []
     for invoice, computed in invoices:
-        currency = invoice.currency
+        currency, invoice_id = invoice.currency, invoice.pk
         positions = computed.positions
         for index, line in enumerate(computed.lines, start=1):
             line_id = next(ids)
             # The same values as _line_rows.
             lines.append(
-                f"{line_id}\t{invoice.pk}\t{index}\t{text[line.product]}\t"
+                f"{line_id}\t{invoice_id}\t{index}\t{text[line.product]}\t"
                 f"{text[line.description[:300]]}\t{text[line.job[:200]]}\t"
                 f"{text[line.model[:200]]}\t{text[line.gpu_model[:100]]}\t"
                 f"{text[line.region[:64]]}\t{line.quantity}\t{text[line.unit]}\t"
@@ -169,7 +170,8 @@ def _invoices_write(invoices: Iterable[tuple[Invoice, str]], *, new: int) -> Non
         Invoice.objects.bulk_create(made)
     else:
         fields = [f for f in Invoice._meta.concrete_fields if f.name != "document"]
-        attnames = [f.attname for f in fields if not f.primary_key]
+        # The row's values but the id, read by one C call an invoice.
+        values = attrgetter(*[f.attname for f in fields if not f.primary_key])
         ids = iter(_ids_take(Invoice, new))
         with connection.wrap_database_errors:
             cursor = server_cursor()
@@ -181,8 +183,6 @@ def _invoices_write(invoices: Iterable[tuple[Invoice, str]], *, new: int) -> Non
                         continue
                     invoice.pk = next(ids)
                     invoice._state.adding = False
-                    copy.write_row(
-                        (invoice.pk, *[getattr(invoice, name) for name in attnames], text)
-                    )
+                    copy.write_row((invoice.pk, *values(invoice), text))
     for invoice in drafts:
         invoice.save()

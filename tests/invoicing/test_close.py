@@ -7,10 +7,12 @@ again."""
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
 
 import pytest
-from django.db import connections
+from django.db import connection, connections
 
 from invoicing import month_close
 from invoicing.models import BillingProfile, DocumentSequence, Invoice, ProviderStatement
@@ -77,6 +79,62 @@ def test_chunks_finalized_in_two_processes_close_the_month_exactly(month, monkey
     # and a second close changes nothing
     again = period_close(period=PERIOD, now=CLOSE_AT)
     assert again.finalized == 0 and again.already_final == 2
+
+
+def test_a_close_pauses_the_garbage_collector_and_gives_it_back_as_it_found_it(month, monkeypatch):
+    # given a record of the collector's state in each process computing a chunk
+    monkeypatch.setattr(month_close, "CLOSE_CHUNK", 1)
+    compute_ahead = month_close._compute_ahead
+    seen = multiprocessing.get_context("fork").SimpleQueue()
+
+    def spy(*args):
+        seen.put(gc.isenabled())
+        return compute_ahead(*args)
+
+    monkeypatch.setattr(month_close, "_compute_ahead", spy)
+    assert gc.isenabled()
+
+    # when
+    result = period_close(period=PERIOD, now=CLOSE_AT)
+
+    # then its processes ran without automatic collections, and this one has them back
+    assert result.finalized == 2
+    assert [seen.get(), seen.get()] == [False, False]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    # a caller that had paused them finds them paused still
+    gc.disable()
+    try:
+        period_close(period=PERIOD, now=CLOSE_AT)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_processes_of_a_close_plan_their_reads_as_lookups(month, monkeypatch):
+    # given a record of each chunk's process's planner settings
+    monkeypatch.setattr(month_close, "CLOSE_CHUNK", 1)
+    compute_ahead = month_close._compute_ahead
+    seen = multiprocessing.get_context("fork").SimpleQueue()
+
+    def spy(*args):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('random_page_cost'), "
+                "current_setting('max_parallel_workers_per_gather')"
+            )
+            seen.put(cursor.fetchone())
+        return compute_ahead(*args)
+
+    monkeypatch.setattr(month_close, "_compute_ahead", spy)
+
+    # when
+    period_close(period=PERIOD, now=CLOSE_AT)
+
+    # then both used the close's settings, and this process's connection keeps its own
+    assert [seen.get(), seen.get()] == [("1.1", "0"), ("1.1", "0")]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('random_page_cost')")
+        assert cursor.fetchone() == ("4",)
 
 
 def test_a_number_taken_elsewhere_during_the_close_leaves_no_gap(month, monkeypatch, caplog):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.money import CURRENCIES, MICROS, Money, rate_amount
-from invoicing.amounts import _money_of, cents, money_text
+from invoicing.amounts import _money_of, _MoneyTexts, cents, money_text
 from invoicing.documents import (
     _document,
     _document_json,
@@ -102,6 +102,19 @@ def test_lines_made_as_text_are_the_canonical_encoding_of_the_lines(lines, curre
     computed = _computed(lines)
     made = _document_lines_json(computed, currency, _JsonStrings())
     assert made == canonical(_document_lines(computed, currency))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_lines, min_size=2, max_size=4), st.sampled_from(sorted(CURRENCIES)))
+def test_invoices_sharing_their_amounts_texts_get_the_lines_each_would_alone(invoices, currency):
+    # given the invoices of a chunk, made with one record of strings and amounts' texts
+    strings, texts = _JsonStrings(), _MoneyTexts(currency)
+    for lines in invoices:
+        computed = _computed(lines)
+        # then each invoice's lines are the canonical encoding of its own lines
+        shared = _document_lines_json(computed, currency, strings, texts)
+        assert shared == canonical(_document_lines(computed, currency))
+    assert all(text == money_text(micros, currency) for micros, text in texts.items())
 
 
 @settings(max_examples=200, deadline=None)
