@@ -1,6 +1,7 @@
 """The inference engine: one per deployment, a base model plus an optional fine-tuned
-adapter loaded once, serving completions and chat completions. One module of ~600 lines: the scheduler
-thread, the batch's KV cache and each request's slot are one piece of state.
+adapter loaded once, serving completions and chat completions. One module of ~600
+lines: the scheduler thread, the batch's KV cache and each request's slot are one
+piece of state.
 
 - **Batching.** Requests go into a queue; a scheduler thread takes everything
   pending (up to ``max_batch``) and decodes it together, one forward pass per token
