@@ -278,6 +278,66 @@ def test_a_transfer_id_twice_in_one_batch_replays_with_legs_as_lists_and_refuses
     assert available(buyer) == 4_999_000
 
 
+def test_a_batch_of_new_transfer_ids_runs_once_without_looking_them_up(
+    make_buyer, revenue, monkeypatch
+):
+    buyer = make_buyer("fresh", 5_000_000)
+    attempts: list[bool] = []
+    execute = engine._execute
+
+    def counted(*args, look_up_entries: bool):
+        attempts.append(look_up_entries)
+        return execute(*args, look_up_entries=look_up_entries)
+
+    monkeypatch.setattr(engine, "_execute", counted)
+    results = ledger_execute(
+        [
+            EntryRequest(f"fresh-{n}", "USD", ((buyer.pk, "D", 1_000), (revenue.pk, "C", 1_000)))
+            for n in range(3)
+        ]
+    )
+    assert [r.status for r in results] == ["posted"] * 3
+    assert attempts == [False]
+    assert available(buyer) == 4_997_000
+
+
+def test_a_batch_holding_a_stored_transfer_id_is_rolled_back_and_run_again_looking_ids_up(
+    make_buyer, revenue, monkeypatch
+):
+    buyer = make_buyer("again", 5_000_000)
+    legs = ((buyer.pk, "D", 1_000), (revenue.pk, "C", 1_000))
+    first = ledger_execute([EntryRequest("again-1", "USD", legs)])[0]
+    attempts: list[bool] = []
+    execute = engine._execute
+
+    def counted(*args, look_up_entries: bool):
+        attempts.append(look_up_entries)
+        return execute(*args, look_up_entries=look_up_entries)
+
+    monkeypatch.setattr(engine, "_execute", counted)
+    events_before = Event.objects.count()
+    results = ledger_execute(
+        [
+            EntryRequest("again-2", "USD", legs),
+            EntryRequest("again-1", "USD", legs),
+            EntryRequest("again-1", "USD", ((buyer.pk, "D", 7), (revenue.pk, "C", 7))),
+            EntryRequest("again-3", "USD", legs),
+        ]
+    )
+    assert attempts == [False, True]
+    assert [r.status for r in results] == ["posted", "replayed", "rejected", "posted"]
+    assert results[1].position == first.position
+    assert results[2].code == "id_reused"
+    # Only the two new entries are written: the first attempt left nothing behind.
+    assert Event.objects.count() == events_before + 2
+    assert (
+        Posting.objects.filter(entry_id__in=[results[0].position, results[3].position]).count() == 4
+    )
+    assert available(buyer) == 4_997_000
+    replayed = {a: s.counters() for a, s in replay().items() if s.counters()[:4] != (0,) * 4}
+    assert replayed == live_counters()
+
+
 def test_a_batch_leaves_the_garbage_collector_as_it_found_it(make_buyer, revenue, monkeypatch):
     buyer = make_buyer("gc", 5_000_000)
 
@@ -297,7 +357,7 @@ def test_a_batch_leaves_the_garbage_collector_as_it_found_it(make_buyer, revenue
     finally:
         gc.enable()
 
-    def lost(*args):
+    def lost(*args, **kwargs):
         raise DatabaseError("the connection went away")
 
     monkeypatch.setattr(engine, "_execute", lost)
