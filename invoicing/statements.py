@@ -279,7 +279,13 @@ def statement_key(provider_id: int, period: date, currency: str) -> str:
 
 
 def statements_close(*, period: date, now: datetime | None = None) -> int:
-    """Write (or rewrite) every provider's statement for the month; return how many."""
+    """Write (or rewrite) every provider's statement for the month; return how many.
+
+    All in one statement (an upsert on the statement's key) and one transaction: a
+    month close writes them beside its chunks, and forty providers' read-lock, insert
+    or update and commit each, one after another, cost the close's cores more (the
+    ORM's work, a WAL flush each) than computing the statements did. A rerun rewrites
+    them as each one's ``update_or_create`` would."""
     now = now or timezone.now()
     currency = settings.TANDEM_CURRENCY
     start, end = month_bounds(period)
@@ -293,27 +299,36 @@ def statements_close(*, period: date, now: datetime | None = None) -> int:
             ).values_list("account__organization_id", flat=True)
         )
     )
-    written = 0
     statements = _statements_compute(provider_ids, period, currency)
-    for provider in Organization.objects.filter(pk__in=provider_ids).order_by("pk"):
-        statement = statements[provider.pk]
+    rows = [
+        ProviderStatement(
+            key=statement_key(provider.pk, period, currency),
+            organization=provider,
+            currency=currency,
+            period_start=start,
+            period_end=end,
+            gpu_seconds=statement.gpu_seconds,
+            gross_micros=statement.gross_micros,
+            fee_micros=statement.fee_micros,
+            net_payable_micros=statement.gross_micros,
+            payouts_micros=statement.payouts_micros,
+            closing_balance_micros=statement.closing_balance_micros,
+            document=statement_document(statement, provider),
+            generated_at=now,
+        )
+        for provider in Organization.objects.filter(pk__in=provider_ids).order_by("pk")
+        for statement in [statements[provider.pk]]
+    ]
+    if rows:
         with transaction.atomic():
-            ProviderStatement.objects.update_or_create(
-                key=statement_key(provider.pk, period, currency),
-                defaults={
-                    "organization": provider,
-                    "currency": currency,
-                    "period_start": start,
-                    "period_end": end,
-                    "gpu_seconds": statement.gpu_seconds,
-                    "gross_micros": statement.gross_micros,
-                    "fee_micros": statement.fee_micros,
-                    "net_payable_micros": statement.gross_micros,
-                    "payouts_micros": statement.payouts_micros,
-                    "closing_balance_micros": statement.closing_balance_micros,
-                    "document": statement_document(statement, provider),
-                    "generated_at": now,
-                },
+            ProviderStatement.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["key"],
+                update_fields=[
+                    f.name
+                    for f in ProviderStatement._meta.concrete_fields
+                    if not f.primary_key and f.name != "key"
+                ],
             )
-        written += 1
-    return written
+    return len(rows)
