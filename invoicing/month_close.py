@@ -19,7 +19,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -29,6 +28,7 @@ from django.db import IntegrityError, connection
 from django.db.models import Count, Max
 from django.utils import timezone
 
+from core.collector import collector_paused
 from core.db import (
     is_postgres,
     retry_transaction,
@@ -448,7 +448,9 @@ def period_close(
     stops half way is finished by running it again, and a finalized invoice is left
     as it is, so running it twice changes nothing."""
     started = time.monotonic()
-    with _collector_paused():
+    # The objects alive before the close are left out of every scan, and the
+    # chunks' own are collected once each is written (_chunk_collected).
+    with collector_paused(freeze=True):
         result = _period_close(
             period=period,
             finalize=finalize,
@@ -457,29 +459,6 @@ def period_close(
             organization_ids=organization_ids,
         )
     return dataclasses.replace(result, seconds=time.monotonic() - started)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Keep the cyclic garbage collector out of the close while it runs. The objects
-    alive before it are left out of the collector's scans (``gc.freeze``), and its
-    automatic collections are paused (``gc.disable``; the processes that finalize
-    the chunks inherit both). A close makes a few hundred thousand objects (rows,
-    lines, documents) that live until their chunk is written and that reference
-    counting frees: the collections their allocations set off only walked them,
-    again and again, each chunk (a fifth of the close's Python time with the whole
-    heap, still a quarter of computing a chunk's invoices with it frozen). What a
-    chunk leaves in a reference cycle, if anything, is collected once it is written
-    (``_chunk_collected``)."""
-    enabled = gc.isenabled()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-        gc.unfreeze()
 
 
 def _chunk_collected() -> None:

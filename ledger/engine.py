@@ -33,15 +33,14 @@ beside the transaction that runs them.
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
+from core.collector import collector_paused
 from core.db import RetryTransaction, as_utc, is_postgres, retry_transaction, server_cursor
 from core.eventstore import (
     EVENT_TABLE,
@@ -127,7 +126,8 @@ def ledger_execute(
             if position is not None:
                 results[index] = LedgerResult(status="posted", position=position)
                 return results  # type: ignore[return-value]
-        with _collector_paused():
+        # A batch's objects live until it returns: no cycle search meanwhile.
+        with collector_paused():
             try:
                 done = retry_transaction(_execute)(valid, metadata, now, look_up_entries=False)
             except _EntryIdTaken:
@@ -135,33 +135,6 @@ def ledger_execute(
         for index, result in done:
             results[index] = result
     return results  # type: ignore[return-value]
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a batch runs, back on after.
-
-    Why: a batch of a thousand entries makes tens of thousands of objects that
-    all live until it returns (payloads, rows, results). Their allocation keeps
-    starting collections, and every so often a full one, which walks every
-    object in the process (~200,000 in a Django worker) and frees nothing,
-    since the batch still holds what it made: measured, 20 of the 36 µs of
-    Python a batched transfer cost. Reference counting still frees everything
-    as usual; only the search for cycles waits until the batch is done.
-
-    Threads: the collector is one switch per process. A batch finding it already
-    off (another thread's batch, or an application that turned it off) leaves
-    it as it is; the batch that turned it off turns it back on, so it ends on
-    whenever it started on.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class _EntryIdTaken(Exception):
