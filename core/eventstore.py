@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -227,13 +228,15 @@ def event_append(
     *,
     stream_type: str,
     stream_id: str,
-    expected_version: int,
+    expected_version: int | None,
     events: Sequence[NewEvent],
     tenant_id: int | None = None,
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
 ) -> list[RecordedEvent]:
-    """Append ``events`` to a stream whose newest version must be ``expected_version``.
+    """Append ``events`` to a stream whose newest version must be ``expected_version``;
+    None appends after the newest, whatever it is: for a caller that holds the lock of
+    the stream's aggregate (its row), so no other writer can move the stream meanwhile.
 
     Raises ``ConcurrencyConflict`` when another append got there first. With an
     ``idempotency_key`` seen before for this tenant, returns the events that first
@@ -243,13 +246,17 @@ def event_append(
         raise ValueError("an append needs at least one event")
     meta = dict(metadata or {})
     meta["events_in_append"] = len(events)
-    with transaction.atomic():
+    # Without a key the one write is the insert, atomic on its own (its savepoint
+    # below): the block is needed only to read a key's first append and write together.
+    with transaction.atomic() if idempotency_key is not None else nullcontext():
         if idempotency_key is not None:
             first = _replayed(tenant_id, idempotency_key, stream_id, events)
             if first is not None:
                 return first
         current = stream_version(stream_id)
-        if current != expected_version:
+        if expected_version is None:
+            expected_version = current
+        elif current != expected_version:
             raise ConcurrencyConflict(
                 f"stream {stream_id} is at version {current}, not {expected_version}",
                 details={"stream_id": stream_id, "current_version": current},

@@ -22,7 +22,6 @@ from core.db import (
 from core.errors import Conflict
 from core.eventstore import (
     event_append,
-    stream_version,
 )
 from core.followers import followers_run_until_idle
 from invoicing.accruals import usage_accruals
@@ -51,7 +50,7 @@ def _append(invoice: Invoice, event: InvoiceEvent, actor: str) -> int:
     recorded = event_append(
         stream_type=INVOICE_STREAM,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[event.to_new_event()],
         tenant_id=invoice.organization_id,
         metadata={"actor": actor},

@@ -14,7 +14,6 @@ from core.errors import InvalidInput
 from core.eventstore import (
     NewEvent,
     event_append,
-    stream_version,
 )
 from core.models import Organization
 from invoicing.models import (
@@ -156,7 +155,7 @@ def billing_profile_set(
     event_append(
         stream_type=BILLING_PROFILE_STREAM,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[
             NewEvent(
                 BILLING_PROFILE_SET,

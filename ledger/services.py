@@ -18,7 +18,6 @@ from core.errors import (
 from core.eventstore import (
     NewEvent,
     event_append,
-    stream_version,
 )
 from core.models import Organization
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS
@@ -49,20 +48,31 @@ def _default_limit(kind: str) -> int | None:
 def account_open(*, organization: Organization | None, kind: str, currency: str) -> Account:
     """The account of this kind and currency for an org (or the platform), opened
     with a zero balance the first time it is asked for."""
+    return account_open_by_id(
+        organization_id=None if organization is None else organization.pk,
+        kind=kind,
+        currency=currency,
+    )
+
+
+def account_open_by_id(*, organization_id: int | None, kind: str, currency: str) -> Account:
+    """``account_open`` for a caller that holds the organization's id, not its row."""
     if kind not in Account.Kind.values:
         raise InvalidInput(f"unknown account kind {kind!r}", details={"field": "kind"})
     if currency not in CURRENCIES:
         raise InvalidInput(f"unknown currency {currency!r}", details={"field": "currency"})
-    if (organization is None) == (kind in Account.ORG_KINDS):
+    if (organization_id is None) == (kind in Account.ORG_KINDS):
         owner = "an organization" if kind in Account.ORG_KINDS else "the platform"
         raise InvalidInput(f"a {kind} account belongs to {owner}")
-    found = Account.objects.filter(organization=organization, kind=kind, currency=currency).first()
+    found = Account.objects.filter(
+        organization_id=organization_id, kind=kind, currency=currency
+    ).first()
     if found is not None:
         return found
     try:
         with transaction.atomic():
             account = Account.objects.create(
-                organization=organization,
+                organization_id=organization_id,
                 kind=kind,
                 currency=currency,
                 normal_side=Account.NORMAL_SIDE[Account.Kind(kind)],
@@ -71,7 +81,7 @@ def account_open(*, organization: Organization | None, kind: str, currency: str)
             Balance.objects.create(account=account)
             return account
     except IntegrityError:
-        return Account.objects.get(organization=organization, kind=kind, currency=currency)
+        return Account.objects.get(organization_id=organization_id, kind=kind, currency=currency)
 
 
 def platform_account(*, kind: str, currency: str) -> Account:
@@ -109,7 +119,7 @@ def account_set_overdraft_limit(
     event_append(
         stream_type=ACCOUNT_STREAM,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[
             NewEvent(
                 CREDIT_LIMIT_SET,
@@ -312,6 +322,7 @@ __all__ = [
     "HoldVoidRequest",
     "LedgerResult",
     "account_open",
+    "account_open_by_id",
     "account_set_overdraft_limit",
     "adjustment_post",
     "balances_rebuild",

@@ -13,7 +13,7 @@ import dramatiq
 from django.conf import settings
 from django.db import transaction
 
-from core.eventstore import DomainEvent, event_append, stream_version
+from core.eventstore import DomainEvent, event_append
 from marketplace import events
 from marketplace.models import Lease, Order
 from pricing.services import LEASE_CREDIT, LeaseCredit
@@ -48,7 +48,7 @@ def _append(*, stream_type: str, stream_id: str, tenant_id: int, items: list[Dom
     event_append(
         stream_type=stream_type,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[item.to_new_event() for item in items],
         tenant_id=tenant_id,
     )

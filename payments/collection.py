@@ -58,7 +58,7 @@ from django.utils import timezone
 
 from core.db import retry_transaction
 from core.errors import Conflict, InvalidInput
-from core.eventstore import NewEvent, RecordedEvent, event_append, stream_version
+from core.eventstore import NewEvent, RecordedEvent, event_append
 from core.followers import Follower, register
 from core.queue import task_send_on_commit
 from invoicing.events import INVOICE_STREAM, InvoiceFinalized
@@ -94,7 +94,7 @@ def _announce(invoice_id: int, event_type: str, event: Any, *, tenant_id: int) -
     event_append(
         stream_type=pev.PAYMENTS_STREAM,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[NewEvent(event_type, event.payload(), event.schema_version)],
         tenant_id=tenant_id,
         metadata={"actor": ACTOR},

@@ -9,7 +9,7 @@ from typing import Any
 
 import stripe
 
-from core.eventstore import NewEvent, event_append, stream_version
+from core.eventstore import NewEvent, event_append
 from core.models import Organization
 from ledger import services as ledger
 from ledger.models import Account, Balance
@@ -41,7 +41,7 @@ def _announce(stream_id: str, event_type: str, event: Any, *, tenant_id: int | N
     event_append(
         stream_type=pev.PAYMENTS_STREAM,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[NewEvent(event_type, event.payload(), event.schema_version)],
         tenant_id=tenant_id,
         metadata={"actor": ACTOR},

@@ -29,7 +29,6 @@ from datetime import datetime
 from django.utils import timezone
 
 from core.errors import InsufficientFunds
-from core.models import Organization
 from core.money import Money, rate_amount
 from ledger.models import Account, Hold
 from ledger.selectors import available_credit
@@ -38,7 +37,7 @@ from ledger.services import (
     HoldRequest,
     HoldVoidRequest,
     LedgerResult,
-    account_open,
+    account_open_by_id,
     ledger_execute,
     platform_account,
     raise_for,
@@ -77,10 +76,6 @@ def leases_settled_by_hold(subject_ids: set[str]) -> set[str]:
     wanted = {lease_hold_id(subject, 1): subject for subject in subject_ids}
     found = Hold.objects.filter(hold_id__in=list(wanted)).values_list("hold_id", flat=True)
     return {wanted[hold_id] for hold_id in found}
-
-
-def _org(organization_id: int) -> Organization:
-    return Organization.objects.get(pk=organization_id)
 
 
 def _insufficient(result: LedgerResult, amount_micros: int, currency: str) -> InsufficientFunds:
@@ -138,8 +133,8 @@ class LeaseCredit:
         expires_at: datetime,
         description: str,
     ) -> None:
-        credit = account_open(
-            organization=_org(organization_id), kind=Account.Kind.CREDIT, currency=currency
+        credit = account_open_by_id(
+            organization_id=organization_id, kind=Account.Kind.CREDIT, currency=currency
         )
         revenue = platform_account(kind=Account.Kind.REVENUE, currency=currency)
         _place(
@@ -175,13 +170,13 @@ class LeaseCredit:
         if buyer_organization_id is None:
             debit = platform_account(kind=Account.Kind.COST_OF_REVENUE, currency=currency)
         else:
-            debit = account_open(
-                organization=_org(buyer_organization_id),
+            debit = account_open_by_id(
+                organization_id=buyer_organization_id,
                 kind=Account.Kind.CREDIT,
                 currency=currency,
             )
-        payable = account_open(
-            organization=_org(provider_organization_id),
+        payable = account_open_by_id(
+            organization_id=provider_organization_id,
             kind=Account.Kind.PAYABLE,
             currency=currency,
         )
@@ -208,8 +203,8 @@ class LeaseCredit:
                 return
             raise_for(result)
             return
-        payable = account_open(
-            organization=_org(provider_organization_id),
+        payable = account_open_by_id(
+            organization_id=provider_organization_id,
             kind=Account.Kind.PAYABLE,
             currency=hold.currency,
         )

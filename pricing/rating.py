@@ -46,7 +46,7 @@ from django.conf import settings
 from django.db.models import F, Q
 
 from core.db import is_postgres
-from core.eventstore import NewEvent, RecordedEvent, event_append, stream_version
+from core.eventstore import NewEvent, RecordedEvent, event_append
 from core.followers import Follower, register
 from core.models import Event, Organization
 from core.money import rate_amount
@@ -386,7 +386,7 @@ def _tell_exhausted(buyers: set[int], accounts: _Accounts, terms: dict) -> None:
         event_append(
             stream_type=CREDIT_STREAM,
             stream_id=stream_id,
-            expected_version=stream_version(stream_id),
+            expected_version=None,
             events=[NewEvent(CREDIT_EXHAUSTED, told.payload(), told.schema_version)],
             tenant_id=buyer,
             metadata={"actor": ACTOR},

@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput
-from core.eventstore import NewEvent, event_append, stream_version
+from core.eventstore import NewEvent, event_append
 from core.money import CURRENCIES, MAX_AMOUNT_MICROS
 from pricing.book import (
     INFERENCE_VARIANTS,
@@ -117,7 +117,7 @@ def price_schedule(
             event_append(
                 stream_type=PRICEBOOK_STREAM,
                 stream_id=f"price:{item}:{tier}:{variant}:{currency}",
-                expected_version=stream_version(f"price:{item}:{tier}:{variant}:{currency}"),
+                expected_version=None,
                 events=[
                     NewEvent(
                         PRICE_SCHEDULED,

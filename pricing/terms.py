@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.errors import InvalidInput
-from core.eventstore import NewEvent, event_append, stream_version
+from core.eventstore import NewEvent, event_append
 from core.models import Event, Organization
 
 # --- billing terms ----------------------------------------------------------
@@ -58,7 +58,7 @@ def billing_terms_set(
     event_append(
         stream_type=TERMS_STREAM,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[
             NewEvent(TERMS_SET, {"postpaid": postpaid, "on_credit_exhausted": on_credit_exhausted})
         ],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from core.eventstore import DomainEvent, event_append, stream_version
+from core.eventstore import DomainEvent, event_append
 
 
 def iso(value: datetime | None) -> str | None:
@@ -18,7 +18,7 @@ def stream_append(*, stream_type: str, stream_id: str, tenant_id: int, event: Do
     event_append(
         stream_type=stream_type,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[event.to_new_event()],
         tenant_id=tenant_id,
     )

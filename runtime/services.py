@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from core import ports
 from core.errors import ConcurrencyConflict, IdempotencyConflict, NotFound
-from core.eventstore import NewEvent, event_append, stream_version
+from core.eventstore import NewEvent, event_append
 from core.ports import UsageRecord
 from runtime import events as ev
 from runtime.models import TrainingRun
@@ -42,7 +42,7 @@ def _append(run: TrainingRun, event: Any) -> None:
             event_append(
                 stream_type=ev.STREAM_TYPE,
                 stream_id=stream,
-                expected_version=stream_version(stream),
+                expected_version=None,
                 events=[NewEvent(event.type, event.payload(), event.schema_version)],
                 tenant_id=run.organization_id,
                 metadata={"actor": "runtime"},

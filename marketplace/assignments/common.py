@@ -15,7 +15,7 @@ from django.db.models import F
 from core import ports
 from core.db import is_postgres
 from core.errors import Conflict
-from core.eventstore import DomainEvent, event_append, stream_version
+from core.eventstore import DomainEvent, event_append
 from marketplace.assignments import events
 from marketplace.assignments.models import (
     Assignment,
@@ -48,7 +48,7 @@ def _append(assignment: Assignment, *items: DomainEvent) -> None:
     event_append(
         stream_type=events.ASSIGNMENT_STREAM,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[item.to_new_event() for item in items],
         tenant_id=assignment.organization_id,
     )

@@ -269,6 +269,44 @@ def cluster_create(*, organization: Organization, data: dict[str, Any]) -> Clust
 # --- reads ---------------------------------------------------------------------
 
 
+# The columns a cluster's shape reads (``shapes.cluster``): a user's list reads a
+# row per cluster, and the orders' and leases' other columns (the constraints, the
+# allocation, the billing state) would be most of what it fetches and builds.
+ORDER_COLUMNS = (
+    "id",
+    "organization_id",
+    "state",
+    "kind",
+    "workload_kind",
+    "workload_id",
+    "gpu_models",
+    "gpus_per_node",
+    "node_count",
+    "regions",
+    "duration_seconds",
+    "earliest_start",
+    "placed_at",
+    "closed_at",
+    "limit_price_per_gpu_hour_micros",
+    "currency",
+)
+LEASE_COLUMNS = (
+    "id",
+    "order_id",
+    "state",
+    "gpu_model",
+    "gpu_count",
+    "price_per_gpu_hour_micros",
+    "currency",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "node",
+    "node__cuda_version",
+    "node__driver_version",
+)
+
+
 def _clusters(organization: Organization) -> QuerySet[Order]:
     return Order.objects.filter(
         organization=organization,
@@ -279,7 +317,12 @@ def _clusters(organization: Organization) -> QuerySet[Order]:
 
 def _with_leases(orders: list[Order]) -> list[Cluster]:
     leases: dict[int, list[Lease]] = {order.pk: [] for order in orders}
-    for lease in Lease.objects.filter(order_id__in=leases).select_related("node").order_by("pk"):
+    for lease in (
+        Lease.objects.filter(order_id__in=leases)
+        .select_related("node")
+        .only(*LEASE_COLUMNS)
+        .order_by("pk")
+    ):
         leases[lease.order_id].append(lease)
     return [
         Cluster(order=o, leases=leases[o.pk], name=o.workload_id[len(WORKLOAD_PREFIX) :])
@@ -289,7 +332,12 @@ def _with_leases(orders: list[Order]) -> list[Cluster]:
 
 def cluster_list(*, organization: Organization) -> list[Cluster]:
     """Live clusters (the order open or filled), newest first."""
-    orders = _clusters(organization).filter(state__in=Order.LIVE_STATES).order_by("-pk")[:1000]
+    orders = (
+        _clusters(organization)
+        .filter(state__in=Order.LIVE_STATES)
+        .only(*ORDER_COLUMNS)
+        .order_by("-pk")[:1000]
+    )
     return _with_leases(list(orders))
 
 

@@ -325,6 +325,9 @@ def endpoints_shapes(
 def deployment_shape(
     deployment: DedicatedDeployment, endpoint: DedicatedEndpoint, organization: Organization
 ) -> dict[str, Any]:
+    (view,) = deployment_views([deployment])
+    if not view.ready:  # no serving replica, no share of the traffic (a new one)
+        return deployment_full(view, endpoint, organization, 0.0)
     # Its share of the traffic needs the ready replicas of the deployments in the split.
     routed = [e.get("deployment_id") for e in endpoint.traffic_split if e.get("weight")]
     siblings = list(
@@ -334,7 +337,5 @@ def deployment_shape(
         .exclude(pk=deployment.pk)
         .order_by("pk")
     )
-    siblings.append(deployment)
-    views = deployment_views(siblings)
-    view = next(v for v in views if v.deployment.pk == deployment.pk)
+    views = [*deployment_views(siblings), view]
     return deployment_full(view, endpoint, organization, capacity(views, endpoint))

@@ -93,6 +93,7 @@ def endpoint_get(*, organization: Organization, endpoint_id: str) -> DedicatedEn
     found = endpoints_of(organization).filter(public_id=endpoint_id).first()
     if found is None:
         raise not_found("endpoint", endpoint_id, param="id")
+    found.organization = organization  # the caller's row, not read again
     return found
 
 
@@ -325,7 +326,7 @@ def deployment_create(
             locked.version += 1
             locked.updated_at = now
             locked.save()
-        dedicated.dedicated_reconcile(deployment=deployment, now=now)
+        dedicated.dedicated_reconcile(deployment=deployment, now=now, held=True)
         if validate_only:
             transaction.set_rollback(True)
             return None
@@ -409,7 +410,7 @@ def deployment_update(
                 locked.save()
         except IntegrityError as error:
             raise _name_taken("deployment", locked.name) from error
-        dedicated.dedicated_reconcile(deployment=locked, now=now)
+        dedicated.dedicated_reconcile(deployment=locked, now=now, held=True)
     return locked
 
 
@@ -434,5 +435,5 @@ def deployment_delete(
         endpoint.version += 1
         endpoint.updated_at = now
         endpoint.save()
-        dedicated.dedicated_reconcile(deployment=locked, now=now)
+        dedicated.dedicated_reconcile(deployment=locked, now=now, held=True)
     return locked

@@ -117,16 +117,28 @@ def _stop_order(replica: Deployment) -> tuple[int, int]:
 
 
 def dedicated_reconcile(
-    *, deployment: DedicatedDeployment, now: datetime | None = None, strict: bool = True
+    *,
+    deployment: DedicatedDeployment,
+    now: datetime | None = None,
+    strict: bool = True,
+    held: bool = False,
 ) -> int:
     """Place or end replicas until the deployment has the number it wants; returns
     how many changed. One transaction, the deployment's row locked. ``strict``: an
     order the book refuses (credit, constraints) raises (an API call's answer);
-    otherwise the refusal fails the deployment with its reason (a background pass)."""
+    otherwise the refusal fails the deployment with its reason (a background pass).
+    ``held``: the caller's transaction already holds the row's lock (or made the row)
+    and ``deployment`` is that row as it now stands, so it is not read again."""
     now = now or timezone.now()
     changed = 0
     with transaction.atomic():
-        locked = DedicatedDeployment.objects.select_for_update().get(pk=deployment.pk)
+        locked = (
+            deployment
+            if held
+            else DedicatedDeployment.objects.select_for_update(of=("self",))
+            .select_related("organization")
+            .get(pk=deployment.pk)
+        )
         live = replicas_live(locked)
         wanted = replicas_wanted(locked)
         for replica in sorted(live, key=_stop_order)[: max(0, len(live) - wanted)]:

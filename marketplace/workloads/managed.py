@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from core.eventstore import event_append, stream_version
+from core.eventstore import event_append
 from core.models import Organization
 from core.ports import ModelCard
 from marketplace import services as market
@@ -30,7 +30,7 @@ def append_event(stream_id: str, stream_type: str, event: Any, tenant_id: int | 
     event_append(
         stream_type=stream_type,
         stream_id=stream_id,
-        expected_version=stream_version(stream_id),
+        expected_version=None,
         events=[event.to_new_event()],
         tenant_id=tenant_id,
     )

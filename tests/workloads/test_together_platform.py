@@ -262,3 +262,42 @@ def test_fine_tune_metrics_delete_and_model_delete(cast, live_server):
     assert "deleted" in client.fine_tuning.delete("ft-done").message
     assert not FineTuneJob.objects.filter(public_id="ft-done").exists()
     assert FineTuneJob.objects.filter(pk=running.pk).exists()
+
+
+def test_a_cluster_list_reads_its_rows_in_two_queries_however_many_clusters(cast, client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from marketplace.together import clusters
+
+    # given a buyer with one cluster leased (Ready, with its worker node) and five queued
+    provider_with_capacity(cast.provider_a)
+    buyer_credit(cast.buyer_a, 500_000_000)
+    key = cast.client(cast.buyer_a).raw_key
+    base = {"billing_type": "ON_DEMAND", "gpu_type": "H100_SXM", "region": "us-east"}
+    limit = {"limit_price_per_gpu_hour": "3.00"}
+    clusters.cluster_create(
+        organization=cast.buyer_a, data={"cluster_name": "leased", "num_gpus": 4, **base, **limit}
+    )
+    _round()
+    for n in range(5):
+        clusters.cluster_create(
+            organization=cast.buyer_a,
+            data={"cluster_name": f"queued-{n}", "num_gpus": 8, **base, **limit},
+        )
+
+    # when the list is read through the API
+    with CaptureQueriesContext(connection) as reads:
+        answer = client.get("/v1/compute/clusters", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    # then every cluster's shape is whole, from one read of the orders and one of the
+    # leases (no column left out of the reads is fetched row by row)
+    assert answer.status_code == 200
+    listed = answer.json()["clusters"]
+    assert len(listed) == 6
+    ready = next(c for c in listed if c["cluster_name"] == "leased")
+    assert ready["status"] == "Ready" and ready["gpu_worker_nodes"][0]["num_gpus"] == 4
+    assert ready["cuda_version"] and ready["price_per_gpu_hour"]
+    assert {c["status"] for c in listed if c is not ready} == {"WaitingForDataPlaneNodes"}
+    tables = [q["sql"] for q in reads.captured_queries if "marketplace_" in q["sql"]]
+    assert len(tables) == 2, tables
