@@ -79,17 +79,8 @@ def _replica_place(deployment: DedicatedDeployment, now: datetime) -> Deployment
     """A replica and its order, in the caller's transaction. InsufficientFunds (402)
     and the order book's refusals of the shape come back as they are."""
     public_id = new_public_id("dep")
-    replica = Deployment.objects.create(
-        public_id=public_id,
-        organization_id=deployment.organization_id,
-        # Unique among live deployments (one per model): the replica's own name.
-        model=f"{deployment.public_id}/{public_id}",
-        base_model=deployment.base_model,
-        adapter_path=deployment.adapter_path,
-        idle_timeout_seconds=deployment.idle_timeout_seconds,
-        last_request_at=now,
-        dedicated=deployment,
-    )
+    # The order first, so the replica is written once with it: both are in this
+    # transaction, and the matching round that may lease it runs after the commit.
     order = market.order_place(
         organization=deployment.organization,
         spec=market.OrderSpec(
@@ -105,9 +96,18 @@ def _replica_place(deployment: DedicatedDeployment, now: datetime) -> Deployment
         workload_id=f"{WORKLOAD_PREFIX}{public_id}",
         now=now,
     )
-    replica.order_ref = str(order.pk)
-    replica.save(update_fields=["order_ref"])
-    return replica
+    return Deployment.objects.create(
+        public_id=public_id,
+        organization_id=deployment.organization_id,
+        # Unique among live deployments (one per model): the replica's own name.
+        model=f"{deployment.public_id}/{public_id}",
+        base_model=deployment.base_model,
+        adapter_path=deployment.adapter_path,
+        idle_timeout_seconds=deployment.idle_timeout_seconds,
+        last_request_at=now,
+        dedicated=deployment,
+        order_ref=str(order.pk),
+    )
 
 
 def _stop_order(replica: Deployment) -> tuple[int, int]:
@@ -131,7 +131,9 @@ def dedicated_reconcile(
     and ``deployment`` is that row as it now stands, so it is not read again."""
     now = now or timezone.now()
     changed = 0
-    with transaction.atomic():
+    # Held: part of the caller's transaction, whose failure is the caller's to roll
+    # back (no savepoint of its own).
+    with transaction.atomic(savepoint=not held):
         locked = (
             deployment
             if held
