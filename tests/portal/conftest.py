@@ -167,11 +167,15 @@ def sign_in(page, live_server, who: Person) -> None:
 # --- accessibility -----------------------------------------------------------------
 
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
+# Every violation in full, and of the rules that passed (or could not decide, or did
+# not apply) one node each rather than every node: what the checks read, at a
+# quarter less of axe's time a page (axe-core's ``resultTypes``).
+AXE_OPTIONS = {"runOnly": {"type": "tag", "values": WCAG}, "resultTypes": ["violations"]}
 
 
 def accessible(page, errors: list[str] | None = None) -> None:
     """The page as it stands passes axe-core's WCAG 2.2 A and AA rules, and (given the
     page's console errors as collected) logged no error."""
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
+    results = Axe().run(page, options=AXE_OPTIONS)
     assert results.violations_count == 0, results.generate_report()
     assert not errors, errors

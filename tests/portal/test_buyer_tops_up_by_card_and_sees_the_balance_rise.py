@@ -25,7 +25,7 @@ from payments.models import StripeEvent, TopUp
 from payments.webhooks import stripe_event_process
 from pricing.welcome import welcome_credit_grant
 from tests.payments.conftest import make_event, signed
-from tests.portal.conftest import WCAG, sign_in
+from tests.portal.conftest import AXE_OPTIONS, sign_in
 from tests.portal.test_keyboard_only_sign_in_and_api_key import tab_to
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -103,7 +103,7 @@ def test_a_buyer_tops_up_50_by_card_and_the_page_shows_the_balance_risen(
         .get_attribute("data-client-secret")
         .startswith(top_up.payment_intent_id)
     )
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
+    results = Axe().run(page, options=AXE_OPTIONS)
     assert results.violations_count == 0, results.generate_report()
     page.get_by_role("button", name="Pay 50.00 USD").click()
 

@@ -20,7 +20,7 @@ from pricing.welcome import welcome_credit_grant
 from providers import demo as supply
 from providers.models import Node, Offer
 from tests.payments.conftest import SECRET_KEY
-from tests.portal.conftest import SCREENSHOTS, WCAG, sign_in
+from tests.portal.conftest import AXE_OPTIONS, SCREENSHOTS, sign_in
 from tests.portal.test_buyer_account_pages import card
 from tests.portal.test_buyer_money_pages import make_credit_note, make_invoice
 from tests.portal.test_buyer_work_pages import raw_order, start_job, training_tokens
@@ -31,7 +31,7 @@ SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "hei
 
 
 def check(page, name: str, size: str, scheme: str, errors: list[str]) -> None:
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
+    results = Axe().run(page, options=AXE_OPTIONS)
     assert results.violations_count == 0, f"{name} ({size}, {scheme}):\n{results.generate_report()}"
     assert not errors, f"{name} ({size}, {scheme}): console errors {errors}"
     # Nothing wider than the screen: wide tables scroll inside their own region.
@@ -260,3 +260,20 @@ def test_every_page_passes_axe_and_is_photographed(
     errors.clear()
     page.goto(live_server.url + "/keys/new")
     check(page, "forbidden", size, scheme, errors=[])  # a 403, logged likewise
+
+
+def test_axe_as_these_tests_run_it_still_reports_each_violation_in_full(page):
+    # given a page with two unlabelled images and a field without a label
+    page.set_content(
+        '<html lang="en"><head><title>t</title></head><body><main>'
+        '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><img src="data:,">'
+        '<input type="text"></main></body></html>'
+    )
+
+    # when axe runs with the options the portal's checks use
+    results = Axe().run(page, options=AXE_OPTIONS)
+
+    # then both rules are reported, each with every node it failed on
+    found = {v["id"]: len(v["nodes"]) for v in results.response["violations"]}
+    assert found.get("image-alt") == 2
+    assert found.get("label") == 1
