@@ -64,9 +64,13 @@ def account_open_by_id(*, organization_id: int | None, kind: str, currency: str)
     if (organization_id is None) == (kind in Account.ORG_KINDS):
         owner = "an organization" if kind in Account.ORG_KINDS else "the platform"
         raise InvalidInput(f"a {kind} account belongs to {owner}")
-    found = Account.objects.filter(
-        organization_id=organization_id, kind=kind, currency=currency
-    ).first()
+    same = Account.objects.filter(kind=kind, currency=currency)
+    same = (
+        same.filter(organization__isnull=True)
+        if organization_id is None
+        else same.filter(organization_id=organization_id)
+    )
+    found = same.first()
     if found is not None:
         return found
     try:
@@ -81,7 +85,7 @@ def account_open_by_id(*, organization_id: int | None, kind: str, currency: str)
             Balance.objects.create(account=account)
             return account
     except IntegrityError:
-        return Account.objects.get(organization_id=organization_id, kind=kind, currency=currency)
+        return same.get()
 
 
 def platform_account(*, kind: str, currency: str) -> Account:
