@@ -234,6 +234,7 @@ def deployment_get(*, endpoint: DedicatedEndpoint, deployment_id: str) -> Dedica
     found = deployments_of(endpoint).filter(public_id=deployment_id).first()
     if found is None:
         raise not_found("deployment", deployment_id, param="id")
+    found.organization = endpoint.organization  # the endpoint's, not read again
     return found
 
 
@@ -372,6 +373,7 @@ def deployment_update(
     now = timezone.now()
     with transaction.atomic():
         locked = DedicatedDeployment.objects.select_for_update().get(pk=deployment.pk)
+        locked.organization = organization  # its replicas' orders are placed for it
         _check_version(locked.version, precondition, "deployment")
         if "name" in fields:
             locked.name = inputs.name_of(data, organization)
